@@ -1,0 +1,153 @@
+"""NATS naming and connection: every stream, subject and bucket name comes from here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+
+@dataclass(frozen=True)
+class Bus:
+    """Names derived from one prefix, so several meshes (or tests) share a NATS server."""
+
+    prefix: str = "genmesh"
+    replicas: int = 1
+
+    @property
+    def _upper(self) -> str:
+        return self.prefix.upper().replace(".", "_").replace("-", "_")
+
+    # Streams and consumers.
+    @property
+    def jobs_stream(self) -> str:
+        return f"{self._upper}_JOBS"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self._upper}_EVENTS"
+
+    def jobs_subject(self, provider: str) -> str:
+        return f"{self.prefix}.jobs.{provider}"
+
+    def events_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.events.{job_id}"
+
+    @property
+    def events_wildcard(self) -> str:
+        return f"{self.prefix}.events.>"
+
+    def worker_consumer(self, provider: str) -> str:
+        return f"{self._upper}_worker_{provider}".replace(".", "_")
+
+    @property
+    def recorder_consumer(self) -> str:
+        return f"{self._upper}_recorder"
+
+    # Core NATS subjects (fire-and-forget fan-out).
+    def watch_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.watch.{job_id}"
+
+    @property
+    def watch_wildcard(self) -> str:
+        return f"{self.prefix}.watch.>"
+
+    @property
+    def cancel_subject(self) -> str:
+        return f"{self.prefix}.cancel"
+
+    # KV buckets.
+    @property
+    def providers_bucket(self) -> str:
+        return f"{self._upper}_providers"
+
+    @property
+    def cancellations_bucket(self) -> str:
+        return f"{self._upper}_cancellations"
+
+    async def ensure_streams(self, js: JetStreamContext) -> None:
+        """Create (or update) the streams; safe to call from every service at start-up."""
+        await _ensure_stream(
+            js,
+            StreamConfig(
+                name=self.jobs_stream,
+                subjects=[f"{self.prefix}.jobs.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+                duplicate_window=120.0,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            StreamConfig(
+                name=self.events_stream,
+                subjects=[self.events_wildcard],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+                # Events are durable in the router's store once recorded; the stream only
+                # has to hold them until then.
+                max_age=7 * 24 * 3600.0,
+                discard=DiscardPolicy.OLD,
+                duplicate_window=120.0,
+            ),
+        )
+
+    async def providers_kv(self, js: JetStreamContext) -> KeyValue:
+        return await _ensure_kv(
+            js, KeyValueConfig(bucket=self.providers_bucket, history=1, replicas=self.replicas)
+        )
+
+    async def cancellations_kv(self, js: JetStreamContext) -> KeyValue:
+        return await _ensure_kv(
+            js,
+            KeyValueConfig(
+                bucket=self.cancellations_bucket, history=1, ttl=24 * 3600.0, replicas=self.replicas
+            ),
+        )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        # Exists with a different config: bring it to ours.
+        await js.update_stream(config)
+
+
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(config)
+
+
+@asynccontextmanager
+async def connect(url: str, name: str) -> AsyncIterator[Client]:
+    """A NATS connection that drains on exit, so nothing published is left behind."""
+    nc = await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+    )
+    try:
+        yield nc
+    finally:
+        if not nc.is_closed:
+            await nc.drain()

@@ -1,0 +1,54 @@
+"""Async SQLAlchemy engines for SQLite (embedded) and PostgreSQL (scaled out)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def database_url(url: str, data_dir: Path, default_name: str) -> str:
+    """The configured URL, or a SQLite file under data_dir."""
+    if url:
+        return url
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite+aiosqlite:///{(data_dir / default_name).resolve()}"
+
+
+@asynccontextmanager
+async def open_database(
+    url: str, metadata: MetaData, schema: str = ""
+) -> AsyncIterator[AsyncEngine]:
+    """An engine with the tables created; disposed on exit."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # One writer at a time is SQLite's rule; a busy timeout waits instead of failing.
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        if schema:
+            kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+    engine = create_async_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    try:
+        async with engine.begin() as conn:
+            if schema and not url.startswith("sqlite"):
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await conn.run_sync(metadata.create_all)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers run beside the writer; NORMAL sync is durable across process crashes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

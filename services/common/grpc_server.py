@@ -1,0 +1,157 @@
+"""One way to run a gRPC server: error mapping, health, reflection and a graceful stop."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import MeshError
+
+log = logging.getLogger(__name__)
+
+# Servicer registration: (add_XServicer_to_server, servicer instance, full service name).
+Registration = tuple[Callable[[Any, grpc.aio.Server], None], object, str]
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns MeshError into its status code; anything else is INTERNAL with a logged traceback."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    if isinstance(exc, MeshError):
+        await context.abort(exc.code, exc.message)
+    log.exception("unhandled error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _abort(context, exc, method)
+
+    return call
+
+
+def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _abort(context, exc, method)
+
+    return call
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises this to unwind the handler; it must pass through untouched.
+    return isinstance(exc, grpc.aio.AbortError)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@asynccontextmanager
+async def grpc_server(
+    address: str,
+    registrations: Sequence[Registration],
+    *,
+    grace: float = 5.0,
+) -> AsyncIterator[RunningServer]:
+    """Serve the given servicers plus health and reflection on `address` (port 0 picks one).
+
+    On exit: health goes NOT_SERVING, then the server stops with `grace` seconds for calls.
+    """
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    names = []
+    for add, servicer, name in registrations:
+        add(servicer, server)
+        names.append(name)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    try:
+        yield RunningServer(server, port, health_servicer)
+    finally:
+        for name in ["", *names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace)

@@ -1,0 +1,51 @@
+"""Settings shared by every service; each service extends ServiceSettings with its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Read from GENMESH_* environment variables, once, in a service's main()."""
+
+    model_config = SettingsConfigDict(env_prefix="GENMESH_", extra="ignore", frozen=True)
+
+    # Where embedded-mode files live (SQLite databases, blobs, the private NATS store).
+    data_dir: Path = Path(".genmesh")
+    log_level: str = "INFO"
+    # Seconds a stopping gRPC server gives in-flight calls before cancelling them.
+    shutdown_grace: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        """Build settings from an explicit environment (tests pass their own)."""
+        prefix = "GENMESH_"
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = prefix + name.upper()
+            if key in env:
+                values[name] = env[key]
+        return cls.model_validate(values)
+
+
+class BusSettings(ServiceSettings):
+    """Settings of a service that talks to NATS."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Prefixes every stream, subject, consumer and bucket, so meshes can share a server.
+    nats_prefix: str = "genmesh"
+    # JetStream replicas for streams this service creates (3 on a cluster).
+    nats_replicas: int = 1
+
+
+class DatabaseSettings(ServiceSettings):
+    """Settings of a service that owns tables."""
+
+    # Empty: SQLite under data_dir. Or e.g. postgresql+asyncpg://user@host/db.
+    database_url: str = ""
+    # PostgreSQL schema to use (created if missing); empty means the default search_path.
+    database_schema: str = ""

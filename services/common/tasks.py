@@ -1,0 +1,40 @@
+"""Task names as people type them ("text-to-image") and as the contract spells them."""
+
+from __future__ import annotations
+
+from genmesh.v1 import job_pb2
+
+_PREFIX = "TASK_"
+
+
+def task_from_name(name: str) -> job_pb2.Task.ValueType:
+    """Parse "text-to-image", "TEXT_TO_IMAGE" or "TASK_TEXT_TO_IMAGE"; ValueError if unknown."""
+    key = name.strip().upper().replace("-", "_")
+    if not key.startswith(_PREFIX):
+        key = _PREFIX + key
+    if key == "TASK_UNSPECIFIED" or key not in set(job_pb2.Task.keys()):
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(task_names())}")
+    return job_pb2.Task.Value(key)
+
+
+def task_name(task: job_pb2.Task.ValueType) -> str:
+    """ "text-to-image" for TASK_TEXT_TO_IMAGE."""
+    return job_pb2.Task.Name(task).removeprefix(_PREFIX).lower().replace("_", "-")
+
+
+def task_names() -> list[str]:
+    return [task_name(v) for v in job_pb2.Task.values() if v != job_pb2.TASK_UNSPECIFIED]
+
+
+# Tasks that read an input asset, and the media types they accept.
+INPUT_MEDIA: dict[int, tuple[str, ...]] = {
+    job_pb2.TASK_IMAGE_TO_IMAGE: ("image/",),
+    job_pb2.TASK_SPEECH_TO_TEXT: ("audio/",),
+    job_pb2.TASK_IMAGE_TO_TEXT: ("image/",),
+    job_pb2.TASK_IMAGE_TO_VIDEO: ("image/",),
+}
+
+# Tasks where the prompt is optional guidance rather than the whole request.
+PROMPT_OPTIONAL: frozenset[int] = frozenset(
+    {job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT, job_pb2.TASK_IMAGE_TO_IMAGE}
+)
