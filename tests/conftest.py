@@ -1,0 +1,60 @@
+"""Shared fixtures: every test gets its own NATS prefix and its own database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.infra import env_nats_url, env_postgres_url, private_nats_server, unique
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """The local NATS (JetStream) server, or a private one started from the package."""
+    url = env_nats_url()
+    if url:
+        yield url
+        return
+    with private_nats_server() as url:
+        yield url
+
+
+@pytest.fixture
+def nats_prefix() -> str:
+    """A prefix no other test uses, so streams, subjects and buckets never collide."""
+    return unique("t")
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str
+    schema: str  # PostgreSQL schema ("" for SQLite)
+    kind: str  # "sqlite" | "postgres"
+
+    def env(self) -> dict[str, str]:
+        """The GENMESH_* settings that point a service at this database."""
+        return {"GENMESH_DATABASE_URL": self.url, "GENMESH_DATABASE_SCHEMA": self.schema}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A fresh database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield Database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", "", "sqlite")
+        return
+    url = env_postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL reachable (set GENMESH_TEST_POSTGRES_URL)")
+    schema = unique("t_")
+    yield Database(url, schema, "postgres")
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
