@@ -1,0 +1,24 @@
+"""Provider worker settings (GENMESH_* environment variables)."""
+
+from __future__ import annotations
+
+from services.common.settings import BusSettings
+
+
+class Settings(BusSettings):
+    # Comma-separated provider instances this worker serves.
+    worker_providers: str = "sandbox"
+    # Jobs one worker process runs at once (async; most time is spent waiting on providers).
+    worker_concurrency: int = 1000
+    # Seconds JetStream waits for an ack before redelivering; the worker heartbeats well
+    # inside it, so only a dead worker's jobs are redelivered.
+    worker_ack_wait: float = 30.0
+    # Deliveries of one job before it fails for good.
+    worker_max_deliver: int = 5
+    # AssetService, where outputs are stored.
+    storage_addr: str = "127.0.0.1:50052"
+    # Optional gRPC health endpoint for orchestrators; empty disables it.
+    listen: str = ""
+    # Seconds a stopping worker waits for running jobs before cancelling them (they are
+    # redelivered to another worker).
+    worker_drain_timeout: float = 10.0

@@ -1,0 +1,16 @@
+"""Router settings (GENMESH_* environment variables)."""
+
+from __future__ import annotations
+
+from services.common.settings import BusSettings, DatabaseSettings
+
+
+class Settings(BusSettings, DatabaseSettings):
+    # Where this router's gRPC server listens (GenerateService, JobService, ProviderService).
+    listen: str = "127.0.0.1:50051"
+    # AssetService, to check that input assets exist.
+    storage_addr: str = "127.0.0.1:50052"
+    # PromptService, to validate prompts.
+    prompt_addr: str = "127.0.0.1:50053"
+    # Seconds without a heartbeat before a provider's worker counts as gone.
+    provider_liveness: float = 15.0
