@@ -1,0 +1,106 @@
+"""Checks job parameters against what a provider declares; never coerces silently."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.errors import InvalidArgument
+
+_TYPE_NAMES = {
+    provider_service_pb2.PARAMETER_TYPE_STRING: "a string",
+    provider_service_pb2.PARAMETER_TYPE_INTEGER: "an integer",
+    provider_service_pb2.PARAMETER_TYPE_NUMBER: "a number",
+    provider_service_pb2.PARAMETER_TYPE_BOOLEAN: "true or false",
+}
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct) if struct.fields else {}
+
+
+def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(values))
+    return struct
+
+
+def applicable(
+    provider: provider_service_pb2.Provider, task: job_pb2.Task.ValueType
+) -> dict[str, provider_service_pb2.ParameterSpec]:
+    """The parameters `provider` accepts for `task`, by name."""
+    return {p.name: p for p in provider.parameters if not p.tasks or task in p.tasks}
+
+
+def validate_parameters(
+    provider: provider_service_pb2.Provider,
+    task: job_pb2.Task.ValueType,
+    values: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Typed values with defaults filled in; InvalidArgument names the parameter and its limits."""
+    specs = applicable(provider, task)
+    unknown = sorted(set(values) - set(specs))
+    if unknown:
+        known = ", ".join(sorted(specs)) or "none"
+        raise InvalidArgument(
+            f"unknown parameter {unknown[0]!r} for provider {provider.name!r}; accepted: {known}"
+        )
+    out: dict[str, Any] = {}
+    for name, spec in specs.items():
+        if name in values:
+            out[name] = _check(spec, values[name])
+        elif spec.HasField("default_value"):
+            out[name] = json_format.MessageToDict(spec.default_value)
+    return out
+
+
+def _check(spec: provider_service_pb2.ParameterSpec, value: Any) -> Any:
+    kind = spec.type
+    if kind == provider_service_pb2.PARAMETER_TYPE_BOOLEAN:
+        if not isinstance(value, bool):
+            raise _bad(spec, value)
+        return value
+    if kind == provider_service_pb2.PARAMETER_TYPE_STRING:
+        if not isinstance(value, str):
+            raise _bad(spec, value)
+        if spec.allowed_values and value not in spec.allowed_values:
+            raise InvalidArgument(
+                f"parameter {spec.name!r} is {value!r}; allowed: {', '.join(spec.allowed_values)}"
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(spec, value)
+    if kind == provider_service_pb2.PARAMETER_TYPE_INTEGER:
+        if float(value) != int(value):
+            raise _bad(spec, value)
+        value = int(value)
+    else:
+        value = float(value)
+    if spec.HasField("minimum") and value < spec.minimum:
+        raise InvalidArgument(f"parameter {spec.name!r} is {value}; {_range(spec)}")
+    if spec.HasField("maximum") and value > spec.maximum:
+        raise InvalidArgument(f"parameter {spec.name!r} is {value}; {_range(spec)}")
+    if spec.allowed_values and str(value) not in spec.allowed_values:
+        raise InvalidArgument(
+            f"parameter {spec.name!r} is {value}; allowed: {', '.join(spec.allowed_values)}"
+        )
+    return value
+
+
+def _range(spec: provider_service_pb2.ParameterSpec) -> str:
+    low = _num(spec.minimum) if spec.HasField("minimum") else "-inf"
+    high = _num(spec.maximum) if spec.HasField("maximum") else "inf"
+    return f"allowed range is {low}..{high}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def _bad(spec: provider_service_pb2.ParameterSpec, value: Any) -> InvalidArgument:
+    return InvalidArgument(
+        f"parameter {spec.name!r} must be {_TYPE_NAMES.get(spec.type, 'a value')}, got {value!r}"
+    )
