@@ -1,0 +1,21 @@
+"""`python -m services.router`: GenerateService, JobService and ProviderService."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from services.common.logs import setup_logging
+from services.common.run import serve_until_signalled
+from services.router.app import running_router
+from services.router.settings import Settings
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    setup_logging(settings.log_level, "router")
+    asyncio.run(serve_until_signalled(lambda: running_router(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Builds a running router from settings: store, bus, catalog, recorder and gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from genmesh.v1 import (
+    asset_service_pb2_grpc,
+    generate_service_pb2,
+    generate_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    prompt_service_pb2_grpc,
+    provider_service_pb2,
+    provider_service_pb2_grpc,
+)
+from services.common.bus import Bus, connect
+from services.common.db import database_url, open_database
+from services.common.grpc_server import RunningServer, grpc_server
+from services.router.catalog import Catalog
+from services.router.core import RouterCore
+from services.router.dispatch import Dispatcher
+from services.router.recorder import Recorder
+from services.router.servicers import GenerateServicer, JobServicer, ProviderServicer
+from services.router.settings import Settings
+from services.router.store import JobStore, metadata
+from services.router.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Router:
+    core: RouterCore
+    server: RunningServer
+    store: JobStore
+
+
+@asynccontextmanager
+async def running_router(settings: Settings) -> AsyncIterator[Router]:
+    """Start everything the router needs; on exit stop it in reverse order."""
+    bus = Bus(settings.nats_prefix, settings.nats_replicas)
+    async with AsyncExitStack() as stack:
+        url = database_url(settings.database_url, settings.data_dir, "router.db")
+        engine = await stack.enter_async_context(
+            open_database(url, metadata, settings.database_schema)
+        )
+        store = JobStore(engine)
+        nc = await stack.enter_async_context(connect(settings.nats_url, "genmesh-router"))
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        catalog = Catalog(await bus.providers_kv(js), settings.provider_liveness)
+        await catalog.start()
+        stack.push_async_callback(catalog.stop)
+        hub = WatchHub(nc, bus)
+        await hub.start()
+        stack.push_async_callback(hub.stop)
+        dispatcher = Dispatcher(js, bus, store)
+        await dispatcher.start()
+        stack.push_async_callback(dispatcher.stop)
+
+        prompt_channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(settings.prompt_addr)
+        )
+        storage_channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(settings.storage_addr)
+        )
+        core = RouterCore(
+            store=store,
+            catalog=catalog,
+            dispatcher=dispatcher,
+            hub=hub,
+            nc=nc,
+            bus=bus,
+            cancellations=await bus.cancellations_kv(js),
+            prompts=prompt_service_pb2_grpc.PromptServiceStub(prompt_channel),
+            assets=asset_service_pb2_grpc.AssetServiceStub(storage_channel),
+        )
+        recorder_task = asyncio.create_task(Recorder(js, bus, store, hub).run())
+
+        async def stop_recorder() -> None:
+            recorder_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder_task
+
+        stack.push_async_callback(stop_recorder)
+        server = await stack.enter_async_context(
+            grpc_server(
+                settings.listen,
+                [
+                    (
+                        generate_service_pb2_grpc.add_GenerateServiceServicer_to_server,
+                        GenerateServicer(core),
+                        generate_service_pb2.DESCRIPTOR.services_by_name[
+                            "GenerateService"
+                        ].full_name,
+                    ),
+                    (
+                        job_service_pb2_grpc.add_JobServiceServicer_to_server,
+                        JobServicer(core),
+                        job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+                    ),
+                    (
+                        provider_service_pb2_grpc.add_ProviderServiceServicer_to_server,
+                        ProviderServicer(core),
+                        provider_service_pb2.DESCRIPTOR.services_by_name[
+                            "ProviderService"
+                        ].full_name,
+                    ),
+                ],
+                grace=settings.shutdown_grace,
+            )
+        )
+        log.info("router listening on %s", server.address)
+        yield Router(core, server, store)

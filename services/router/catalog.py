@@ -1,0 +1,119 @@
+"""The provider catalog, kept current from workers' registrations in a KV bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.tasks import task_name
+
+log = logging.getLogger(__name__)
+
+
+class Catalog:
+    """Providers as workers declare them; health from how recently each worker reported."""
+
+    def __init__(self, kv: KeyValue, liveness: float) -> None:
+        self._kv = kv
+        self._liveness = liveness
+        # provider name -> worker key -> that worker's registration
+        self._entries: dict[str, dict[str, provider_service_pb2.Provider]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the current registrations, then follow updates in the background."""
+        watcher = await self._kv.watchall()
+        loaded = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._follow(watcher, loaded))
+        await loaded
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher, loaded: asyncio.Future[None]) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    if not loaded.done():
+                        loaded.set_result(None)
+                    continue
+                provider_name, _, worker = entry.key.partition(".")
+                group = self._entries.setdefault(provider_name, {})
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    group.pop(worker, None)
+                    continue
+                reg = provider_service_pb2.Provider()
+                try:
+                    reg.ParseFromString(entry.value)
+                except Exception:
+                    log.warning("undecodable provider registration %s", entry.key)
+                    continue
+                group[worker] = reg
+        finally:
+            if not loaded.done():
+                loaded.set_result(None)
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    def providers(self, task: int = 0) -> list[provider_service_pb2.Provider]:
+        """Every known provider (serving `task`, if given) with aggregated health."""
+        out = []
+        for name in sorted(self._entries):
+            provider = self.get(name)
+            if provider is not None and (not task or task in provider.tasks):
+                out.append(provider)
+        return out
+
+    def get(self, name: str) -> provider_service_pb2.Provider | None:
+        group = self._entries.get(name)
+        if not group:
+            return None
+        now = time.time()
+        regs = sorted(group.values(), key=lambda r: r.health.last_seen.ToNanoseconds())
+        live = [r for r in regs if now - r.health.last_seen.ToNanoseconds() / 1e9 <= self._liveness]
+        provider = provider_service_pb2.Provider()
+        provider.CopyFrom(regs[-1])
+        health = provider.health
+        health.live_workers = len(live)
+        health.in_flight = sum(r.health.in_flight for r in live)
+        if not live:
+            age = now - regs[-1].health.last_seen.ToNanoseconds() / 1e9
+            health.status = provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
+            health.reason = f"no live worker (last heard from {age:.0f}s ago)"
+        else:
+            broken = [
+                r for r in live if r.health.status != provider_service_pb2.PROVIDER_STATUS_AVAILABLE
+            ]
+            if len(broken) == len(live):
+                health.status = provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
+                health.reason = broken[-1].health.reason
+            elif broken:
+                health.status = provider_service_pb2.PROVIDER_STATUS_DEGRADED
+                health.reason = broken[-1].health.reason
+            else:
+                health.status = provider_service_pb2.PROVIDER_STATUS_AVAILABLE
+                health.reason = ""
+        return provider
+
+    def choose(self, task: job_pb2.Task.ValueType) -> provider_service_pb2.Provider | None:
+        """The provider for a job that names none: the first available one serving the task."""
+        candidates = self.providers(task)
+        available = [
+            p
+            for p in candidates
+            if p.health.status == provider_service_pb2.PROVIDER_STATUS_AVAILABLE
+        ]
+        pool = available or candidates
+        return pool[0] if pool else None
+
+    def describe_missing(self, task: job_pb2.Task.ValueType) -> str:
+        known = ", ".join(sorted(self._entries)) or "none registered"
+        return f"no provider serves {task_name(task)} (providers: {known})"

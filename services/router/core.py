@@ -1,0 +1,265 @@
+"""The router's core: validate, route, persist, dispatch, cancel and watch jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from genmesh.v1 import (
+    asset_pb2,
+    asset_service_pb2,
+    asset_service_pb2_grpc,
+    bus_pb2,
+    job_pb2,
+    job_service_pb2,
+    prompt_service_pb2,
+    prompt_service_pb2_grpc,
+    provider_service_pb2,
+)
+from services.common.bus import Bus
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from services.common.parameters import dict_to_struct, struct_to_dict, validate_parameters
+from services.common.tasks import INPUT_MEDIA, task_name
+from services.common.tenancy import tenant_metadata
+from services.router.catalog import Catalog
+from services.router.dispatch import Dispatcher
+from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
+from services.router.transitions import TERMINAL
+from services.router.watch import WatchHub
+
+# Seconds a watcher waits for a live event before re-reading the store, in case a
+# core-NATS notification was lost.
+WATCH_RECHECK = 5.0
+# Outbound calls to storage and prompt fail fast rather than hold a submit.
+CALL_TIMEOUT = 10.0
+
+Update = job_pb2.Job | job_pb2.JobEvent
+
+
+class RouterCore:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        catalog: Catalog,
+        dispatcher: Dispatcher,
+        hub: WatchHub,
+        nc: Client,
+        bus: Bus,
+        cancellations: KeyValue,
+        prompts: prompt_service_pb2_grpc.PromptServiceStub,
+        assets: asset_service_pb2_grpc.AssetServiceStub,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._dispatcher = dispatcher
+        self._hub = hub
+        self._nc = nc
+        self._bus = bus
+        self._cancellations = cancellations
+        self._prompts = prompts
+        self._assets = assets
+
+    # ---- submit -------------------------------------------------------------------
+
+    async def submit(self, tenant: str, spec: job_pb2.JobSpec) -> job_pb2.Job:
+        """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key)."""
+        if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
+            raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
+        spec_hash = _spec_hash(spec)
+        if spec.idempotency_key:
+            earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
+            if earlier is not None:
+                return _same_or_conflict(earlier, spec_hash)
+        await self._check_prompt(spec)
+        provider = self._pick_provider(spec)
+        parameters = validate_parameters(provider, spec.task, struct_to_dict(spec.parameters))
+        await self._check_inputs(tenant, spec)
+
+        job = job_pb2.Job(id="j_" + uuid.uuid4().hex, tenant_id=tenant, provider=provider.name)
+        job.spec.CopyFrom(spec)
+        job.spec.parameters.CopyFrom(dict_to_struct(parameters))
+        job.spec.provider = spec.provider
+        job.state = job_pb2.JOB_STATE_QUEUED
+        job.last_sequence = 1
+        job.create_time.GetCurrentTime()
+        job.update_time.CopyFrom(job.create_time)
+        first = job_pb2.JobEvent(
+            job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=provider.name
+        )
+        first.time.CopyFrom(job.create_time)
+        try:
+            await self._store.create(job, spec_hash, first)
+        except DuplicateIdempotencyKey:
+            earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
+            if earlier is None:
+                raise
+            return _same_or_conflict(earlier, spec_hash)
+        await self._dispatcher.dispatch(job)
+        return job
+
+    async def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
+        try:
+            verdict = await self._prompts.ValidatePrompt(
+                prompt_service_pb2.ValidatePromptRequest(prompt=spec.prompt, task=spec.task),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"prompt service unavailable: {exc.code().name}") from exc
+        if not verdict.valid:
+            raise InvalidArgument("; ".join(v.message for v in verdict.violations))
+
+    def _pick_provider(self, spec: job_pb2.JobSpec) -> provider_service_pb2.Provider:
+        if spec.provider:
+            provider = self._catalog.get(spec.provider)
+            if provider is None:
+                known = ", ".join(p.name for p in self._catalog.providers()) or "none"
+                raise InvalidArgument(f"unknown provider {spec.provider!r}; known: {known}")
+            if spec.task not in provider.tasks:
+                raise InvalidArgument(
+                    f"provider {provider.name!r} does not serve {task_name(spec.task)}"
+                )
+            return provider
+        chosen = self._catalog.choose(spec.task)
+        if chosen is None:
+            raise Unavailable(self._catalog.describe_missing(spec.task))
+        return chosen
+
+    async def _check_inputs(self, tenant: str, spec: job_pb2.JobSpec) -> None:
+        accepted = INPUT_MEDIA.get(spec.task)
+        if accepted is None:
+            if spec.input_asset_ids:
+                raise InvalidArgument(f"{task_name(spec.task)} takes no input assets")
+            return
+        if not spec.input_asset_ids:
+            raise InvalidArgument(
+                f"{task_name(spec.task)} needs an input asset ({'/'.join(accepted)}*); "
+                "upload one with AssetService.UploadAsset and pass its id in input_asset_ids"
+            )
+        for asset_id in spec.input_asset_ids:
+            asset = await self._get_asset(tenant, asset_id)
+            if not asset.media_type.startswith(accepted):
+                raise InvalidArgument(
+                    f"input asset {asset_id!r} is {asset.media_type}; "
+                    f"{task_name(spec.task)} takes {'/'.join(accepted)}*"
+                )
+
+    async def _get_asset(self, tenant: str, asset_id: str) -> asset_pb2.Asset:
+        try:
+            reply = await self._assets.GetAsset(
+                asset_service_pb2.GetAssetRequest(asset_id=asset_id),
+                metadata=tenant_metadata(tenant),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"input asset {asset_id!r} not found") from exc
+            raise Unavailable(f"storage unavailable: {exc.code().name}") from exc
+        return reply.asset
+
+    # ---- read -----------------------------------------------------------------------
+
+    async def get(self, tenant: str, job_id: str) -> job_pb2.Job:
+        if not job_id:
+            raise InvalidArgument("job_id is required")
+        job = await self._store.get(tenant, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return job
+
+    async def list_jobs(
+        self, tenant: str, request: job_service_pb2.ListJobsRequest
+    ) -> tuple[list[job_pb2.Job], str]:
+        page = await self._store.list_jobs(
+            tenant,
+            states=list(request.states),
+            task=request.task,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return page.jobs, page.next_token
+
+    def providers(self, task: int = 0) -> list[provider_service_pb2.Provider]:
+        return self._catalog.providers(task)
+
+    # ---- cancel -----------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str, reason: str) -> job_pb2.Job:
+        """Record CANCELLED, then tell workers: the running one stops, a later one skips it."""
+        job = await self.get(tenant, job_id)
+        if job.state in TERMINAL:
+            raise FailedPrecondition(
+                f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
+            )
+        event = job_pb2.JobEvent(job_id=job_id, state=job_pb2.JOB_STATE_CANCELLED)
+        event.error.code = "cancelled"
+        event.error.message = reason or "cancelled by the caller"
+        event.time.GetCurrentTime()
+        applied = await self._store.apply([Incoming(job_id, event)])
+        if not applied:
+            job = await self.get(tenant, job_id)
+            raise FailedPrecondition(
+                f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
+            )
+        request = bus_pb2.CancelRequest(job_id=job_id, reason=event.error.message)
+        await self._cancellations.put(job_id, request.SerializeToString())
+        await self._nc.publish(self._bus.cancel_subject, request.SerializeToString())
+        await self._hub.publish(applied)
+        return await self.get(tenant, job_id)
+
+    # ---- watch ------------------------------------------------------------------------
+
+    async def watch(self, tenant: str, job_id: str, after: int) -> AsyncIterator[Update]:
+        """The job now, then each event after `after` exactly once, until the job ends."""
+        if after < 0:
+            raise InvalidArgument("after_sequence must be >= 0")
+        with self._hub.listen(job_id) as listener:
+            job = await self.get(tenant, job_id)
+            yield job
+            last = after
+            for event in await self._store.events_after(job_id, last):
+                yield event
+                last = event.sequence
+            if job.state in TERMINAL and last >= job.last_sequence:
+                return
+            while True:
+                event = await listener.next(WATCH_RECHECK)
+                if event is not None and event.sequence <= last:
+                    continue
+                if event is not None and event.sequence == last + 1:
+                    batch = [event]
+                else:
+                    # A gap, a lag or silence: the store is the truth.
+                    batch = await self._store.events_after(job_id, last)
+                for item in batch:
+                    yield item
+                    last = item.sequence
+                    if item.state in TERMINAL:
+                        return
+
+
+def _spec_hash(spec: job_pb2.JobSpec) -> str:
+    clean = job_pb2.JobSpec()
+    clean.CopyFrom(spec)
+    clean.idempotency_key = ""
+    return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _same_or_conflict(earlier: tuple[job_pb2.Job, str], spec_hash: str) -> job_pb2.Job:
+    job, earlier_hash = earlier
+    if earlier_hash != spec_hash:
+        raise FailedPrecondition(
+            f"idempotency key {job.spec.idempotency_key!r} was used for a different request "
+            f"(job {job.id})"
+        )
+    return job

@@ -1,0 +1,87 @@
+"""Publishing jobs to their provider's work queue, exactly once per attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.js import JetStreamContext
+
+from genmesh.v1 import bus_pb2, job_pb2
+from services.common.bus import Bus
+from services.router.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Publishes with Nats-Msg-Id "<job>:<attempt>" so a republish is dropped by JetStream.
+
+    A job is marked dispatched after JetStream acknowledged it; the marks are written in
+    batches off the submit path. Jobs a dead router never marked are published again at
+    start-up, which the message id makes harmless.
+    """
+
+    def __init__(self, js: JetStreamContext, bus: Bus, store: JobStore) -> None:
+        self._js = js
+        self._bus = bus
+        self._store = store
+        self._marks: list[str] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.redispatch_pending()
+        self._task = asyncio.create_task(self._mark_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._flush()
+
+    async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> int:
+        """Publish and wait for JetStream's ack; returns the job's stream sequence."""
+        message = bus_pb2.JobDispatch(job=job, attempt=attempt)
+        ack = await self._js.publish(
+            self._bus.jobs_subject(job.provider),
+            message.SerializeToString(),
+            stream=self._bus.jobs_stream,
+            headers={"Nats-Msg-Id": f"{job.id}:{attempt}"},
+        )
+        self._marks.append(job.id)
+        self._wake.set()
+        return int(ack.seq)
+
+    async def redispatch_pending(self) -> None:
+        while True:
+            pending = await self._store.undispatched()
+            if not pending:
+                return
+            log.info("publishing %d job(s) persisted but not yet dispatched", len(pending))
+            for job in pending:
+                await self.dispatch(job)
+            await self._flush()
+
+    async def _mark_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("could not mark jobs dispatched; will retry")
+                await asyncio.sleep(1)
+                self._wake.set()
+            # Let a few more submits land so one UPDATE covers them.
+            await asyncio.sleep(0.02)
+
+    async def _flush(self) -> None:
+        marks, self._marks = self._marks, []
+        try:
+            await self._store.mark_dispatched(marks)
+        except BaseException:
+            self._marks.extend(marks)
+            raise

@@ -1,0 +1,82 @@
+"""Applies workers' events to the store, once each, then tells watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from genmesh.v1 import bus_pb2
+from services.common.bus import Bus
+from services.router.store import Incoming, JobStore
+from services.router.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+BATCH = 512
+
+
+class Recorder:
+    """A durable pull consumer on the events stream, shared by every router replica.
+
+    A batch is applied in one transaction and acked only after it commits, so a router
+    that dies mid-batch leaves the events to be redelivered; the store drops repeats.
+    """
+
+    def __init__(self, js: JetStreamContext, bus: Bus, store: JobStore, hub: WatchHub) -> None:
+        self._js = js
+        self._bus = bus
+        self._store = store
+        self._hub = hub
+
+    async def run(self) -> None:
+        sub = await self._js.pull_subscribe(
+            self._bus.events_wildcard,
+            durable=self._bus.recorder_consumer,
+            stream=self._bus.events_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30.0,
+                max_ack_pending=50_000,
+            ),
+        )
+        while True:
+            try:
+                msgs = await sub.fetch(BATCH, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            try:
+                await self._record(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recording %d event(s) failed; they will be redelivered", len(msgs))
+                for msg in msgs:
+                    await msg.nak(delay=1.0)
+
+    async def _record(self, msgs: list[Msg]) -> None:
+        batch = []
+        good = []
+        for msg in msgs:
+            wrapper = bus_pb2.WorkerEvent()
+            try:
+                wrapper.ParseFromString(msg.data)
+            except Exception:
+                log.warning("dropping undecodable event on %s", msg.subject)
+                await msg.term()
+                continue
+            batch.append(
+                Incoming(wrapper.event.job_id, wrapper.event, msg.metadata.sequence.stream)
+            )
+            good.append(msg)
+        applied = await self._store.apply(batch)
+        for msg in good:
+            await msg.ack()
+        await self._hub.publish(applied)

@@ -1,0 +1,86 @@
+"""Thin gRPC adapters over RouterCore: translate, call, translate back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from genmesh.v1 import (
+    generate_service_pb2,
+    generate_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    provider_service_pb2,
+    provider_service_pb2_grpc,
+)
+from services.common.tenancy import tenant_of
+from services.router.core import RouterCore
+
+
+class GenerateServicer(generate_service_pb2_grpc.GenerateServiceServicer):
+    def __init__(self, core: RouterCore) -> None:
+        self._core = core
+
+    async def Submit(
+        self, request: generate_service_pb2.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> generate_service_pb2.SubmitResponse:
+        job = await self._core.submit(tenant_of(context), request.spec)
+        return generate_service_pb2.SubmitResponse(job=job)
+
+    async def Generate(  # type: ignore[override]
+        self, request: generate_service_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generate_service_pb2.GenerateResponse]:
+        tenant = tenant_of(context)
+        job = await self._core.submit(tenant, request.spec)
+        yield generate_service_pb2.GenerateResponse(job=job)
+        async for update in self._core.watch(tenant, job.id, 0):
+            if isinstance(update, job_pb2.JobEvent):
+                yield generate_service_pb2.GenerateResponse(event=update)
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, core: RouterCore) -> None:
+        self._core = core
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> job_service_pb2.GetJobResponse:
+        return job_service_pb2.GetJobResponse(
+            job=await self._core.get(tenant_of(context), request.job_id)
+        )
+
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> job_service_pb2.ListJobsResponse:
+        jobs, token = await self._core.list_jobs(tenant_of(context), request)
+        return job_service_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> job_service_pb2.CancelJobResponse:
+        job = await self._core.cancel(tenant_of(context), request.job_id, request.reason)
+        return job_service_pb2.CancelJobResponse(job=job)
+
+    async def WatchJob(  # type: ignore[override]
+        self, request: job_service_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        updates = self._core.watch(tenant_of(context), request.job_id, request.after_sequence)
+        async for update in updates:
+            if isinstance(update, job_pb2.Job):
+                yield job_service_pb2.WatchJobResponse(job=update)
+            else:
+                yield job_service_pb2.WatchJobResponse(event=update)
+
+
+class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
+    def __init__(self, core: RouterCore) -> None:
+        self._core = core
+
+    async def ListProviders(
+        self, request: provider_service_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> provider_service_pb2.ListProvidersResponse:
+        return provider_service_pb2.ListProvidersResponse(
+            providers=self._core.providers(request.task)
+        )

@@ -1,0 +1,313 @@
+"""The router's durable state: jobs and their events, in SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    and_,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from genmesh.v1 import job_pb2
+from services.common.errors import InvalidArgument
+from services.router.transitions import accepts, fold
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("task", Integer, nullable=False),
+    Column("state", Integer, nullable=False),
+    Column("provider", String(64), nullable=False),
+    # NULL when the caller gave no key, so the unique constraint ignores those rows.
+    Column("idempotency_key", String(200), nullable=True),
+    Column("spec_hash", String(64), nullable=False),
+    Column("last_sequence", Integer, nullable=False),
+    # Newest events-stream sequence applied; a redelivered event at or below it is a repeat.
+    Column("applied_stream_seq", Integer, nullable=False, default=0),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("dispatched", Boolean, nullable=False, default=False),
+    Column("create_time", Double, nullable=False),
+    Column("update_time", Double, nullable=False),
+    # The whole Job message; the columns above exist to query and lock by.
+    Column("body", LargeBinary, nullable=False),
+    UniqueConstraint("tenant_id", "idempotency_key", name="jobs_idempotency"),
+    Index("jobs_tenant_listing", "tenant_id", "create_time", "id"),
+    Index("jobs_undispatched", "dispatched"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("job_id", String(40), primary_key=True),
+    Column("sequence", Integer, primary_key=True),
+    Column("state", Integer, nullable=False),
+    Column("create_time", Double, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Another request created a job with this key first."""
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """An event to apply; stream_seq is its events-stream sequence (None for router events)."""
+
+    job_id: str
+    event: job_pb2.JobEvent
+    stream_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[job_pb2.Job]
+    next_token: str
+
+
+MAX_PAGE = 500
+
+
+class JobStore:
+    """Jobs and events; every read takes the tenant, so nothing leaks across tenants."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._locking = engine.dialect.name == "postgresql"
+
+    async def create(self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent) -> None:
+        """Insert a QUEUED job and its first event in one transaction."""
+        key = job.spec.idempotency_key or None
+        now = time.time()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(jobs).values(
+                        id=job.id,
+                        tenant_id=job.tenant_id,
+                        task=job.spec.task,
+                        state=job.state,
+                        provider=job.provider,
+                        idempotency_key=key,
+                        spec_hash=spec_hash,
+                        last_sequence=job.last_sequence,
+                        applied_stream_seq=0,
+                        attempt=1,
+                        dispatched=False,
+                        create_time=job.create_time.ToNanoseconds() / 1e9,
+                        update_time=now,
+                        body=job.SerializeToString(),
+                    )
+                )
+                await conn.execute(insert(job_events).values(**_event_row(job.id, first)))
+        except IntegrityError as exc:
+            if key is not None:
+                raise DuplicateIdempotencyKey(key) from exc
+            raise
+
+    async def by_idempotency_key(self, tenant: str, key: str) -> tuple[job_pb2.Job, str] | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.body, jobs.c.spec_hash).where(
+                        jobs.c.tenant_id == tenant, jobs.c.idempotency_key == key
+                    )
+                )
+            ).first()
+        return (_job(row.body), row.spec_hash) if row else None
+
+    async def get(self, tenant: str, job_id: str) -> job_pb2.Job | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.body).where(jobs.c.id == job_id, jobs.c.tenant_id == tenant)
+                )
+            ).first()
+        return _job(row.body) if row else None
+
+    async def events_after(
+        self, job_id: str, after: int, upto: int | None = None
+    ) -> list[job_pb2.JobEvent]:
+        """Events with after < sequence (<= upto), oldest first."""
+        cond = [job_events.c.job_id == job_id, job_events.c.sequence > after]
+        if upto is not None:
+            cond.append(job_events.c.sequence <= upto)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(job_events.c.body).where(*cond).order_by(job_events.c.sequence)
+            )
+            return [_event(r.body) for r in rows]
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        states: Sequence[int] = (),
+        task: int = 0,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> Page:
+        """Newest first, by (create_time, id); the token is the last row's position."""
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidArgument(f"page_size must be 0..{MAX_PAGE}, got {page_size}")
+        size = page_size or 50
+        query = select(jobs.c.body, jobs.c.create_time, jobs.c.id).where(jobs.c.tenant_id == tenant)
+        if states:
+            query = query.where(jobs.c.state.in_(list(states)))
+        if task:
+            query = query.where(jobs.c.task == task)
+        if page_token:
+            created, last_id = decode_page_token(page_token)
+            query = query.where(
+                or_(
+                    jobs.c.create_time < created,
+                    and_(jobs.c.create_time == created, jobs.c.id < last_id),
+                )
+            )
+        query = query.order_by(jobs.c.create_time.desc(), jobs.c.id.desc()).limit(size + 1)
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
+        more = len(rows) > size
+        rows = rows[:size]
+        token = encode_page_token(rows[-1].create_time, rows[-1].id) if more and rows else ""
+        return Page([_job(r.body) for r in rows], token)
+
+    async def apply(self, batch: Sequence[Incoming]) -> list[job_pb2.JobEvent]:
+        """Apply events in order, each at most once; returns those applied, with sequences.
+
+        Events that would move a job backwards, touch a finished job, or repeat an
+        already-applied stream message are dropped, so applying anything twice changes nothing.
+        """
+        if not batch:
+            return []
+        ids = sorted({item.job_id for item in batch})
+        applied: list[job_pb2.JobEvent] = []
+        async with self._engine.begin() as conn:
+            rows = await self._lock_jobs(conn, ids)
+            touched: dict[str, tuple[job_pb2.Job, int]] = {}
+            for item in batch:
+                row = rows.get(item.job_id)
+                if row is None:
+                    continue
+                job, stream_seq = touched.get(item.job_id, row)
+                if item.stream_seq is not None and item.stream_seq <= stream_seq:
+                    continue
+                if item.stream_seq is not None:
+                    stream_seq = item.stream_seq
+                touched[item.job_id] = (job, stream_seq)
+                if not accepts(job.state, item.event.state):
+                    continue
+                event = job_pb2.JobEvent()
+                event.CopyFrom(item.event)
+                event.job_id = job.id
+                event.sequence = job.last_sequence + 1
+                if not event.HasField("time"):
+                    event.time.GetCurrentTime()
+                fold(job, event)
+                applied.append(event)
+            if applied:
+                await conn.execute(insert(job_events), [_event_row(e.job_id, e) for e in applied])
+            for job_id, (job, stream_seq) in touched.items():
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        state=job.state,
+                        provider=job.provider,
+                        last_sequence=job.last_sequence,
+                        applied_stream_seq=stream_seq,
+                        update_time=time.time(),
+                        body=job.SerializeToString(),
+                    )
+                )
+        return applied
+
+    async def _lock_jobs(
+        self, conn: AsyncConnection, ids: list[str]
+    ) -> dict[str, tuple[job_pb2.Job, int]]:
+        query = select(jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq).where(jobs.c.id.in_(ids))
+        if self._locking:
+            # Router replicas share the recorder consumer; the row lock serialises one job's events.
+            query = query.with_for_update()
+        rows = await conn.execute(query)
+        return {r.id: (_job(r.body), r.applied_stream_seq) for r in rows}
+
+    async def mark_dispatched(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(update(jobs).where(jobs.c.id.in_(list(ids))).values(dispatched=True))
+
+    async def undispatched(self, limit: int = 1000) -> list[job_pb2.Job]:
+        """Jobs persisted but maybe never published (the router died in between)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(jobs.c.body)
+                .where(jobs.c.dispatched.is_(False))
+                .order_by(jobs.c.create_time)
+                .limit(limit)
+            )
+            return [_job(r.body) for r in rows]
+
+
+def _job(body: bytes) -> job_pb2.Job:
+    job = job_pb2.Job()
+    job.ParseFromString(body)
+    return job
+
+
+def _event(body: bytes) -> job_pb2.JobEvent:
+    event = job_pb2.JobEvent()
+    event.ParseFromString(body)
+    return event
+
+
+def _event_row(job_id: str, event: job_pb2.JobEvent) -> dict[str, object]:
+    return {
+        "job_id": job_id,
+        "sequence": event.sequence,
+        "state": event.state,
+        "create_time": event.time.ToNanoseconds() / 1e9,
+        "body": event.SerializeToString(),
+    }
+
+
+def encode_page_token(create_time: float, job_id: str) -> str:
+    raw = json.dumps([create_time, job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[float, str]:
+    """The position a token names; InvalidArgument if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created, job_id = json.loads(raw)
+        if not isinstance(created, int | float) or not isinstance(job_id, str):
+            raise ValueError
+        return float(created), job_id
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("malformed page_token; pass one from a ListJobs response") from exc

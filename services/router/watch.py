@@ -1,0 +1,97 @@
+"""Live fan-out of recorded events to the watchers connected to this router replica."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from genmesh.v1 import job_pb2
+from services.common.bus import Bus
+
+log = logging.getLogger(__name__)
+
+# Events buffered per watcher before it is marked lagging and re-reads the store.
+LISTENER_BUFFER = 1024
+
+
+class Listener:
+    """One watcher's inbox. A full inbox drops events and flags `lagged`; nothing is lost,
+    because the watcher then catches up from the store by sequence."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[job_pb2.JobEvent] = asyncio.Queue(LISTENER_BUFFER)
+        self.lagged = False
+
+    def offer(self, event: job_pb2.JobEvent) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagged = True
+
+    async def next(self, within: float) -> job_pb2.JobEvent | None:
+        """The next event, or None after `within` seconds or when lagging."""
+        if self.lagged:
+            self.lagged = False
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            return None
+        try:
+            return await asyncio.wait_for(self.queue.get(), within)
+        except TimeoutError:
+            return None
+
+
+class WatchHub:
+    """Every replica's recorder publishes applied events on core NATS; every replica's hub
+    hears them, so a watcher sees events whichever replica recorded them."""
+
+    def __init__(self, nc: Client, bus: Bus) -> None:
+        self._nc = nc
+        self._bus = bus
+        self._listeners: dict[str, set[Listener]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._bus.watch_wildcard, cb=self._on_message)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def publish(self, events: Iterable[job_pb2.JobEvent]) -> None:
+        for event in events:
+            await self._nc.publish(self._bus.watch_subject(event.job_id), event.SerializeToString())
+
+    @contextmanager
+    def listen(self, job_id: str) -> Iterator[Listener]:
+        listener = Listener()
+        self._listeners.setdefault(job_id, set()).add(listener)
+        try:
+            yield listener
+        finally:
+            group = self._listeners.get(job_id)
+            if group is not None:
+                group.discard(listener)
+                if not group:
+                    del self._listeners[job_id]
+
+    async def _on_message(self, msg: Msg) -> None:
+        job_id = msg.subject.rsplit(".", 1)[-1]
+        group = self._listeners.get(job_id)
+        if not group:
+            return
+        event = job_pb2.JobEvent()
+        try:
+            event.ParseFromString(msg.data)
+        except Exception:
+            log.warning("undecodable watch message on %s", msg.subject)
+            return
+        for listener in group:
+            listener.offer(event)
