@@ -107,6 +107,19 @@ class Bus:
             ),
         )
 
+    @property
+    def requests_bucket(self) -> str:
+        return f"{self._upper}_requests"
+
+    async def requests_kv(self, js: JetStreamContext) -> KeyValue:
+        """Provider request ids by "<job>-<attempt>", so a redelivered job resumes, not repays."""
+        return await _ensure_kv(
+            js,
+            KeyValueConfig(
+                bucket=self.requests_bucket, history=1, ttl=7 * 24 * 3600.0, replicas=self.replicas
+            ),
+        )
+
     async def providers_kv(self, js: JetStreamContext) -> KeyValue:
         return await _ensure_kv(
             js, KeyValueConfig(bucket=self.providers_bucket, history=1, replicas=self.replicas)

@@ -67,8 +67,7 @@ class JobContext(Protocol):
         """The job's parameters as plain Python values, defaults applied."""
         ...
 
-    @property
-    def previous_request_id(self) -> str:
+    async def previous_request_id(self) -> str:
         """The provider request id recorded by an earlier delivery of this job, or ""."""
         ...
 
@@ -100,7 +99,7 @@ class Adapter(Protocol):
         ...
 
     async def check(self) -> str:
-        """"" when usable; otherwise why not (missing key, binary, unreachable endpoint)."""
+        """ "" when usable; otherwise why not (missing key, binary, unreachable endpoint)."""
         ...
 
     async def run(self, ctx: JobContext) -> Result: ...

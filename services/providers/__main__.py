@@ -1,0 +1,21 @@
+"""`python -m services.providers`: a worker serving the configured provider instances."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from services.common.logs import setup_logging
+from services.common.run import serve_until_signalled
+from services.providers.app import running_worker
+from services.providers.settings import Settings
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    setup_logging(settings.log_level, "worker")
+    asyncio.run(serve_until_signalled(lambda: running_worker(settings)))
+
+
+if __name__ == "__main__":
+    main()

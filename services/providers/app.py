@@ -1,0 +1,83 @@
+"""Builds a running worker from settings: adapters, consumers, registration, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.bus import Bus, connect
+from services.common.grpc_server import grpc_server
+from services.providers.registration import Registration
+from services.providers.registry import build_adapter
+from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
+from services.providers.settings import Settings
+from services.storage.client import AssetClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    workers: list[ProviderWorker]
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """Serve the configured providers; on exit, stop fetching, drain, then withdraw."""
+    names = [n.strip() for n in settings.worker_providers.split(",") if n.strip()]
+    adapters = [build_adapter(name) for name in names]
+    bus = Bus(settings.nats_prefix, settings.nats_replicas)
+    worker_id = uuid.uuid4().hex[:12]
+    options = WorkerOptions(
+        concurrency=settings.worker_concurrency,
+        ack_wait=settings.worker_ack_wait,
+        max_deliver=settings.worker_max_deliver,
+        drain_timeout=settings.worker_drain_timeout,
+    )
+    async with AsyncExitStack() as stack:
+        nc = await stack.enter_async_context(
+            connect(settings.nats_url, f"genmesh-worker-{worker_id}")
+        )
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(settings.storage_addr))
+        shared = Shared(
+            js=js,
+            bus=bus,
+            assets=AssetClient(channel),
+            cancellations=await bus.cancellations_kv(js),
+            requests=await bus.requests_kv(js),
+            worker_id=worker_id,
+        )
+        workers = [ProviderWorker(adapter, shared, options) for adapter in adapters]
+        registration = Registration(await bus.providers_kv(js), workers, worker_id)
+        await registration.announce()
+        stack.push_async_callback(registration.withdraw)
+        cancel_sub = await listen_for_cancels(nc, bus, workers)
+        stack.push_async_callback(cancel_sub.unsubscribe)
+        background = [asyncio.create_task(registration.run())]
+        fetchers = [asyncio.create_task(w.run()) for w in workers]
+
+        async def shutdown() -> None:
+            for worker in workers:
+                worker.stop_fetching()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(fetchers, timeout=2.0)
+            for task in fetchers + background:
+                task.cancel()
+            await asyncio.gather(*fetchers, *background, return_exceptions=True)
+            await asyncio.gather(*(w.drain() for w in workers))
+
+        stack.push_async_callback(shutdown)
+        if settings.listen:
+            await stack.enter_async_context(grpc_server(settings.listen, []))
+        log.info("worker %s serving %s", worker_id, ", ".join(names))
+        yield Worker(worker_id, workers)

@@ -1,0 +1,59 @@
+"""Announces this worker's providers, capabilities and health in the providers KV bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.js.kv import KeyValue
+
+from genmesh.v1 import provider_service_pb2
+from services.providers.runtime import ProviderWorker
+
+log = logging.getLogger(__name__)
+
+# Seconds between announcements; the router's liveness window must be several of these.
+INTERVAL = 5.0
+
+
+class Registration:
+    """Keys are "<provider>.<worker_id>", one per worker, deleted on a clean stop."""
+
+    def __init__(self, kv: KeyValue, workers: list[ProviderWorker], worker_id: str) -> None:
+        self._kv = kv
+        self._workers = workers
+        self._worker_id = worker_id
+
+    def _key(self, worker: ProviderWorker) -> str:
+        return f"{worker.adapter.name}.{self._worker_id}"
+
+    async def announce(self) -> None:
+        for worker in self._workers:
+            entry = provider_service_pb2.Provider()
+            entry.CopyFrom(worker.description())
+            reason = await worker.adapter.check()
+            health = entry.health
+            health.status = (
+                provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
+                if reason
+                else provider_service_pb2.PROVIDER_STATUS_AVAILABLE
+            )
+            health.reason = reason
+            health.live_workers = 1
+            health.in_flight = worker.in_flight
+            health.last_seen.GetCurrentTime()
+            await self._kv.put(self._key(worker), entry.SerializeToString())
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            try:
+                await self.announce()
+            except Exception:
+                log.warning("could not announce providers; will retry", exc_info=True)
+
+    async def withdraw(self) -> None:
+        for worker in self._workers:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self._key(worker))

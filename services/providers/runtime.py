@@ -1,0 +1,308 @@
+"""The worker runtime: pull jobs for one provider, run them concurrently, report outcomes.
+
+Broker verbs follow the outcome: ack once the outcome event is stored in JetStream;
+nak with a delay for a retryable failure; in_progress on a timer while a job runs, so
+only a dead worker's jobs are redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
+from services.common.bus import Bus
+from services.common.errors import InvalidArgument
+from services.common.parameters import struct_to_dict, validate_parameters
+from services.providers.adapter import Adapter, ProviderError
+from services.providers.context import RunContext
+from services.providers.events import EventPublisher
+from services.storage.client import AssetClient
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 256
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int = 1000
+    ack_wait: float = 30.0
+    max_deliver: int = 5
+    drain_timeout: float = 10.0
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[None]
+    cancel_reason: str = ""
+
+
+@dataclass
+class Shared:
+    """Connections every job handler uses."""
+
+    js: JetStreamContext
+    bus: Bus
+    assets: AssetClient
+    cancellations: KeyValue
+    requests: KeyValue
+    worker_id: str
+
+
+class ProviderWorker:
+    """Serves one provider instance from its durable consumer, shared with other workers."""
+
+    def __init__(self, adapter: Adapter, shared: Shared, options: WorkerOptions) -> None:
+        self.adapter = adapter
+        self._shared = shared
+        self._options = options
+        self._description = adapter.describe()
+        self._running: dict[str, _Running] = {}
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._active = 0
+        self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def description(self) -> provider_service_pb2.Provider:
+        return self._description
+
+    async def run(self) -> None:
+        """Fetch and start jobs until stop() is called."""
+        bus = self._shared.bus
+        name = self.adapter.name
+        sub = await self._shared.js.pull_subscribe(
+            bus.jobs_subject(name),
+            durable=bus.worker_consumer(name),
+            stream=bus.jobs_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._options.ack_wait,
+                # The worker decides when a job has been tried enough (it must publish
+                # FAILED), so the server never silently stops delivering one.
+                max_deliver=-1,
+                max_ack_pending=-1,
+            ),
+        )
+        try:
+            while not self._stopping.is_set():
+                await self._slots.acquire()
+                free = 1 + self._free_slots()
+                try:
+                    msgs = await sub.fetch(min(free, FETCH_BATCH), timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    self._slots.release()
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    self._slots.release()
+                    return
+                # One slot is held already; take one more for each extra message.
+                for i, msg in enumerate(msgs):
+                    if i > 0:
+                        await self._slots.acquire()
+                    self._start(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _free_slots(self) -> int:
+        return self._options.concurrency - self._active - 1
+
+    def _start(self, msg: Msg) -> None:
+        self._active += 1
+        task = asyncio.create_task(self._handle(msg))
+        task.add_done_callback(self._finished)
+
+    def _finished(self, _task: asyncio.Task[None]) -> None:
+        self._active -= 1
+        self._slots.release()
+
+    def stop_fetching(self) -> None:
+        self._stopping.set()
+
+    async def drain(self) -> None:
+        """Wait for running jobs, then cancel what is left so it is redelivered elsewhere."""
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._options.drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Stop a running job at the caller's request; True if it was running here."""
+        running = self._running.get(job_id)
+        if running is None:
+            return False
+        running.cancel_reason = reason or "cancelled"
+        running.task.cancel()
+        return True
+
+    async def _handle(self, msg: Msg) -> None:
+        dispatch = bus_pb2.JobDispatch()
+        try:
+            dispatch.ParseFromString(msg.data)
+        except Exception:
+            log.warning("dropping undecodable job message")
+            await msg.term()
+            return
+        job = dispatch.job
+        attempt = dispatch.attempt or 1
+        delivery = msg.metadata.num_delivered or 1
+        shared = self._shared
+        events = EventPublisher(shared.js, shared.bus, job.id, attempt, delivery, shared.worker_id)
+        if await self._cancelled(job.id):
+            await msg.ack()
+            return
+        if delivery > self._options.max_deliver:
+            await events.publish(
+                _failed(
+                    job,
+                    "delivery_limit",
+                    f"gave up after {delivery - 1} deliveries",
+                    job_pb2.ERROR_KIND_RETRYABLE,
+                )
+            )
+            await msg.ack()
+            return
+        running = _Running(asyncio.current_task())  # type: ignore[arg-type]
+        self._running[job.id] = running
+        heartbeat = asyncio.create_task(self._heartbeat(msg, job.id))
+        try:
+            await self._execute(job, attempt, delivery, events, msg)
+        except asyncio.CancelledError:
+            if running.cancel_reason:
+                # The router already recorded CANCELLED; the message is done with.
+                await msg.ack()
+                return
+            # Shutting down: hand the job straight back for another worker.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        finally:
+            heartbeat.cancel()
+            self._running.pop(job.id, None)
+
+    async def _execute(
+        self, job: job_pb2.Job, attempt: int, delivery: int, events: EventPublisher, msg: Msg
+    ) -> None:
+        provider = self.adapter.name
+        started = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=provider)
+        started.progress.message = (
+            "started" if delivery == 1 else f"restarted (delivery {delivery})"
+        )
+        await events.publish(started)
+        try:
+            parameters = validate_parameters(
+                self._description, job.spec.task, struct_to_dict(job.spec.parameters)
+            )
+            ctx = RunContext(
+                job=job,
+                attempt=attempt,
+                parameters=parameters,
+                assets=self._shared.assets,
+                events=events,
+                requests=self._shared.requests,
+            )
+            result = await self.adapter.run(ctx)
+            assets = await ctx.store_result(result)
+        except InvalidArgument as exc:
+            await events.publish(
+                _failed(job, "invalid_parameter", exc.message, job_pb2.ERROR_KIND_INVALID_INPUT)
+            )
+            await msg.ack()
+            return
+        except ProviderError as exc:
+            if exc.kind == job_pb2.ERROR_KIND_RETRYABLE and delivery < self._options.max_deliver:
+                delay = backoff(delivery, exc.retry_after)
+                note = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=provider)
+                note.progress.message = f"retrying in {delay:.1f}s: {exc.message}"
+                await events.publish(note)
+                await msg.nak(delay=delay)
+                return
+            await events.publish(_failed(job, exc.code, exc.message, exc.kind))
+            await msg.ack()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("job %s failed unexpectedly in %s", job.id, provider)
+            await events.publish(
+                _failed(
+                    job,
+                    "internal",
+                    f"{type(exc).__name__} in the {provider} adapter",
+                    job_pb2.ERROR_KIND_FATAL,
+                )
+            )
+            await msg.ack()
+            return
+        done = job_pb2.JobEvent(state=job_pb2.JOB_STATE_COMPLETED, provider=provider)
+        done.assets.extend(assets)
+        done.output_text = result.text
+        await events.publish(done)
+        await msg.ack()
+
+    async def _heartbeat(self, msg: Msg, job_id: str) -> None:
+        interval = max(self._options.ack_wait / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            # A cancel broadcast can be missed during a reconnect; the KV entry cannot.
+            if await self._cancelled(job_id):
+                self.cancel(job_id, "cancelled")
+                return
+
+    async def _cancelled(self, job_id: str) -> bool:
+        try:
+            await self._shared.cancellations.get(job_id)
+        except KeyNotFoundError:
+            return False
+        return True
+
+
+def backoff(delivery: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never sooner than the provider asked."""
+    ceiling = min(30.0, 0.5 * 2 ** (delivery - 1))
+    delay = random.uniform(0, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+def _failed(job: job_pb2.Job, code: str, message: str, kind: int) -> job_pb2.JobEvent:
+    event = job_pb2.JobEvent(state=job_pb2.JOB_STATE_FAILED, provider=job.provider)
+    event.error.code = code
+    event.error.message = message
+    event.error.kind = kind  # type: ignore[assignment]
+    event.error.provider = job.provider
+    return event
+
+
+async def listen_for_cancels(nc: Client, bus: Bus, workers: list[ProviderWorker]) -> Subscription:
+    """Subscribe to the cancel broadcast; returns the subscription."""
+
+    async def on_cancel(msg: Msg) -> None:
+        request = bus_pb2.CancelRequest()
+        with contextlib.suppress(Exception):
+            request.ParseFromString(msg.data)
+        for worker in workers:
+            worker.cancel(request.job_id, request.reason)
+
+    return await nc.subscribe(bus.cancel_subject, cb=on_cancel)
