@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
@@ -21,6 +21,18 @@ class ServiceSettings(BaseSettings):
     shutdown_grace: float = 5.0
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what from_env passes in: the environment is read once, explicitly, in main().
+        return (init_settings,)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
         """Build settings from an explicit environment (tests pass their own)."""
         prefix = "GENMESH_"
@@ -29,7 +41,7 @@ class ServiceSettings(BaseSettings):
             key = prefix + name.upper()
             if key in env:
                 values[name] = env[key]
-        return cls.model_validate(values)
+        return cls(**values)
 
 
 class BusSettings(ServiceSettings):

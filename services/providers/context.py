@@ -95,7 +95,9 @@ class RunContext:
             for i, output in enumerate(outputs)
         ]
 
-    async def _store(self, output: Output, role: int, key: str) -> asset_pb2.Asset:
+    async def _store(
+        self, output: Output, role: asset_pb2.AssetRole.ValueType, key: str
+    ) -> asset_pb2.Asset:
         # The key is stable across deliveries, so a redelivered job reuses what an
         # earlier delivery already stored instead of storing it twice.
         return await self._assets.upload(

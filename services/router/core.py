@@ -233,11 +233,11 @@ class RouterCore:
             if job.state in TERMINAL and last >= job.last_sequence:
                 return
             while True:
-                event = await listener.next(WATCH_RECHECK)
-                if event is not None and event.sequence <= last:
+                heard = await listener.next(WATCH_RECHECK)
+                if heard is not None and heard.sequence <= last:
                     continue
-                if event is not None and event.sequence == last + 1:
-                    batch = [event]
+                if heard is not None and heard.sequence == last + 1:
+                    batch = [heard]
                 else:
                     # A gap, a lag or silence: the store is the truth.
                     batch = await self._store.events_after(job_id, last)

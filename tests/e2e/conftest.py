@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Database
+from tests.mesh import Mesh, running_mesh
+
+
+@pytest.fixture
+async def mesh(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> AsyncIterator[Mesh]:
+    """The whole mesh, in-process, with one worker, on SQLite and on PostgreSQL."""
+    async with running_mesh(
+        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path
+    ) as m:
+        yield m

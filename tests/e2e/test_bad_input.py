@@ -1,0 +1,127 @@
+"""Bad requests get a clear status and leave nothing behind."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
+from services.common.parameters import dict_to_struct
+from tests.mesh import Mesh
+
+
+async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))
+    return err.value
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "needle"),
+    [
+        (job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt=""), "INVALID_ARGUMENT", "empty"),
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="x" * 10_001),
+            "INVALID_ARGUMENT",
+            "10,000",
+        ),
+        (job_pb2.JobSpec(task=job_pb2.TASK_UNSPECIFIED, prompt="fox"), "INVALID_ARGUMENT", "task"),
+        (job_pb2.JobSpec(task=99, prompt="fox"), "INVALID_ARGUMENT", "task"),  # type: ignore[arg-type]
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="fox", provider="nope"),
+            "INVALID_ARGUMENT",
+            "unknown provider",
+        ),
+        (job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT), "INVALID_ARGUMENT", "input asset"),
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT, input_asset_ids=["a_missing"]),
+            "NOT_FOUND",
+            "a_missing",
+        ),
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                parameters=dict_to_struct({"width": 99999}),
+            ),
+            "INVALID_ARGUMENT",
+            "width",
+        ),
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                parameters=dict_to_struct({"colour": "red"}),
+            ),
+            "INVALID_ARGUMENT",
+            "colour",
+        ),
+    ],
+    ids=[
+        "empty",
+        "too-long",
+        "no-task",
+        "unknown-task",
+        "unknown-provider",
+        "missing-input",
+        "missing-asset",
+        "param-range",
+        "unknown-param",
+    ],
+)
+async def test_rejected_and_nothing_written(
+    mesh: Mesh, spec: job_pb2.JobSpec, code: str, needle: str
+) -> None:
+    err = await rejected(mesh, spec)
+    assert err.code().name == code
+    assert needle in (err.details() or "")
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())
+    assert list(listed.jobs) == []
+
+
+async def test_exactly_10000_characters_is_accepted(mesh: Mesh) -> None:
+    reply = await mesh.generate.Submit(
+        generate_service_pb2.SubmitRequest(
+            spec=job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_TEXT, prompt="y" * 10_000)
+        )
+    )
+    assert reply.job.state == job_pb2.JOB_STATE_QUEUED
+
+
+async def test_wrong_input_media_type(mesh: Mesh) -> None:
+    text = await mesh.assets.upload(b"just text", tenant="default", media_type="text/plain")
+    err = await rejected(
+        mesh, job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT, input_asset_ids=[text.id])
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "text/plain" in (err.details() or "")
+
+
+@pytest.mark.parametrize("token", ["garbage!!", "bm90IGpzb24", "WzEsMl0"])
+async def test_malformed_page_token(mesh: Mesh, token: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(page_token=token))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in (err.value.details() or "")
+
+
+async def test_unknown_job(mesh: Mesh) -> None:
+    for call in (
+        mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id="j_nope")),
+        mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id="j_nope")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in mesh.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id="j_nope")):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_negative_after_sequence(mesh: Mesh) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in mesh.jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id="j_x", after_sequence=-1)
+        ):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,194 @@
+"""A whole mesh for end-to-end tests: storage, prompt, router and workers, on real NATS
+and a real database, in-process or as real subprocesses (for crash and restart tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genmesh.v1 import (
+    generate_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    provider_service_pb2,
+    provider_service_pb2_grpc,
+)
+from services.prompt.app import running_prompt
+from services.prompt.settings import Settings as PromptSettings
+from services.providers.app import Worker, running_worker
+from services.providers.settings import Settings as WorkerSettings
+from services.router.app import running_router
+from services.router.settings import Settings as RouterSettings
+from services.storage.app import running_storage
+from services.storage.client import AssetClient
+from services.storage.settings import Settings as StorageSettings
+from tests.conftest import Database
+from tests.infra import eventually, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Mesh:
+    env: dict[str, str]
+    data_dir: Path
+    router_channel: grpc.aio.Channel
+    storage_channel: grpc.aio.Channel
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def generate(self) -> generate_service_pb2_grpc.GenerateServiceStub:
+        return generate_service_pb2_grpc.GenerateServiceStub(self.router_channel)
+
+    @property
+    def jobs(self) -> job_service_pb2_grpc.JobServiceStub:
+        return job_service_pb2_grpc.JobServiceStub(self.router_channel)
+
+    @property
+    def providers(self) -> provider_service_pb2_grpc.ProviderServiceStub:
+        return provider_service_pb2_grpc.ProviderServiceStub(self.router_channel)
+
+    @property
+    def assets(self) -> AssetClient:
+        return AssetClient(self.storage_channel)
+
+    async def wait_for_provider(self, name: str = "sandbox", live: bool = True) -> None:
+        async def ready() -> bool:
+            reply = await self.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
+            return any(
+                p.name == name and (not live or p.health.live_workers > 0) for p in reply.providers
+            )
+
+        await eventually(ready, within=15)
+
+    async def watch(self, job_id: str, after: int = 0) -> list[job_pb2.JobEvent]:
+        """Every event WatchJob sends until the job ends."""
+        events = []
+        call = self.jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
+        )
+        async for reply in call:
+            if reply.HasField("event"):
+                events.append(reply.event)
+        return events
+
+    def worker_env(self, **overrides: str) -> dict[str, str]:
+        env = {**os.environ, **self.env, **overrides}
+        return env
+
+
+def _env(nats_url: str, prefix: str, database: Database, data_dir: Path) -> dict[str, str]:
+    storage_db = database.url
+    if database.kind == "sqlite":
+        # One SQLite file per service, as in the embedded deployment.
+        storage_db = f"sqlite+aiosqlite:///{data_dir / 'storage.db'}"
+    return {
+        "GENMESH_NATS_URL": nats_url,
+        "GENMESH_NATS_PREFIX": prefix,
+        "GENMESH_DATA_DIR": str(data_dir),
+        "GENMESH_DATABASE_URL": database.url,
+        "GENMESH_DATABASE_SCHEMA": database.schema,
+        "GENMESH_STORAGE_DATABASE_URL": storage_db,
+        "GENMESH_SHUTDOWN_GRACE": "1",
+        "GENMESH_WORKER_ACK_WAIT": "30",
+        "GENMESH_WORKER_DRAIN_TIMEOUT": "2",
+        "GENMESH_LOG_LEVEL": "WARNING",
+    }
+
+
+@asynccontextmanager
+async def running_mesh(
+    *,
+    nats_url: str,
+    prefix: str,
+    database: Database,
+    data_dir: Path,
+    workers: int = 1,
+    router_in_process: bool = True,
+    worker_overrides: Mapping[str, str] | None = None,
+) -> AsyncIterator[Mesh]:
+    """Storage and prompt in-process; the router in-process or as a subprocess; N workers."""
+    env = _env(nats_url, prefix, database, data_dir)
+    async with AsyncExitStack() as stack:
+        storage_env = {
+            **env,
+            "GENMESH_DATABASE_URL": env["GENMESH_STORAGE_DATABASE_URL"],
+            "GENMESH_LISTEN": "127.0.0.1:0",
+        }
+        storage = await stack.enter_async_context(
+            running_storage(StorageSettings.from_env(storage_env))
+        )
+        prompt = await stack.enter_async_context(
+            running_prompt(PromptSettings.from_env({**env, "GENMESH_LISTEN": "127.0.0.1:0"}))
+        )
+        env["GENMESH_STORAGE_ADDR"] = storage.address
+        env["GENMESH_PROMPT_ADDR"] = prompt.address
+        if router_in_process:
+            router = await stack.enter_async_context(
+                running_router(RouterSettings.from_env({**env, "GENMESH_LISTEN": "127.0.0.1:0"}))
+            )
+            env["GENMESH_ROUTER_ADDR"] = router.server.address
+        else:
+            port = free_port()
+            env["GENMESH_ROUTER_ADDR"] = f"127.0.0.1:{port}"
+            proc = start_process(
+                "services.router", {**env, "GENMESH_LISTEN": env["GENMESH_ROUTER_ADDR"]}
+            )
+            stack.push_async_callback(stop_process, proc)
+            await wait_serving(env["GENMESH_ROUTER_ADDR"])
+        router_channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(env["GENMESH_ROUTER_ADDR"])
+        )
+        storage_channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(storage.address)
+        )
+        mesh = Mesh(env, data_dir, router_channel, storage_channel)
+        for _ in range(workers):
+            settings = WorkerSettings.from_env({**env, **(worker_overrides or {})})
+            mesh.workers.append(await stack.enter_async_context(running_worker(settings)))
+        if workers:
+            await mesh.wait_for_provider()
+        yield mesh
+
+
+def start_process(module: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """`python -m module` with exactly these GENMESH_* settings over the current environment."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    full.update(env)
+    return subprocess.Popen([sys.executable, "-m", module], env=full, cwd=ROOT)
+
+
+async def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    for _ in range(200):
+        if proc.poll() is not None:
+            return proc.returncode
+        await asyncio.sleep(0.05)
+    proc.kill()
+    return proc.wait()
+
+
+async def wait_serving(address: str, within: float = 20.0) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def serving() -> bool:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(serving, within=within)
