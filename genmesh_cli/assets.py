@@ -1,0 +1,156 @@
+"""Moving files in and out of AssetService: uploads of inputs, resumable downloads of outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import mimetypes
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+
+from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
+from genmesh_cli.client import CliError
+
+CHUNK_BYTES = 256 * 1024
+DOWNLOAD_ATTEMPTS = 4
+
+# Types the platform's mimetypes tables may not know, or know only by an x- alias.
+_EXTENSIONS = {
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/mpeg": ".mp3",
+    "audio/ogg": ".ogg",
+    "audio/flac": ".flac",
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "text/plain": ".txt",
+    "application/json": ".json",
+}
+
+
+@dataclass(frozen=True)
+class Saved:
+    asset: asset_pb2.Asset
+    path: Path
+
+
+def media_type_of(path: Path) -> str:
+    """The media type a file's name suggests; application/octet-stream when unknown."""
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
+
+
+def extension_for(media_type: str) -> str:
+    base = media_type.split(";", 1)[0].strip().lower()
+    return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
+
+
+def file_name(asset: asset_pb2.Asset) -> str:
+    """A safe local name: the asset's own filename (no directories) or its id plus extension."""
+    name = Path(asset.filename.replace("\\", "/")).name if asset.filename else ""
+    name = re.sub(r"[^\w.\-+ ]", "_", name).strip(" .")
+    if not name:
+        name = re.sub(r"[^\w\-]", "_", asset.id) or "asset"
+    if not Path(name).suffix:
+        name += extension_for(asset.media_type)
+    return name
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            yield chunk
+
+
+def check_inputs(paths: list[Path]) -> None:
+    """Fail before any network call when an input file cannot be read."""
+    for path in paths:
+        if not path.is_file():
+            raise CliError(f"input file not found: {path}", exit_code=2)
+
+
+async def upload(stub: asset_service_pb2_grpc.AssetServiceStub, path: Path) -> asset_pb2.Asset:
+    """Upload a job input: metadata first, then the bytes in chunks."""
+
+    async def requests() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+        yield asset_service_pb2.UploadAssetRequest(
+            metadata=asset_service_pb2.UploadMetadata(
+                media_type=media_type_of(path),
+                filename=path.name,
+                role=asset_pb2.ASSET_ROLE_INPUT,
+            )
+        )
+        for chunk in _read_chunks(path):
+            yield asset_service_pb2.UploadAssetRequest(chunk=chunk)
+
+    response = await stub.UploadAsset(requests())
+    return response.asset
+
+
+def _open_part(path: Path, offset: int) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("r+b" if offset else "wb")
+    f.seek(offset)
+    f.truncate()
+    return f
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in _read_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unique_path(directory: Path, name: str, taken: set[Path]) -> Path:
+    """`directory/name`, or `name-2.ext`, `name-3.ext`… when another output of the job has it."""
+    path = directory / name
+    n = 2
+    while path in taken:
+        path = directory / f"{Path(name).stem}-{n}{Path(name).suffix}"
+        n += 1
+    taken.add(path)
+    return path
+
+
+async def download(
+    stub: asset_service_pb2_grpc.AssetServiceStub, asset: asset_pb2.Asset, path: Path
+) -> Saved:
+    """Stream an asset to `path` (via a .part file), resuming after a dropped connection."""
+    part = path.with_name(path.name + ".part")
+    offset = 0
+    meta = asset
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        f = _open_part(part, offset)
+        try:
+            call = stub.DownloadAsset(
+                asset_service_pb2.DownloadAssetRequest(asset_id=asset.id, offset=offset)
+            )
+            async for message in call:
+                if message.HasField("asset"):
+                    meta = message.asset
+                else:
+                    f.write(message.chunk)
+                    offset += len(message.chunk)
+            break
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == DOWNLOAD_ATTEMPTS:
+                raise
+        finally:
+            f.close()
+        await asyncio.sleep(0.2 * attempt)
+    if meta.size_bytes and offset != meta.size_bytes:
+        raise CliError(f"asset {asset.id}: got {offset} bytes, expected {meta.size_bytes}")
+    if meta.sha256 and _sha256(part) != meta.sha256.lower():
+        raise CliError(f"asset {asset.id}: checksum mismatch; the download is corrupt")
+    part.replace(path)
+    return Saved(meta, path)

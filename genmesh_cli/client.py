@@ -1,0 +1,137 @@
+"""What every command shares: addresses, channels, one-line errors and enum names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+
+from genmesh.v1 import job_pb2, provider_service_pb2
+
+DEFAULT_ROUTER = "127.0.0.1:50051"
+DEFAULT_STORAGE = "127.0.0.1:50052"
+
+# Generated outputs can be large; match the servers' limit.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+TERMINAL_STATES = frozenset(
+    {job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+)
+
+# What to try when a call fails with a given code and the cause is usually local.
+_HINTS = {
+    grpc.StatusCode.UNAVAILABLE: "is `genmesh up` running?",
+    grpc.StatusCode.UNIMPLEMENTED: "is that address a genmesh service?",
+}
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, with the exit code to leave with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Addresses:
+    router: str = DEFAULT_ROUTER
+    storage: str = DEFAULT_STORAGE
+
+
+def default_addresses(env: Mapping[str, str]) -> Addresses:
+    """Addresses from GENMESH_ROUTER_ADDR / GENMESH_STORAGE_ADDR, else the `genmesh up` ports."""
+    return Addresses(
+        router=env.get("GENMESH_ROUTER_ADDR") or DEFAULT_ROUTER,
+        storage=env.get("GENMESH_STORAGE_ADDR") or DEFAULT_STORAGE,
+    )
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """An insecure channel to one mesh service (loopback or a trusted network)."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Each command retries where it knows the call is safe to repeat.
+            ("grpc.enable_retries", 0),
+        ],
+    )
+
+
+def format_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, address: str = "") -> str:
+    """One line: code, the server's details, where, and a hint when the cause is usually local."""
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else None
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    line = f"{name}: {details or 'no details'}"
+    if address:
+        line += f" ({address})"
+    hint = _HINTS.get(code) if isinstance(code, grpc.StatusCode) else None
+    if hint:
+        line += f" - {hint}"
+    return line
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as JSON when it parses (2, true, [1,2]), else a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"expected key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def params_struct(params: list[tuple[str, Any]]) -> struct_pb2.Struct:
+    """A Struct from parsed parameters; a repeated key keeps its last value."""
+    struct = struct_pb2.Struct()
+    for key, value in params:
+        struct.update({key: value})
+    return struct
+
+
+def state_name(state: job_pb2.JobState.ValueType) -> str:
+    """ "processing" for JOB_STATE_PROCESSING."""
+    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower().replace("_", "-")
+
+
+def state_from_name(name: str) -> job_pb2.JobState.ValueType:
+    """Parse "processing", "PREVIEW_READY" or "JOB_STATE_QUEUED"; ValueError if unknown."""
+    key = name.strip().upper().replace("-", "_")
+    if not key.startswith("JOB_STATE_"):
+        key = "JOB_STATE_" + key
+    if key == "JOB_STATE_UNSPECIFIED" or key not in set(job_pb2.JobState.keys()):
+        known = ", ".join(state_name(v) for v in job_pb2.JobState.values() if v)
+        raise ValueError(f"unknown state {name!r}; known: {known}")
+    return job_pb2.JobState.Value(key)
+
+
+def provider_status_name(status: provider_service_pb2.ProviderStatus.ValueType) -> str:
+    name = provider_service_pb2.ProviderStatus.Name(status)
+    return name.removeprefix("PROVIDER_STATUS_").lower()
+
+
+def to_json(message: Message) -> str:
+    """A message as one compact line of canonical proto3 JSON (as grpcurl prints it)."""
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
+def human_size(size: int) -> str:
+    units = ["B", "KiB", "MiB", "GiB"]
+    value = float(size)
+    for unit in units:
+        if value < 1024 or unit == units[-1]:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,163 @@
+"""How a followed job is shown: a live panel for people, JSON lines for programs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich.console import Console, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from genmesh.v1 import job_pb2, job_service_pb2
+from genmesh_cli.client import TERMINAL_STATES, state_name, to_json
+from services.common.tasks import task_name
+
+STATE_STYLE = {
+    job_pb2.JOB_STATE_QUEUED: "yellow",
+    job_pb2.JOB_STATE_PROCESSING: "cyan",
+    job_pb2.JOB_STATE_PREVIEW_READY: "cyan",
+    job_pb2.JOB_STATE_COMPLETED: "green",
+    job_pb2.JOB_STATE_FAILED: "red",
+    job_pb2.JOB_STATE_CANCELLED: "magenta",
+}
+
+
+@dataclass
+class JobPanel:
+    """The latest known state of one job, rendered as a small panel (rich calls __rich__)."""
+
+    job_id: str = ""
+    task: str = ""
+    state: job_pb2.JobState.ValueType = job_pb2.JOB_STATE_UNSPECIFIED
+    provider: str = ""
+    percent: float | None = None
+    message: str = ""
+    queue_position: int | None = None
+    previews: int = 0
+    note: str = ""
+    # Wall-clock start: the job's create_time once known, else when the command started.
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    _spinner: Spinner = field(default_factory=lambda: Spinner("dots", style="cyan"))
+
+    def job(self, job: job_pb2.Job) -> None:
+        self.job_id = job.id
+        self.task = task_name(job.spec.task) if job.spec.task else self.task
+        self.provider = job.provider or self.provider
+        if job.HasField("create_time"):
+            self.started = job.create_time.ToMicroseconds() / 1e6
+        self._progress(job.state, job.progress)
+        if job.state in TERMINAL_STATES and job.HasField("update_time"):
+            self.ended = job.update_time.ToMicroseconds() / 1e6
+
+    def event(self, event: job_pb2.JobEvent) -> None:
+        self.note = ""
+        self.provider = event.provider or self.provider
+        if event.state == job_pb2.JOB_STATE_PREVIEW_READY:
+            self.previews += 1
+        self._progress(event.state, event.progress)
+        if event.state in TERMINAL_STATES:
+            self.ended = time.time()
+            if event.state == job_pb2.JOB_STATE_COMPLETED:
+                self.percent = 100.0
+
+    def _progress(self, state: job_pb2.JobState.ValueType, progress: job_pb2.Progress) -> None:
+        if state != self.state:
+            # A new state starts a new progress story; stale numbers would mislead.
+            self.percent, self.message = None, ""
+        self.state = state
+        if progress.HasField("percent"):
+            self.percent = max(0.0, min(100.0, progress.percent))
+        if progress.message:
+            self.message = progress.message
+        if state == job_pb2.JOB_STATE_QUEUED and progress.HasField("queue_position"):
+            self.queue_position = progress.queue_position
+        elif state != job_pb2.JOB_STATE_QUEUED:
+            self.queue_position = None
+
+    def elapsed(self) -> float:
+        return max(0.0, (self.ended or time.time()) - self.started)
+
+    def __rich__(self) -> RenderableType:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        grid.add_row("job", self.job_id or "submitting…")
+        if self.task:
+            grid.add_row("task", self.task)
+        style = STATE_STYLE.get(self.state, "white")
+        state = Text(state_name(self.state) if self.state else "submitting", style=style)
+        if self.previews:
+            state.append(f"  ({self.previews} preview{'s' * (self.previews > 1)})", "dim")
+        grid.add_row("state", state)
+        grid.add_row("provider", self.provider or "-")
+        if self.queue_position is not None:
+            grid.add_row("queue", f"{self.queue_position} ahead")
+        grid.add_row("progress", self._progress_line())
+        grid.add_row("elapsed", f"{self.elapsed():.1f}s")
+        if self.note:
+            grid.add_row("", Text(self.note, style="yellow"))
+        return grid
+
+    def _progress_line(self) -> RenderableType:
+        parts: list[RenderableType] = []
+        if self.percent is not None:
+            parts.append(ProgressBar(total=100.0, completed=self.percent, width=30))
+            parts.append(Text(f"{self.percent:3.0f}%"))
+        elif self.state not in TERMINAL_STATES:
+            parts.append(self._spinner)
+        if self.message:
+            parts.append(Text(self.message, style="dim"))
+        if not parts:
+            return Text("-")
+        line = Table.grid(padding=(0, 1))
+        for _ in parts:
+            line.add_column(no_wrap=True)
+        line.add_row(*parts)
+        return line
+
+
+@dataclass
+class LiveView:
+    """Feeds a JobPanel that rich.live redraws; notes appear inside the panel."""
+
+    panel: JobPanel
+
+    def job(self, job: job_pb2.Job) -> None:
+        self.panel.job(job)
+
+    def event(self, event: job_pb2.JobEvent) -> None:
+        self.panel.event(event)
+
+    def note(self, text: str) -> None:
+        self.panel.note = text
+
+
+@dataclass
+class JsonView:
+    """Every stream message as one JSON line on `out`; notes go to stderr."""
+
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def job(self, job: job_pb2.Job) -> None:
+        self._line(to_json(job_service_pb2.WatchJobResponse(job=job)))
+
+    def event(self, event: job_pb2.JobEvent) -> None:
+        self._line(to_json(job_service_pb2.WatchJobResponse(event=event)))
+
+    def note(self, text: str) -> None:
+        print(f"genmesh: {text}", file=self.err, flush=True)
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that only uses colour and cursor tricks when it writes to a terminal."""
+    return Console(stderr=stderr, highlight=False)

