@@ -16,10 +16,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genmesh.v1 import job_pb2, prompt_service_pb2, prompt_service_pb2_grpc
-from services.common.grpc_server import grpc_server
 from services.common.tasks import PROMPT_OPTIONAL
 from services.prompt import core
-from services.prompt.servicer import SERVICE_NAME, registration
+from services.prompt.app import running_prompt
+from services.prompt.servicer import SERVICE_NAME
+from services.prompt.settings import Settings
 
 LIMIT = 10_000
 TEXT = job_pb2.TASK_TEXT_TO_IMAGE
@@ -187,8 +188,10 @@ def test_syllables() -> None:
 
 @pytest.fixture
 async def stub() -> AsyncIterator[prompt_service_pb2_grpc.PromptServiceStub]:
+    settings = Settings.from_env({"GENMESH_LISTEN": "127.0.0.1:0", "GENMESH_SHUTDOWN_GRACE": "1"})
+    assert settings.prompt_max_length == LIMIT
     async with (
-        grpc_server("127.0.0.1:0", [registration(LIMIT)], grace=1.0) as running,
+        running_prompt(settings) as running,
         grpc.aio.insecure_channel(running.address) as channel,
     ):
         yield prompt_service_pb2_grpc.PromptServiceStub(channel)

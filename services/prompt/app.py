@@ -1,0 +1,28 @@
+"""The running PromptService, as one async context manager."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from services.common.grpc_server import RunningServer, grpc_server
+from services.prompt.servicer import registration
+from services.prompt.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def running_prompt(settings: Settings) -> AsyncIterator[RunningServer]:
+    """Serve PromptService on settings.listen; on exit, NOT_SERVING then a graceful stop."""
+    async with grpc_server(
+        settings.listen,
+        [registration(settings.prompt_max_length)],
+        grace=settings.shutdown_grace,
+    ) as running:
+        host = settings.listen.rpartition(":")[0]
+        # The real port matters when listen ends in :0 (tests and ad-hoc runs read it here).
+        log.info("PromptService listening on %s:%d", host, running.port)
+        yield running
+        log.info("PromptService stopping")
