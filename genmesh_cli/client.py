@@ -62,6 +62,8 @@ def channel(address: str) -> grpc.aio.Channel:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Each command retries where it knows the call is safe to repeat.
             ("grpc.enable_retries", 0),
+            # An inherited HTTP(S)_PROXY must not reroute calls to the mesh (often loopback).
+            ("grpc.enable_http_proxy", 0),
         ],
     )
 

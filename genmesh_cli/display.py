@@ -160,4 +160,8 @@ class JsonView:
 
 def console(stderr: bool = False) -> Console:
     """A console that only uses colour and cursor tricks when it writes to a terminal."""
-    return Console(stderr=stderr, highlight=False)
+    out = Console(stderr=stderr, highlight=False)
+    if not out.is_terminal:
+        # Piped or logged output has no width to fit; don't squeeze tables into 80 columns.
+        out.width = max(out.width, 200)
+    return out

@@ -193,8 +193,13 @@ async def _follow(
 
     if args.json:
         return await follow()
-    with Live(panel, console=out, refresh_per_second=8):
-        return await follow()
+    try:
+        # Transient: a call refused before any job exists leaves only its error line.
+        with Live(panel, console=out, refresh_per_second=8, transient=True):
+            return await follow()
+    finally:
+        if panel.job_id:
+            out.print(panel)
 
 
 async def _report(

@@ -92,7 +92,9 @@ async def _jobs(args: argparse.Namespace) -> int:
         out.print("no jobs")
         return 0
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("job", "task", "state", "provider", "created", "prompt"):
+    # Ids are for copying into other commands: never shortened.
+    table.add_column("job", no_wrap=True, min_width=max(len(job.id) for job in found))
+    for column in ("task", "state", "provider", "created", "prompt"):
         table.add_column(column, no_wrap=column != "prompt", overflow="ellipsis")
     for job in found:
         created = (

@@ -49,6 +49,12 @@ def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
         return 1
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`); stop quietly, and keep Python's exit-time flush of
+        # stdout from raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def main() -> None:

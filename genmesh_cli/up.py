@@ -28,7 +28,7 @@ import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genmesh.v1 import provider_service_pb2, provider_service_pb2_grpc
-from genmesh_cli.client import CliError, channel
+from genmesh_cli.client import DEFAULT_ROUTER, DEFAULT_STORAGE, CliError, channel
 from genmesh_cli.display import console
 
 LOG_TAIL_LINES = 30
@@ -517,10 +517,16 @@ class Supervisor:
         for row in rows:
             cells = [row[i].ljust(widths[i]) for i in range(3)]
             lines.append(("  " + "  ".join([*cells, row[3]])).rstrip())
+        by_name = {s.name: s for s in self.plan.services}
+        where = ""
+        if by_name["router"].address != DEFAULT_ROUTER:
+            where += f" --router {by_name['router'].address}"
+        if by_name["storage"].address != DEFAULT_STORAGE:
+            where += f" --storage {by_name['storage'].address}"
         lines += [
             "",
             f"logs: {self.plan.log_dir}",
-            'try:  genmesh generate --task text-to-image "a red fox in snow"',
+            f'try:  genmesh generate --task text-to-image "a red fox in snow"{where}',
             "Ctrl-C stops everything.",
         ]
         print("\n".join(lines), flush=True)
@@ -552,12 +558,20 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         """Reverse start order, one tier at a time; nats-server last."""
+        err = console(stderr=True)
         started = {c.service.tier for c in self.children if c.service is not None}
-        for tier in sorted(started, reverse=True):
-            group = [c for c in self.children if c.service is not None and c.service.tier == tier]
-            await asyncio.gather(*(self._terminate(c) for c in group))
-        if self.nats is not None:
-            await self._terminate(self.nats)
+        with err.status("stopping…") as status:
+            for tier in sorted(started, reverse=True):
+                group = [
+                    c for c in self.children if c.service is not None and c.service.tier == tier
+                ]
+                status.update(f"stopping {', '.join(c.name for c in group)}…")
+                await asyncio.gather(*(self._terminate(c) for c in group))
+            if self.nats is not None:
+                status.update("stopping nats-server…")
+                await self._terminate(self.nats)
+        if self.children or self.nats:
+            err.print("genmesh stopped")
 
     async def _terminate(self, child: Child) -> None:
         process = child.process
