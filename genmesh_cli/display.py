@@ -40,6 +40,8 @@ class JobPanel:
     queue_position: int | None = None
     previews: int = 0
     note: str = ""
+    # The newest event shown.
+    sequence: int = 0
     # Wall-clock start: the job's create_time once known, else when the command started.
     started: float = field(default_factory=time.time)
     ended: float | None = None
@@ -51,12 +53,16 @@ class JobPanel:
         self.provider = job.provider or self.provider
         if job.HasField("create_time"):
             self.started = job.create_time.ToMicroseconds() / 1e6
+        if self.sequence and job.last_sequence > self.sequence:
+            # A re-attach: the events in between follow, and show the state moving forward.
+            return
         self._progress(job.state, job.progress)
         if job.state in TERMINAL_STATES and job.HasField("update_time"):
             self.ended = job.update_time.ToMicroseconds() / 1e6
 
     def event(self, event: job_pb2.JobEvent) -> None:
         self.note = ""
+        self.sequence = event.sequence
         self.provider = event.provider or self.provider
         if event.state == job_pb2.JOB_STATE_PREVIEW_READY:
             self.previews += 1

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from genmesh.v1 import (
     asset_pb2,
@@ -37,6 +38,7 @@ from genmesh_cli.client import (
     state_from_name,
     state_name,
 )
+from genmesh_cli.display import JobPanel
 from genmesh_cli.follow import Follower
 from genmesh_cli.generate import build_spec
 from genmesh_cli.main import build_parser
@@ -198,6 +200,38 @@ def test_output_names_do_not_collide(tmp_path: Path) -> None:
     first = assets.unique_path(tmp_path, "out.png", taken)
     second = assets.unique_path(tmp_path, "out.png", taken)
     assert (first.name, second.name) == ("out.png", "out-2.png")
+
+
+def render(panel: JobPanel) -> str:
+    out = Console(width=100, record=True, file=io.StringIO())
+    out.print(panel)
+    return out.export_text()
+
+
+def test_panel_shows_the_latest_state() -> None:
+    panel = JobPanel()
+    panel.job(
+        job_pb2.Job(
+            id="job-1",
+            state=job_pb2.JOB_STATE_QUEUED,
+            spec=job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE),
+        )
+    )
+    panel.event(event(1, job_pb2.JOB_STATE_QUEUED, progress=job_pb2.Progress(queue_position=3)))
+    text = render(panel)
+    assert "job-1" in text and "text-to-image" in text and "3 ahead" in text
+    panel.event(
+        event(2, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=40, message="s 2"))
+    )
+    text = render(panel)
+    assert "processing" in text and "40%" in text and "s 2" in text
+    assert "ahead" not in text
+    # A re-attach sends the job as it is now, ahead of the events still to come: no jump.
+    panel.job(job_pb2.Job(id="job-1", state=job_pb2.JOB_STATE_COMPLETED, last_sequence=4))
+    assert panel.state == job_pb2.JOB_STATE_PROCESSING
+    panel.event(event(3, job_pb2.JOB_STATE_COMPLETED))
+    text = render(panel)
+    assert "completed" in text and "100%" in text
 
 
 def _up_args(*argv: str) -> argparse.Namespace:
