@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import nats.errors
@@ -45,21 +46,27 @@ class Recorder:
                 max_ack_pending=50_000,
             ),
         )
-        while True:
-            try:
-                msgs = await sub.fetch(BATCH, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                return
-            try:
-                await self._record(msgs)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("recording %d event(s) failed; they will be redelivered", len(msgs))
-                for msg in msgs:
-                    await msg.nak(delay=1.0)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(BATCH, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    return
+                try:
+                    await self._record(msgs)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("recording %d event(s) failed; they'll be redelivered", len(msgs))
+                    for msg in msgs:
+                        await msg.nak(delay=1.0)
+        finally:
+            # A cancelled fetch leaves its expiry notice queued on the subscription, and
+            # drain() would wait for someone to read it; unsubscribing discards it.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _record(self, msgs: list[Msg]) -> None:
         batch = []
