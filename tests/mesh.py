@@ -46,6 +46,15 @@ class Mesh:
     router_channel: grpc.aio.Channel
     storage_channel: grpc.aio.Channel
     workers: list[Worker] = field(default_factory=list)
+    router_proc: subprocess.Popen[bytes] | None = None
+
+    async def restart_router(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the subprocess router with `sig` and start a new one on the same address."""
+        assert self.router_proc is not None, "the router runs in-process"
+        await stop_process(self.router_proc, sig)
+        address = self.env["GENMESH_ROUTER_ADDR"]
+        self.router_proc = start_process("services.router", {**self.env, "GENMESH_LISTEN": address})
+        await wait_serving(address)
 
     @property
     def generate(self) -> generate_service_pb2_grpc.GenerateServiceStub:
@@ -145,7 +154,6 @@ async def running_mesh(
             proc = start_process(
                 "services.router", {**env, "GENMESH_LISTEN": env["GENMESH_ROUTER_ADDR"]}
             )
-            stack.push_async_callback(stop_process, proc)
             await wait_serving(env["GENMESH_ROUTER_ADDR"])
         router_channel = await stack.enter_async_context(
             grpc.aio.insecure_channel(env["GENMESH_ROUTER_ADDR"])
@@ -154,6 +162,14 @@ async def running_mesh(
             grpc.aio.insecure_channel(storage.address)
         )
         mesh = Mesh(env, data_dir, router_channel, storage_channel)
+        if not router_in_process:
+            mesh.router_proc = proc
+
+            async def stop_router() -> None:
+                if mesh.router_proc is not None:
+                    await stop_process(mesh.router_proc)
+
+            stack.push_async_callback(stop_router)
         for _ in range(workers):
             settings = WorkerSettings.from_env({**env, **(worker_overrides or {})})
             mesh.workers.append(await stack.enter_async_context(running_worker(settings)))

@@ -26,8 +26,10 @@ async def open_database(
     """An engine with the tables created; disposed on exit."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        # One writer at a time is SQLite's rule; a busy timeout waits instead of failing.
-        kwargs["connect_args"] = {"timeout": 30}
+        # SQLite allows one writer; several pooled connections would take turns through its
+        # sleeping busy handler. One connection queues them in order instead, and a busy
+        # timeout covers another process sharing the file.
+        kwargs.update(connect_args={"timeout": 30}, pool_size=1, max_overflow=0)
     else:
         kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         if schema:

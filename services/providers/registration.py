@@ -18,7 +18,7 @@ INTERVAL = 5.0
 
 
 class Registration:
-    """Keys are "<provider>.<worker_id>", one per worker, deleted on a clean stop."""
+    """Keys are "<provider>.<worker_id>", one per worker, marked stopped on a clean stop."""
 
     def __init__(self, kv: KeyValue, workers: list[ProviderWorker], worker_id: str) -> None:
         self._kv = kv
@@ -28,11 +28,11 @@ class Registration:
     def _key(self, worker: ProviderWorker) -> str:
         return f"{worker.adapter.name}.{self._worker_id}"
 
-    async def announce(self) -> None:
+    async def announce(self, *, stopping: bool = False) -> None:
         for worker in self._workers:
             entry = provider_service_pb2.Provider()
             entry.CopyFrom(worker.description())
-            reason = await worker.adapter.check()
+            reason = "worker stopped" if stopping else await worker.adapter.check()
             health = entry.health
             health.status = (
                 provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
@@ -40,8 +40,10 @@ class Registration:
                 else provider_service_pb2.PROVIDER_STATUS_AVAILABLE
             )
             health.reason = reason
-            health.live_workers = 1
-            health.in_flight = worker.in_flight
+            # 0 marks a worker that left cleanly; the catalog keeps the provider known,
+            # so jobs for it still queue until another worker comes.
+            health.live_workers = 0 if stopping else 1
+            health.in_flight = 0 if stopping else worker.in_flight
             health.last_seen.GetCurrentTime()
             await self._kv.put(self._key(worker), entry.SerializeToString())
 
@@ -54,6 +56,5 @@ class Registration:
                 log.warning("could not announce providers; will retry", exc_info=True)
 
     async def withdraw(self) -> None:
-        for worker in self._workers:
-            with contextlib.suppress(Exception):
-                await self._kv.delete(self._key(worker))
+        with contextlib.suppress(Exception):
+            await self.announce(stopping=True)

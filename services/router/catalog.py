@@ -78,7 +78,12 @@ class Catalog:
             return None
         now = time.time()
         regs = sorted(group.values(), key=lambda r: r.health.last_seen.ToNanoseconds())
-        live = [r for r in regs if now - r.health.last_seen.ToNanoseconds() / 1e9 <= self._liveness]
+        live = [
+            r
+            for r in regs
+            if r.health.live_workers > 0
+            and now - r.health.last_seen.ToNanoseconds() / 1e9 <= self._liveness
+        ]
         provider = provider_service_pb2.Provider()
         provider.CopyFrom(regs[-1])
         health = provider.health

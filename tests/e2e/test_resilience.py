@@ -1,0 +1,166 @@
+"""Processes die, restart and run many jobs at once; no job is lost or done twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from genmesh.v1 import asset_pb2, generate_service_pb2, job_pb2, job_service_pb2
+from services.common.db import open_database
+from services.common.parameters import dict_to_struct
+from services.providers.app import running_worker
+from services.providers.settings import Settings as WorkerSettings
+from services.storage.schema import assets, metadata
+from tests.conftest import Database
+from tests.infra import eventually
+from tests.mesh import Mesh, running_mesh, start_process, stop_process
+
+
+def spec(**params: object) -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(
+        task=job_pb2.TASK_TEXT_TO_IMAGE,
+        prompt="a red fox in snow",
+        parameters=dict_to_struct(params),
+    )
+
+
+async def submit(mesh: Mesh, s: job_pb2.JobSpec) -> job_pb2.Job:
+    return (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=s))).job
+
+
+async def state_of(mesh: Mesh, job_id: str) -> int:
+    return (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job.state
+
+
+async def asset_rows(mesh: Mesh, job_id: str) -> dict[int, int]:
+    """Rows in storage's assets table for the job, counted by role."""
+    url = mesh.env["GENMESH_STORAGE_DATABASE_URL"]
+    schema = mesh.env["GENMESH_DATABASE_SCHEMA"]
+    async with open_database(url, metadata, schema) as engine, engine.connect() as conn:
+        rows = await conn.execute(
+            select(assets.c.role, func.count())
+            .where(assets.c.job_id == job_id)
+            .group_by(assets.c.role)
+        )
+        return {role: count for role, count in rows}
+
+
+async def test_worker_killed_mid_job_is_finished_by_another(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with running_mesh(
+        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path, workers=0
+    ) as mesh:
+        # A short ack wait, so the dead worker's job is redelivered within the test.
+        env = {**mesh.env, "GENMESH_WORKER_ACK_WAIT": "2"}
+        first = start_process("services.providers", env)
+        second = None
+        try:
+            await mesh.wait_for_provider()
+            job = await submit(mesh, spec(latency_ms=3000, steps=6, width=64, height=64))
+
+            async def previewed() -> bool:
+                return await state_of(mesh, job.id) == job_pb2.JOB_STATE_PREVIEW_READY
+
+            await eventually(previewed, within=20)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+            second = start_process("services.providers", env)
+            events = await asyncio.wait_for(mesh.watch(job.id), 60)
+        finally:
+            await stop_process(first)
+            if second is not None:
+                await stop_process(second)
+        # (The mesh is down; the storage database is still there to count rows in.)
+        states = [e.state for e in events]
+        assert (
+            states.count(job_pb2.JOB_STATE_COMPLETED) == 1
+            and states[-1] == job_pb2.JOB_STATE_COMPLETED
+        )
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        rows = await asset_rows(mesh, job.id)
+        assert rows[asset_pb2.ASSET_ROLE_OUTPUT] == 1
+        assert rows[asset_pb2.ASSET_ROLE_PREVIEW] == 1
+        assert len(events[-1].assets) == 1
+
+
+async def test_router_restart_with_queued_jobs_loses_nothing(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with running_mesh(
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        workers=0,
+        router_in_process=False,
+    ) as mesh:
+        settings = WorkerSettings.from_env(mesh.env)
+        # A worker registers the provider, then leaves: jobs for it will wait in the queue.
+        async with running_worker(settings):
+            await mesh.wait_for_provider()
+        jobs = [await submit(mesh, spec(width=32, height=32)) for _ in range(20)]
+        assert {await state_of(mesh, j.id) for j in jobs} == {job_pb2.JOB_STATE_QUEUED}
+
+        await mesh.restart_router(signal.SIGKILL)
+
+        async with running_worker(settings):
+            results = await asyncio.wait_for(asyncio.gather(*(mesh.watch(j.id) for j in jobs)), 60)
+        for events in results:
+            assert events[-1].state == job_pb2.JOB_STATE_COMPLETED
+            assert [e.state for e in events].count(job_pb2.JOB_STATE_COMPLETED) == 1
+
+
+async def test_one_worker_runs_200_two_second_jobs_at_once(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    if database.kind == "postgres":
+        pytest.skip("worker concurrency does not depend on the router's database")
+    async with running_mesh(
+        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path, workers=0
+    ) as mesh:
+        settings = WorkerSettings.from_env(mesh.env)
+        async with running_worker(settings):
+            await mesh.wait_for_provider()
+        # Queue them all first, so the submits (in this same process) do not pace the worker.
+        jobs = [
+            await submit(mesh, spec(latency_ms=2000, steps=2, width=32, height=32))
+            for _ in range(200)
+        ]
+        async with running_worker(settings) as running:
+            worker = running.workers[0]
+            # All 200 are running at the same moment, not one after another.
+            await eventually(lambda: worker.in_flight >= 200, within=30)
+            results = await asyncio.wait_for(asyncio.gather(*(mesh.watch(j.id) for j in jobs)), 90)
+        assert all(events[-1].state == job_pb2.JOB_STATE_COMPLETED for events in results)
+
+
+async def test_concurrency_is_bounded_by_the_setting(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    if database.kind == "postgres":
+        pytest.skip("worker concurrency does not depend on the router's database")
+    async with running_mesh(
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        worker_overrides={"GENMESH_WORKER_CONCURRENCY": "10"},
+    ) as mesh:
+        worker = mesh.workers[0].workers[0]
+        jobs = await asyncio.gather(
+            *(submit(mesh, spec(latency_ms=300, steps=1, width=32, height=32)) for _ in range(40))
+        )
+        peak = 0
+        watch = asyncio.gather(*(mesh.watch(j.id) for j in jobs))
+        while not watch.done():
+            peak = max(peak, worker.in_flight)
+            await asyncio.sleep(0.01)
+        results = await watch
+        assert all(events[-1].state == job_pb2.JOB_STATE_COMPLETED for events in results)
+        assert peak == 10
