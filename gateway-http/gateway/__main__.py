@@ -1,0 +1,56 @@
+"""`python -m gateway`: serve the HTTP bridge until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from services.common.logs import setup_logging
+
+log = logging.getLogger("gateway")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except a graceful stop on a signal exits 0 like the gRPC services
+    (uvicorn re-raises the signal afterwards, so supervisors would see 143)."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    setup_logging(settings.log_level, "gateway")
+    host, port = settings.host_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,  # keep setup_logging's format
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+        # On a signal: stop accepting, give requests this long, then run the lifespan's exit.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace)),
+        proxy_headers=False,
+    )
+    asyncio.run(_Server(config).serve())
+    log.info("gateway stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The one gRPC status -> HTTP table, and the handlers that render every error the same way."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("gateway")
+
+STATUS_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.OUT_OF_RANGE: 416,
+}
+
+# HTTP errors raised by the framework itself (unknown route, wrong method), named like gRPC codes.
+_HTTP_TO_CODE: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "FAILED_PRECONDITION",
+    416: "OUT_OF_RANGE",
+}
+
+
+class BadRequest(Exception):
+    """Input the bridge rejects before calling the mesh; rendered as INVALID_ARGUMENT / 400."""
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return STATUS_TO_HTTP.get(code, 500)
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status)
+
+
+def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
+    status = http_status(error.code())
+    if status == 500:
+        # The server's details for an unexpected code may carry internals; keep them in the log.
+        log.error("mesh call failed: %s %s", error.code().name, error.details())
+        return error_response(500, "INTERNAL", "internal error")
+    return error_response(status, error.code().name, error.details() or error.code().name)
+
+
+async def _on_rpc_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    return rpc_error_response(exc)
+
+
+async def _on_bad_request(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(400, "INVALID_ARGUMENT", str(exc))
+
+
+async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    return error_response(400, "INVALID_ARGUMENT", "; ".join(parts) or "invalid request")
+
+
+async def _on_http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_TO_CODE.get(exc.status_code, "INTERNAL" if exc.status_code >= 500 else "UNKNOWN")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the log, never to the client.
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "INTERNAL", "internal error")
+
+
+def install(app: FastAPI) -> None:
+    """Route every error through the one table above."""
+    app.add_exception_handler(grpc.aio.AioRpcError, _on_rpc_error)
+    app.add_exception_handler(BadRequest, _on_bad_request)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
