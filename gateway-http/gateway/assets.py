@@ -37,11 +37,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         start = max(size - n, 0)
         return start, size - start
     start = int(match[1])
-    end = int(match[2]) if match[2] else size - 1
-    if end < start:
-        return None
+    if match[2] and int(match[2]) < start:
+        return None  # syntactically invalid: ignored, per RFC 9110
     if start >= size:
         raise Unsatisfiable
+    end = int(match[2]) if match[2] else size - 1
     end = min(end, size - 1)
     return start, end - start + 1
 

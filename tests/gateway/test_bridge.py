@@ -1,0 +1,161 @@
+"""The bridge over real HTTP against a real mesh: jobs, live events, assets, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.gateway.conftest import Bridge, read_sse
+
+# The bridge adds no storage logic of its own; SQLite keeps the run short.
+pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+TENANT = {"x-genmesh-tenant": "acme"}
+
+
+async def submit(http: httpx.AsyncClient, **spec: object) -> dict[str, object]:
+    body = {"task": "text-to-image", "prompt": "a red fox in snow", **spec}
+    response = await http.post("/v1/jobs", json=body)
+    assert response.status_code == 201, response.text
+    job: dict[str, object] = response.json()
+    return job
+
+
+async def events(http: httpx.AsyncClient, job_id: str, **headers: str) -> list:  # type: ignore[type-arg]
+    async with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return await read_sse(response)
+
+
+async def test_job_streams_to_completion_and_resumes(bridge: Bridge) -> None:
+    http = bridge.http
+    job = await submit(http, task="TASK_TEXT_TO_IMAGE", parameters={"latency_ms": 200})
+    assert job["state"] == "JOB_STATE_QUEUED"
+    assert job["spec"]["parameters"]["latency_ms"] == 200  # type: ignore[index]
+    job_id = str(job["id"])
+
+    stream = await events(http, job_id)
+    assert stream[0].event == "job" and stream[0].id is None
+    assert stream[0].data["id"] == job_id
+    updates = stream[1:]
+    ids = [int(e.id) for e in updates]
+    assert ids == sorted(set(ids)) and ids[0] == 1, ids
+    assert [e.data["sequence"] for e in updates] == [str(i) for i in ids]  # int64 is a JSON string
+    assert updates[-1].data["state"] == "JOB_STATE_COMPLETED"
+    assert {e.data["state"] for e in updates} >= {"JOB_STATE_QUEUED", "JOB_STATE_PROCESSING"}
+
+    # A reconnecting EventSource sends Last-Event-ID; only later events come back.
+    resumed = await events(http, job_id, **{"Last-Event-ID": str(ids[1])})
+    assert [int(e.id) for e in resumed[1:]] == ids[2:]
+    resumed = await http.get(f"/v1/jobs/{job_id}/events?after_sequence={ids[-2]}")
+    assert resumed.text.count("\nid: ") + resumed.text.startswith("id: ") == 1
+
+    done = (await http.get(f"/v1/jobs/{job_id}")).json()
+    assert done["state"] == "JOB_STATE_COMPLETED"
+    asset = done["assets"][0]
+
+    listed = (await http.get("/v1/jobs", params={"state": "completed", "page_size": 10})).json()
+    assert [j["id"] for j in listed["jobs"]] == [job_id]
+    assert (await http.get("/v1/jobs", params={"state": "failed"})).json().get("jobs", []) == []
+
+    # Whole content: the asset's type and length, the bytes it describes.
+    content = await http.get(f"/v1/assets/{asset['id']}/content")
+    assert content.status_code == 200
+    assert content.headers["content-type"] == asset["media_type"]
+    assert (
+        int(content.headers["content-length"]) == int(asset["size_bytes"]) == len(content.content)
+    )
+    assert hashlib.sha256(content.content).hexdigest() == asset["sha256"]
+
+    # One range: 206 with exactly those bytes, served from DownloadAsset offset/length.
+    size = len(content.content)
+    part = await http.get(f"/v1/assets/{asset['id']}/content", headers={"Range": "bytes=10-29"})
+    assert part.status_code == 206
+    assert part.content == content.content[10:30]
+    assert part.headers["content-range"] == f"bytes 10-29/{size}"
+    assert part.headers["content-length"] == "20"
+    tail = await http.get(f"/v1/assets/{asset['id']}/content", headers={"Range": "bytes=-5"})
+    assert tail.status_code == 206 and tail.content == content.content[-5:]
+    beyond = await http.get(
+        f"/v1/assets/{asset['id']}/content", headers={"Range": f"bytes={size}-"}
+    )
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{size}"
+    assert beyond.json()["error"]["code"] == "OUT_OF_RANGE"
+
+    # Cancelling a finished job is a precondition failure.
+    cancel = await http.post(f"/v1/jobs/{job_id}:cancel", json={"reason": "too late"})
+    assert cancel.status_code == 409
+    assert cancel.json()["error"]["code"] == "FAILED_PRECONDITION"
+
+
+async def test_cancel_running_job(bridge: Bridge) -> None:
+    job = await submit(bridge.http, parameters={"latency_ms": 5000})
+    cancel = await bridge.http.post(f"/v1/jobs/{job['id']}:cancel")
+    assert cancel.status_code == 200, cancel.text
+    stream = await events(bridge.http, str(job["id"]))
+    assert stream[-1].data["state"] == "JOB_STATE_CANCELLED"
+
+
+async def test_upload_then_metadata_and_content(bridge: Bridge) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(buf, format="PNG")
+    data = buf.getvalue()
+    response = await bridge.http.post(
+        "/v1/assets", files={"file": ("fox.png", data, "image/png")}, headers=TENANT
+    )
+    assert response.status_code == 201, response.text
+    asset = response.json()
+    assert asset["media_type"] == "image/png"
+    assert asset["filename"] == "fox.png"
+    assert asset["tenant_id"] == "acme"
+    assert int(asset["size_bytes"]) == len(data)
+
+    meta = await bridge.http.get(f"/v1/assets/{asset['id']}", headers=TENANT)
+    assert meta.status_code == 200 and meta.json() == asset
+    content = await bridge.http.get(f"/v1/assets/{asset['id']}/content", headers=TENANT)
+    assert content.content == data
+    # The tenant header is forwarded: another tenant cannot see it.
+    assert (await bridge.http.get(f"/v1/assets/{asset['id']}")).status_code == 404
+
+
+async def test_errors_map_to_http(bridge: Bridge) -> None:
+    http = bridge.http
+
+    async def expect(response: httpx.Response, status: int, code: str) -> None:
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert body["error"]["code"] == code
+        assert body["error"]["message"]
+        assert "Traceback" not in response.text
+
+    await expect(
+        await http.post("/v1/jobs", json={"task": "text-to-image"}), 400, "INVALID_ARGUMENT"
+    )
+    await expect(
+        await http.post("/v1/jobs", json={"task": "paint", "prompt": "x"}), 400, "INVALID_ARGUMENT"
+    )
+    await expect(await http.post("/v1/jobs", json={"prompt": "x"}), 400, "INVALID_ARGUMENT")
+    await expect(await http.get("/v1/jobs/no-such-job"), 404, "NOT_FOUND")
+    await expect(await http.get("/v1/jobs/no-such-job/events"), 404, "NOT_FOUND")
+    await expect(await http.post("/v1/jobs/no-such-job:cancel"), 404, "NOT_FOUND")
+    await expect(await http.get("/v1/assets/no-such-asset/content"), 404, "NOT_FOUND")
+    await expect(await http.get("/v1/jobs", params={"state": "sleeping"}), 400, "INVALID_ARGUMENT")
+
+    # A job belongs to its tenant.
+    job = await submit(http, parameters={"latency_ms": 0})
+    await expect(await http.get(f"/v1/jobs/{job['id']}", headers=TENANT), 404, "NOT_FOUND")
+
+
+async def test_health_index_and_providers(bridge: Bridge) -> None:
+    health = await bridge.http.get("/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    index = await bridge.http.get("/")
+    assert "genmesh" in index.text and "/docs" in index.text and "/v1/providers" in index.text
+    providers = (await bridge.http.get("/v1/providers")).json()["providers"]
+    assert "sandbox" in {p["name"] for p in providers}
