@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.gateway.conftest import Bridge, read_sse
+from tests.gateway.conftest import Bridge, SseEvent, read_sse
 
 # The bridge adds no storage logic of its own; SQLite keeps the run short.
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -25,7 +25,7 @@ async def submit(http: httpx.AsyncClient, **spec: object) -> dict[str, object]:
     return job
 
 
-async def events(http: httpx.AsyncClient, job_id: str, **headers: str) -> list:  # type: ignore[type-arg]
+async def events(http: httpx.AsyncClient, job_id: str, **headers: str) -> list[SseEvent]:
     async with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -43,7 +43,7 @@ async def test_job_streams_to_completion_and_resumes(bridge: Bridge) -> None:
     assert stream[0].event == "job" and stream[0].id is None
     assert stream[0].data["id"] == job_id
     updates = stream[1:]
-    ids = [int(e.id) for e in updates]
+    ids = [int(e.id or 0) for e in updates]
     assert ids == sorted(set(ids)) and ids[0] == 1, ids
     assert [e.data["sequence"] for e in updates] == [str(i) for i in ids]  # int64 is a JSON string
     assert updates[-1].data["state"] == "JOB_STATE_COMPLETED"
@@ -51,9 +51,9 @@ async def test_job_streams_to_completion_and_resumes(bridge: Bridge) -> None:
 
     # A reconnecting EventSource sends Last-Event-ID; only later events come back.
     resumed = await events(http, job_id, **{"Last-Event-ID": str(ids[1])})
-    assert [int(e.id) for e in resumed[1:]] == ids[2:]
-    resumed = await http.get(f"/v1/jobs/{job_id}/events?after_sequence={ids[-2]}")
-    assert resumed.text.count("\nid: ") + resumed.text.startswith("id: ") == 1
+    assert [int(e.id or 0) for e in resumed[1:]] == ids[2:]
+    plain = await http.get(f"/v1/jobs/{job_id}/events?after_sequence={ids[-2]}")
+    assert plain.text.count("\nid: ") + plain.text.startswith("id: ") == 1
 
     done = (await http.get(f"/v1/jobs/{job_id}")).json()
     assert done["state"] == "JOB_STATE_COMPLETED"
