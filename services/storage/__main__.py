@@ -1,0 +1,26 @@
+"""`python -m services.storage`: serve the AssetService until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from services.common.logs import setup_logging
+from services.common.run import serve_until_signalled
+from services.storage.app import running_storage
+from services.storage.settings import Settings
+
+log = logging.getLogger("services.storage")
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    setup_logging(settings.log_level, "storage")
+    # On a signal: health NOT_SERVING, server.stop(grace), then the database closes.
+    asyncio.run(serve_until_signalled(lambda: running_storage(settings)))
+    log.info("storage stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Blob backends: where asset bytes live, addressed by their sha256."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO, Literal, Protocol, TypeVar
+
+CHUNK_SIZE = 64 * 1024
+# Bytes read per trip to the thread pool; sliced into CHUNK_SIZE pieces for the wire.
+READ_BLOCK = 1024 * 1024
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+T = TypeVar("T")
+
+
+class BlobStore(Protocol):
+    """Content-addressed blob storage; asset rows hold the keys it returns."""
+
+    def temp_path(self) -> Path:
+        """A fresh local path to spool an upload to before put(); nothing is created yet."""
+        ...
+
+    async def put(self, temp: Path, sha256: str) -> str:
+        """Store a finished temp file under its hash, consuming it; returns the blob key."""
+        ...
+
+    def read(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = CHUNK_SIZE
+    ) -> AsyncGenerator[bytes, None]:
+        """The bytes [offset, offset + length) in chunks; length None reads to the end."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove a blob; a missing one is not an error."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+
+class LocalBlobStore:
+    """Blobs as files under root/ab/cd/<sha256>, renamed into place only when complete."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        # Inside root so os.replace stays on one filesystem and is atomic.
+        self.staging = root / "tmp"
+
+    def path_of(self, key: str) -> Path:
+        if not _SHA256.fullmatch(key):
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.root / key[:2] / key[2:4] / key
+
+    def temp_path(self) -> Path:
+        return self.staging / f"upload-{uuid.uuid4().hex}"
+
+    async def put(self, temp: Path, sha256: str) -> str:
+        await asyncio.to_thread(self._put, temp, self.path_of(sha256))
+        return sha256
+
+    @staticmethod
+    def _put(temp: Path, final: Path) -> None:
+        if final.exists():
+            # Same hash, same bytes, and only complete files are ever renamed in.
+            temp.unlink()
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Data reaches the disk before the name does, so a crash never leaves a torn blob.
+        with open(temp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+        _fsync_dir(final.parent)
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = CHUNK_SIZE
+    ) -> AsyncGenerator[bytes, None]:
+        f = ThreadFile(self.path_of(key), "rb")
+        try:
+            await f.run(lambda fh: fh.seek(offset))
+            remaining = length
+            while remaining is None or remaining > 0:
+                want = READ_BLOCK if remaining is None else min(READ_BLOCK, remaining)
+                block = await f.run(partial(_read, want))
+                if not block:
+                    return
+                if remaining is not None:
+                    remaining -= len(block)
+                for start in range(0, len(block), chunk_size):
+                    yield block[start : start + chunk_size]
+        finally:
+            await f.aclose()
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.path_of(key).unlink, missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.path_of(key).exists)
+
+    def staged(self) -> list[Path]:
+        """Temp files still in the staging area (tests assert failed uploads leave none)."""
+        return sorted(self.staging.glob("*")) if self.staging.exists() else []
+
+
+class ThreadFile:
+    """A file whose blocking calls run in worker threads, one at a time, opened on first use.
+
+    Cancelling an await does not stop its thread, so every call holds a lock and close waits
+    for it: a cancelled task never leaks the file, nor closes or unlinks it mid-write.
+    """
+
+    def __init__(self, path: Path, mode: Literal["rb", "xb"]) -> None:
+        self.path = path
+        self._mode = mode
+        self._file: BinaryIO | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    async def run(self, op: Callable[[BinaryIO], T]) -> T:
+        """op(file) in a thread."""
+        return await asyncio.to_thread(self._call, op)
+
+    async def aclose(self, *, unlink: bool = False) -> None:
+        """Close (and optionally delete) the file once any running call is done."""
+        await asyncio.to_thread(self._close, unlink)
+
+    def _call(self, op: Callable[[BinaryIO], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"{self.path.name} is closed")
+            if self._file is None:
+                if self._mode == "xb":
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, self._mode)  # noqa: SIM115 - closed in _close
+            return op(self._file)
+
+    def _close(self, unlink: bool) -> None:
+        with self._lock:
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            if unlink:
+                self.path.unlink(missing_ok=True)
+
+
+def _read(size: int, f: BinaryIO) -> bytes:
+    return f.read(size)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,300 @@
+"""AssetStore: uploads, metadata and ranged reads, independent of any transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import RowMapping, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from genmesh.v1 import asset_pb2
+from services.common.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
+from services.storage.blobs import BlobStore, ThreadFile
+from services.storage.probe import normalize_media_type, probe_file
+from services.storage.schema import assets
+
+log = logging.getLogger(__name__)
+
+# Bytes gathered from the stream before one write (and hash update) runs in a thread.
+WRITE_BLOCK = 256 * 1024
+MAX_TENANT = 128
+MAX_FILENAME = 1024
+MAX_JOB_ID = 128
+MAX_IDEMPOTENCY_KEY = 256
+MAX_ASSET_ID = 64
+
+_ROLES = frozenset(asset_pb2.AssetRole.values())
+
+
+@dataclass(frozen=True)
+class NewAsset:
+    """What the uploader says about its bytes; the rest is measured."""
+
+    media_type: str = ""
+    filename: str = ""
+    role: int = asset_pb2.ASSET_ROLE_UNSPECIFIED
+    job_id: str = ""
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class Asset:
+    id: str
+    tenant_id: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    width: int
+    height: int
+    duration_seconds: float
+    filename: str
+    role: int
+    job_id: str
+    blob_key: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Download:
+    """An asset and its bytes [offset, offset + length) as chunks; aclose() them if abandoned."""
+
+    asset: Asset
+    offset: int
+    length: int
+    chunks: AsyncGenerator[bytes, None]
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    path: Path
+    size: int
+    sha256: str
+
+
+def new_asset_id() -> str:
+    return "a_" + uuid.uuid4().hex
+
+
+class AssetStore:
+    """Asset rows in SQL, bytes in a BlobStore; every call is scoped to a tenant."""
+
+    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, max_upload_bytes: int) -> None:
+        self._engine = engine
+        self._blobs = blobs
+        self._max_upload_bytes = max_upload_bytes
+        # Per-hash locks: putting a blob and inserting its row must not interleave with
+        # discarding an unreferenced blob of the same hash (blobs are shared by content).
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def upload(self, tenant: str, meta: NewAsset, chunks: AsyncIterable[bytes]) -> Asset:
+        """Store the streamed bytes as a new asset, or return the asset already under the key.
+
+        InvalidArgument for bad metadata or no bytes; ResourceExhausted past the size limit.
+        Nothing is kept from a failed upload.
+        """
+        _check_text("tenant", tenant, MAX_TENANT, required=True)
+        media_type = normalize_media_type(meta.media_type)
+        _check_text("filename", meta.filename, MAX_FILENAME)
+        _check_text("job_id", meta.job_id, MAX_JOB_ID)
+        _check_text("idempotency_key", meta.idempotency_key, MAX_IDEMPOTENCY_KEY)
+        if meta.role not in _ROLES:
+            raise InvalidArgument(f"unknown asset role {meta.role}")
+        key = meta.idempotency_key or None
+        if key is not None:
+            existing = await self._find_by_key(tenant, key)
+            if existing is not None:
+                # A repeat, e.g. from a redelivered job: the first upload stands, unread bytes
+                # and all.
+                return existing
+
+        spooled = await self._spool(chunks)
+        try:
+            info = await asyncio.to_thread(probe_file, spooled.path, media_type)
+            async with self._lock(spooled.sha256):
+                blob_key = await self._blobs.put(spooled.path, spooled.sha256)
+                asset = Asset(
+                    id=new_asset_id(),
+                    tenant_id=tenant,
+                    media_type=info.media_type,
+                    size_bytes=spooled.size,
+                    sha256=spooled.sha256,
+                    width=info.width,
+                    height=info.height,
+                    duration_seconds=info.duration_seconds,
+                    filename=meta.filename,
+                    role=meta.role,
+                    job_id=meta.job_id,
+                    blob_key=blob_key,
+                    create_time=datetime.now(UTC),
+                )
+                try:
+                    async with self._engine.begin() as conn:
+                        await conn.execute(insert(assets).values(_row(asset, key)))
+                except IntegrityError:
+                    winner = await self._find_by_key(tenant, key) if key else None
+                    if winner is None:
+                        raise
+                    # Lost a race with a concurrent upload under the same key: it stands.
+                    log.debug("upload under key %r lost a race to %s", key, winner.id)
+                    if winner.blob_key != blob_key:
+                        await self._discard_if_unused(blob_key)
+                    return winner
+                except BaseException:
+                    # No row, so no blob either; the check spares a blob other rows share.
+                    with contextlib.suppress(Exception):
+                        await self._discard_if_unused(blob_key)
+                    raise
+                return asset
+        finally:
+            # put() consumed the file on success; otherwise it goes now (the thread finishes
+            # the unlink even if this await is cancelled).
+            await asyncio.to_thread(spooled.path.unlink, missing_ok=True)
+
+    async def get(self, tenant: str, asset_id: str) -> Asset:
+        """The asset, or NotFound when it does not exist or belongs to another tenant."""
+        if asset_id and len(asset_id) <= MAX_ASSET_ID:
+            async with self._engine.connect() as conn:
+                result = await conn.execute(
+                    select(assets).where(assets.c.id == asset_id, assets.c.tenant_id == tenant)
+                )
+                row = result.mappings().first()
+            if row is not None:
+                return _asset(row)
+        raise NotFound(f"asset {asset_id[:MAX_ASSET_ID]!r} not found")
+
+    async def open_range(
+        self, tenant: str, asset_id: str, offset: int = 0, length: int = 0
+    ) -> Download:
+        """At most `length` bytes (0: all) from `offset`; OutOfRange when offset > size."""
+        if offset < 0 or length < 0:
+            raise InvalidArgument("offset and length must not be negative")
+        asset = await self.get(tenant, asset_id)
+        if offset > asset.size_bytes:
+            raise OutOfRange(f"offset {offset} is past the end ({asset.size_bytes} bytes)")
+        available = asset.size_bytes - offset
+        count = available if length == 0 else min(length, available)
+        return Download(asset, offset, count, self._blobs.read(asset.blob_key, offset, count))
+
+    def _lock(self, sha256: str) -> asyncio.Lock:
+        lock = self._locks.get(sha256)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[sha256] = lock
+        return lock
+
+    async def _spool(self, chunks: AsyncIterable[bytes]) -> _Spooled:
+        spool = ThreadFile(self._blobs.temp_path(), "xb")
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                # Checked as bytes arrive, so an oversized upload never fills the disk.
+                if size > self._max_upload_bytes:
+                    raise ResourceExhausted(
+                        f"upload is over the limit of {self._max_upload_bytes} bytes"
+                    )
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= WRITE_BLOCK:
+                    await spool.run(partial(_write, digest, pending))
+                    pending, pending_size = [], 0
+            if pending:
+                await spool.run(partial(_write, digest, pending))
+            if size == 0:
+                raise InvalidArgument("upload has no bytes")
+            await spool.aclose()
+            return _Spooled(spool.path, size, digest.hexdigest())
+        except BaseException:
+            # Failed, over the limit or cancelled: the partial file must not outlive the call.
+            await spool.aclose(unlink=True)
+            raise
+
+    async def _find_by_key(self, tenant: str, key: str) -> Asset | None:
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                select(assets).where(assets.c.tenant_id == tenant, assets.c.idempotency_key == key)
+            )
+            row = result.mappings().first()
+        return None if row is None else _asset(row)
+
+    async def _discard_if_unused(self, blob_key: str) -> None:
+        """Delete a blob no row points at. Call it holding the lock of the blob's hash."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                select(assets.c.id).where(assets.c.blob_key == blob_key).limit(1)
+            )
+            used = result.first() is not None
+        if not used:
+            await self._blobs.delete(blob_key)
+
+
+def _check_text(name: str, value: str, limit: int, *, required: bool = False) -> None:
+    if required and not value:
+        raise InvalidArgument(f"{name} is required")
+    if len(value) > limit:
+        raise InvalidArgument(f"{name} is longer than {limit} characters")
+    # PostgreSQL rejects NUL in text, and control characters only make trouble downstream.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidArgument(f"{name} contains control characters")
+
+
+def _write(digest: Any, pending: list[bytes], f: BinaryIO) -> None:
+    data = b"".join(pending)
+    f.write(data)
+    digest.update(data)
+
+
+def _row(asset: Asset, idempotency_key: str | None) -> dict[str, Any]:
+    return {
+        "id": asset.id,
+        "tenant_id": asset.tenant_id,
+        "media_type": asset.media_type,
+        "size_bytes": asset.size_bytes,
+        "sha256": asset.sha256,
+        "width": asset.width,
+        "height": asset.height,
+        "duration_seconds": asset.duration_seconds,
+        "filename": asset.filename,
+        "role": asset.role,
+        "job_id": asset.job_id,
+        "idempotency_key": idempotency_key,
+        "blob_key": asset.blob_key,
+        "create_time": asset.create_time,
+    }
+
+
+def _asset(row: RowMapping) -> Asset:
+    create_time: datetime = row["create_time"]
+    if create_time.tzinfo is None:
+        # SQLite keeps no offset; every time written here is UTC.
+        create_time = create_time.replace(tzinfo=UTC)
+    return Asset(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        media_type=row["media_type"],
+        size_bytes=row["size_bytes"],
+        sha256=row["sha256"],
+        width=row["width"],
+        height=row["height"],
+        duration_seconds=row["duration_seconds"],
+        filename=row["filename"],
+        role=row["role"],
+        job_id=row["job_id"],
+        blob_key=row["blob_key"],
+        create_time=create_time,
+    )

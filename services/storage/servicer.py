@@ -1,0 +1,92 @@
+"""AssetService over gRPC: translates messages to and from the AssetStore."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
+from services.common.errors import InvalidArgument
+from services.common.tenancy import tenant_of
+from services.storage.core import Asset, AssetStore, NewAsset
+
+SERVICE_NAME = asset_service_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name
+
+
+class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
+    """Thin adapter; errors are MeshErrors mapped to status codes by the server interceptor."""
+
+    def __init__(self, store: AssetStore) -> None:
+        self._store = store
+
+    async def UploadAsset(
+        self,
+        request_iterator: AsyncIterator[asset_service_pb2.UploadAssetRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> asset_service_pb2.UploadAssetResponse:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "metadata":
+            raise InvalidArgument("the first message of an upload must carry its metadata")
+        meta = first.metadata
+        asset = await self._store.upload(
+            tenant_of(context),
+            NewAsset(
+                media_type=meta.media_type,
+                filename=meta.filename,
+                role=meta.role,
+                job_id=meta.job_id,
+                idempotency_key=meta.idempotency_key,
+            ),
+            _chunks(request_iterator),
+        )
+        return asset_service_pb2.UploadAssetResponse(asset=to_proto(asset))
+
+    async def GetAsset(
+        self, request: asset_service_pb2.GetAssetRequest, context: grpc.aio.ServicerContext
+    ) -> asset_service_pb2.GetAssetResponse:
+        asset = await self._store.get(tenant_of(context), request.asset_id)
+        return asset_service_pb2.GetAssetResponse(asset=to_proto(asset))
+
+    async def DownloadAsset(
+        self, request: asset_service_pb2.DownloadAssetRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[asset_service_pb2.DownloadAssetResponse]:
+        download = await self._store.open_range(
+            tenant_of(context), request.asset_id, request.offset, request.length
+        )
+        # aclosing: a client that hangs up mid-stream still gets the blob file closed.
+        async with aclosing(download.chunks) as chunks:
+            yield asset_service_pb2.DownloadAssetResponse(asset=to_proto(download.asset))
+            async for chunk in chunks:
+                yield asset_service_pb2.DownloadAssetResponse(chunk=chunk)
+
+
+async def _chunks(
+    requests: AsyncIterator[asset_service_pb2.UploadAssetRequest],
+) -> AsyncIterator[bytes]:
+    async for request in requests:
+        if request.WhichOneof("part") != "chunk":
+            raise InvalidArgument("only the first message of an upload may carry metadata")
+        if request.chunk:
+            yield request.chunk
+
+
+def to_proto(asset: Asset) -> asset_pb2.Asset:
+    create_time = Timestamp()
+    create_time.FromDatetime(asset.create_time)
+    return asset_pb2.Asset(
+        id=asset.id,
+        tenant_id=asset.tenant_id,
+        media_type=asset.media_type,
+        size_bytes=asset.size_bytes,
+        sha256=asset.sha256,
+        width=asset.width,
+        height=asset.height,
+        duration_seconds=asset.duration_seconds,
+        filename=asset.filename,
+        role=asset_pb2.AssetRole.ValueType(asset.role),
+        job_id=asset.job_id,
+        create_time=create_time,
+    )

@@ -1,0 +1,68 @@
+"""A real AssetService on a loopback port, backed by the parametrized test database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from genmesh.v1 import asset_service_pb2_grpc
+from services.common.db import open_database
+from services.common.grpc_server import grpc_server
+from services.storage.blobs import LocalBlobStore
+from services.storage.client import AssetClient
+from services.storage.core import AssetStore
+from services.storage.schema import assets, metadata
+from services.storage.servicer import SERVICE_NAME, AssetServicer
+from tests.conftest import Database
+
+# Small enough that the over-limit test is quick, large enough for multi-chunk uploads.
+MAX_UPLOAD_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Storage:
+    address: str
+    channel: grpc.aio.Channel
+    client: AssetClient
+    store: AssetStore
+    blobs: LocalBlobStore
+    engine: AsyncEngine
+
+    async def row_count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(assets))).scalar_one())
+
+    def blob_files(self) -> list[Path]:
+        """Stored blobs, not counting the staging area."""
+        return sorted(
+            p
+            for p in self.blobs.root.rglob("*")
+            if p.is_file() and self.blobs.staging not in p.parents
+        )
+
+
+@pytest.fixture
+async def storage(database: Database, tmp_path: Path) -> AsyncIterator[Storage]:
+    async with AsyncExitStack() as stack:
+        engine = await stack.enter_async_context(
+            open_database(database.url, metadata, database.schema)
+        )
+        blobs = LocalBlobStore(tmp_path / "blobs")
+        store = AssetStore(engine, blobs, max_upload_bytes=MAX_UPLOAD_BYTES)
+        registration = (
+            asset_service_pb2_grpc.add_AssetServiceServicer_to_server,
+            AssetServicer(store),
+            SERVICE_NAME,
+        )
+        running = await stack.enter_async_context(
+            grpc_server("127.0.0.1:0", [registration], grace=1.0)
+        )
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(running.address))
+        yield Storage(running.address, channel, AssetClient(channel), store, blobs, engine)

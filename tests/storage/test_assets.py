@@ -1,0 +1,431 @@
+"""AssetService end to end: a real gRPC server, a real database, blobs on a temp disk."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import re
+import signal
+import sys
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
+from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
+from services.common.tenancy import tenant_metadata
+from services.storage.client import CHUNK_SIZE, AssetClient
+from services.storage.core import WRITE_BLOCK, NewAsset
+from tests.infra import eventually
+from tests.storage.conftest import MAX_UPLOAD_BYTES, Storage
+
+REPO = Path(__file__).resolve().parents[2]
+TENANT = "acme"
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def gif_bytes(frame_ms: list[int]) -> bytes:
+    frames = [Image.new("RGB", (16, 8), (i * 80, 0, 0)) for i in range(len(frame_ms))]
+    out = io.BytesIO()
+    frames[0].save(
+        out, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+    )
+    return out.getvalue()
+
+
+def wav_bytes(seconds: float, rate: int = 16_000) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x01" * int(seconds * rate))
+    return out.getvalue()
+
+
+async def expect_code(code: grpc.StatusCode, call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    return info.value
+
+
+async def test_upload_then_download_is_byte_identical(storage: Storage, tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK_SIZE + 123)
+    asset = await storage.client.upload(
+        data,
+        tenant=TENANT,
+        media_type="application/x-test",
+        filename="noise.bin",
+        role=asset_pb2.ASSET_ROLE_OUTPUT,
+        job_id="j_1",
+    )
+    assert asset.id.startswith("a_")
+    assert asset.tenant_id == TENANT
+    assert asset.size_bytes == len(data)
+    assert asset.sha256 == hashlib.sha256(data).hexdigest()
+    assert (asset.media_type, asset.filename, asset.job_id) == (
+        "application/x-test",
+        "noise.bin",
+        "j_1",
+    )
+    assert asset.role == asset_pb2.ASSET_ROLE_OUTPUT
+    assert asset.create_time.seconds > 0
+
+    assert await storage.client.download(asset.id, tenant=TENANT) == data
+    assert await storage.client.get(asset.id, tenant=TENANT) == asset
+    target = tmp_path / "out.bin"
+    assert await storage.client.download_to(asset.id, target, tenant=TENANT) == asset
+    assert target.read_bytes() == data
+    assert await storage.row_count() == 1
+    assert [p.name for p in storage.blob_files()] == [asset.sha256]
+
+
+async def test_streamed_upload_rechunks_large_pieces(storage: Storage) -> None:
+    data = os.urandom(MAX_UPLOAD_BYTES - 10)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield data[:100]
+        yield data[100:]  # one piece far larger than a chunk
+
+    asset = await storage.client.upload(pieces(), tenant=TENANT, media_type="")
+    assert asset.media_type == "application/octet-stream"
+    assert await storage.client.download(asset.id, tenant=TENANT) == data
+
+
+async def test_png_metadata_and_sniffed_type(storage: Storage) -> None:
+    asset = await storage.client.upload(png_bytes(37, 21), tenant=TENANT, media_type="")
+    assert (asset.media_type, asset.width, asset.height) == ("image/png", 37, 21)
+    got = await storage.client.get(asset.id, tenant=TENANT)
+    assert (got.width, got.height, got.duration_seconds) == (37, 21, 0.0)
+
+
+async def test_wav_duration(storage: Storage) -> None:
+    asset = await storage.client.upload(
+        wav_bytes(1.5), tenant=TENANT, media_type="application/octet-stream"
+    )
+    assert asset.media_type == "audio/wav"
+    assert asset.duration_seconds == pytest.approx(1.5)
+    assert (await storage.client.get(asset.id, tenant=TENANT)).duration_seconds == (
+        pytest.approx(1.5)
+    )
+
+
+async def test_gif_duration_from_frames(storage: Storage) -> None:
+    asset = await storage.client.upload(
+        gif_bytes([100, 200, 300]), tenant=TENANT, media_type="image/gif"
+    )
+    assert (asset.width, asset.height) == (16, 8)
+    assert asset.duration_seconds == pytest.approx(0.6)
+
+
+async def test_declared_type_is_kept_and_garbage_image_is_unmeasured(storage: Storage) -> None:
+    asset = await storage.client.upload(b"not a png", tenant=TENANT, media_type="IMAGE/PNG")
+    assert (asset.media_type, asset.width, asset.height) == ("image/png", 0, 0)
+    text = await storage.client.upload(
+        b"hello", tenant=TENANT, media_type="text/plain;charset=utf-8"
+    )
+    assert text.media_type == "text/plain; charset=utf-8"
+
+
+async def test_ranged_download(storage: Storage) -> None:
+    data = os.urandom(200_000)
+    asset = await storage.client.upload(data, tenant=TENANT, media_type="application/x-test")
+    client = storage.client
+    assert await client.download(asset.id, tenant=TENANT, offset=10, length=5) == data[10:15]
+    assert await client.download(asset.id, tenant=TENANT, offset=70_000) == data[70_000:]
+    assert (
+        await client.download(asset.id, tenant=TENANT, offset=199_990, length=1000)
+        == data[199_990:]
+    )
+    assert await client.download(asset.id, tenant=TENANT, offset=len(data)) == b""
+    await expect_code(
+        grpc.StatusCode.OUT_OF_RANGE,
+        client.download(asset.id, tenant=TENANT, offset=len(data) + 1),
+    )
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT, client.download(asset.id, tenant=TENANT, offset=-1)
+    )
+
+
+async def test_download_stream_can_stop_early(storage: Storage) -> None:
+    data = os.urandom(600_000)
+    asset = await storage.client.upload(data, tenant=TENANT, media_type="application/x-test")
+    stream = await storage.client.open(asset.id, tenant=TENANT)
+    assert stream.asset.size_bytes == len(data)
+    async for chunk in stream:
+        assert chunk == data[: len(chunk)]
+        break
+    # The server is still healthy and serving after the abandoned stream.
+    assert await storage.client.download(asset.id, tenant=TENANT) == data
+
+
+async def test_over_limit_upload_keeps_nothing(storage: Storage) -> None:
+    data = os.urandom(MAX_UPLOAD_BYTES + 1)
+    await expect_code(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        storage.client.upload(data, tenant=TENANT, media_type="application/x-test"),
+    )
+    assert await storage.row_count() == 0
+    assert storage.blob_files() == []
+    assert storage.blobs.staged() == []
+    # Exactly the limit is fine.
+    ok = await storage.client.upload(
+        data[:MAX_UPLOAD_BYTES], tenant=TENANT, media_type="application/x-test"
+    )
+    assert ok.size_bytes == MAX_UPLOAD_BYTES
+
+
+async def test_cancelled_upload_leaves_no_partial_file(storage: Storage) -> None:
+    stub = asset_service_pb2_grpc.AssetServiceStub(storage.channel)
+    sent = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+        meta = asset_service_pb2.UploadMetadata(media_type="application/x-test")
+        yield asset_service_pb2.UploadAssetRequest(metadata=meta)
+        for _ in range(WRITE_BLOCK // CHUNK_SIZE + 1):  # enough to reach the disk
+            yield asset_service_pb2.UploadAssetRequest(chunk=os.urandom(CHUNK_SIZE))
+        sent.set()
+        await asyncio.Event().wait()  # never finishes: the client gives up instead
+        yield asset_service_pb2.UploadAssetRequest(chunk=b"")
+
+    call = stub.UploadAsset(stalls(), metadata=tenant_metadata(TENANT))
+    await sent.wait()
+    await eventually(storage.blobs.staged)  # the server is spooling
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await eventually(lambda: storage.blobs.staged() == [])
+    assert await storage.row_count() == 0
+    assert storage.blob_files() == []
+
+
+async def test_upload_without_metadata_first_is_invalid(storage: Storage) -> None:
+    stub = asset_service_pb2_grpc.AssetServiceStub(storage.channel)
+    Request = asset_service_pb2.UploadAssetRequest
+
+    async def chunk_first() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+        yield Request(chunk=b"abc")
+        yield Request(metadata=asset_service_pb2.UploadMetadata(media_type="text/plain"))
+
+    async def nothing() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+        return
+        yield
+
+    async def metadata_twice() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+        meta = asset_service_pb2.UploadMetadata(media_type="text/plain")
+        yield Request(metadata=meta)
+        yield Request(chunk=b"abc")
+        yield Request(metadata=meta)
+
+    for requests in (chunk_first(), nothing(), metadata_twice()):
+        error = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.UploadAsset(requests, metadata=tenant_metadata(TENANT)),
+        )
+        assert "metadata" in (error.details() or "")
+    assert await storage.row_count() == 0
+    assert storage.blobs.staged() == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"media_type": "image"},
+        {"media_type": "image/png/x"},
+        {"media_type": "image/ png"},
+        {"media_type": "text/plain; charset"},
+        {"media_type": "text/plain", "filename": "a\x00b"},
+        {"media_type": "text/plain", "role": 42},
+    ],
+)
+async def test_bad_metadata_is_invalid(storage: Storage, kwargs: dict[str, object]) -> None:
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        storage.client.upload(b"abc", tenant=TENANT, **kwargs),  # type: ignore[arg-type]
+    )
+    assert await storage.row_count() == 0
+
+
+async def test_empty_upload_is_invalid(storage: Storage) -> None:
+    error = await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        storage.client.upload(b"", tenant=TENANT, media_type="text/plain"),
+    )
+    assert "no bytes" in (error.details() or "")
+    assert storage.blobs.staged() == []
+
+
+async def test_unknown_asset_is_not_found(storage: Storage) -> None:
+    client = storage.client
+    await expect_code(grpc.StatusCode.NOT_FOUND, client.get("a_missing", tenant=TENANT))
+    await expect_code(grpc.StatusCode.NOT_FOUND, client.get("", tenant=TENANT))
+    await expect_code(grpc.StatusCode.NOT_FOUND, client.download("a_missing", tenant=TENANT))
+
+
+async def test_another_tenant_cannot_read(storage: Storage) -> None:
+    asset = await storage.client.upload(b"secret", tenant=TENANT, media_type="text/plain")
+    client = storage.client
+    await expect_code(grpc.StatusCode.NOT_FOUND, client.get(asset.id, tenant="other"))
+    await expect_code(grpc.StatusCode.NOT_FOUND, client.download(asset.id, tenant="other"))
+    # The same bytes uploaded by another tenant are that tenant's own asset.
+    theirs = await client.upload(b"secret", tenant="other", media_type="text/plain")
+    assert theirs.id != asset.id and theirs.tenant_id == "other"
+    assert len(storage.blob_files()) == 1  # content-addressed: one blob, two rows
+
+
+async def test_calls_without_tenant_use_the_default_tenant(storage: Storage) -> None:
+    stub = asset_service_pb2_grpc.AssetServiceStub(storage.channel)
+    asset = await storage.client.upload(b"x", tenant="default", media_type="text/plain")
+    response = await stub.GetAsset(asset_service_pb2.GetAssetRequest(asset_id=asset.id))
+    assert response.asset.tenant_id == "default"
+
+
+async def test_idempotency_key_returns_the_first_asset(storage: Storage) -> None:
+    client = storage.client
+    first = await client.upload(
+        b"first", tenant=TENANT, media_type="text/plain", idempotency_key="job-1/out-0"
+    )
+    # A retry, even one with different (and larger) bytes, gets the first asset back.
+    again = await client.upload(
+        os.urandom(500_000),
+        tenant=TENANT,
+        media_type="text/plain",
+        idempotency_key="job-1/out-0",
+    )
+    assert again == first
+    assert await storage.row_count() == 1
+    assert len(storage.blob_files()) == 1
+    # Keys are per tenant, and uploads without a key never collide.
+    other = await client.upload(
+        b"first", tenant="other", media_type="text/plain", idempotency_key="job-1/out-0"
+    )
+    assert other.id != first.id
+    a = await client.upload(b"first", tenant=TENANT, media_type="text/plain")
+    b = await client.upload(b"first", tenant=TENANT, media_type="text/plain")
+    assert len({first.id, other.id, a.id, b.id}) == 4
+    assert await storage.row_count() == 4
+
+
+async def test_concurrent_uploads_with_one_key_make_one_asset(storage: Storage) -> None:
+    data = os.urandom(300_000)
+    results = await asyncio.gather(
+        *(
+            storage.client.upload(
+                data, tenant=TENANT, media_type="application/x-test", idempotency_key="k"
+            )
+            for _ in range(6)
+        )
+    )
+    assert len({r.id for r in results}) == 1
+    assert await storage.row_count() == 1
+    assert len(storage.blob_files()) == 1
+    assert storage.blobs.staged() == []
+
+
+async def test_racing_uploads_both_past_the_key_check(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both uploads pass the first key lookup; the unique constraint picks the winner."""
+    caplog.set_level(logging.DEBUG, logger="services.storage.core")
+    started = 0
+    both_started = asyncio.Event()
+
+    async def gated(data: bytes) -> AsyncIterator[bytes]:
+        # The store reads bytes only after its key lookup, so once both generators have
+        # started, both uploads have seen "no such key".
+        nonlocal started
+        started += 1
+        if started == 2:
+            both_started.set()
+        await both_started.wait()
+        yield data
+
+    meta = NewAsset(media_type="text/plain", idempotency_key="race")
+    one, two = await asyncio.gather(
+        storage.store.upload(TENANT, meta, gated(b"one" * 1000)),
+        storage.store.upload(TENANT, meta, gated(b"two" * 1000)),
+    )
+    assert one == two
+    assert "lost a race" in caplog.text
+    assert await storage.row_count() == 1
+    # The loser's different bytes were discarded: only the winner's blob remains.
+    assert [p.name for p in storage.blob_files()] == [one.sha256]
+    assert storage.blobs.staged() == []
+
+
+async def test_health_and_reflection(storage: Storage) -> None:
+    health = health_pb2_grpc.HealthStub(storage.channel)
+    for service in ("", "genmesh.v1.AssetService"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(storage.channel)
+    call = reflection.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    await call.done_writing()
+    response = await call.read()
+    names = {s.name for s in response.list_services_response.service}
+    assert "genmesh.v1.AssetService" in names
+    assert "grpc.health.v1.Health" in names
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_main_serves_and_exits_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    data_dir = tmp_path / "data"
+    env.update(GENMESH_LISTEN="127.0.0.1:0", GENMESH_DATA_DIR=str(data_dir))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.storage",
+        cwd=REPO,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        address = await asyncio.wait_for(_listening_address(proc.stderr, lines), 30)
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = AssetClient(channel)
+            asset = await client.upload(png_bytes(4, 3), tenant=TENANT, media_type="image/png")
+            assert await client.download(asset.id, tenant=TENANT) == png_bytes(4, 3)
+            health = health_pb2_grpc.HealthStub(channel)
+            check = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(sig)
+        rest = await asyncio.wait_for(proc.stderr.read(), 30)
+        lines.extend(rest.decode().splitlines())
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, "\n".join(lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert any("storage stopped" in line for line in lines), "\n".join(lines)
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    assert (data_dir / "storage.db").exists()
+    assert (data_dir / "blobs" / asset.sha256[:2] / asset.sha256[2:4] / asset.sha256).exists()
+
+
+async def _listening_address(stream: asyncio.StreamReader, lines: list[str]) -> str:
+    while line := (await stream.readline()).decode():
+        lines.append(line.rstrip())
+        if match := re.search(r"listening on (\S+:\d+)", line):
+            return match[1]
+    raise AssertionError("storage exited before listening:\n" + "\n".join(lines))
