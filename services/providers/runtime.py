@@ -112,6 +112,12 @@ class ProviderWorker:
                 except nats.errors.ConnectionClosedError:
                     self._slots.release()
                     return
+                except Exception:
+                    # A transient JetStream error must not stop this worker taking jobs.
+                    self._slots.release()
+                    log.warning("fetching jobs failed; retrying", exc_info=True)
+                    await asyncio.sleep(0.5)
+                    continue
                 # One slot is held already; take one more for each extra message.
                 for i, msg in enumerate(msgs):
                     if i > 0:
@@ -129,9 +135,12 @@ class ProviderWorker:
         task = asyncio.create_task(self._handle(msg))
         task.add_done_callback(self._finished)
 
-    def _finished(self, _task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
         self._active -= 1
         self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # The message stays unacked and is redelivered after ack_wait; say why.
+            log.error("job handler failed", exc_info=task.exception())
 
     def stop_fetching(self) -> None:
         self._stopping.set()

@@ -54,6 +54,11 @@ class Recorder:
                     continue
                 except nats.errors.ConnectionClosedError:
                     return
+                except Exception:
+                    # A transient JetStream error must not end recording for this replica.
+                    log.warning("fetching events failed; retrying", exc_info=True)
+                    await asyncio.sleep(0.5)
+                    continue
                 try:
                     await self._record(msgs)
                 except asyncio.CancelledError:
