@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -25,9 +26,19 @@ def nats_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def nats_prefix() -> str:
-    """A prefix no other test uses, so streams, subjects and buckets never collide."""
-    return unique("t")
+async def nats_prefix(nats_url: str) -> AsyncIterator[str]:
+    """A prefix no other test uses; its streams and buckets are deleted afterwards."""
+    prefix = unique("t")
+    yield prefix
+    tag = prefix.upper()
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name.startswith((f"{tag}_", f"KV_{tag}_")):
+                await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
 
 
 @dataclass(frozen=True)
