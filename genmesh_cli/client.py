@@ -12,12 +12,12 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.channels import mesh_channel
 
 DEFAULT_ROUTER = "127.0.0.1:50051"
 DEFAULT_STORAGE = "127.0.0.1:50052"
 
 # Generated outputs can be large; match the servers' limit.
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 TERMINAL_STATES = frozenset(
     {job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
@@ -53,19 +53,8 @@ def default_addresses(env: Mapping[str, str]) -> Addresses:
     )
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel to one mesh service (loopback or a trusted network)."""
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Each command retries where it knows the call is safe to repeat.
-            ("grpc.enable_retries", 0),
-            # An inherited HTTP(S)_PROXY must not reroute calls to the mesh (often loopback).
-            ("grpc.enable_http_proxy", 0),
-        ],
-    )
+# The CLI's commands open their channels through this name.
+channel = mesh_channel
 
 
 def format_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, address: str = "") -> str:

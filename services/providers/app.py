@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import grpc
-
 from services.common.bus import Bus, connect
+from services.common.channels import mesh_channel
 from services.common.grpc_server import grpc_server
 from services.providers.registration import Registration
 from services.providers.registry import build_adapter
@@ -48,7 +47,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         )
         js = nc.jetstream()
         await bus.ensure_streams(js)
-        channel = await stack.enter_async_context(grpc.aio.insecure_channel(settings.storage_addr))
+        channel = await stack.enter_async_context(mesh_channel(settings.storage_addr))
         shared = Shared(
             js=js,
             bus=bus,

@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import grpc
-
 from genmesh.v1 import (
     asset_service_pb2_grpc,
     generate_service_pb2,
@@ -22,6 +20,7 @@ from genmesh.v1 import (
     provider_service_pb2_grpc,
 )
 from services.common.bus import Bus, connect
+from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
 from services.router.catalog import Catalog
@@ -66,12 +65,8 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
 
-        prompt_channel = await stack.enter_async_context(
-            grpc.aio.insecure_channel(settings.prompt_addr)
-        )
-        storage_channel = await stack.enter_async_context(
-            grpc.aio.insecure_channel(settings.storage_addr)
-        )
+        prompt_channel = await stack.enter_async_context(mesh_channel(settings.prompt_addr))
+        storage_channel = await stack.enter_async_context(mesh_channel(settings.storage_addr))
         core = RouterCore(
             store=store,
             catalog=catalog,
