@@ -118,6 +118,10 @@ class ProviderWorker:
                     log.warning("fetching jobs failed; retrying", exc_info=True)
                     await asyncio.sleep(0.5)
                     continue
+                if not msgs:
+                    # fetch() can come back empty (a status reply); the held slot goes back.
+                    self._slots.release()
+                    continue
                 # One slot is held already; take one more for each extra message.
                 for i, msg in enumerate(msgs):
                     if i > 0:

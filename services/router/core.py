@@ -230,6 +230,9 @@ class RouterCore:
             for event in await self._store.events_after(job_id, last):
                 yield event
                 last = event.sequence
+                # The job may have ended after the snapshot above was read.
+                if event.state in TERMINAL:
+                    return
             if job.state in TERMINAL and last >= job.last_sequence:
                 return
             while True:
