@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.grpc_server import grpc_server
+from services.providers.config import load_catalog
 from services.providers.registration import Registration
-from services.providers.registry import build_adapter
+from services.providers.registry import auto_instances, build_adapter
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
 from services.providers.settings import Settings
 from services.storage.client import AssetClient
@@ -29,10 +32,18 @@ class Worker:
 
 
 @asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    """Serve the configured providers; on exit, stop fetching, drain, then withdraw."""
+async def running_worker(
+    settings: Settings, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Worker]:
+    """Serve the configured providers; on exit, stop fetching, drain, then withdraw.
+
+    Provider keys are read from `env` (the process environment when None)."""
+    env = os.environ if env is None else env
+    catalog = load_catalog(Path(settings.providers_file) if settings.providers_file else None, env)
     names = [n.strip() for n in settings.worker_providers.split(",") if n.strip()]
-    adapters = [build_adapter(name) for name in names]
+    if names == ["auto"]:
+        names = auto_instances(catalog)
+    adapters = [build_adapter(name, catalog) for name in names]
     bus = Bus(settings.nats_prefix, settings.nats_replicas)
     worker_id = uuid.uuid4().hex[:12]
     options = WorkerOptions(
@@ -42,6 +53,8 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         drain_timeout=settings.worker_drain_timeout,
     )
     async with AsyncExitStack() as stack:
+        for adapter in adapters:
+            stack.push_async_callback(adapter.aclose)
         nc = await stack.enter_async_context(
             connect(settings.nats_url, f"genmesh-worker-{worker_id}")
         )

@@ -1,21 +1,53 @@
-"""Which adapter family serves which provider instance name."""
+"""Which adapter family serves a provider instance; families load only when configured."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 
 from services.providers.adapter import Adapter
-from services.providers.sandbox import SandboxAdapter
+from services.providers.config import ProviderConfig
 
-FAMILIES: dict[str, Callable[[str], Adapter]] = {
-    "sandbox": SandboxAdapter,
+# family -> "module:factory". A factory takes the instance's ProviderConfig.
+FAMILIES: dict[str, str] = {
+    "sandbox": "services.providers.sandbox:SandboxAdapter",
+    "openai_compatible": "services.providers.openai_compatible:OpenAICompatibleAdapter",
+    "ollama": "services.providers.ollama:OllamaAdapter",
+    "fal": "services.providers.fal:FalAdapter",
+    "replicate": "services.providers.replicate:ReplicateAdapter",
+    "runpod": "services.providers.runpod:RunPodAdapter",
+    "comfyui": "services.providers.comfyui:ComfyUIAdapter",
+    "huggingface": "services.providers.huggingface:HuggingFaceAdapter",
+    "gemini": "services.providers.gemini:GeminiAdapter",
+    "elevenlabs": "services.providers.elevenlabs:ElevenLabsAdapter",
+    "leonardo": "services.providers.leonardo:LeonardoAdapter",
+    "runware": "services.providers.runware:RunwareAdapter",
+    "pollo": "services.providers.pollo:PolloAdapter",
+    "stability": "services.providers.stability:StabilityAdapter",
+    "espeak": "services.providers.offline.espeak:EspeakAdapter",
+    "pocketsphinx": "services.providers.offline.pocketsphinx:PocketSphinxAdapter",
+    "pillow": "services.providers.offline.pillow:PillowAdapter",
 }
 
 
-def build_adapter(name: str) -> Adapter:
-    """An adapter for the instance `name`; for now an instance is named after its family."""
-    family = name.split("-", 1)[0]
-    factory = FAMILIES.get(family)
-    if factory is None:
-        raise ValueError(f"unknown provider {name!r}; known families: {', '.join(FAMILIES)}")
-    return factory(name)
+def factory(family: str) -> Callable[[ProviderConfig], Adapter]:
+    target = FAMILIES.get(family)
+    if target is None:
+        raise ValueError(f"unknown provider family {family!r}; known: {', '.join(FAMILIES)}")
+    module, _, attr = target.partition(":")
+    built: Callable[[ProviderConfig], Adapter] = getattr(importlib.import_module(module), attr)
+    return built
+
+
+def build_adapter(name: str, catalog: Mapping[str, ProviderConfig]) -> Adapter:
+    """An adapter for the instance `name` as the catalog configures it."""
+    config = catalog.get(name)
+    if config is None:
+        known = ", ".join(sorted(catalog)) or "none"
+        raise ValueError(f"provider {name!r} is not in the catalog; known: {known}")
+    return factory(config.family)(config)
+
+
+def auto_instances(catalog: Mapping[str, ProviderConfig]) -> list[str]:
+    """Instances a worker serves by default: those that need no key, or whose key is set."""
+    return [name for name, config in catalog.items() if not config.missing_key()]

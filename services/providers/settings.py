@@ -6,8 +6,11 @@ from services.common.settings import BusSettings
 
 
 class Settings(BusSettings):
-    # Comma-separated provider instances this worker serves.
+    # Comma-separated provider instances (catalog names) this worker serves; "auto" serves
+    # every instance that needs no key or whose key is set.
     worker_providers: str = "sandbox"
+    # The provider catalog (TOML); empty uses the one shipped in services/providers.
+    providers_file: str = ""
     # Jobs one worker process runs at once (async; most time is spent waiting on providers).
     worker_concurrency: int = 1000
     # Seconds JetStream waits for an ack before redelivering; the worker heartbeats well

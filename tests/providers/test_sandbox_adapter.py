@@ -6,83 +6,26 @@ import asyncio
 import io
 import time
 import wave
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 from PIL import GifImagePlugin, Image
 
-from genmesh.v1 import asset_pb2, job_pb2, provider_service_pb2
+from genmesh.v1 import job_pb2, provider_service_pb2
 from services.providers.adapter import (
     Adapter,
     Fatal,
     InvalidInput,
-    Output,
     ProviderError,
     Result,
     Retryable,
 )
 from services.providers.sandbox import SandboxAdapter, media
+from tests.providers.harness import FakeContext
 
 ALL_TASKS = [t for t in job_pb2.Task.values() if t != job_pb2.TASK_UNSPECIFIED]
 PHOTO = media.text_to_image("a quiet street", 5, 160, 120)
-
-
-class FakeContext:
-    """A JobContext kept in memory: it serves inputs and records what the adapter reports."""
-
-    def __init__(
-        self,
-        task: job_pb2.Task.ValueType,
-        prompt: str = "",
-        parameters: Mapping[str, Any] | None = None,
-        inputs: Sequence[bytes] = (),
-    ) -> None:
-        spec = job_pb2.JobSpec(
-            task=task, prompt=prompt, input_asset_ids=[f"in-{i}" for i in range(len(inputs))]
-        )
-        self._job = job_pb2.Job(id="job-1", tenant_id="default", spec=spec, provider="sandbox")
-        self._parameters = dict(parameters or {})
-        self._inputs = list(inputs)
-        self._started = time.monotonic()
-        # (what, seconds since start): the order and timing of everything reported.
-        self.timeline: list[tuple[str, float]] = []
-        self.progress_reports: list[tuple[float | None, str]] = []
-        self.previews: list[Output] = []
-
-    @property
-    def job(self) -> job_pb2.Job:
-        return self._job
-
-    @property
-    def parameters(self) -> Mapping[str, Any]:
-        return self._parameters
-
-    async def previous_request_id(self) -> str:
-        return ""
-
-    async def read_input(self, index: int = 0) -> tuple[asset_pb2.Asset, bytes]:
-        data = self._inputs[index]
-        asset = asset_pb2.Asset(
-            id=f"in-{index}", size_bytes=len(data), role=asset_pb2.ASSET_ROLE_INPUT
-        )
-        return asset, data
-
-    async def progress(self, percent: float | None = None, message: str = "") -> None:
-        self.progress_reports.append((percent, message))
-        self._mark(f"progress {message}")
-
-    async def preview(self, output: Output) -> asset_pb2.Asset:
-        self.previews.append(output)
-        self._mark("preview")
-        return asset_pb2.Asset(id=f"preview-{len(self.previews)}", media_type=output.media_type)
-
-    async def record_request_id(self, request_id: str) -> None:
-        self._mark(f"request id {request_id}")
-
-    def _mark(self, what: str) -> None:
-        self.timeline.append((what, time.monotonic() - self._started))
 
 
 def defaults(task: job_pb2.Task.ValueType) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from services.providers.adapter import (
     Result,
     Retryable,
 )
+from services.providers.config import ProviderConfig
+from services.providers.params import BOOL, INT, NUM, STR, Param
 from services.providers.sandbox import media
 
 P = ParamSpec("P")
@@ -42,84 +43,12 @@ _INLINE_PIXELS = 256 * 256
 _INLINE_CHARS = 40
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """One declared parameter: its contract entry and how a raw value is checked."""
+_INT, _NUM, _STR, _BOOL = INT, NUM, STR, BOOL
 
-    name: str
-    type: ParameterType.ValueType
-    description: str
-    default: Any = None
-    minimum: float | None = None
-    maximum: float | None = None
-    allowed: tuple[str, ...] = ()
-    tasks: tuple[Task.ValueType, ...] = ()
-
-    def proto(self) -> provider_service_pb2.ParameterSpec:
-        spec = provider_service_pb2.ParameterSpec(
-            name=self.name,
-            description=self.description,
-            type=self.type,
-            allowed_values=self.allowed,
-            minimum=self.minimum,
-            maximum=self.maximum,
-            tasks=self.tasks,
-        )
-        if isinstance(self.default, bool):
-            spec.default_value.bool_value = self.default
-        elif isinstance(self.default, int | float):
-            spec.default_value.number_value = self.default
-        elif isinstance(self.default, str):
-            spec.default_value.string_value = self.default
-        return spec
-
-    def read(self, value: Any) -> Any:
-        """The value as the adapter uses it, or the default; InvalidInput if out of contract."""
-        if value is None:
-            return self.default
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if self.type == provider_service_pb2.PARAMETER_TYPE_INTEGER:
-            # Struct carries every number as a double: 512.0 is a fine integer.
-            if not number or not float(value).is_integer():
-                raise self._invalid(value)
-            value = int(value)
-        elif self.type == provider_service_pb2.PARAMETER_TYPE_NUMBER:
-            if not number or not math.isfinite(value):
-                raise self._invalid(value)
-            value = float(value)
-        elif self.type == provider_service_pb2.PARAMETER_TYPE_BOOLEAN:
-            if not isinstance(value, bool):
-                raise self._invalid(value)
-        elif not isinstance(value, str) or (self.allowed and value not in self.allowed):
-            raise self._invalid(value)
-        if (self.minimum is not None and value < self.minimum) or (
-            self.maximum is not None and value > self.maximum
-        ):
-            raise self._invalid(value)
-        return value
-
-    def _invalid(self, value: Any) -> InvalidInput:
-        kind = ParameterType.Name(self.type).removeprefix("PARAMETER_TYPE_").lower()
-        limits = []
-        if self.allowed:
-            limits.append(f"one of {', '.join(self.allowed)}")
-        if self.minimum is not None:
-            limits.append(f">= {self.minimum:g}")
-        if self.maximum is not None:
-            limits.append(f"<= {self.maximum:g}")
-        rule = f"a {kind}" + (f" ({', '.join(limits)})" if limits else "")
-        return InvalidInput("invalid_parameter", f"{self.name} must be {rule}, got {value!r}")
-
-
-_INT = provider_service_pb2.PARAMETER_TYPE_INTEGER
-_NUM = provider_service_pb2.PARAMETER_TYPE_NUMBER
-_STR = provider_service_pb2.PARAMETER_TYPE_STRING
-_BOOL = provider_service_pb2.PARAMETER_TYPE_BOOLEAN
-
-SPECS: tuple[_Spec, ...] = (
-    _Spec("latency_ms", _INT, "Simulated processing time in milliseconds.", 0, 0, 600_000),
-    _Spec("fail_rate", _NUM, "Probability that the job fails on purpose.", 0.0, 0, 1),
-    _Spec(
+SPECS: tuple[Param, ...] = (
+    Param("latency_ms", _INT, "Simulated processing time in milliseconds.", 0, 0, 600_000),
+    Param("fail_rate", _NUM, "Probability that the job fails on purpose.", 0.0, 0, 1),
+    Param(
         "fail_kind",
         _STR,
         "How an injected failure is classified; invalid_input fails at once, the others "
@@ -127,7 +56,7 @@ SPECS: tuple[_Spec, ...] = (
         "retryable",
         allowed=tuple(FAIL_KINDS),
     ),
-    _Spec(
+    Param(
         "seed",
         _INT,
         "Makes the picture and the fail_rate draw reproducible; unset, images use 0 and "
@@ -136,15 +65,15 @@ SPECS: tuple[_Spec, ...] = (
         0,
         2**32 - 1,
     ),
-    _Spec("steps", _INT, "Progress reports spread over the latency.", 4, 0, 100),
-    _Spec(
+    Param("steps", _INT, "Progress reports spread over the latency.", 4, 0, 100),
+    Param(
         "preview",
         _BOOL,
         "Emit a low-resolution preview halfway through the latency.",
         True,
         tasks=(*_IMAGE_OUT, job_pb2.TASK_IMAGE_TO_VIDEO),
     ),
-    _Spec(
+    Param(
         "width",
         _INT,
         "Image width in pixels; image-to-image shrinks its input to fit width x height.",
@@ -153,7 +82,7 @@ SPECS: tuple[_Spec, ...] = (
         2048,
         tasks=_IMAGE_OUT,
     ),
-    _Spec(
+    Param(
         "height",
         _INT,
         "Image height in pixels; image-to-image shrinks its input to fit width x height.",
@@ -162,7 +91,7 @@ SPECS: tuple[_Spec, ...] = (
         2048,
         tasks=_IMAGE_OUT,
     ),
-    _Spec(
+    Param(
         "style",
         _STR,
         "The transform applied to the input image.",
@@ -170,7 +99,7 @@ SPECS: tuple[_Spec, ...] = (
         allowed=media.STYLES,
         tasks=(job_pb2.TASK_IMAGE_TO_IMAGE,),
     ),
-    _Spec(
+    Param(
         "motion",
         _STR,
         "How the still image moves.",
@@ -178,7 +107,7 @@ SPECS: tuple[_Spec, ...] = (
         allowed=media.MOTIONS,
         tasks=(job_pb2.TASK_IMAGE_TO_VIDEO,),
     ),
-    _Spec(
+    Param(
         "duration_seconds",
         _NUM,
         f"Length of the animated GIF (at most {media.VIDEO_MAX_SIDE} px a side).",
@@ -187,7 +116,7 @@ SPECS: tuple[_Spec, ...] = (
         10,
         tasks=(job_pb2.TASK_IMAGE_TO_VIDEO,),
     ),
-    _Spec(
+    Param(
         "fps",
         _INT,
         "Frames per second of the animated GIF.",
@@ -196,7 +125,7 @@ SPECS: tuple[_Spec, ...] = (
         24,
         tasks=(job_pb2.TASK_IMAGE_TO_VIDEO,),
     ),
-    _Spec(
+    Param(
         "max_duration",
         _NUM,
         "Longest speech in seconds (0.08 s per character); text beyond it is not spoken.",
@@ -243,8 +172,10 @@ class _Work:
 class SandboxAdapter:
     """The offline `sandbox` provider; `run` is cancelled (CancelledError) with its job."""
 
-    def __init__(self, name: str = "sandbox") -> None:
-        self._name = name
+    def __init__(self, config: ProviderConfig | str = "sandbox") -> None:
+        if isinstance(config, str):
+            config = ProviderConfig(name=config, family="sandbox")
+        self._name = config.name
         self._handlers: dict[int, Callable[[JobContext, _Params], Awaitable[_Work]]] = {
             job_pb2.TASK_TEXT_TO_TEXT: self._text_to_text,
             job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image,
@@ -277,6 +208,9 @@ class SandboxAdapter:
     async def check(self) -> str:
         """Always usable: it needs no key, binary or network."""
         return ""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
     async def run(self, ctx: JobContext) -> Result:
         """Produce the task's output, then spend latency_ms reporting progress and a preview."""

@@ -1,0 +1,76 @@
+"""What every configured adapter shares: its catalog entry, declared tasks and parameters,
+credential check and task dispatch. A family subclasses it and writes one handler per task."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar
+
+from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.tasks import task_name
+from services.providers.adapter import InvalidInput, JobContext, Result
+from services.providers.config import ProviderConfig
+from services.providers.params import Param, read_parameters
+
+Handler = Callable[[JobContext, Mapping[str, Any]], Awaitable[Result]]
+
+
+class ConfiguredAdapter:
+    """Subclasses set `family`, `summary`, `params` and fill `handlers` (task -> coroutine)."""
+
+    family: ClassVar[str]
+    summary: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    offline: ClassVar[bool] = False
+    # True when a task is served only if the catalog names a model for it.
+    needs_models: ClassVar[bool] = False
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.handlers: dict[job_pb2.Task.ValueType, Handler] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def tasks(self) -> list[job_pb2.Task.ValueType]:
+        """Tasks this instance serves: the family's, narrowed to configured models if needed."""
+        if self.needs_models or self.config.models:
+            return [t for t in self.handlers if self.config.model_for(t)]
+        return list(self.handlers)
+
+    def describe(self) -> provider_service_pb2.Provider:
+        tasks = self.tasks
+        costs = [self.config.cost_for(t) for t in tasks] or [0.0]
+        return provider_service_pb2.Provider(
+            name=self.name,
+            family=self.family,
+            description=self.config.description or self.summary,
+            tasks=tasks,
+            parameters=[p.proto() for p in self.params if not p.tasks or set(p.tasks) & set(tasks)],
+            offline=self.offline,
+            # The dearest task, so an estimate never undersells.
+            cost_per_job_usd=max(costs),
+        )
+
+    async def check(self) -> str:
+        return self.config.missing_key()
+
+    async def aclose(self) -> None:
+        """Release connections; the worker calls it once on shutdown."""
+
+    def model(self, task: job_pb2.Task.ValueType, default: str = "") -> str:
+        model = self.config.model_for(task, default)
+        if not model:
+            raise InvalidInput(
+                "no_model", f"{self.name} has no model configured for {task_name(task)}"
+            )
+        return model
+
+    async def run(self, ctx: JobContext) -> Result:
+        task = ctx.job.spec.task
+        handler = self.handlers.get(task)
+        if handler is None or task not in self.tasks:
+            raise InvalidInput("unsupported_task", f"{self.name} does not serve {task_name(task)}")
+        return await handler(ctx, read_parameters(self.params, task, ctx.parameters))

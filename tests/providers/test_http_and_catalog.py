@@ -1,0 +1,120 @@
+"""The shared adapter plumbing: catalog parsing and HTTP failure classification, over real
+HTTP to a loopback server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from genmesh.v1 import job_pb2
+from services.providers.adapter import Fatal, InvalidInput, Retryable
+from services.providers.config import DEFAULT_CATALOG, CatalogError, ProviderConfig, load_catalog
+from services.providers.http import ProviderHTTP
+from services.providers.registry import FAMILIES, auto_instances
+from tests.fakes.server import Faults, Injected, serving
+
+SECRET = "sk-test-secret-123"
+
+
+def test_shipped_catalog_parses_and_names_known_families() -> None:
+    catalog = load_catalog(None, {})
+    assert {"sandbox", "openai", "fal", "comfyui"} <= set(catalog)
+    assert all(c.family in FAMILIES for c in catalog.values())
+    assert catalog["openai"].missing_key() == "credentials missing: set OPENAI_API_KEY"
+    assert "openai" not in auto_instances(catalog)
+    assert "sandbox" in auto_instances(catalog)
+
+
+def test_keys_come_from_the_environment_and_never_reach_repr(tmp_path: Path) -> None:
+    catalog = load_catalog(DEFAULT_CATALOG, {"OPENAI_API_KEY": SECRET})
+    openai = catalog["openai"]
+    assert openai.api_key == SECRET and openai.missing_key() == ""
+    assert SECRET not in repr(openai)
+    assert openai.model_for(job_pb2.TASK_TEXT_TO_TEXT) == "gpt-4o-mini"
+    assert openai.cost_for(job_pb2.TASK_TEXT_TO_IMAGE) == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[[providers]]\nfamily = 'x'\n", "needs a name"),
+        ("[[providers]]\nname = 'a'\nbogus = 1\n", "unknown keys .'bogus'."),
+        ("[[providers]]\nname = 'a'\n[[providers]]\nname = 'a'\n", "declared twice"),
+        ("[[providers]]\nname = 'a'\nmodels = { 'text-to-music' = 'm' }\n", "unknown task"),
+        ("[[providers]\n", "cannot read"),
+    ],
+)
+def test_bad_catalogs_are_rejected_with_the_reason(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "providers.toml"
+    path.write_text(text)
+    with pytest.raises(CatalogError, match=error):
+        load_catalog(path, {})
+
+
+@pytest.fixture
+async def server() -> tuple[str, Faults]:
+    faults = Faults()
+
+    async def echo(request: Request) -> Response:
+        if (injected := await faults.check(request)) is not None:
+            return injected
+        return JSONResponse({"ok": True, "auth": request.headers.get("authorization")})
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"])])
+    async with serving(app) as url:
+        yield url, faults
+
+
+async def test_success_and_failures_are_classified(server: tuple[str, Faults]) -> None:
+    url, faults = server
+    config = ProviderConfig(name="demo", family="x", base_url=url, api_key_env="K", _api_key=SECRET)
+    http = ProviderHTTP(config, headers={"Authorization": f"Bearer {SECRET}"})
+    try:
+        assert (await http.json("GET", "/echo"))["auth"] == f"Bearer {SECRET}"
+
+        faults.inject(Injected(429, {"error": {"message": "slow down"}}, {"Retry-After": "7"}))
+        with pytest.raises(Retryable) as retry:
+            await http.json("GET", "/echo")
+        assert retry.value.retry_after == 7 and "slow down" in retry.value.message
+
+        faults.inject(Injected(503, "upstream overloaded"))
+        with pytest.raises(Retryable, match="overloaded"):
+            await http.json("GET", "/echo")
+
+        faults.inject(Injected(422, {"detail": [{"msg": "prompt too long"}]}))
+        with pytest.raises(InvalidInput, match="prompt too long"):
+            await http.json("POST", "/echo", json={})
+
+        # A provider that echoes the key back never gets it into our errors.
+        faults.inject(Injected(401, {"error": f"bad key {SECRET}"}))
+        with pytest.raises(Fatal) as fatal:
+            await http.json("GET", "/echo")
+        assert SECRET not in str(fatal.value) and "check K" in fatal.value.message
+
+        faults.inject(Injected(200, b"not json"))
+        with pytest.raises(Retryable, match="not JSON"):
+            await http.json("GET", "/echo")
+    finally:
+        await http.aclose()
+
+
+async def test_timeouts_and_unreachable_hosts_are_retryable(server: tuple[str, Faults]) -> None:
+    url, faults = server
+    http = ProviderHTTP(ProviderConfig(name="demo", family="x", base_url=url), timeout=0.2)
+    try:
+        faults.inject(Injected(200, {"late": True}, delay=1.0))
+        with pytest.raises(Retryable, match="did not answer in time"):
+            await http.json("GET", "/echo")
+    finally:
+        await http.aclose()
+    gone = ProviderHTTP(ProviderConfig(name="gone", family="x", base_url="http://127.0.0.1:9"))
+    try:
+        with pytest.raises(Retryable, match="cannot reach gone"):
+            await gone.json("GET", "/echo")
+    finally:
+        await gone.aclose()
