@@ -126,8 +126,12 @@ async def running_mesh(
     workers: int = 1,
     router_in_process: bool = True,
     worker_overrides: Mapping[str, str] | None = None,
+    provider: str = "sandbox",
 ) -> AsyncIterator[Mesh]:
-    """Storage and prompt in-process; the router in-process or as a subprocess; N workers."""
+    """Storage and prompt in-process; the router in-process or as a subprocess; N workers.
+
+    `worker_overrides` reach the workers' settings and environment (provider keys,
+    GENMESH_PROVIDERS_FILE); start-up waits until `provider` is live."""
     env = _env(nats_url, prefix, database, data_dir)
     async with AsyncExitStack() as stack:
         storage_env = {
@@ -171,10 +175,13 @@ async def running_mesh(
 
             stack.push_async_callback(stop_router)
         for _ in range(workers):
-            settings = WorkerSettings.from_env({**env, **(worker_overrides or {})})
-            mesh.workers.append(await stack.enter_async_context(running_worker(settings)))
+            worker_env = {**os.environ, **env, **(worker_overrides or {})}
+            settings = WorkerSettings.from_env(worker_env)
+            mesh.workers.append(
+                await stack.enter_async_context(running_worker(settings, worker_env))
+            )
         if workers:
-            await mesh.wait_for_provider()
+            await mesh.wait_for_provider(provider)
         yield mesh
 
 

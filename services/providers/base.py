@@ -3,6 +3,8 @@ credential check and task dispatch. A family subclasses it and writes one handle
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
@@ -11,6 +13,8 @@ from services.common.tasks import task_name
 from services.providers.adapter import InvalidInput, JobContext, Result
 from services.providers.config import ProviderConfig
 from services.providers.params import Param, read_parameters
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[JobContext, Mapping[str, Any]], Awaitable[Result]]
 
@@ -74,3 +78,14 @@ class ConfiguredAdapter:
         if handler is None or task not in self.tasks:
             raise InvalidInput("unsupported_task", f"{self.name} does not serve {task_name(task)}")
         return await handler(ctx, read_parameters(self.params, task, ctx.parameters))
+
+
+async def cancel_remote(what: str, cancel: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
+    """Tell the provider to stop a request after our job was cancelled; never raises.
+
+    Call it from an `except asyncio.CancelledError:` block before re-raising: it is shielded,
+    so the cancellation that got us here does not also cancel the provider call."""
+    try:
+        await asyncio.shield(asyncio.wait_for(cancel(), timeout))
+    except (Exception, asyncio.CancelledError):
+        log.warning("could not cancel %s at the provider", what, exc_info=True)
