@@ -80,12 +80,12 @@ class ConfiguredAdapter:
         return await handler(ctx, read_parameters(self.params, task, ctx.parameters))
 
 
-async def cancel_remote(what: str, cancel: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
+async def cancel_remote(what: str, cancel: Callable[[], Awaitable[Any]], within: float = 5.0) -> None:
     """Tell the provider to stop a request after our job was cancelled; never raises.
 
     Call it from an `except asyncio.CancelledError:` block before re-raising: it is shielded,
     so the cancellation that got us here does not also cancel the provider call."""
     try:
-        await asyncio.shield(asyncio.wait_for(cancel(), timeout))
+        await asyncio.shield(asyncio.wait_for(cancel(), within))
     except (Exception, asyncio.CancelledError):
         log.warning("could not cancel %s at the provider", what, exc_info=True)
