@@ -80,7 +80,9 @@ class ConfiguredAdapter:
         return await handler(ctx, read_parameters(self.params, task, ctx.parameters))
 
 
-async def cancel_remote(what: str, cancel: Callable[[], Awaitable[Any]], within: float = 5.0) -> None:
+async def cancel_remote(
+    what: str, cancel: Callable[[], Awaitable[Any]], within: float = 5.0
+) -> None:
     """Tell the provider to stop a request after our job was cancelled; never raises.
 
     Call it from an `except asyncio.CancelledError:` block before re-raising: it is shielded,
