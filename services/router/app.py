@@ -76,6 +76,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             bus=bus,
             cancellations=await bus.cancellations_kv(js),
             prompts=prompt_service_pb2_grpc.PromptServiceStub(prompt_channel),
+            prompt_max_length=settings.prompt_max_length,
             assets=asset_service_pb2_grpc.AssetServiceStub(storage_channel),
         )
         recorder_task = asyncio.create_task(Recorder(js, bus, store, hub).run())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +18,6 @@ from genmesh.v1 import (
     bus_pb2,
     job_pb2,
     job_service_pb2,
-    prompt_service_pb2,
     prompt_service_pb2_grpc,
     provider_service_pb2,
 )
@@ -31,11 +31,12 @@ from services.common.errors import (
 from services.common.parameters import dict_to_struct, struct_to_dict, validate_parameters
 from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
+from services.prompt import core as prompt_rules
 from services.router.catalog import Catalog
 from services.router.dispatch import Dispatcher
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL
-from services.router.watch import WatchHub
+from services.router.watch import Listener, WatchHub
 
 # Seconds a watcher waits for a live event before re-reading the store, in case a
 # core-NATS notification was lost.
@@ -59,6 +60,7 @@ class RouterCore:
         cancellations: KeyValue,
         prompts: prompt_service_pb2_grpc.PromptServiceStub,
         assets: asset_service_pb2_grpc.AssetServiceStub,
+        prompt_max_length: int = 10_000,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -69,11 +71,37 @@ class RouterCore:
         self._cancellations = cancellations
         self._prompts = prompts
         self._assets = assets
+        self._prompt_max_length = prompt_max_length
 
     # ---- submit -------------------------------------------------------------------
 
     async def submit(self, tenant: str, spec: job_pb2.JobSpec) -> job_pb2.Job:
         """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key)."""
+        return await self._create(tenant, spec, _new_job_id())
+
+    async def generate(self, tenant: str, spec: job_pb2.JobSpec) -> AsyncIterator[Update]:
+        """Submit, then the job as created and every event until it ends.
+
+        The listener is in place before the job is dispatched, so nothing is read back from
+        the store unless a live event goes missing."""
+        job_id = _new_job_id()
+        with self._hub.listen(job_id) as listener:
+            job = await self._create(tenant, spec, job_id)
+            if job.id != job_id:
+                # A reused idempotency key: follow the earlier job like any watcher.
+                async for update in self.watch(tenant, job.id, 0):
+                    yield update
+                return
+            yield job
+            first = job_pb2.JobEvent(
+                job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=job.provider
+            )
+            first.time.CopyFrom(job.create_time)
+            yield first
+            async for event in self._follow(job_id, listener, 1):
+                yield event
+
+    async def _create(self, tenant: str, spec: job_pb2.JobSpec, job_id: str) -> job_pb2.Job:
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
         spec_hash = _spec_hash(spec)
@@ -81,12 +109,12 @@ class RouterCore:
             earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
             if earlier is not None:
                 return _same_or_conflict(earlier, spec_hash)
-        await self._check_prompt(spec)
+        self._check_prompt(spec)
         provider = self._pick_provider(spec)
         parameters = validate_parameters(provider, spec.task, struct_to_dict(spec.parameters))
         await self._check_inputs(tenant, spec)
 
-        job = job_pb2.Job(id="j_" + uuid.uuid4().hex, tenant_id=tenant, provider=provider.name)
+        job = job_pb2.Job(id=job_id, tenant_id=tenant, provider=provider.name)
         job.spec.CopyFrom(spec)
         job.spec.parameters.CopyFrom(dict_to_struct(parameters))
         job.spec.provider = spec.provider
@@ -99,25 +127,26 @@ class RouterCore:
         )
         first.time.CopyFrom(job.create_time)
         try:
-            await self._store.create(job, spec_hash, first)
+            # Shielded: a caller hanging up mid-submit must not leave a job stored but
+            # never dispatched.
+            await asyncio.shield(self._persist_and_dispatch(job, spec_hash, first))
         except DuplicateIdempotencyKey:
             earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
             if earlier is None:
                 raise
             return _same_or_conflict(earlier, spec_hash)
-        await self._dispatcher.dispatch(job)
         return job
 
-    async def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
-        try:
-            verdict = await self._prompts.ValidatePrompt(
-                prompt_service_pb2.ValidatePromptRequest(prompt=spec.prompt, task=spec.task),
-                timeout=CALL_TIMEOUT,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"prompt service unavailable: {exc.code().name}") from exc
-        if not verdict.valid:
-            raise InvalidArgument("; ".join(v.message for v in verdict.violations))
+    async def _persist_and_dispatch(
+        self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent
+    ) -> None:
+        await self._store.create(job, spec_hash, first)
+        await self._dispatcher.dispatch(job)
+
+    def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
+        violations = prompt_rules.validate(spec.prompt, spec.task, self._prompt_max_length)
+        if violations:
+            raise InvalidArgument("; ".join(v.message for v in violations))
 
     def _pick_provider(self, spec: job_pb2.JobSpec) -> provider_service_pb2.Provider:
         if spec.provider:
@@ -235,20 +264,31 @@ class RouterCore:
                     return
             if job.state in TERMINAL and last >= job.last_sequence:
                 return
-            while True:
-                heard = await listener.next(WATCH_RECHECK)
-                if heard is not None and heard.sequence <= last:
-                    continue
-                if heard is not None and heard.sequence == last + 1:
-                    batch = [heard]
-                else:
-                    # A gap, a lag or silence: the store is the truth.
-                    batch = await self._store.events_after(job_id, last)
-                for item in batch:
-                    yield item
-                    last = item.sequence
-                    if item.state in TERMINAL:
-                        return
+            async for event in self._follow(job_id, listener, last):
+                yield event
+
+    async def _follow(
+        self, job_id: str, listener: Listener, last: int
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        """Live events after `last`, each once, until the terminal one."""
+        while True:
+            heard = await listener.next(WATCH_RECHECK)
+            if heard is not None and heard.sequence <= last:
+                continue
+            if heard is not None and heard.sequence == last + 1:
+                batch = [heard]
+            else:
+                # A gap, a lag or silence: the store is the truth.
+                batch = await self._store.events_after(job_id, last)
+            for item in batch:
+                yield item
+                last = item.sequence
+                if item.state in TERMINAL:
+                    return
+
+
+def _new_job_id() -> str:
+    return "j_" + uuid.uuid4().hex
 
 
 def _spec_hash(spec: job_pb2.JobSpec) -> str:

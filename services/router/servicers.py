@@ -32,12 +32,13 @@ class GenerateServicer(generate_service_pb2_grpc.GenerateServiceServicer):
     async def Generate(  # type: ignore[override]
         self, request: generate_service_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generate_service_pb2.GenerateResponse]:
-        tenant = tenant_of(context)
-        job = await self._core.submit(tenant, request.spec)
-        yield generate_service_pb2.GenerateResponse(job=job)
-        async for update in self._core.watch(tenant, job.id, 0):
+        first = True
+        async for update in self._core.generate(tenant_of(context), request.spec):
             if isinstance(update, job_pb2.JobEvent):
                 yield generate_service_pb2.GenerateResponse(event=update)
+            elif first:
+                yield generate_service_pb2.GenerateResponse(job=update)
+            first = False
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):

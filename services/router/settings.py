@@ -10,7 +10,10 @@ class Settings(BusSettings, DatabaseSettings):
     listen: str = "127.0.0.1:50051"
     # AssetService, to check that input assets exist.
     storage_addr: str = "127.0.0.1:50052"
-    # PromptService, to validate prompts.
+    # PromptService, for the prompt work that is more than a check (optimization, enhancement).
     prompt_addr: str = "127.0.0.1:50053"
+    # Longest prompt accepted, in characters; checked in the router itself (the same rules
+    # as PromptService.ValidatePrompt), so a submit costs no extra hop.
+    prompt_max_length: int = 10_000
     # Seconds without a heartbeat before a provider's worker counts as gone.
     provider_liveness: float = 15.0

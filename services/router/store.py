@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -84,6 +85,13 @@ class Incoming:
 
 
 @dataclass(frozen=True)
+class _PendingCreate:
+    job_row: dict[str, object]
+    event_row: dict[str, object]
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
 class Page:
     jobs: list[job_pb2.Job]
     next_token: str
@@ -98,36 +106,76 @@ class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._locking = engine.dialect.name == "postgresql"
+        self._pending: list[_PendingCreate] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def create(self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent) -> None:
-        """Insert a QUEUED job and its first event in one transaction."""
+        """Insert a QUEUED job and its first event, durably, before returning.
+
+        Concurrent creates share one transaction (group commit): while one batch is being
+        written the next accumulates, so a busy router pays one commit per batch, not per job.
+        """
         key = job.spec.idempotency_key or None
-        now = time.time()
+        row = {
+            "id": job.id,
+            "tenant_id": job.tenant_id,
+            "task": job.spec.task,
+            "state": job.state,
+            "provider": job.provider,
+            "idempotency_key": key,
+            "spec_hash": spec_hash,
+            "last_sequence": job.last_sequence,
+            "applied_stream_seq": 0,
+            "attempt": 1,
+            "dispatched": False,
+            "create_time": job.create_time.ToNanoseconds() / 1e9,
+            "update_time": time.time(),
+            "body": job.SerializeToString(),
+        }
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingCreate(row, _event_row(job.id, first), done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_creates())
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    insert(jobs).values(
-                        id=job.id,
-                        tenant_id=job.tenant_id,
-                        task=job.spec.task,
-                        state=job.state,
-                        provider=job.provider,
-                        idempotency_key=key,
-                        spec_hash=spec_hash,
-                        last_sequence=job.last_sequence,
-                        applied_stream_seq=0,
-                        attempt=1,
-                        dispatched=False,
-                        create_time=job.create_time.ToNanoseconds() / 1e9,
-                        update_time=now,
-                        body=job.SerializeToString(),
-                    )
-                )
-                await conn.execute(insert(job_events).values(**_event_row(job.id, first)))
+            await done
         except IntegrityError as exc:
             if key is not None:
                 raise DuplicateIdempotencyKey(key) from exc
             raise
+
+    async def _write_creates(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._insert_creates(batch)
+            except IntegrityError:
+                # Someone's idempotency key is taken: insert one by one to tell whose.
+                for item in batch:
+                    await self._settle(item, self._insert_creates([item]))
+            except BaseException as exc:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_result(None)
+
+    @staticmethod
+    async def _settle(item: _PendingCreate, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception as exc:
+            item.done.set_exception(exc)
+        else:
+            item.done.set_result(None)
+
+    async def _insert_creates(self, batch: Sequence[_PendingCreate]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(jobs), [item.job_row for item in batch])
+            await conn.execute(insert(job_events), [item.event_row for item in batch])
 
     async def by_idempotency_key(self, tenant: str, key: str) -> tuple[job_pb2.Job, str] | None:
         async with self._engine.connect() as conn:
