@@ -55,6 +55,11 @@ class JobServiceStub:
                 request_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/genmesh.v1.JobService/WatchJobs',
+                request_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -92,6 +97,20 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobs(self, request, context):
+        """Every event of every job of the caller's tenant, as the router records it: one job's
+        events arrive in sequence order, each once. The first message carries only a cursor;
+        every event recorded after it follows. A cursor also follows each burst of events and
+        comes at least every 15 s while nothing happens. Passing a cursor back resumes right
+        after the message that carried it, so events received after that cursor may come
+        again: drop an event whose sequence is not above the last one seen for its job.
+        The stream never ends on its own.
+        Errors: INVALID_ARGUMENT malformed cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +133,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
                     response_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +249,33 @@ class JobService:
             '/genmesh.v1.JobService/WatchJob',
             genmesh_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
             genmesh_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/genmesh.v1.JobService/WatchJobs',
+            genmesh_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
+            genmesh_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

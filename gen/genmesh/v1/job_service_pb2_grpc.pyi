@@ -46,6 +46,16 @@ class JobServiceStub:
     after_sequence, in order, each once; closes after the terminal event.
     Errors: NOT_FOUND no such job; INVALID_ARGUMENT negative after_sequence.
     """
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]
+    """Every event of every job of the caller's tenant, as the router records it: one job's
+    events arrive in sequence order, each once. The first message carries only a cursor;
+    every event recorded after it follows. A cursor also follows each burst of events and
+    comes at least every 15 s while nothing happens. Passing a cursor back resumes right
+    after the message that carried it, so events received after that cursor may come
+    again: drop an event whose sequence is not above the last one seen for its job.
+    The stream never ends on its own.
+    Errors: INVALID_ARGUMENT malformed cursor.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -64,6 +74,16 @@ class JobServiceAsyncStub(JobServiceStub):
     """First sends the job as it is now, then every event with a sequence above
     after_sequence, in order, each once; closes after the terminal event.
     Errors: NOT_FOUND no such job; INVALID_ARGUMENT negative after_sequence.
+    """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]  # type: ignore[assignment]
+    """Every event of every job of the caller's tenant, as the router records it: one job's
+    events arrive in sequence order, each once. The first message carries only a cursor;
+    every event recorded after it follows. A cursor also follows each burst of events and
+    comes at least every 15 s while nothing happens. Passing a cursor back resumes right
+    after the message that carried it, so events received after that cursor may come
+    again: drop an event whose sequence is not above the last one seen for its job.
+    The stream never ends on its own.
+    Errors: INVALID_ARGUMENT malformed cursor.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -104,6 +124,22 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """First sends the job as it is now, then every event with a sequence above
         after_sequence, in order, each once; closes after the terminal event.
         Errors: NOT_FOUND no such job; INVALID_ARGUMENT negative after_sequence.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _job_service_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobsResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobsResponse]]:
+        """Every event of every job of the caller's tenant, as the router records it: one job's
+        events arrive in sequence order, each once. The first message carries only a cursor;
+        every event recorded after it follows. A cursor also follows each burst of events and
+        comes at least every 15 s while nothing happens. Passing a cursor back resumes right
+        after the message that carried it, so events received after that cursor may come
+        again: drop an event whose sequence is not above the last one seen for its job.
+        The stream never ends on its own.
+        Errors: INVALID_ARGUMENT malformed cursor.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
