@@ -217,9 +217,10 @@ class FalAdapter(ConfiguredAdapter):
         status = await self._resumable(app, request_id) if request_id else None
         if status is None:
             submitted = await self._http.json("POST", f"/{model}", json=await body())
-            request_id = submitted.get("request_id") if isinstance(submitted, dict) else None
-            if not isinstance(request_id, str) or not request_id:
+            new_id = submitted.get("request_id") if isinstance(submitted, dict) else None
+            if not isinstance(new_id, str) or not new_id:
                 raise Retryable("bad_response", f"{self.name} queued the job without a request_id")
+            request_id = new_id
             await ctx.record_request_id(request_id)
         base = f"/{app}/requests/{request_id}"
         try:

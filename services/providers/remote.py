@@ -9,7 +9,7 @@ import mimetypes
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 
@@ -66,7 +66,7 @@ def extension(media_type: str) -> str:
     return _EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type) or ".bin"
 
 
-def is_file_reference(value: Any) -> bool:
+def is_file_reference(value: Any) -> TypeGuard[str]:
     """True for a string that names a file (an http(s) URL or a data URI), not free text."""
     return isinstance(value, str) and value.startswith(("http://", "https://", "data:"))
 

@@ -60,6 +60,15 @@ def image_job(prompt: str = "a red fox", **parameters: Any) -> FakeContext:
     return FakeContext(job_pb2.TASK_TEXT_TO_IMAGE, prompt, parameters, provider="fal")
 
 
+async def recorded(ctx: FakeContext) -> None:
+    """Wait until the adapter has recorded its request id (the request exists at fal)."""
+    for _ in range(500):
+        if ctx.request_ids:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no request id was recorded")
+
+
 async def test_describe_and_check() -> None:
     adapter = FalAdapter(config("http://127.0.0.1:9"))
     try:
@@ -140,16 +149,14 @@ async def test_image_to_video_downloads_the_video_file(adapter: FalAdapter) -> N
     )
     (output,) = (await adapter.run(ctx)).outputs
     assert output.media_type == "image/gif" and output.filename == "video.gif"
-    assert Image.open(io.BytesIO(output.data)).n_frames > 1
+    assert getattr(Image.open(io.BytesIO(output.data)), "n_frames", 1) > 1
 
 
 async def test_speech_to_text_round_trips_real_wav(
     fake: tuple[FalFake, str], adapter: FalAdapter
 ) -> None:
     wav = media.text_to_speech("hello from the harbour", 60)
-    ctx = FakeContext(
-        job_pb2.TASK_SPEECH_TO_TEXT, "", {"language": "en"}, [wav], provider="fal"
-    )
+    ctx = FakeContext(job_pb2.TASK_SPEECH_TO_TEXT, "", {"language": "en"}, [wav], provider="fal")
     result = await adapter.run(ctx)
     assert result.text == "hello from the harbour"
     (queued,) = fake[0].queued.values()
@@ -220,8 +227,7 @@ async def test_cancelling_the_job_cancels_the_fal_request(
     fal.run_seconds = 30
     ctx = image_job()
     running = asyncio.create_task(adapter.run(ctx))
-    while not ctx.request_ids:
-        await asyncio.sleep(0.01)
+    await recorded(ctx)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
