@@ -26,6 +26,7 @@ from services.common.grpc_server import RunningServer, grpc_server
 from services.router.catalog import Catalog
 from services.router.core import RouterCore
 from services.router.dispatch import Dispatcher
+from services.router.feed import FeedHub
 from services.router.recorder import Recorder
 from services.router.servicers import GenerateServicer, JobServicer, ProviderServicer
 from services.router.settings import Settings
@@ -61,6 +62,9 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         hub = WatchHub(nc, bus)
         await hub.start()
         stack.push_async_callback(hub.stop)
+        feeds = FeedHub(hub, engine)
+        await feeds.start()
+        stack.push_async_callback(feeds.stop)
         dispatcher = Dispatcher(js, bus, store)
         await dispatcher.start()
         stack.push_async_callback(dispatcher.stop)
@@ -100,7 +104,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
                     ),
                     (
                         job_service_pb2_grpc.add_JobServiceServicer_to_server,
-                        JobServicer(core),
+                        JobServicer(core, feeds),
                         job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
                     ),
                     (

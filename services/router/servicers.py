@@ -17,6 +17,7 @@ from genmesh.v1 import (
 )
 from services.common.tenancy import tenant_of
 from services.router.core import RouterCore
+from services.router.feed import FeedHub
 
 
 class GenerateServicer(generate_service_pb2_grpc.GenerateServiceServicer):
@@ -42,8 +43,9 @@ class GenerateServicer(generate_service_pb2_grpc.GenerateServiceServicer):
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, core: RouterCore) -> None:
+    def __init__(self, core: RouterCore, feeds: FeedHub) -> None:
         self._core = core
+        self._feeds = feeds
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
@@ -73,6 +75,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 yield job_service_pb2.WatchJobResponse(job=update)
             else:
                 yield job_service_pb2.WatchJobResponse(event=update)
+
+    async def WatchJobs(  # type: ignore[override]
+        self, request: job_service_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_service_pb2.WatchJobsResponse]:
+        async for update in self._feeds.watch(tenant_of(context), request.cursor):
+            if isinstance(update, str):
+                yield job_service_pb2.WatchJobsResponse(cursor=update)
+            else:
+                yield job_service_pb2.WatchJobsResponse(event=update)
 
 
 class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from nats.aio.client import Client
@@ -55,6 +55,7 @@ class WatchHub:
         self._nc = nc
         self._bus = bus
         self._listeners: dict[str, set[Listener]] = {}
+        self._taps: set[Callable[[job_pb2.JobEvent], None]] = set()
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -82,10 +83,19 @@ class WatchHub:
                 if not group:
                     del self._listeners[job_id]
 
+    @contextmanager
+    def tap(self, fn: Callable[[job_pb2.JobEvent], None]) -> Iterator[None]:
+        """Call `fn` with every event heard, whatever its job (the all-jobs feed)."""
+        self._taps.add(fn)
+        try:
+            yield
+        finally:
+            self._taps.discard(fn)
+
     async def _on_message(self, msg: Msg) -> None:
         job_id = msg.subject.rsplit(".", 1)[-1]
-        group = self._listeners.get(job_id)
-        if not group:
+        group = self._listeners.get(job_id, ())
+        if not group and not self._taps:
             return
         event = job_pb2.JobEvent()
         try:
@@ -95,3 +105,5 @@ class WatchHub:
             return
         for listener in group:
             listener.offer(event)
+        for fn in self._taps:
+            fn(event)
