@@ -1,5 +1,5 @@
 """Helpers for adapters of hosted, polled providers: inputs sent inline as data URIs, remote
-outputs fetched into bytes, progress read from log text, and a cached health probe."""
+outputs fetched into bytes, progress read from log text, resumable requests looked up."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import base64
 import binascii
 import mimetypes
 import re
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeGuard
 
 import httpx
 
-from services.providers.adapter import Fatal, InvalidInput, Output, ProviderError, Retryable
+from services.providers.adapter import Fatal, InvalidInput, Output, Retryable
 from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP
 
@@ -164,32 +162,3 @@ async def json_or_none(http: ProviderHTTP, method: str, url: str, **kwargs: Any)
         return response.json()
     except ValueError:
         raise Retryable("bad_response", "the provider answered with a non-JSON body") from None
-
-
-class CachedProbe:
-    """Runs a reachability probe at most once per `ttl` seconds: the worker asks for health
-    every few seconds, and a provider's rate limit should not pay for that."""
-
-    def __init__(self, probe: Callable[[], Awaitable[None]], ttl: float = 60.0) -> None:
-        self._probe = probe
-        self._ttl = ttl
-        self._checked_at = -float("inf")
-        self._reason = ""
-
-    async def reason(self) -> str:
-        """ "" when the last probe passed, else why it did not."""
-        now = time.monotonic()
-        if now - self._checked_at >= self._ttl:
-            self._reason = await self._run()
-            self._checked_at = now
-        return self._reason
-
-    async def _run(self) -> str:
-        try:
-            await self._probe()
-        except Retryable as exc:
-            # Throttled means reachable and authenticated: still usable.
-            return "" if exc.code == "rate_limited" else exc.message
-        except ProviderError as exc:
-            return exc.message
-        return ""

@@ -57,9 +57,10 @@ class Script:
 
 
 class FileHost:
-    """Result files served at GET /files/{name}, like a provider's CDN (no key needed)."""
+    """Result files served at GET {prefix}/{name}, like a provider's CDN (no key needed)."""
 
-    def __init__(self, base_url: str = "") -> None:
+    def __init__(self, prefix: str = "/files", base_url: str = "") -> None:
+        self.prefix = prefix
         # Where result URLs point; empty means the fake's own origin. Point it at a second
         # server of the same app to play a CDN on another origin.
         self.base_url = base_url
@@ -70,7 +71,7 @@ class FileHost:
         name = f"{uuid.uuid4().hex}{suffix}"
         self._files[name] = (data, media_type)
         base = self.base_url or str(request.base_url).rstrip("/")
-        return f"{base}/files/{name}"
+        return f"{base}{self.prefix}/{name}"
 
     def serve(self, name: str) -> Response:
         if name not in self._files:
