@@ -1,0 +1,196 @@
+"""Ollama's native API: streamed NDJSON chat for text and vision models (images as base64),
+model presence from /api/tags.
+
+Generation is synchronous, so there is no request id to record or resume: a redelivered job
+asks again. Cancelling closes the stream, and Ollama stops generating when its client goes.
+A key is only needed for a remote Ollama (ollama.com); a local server takes none."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from genmesh.v1 import job_pb2
+from services.providers.adapter import Fatal, JobContext, ProviderError, Result, Retryable
+from services.providers.base import ConfiguredAdapter
+from services.providers.config import ProviderConfig
+from services.providers.http import ProviderHTTP
+from services.providers.openai_compatible.progress import StreamedText
+from services.providers.params import INT, NUM, STR, Param
+from services.providers.streams import iter_ndjson
+
+TEXT, VISION = job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT
+DEFAULT_VISION_PROMPT = "Describe this image."
+# Seconds the /api/tags probe may take; the worker's health announcements wait on it.
+PROBE_TIMEOUT = 5.0
+
+PARAMS: tuple[Param, ...] = (
+    Param("system", STR, "System message sent before the prompt.", ""),
+    Param("temperature", NUM, "Sampling temperature; higher is freer.", None, 0, 2),
+    Param("top_p", NUM, "Sample only from this much probability mass.", None, 0, 1),
+    Param("top_k", INT, "Sample only from this many likeliest tokens.", None, 1, 1000),
+    Param("max_tokens", INT, "Most tokens to generate (Ollama's num_predict).", None, 1, 1_000_000),
+    Param("seed", INT, "Reproducible sampling.", None, 0, 2**31 - 1),
+    Param("num_ctx", INT, "Context window in tokens.", None, 256, 1_048_576),
+    Param("format", STR, "json: answer with a JSON value.", "text", allowed=("text", "json")),
+)
+# Our parameter name -> the key in Ollama's "options".
+_OPTION_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "max_tokens": "num_predict",
+    "seed": "seed",
+    "num_ctx": "num_ctx",
+}
+
+
+@dataclass(frozen=True)
+class OllamaOptions:
+    # Seconds between progress reports of streamed text.
+    progress_interval: float = 0.5
+    # Seconds a /api/tags answer is reused (the worker asks every few seconds).
+    check_ttl: float = 15.0
+    # How long Ollama keeps the model loaded after a job ("5m", "1h", "-1"); empty: its default.
+    keep_alive: str = ""
+
+    @classmethod
+    def parse(cls, name: str, raw: Mapping[str, Any]) -> OllamaOptions:
+        """ValueError names an unknown or ill-typed option."""
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"provider {name!r}: unknown options {unknown}")
+        options = cls(**raw)
+        for number in ("progress_interval", "check_ttl"):
+            value = getattr(options, number)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"provider {name!r}: {number} must be a number >= 0")
+        return options
+
+
+class OllamaHTTP(ProviderHTTP):
+    """Ollama says 404 for a model that is not pulled: the operator must act, not the caller."""
+
+    def __init__(self, config: ProviderConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.name = config.name
+        self.base_url = config.base_url
+
+    def status_error(self, response: httpx.Response) -> ProviderError:
+        error = super().status_error(response)
+        if response.status_code == 404:
+            return Fatal("model_not_pulled", error.message)
+        return error
+
+    def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
+        if isinstance(exc, httpx.TimeoutException):
+            return super().transport_error(exc)
+        return Retryable(
+            "unreachable",
+            f"cannot reach {self.name} at {self.base_url} ({type(exc).__name__}; "
+            "is `ollama serve` running?)",
+        )
+
+
+class OllamaAdapter(ConfiguredAdapter):
+    family: ClassVar[str] = "ollama"
+    summary: ClassVar[str] = "A local Ollama server through its native API: chat and vision."
+    params: ClassVar[tuple[Param, ...]] = PARAMS
+    needs_models: ClassVar[bool] = True
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        self.options = OllamaOptions.parse(config.name, config.options)
+        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._http = OllamaHTTP(config, headers=headers)
+        self._probe: tuple[float, str] | None = None
+        self.handlers = {TEXT: self._text, VISION: self._vision}
+
+    async def check(self) -> str:
+        """Missing key, unreachable server, or configured models not pulled (cached briefly)."""
+        if missing := self.config.missing_key():
+            return missing
+        now = time.monotonic()
+        if self._probe is not None and now - self._probe[0] < self.options.check_ttl:
+            return self._probe[1]
+        reason = await self._probe_tags()
+        self._probe = (time.monotonic(), reason)
+        return reason
+
+    async def _probe_tags(self) -> str:
+        try:
+            body = await self._http.json("GET", "/api/tags", timeout=PROBE_TIMEOUT)
+        except ProviderError as exc:
+            return exc.message
+        entries = body.get("models") if isinstance(body, dict) else None
+        pulled: set[str] = set()
+        for entry in entries or []:
+            if isinstance(entry, dict):
+                pulled.update(str(entry.get(k)) for k in ("name", "model") if entry.get(k))
+        missing = sorted(m for m in set(self.config.models.values()) if not _pulled(m, pulled))
+        if not missing:
+            return ""
+        noun = "model" if len(missing) == 1 else "models"
+        pulls = "; ".join(f"ollama pull {m}" for m in missing)
+        return f"{noun} {', '.join(missing)} not pulled (run: {pulls})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _text(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
+        message = {"role": "user", "content": ctx.job.spec.prompt}
+        return await self._chat(ctx, self.model(TEXT), message, params)
+
+    async def _vision(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
+        _, data = await ctx.read_input(0)
+        message = {
+            "role": "user",
+            "content": ctx.job.spec.prompt or DEFAULT_VISION_PROMPT,
+            "images": [base64.b64encode(data).decode()],
+        }
+        return await self._chat(ctx, self.model(VISION), message, params)
+
+    async def _chat(
+        self, ctx: JobContext, model: str, message: dict[str, Any], params: Mapping[str, Any]
+    ) -> Result:
+        """POST /api/chat, streamed; the text so far is reported as progress."""
+        system = [{"role": "system", "content": params["system"]}] if params["system"] else []
+        body: dict[str, Any] = {"model": model, "messages": [*system, message], "stream": True}
+        options = {
+            key: params[name] for name, key in _OPTION_KEYS.items() if params.get(name) is not None
+        }
+        if options:
+            body["options"] = options
+        if params["format"] == "json":
+            body["format"] = "json"
+        if self.options.keep_alive:
+            body["keep_alive"] = self.options.keep_alive
+        text = StreamedText(ctx, self.options.progress_interval)
+        done = False
+        async with self._http.stream("POST", "/api/chat", json=body) as response:
+            async for line in iter_ndjson(response):
+                if not isinstance(line, dict):
+                    raise Retryable("bad_response", f"{self.name} streamed an unexpected line")
+                if "error" in line:
+                    # Mid-stream failures keep the 200 status: the model runner broke.
+                    reason = self._http.scrub(str(line["error"]))
+                    raise Retryable("provider_error", f"{self.name} failed mid-stream: {reason}")
+                if piece := (line.get("message") or {}).get("content"):
+                    text.add(str(piece))
+                if line.get("done"):
+                    done = True
+                    break
+                await text.report_if_due()
+        if not done:
+            raise Retryable("stream_interrupted", f"{self.name} ended the stream before finishing")
+        return Result(text=text.text)
+
+
+def _pulled(model: str, pulled: set[str]) -> bool:
+    # "llama3.2" means "llama3.2:latest"; Ollama lists the tag.
+    return model in pulled or (":" not in model and f"{model}:latest" in pulled)
