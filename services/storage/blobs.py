@@ -32,6 +32,10 @@ class BlobStore(Protocol):
         """Store a finished temp file under its hash, consuming it; returns the blob key."""
         ...
 
+    async def put_bytes(self, data: bytes, sha256: str) -> str:
+        """Store bytes already in memory under their hash; returns the blob key."""
+        ...
+
     def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = CHUNK_SIZE
     ) -> AsyncGenerator[bytes, None]:
@@ -64,6 +68,27 @@ class LocalBlobStore:
     async def put(self, temp: Path, sha256: str) -> str:
         await asyncio.to_thread(self._put, temp, self.path_of(sha256))
         return sha256
+
+    async def put_bytes(self, data: bytes, sha256: str) -> str:
+        await asyncio.to_thread(self._put_bytes, data, self.temp_path(), self.path_of(sha256))
+        return sha256
+
+    @staticmethod
+    def _put_bytes(data: bytes, temp: Path, final: Path) -> None:
+        if final.exists():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(temp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(final.parent)
 
     @staticmethod
     def _put(temp: Path, final: Path) -> None:

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -22,13 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from genmesh.v1 import asset_pb2
 from services.common.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from services.storage.blobs import BlobStore, ThreadFile
-from services.storage.probe import normalize_media_type, probe_file
+from services.storage.probe import MediaInfo, normalize_media_type, probe_file
 from services.storage.schema import assets
 
 log = logging.getLogger(__name__)
 
 # Bytes gathered from the stream before one write (and hash update) runs in a thread.
 WRITE_BLOCK = 256 * 1024
+# Uploads up to this size are handled in memory (most job outputs and every preview).
+SMALL_UPLOAD = 1024 * 1024
 MAX_TENANT = 128
 MAX_FILENAME = 1024
 MAX_JOB_ID = 128
@@ -90,10 +92,18 @@ def new_asset_id() -> str:
 class AssetStore:
     """Asset rows in SQL, bytes in a BlobStore; every call is scoped to a tenant."""
 
-    def __init__(self, engine: AsyncEngine, blobs: BlobStore, *, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        blobs: BlobStore,
+        *,
+        max_upload_bytes: int,
+        in_memory_bytes: int = SMALL_UPLOAD,
+    ) -> None:
         self._engine = engine
         self._blobs = blobs
         self._max_upload_bytes = max_upload_bytes
+        self._in_memory_bytes = min(in_memory_bytes, max_upload_bytes)
         # Per-hash locks: putting a blob and inserting its row must not interleave with
         # discarding an unreferenced blob of the same hash (blobs are shared by content).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -112,55 +122,89 @@ class AssetStore:
         if meta.role not in _ROLES:
             raise InvalidArgument(f"unknown asset role {meta.role}")
         key = meta.idempotency_key or None
+        stream = aiter(chunks)
+        head, complete = await _read_up_to(stream, self._in_memory_bytes)
+        if complete:
+            # Small, whole in memory: hashed, measured and written with one thread hop; a
+            # repeat under a taken key is caught by the unique constraint instead of a query.
+            data = b"".join(head)
+            if not data:
+                raise InvalidArgument("upload has no bytes")
+            sha256 = hashlib.sha256(data).hexdigest()
+            info = probe_file(data, media_type)
+            return await self._commit(
+                tenant, meta, key, info, len(data), sha256, partial(self._blobs.put_bytes, data)
+            )
         if key is not None:
             existing = await self._find_by_key(tenant, key)
             if existing is not None:
                 # A repeat, e.g. from a redelivered job: the first upload stands, unread bytes
                 # and all.
                 return existing
-
-        spooled = await self._spool(chunks)
+        spooled = await self._spool(_chain(head, stream))
         try:
             info = await asyncio.to_thread(probe_file, spooled.path, media_type)
-            async with self._lock(spooled.sha256):
-                blob_key = await self._blobs.put(spooled.path, spooled.sha256)
-                asset = Asset(
-                    id=new_asset_id(),
-                    tenant_id=tenant,
-                    media_type=info.media_type,
-                    size_bytes=spooled.size,
-                    sha256=spooled.sha256,
-                    width=info.width,
-                    height=info.height,
-                    duration_seconds=info.duration_seconds,
-                    filename=meta.filename,
-                    role=meta.role,
-                    job_id=meta.job_id,
-                    blob_key=blob_key,
-                    create_time=datetime.now(UTC),
-                )
-                try:
-                    async with self._engine.begin() as conn:
-                        await conn.execute(insert(assets).values(_row(asset, key)))
-                except IntegrityError:
-                    winner = await self._find_by_key(tenant, key) if key else None
-                    if winner is None:
-                        raise
-                    # Lost a race with a concurrent upload under the same key: it stands.
-                    log.debug("upload under key %r lost a race to %s", key, winner.id)
-                    if winner.blob_key != blob_key:
-                        await self._discard_if_unused(blob_key)
-                    return winner
-                except BaseException:
-                    # No row, so no blob either; the check spares a blob other rows share.
-                    with contextlib.suppress(Exception):
-                        await self._discard_if_unused(blob_key)
-                    raise
-                return asset
+            return await self._commit(
+                tenant,
+                meta,
+                key,
+                info,
+                spooled.size,
+                spooled.sha256,
+                partial(self._blobs.put, spooled.path),
+            )
         finally:
             # put() consumed the file on success; otherwise it goes now (the thread finishes
             # the unlink even if this await is cancelled).
             await asyncio.to_thread(spooled.path.unlink, missing_ok=True)
+
+    async def _commit(
+        self,
+        tenant: str,
+        meta: NewAsset,
+        key: str | None,
+        info: MediaInfo,
+        size: int,
+        sha256: str,
+        put: Callable[[str], Awaitable[str]],
+    ) -> Asset:
+        """Put the blob, then insert its row; a lost race under the same key yields the winner."""
+        async with self._lock(sha256):
+            blob_key = await put(sha256)
+            asset = Asset(
+                id=new_asset_id(),
+                tenant_id=tenant,
+                media_type=info.media_type,
+                size_bytes=size,
+                sha256=sha256,
+                width=info.width,
+                height=info.height,
+                duration_seconds=info.duration_seconds,
+                filename=meta.filename,
+                role=meta.role,
+                job_id=meta.job_id,
+                blob_key=blob_key,
+                create_time=datetime.now(UTC),
+            )
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(insert(assets).values(_row(asset, key)))
+            except IntegrityError:
+                winner = await self._find_by_key(tenant, key) if key else None
+                if winner is None:
+                    raise
+                # A repeat, or a race with a concurrent upload under the same key: the first
+                # one stands.
+                log.debug("upload under key %r is a repeat of %s", key, winner.id)
+                if winner.blob_key != blob_key:
+                    await self._discard_if_unused(blob_key)
+                return winner
+            except BaseException:
+                # No row, so no blob either; the check spares a blob other rows share.
+                with contextlib.suppress(Exception):
+                    await self._discard_if_unused(blob_key)
+                raise
+            return asset
 
     async def get(self, tenant: str, asset_id: str) -> Asset:
         """The asset, or NotFound when it does not exist or belongs to another tenant."""
@@ -241,6 +285,25 @@ class AssetStore:
             used = result.first() is not None
         if not used:
             await self._blobs.delete(blob_key)
+
+
+async def _read_up_to(stream: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """Chunks until more than `limit` bytes arrived or the stream ended (then True)."""
+    head: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        head.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return head, False
+    return head, True
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in head:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 def _check_text(name: str, value: str, limit: int, *, required: bool = False) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import struct
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -88,13 +90,14 @@ def sniff_media_type(head: bytes) -> str | None:
     return None
 
 
-def probe_file(path: Path, media_type: str) -> MediaInfo:
+def probe_file(path: Path | bytes, media_type: str) -> MediaInfo:
     """Sniff the type if `media_type` is "" or generic, then measure images and WAV audio.
 
-    Blocking: call it in a thread. Unreadable or unknown media keep only their type.
+    `path` may be the bytes themselves (small uploads never touch a temp file). Blocking for
+    a file: call it in a thread. Unreadable or unknown media keep only their type.
     """
     if media_type in ("", GENERIC_MEDIA_TYPE):
-        with open(path, "rb") as f:
+        with _open(path) as f:
             media_type = sniff_media_type(f.read(HEAD_BYTES)) or GENERIC_MEDIA_TYPE
     kind = essence(media_type)
     if kind.startswith("image/"):
@@ -105,10 +108,14 @@ def probe_file(path: Path, media_type: str) -> MediaInfo:
     return MediaInfo(media_type)
 
 
-def _image(path: Path) -> tuple[int, int, float]:
+def _open(source: Path | bytes) -> BinaryIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+
+
+def _image(path: Path | bytes) -> tuple[int, int, float]:
     try:
         # Image.open reads only the header; pixels are decoded only to step through frames.
-        with Image.open(path) as im:
+        with _open(path) as f, Image.open(f) as im:
             width, height = im.size
             frames = getattr(im, "n_frames", 1)
             total_ms = 0.0
@@ -119,13 +126,13 @@ def _image(path: Path) -> tuple[int, int, float]:
             return width, height, total_ms / 1000.0
     except Exception as exc:
         # Best effort by contract: a corrupt or exotic image is still stored, just unmeasured.
-        log.debug("cannot measure image %s: %s", path.name, exc)
+        log.debug("cannot measure image: %s", exc)
         return 0, 0, 0.0
 
 
-def _wav_duration(path: Path) -> float:
+def _wav_duration(path: Path | bytes) -> float:
     try:
-        with wave.open(str(path), "rb") as w:
+        with _open(path) as f, wave.open(f, "rb") as w:
             rate = w.getframerate()
             return w.getnframes() / rate if rate else 0.0
     except (wave.Error, EOFError, OSError):
@@ -133,9 +140,9 @@ def _wav_duration(path: Path) -> float:
         return _riff_duration(path)
 
 
-def _riff_duration(path: Path) -> float:
+def _riff_duration(path: Path | bytes) -> float:
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             header = f.read(12)
             if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
                 return 0.0

@@ -24,6 +24,8 @@ from tests.conftest import Database
 
 # Small enough that the over-limit test is quick, large enough for multi-chunk uploads.
 MAX_UPLOAD_BYTES = 1024 * 1024
+# Uploads above this are spooled to disk rather than held in memory.
+IN_MEMORY_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ async def storage(database: Database, tmp_path: Path) -> AsyncIterator[Storage]:
             open_database(database.url, metadata, database.schema)
         )
         blobs = LocalBlobStore(tmp_path / "blobs")
-        store = AssetStore(engine, blobs, max_upload_bytes=MAX_UPLOAD_BYTES)
+        store = AssetStore(
+            engine, blobs, max_upload_bytes=MAX_UPLOAD_BYTES, in_memory_bytes=IN_MEMORY_BYTES
+        )
         registration = (
             asset_service_pb2_grpc.add_AssetServiceServicer_to_server,
             AssetServicer(store),
