@@ -56,7 +56,11 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         nc = await stack.enter_async_context(connect(settings.nats_url, "genmesh-router"))
         js = nc.jetstream()
         await bus.ensure_streams(js)
-        catalog = Catalog(await bus.providers_kv(js), settings.provider_liveness)
+        catalog = Catalog(
+            await bus.providers_kv(js),
+            settings.provider_liveness,
+            settings.provider_retention,
+        )
         await catalog.start()
         stack.push_async_callback(catalog.stop)
         hub = WatchHub(nc, bus)

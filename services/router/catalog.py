@@ -18,25 +18,59 @@ log = logging.getLogger(__name__)
 class Catalog:
     """Providers as workers declare them; health from how recently each worker reported."""
 
-    def __init__(self, kv: KeyValue, liveness: float) -> None:
+    def __init__(self, kv: KeyValue, liveness: float, retention: float = 3600.0) -> None:
         self._kv = kv
         self._liveness = liveness
+        # Seconds a gone worker's registration is kept before it is deleted.
+        self._retention = retention
         # provider name -> worker key -> that worker's registration
         self._entries: dict[str, dict[str, provider_service_pb2.Provider]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load the current registrations, then follow updates in the background."""
         watcher = await self._kv.watchall()
         loaded = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._follow(watcher, loaded))
+        self._pruner = asyncio.create_task(self._prune_loop())
         await loaded
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def prune(self) -> list[str]:
+        """Delete registrations of workers gone longer than the retention; returns their keys.
+
+        Each worker registers under its own id, so without this every restart would leave a
+        key behind for ever. The newest registration of a provider always stays, so the
+        provider remains known (and its jobs queue) until a worker serves it again."""
+        now = time.time()
+        stale = []
+        for name, group in list(self._entries.items()):
+            by_age = sorted(group.items(), key=lambda kv: kv[1].health.last_seen.ToNanoseconds())
+            for worker, reg in by_age[:-1]:
+                if now - reg.health.last_seen.ToNanoseconds() / 1e9 > self._retention:
+                    stale.append(f"{name}.{worker}")
+        for key in stale:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(key)
+        return stale
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self._retention))
+            try:
+                pruned = await self.prune()
+            except Exception:
+                log.warning("pruning provider registrations failed", exc_info=True)
+            else:
+                if pruned:
+                    log.info("pruned %d stale provider registration(s)", len(pruned))
 
     async def _follow(self, watcher: KeyValue.KeyWatcher, loaded: asyncio.Future[None]) -> None:
         try:

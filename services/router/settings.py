@@ -17,3 +17,5 @@ class Settings(BusSettings, DatabaseSettings):
     prompt_max_length: int = 10_000
     # Seconds without a heartbeat before a provider's worker counts as gone.
     provider_liveness: float = 15.0
+    # Seconds a gone worker's registration is kept (it shows as not live) before deletion.
+    provider_retention: float = 3600.0
