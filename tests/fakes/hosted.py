@@ -67,11 +67,17 @@ class FileHost:
         self._files: dict[str, tuple[bytes, str]] = {}
 
     def put(self, data: bytes, media_type: str, suffix: str, request: Request) -> str:
-        """Store a file; its public URL."""
+        """Store a file; its public URL (on the origin `request` came to, unless base_url)."""
+        return self.url(self.put_named(data, media_type, suffix), str(request.base_url))
+
+    def put_named(self, data: bytes, media_type: str, suffix: str) -> str:
+        """Store a file; its name."""
         name = f"{uuid.uuid4().hex}{suffix}"
         self._files[name] = (data, media_type)
-        base = self.base_url or str(request.base_url).rstrip("/")
-        return f"{base}{self.prefix}/{name}"
+        return name
+
+    def url(self, name: str, origin: str) -> str:
+        return f"{(self.base_url or origin).rstrip('/')}{self.prefix}/{name}"
 
     def serve(self, name: str) -> Response:
         if name not in self._files:
