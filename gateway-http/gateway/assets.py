@@ -10,8 +10,9 @@ from fastapi import APIRouter, Form, Header, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
+from gateway import schema
 from gateway.convert import to_json
-from gateway.errors import error_body
+from gateway.errors import bad_input, documented, error_body
 from gateway.state import ClientsDep, TenantDep
 from services.storage.client import CHUNK_SIZE, AssetStream
 
@@ -46,14 +47,36 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
-@router.post("/v1/assets", status_code=201)
+_CONTENT_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The whole asset, with its media type and length",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    206: {
+        "description": "One byte range (Range: bytes=a-b, a- or -n), with Content-Range",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+
+
+@router.post(
+    "/v1/assets",
+    status_code=201,
+    tags=["assets"],
+    response_model=schema.Asset,
+    response_model_exclude_none=True,
+    responses=documented(429),
+)
 async def upload_asset(
     file: UploadFile,
     clients: ClientsDep,
     tenant: TenantDep,
     idempotency_key: Annotated[str, Form()] = "",
 ) -> dict[str, Any]:
-    """Multipart upload (field `file`) streamed into AssetService.UploadAsset."""
+    """AssetService.UploadAsset from a multipart form (field `file`), streamed through.
+
+    The part's Content-Type becomes the asset's media type (storage sniffs it when absent);
+    429 when the file is over the size limit (nothing is kept)."""
 
     async def chunks() -> AsyncIterator[bytes]:
         while block := await file.read(CHUNK_SIZE):
@@ -62,29 +85,43 @@ async def upload_asset(
     media_type = file.content_type or ""
     if media_type == "application/octet-stream":
         media_type = ""  # what browsers send when they do not know: let storage sniff it
-    asset = await clients.assets.upload(
-        chunks(),
-        tenant=tenant,
-        media_type=media_type,
-        filename=file.filename or "",
-        idempotency_key=idempotency_key,
-    )
+    with bad_input("upload"):
+        asset = await clients.assets.upload(
+            chunks(),
+            tenant=tenant,
+            media_type=media_type,
+            filename=file.filename or "",
+            idempotency_key=idempotency_key,
+        )
     return to_json(asset)
 
 
-@router.get("/v1/assets/{asset_id}")
+@router.get(
+    "/v1/assets/{asset_id}",
+    tags=["assets"],
+    response_model=schema.Asset,
+    response_model_exclude_none=True,
+    responses=documented(404),
+)
 async def get_asset(asset_id: str, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
+    """AssetService.GetAsset: the asset's metadata."""
     return to_json(await clients.assets.get(asset_id, tenant=tenant))
 
 
-@router.get("/v1/assets/{asset_id}/content")
+@router.get(
+    "/v1/assets/{asset_id}/content",
+    tags=["assets"],
+    response_class=StreamingResponse,
+    responses={**_CONTENT_DOC, **documented(404, 416)},
+)
 async def asset_content(
     asset_id: str,
     clients: ClientsDep,
     tenant: TenantDep,
     range: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The asset's bytes with its Content-Type; one Range gives 206 via offset/length."""
+    """AssetService.DownloadAsset: the bytes with the asset's Content-Type and Content-Length;
+    a single Range gives 206 (served from the RPC's offset/length), several are ignored."""
     span = None
     if range:
         size = (await clients.assets.get(asset_id, tenant=tenant)).size_bytes

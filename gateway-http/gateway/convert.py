@@ -6,43 +6,68 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, bad_input
 from genmesh.v1 import job_pb2
-from services.common.tasks import task_from_name
+from services.common.tasks import task_from_name, task_names
 
 _STATE_PREFIX = "JOB_STATE_"
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """Proto3 JSON with the .proto's field names and every plain field present, so clients
+    never have to know a default (schema.py describes exactly this)."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 class JobSpecBody(BaseModel):
-    """POST /v1/jobs: a JobSpec with the task by name ("text-to-image" or "TASK_TEXT_TO_IMAGE")."""
+    """A JobSpec; the task by name ("text-to-image" or "TASK_TEXT_TO_IMAGE")."""
 
-    task: str
-    prompt: str = ""
-    provider: str = ""
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    input_asset_ids: list[str] = Field(default_factory=list)
-    idempotency_key: str = ""
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "text-to-image",
+                    "prompt": "a red fox in snow",
+                    "provider": "sandbox",
+                    "parameters": {"width": 256, "height": 256, "latency_ms": 1000},
+                }
+            ]
+        }
+    )
+
+    task: str = Field(description="One of " + ", ".join(task_names()))
+    prompt: str = Field(default="", description="1..10,000 characters; optional for some tasks")
+    provider: str = Field(default="", description="Empty lets the router choose")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="As GET /v1/providers declares them"
+    )
+    input_asset_ids: list[str] = Field(
+        default_factory=list, description="From POST /v1/assets, for tasks that take an input"
+    )
+    idempotency_key: str = Field(
+        default="", description="The same key and spec return the same job"
+    )
 
     def to_proto(self) -> job_pb2.JobSpec:
-        spec = job_pb2.JobSpec(
-            task=parse_task(self.task),
-            prompt=self.prompt,
-            provider=self.provider,
-            input_asset_ids=self.input_asset_ids,
-            idempotency_key=self.idempotency_key,
-        )
-        spec.parameters.update(self.parameters)
+        task = parse_task(self.task)
+        with bad_input("job spec"):
+            spec = job_pb2.JobSpec(
+                task=task,
+                prompt=self.prompt,
+                provider=self.provider,
+                input_asset_ids=self.input_asset_ids,
+                idempotency_key=self.idempotency_key,
+            )
+            spec.parameters.update(self.parameters)
         return spec
 
 
 class CancelBody(BaseModel):
-    reason: str = ""
+    reason: str = Field(default="", description="Recorded in the job's error message")
 
 
 def parse_task(name: str) -> job_pb2.Task.ValueType:

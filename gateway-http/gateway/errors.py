@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -10,18 +13,38 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.schema import ErrorBody
+
 log = logging.getLogger("gateway")
 
 STATUS_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 416,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.OUT_OF_RANGE: 416,
 }
+
+_DESCRIPTIONS: dict[int, str] = {
+    400: "INVALID_ARGUMENT: the request is malformed or breaks a documented rule",
+    404: "NOT_FOUND: no such job or asset for this tenant",
+    409: "FAILED_PRECONDITION: the request conflicts with the resource's state",
+    416: "OUT_OF_RANGE: the requested byte range is outside the asset",
+    429: "RESOURCE_EXHAUSTED: a limit was reached (size, quota); retry later or send less",
+    500: "INTERNAL: an unexpected error; details stay in the bridge's log",
+    503: "UNAVAILABLE: the mesh cannot serve this right now; retry with backoff",
+    504: "DEADLINE_EXCEEDED: the mesh did not answer in time",
+}
+# Every route can meet these: bad input, or a mesh that is down, slow or broken.
+COMMON = (400, 500, 503, 504)
 
 # HTTP errors raised by the framework itself (unknown route, wrong method), named like gRPC codes.
 _HTTP_TO_CODE: dict[int, str] = {
@@ -35,6 +58,23 @@ _HTTP_TO_CODE: dict[int, str] = {
 
 class BadRequest(Exception):
     """Input the bridge rejects before calling the mesh; rendered as INVALID_ARGUMENT / 400."""
+
+
+@contextmanager
+def bad_input(what: str) -> Iterator[None]:
+    """Values protobuf refuses (text that is not UTF-8, numbers out of range) become a 400."""
+    try:
+        yield
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"{what}: {exc}") from None
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route may return, besides COMMON."""
+    return {
+        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
+        for status in sorted({*COMMON, *statuses})
+    }
 
 
 def http_status(code: grpc.StatusCode) -> int:

@@ -1,6 +1,9 @@
-"""The bridge's settings (GENMESH_LISTEN, GENMESH_ROUTER_ADDR, GENMESH_STORAGE_ADDR)."""
+"""The bridge's settings (GENMESH_LISTEN, GENMESH_ROUTER_ADDR, GENMESH_STORAGE_ADDR,
+GENMESH_STREAM_BUFFER)."""
 
 from __future__ import annotations
+
+from pydantic import Field
 
 from services.common.settings import ServiceSettings
 
@@ -11,6 +14,9 @@ class Settings(ServiceSettings):
     listen: str = "127.0.0.1:8080"
     router_addr: str = "127.0.0.1:50051"
     storage_addr: str = "127.0.0.1:50052"
+    # Messages one live connection (WebSocket or SSE) may have waiting for a slow client;
+    # past it the client is told it fell behind and resumes by sequence or cursor.
+    stream_buffer: int = Field(default=256, ge=1)
 
     def host_port(self) -> tuple[str, int]:
         """`listen` split for uvicorn; "[::]:8080" becomes ("::", 8080)."""

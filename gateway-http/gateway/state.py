@@ -20,6 +20,8 @@ from services.common.channels import mesh_channel
 from services.common.tenancy import DEFAULT_TENANT, TENANT_HEADER, tenant_metadata
 from services.storage.client import AssetClient
 
+# What gRPC metadata and the router's tenant column can carry.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Deadline for unary calls; streams (watch, download) run as long as the client stays.
 RPC_TIMEOUT = 30.0
 
@@ -30,6 +32,8 @@ class Clients:
     jobs: job_service_pb2_grpc.JobServiceStub
     providers: provider_service_pb2_grpc.ProviderServiceStub
     assets: AssetClient
+    # Messages a live connection may buffer for a slow client (Settings.stream_buffer).
+    stream_buffer: int = 256
 
 
 class State(TypedDict):
@@ -49,6 +53,7 @@ async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
             jobs=job_service_pb2_grpc.JobServiceStub(router),
             providers=provider_service_pb2_grpc.ProviderServiceStub(router),
             assets=AssetClient(storage, timeout=None),
+            stream_buffer=settings.stream_buffer,
         )
 
 
@@ -59,7 +64,14 @@ def _clients(conn: HTTPConnection) -> Clients:
 
 
 def _tenant(
-    x_genmesh_tenant: Annotated[str, Header(alias=TENANT_HEADER)] = "",
+    x_genmesh_tenant: Annotated[
+        str,
+        Header(
+            alias=TENANT_HEADER,
+            pattern=TENANT_PATTERN,
+            description="The tenant to act for; absent means the default tenant.",
+        ),
+    ] = "",
 ) -> str:
     return x_genmesh_tenant or DEFAULT_TENANT
 

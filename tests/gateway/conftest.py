@@ -83,20 +83,20 @@ class SseEvent:
     data: Any
 
 
-async def read_sse(response: httpx.Response) -> list[SseEvent]:
-    """Every event of a text/event-stream response until the server closes it."""
-    events: list[SseEvent] = []
+async def iter_sse(response: httpx.Response) -> AsyncIterator[SseEvent]:
+    """The events of a text/event-stream response as they arrive."""
     fields: dict[str, str] = {}
     async for line in response.aiter_lines():
         if not line:
             if "data" in fields:
-                events.append(
-                    SseEvent(
-                        fields.get("event", "message"), fields.get("id"), json.loads(fields["data"])
-                    )
-                )
+                data = json.loads(fields["data"])
+                yield SseEvent(fields.get("event", "message"), fields.get("id"), data)
             fields = {}
             continue
         name, _, value = line.partition(":")
         fields[name] = value.removeprefix(" ")
-    return events
+
+
+async def read_sse(response: httpx.Response) -> list[SseEvent]:
+    """Every event of a text/event-stream response until the server closes it."""
+    return [event async for event in iter_sse(response)]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.gateway.conftest import Bridge, SseEvent, read_sse
+from tests.gateway.conftest import Bridge, SseEvent, iter_sse, read_sse
 
 # The bridge adds no storage logic of its own; SQLite keeps the run short.
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -156,6 +156,75 @@ async def test_health_index_and_providers(bridge: Bridge) -> None:
     health = await bridge.http.get("/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     index = await bridge.http.get("/")
-    assert "genmesh" in index.text and "/docs" in index.text and "/v1/providers" in index.text
+    assert index.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in index.text and "/docs" in index.text
+    script = await bridge.http.get("/static/app.js")
+    assert script.status_code == 200 and "/v1/jobs:watch" in script.text
     providers = (await bridge.http.get("/v1/providers")).json()["providers"]
-    assert "sandbox" in {p["name"] for p in providers}
+    sandbox = next(p for p in providers if p["name"] == "sandbox")
+    assert sandbox["health"]["status"] == "PROVIDER_STATUS_AVAILABLE"
+    assert {"name", "type", "allowed_values", "tasks"} <= set(sandbox["parameters"][0])
+    speech = (await bridge.http.get("/v1/providers", params={"task": "speech-to-text"})).json()
+    assert all("TASK_SPEECH_TO_TEXT" in p["tasks"] for p in speech["providers"])
+
+
+async def test_list_pages_and_filters(bridge: Bridge) -> None:
+    http = bridge.http
+    ids = [str((await submit(http, parameters={"latency_ms": 0}))["id"]) for _ in range(3)]
+    speech = await submit(http, task="text-to-speech", prompt="hello", parameters={"latency_ms": 0})
+    first = (await http.get("/v1/jobs", params={"page_size": 2})).json()
+    assert [j["id"] for j in first["jobs"]] == [speech["id"], ids[2]]
+    rest = (await http.get("/v1/jobs", params={"page_token": first["next_page_token"]})).json()
+    assert [j["id"] for j in rest["jobs"]] == [ids[1], ids[0]] and rest["next_page_token"] == ""
+    images = (await http.get("/v1/jobs", params={"task": "text-to-image"})).json()
+    assert [j["id"] for j in images["jobs"]] == ids[::-1]
+    both = await http.get("/v1/jobs", params=[("state", "queued"), ("state", "JOB_STATE_QUEUED")])
+    assert both.status_code == 200
+    for bad in ({"page_token": "garbage"}, {"page_size": 501}, {"task": "juggling"}):
+        response = await http.get("/v1/jobs", params=bad)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+
+async def test_generate_streams_the_new_job(bridge: Bridge) -> None:
+    body = {"task": "text-to-image", "prompt": "a fox", "parameters": {"latency_ms": 100}}
+    async with bridge.http.stream("POST", "/v1/jobs:generate", json=body) as response:
+        assert response.status_code == 200
+        stream = await read_sse(response)
+    assert stream[0].event == "job" and stream[0].data["state"] == "JOB_STATE_QUEUED"
+    assert [int(e.id or 0) for e in stream[1:]] == list(range(1, len(stream)))
+    assert stream[-1].data["state"] == "JOB_STATE_COMPLETED"
+    refused = await bridge.http.post("/v1/jobs:generate", json={"task": "text-to-image"})
+    assert refused.status_code == 400
+
+
+async def feed_until(
+    http: httpx.AsyncClient, job_id: str, **headers: str
+) -> tuple[list[SseEvent], list[SseEvent]]:
+    """The all-jobs SSE feed until `job_id` ends: (everything, the events of that job)."""
+    seen: list[SseEvent] = []
+    async with http.stream("GET", "/v1/jobs:watch", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for event in iter_sse(response):
+            seen.append(event)
+            mine = event.event == "message" and event.data["job_id"] == job_id
+            if mine and event.data["state"] in {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED"}:
+                break
+    return seen, [e for e in seen if e.event == "message" and e.data["job_id"] == job_id]
+
+
+async def test_feed_events_resume_with_last_event_id(bridge: Bridge) -> None:
+    http = bridge.http
+    opened = await http.get("/v1/jobs:watch", params={"cursor": "x"})
+    assert opened.status_code == 400 and opened.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+    async with http.stream("GET", "/v1/jobs:watch") as response:
+        start = await anext(iter_sse(response))
+    assert start.event == "cursor" and start.id == start.data["cursor"]
+    job = await submit(http, parameters={"latency_ms": 200})
+    # An EventSource reconnecting with the cursor as Last-Event-ID misses nothing.
+    seen, events = await feed_until(http, str(job["id"]), **{"Last-Event-ID": str(start.id)})
+    assert [int(e.data["sequence"]) for e in events] == list(range(1, len(events) + 1))
+    assert all(e.id is None for e in events)  # the id, hence Last-Event-ID, stays the cursor
+    assert seen[0].event == "cursor" and seen[-1].event == "message"

@@ -1,0 +1,326 @@
+"""Live streams: WatchJob, WatchJobs and Generate as Server-Sent Events and WebSockets.
+
+Every message is the RPC's response in proto3 JSON ({"job": …}, {"event": …}, {"cursor": …});
+SSE carries the same payloads with the sequence (one job) or the cursor (all jobs) as the
+event id, so a reconnecting EventSource resumes by itself through Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+import grpc
+from fastapi import APIRouter, Header, Query, WebSocket
+from fastapi.responses import StreamingResponse
+
+from gateway.convert import JobSpecBody, to_json
+from gateway.errors import BadRequest, bad_input, documented, error_body, http_status
+from gateway.relay import FellBehind, ReadAhead
+from gateway.state import Clients, ClientsDep, TenantDep, metadata
+from genmesh.v1 import generate_service_pb2, job_service_pb2
+
+log = logging.getLogger("gateway.live")
+router = APIRouter()
+
+Message = dict[str, Any]
+Stream = AsyncIterator[Message]
+# Seconds a slow client gets to take the "you fell behind" notice before the socket closes.
+NOTICE_TIMEOUT = 5.0
+MAX_SEQUENCE = 2**63 - 1
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+_SSE_DOC = {200: {"description": "text/event-stream; see the description for the events"}}
+
+
+class Position:
+    """What a client has received, so it can be told where to resume."""
+
+    def __init__(self, after_sequence: int = 0, cursor: str = "") -> None:
+        self.after_sequence = after_sequence
+        self.cursor = cursor
+        self.feed = bool(cursor)
+
+    def saw(self, message: Message) -> None:
+        if "cursor" in message:
+            self.feed = True
+            self.cursor = message["cursor"]
+        elif "event" in message:
+            self.after_sequence = int(message["event"]["sequence"])
+
+    def resume(self) -> dict[str, str]:
+        if self.feed:
+            return {"cursor": self.cursor}
+        return {"after_sequence": str(self.after_sequence)}
+
+    def hint(self) -> str:
+        return "&".join(f"{k}={v}" for k, v in self.resume().items())
+
+
+# ---- mesh calls -----------------------------------------------------------------------------
+
+
+async def _open(call: Any) -> Stream:
+    """Wait for the first message, so a refused call becomes an HTTP error, not a broken stream."""
+    try:
+        first = await call.read()
+        if first is grpc.aio.EOF:
+            raise RuntimeError("the mesh stream ended before its first message")
+    except BaseException:
+        call.cancel()
+        raise
+    return _messages(call, first)
+
+
+async def _messages(call: Any, first: Any) -> Stream:
+    try:
+        yield to_json(first)
+        while (reply := await call.read()) is not grpc.aio.EOF:
+            yield to_json(reply)
+    finally:
+        call.cancel()
+
+
+def _watch_job(clients: Clients, tenant: str, job_id: str, after: int) -> Awaitable[Stream]:
+    with bad_input("job_id"):
+        request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
+    return _open(clients.jobs.WatchJob(request, metadata=metadata(tenant)))
+
+
+def _watch_jobs(clients: Clients, tenant: str, cursor: str) -> Awaitable[Stream]:
+    with bad_input("cursor"):
+        request = job_service_pb2.WatchJobsRequest(cursor=cursor)
+    return _open(clients.jobs.WatchJobs(request, metadata=metadata(tenant)))
+
+
+# ---- Server-Sent Events -----------------------------------------------------------------------
+
+
+def _sse(data: Any, *, event: str = "", id: str = "") -> str:
+    lines = [f"event: {event}"] if event else []
+    if id:
+        lines.append(f"id: {id}")
+    lines.append(f"data: {json.dumps(data, separators=(',', ':'))}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _sse_frame(message: Message) -> str:
+    if "job" in message:
+        return _sse(message["job"], event="job")
+    if "cursor" in message:
+        return _sse(message, event="cursor", id=message["cursor"])
+    return _sse(message["event"], id=message["event"]["sequence"])
+
+
+def _event_stream(messages: Stream, limit: int, position: Position, feed: bool) -> EventStream:
+    async def body() -> AsyncIterator[str]:
+        # Starlette cancels this generator when the client goes away; the relay ends the call.
+        try:
+            async with ReadAhead(messages, limit) as ahead:
+                async for message in ahead:
+                    if feed and "event" in message:
+                        yield _sse(message["event"])  # no id: Last-Event-ID stays the cursor
+                    else:
+                        yield _sse_frame(message)
+                    position.saw(message)
+        except FellBehind:
+            message = f"the client fell behind; reconnect with {position.hint()}"
+            yield _sse(
+                {**error_body("RESOURCE_EXHAUSTED", message), "resume": position.resume()},
+                event="error",
+            )
+        except grpc.aio.AioRpcError as e:
+            # Headers are sent: report in-band; the client reconnects with Last-Event-ID.
+            yield _sse(_rpc_error(e), event="error")
+
+    return EventStream(body(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _last_event_id(value: str | None, fallback: int) -> int:
+    if not value:
+        return fallback
+    try:
+        after = int(value)
+    except ValueError:
+        raise BadRequest(f"Last-Event-ID must be a sequence number, not {value!r}") from None
+    if not 0 <= after <= MAX_SEQUENCE:
+        raise BadRequest(f"Last-Event-ID {after} is out of range")
+    return after
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    tags=["live"],
+    response_class=EventStream,
+    responses={**_SSE_DOC, **documented(404)},
+)
+async def job_events(
+    job_id: str,
+    clients: ClientsDep,
+    tenant: TenantDep,
+    after_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventStream:
+    """JobService.WatchJob as Server-Sent Events: `event: job` with the job as it is now, then
+    one event per JobEvent with `id: <sequence>`; the stream ends after the terminal event.
+    A reconnecting EventSource's Last-Event-ID wins over after_sequence.
+
+    The same stream as a WebSocket: `GET /v1/jobs/{job_id}/ws?after_sequence=N` sends
+    `{"job": …}` then `{"event": …}` messages and closes with 1000 after the terminal event;
+    errors arrive as `{"error": …}` and close with 4000 + the HTTP status (4404, 4429, …)."""
+    after = _last_event_id(last_event_id, after_sequence)
+    messages = await _watch_job(clients, tenant, job_id, after)
+    return _event_stream(messages, clients.stream_buffer, Position(after), feed=False)
+
+
+@router.get(
+    "/v1/jobs:watch",
+    tags=["live"],
+    response_class=EventStream,
+    responses={**_SSE_DOC, **documented()},
+)
+async def watch_jobs_events(
+    clients: ClientsDep,
+    tenant: TenantDep,
+    cursor: Annotated[str, Query(description="From an earlier `cursor` event")] = "",
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventStream:
+    """JobService.WatchJobs as Server-Sent Events: every event of every job of the tenant.
+    `event: cursor` (id: the cursor) comes first and after each burst of events; each JobEvent
+    is a plain message. A reconnecting EventSource resumes after its last cursor through
+    Last-Event-ID; events after that cursor may come again, so drop any whose sequence is not
+    above the last one seen for its job. The stream never ends on its own.
+
+    The same feed as a WebSocket: `GET /v1/jobs:watch?cursor=C` (WebSocket upgrade) sends
+    `{"cursor": …}` and `{"event": …}` messages."""
+    cursor = last_event_id or cursor
+    messages = await _watch_jobs(clients, tenant, cursor)
+    return _event_stream(messages, clients.stream_buffer, Position(cursor=cursor), feed=True)
+
+
+@router.post(
+    "/v1/jobs:generate",
+    tags=["live"],
+    response_class=EventStream,
+    responses={**_SSE_DOC, **documented(404, 409)},
+)
+async def generate(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) -> EventStream:
+    """GenerateService.Generate: submit a job and stream it as Server-Sent Events like
+    GET /v1/jobs/{job_id}/events (`event: job` first, then each JobEvent with its sequence as
+    id). Errors before the stream starts are as POST /v1/jobs; to resume a cut stream, GET
+    /v1/jobs/{job_id}/events with the last sequence seen."""
+    request = generate_service_pb2.GenerateRequest(spec=body.to_proto())
+    messages = await _open(clients.generate.Generate(request, metadata=metadata(tenant)))
+    return _event_stream(messages, clients.stream_buffer, Position(), feed=False)
+
+
+# ---- WebSockets ----------------------------------------------------------------------------
+
+
+@router.websocket("/v1/jobs/{job_id}/ws")
+async def job_socket(
+    websocket: WebSocket,
+    job_id: str,
+    clients: ClientsDep,
+    tenant: TenantDep,
+    after_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
+) -> None:
+    """WatchJob over a WebSocket (see GET /v1/jobs/{job_id}/events)."""
+    await _serve_socket(
+        websocket,
+        lambda: _watch_job(clients, tenant, job_id, after_sequence),
+        clients.stream_buffer,
+        Position(after_sequence),
+    )
+
+
+@router.websocket("/v1/jobs:watch")
+async def jobs_socket(
+    websocket: WebSocket,
+    clients: ClientsDep,
+    tenant: TenantDep,
+    cursor: str = "",
+) -> None:
+    """WatchJobs over a WebSocket (see GET /v1/jobs:watch)."""
+    await _serve_socket(
+        websocket,
+        lambda: _watch_jobs(clients, tenant, cursor),
+        clients.stream_buffer,
+        Position(cursor=cursor),
+    )
+
+
+async def _serve_socket(
+    websocket: WebSocket,
+    open_stream: Callable[[], Awaitable[Stream]],
+    limit: int,
+    position: Position,
+) -> None:
+    """Relay a mesh stream to a WebSocket until either side ends; errors close it 4000 + HTTP
+    status after an {"error": …} message."""
+    await websocket.accept()
+    try:
+        messages = await open_stream()
+    except grpc.aio.AioRpcError as e:
+        await _close(websocket, http_status(e.code()), _rpc_error(e))
+        return
+    except BadRequest as e:
+        await _close(websocket, 400, error_body("INVALID_ARGUMENT", str(e)))
+        return
+
+    async def forward() -> None:
+        async with ReadAhead(messages, limit) as ahead:
+            async for message in ahead:
+                await websocket.send_json(message)
+                position.saw(message)
+
+    async def until_disconnect() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    # Race the stream against the client leaving, so a closed tab cancels the mesh call.
+    sender = asyncio.create_task(forward())
+    receiver = asyncio.create_task(until_disconnect())
+    try:
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        await asyncio.gather(sender, receiver, return_exceptions=True)
+    if sender not in done:
+        return  # the client left
+    error = sender.exception()
+    if error is None:
+        await websocket.close(code=1000)
+    elif isinstance(error, FellBehind):
+        message = f"the client fell behind; reconnect with {position.hint()}"
+        body = {**error_body("RESOURCE_EXHAUSTED", message), "resume": position.resume()}
+        await _close(websocket, 429, body)
+    elif isinstance(error, grpc.aio.AioRpcError):
+        await _close(websocket, http_status(error.code()), _rpc_error(error))
+    else:
+        log.error("websocket relay failed", exc_info=error)
+        await _close(websocket, 500, error_body("INTERNAL", "internal error"), code=1011)
+
+
+async def _close(websocket: WebSocket, status: int, body: Message, code: int = 0) -> None:
+    # A stalled client may never take the notice: bounded, then the socket closes regardless.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.send_json(body), NOTICE_TIMEOUT)
+    with contextlib.suppress(Exception):
+        await websocket.close(code=code or 4000 + status)
+
+
+def _rpc_error(error: grpc.aio.AioRpcError) -> dict[str, dict[str, str]]:
+    if http_status(error.code()) == 500:
+        log.error("mesh stream failed: %s %s", error.code().name, error.details())
+        return error_body("INTERNAL", "internal error")
+    return error_body(error.code().name, error.details() or error.code().name)

@@ -1,0 +1,102 @@
+"""Response models generated from the contract's messages, so the OpenAPI document shows
+exactly the JSON the bridge sends (proto3 JSON: field names as in the .proto, enums by name,
+64-bit integers as decimal strings, timestamps in RFC 3339)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Literal
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from genmesh.v1 import (
+    asset_pb2,
+    job_pb2,
+    job_service_pb2,
+    provider_service_pb2,
+)
+
+Int64 = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="64-bit integer as a string")]
+
+_SCALARS: dict[int, Any] = {
+    FieldDescriptor.TYPE_STRING: str,
+    FieldDescriptor.TYPE_BYTES: Annotated[str, Field(description="base64")],
+    FieldDescriptor.TYPE_BOOL: bool,
+    FieldDescriptor.TYPE_DOUBLE: float,
+    FieldDescriptor.TYPE_FLOAT: float,
+    FieldDescriptor.TYPE_INT32: int,
+    FieldDescriptor.TYPE_SINT32: int,
+    FieldDescriptor.TYPE_SFIXED32: int,
+    FieldDescriptor.TYPE_UINT32: int,
+    FieldDescriptor.TYPE_FIXED32: int,
+    FieldDescriptor.TYPE_INT64: Int64,
+    FieldDescriptor.TYPE_SINT64: Int64,
+    FieldDescriptor.TYPE_SFIXED64: Int64,
+    FieldDescriptor.TYPE_UINT64: Int64,
+    FieldDescriptor.TYPE_FIXED64: Int64,
+}
+
+_WELL_KNOWN: dict[str, Any] = {
+    "google.protobuf.Timestamp": Annotated[str, Field(description="RFC 3339 time")],
+    "google.protobuf.Struct": dict[str, Any],
+    "google.protobuf.Value": Any,
+}
+
+
+@functools.cache
+def model_of(descriptor: Descriptor) -> type[BaseModel]:
+    """A pydantic model for one message, as json_format prints it with every field present
+    except unset message fields and unset `optional` scalars."""
+    fields: dict[str, Any] = {}
+    for field in descriptor.fields:
+        kind = _type_of(field)
+        if _is_map(field):
+            fields[field.name] = (kind, Field(default_factory=dict))
+        elif field.is_repeated:
+            fields[field.name] = (list[kind], Field(default_factory=list))
+        elif field.has_presence:
+            fields[field.name] = (kind | None, None)
+        else:
+            fields[field.name] = (kind, ...)
+    config = ConfigDict(extra="forbid")
+    model: type[BaseModel] = create_model(descriptor.name, __config__=config, **fields)
+    return model
+
+
+def _type_of(field: FieldDescriptor) -> Any:
+    if _is_map(field):
+        entry = field.message_type.fields_by_name
+        return dict[_type_of(entry["key"]), _type_of(entry["value"])]  # type: ignore[misc]
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        names = tuple(v.name for v in field.enum_type.values)
+        return Literal[names]  # type: ignore[valid-type]
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return _WELL_KNOWN.get(field.message_type.full_name) or model_of(field.message_type)
+    return _SCALARS[field.type]
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return (
+        field.type == FieldDescriptor.TYPE_MESSAGE
+        and field.message_type.GetOptions().map_entry
+        and field.is_repeated
+    )
+
+
+Job = model_of(job_pb2.Job.DESCRIPTOR)
+JobEvent = model_of(job_pb2.JobEvent.DESCRIPTOR)
+Asset = model_of(asset_pb2.Asset.DESCRIPTOR)
+ListJobsResponse = model_of(job_service_pb2.ListJobsResponse.DESCRIPTOR)
+ListProvidersResponse = model_of(provider_service_pb2.ListProvidersResponse.DESCRIPTOR)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="The gRPC status name, e.g. NOT_FOUND", examples=["NOT_FOUND"])
+    message: str = Field(description="For a person; never a stack trace")
+
+
+class ErrorBody(BaseModel):
+    """Every error the bridge returns."""
+
+    error: ErrorDetail

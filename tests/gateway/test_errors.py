@@ -1,0 +1,132 @@
+"""gRPC status -> HTTP status and body, the one table, over real HTTP where the mesh can be
+made to refuse: an over-limit upload (429), a router that is down (503), a bad tenant (400)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.app import create_app
+from gateway.errors import rpc_error_response
+from gateway.settings import Settings
+from services.storage.app import running_storage
+from services.storage.settings import Settings as StorageSettings
+from tests.gateway.conftest import serving
+from tests.infra import free_port
+
+EXPECTED = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 416,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+@pytest.mark.parametrize("code", list(grpc.StatusCode), ids=lambda c: c.name)
+def test_every_status_code_has_one_http_answer(code: grpc.StatusCode) -> None:
+    if code == grpc.StatusCode.OK:
+        return
+    error = grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="at /srv/router.py line 7"
+    )
+    response = rpc_error_response(error)
+    body = json.loads(bytes(response.body))
+    if code in EXPECTED:
+        assert response.status_code == EXPECTED[code]
+        assert body == {"error": {"code": code.name, "message": "at /srv/router.py line 7"}}
+    else:
+        # UNKNOWN, INTERNAL, DATA_LOSS: the server's details may hold internals; keep them out.
+        assert response.status_code == 500
+        assert body == {"error": {"code": "INTERNAL", "message": "internal error"}}
+
+
+@dataclass
+class Lonely:
+    """A bridge whose storage refuses uploads over 1,000 bytes and whose router is down."""
+
+    http: httpx.AsyncClient
+    url: str
+
+
+@pytest.fixture
+async def lonely(tmp_path: Path) -> AsyncIterator[Lonely]:
+    storage_env = {
+        "GENMESH_LISTEN": "127.0.0.1:0",
+        "GENMESH_DATA_DIR": str(tmp_path),
+        "GENMESH_STORAGE_MAX_UPLOAD_BYTES": "1000",
+        "GENMESH_SHUTDOWN_GRACE": "1",
+    }
+    async with running_storage(StorageSettings.from_env(storage_env)) as storage:
+        settings = Settings(
+            router_addr=f"127.0.0.1:{free_port()}", storage_addr=storage.address, shutdown_grace=1
+        )
+        async with (
+            serving(create_app(settings)) as url,
+            httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
+        ):
+            yield Lonely(http, url)
+
+
+async def test_refusals_map_to_http_statuses(lonely: Lonely) -> None:
+    http = lonely.http
+
+    async def expect(response: httpx.Response, status: int, code: str) -> None:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+        assert response.json()["error"]["message"]
+
+    big = await http.post("/v1/assets", files={"file": ("big.bin", b"\x00" * 5000, "image/png")})
+    await expect(big, 429, "RESOURCE_EXHAUSTED")
+    empty = await http.post("/v1/assets", files={"file": ("empty.png", b"", "image/png")})
+    await expect(empty, 400, "INVALID_ARGUMENT")
+    await expect(await http.get("/v1/jobs"), 503, "UNAVAILABLE")
+    await expect(
+        await http.post("/v1/jobs", json={"task": "text-to-text", "prompt": "hi"}),
+        503,
+        "UNAVAILABLE",
+    )
+    await expect(await http.get("/v1/jobs/j_1/events"), 503, "UNAVAILABLE")
+    await expect(
+        await http.get("/v1/jobs", headers={"x-genmesh-tenant": "no spaces"}),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    await expect(
+        await http.get("/v1/jobs", params={"after": "x", "page_size": "many"}),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    await expect(
+        await http.post(
+            "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    await expect(await http.get("/v1/nowhere"), 404, "NOT_FOUND")
+    await expect(await http.delete("/v1/jobs"), 405, "UNIMPLEMENTED")
+
+    url = lonely.url.replace("http://", "ws://") + "/v1/jobs:watch"
+    async with connect(url, proxy=None) as ws:
+        message = json.loads(await ws.recv())
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert message["error"]["code"] == "UNAVAILABLE"
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
