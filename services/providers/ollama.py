@@ -88,7 +88,7 @@ class OllamaHTTP(ProviderHTTP):
         return error
 
     def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
+        if not isinstance(exc, httpx.ConnectError):
             return super().transport_error(exc)
         return Retryable(
             "unreachable",

@@ -208,14 +208,17 @@ async def test_text_to_image_returns_the_providers_png(
     }
 
 
-async def test_image_urls_are_downloaded_without_the_key(setup: Setup) -> None:
-    setup.fake.image_urls = True
-    adapter = setup.adapter()
+@pytest.mark.parametrize("asked", [False, True], ids=["server-chooses-urls", "option-asks-urls"])
+async def test_image_urls_are_downloaded_without_the_key(setup: Setup, asked: bool) -> None:
+    setup.fake.image_urls = not asked
+    adapter = setup.adapter(options={"image_response_format": "url"} if asked else {})
     try:
         result = await adapter.run(FakeContext(T.TASK_TEXT_TO_IMAGE, "a fox", {"size": "256x256"}))
     finally:
         await adapter.aclose()
     assert result.outputs[0].data == setup.fake.produced[0]
+    body = json.loads(setup.bodies("/v1/images/generations")[0])
+    assert body["response_format"] == ("url" if asked else "b64_json")
     download = next(r for r in setup.fake.faults.requests if r.path.startswith("/files/"))
     # The URL may point at a CDN: our key must not travel there.
     assert "authorization" not in download.headers
@@ -257,6 +260,19 @@ async def test_image_edit_uploads_the_input_as_multipart(
     request = next(r for r in setup.fake.faults.requests if r.path == "/v1/images/edits")
     assert request.headers["content-type"].startswith("multipart/form-data")
     assert source in request.body
+
+
+async def test_image_edit_streams_partial_images(setup: Setup) -> None:
+    adapter = setup.adapter()
+    try:
+        params = {"partial_images": 1, "size": "1024x1536"}
+        ctx = FakeContext(T.TASK_IMAGE_TO_IMAGE, "sketch it", params, [png(64, 64)])
+        result = await adapter.run(ctx)
+    finally:
+        await adapter.aclose()
+    assert len(ctx.previews) == 1 and ctx.previews[0].media_type == "image/png"
+    assert result.outputs[0].data == setup.fake.produced[0]
+    assert Image.open(io.BytesIO(result.outputs[0].data)).size == (1024, 1536)
 
 
 async def test_image_edit_needs_a_prompt(adapter: OpenAICompatibleAdapter) -> None:
@@ -440,6 +456,16 @@ async def test_check_probes_models_once_per_ttl(setup: Setup) -> None:
         await adapter.aclose()
     probes = [r for r in setup.fake.faults.requests if r.path == "/v1/models"]
     assert len(probes) == 1 and probes[0].headers["authorization"] == f"Bearer {KEY}"
+
+
+async def test_check_asks_the_configured_path(setup: Setup) -> None:
+    adapter = setup.adapter(options={"check_path": "/key"})
+    try:
+        reason = await adapter.check()
+    finally:
+        await adapter.aclose()
+    # The OpenAI fake has no /key (OpenRouter's): the probe went there and says so.
+    assert setup.fake.faults.requests == [] and "HTTP 404" in reason
 
 
 async def test_check_reports_a_missing_key_without_calling(setup: Setup) -> None:

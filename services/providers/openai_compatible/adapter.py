@@ -55,7 +55,7 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
         }
 
     async def check(self) -> str:
-        """Missing key, else GET /models (answer cached for check_ttl seconds)."""
+        """Missing key, else GET check_path (/models; answer cached for check_ttl seconds)."""
         if missing := self.config.missing_key():
             return missing
         now = time.monotonic()
@@ -67,7 +67,7 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
 
     async def _probe_models(self) -> str:
         try:
-            body = await self._api.json("GET", "/models", timeout=PROBE_TIMEOUT)
+            body = await self._api.json("GET", self.options.check_path, timeout=PROBE_TIMEOUT)
         except ProviderError as exc:
             return exc.message
         if not self.options.check_models:

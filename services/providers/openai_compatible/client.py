@@ -33,7 +33,7 @@ class OpenAIHTTP(ProviderHTTP):
         return error
 
     def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
+        if not isinstance(exc, httpx.ConnectError):
             return super().transport_error(exc)
         # The base URL is not a secret and says which server to go and start.
         return Retryable(
@@ -44,7 +44,7 @@ class OpenAIHTTP(ProviderHTTP):
         """Classify an {"error": ...} object that arrived inside a successful stream."""
         message = error.get("message") if isinstance(error, dict) else error
         text = f"{self.name} reported an error mid-stream: {self.scrub(str(message or error))}"
-        kind = error.get("type") if isinstance(error, dict) else None
+        kind = str(error.get("type")) if isinstance(error, dict) else ""
         code = error.get("code") if isinstance(error, dict) else None
         # OpenRouter puts the upstream HTTP status in "code".
         status = code if isinstance(code, int) else 0

@@ -20,6 +20,9 @@ class Options:
     progress_interval: float = 0.5
     # Seconds a reachability probe's answer is reused (the worker asks every few seconds).
     check_ttl: float = 30.0
+    # What check() GETs: /models lists models; OpenRouter's public /models does not prove
+    # the key, its /key does.
+    check_path: str = "/models"
     # Also report configured models missing from GET /models (local servers).
     check_models: bool = False
     # OpenRouter's app attribution: HTTP-Referer and X-Title.
