@@ -239,10 +239,18 @@ class RunPodAdapter(ConfiguredAdapter):
         for chunk in chunks or []:
             output = chunk.get("output") if isinstance(chunk, dict) else chunk
             watch.chunks.append(output)
-            await self._progress(ctx, output, watch)
+            # A chunk's text is partial output, not a status line: count it, do not show it.
+            text = output if isinstance(output, str) else None
+            if isinstance(output, dict) and isinstance(output.get("text"), str):
+                text = output["text"]
+            if text is not None:
+                watch.received += len(text)
+                await watch.report(ctx, watch.percent, f"received {watch.received} characters")
+            if isinstance(output, dict):
+                await self._progress(ctx, output, watch)
 
     async def _progress(self, ctx: JobContext, update: Any, watch: _Watch) -> None:
-        """A progress_update value or a streamed chunk: percent, message, preview, text."""
+        """A progress_update value (or a streamed chunk's): percent, message, preview."""
         if update is None:
             await watch.report(ctx, None, "running")
         elif isinstance(update, bool):
@@ -252,9 +260,6 @@ class RunPodAdapter(ConfiguredAdapter):
         elif isinstance(update, str):
             await watch.report(ctx, None, update[:200])
         elif isinstance(update, dict):
-            text = update.get("text")
-            if isinstance(text, str):
-                watch.text.append(text)
             percent = update.get("percent")
             percent = float(percent) if isinstance(percent, int | float) else None
             message = update.get("message")
@@ -262,8 +267,6 @@ class RunPodAdapter(ConfiguredAdapter):
                 await watch.report(ctx, percent, message[:200])
             elif percent is not None:
                 await watch.report(ctx, percent, watch.message or "running")
-            elif watch.text:
-                await watch.report(ctx, None, f"received {len(''.join(watch.text))} characters")
             preview = update.get("preview")
             if isinstance(preview, str | dict):
                 await self._preview(ctx, preview, watch)
@@ -303,12 +306,13 @@ class RunPodAdapter(ConfiguredAdapter):
 
 @dataclass
 class _Watch:
-    """What one job's polling has seen: the last report, streamed chunks and text."""
+    """What one job's polling has seen: the last report, streamed chunks, previews shown."""
 
     percent: float | None = None
     message: str = ""
     chunks: list[Any] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
+    # Characters of partial text the stream has delivered.
+    received: int = 0
     previews: set[str] = field(default_factory=set)
 
     async def report(self, ctx: JobContext, percent: float | None, message: str) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import ProviderConfig
+from services.providers.config import ProviderConfig, load_catalog
 from services.providers.fal import FalAdapter
 from services.providers.sandbox import media
 from tests.fakes.fal import FalFake
@@ -20,12 +20,8 @@ from tests.fakes.server import Injected, serving
 from tests.providers.harness import FakeContext
 
 KEY = "fal-secret-0123456789"
-MODELS = {
-    "text-to-image": "fal-ai/flux/schnell",
-    "image-to-image": "fal-ai/flux/dev/image-to-image",
-    "image-to-video": "fal-ai/kling-video/v1/standard/image-to-video",
-    "speech-to-text": "fal-ai/whisper",
-}
+# The shipped catalog's models: the fake serves exactly those.
+MODELS = dict(load_catalog(None, {})["fal"].models)
 PHOTO = media.text_to_image("a harbour", 3, 96, 64)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import ProviderConfig
+from services.providers.config import ProviderConfig, load_catalog
 from services.providers.replicate import ReplicateAdapter
 from services.providers.sandbox import media
 from tests.fakes.replicate import WHISPER_VERSION, ReplicateFake
@@ -21,11 +21,8 @@ from tests.fakes.server import Injected, serving
 from tests.providers.harness import FakeContext
 
 TOKEN = "r8_secret_0123456789abcdef"
-MODELS = {
-    "text-to-image": "black-forest-labs/flux-schnell",
-    "text-to-text": "meta/meta-llama-3-8b-instruct",
-    "speech-to-text": f"openai/whisper:{WHISPER_VERSION}",
-}
+# The shipped catalog's models: the fake serves exactly those.
+MODELS = dict(load_catalog(None, {})["replicate"].models)
 
 
 def config(url: str, token: str = TOKEN, **options: Any) -> ProviderConfig:

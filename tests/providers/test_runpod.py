@@ -7,6 +7,7 @@ import base64
 import io
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -303,3 +304,14 @@ async def test_a_failed_or_forgotten_job_runs_anew(
         (output,) = (await adapter.run(ctx)).outputs
         assert media.speech_to_text(output.data) == "fresh"
     assert len(runpod.script.calls("run")) == 2
+
+
+async def test_a_slow_endpoint_is_retryable(fake: tuple[RunPodFake, str]) -> None:
+    runpod, url = fake
+    runpod.script.inject(Injected(200, {"id": "late", "status": "IN_QUEUE"}, delay=1.0))
+    adapter = RunPodAdapter(replace(config(url), timeout=0.2))
+    try:
+        with pytest.raises(Retryable, match="did not answer in time"):
+            await adapter.run(job(job_pb2.TASK_TEXT_TO_IMAGE, "x"))
+    finally:
+        await adapter.aclose()
