@@ -12,8 +12,9 @@ import pytest
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import ProviderConfig
+from services.providers.config import ProviderConfig, load_catalog
 from services.providers.elevenlabs import DEFAULT_VOICE, ElevenLabsAdapter
+from services.providers.registry import build_adapter
 from tests.fakes.elevenlabs import ElevenLabsFake, parse_mp3_header
 from tests.fakes.server import Injected, serving
 from tests.providers.harness import FakeContext
@@ -77,6 +78,14 @@ def test_describe_declares_tts_with_voice_and_real_output_formats() -> None:
     assert "pcm_16000" in specs["output_format"].allowed_values
     assert specs["speed"].minimum == pytest.approx(0.7)
     assert specs["speed"].maximum == pytest.approx(1.2)
+
+
+def test_the_shipped_catalog_builds_it_with_its_tasks() -> None:
+    catalog = load_catalog(None, {})
+    adapter = build_adapter("elevenlabs", catalog)
+    assert isinstance(adapter, ElevenLabsAdapter)
+    assert sorted(adapter.describe().tasks) == sorted([TTS])
+    assert catalog["elevenlabs"].missing_key()  # a key is needed, and none is set here
 
 
 async def test_streams_real_mp3_records_history_id_and_reports_progress(

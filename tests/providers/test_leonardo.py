@@ -12,8 +12,9 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import ProviderConfig
+from services.providers.config import ProviderConfig, load_catalog
 from services.providers.leonardo import LeonardoAdapter
+from services.providers.registry import build_adapter
 from tests.fakes.leonardo import PHOENIX, LeonardoFake
 from tests.fakes.server import Injected, serving
 from tests.providers.harness import FakeContext
@@ -78,6 +79,14 @@ def test_describe_declares_leonardo_limits() -> None:
     assert (specs["width"].minimum, specs["width"].maximum) == (32, 1536)
     assert (specs["num_images"].minimum, specs["num_images"].maximum) == (1, 8)
     assert "CINEMATIC" in specs["preset_style"].allowed_values
+
+
+def test_the_shipped_catalog_builds_it_with_its_tasks() -> None:
+    catalog = load_catalog(None, {})
+    adapter = build_adapter("leonardo", catalog)
+    assert isinstance(adapter, LeonardoAdapter)
+    assert sorted(adapter.describe().tasks) == sorted([T2I])
+    assert catalog["leonardo"].missing_key()  # a key is needed, and none is set here
 
 
 async def test_generates_polls_and_downloads_real_pngs(fake: LeonardoFake) -> None:

@@ -14,8 +14,9 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import ProviderConfig
+from services.providers.config import ProviderConfig, load_catalog
 from services.providers.pollo import PolloAdapter
+from services.providers.registry import build_adapter
 from tests.fakes.pollo import POLLO_1_6, PolloFake
 from tests.fakes.server import Injected, serving
 from tests.providers.harness import FakeContext
@@ -106,6 +107,14 @@ def test_describe_declares_pollo_limits() -> None:
     specs = {p.name: p for p in provider.parameters}
     assert list(specs["resolution"].allowed_values) == ["480p", "720p", "1080p"]
     assert (specs["length"].minimum, specs["length"].maximum) == (5, 10)
+
+
+def test_the_shipped_catalog_builds_it_with_its_tasks() -> None:
+    catalog = load_catalog(None, {})
+    adapter = build_adapter("pollo", catalog)
+    assert isinstance(adapter, PolloAdapter)
+    assert sorted(adapter.describe().tasks) == sorted([I2V])
+    assert catalog["pollo"].missing_key()  # a key is needed, and none is set here
 
 
 async def test_creates_polls_and_downloads_the_mp4(fake: PolloFake) -> None:

@@ -15,7 +15,8 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import ProviderConfig
+from services.providers.config import ProviderConfig, load_catalog
+from services.providers.registry import build_adapter
 from services.providers.runware import RunwareAdapter
 from tests.fakes.runware import FLUX_DEV, FLUX_SCHNELL, RunwareFake, image_bytes
 from tests.fakes.server import Injected, serving
@@ -91,6 +92,14 @@ def test_describe_declares_runware_limits() -> None:
     assert (specs["width"].minimum, specs["width"].maximum) == (128, 2048)
     assert list(specs["output_format"].allowed_values) == ["JPG", "PNG", "WEBP"]
     assert "strength" not in specs
+
+
+def test_the_shipped_catalog_builds_it_with_its_tasks() -> None:
+    catalog = load_catalog(None, {})
+    adapter = build_adapter("runware", catalog)
+    assert isinstance(adapter, RunwareAdapter)
+    assert sorted(adapter.describe().tasks) == sorted([T2I, I2I])
+    assert catalog["runware"].missing_key()  # a key is needed, and none is set here
 
 
 async def test_queues_polls_and_downloads_real_images(fake: RunwareFake) -> None:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import ProviderConfig
+from services.providers.config import ProviderConfig, load_catalog
+from services.providers.registry import build_adapter
 from services.providers.stability import StabilityAdapter
 from tests.fakes.server import Injected, serving
 from tests.fakes.stability import StabilityFake
@@ -88,6 +89,14 @@ def test_describe_declares_stability_values() -> None:
     assert list(specs["output_format"].allowed_values) == ["png", "jpeg", "webp"]
     assert "neon-punk" in specs["style_preset"].allowed_values
     assert specs["seed"].maximum == 4294967294
+
+
+def test_the_shipped_catalog_builds_it_with_its_tasks() -> None:
+    catalog = load_catalog(None, {})
+    adapter = build_adapter("stability", catalog)
+    assert isinstance(adapter, StabilityAdapter)
+    assert sorted(adapter.describe().tasks) == sorted([T2I, I2I])
+    assert catalog["stability"].missing_key()  # a key is needed, and none is set here
 
 
 async def test_core_text_to_image_returns_real_png_bytes(fake: StabilityFake) -> None:
