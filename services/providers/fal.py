@@ -251,6 +251,7 @@ class FalAdapter(ConfiguredAdapter):
         """Poll until COMPLETED, reporting queue position and new log lines as progress."""
         deadline = time.monotonic() + self._max_wait
         reported = ""
+        last_log = ""
         logs_seen = 0
         while True:
             if status is None:
@@ -266,7 +267,8 @@ class FalAdapter(ConfiguredAdapter):
                     logs_seen = 0
                 fresh = [str(e.get("message", "")) for e in logs[logs_seen:] if isinstance(e, dict)]
                 logs_seen = len(logs)
-                message = next((m for m in reversed(fresh) if m.strip()), reported or "running")
+                last_log = next((m for m in reversed(fresh) if m.strip()), last_log)
+                message = last_log or "running"
                 percent = percent_in("\n".join(fresh))
             elif state == "COMPLETED":
                 return

@@ -128,7 +128,8 @@ class ReplicateAdapter(ConfiguredAdapter):
         self._http = ProviderHTTP(config, headers=headers)
         self._files = RemoteFiles(config, self._http)
         options = config.options
-        self._prefer_wait = max(0, min(60, int(options.get("wait", 0))))
+        # The create call must outlast the wait it asks for, or the prediction id is lost.
+        self._prefer_wait = max(0, min(60, int(options.get("wait", 0)), int(config.timeout) - 5))
         self._max_wait = float(options.get("max_wait", DEFAULT_MAX_WAIT))
         self._inline_limit = int(options.get("data_uri_limit", DEFAULT_DATA_URI_LIMIT))
         self._probe = CachedProbe(
