@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from genmesh.v1 import job_pb2
-from services.providers.adapter import InvalidInput, JobContext, Output, Result
+from services.providers.adapter import Fatal, InvalidInput, JobContext, Output, Result
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP
@@ -122,7 +122,7 @@ class ElevenLabsAdapter(ConfiguredAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self.http = ProviderHTTP(config, headers={"xi-api-key": config.api_key})
-        self._probe = CachedProbe(lambda: self.http.json("GET", "/v1/user"))
+        self._probe = CachedProbe(self._probe_user)
         self.handlers[TTS] = self._text_to_speech
 
     async def check(self) -> str:
@@ -130,6 +130,14 @@ class ElevenLabsAdapter(ConfiguredAdapter):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    async def _probe_user(self) -> None:
+        try:
+            await self.http.json("GET", "/v1/user")
+        except Fatal as exc:
+            # A key scoped to text-to-speech lacks user_read, yet it authenticates fine.
+            if "permission" not in exc.message:
+                raise
 
     async def _text_to_speech(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         output_format = params["output_format"]

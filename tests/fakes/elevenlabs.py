@@ -74,6 +74,8 @@ class ElevenLabsFake:
     max_characters: int = 10_000
     # Whether responses carry history-item-id (ElevenLabs omits it with logging disabled).
     history_enabled: bool = True
+    # Keys scoped to text-to-speech only: they may speak but not read the account.
+    speech_only_keys: set[str] = field(default_factory=set)
     faults: Faults = field(default_factory=Faults)
     # What the fake saw: every synthesis request body, and streams the client abandoned.
     syntheses: list[dict[str, Any]] = field(default_factory=list)
@@ -94,13 +96,17 @@ class ElevenLabsFake:
     async def _guard(self, request: Request) -> Response | None:
         if (injected := await self.faults.check(request)) is not None:
             return injected
-        if request.headers.get("xi-api-key") != self.api_key:
+        key = request.headers.get("xi-api-key")
+        if key != self.api_key and key not in self.speech_only_keys:
             return _detail(401, "invalid_api_key", "Invalid API key")
         return None
 
     async def _user(self, request: Request) -> Response:
         if (refused := await self._guard(request)) is not None:
             return refused
+        if request.headers.get("xi-api-key") in self.speech_only_keys:
+            message = "The API key you used is missing the permission user_read."
+            return _detail(401, "missing_permissions", message)
         return JSONResponse({"user_id": "fake-user", "subscription": {"tier": "creator"}})
 
     async def _voices(self, request: Request) -> Response:

@@ -229,3 +229,14 @@ async def test_check_reports_missing_and_rejected_keys(fake: ElevenLabsFake) -> 
     finally:
         await wrong.aclose()
         await good.aclose()
+
+
+async def test_check_accepts_a_key_scoped_to_speech(fake: ElevenLabsFake) -> None:
+    fake.speech_only_keys.add("el-speech-only")
+    adapter = make_adapter(fake, key="el-speech-only")
+    try:
+        assert await adapter.check() == ""
+        result = await adapter.run(context())
+        assert parse_mp3_header(result.outputs[0].data) == (44100, 128)
+    finally:
+        await adapter.aclose()
