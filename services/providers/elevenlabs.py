@@ -140,7 +140,12 @@ class ElevenLabsAdapter(ConfiguredAdapter):
                 raise
 
     async def _text_to_speech(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
-        output_format = params["output_format"]
+        output_format, voice = params["output_format"], params["voice_id"]
+        # The id goes into the URL path: anything but an id could reach another endpoint.
+        if not voice.isascii() or not voice.isalnum():
+            raise InvalidInput(
+                "invalid_parameter", f"voice_id must be letters and digits, got {voice!r}"
+            )
         previous = await ctx.previous_request_id()
         if previous:
             resumed = await self._from_history(previous)
@@ -155,7 +160,7 @@ class ElevenLabsAdapter(ConfiguredAdapter):
         if params["language_code"]:
             body["language_code"] = params["language_code"]
         # The streaming endpoint sends audio as it is synthesised, so progress is real.
-        path = f"/v1/text-to-speech/{params['voice_id']}"
+        path = f"/v1/text-to-speech/{voice}"
         if self.config.options.get("stream", True):
             path += "/stream"
         async with self.http.stream(

@@ -142,6 +142,8 @@ async def test_bad_parameters_are_rejected_before_any_request(fake: ElevenLabsFa
         await run(fake, context(output_format="flac_44100"))
     with pytest.raises(InvalidInput, match="speed must be"):
         await run(fake, context(speed=2.0))
+    with pytest.raises(InvalidInput, match="voice_id must be letters and digits"):
+        await run(fake, context(voice_id="../../v1/user"))
     assert fake.faults.requests == []
 
 
