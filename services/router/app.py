@@ -27,6 +27,7 @@ from services.router.catalog import Catalog
 from services.router.core import RouterCore
 from services.router.dispatch import Dispatcher
 from services.router.feed import FeedHub
+from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
 from services.router.servicers import GenerateServicer, JobServicer, ProviderServicer
 from services.router.settings import Settings
@@ -75,6 +76,8 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
 
         prompt_channel = await stack.enter_async_context(mesh_channel(settings.prompt_addr))
         storage_channel = await stack.enter_async_context(mesh_channel(settings.storage_addr))
+        queues = QueueDepths(js, bus)
+        stack.push_async_callback(queues.stop)
         core = RouterCore(
             store=store,
             catalog=catalog,
@@ -86,8 +89,9 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             prompts=prompt_service_pb2_grpc.PromptServiceStub(prompt_channel),
             prompt_max_length=settings.prompt_max_length,
             assets=asset_service_pb2_grpc.AssetServiceStub(storage_channel),
+            queues=queues,
         )
-        recorder_task = asyncio.create_task(Recorder(js, bus, store, hub).run())
+        recorder_task = asyncio.create_task(Recorder(js, bus, store, hub, queues).run())
 
         async def stop_recorder() -> None:
             recorder_task.cancel()

@@ -34,6 +34,7 @@ from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.router.catalog import Catalog
 from services.router.dispatch import Dispatcher
+from services.router.queues import QueueDepths
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -60,6 +61,7 @@ class RouterCore:
         cancellations: KeyValue,
         prompts: prompt_service_pb2_grpc.PromptServiceStub,
         assets: asset_service_pb2_grpc.AssetServiceStub,
+        queues: QueueDepths,
         prompt_max_length: int = 10_000,
     ) -> None:
         self._store = store
@@ -72,6 +74,7 @@ class RouterCore:
         self._prompts = prompts
         self._assets = assets
         self._prompt_max_length = prompt_max_length
+        self._queues = queues
 
     # ---- submit -------------------------------------------------------------------
 
@@ -97,6 +100,8 @@ class RouterCore:
                 job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=job.provider
             )
             first.time.CopyFrom(job.create_time)
+            if job.HasField("progress"):
+                first.progress.CopyFrom(job.progress)
             yield first
             async for event in self._follow(job_id, listener, 1):
                 yield event
@@ -126,6 +131,11 @@ class RouterCore:
             job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=provider.name
         )
         first.time.CopyFrom(job.create_time)
+        position = await self._queues.next_position(provider.name)
+        if position is not None:
+            first.progress.queue_position = position
+            first.progress.message = f"queued, position {position}"
+            job.progress.CopyFrom(first.progress)
         try:
             # Shielded: a caller hanging up mid-submit must not leave a job stored but
             # never dispatched.

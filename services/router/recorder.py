@@ -13,6 +13,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from genmesh.v1 import bus_pb2
 from services.common.bus import Bus
+from services.router.queues import QueueDepths
 from services.router.store import Incoming, JobStore
 from services.router.watch import WatchHub
 
@@ -28,11 +29,19 @@ class Recorder:
     that dies mid-batch leaves the events to be redelivered; the store drops repeats.
     """
 
-    def __init__(self, js: JetStreamContext, bus: Bus, store: JobStore, hub: WatchHub) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bus: Bus,
+        store: JobStore,
+        hub: WatchHub,
+        queues: QueueDepths | None = None,
+    ) -> None:
         self._js = js
         self._bus = bus
         self._store = store
         self._hub = hub
+        self._queues = queues
 
     async def run(self) -> None:
         sub = await self._js.pull_subscribe(
@@ -91,4 +100,6 @@ class Recorder:
         applied = await self._store.apply(batch)
         for msg in good:
             await msg.ack()
+        if self._queues is not None:
+            self._queues.observe(applied)
         await self._hub.publish(applied)

@@ -1,0 +1,79 @@
+"""Estimated queue positions: how many jobs wait for a provider, from its JetStream consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from genmesh.v1 import job_pb2
+from services.common.bus import Bus
+
+log = logging.getLogger(__name__)
+
+# Seconds between reads of one provider's consumer; submits in between count locally.
+REFRESH = 0.25
+
+
+class QueueDepths:
+    """Per provider: undelivered jobs as JetStream last reported, plus jobs dispatched since.
+
+    Consumer info is read at most every REFRESH seconds per provider, and concurrent submits
+    share one read, so a busy router pays one NATS round trip per provider per REFRESH rather
+    than one per job. Jobs this replica sees leave the queue are counted out at once; those
+    recorded by other replicas only at the next read, so the position is an estimate."""
+
+    def __init__(self, js: JetStreamContext, bus: Bus, refresh: float = REFRESH) -> None:
+        self._js = js
+        self._bus = bus
+        self._refresh = refresh
+        self._depth: dict[str, int | None] = {}
+        self._read_at: dict[str, float] = {}
+        self._reading: dict[str, asyncio.Future[None]] = {}
+
+    async def next_position(self, provider: str) -> int | None:
+        """The 1-based position a job dispatched now will take, if known; counts it in."""
+        if time.monotonic() - self._read_at.get(provider, -1e9) > self._refresh:
+            reading = self._reading.get(provider)
+            if reading is None or reading.done():
+                reading = asyncio.ensure_future(self._read(provider))
+                self._reading[provider] = reading
+            with contextlib.suppress(Exception):
+                await asyncio.shield(reading)
+        depth = self._depth.get(provider)
+        if depth is None:
+            return None
+        self._depth[provider] = depth + 1
+        return depth + 1
+
+    def observe(self, events: Iterable[job_pb2.JobEvent]) -> None:
+        """Count out jobs that just left their queue (sequence 2 follows the QUEUED event)."""
+        for event in events:
+            if event.sequence == 2 and self._depth.get(event.provider):
+                self._depth[event.provider] = max(0, (self._depth[event.provider] or 0) - 1)
+
+    async def stop(self) -> None:
+        for task in self._reading.values():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _read(self, provider: str) -> None:
+        try:
+            info = await self._js.consumer_info(
+                self._bus.jobs_stream, self._bus.worker_consumer(provider), timeout=1.0
+            )
+        except NotFoundError:
+            # No worker has ever served it: its jobs wait, but nobody counts them yet.
+            self._depth[provider] = None
+        except Exception:
+            log.debug("cannot read the queue of %s", provider, exc_info=True)
+            self._depth[provider] = None
+        else:
+            self._depth[provider] = int(info.num_pending or 0)
+        self._read_at[provider] = time.monotonic()
