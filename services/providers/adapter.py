@@ -76,7 +76,7 @@ class JobContext(Protocol):
         ...
 
     async def progress(self, percent: float | None = None, message: str = "") -> None:
-        """Report progress; becomes a PROCESSING event (rate-limited by the runtime)."""
+        """Report progress; each call becomes a PROCESSING event, so throttle chatty sources."""
         ...
 
     async def preview(self, output: Output) -> asset_pb2.Asset:

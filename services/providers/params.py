@@ -84,7 +84,8 @@ class Param:
             limits.append(f">= {self.minimum:g}")
         if self.maximum is not None:
             limits.append(f"<= {self.maximum:g}")
-        rule = f"a {kind}" + (f" ({', '.join(limits)})" if limits else "")
+        article = "an" if kind[0] in "aeiou" else "a"
+        rule = f"{article} {kind}" + (f" ({', '.join(limits)})" if limits else "")
         return InvalidInput("invalid_parameter", f"{self.name} must be {rule}, got {value!r}")
 
 

@@ -21,7 +21,8 @@ class ServerSentEvent:
 
 async def iter_sse(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
     """Events of a text/event-stream body, per the WHATWG rules (comments skipped)."""
-    event, data, last_id = "", [], ""
+    event, last_id = "", ""
+    data: list[str] = []
     async for line in response.aiter_lines():
         if not line:
             if data:
