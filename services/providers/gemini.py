@@ -61,8 +61,9 @@ REFUSALS = frozenset(
         "IMAGE_RECITATION",
     }
 )
-# Seconds a successful reachability probe is trusted (the worker checks every few seconds).
+# The worker announces health every few seconds: probe at most this often, this fast.
 PROBE_TTL = 60.0
+PROBE_TIMEOUT = 5.0
 _DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 PARAMS: tuple[Param, ...] = (
@@ -121,25 +122,27 @@ class GeminiAdapter(ConfiguredAdapter):
         self._http = GeminiHTTP(config, headers=headers)
         interval = config.options.get("progress_interval", 0.5)
         self._progress_interval = float(interval) if isinstance(interval, int | float) else 0.5
-        self._probed_at = float("-inf")
+        self._probe: tuple[float, str] | None = None
         self.handlers = {T2T: self._text, I2T: self._text, T2I: self._image, I2I: self._image}
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def check(self) -> str:
-        """Missing key, or the key or a model refused by GET /models/{model} (cached)."""
+        """Missing key, or the key or a model refused by GET /models/{model} (cached briefly)."""
         if reason := await super().check():
             return reason
-        if time.monotonic() - self._probed_at < PROBE_TTL:
-            return ""
+        now = time.monotonic()
+        if self._probe is not None and now - self._probe[0] < PROBE_TTL:
+            return self._probe[1]
+        reason = ""
         try:
-            for task in self.tasks:
-                await self._http.json("GET", f"/models/{self.model(task)}")
+            for model in sorted({self.model(task) for task in self.tasks}):
+                await self._http.json("GET", f"/models/{model}", timeout=PROBE_TIMEOUT)
         except ProviderError as exc:
-            return exc.message
-        self._probed_at = time.monotonic()
-        return ""
+            reason = exc.message
+        self._probe = (time.monotonic(), reason)
+        return reason
 
     async def _text(self, ctx: JobContext, p: Mapping[str, Any]) -> Result:
         task = ctx.job.spec.task

@@ -176,6 +176,14 @@ async def test_unusable_workflow_files_are_reported_by_check(
             await comfyui.run(context())
 
 
+async def test_a_workflow_loading_a_model_needs_one_in_the_catalog() -> None:
+    async with adapter("http://127.0.0.1:9", models={}) as comfyui:
+        reason = await comfyui.check()
+        assert "loads {{model}} but the catalog names no models.text-to-image" in reason
+        with pytest.raises(Fatal, match=r"names no models\.text-to-image"):
+            await comfyui.run(context())
+
+
 async def test_check_probes_system_stats(comfy: tuple[FakeComfyUI, str]) -> None:
     fake, url = comfy
     async with adapter(url) as comfyui:

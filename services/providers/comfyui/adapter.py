@@ -74,6 +74,9 @@ PARAMS = (
 )
 # Fixed, so a job's client id is the same on every worker.
 _CLIENT_NAMESPACE = uuid.UUID("5f0c7a52-3c55-4b8e-9a37-0c2f1e7d9b10")
+# The worker announces health every few seconds: probe at most this often, this fast.
+PROBE_TTL = 15.0
+PROBE_TIMEOUT = 5.0
 # How long a finished prompt may take to appear in /history (ComfyUI announces success
 # before it writes the entry).
 _HISTORY_WAIT = 30.0
@@ -95,19 +98,25 @@ class ComfyUIAdapter(ConfiguredAdapter):
         self._client = ComfyClient(config, self._headers)
         self._workflows: dict[job_pb2.Task.ValueType, workflow.Workflow] = {}
         self._preview_interval = _number_option(config.options, "preview_interval", 1.0)
+        self._probe: tuple[float, str] | None = None
         self.handlers = {job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image}
 
     async def check(self) -> str:
-        """Missing key, an unusable workflow file, or an unreachable server."""
+        """Missing key, an unusable workflow file, or an unreachable server (cached briefly)."""
         if reason := await super().check():
             return reason
+        now = time.monotonic()
+        if self._probe is not None and now - self._probe[0] < PROBE_TTL:
+            return self._probe[1]
         try:
             for task in self.tasks:
                 self._workflow(task)
-            await self._client.system_stats()
+            await self._client.system_stats(PROBE_TIMEOUT)
+            reason = ""
         except ProviderError as exc:
-            return exc.message
-        return ""
+            reason = exc.message
+        self._probe = (time.monotonic(), reason)
+        return reason
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -148,7 +157,9 @@ class ComfyUIAdapter(ConfiguredAdapter):
         try:
             graph = flow.fill(values)
         except workflow.WorkflowError as exc:
-            hint = f" (set models.{task_name(task)} in the catalog)" if "model" in str(exc) else ""
+            hint = (
+                f" (set models.{task_name(task)} in the catalog)" if "{{model}}" in str(exc) else ""
+            )
             raise Fatal("bad_workflow", f"{exc}{hint}") from None
         client_id = job_client_id(self.name, ctx.job.id)
         url = socket_url(self.config.base_url, client_id)
@@ -233,12 +244,20 @@ class ComfyUIAdapter(ConfiguredAdapter):
         return outputs
 
     def _workflow(self, task: job_pb2.Task.ValueType) -> workflow.Workflow:
+        """The task's workflow, loaded once; Fatal when it cannot be used as configured."""
         if task not in self._workflows:
             try:
                 path = workflow.configured_paths(self.config.options)[task]
-                self._workflows[task] = workflow.load(path)
+                flow = workflow.load(path)
             except workflow.WorkflowError as exc:
                 raise Fatal("bad_workflow", f"{self.name}: {exc}") from None
+            if "model" in flow.placeholders() and not self.config.model_for(task):
+                raise Fatal(
+                    "bad_workflow",
+                    f"{self.name}: workflow {flow.source} loads {{{{model}}}} but the catalog "
+                    f"names no models.{task_name(task)}",
+                )
+            self._workflows[task] = flow
         return self._workflows[task]
 
 

@@ -49,8 +49,9 @@ class ComfyClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def system_stats(self) -> Mapping[str, Any]:
-        stats: Mapping[str, Any] = await self.http.json("GET", "/system_stats")
+    async def system_stats(self, within: float) -> Mapping[str, Any]:
+        """Server facts; the cheap reachability probe. `within`: seconds allowed."""
+        stats: Mapping[str, Any] = await self.http.json("GET", "/system_stats", timeout=within)
         return stats
 
     async def queue(self, workflow: Mapping[str, Any], client_id: str, prompt_id: str) -> str:

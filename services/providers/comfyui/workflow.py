@@ -53,6 +53,10 @@ class Workflow:
         """Node id -> class_type, to name the node ComfyUI reports progress for."""
         return {node_id: str(node["class_type"]) for node_id, node in self.graph.items()}
 
+    def placeholders(self) -> set[str]:
+        """The placeholder names the graph uses."""
+        return set(_PATTERN.findall(json.dumps(self.graph)))
+
     def fill(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of the graph with every placeholder replaced by its value."""
         filled: dict[str, Any] = _substitute(dict(self.graph), values, self.source)
