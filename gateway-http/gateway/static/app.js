@@ -1,0 +1,559 @@
+// The genmesh page: submit a job, watch it live, browse the history, see the providers.
+// Plain browser JavaScript over the bridge's REST and WebSocket API; no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TERMINAL = new Set(["JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"]);
+// Tasks that read an uploaded file, and what the file picker offers.
+const INPUT_MEDIA = {
+  TASK_IMAGE_TO_IMAGE: "image/*",
+  TASK_SPEECH_TO_TEXT: "audio/*",
+  TASK_IMAGE_TO_TEXT: "image/*",
+  TASK_IMAGE_TO_VIDEO: "image/*",
+};
+const PROMPT_OPTIONAL = new Set(["TASK_SPEECH_TO_TEXT", "TASK_IMAGE_TO_TEXT", "TASK_IMAGE_TO_IMAGE"]);
+const PAGE_SIZE = 20;
+
+const page = {
+  providers: [],
+  jobs: new Map(), // id -> Job (proto JSON), kept current by the feed
+  fetching: new Set(), // ids of jobs the feed announced and the page is fetching
+  nextPage: "",
+  watch: null, // the JobWatch of the job on show
+  paramsKey: "",
+};
+
+const taskName = (task) => task.replace(/^TASK_/, "").toLowerCase().replaceAll("_", "-");
+const stateName = (state) => (state || "").replace(/^JOB_STATE_/, "").toLowerCase();
+const seq = (value) => Number(value || 0);
+const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+const contentUrl = (asset) => `/v1/assets/${encodeURIComponent(asset.id)}/content`;
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  const { dataset, ...rest } = props;
+  Object.assign(node, rest);
+  if (dataset) Object.assign(node.dataset, dataset);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = body.error || { code: `HTTP ${response.status}`, message: response.statusText };
+    throw new Error(`${error.code}: ${error.message}`);
+  }
+  return body;
+}
+
+// ---- a job's state, as the router folds events into it ---------------------------------------
+
+function applyEvent(job, event) {
+  job.state = event.state;
+  job.last_sequence = event.sequence;
+  if (event.time) job.update_time = event.time;
+  if (event.provider) job.provider = event.provider;
+  if (event.progress) job.progress = event.progress;
+  if (event.preview) job.preview = event.preview;
+  if (event.assets && event.assets.length) job.assets = event.assets;
+  if (event.output_text) job.output_text = event.output_text;
+  if (event.error) job.error = event.error;
+}
+
+// ---- providers ------------------------------------------------------------------------------
+
+async function loadProviders() {
+  try {
+    page.providers = (await api("/v1/providers")).providers;
+  } catch (error) {
+    $("provider-list").replaceChildren(el("li", { className: "error", textContent: error.message }));
+    return;
+  }
+  renderProviders();
+  fillTasks();
+}
+
+function renderProviders() {
+  $("provider-list").replaceChildren(
+    ...page.providers.map((p) => {
+      const status = (p.health.status || "").replace("PROVIDER_STATUS_", "").toLowerCase();
+      const health = `${status}${p.health.reason ? ` — ${p.health.reason}` : ""}`;
+      const workers = `${p.health.live_workers} worker(s), ${p.health.in_flight} running`;
+      return el(
+        "li",
+        { className: "provider", dataset: { provider: p.name } },
+        el("span", { className: "name", textContent: `${p.name} ` },
+          el("span", { className: "muted", textContent: p.family + (p.offline ? " · offline" : "") })),
+        el("span", { className: `health-${status}`, textContent: health }),
+        el("span", { className: "muted", textContent: `${workers} · $${p.cost_per_job_usd}/job` }),
+        el("span", { className: "chips" },
+          ...p.tasks.map((t) => el("span", { className: "chip", textContent: taskName(t) }))),
+      );
+    }),
+  );
+}
+
+function fillTasks() {
+  const tasks = [];
+  for (const p of page.providers) for (const t of p.tasks) if (!tasks.includes(t)) tasks.push(t);
+  tasks.sort();
+  for (const select of [$("task"), $("filter-task")]) {
+    const keep = select.value;
+    const options = tasks.map((t) => el("option", { value: t, textContent: taskName(t) }));
+    if (select.id === "filter-task") options.unshift(el("option", { value: "", textContent: "any" }));
+    select.replaceChildren(...options);
+    if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+    else if (select.id === "task" && tasks.includes("TASK_TEXT_TO_IMAGE")) select.value = "TASK_TEXT_TO_IMAGE";
+  }
+  fillProviders();
+}
+
+function fillProviders() {
+  const task = $("task").value;
+  const select = $("provider");
+  const keep = select.value;
+  const serving = page.providers.filter((p) => p.tasks.includes(task));
+  select.replaceChildren(
+    el("option", { value: "", textContent: "automatic" }),
+    ...serving.map((p) => {
+      const down = p.health.status !== "PROVIDER_STATUS_AVAILABLE";
+      return el("option", { value: p.name, textContent: p.name + (down ? " (unavailable)" : "") });
+    }),
+  );
+  if (serving.some((p) => p.name === keep)) select.value = keep;
+  renderForm();
+}
+
+// ---- the submit form -------------------------------------------------------------------------
+
+function parameterSpecs() {
+  const task = $("task").value;
+  const applies = (spec) => !spec.tasks.length || spec.tasks.includes(task);
+  const chosen = $("provider").value;
+  if (chosen) {
+    const provider = page.providers.find((p) => p.name === chosen);
+    return provider ? provider.parameters.filter(applies) : [];
+  }
+  // Automatic: only what every available provider of the task accepts.
+  const serving = page.providers.filter(
+    (p) => p.tasks.includes(task) && p.health.status === "PROVIDER_STATUS_AVAILABLE",
+  );
+  if (!serving.length) return [];
+  return serving[0].parameters
+    .filter(applies)
+    .filter((spec) => serving.every((p) => p.parameters.some((q) => q.name === spec.name && applies(q))));
+}
+
+function parameterInput(spec) {
+  const id = `param-${spec.name}`;
+  const shown = spec.default_value === undefined || spec.default_value === null ? "" : String(spec.default_value);
+  let input;
+  if (spec.allowed_values.length || spec.type === "PARAMETER_TYPE_BOOLEAN") {
+    const values = spec.allowed_values.length ? spec.allowed_values : ["true", "false"];
+    input = el("select", { id, name: id },
+      el("option", { value: "", textContent: shown ? `default (${shown})` : "default" }),
+      ...values.map((v) => el("option", { value: v, textContent: v })));
+  } else if (spec.type === "PARAMETER_TYPE_INTEGER" || spec.type === "PARAMETER_TYPE_NUMBER") {
+    input = el("input", {
+      id, name: id, type: "number", placeholder: shown,
+      step: spec.type === "PARAMETER_TYPE_INTEGER" ? "1" : "any",
+    });
+    if (spec.minimum !== undefined) input.min = spec.minimum;
+    if (spec.maximum !== undefined) input.max = spec.maximum;
+  } else {
+    input = el("input", { id, name: id, type: "text", placeholder: shown });
+  }
+  input.dataset.param = spec.name;
+  input.dataset.type = spec.type;
+  const range = spec.minimum !== undefined || spec.maximum !== undefined
+    ? ` (${spec.minimum ?? ""}…${spec.maximum ?? ""})` : "";
+  return el("label", { title: spec.description },
+    el("span", { textContent: spec.name + range }), input,
+    el("span", { className: "hint", textContent: spec.description }));
+}
+
+function renderForm() {
+  const task = $("task").value;
+  const specs = parameterSpecs();
+  const key = `${task}|${$("provider").value}|${specs.map((s) => s.name).join(",")}`;
+  if (key !== page.paramsKey) {
+    page.paramsKey = key;
+    const entered = Object.fromEntries(
+      [...document.querySelectorAll("[data-param]")].map((i) => [i.dataset.param, i.value]));
+    const inputs = specs.map(parameterInput);
+    $("params").replaceChildren(
+      el("legend", { textContent: "Parameters" }),
+      specs.length ? el("div", { className: "param-grid" }, ...inputs)
+        : el("p", { className: "muted", textContent: "No parameters for this choice." }));
+    for (const input of document.querySelectorAll("[data-param]")) {
+      if (entered[input.dataset.param]) input.value = entered[input.dataset.param];
+    }
+  }
+  const accept = INPUT_MEDIA[task];
+  $("input-label").hidden = !accept;
+  $("input-file").accept = accept || "";
+  $("prompt").required = !PROMPT_OPTIONAL.has(task) && !accept;
+  $("prompt-label").firstChild.textContent = PROMPT_OPTIONAL.has(task) ? "Prompt (optional)" : "Prompt";
+}
+
+function collectParameters() {
+  const out = {};
+  for (const input of document.querySelectorAll("[data-param]")) {
+    if (input.value === "") continue;
+    const type = input.dataset.type;
+    if (type === "PARAMETER_TYPE_INTEGER") out[input.dataset.param] = parseInt(input.value, 10);
+    else if (type === "PARAMETER_TYPE_NUMBER") out[input.dataset.param] = parseFloat(input.value);
+    else if (type === "PARAMETER_TYPE_BOOLEAN") out[input.dataset.param] = input.value === "true";
+    else out[input.dataset.param] = input.value;
+  }
+  return out;
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const button = $("submit");
+  button.disabled = true;
+  $("submit-error").textContent = "";
+  try {
+    const task = $("task").value;
+    const spec = {
+      task: taskName(task),
+      prompt: $("prompt").value,
+      provider: $("provider").value,
+      parameters: collectParameters(),
+    };
+    if (INPUT_MEDIA[task]) {
+      const file = $("input-file").files[0];
+      if (!file) throw new Error(`${taskName(task)} needs an input file`);
+      const form = new FormData();
+      form.append("file", file);
+      button.textContent = "Uploading…";
+      spec.input_asset_ids = [(await api("/v1/assets", { method: "POST", body: form })).id];
+    }
+    button.textContent = "Submitting…";
+    const job = await api("/v1/jobs", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(spec),
+    });
+    remember(job, "top");
+    showJob(job.id);
+    if ($("job").getBoundingClientRect().top > window.innerHeight) {
+      $("job").scrollIntoView({ behavior: "smooth" }); // a phone: the form fills the screen
+    }
+  } catch (error) {
+    $("submit-error").textContent = error.message;
+  } finally {
+    button.disabled = false;
+    button.textContent = "Generate";
+  }
+}
+
+// ---- one job, live -------------------------------------------------------------------------
+
+// Follows one job over its WebSocket; after a drop it reconnects after the last sequence seen.
+class JobWatch {
+  constructor(id) {
+    this.id = id;
+    this.job = null;
+    this.after = 0;
+    this.stopped = false;
+    this.delay = 500;
+    this.connect();
+  }
+
+  connect() {
+    const path = `/v1/jobs/${encodeURIComponent(this.id)}/ws?after_sequence=${this.after}`;
+    const socket = new WebSocket(wsUrl(path));
+    this.socket = socket;
+    socket.onopen = () => { this.delay = 500; };
+    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
+    socket.onclose = (closed) => {
+      if (this.stopped || closed.code === 1000) return;
+      if (closed.code === 4404 || closed.code === 4400) return; // nothing to retry
+      setTimeout(() => this.stopped || this.connect(), this.delay);
+      this.delay = Math.min(this.delay * 2, 10000);
+    };
+  }
+
+  receive(message) {
+    if (message.job) {
+      this.job = message.job;
+      this.after = Math.max(this.after, seq(message.job.last_sequence));
+    } else if (message.event) {
+      if (seq(message.event.sequence) <= this.after && this.job) return;
+      this.after = seq(message.event.sequence);
+      if (this.job) applyEvent(this.job, message.event);
+    } else if (message.error) {
+      if (message.error.code !== "RESOURCE_EXHAUSTED") $("job-error").textContent = message.error.message;
+      return;
+    }
+    if (this.job) {
+      renderJob(this.job);
+      remember(structuredClone(this.job));
+    }
+  }
+
+  stop() {
+    this.stopped = true;
+    this.socket.close();
+  }
+}
+
+function showJob(id) {
+  if (page.watch && page.watch.id === id) return;
+  if (page.watch) page.watch.stop();
+  $("job").hidden = false;
+  $("job-id").textContent = id;
+  $("job-error").textContent = "";
+  $("preview").replaceChildren(el("h3", { textContent: "Preview" }));
+  $("result").replaceChildren(el("h3", { textContent: "Result" }));
+  $("preview").hidden = true;
+  $("result").hidden = true;
+  delete $("result").dataset.jobId;
+  for (const row of document.querySelectorAll("#history-list li")) {
+    row.classList.toggle("selected", row.dataset.jobId === id);
+  }
+  page.watch = new JobWatch(id);
+}
+
+function formatBytes(n) {
+  n = Number(n);
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function mediaFor(asset, id) {
+  const src = contentUrl(asset);
+  const type = asset.media_type || "";
+  // The sandbox's "video" is an animated GIF: an <img> plays it.
+  if (type.startsWith("image/")) return el("img", { id, className: "media", src, alt: asset.filename || "image" });
+  if (type.startsWith("audio/")) return el("audio", { id, className: "media", src, controls: true });
+  if (type.startsWith("video/")) return el("video", { id, className: "media", src, controls: true, loop: true });
+  return null;
+}
+
+function assetMeta(asset) {
+  const parts = [asset.media_type, formatBytes(asset.size_bytes)];
+  if (asset.width) parts.push(`${asset.width}×${asset.height}`);
+  if (asset.duration_seconds) parts.push(`${asset.duration_seconds.toFixed(1)} s`);
+  parts.push(`sha256 ${asset.sha256.slice(0, 12)}…`);
+  return el("div", { className: "meta" },
+    ...parts.map((p) => el("span", { textContent: p })),
+    el("a", { href: contentUrl(asset), download: asset.filename || asset.id, textContent: "download" }));
+}
+
+function renderJob(job) {
+  const state = stateName(job.state);
+  const badge = $("job-state");
+  badge.textContent = state.replace("_", " ");
+  badge.className = `state ${state}`;
+  badge.dataset.state = job.state;
+  $("job-provider").textContent = job.provider ? `on ${job.provider}` : "";
+  $("job-prompt").textContent = job.spec && job.spec.prompt ? `“${job.spec.prompt}”` : "";
+  $("cancel").hidden = TERMINAL.has(job.state);
+  $("job-error").textContent = job.error && job.error.message ? job.error.message : "";
+
+  const progress = job.progress || {};
+  const done = job.state === "JOB_STATE_COMPLETED";
+  $("progress-fill").style.width = `${done ? 100 : progress.percent || 0}%`;
+  const queued = progress.queue_position !== undefined ? `${progress.queue_position} ahead in the queue` : "";
+  $("progress-text").textContent = TERMINAL.has(job.state) ? "" : progress.message || queued;
+  $("progress-box").hidden = TERMINAL.has(job.state) && !done;
+
+  if (job.preview && job.preview.id) {
+    const box = $("preview");
+    const current = box.querySelector(".media");
+    if (!current || current.dataset.assetId !== job.preview.id) {
+      const media = mediaFor(job.preview, "preview-media");
+      if (media) {
+        media.dataset.assetId = job.preview.id;
+        box.replaceChildren(el("h3", { textContent: "Preview" }), media);
+      }
+    }
+    box.hidden = false;
+  }
+  if (done && $("result").dataset.jobId !== job.id) {
+    renderResult(job);
+  }
+  tickElapsed();
+}
+
+function renderResult(job) {
+  const box = $("result");
+  box.dataset.jobId = job.id;
+  const parts = [el("h3", { textContent: "Result" })];
+  if (job.output_text) parts.push(el("pre", { className: "output-text", id: "result-text", textContent: job.output_text }));
+  (job.assets || []).forEach((asset, i) => {
+    const isText = (asset.media_type || "").startsWith("text/");
+    if (!(isText && job.output_text)) {
+      const media = mediaFor(asset, i === 0 ? "result-media" : "");
+      if (media) parts.push(media);
+    }
+    parts.push(assetMeta(asset));
+  });
+  box.replaceChildren(...parts);
+  box.hidden = false;
+  $("preview").hidden = true; // the final result replaces the preview
+}
+
+function tickElapsed() {
+  const job = page.watch && page.watch.job;
+  if (!job || !job.create_time) return;
+  const end = TERMINAL.has(job.state) && job.update_time ? Date.parse(job.update_time) : Date.now();
+  const seconds = Math.max(0, (end - Date.parse(job.create_time)) / 1000);
+  $("job-elapsed").textContent = `${seconds.toFixed(1)} s`;
+}
+
+async function cancelJob() {
+  const watch = page.watch;
+  if (!watch) return;
+  try {
+    await api(`/v1/jobs/${encodeURIComponent(watch.id)}:cancel`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ reason: "cancelled from the web page" }),
+    });
+  } catch (error) {
+    $("job-error").textContent = error.message;
+  }
+}
+
+// ---- history and the live feed ---------------------------------------------------------------
+
+function matchesFilters(job) {
+  const state = $("filter-state").value;
+  const task = $("filter-task").value;
+  return (!state || stateName(job.state) === state) && (!task || (job.spec && job.spec.task === task));
+}
+
+// Keep the newest copy of a job and its history row; `where` places a new row.
+function remember(job, where = "") {
+  const known = page.jobs.get(job.id);
+  const newest = known && seq(known.last_sequence) > seq(job.last_sequence) ? known : job;
+  page.jobs.set(job.id, newest);
+  renderRow(newest, where);
+}
+
+function renderRow(job, where) {
+  const list = $("history-list");
+  let row = list.querySelector(`li[data-job-id="${CSS.escape(job.id)}"]`);
+  if (!matchesFilters(job)) {
+    if (row) row.remove();
+    return;
+  }
+  if (!row) {
+    if (!where) return; // not on the page: nothing to update
+    row = el("li", { dataset: { jobId: job.id } });
+    row.addEventListener("click", () => showJob(job.id));
+    if (where === "top") list.prepend(row);
+    else list.append(row);
+  }
+  const state = stateName(job.state);
+  const when = job.create_time ? new Date(job.create_time).toLocaleTimeString() : "";
+  const spec = job.spec || {};
+  row.classList.toggle("selected", Boolean(page.watch && page.watch.id === job.id));
+  row.dataset.state = job.state;
+  row.replaceChildren(
+    el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
+    el("span", { className: "what", textContent: spec.prompt || taskName(spec.task || "") }),
+    el("span", { className: "when", textContent: when }),
+    el("span", { className: "sub", textContent: `${taskName(spec.task || "")} · ${job.provider || "…"} · ${job.id}` }),
+  );
+}
+
+async function loadHistory(reset) {
+  const params = new URLSearchParams({ page_size: PAGE_SIZE });
+  if ($("filter-state").value) params.append("state", $("filter-state").value);
+  if ($("filter-task").value) params.set("task", $("filter-task").value);
+  if (!reset && page.nextPage) params.set("page_token", page.nextPage);
+  try {
+    const body = await api(`/v1/jobs?${params}`);
+    if (reset) $("history-list").replaceChildren();
+    for (const job of body.jobs) remember(job, "bottom");
+    page.nextPage = body.next_page_token;
+    $("history-more").hidden = !page.nextPage;
+  } catch (error) {
+    $("history-list").replaceChildren(el("li", { className: "error", textContent: error.message }));
+  }
+}
+
+// Every event of every job of this tenant over one WebSocket; resumes from its last cursor.
+class Feed {
+  constructor() {
+    this.cursor = "";
+    this.delay = 500;
+    this.loaded = false;
+    this.connect();
+  }
+
+  connect() {
+    const query = this.cursor ? `?cursor=${encodeURIComponent(this.cursor)}` : "";
+    const socket = new WebSocket(wsUrl(`/v1/jobs:watch${query}`));
+    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
+    socket.onclose = () => {
+      status("down", "live feed: reconnecting");
+      setTimeout(() => this.connect(), this.delay);
+      this.delay = Math.min(this.delay * 2, 10000);
+    };
+  }
+
+  receive(message) {
+    if (message.cursor) {
+      this.cursor = message.cursor;
+      this.delay = 500;
+      status("live", "live feed: connected");
+      if (!this.loaded) {
+        // Listing after the feed is live: nothing can happen in between unseen.
+        this.loaded = true;
+        loadHistory(true);
+      }
+    } else if (message.event) {
+      onFeedEvent(message.event);
+    }
+  }
+}
+
+function onFeedEvent(event) {
+  const job = page.jobs.get(event.job_id);
+  if (job) {
+    if (seq(event.sequence) <= seq(job.last_sequence)) return; // already have it
+    applyEvent(job, event);
+    renderRow(job, "top");
+  } else if (!page.fetching.has(event.job_id)) {
+    // A job this page has not seen (another tab, the CLI): fetch it whole once.
+    page.fetching.add(event.job_id);
+    api(`/v1/jobs/${encodeURIComponent(event.job_id)}`)
+      .then((fetched) => remember(fetched, "top"))
+      .catch(() => {})
+      .finally(() => page.fetching.delete(event.job_id));
+  }
+}
+
+function status(kind, text) {
+  const dot = $("feed-status");
+  dot.className = `dot ${kind}`;
+  dot.textContent = kind === "live" ? "live" : "offline";
+  dot.title = text;
+}
+
+// ---- start -----------------------------------------------------------------------------------
+
+function start() {
+  $("task").addEventListener("change", fillProviders);
+  $("provider").addEventListener("change", renderForm);
+  $("submit-form").addEventListener("submit", submitJob);
+  $("cancel").addEventListener("click", cancelJob);
+  $("filter-state").addEventListener("change", () => loadHistory(true));
+  $("filter-task").addEventListener("change", () => loadHistory(true));
+  $("history-more").addEventListener("click", () => loadHistory(false));
+  loadProviders();
+  setInterval(loadProviders, 10000);
+  setInterval(tickElapsed, 1000);
+  new Feed();
+}
+
+start();

@@ -1,0 +1,129 @@
+"""The web page in a real headless Chromium against the bridge and a real mesh: submit a
+text-to-image job through the form, see the preview before the final image, see the job in
+the history, and keep a screenshot of the finished page (desktop and phone sized)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.conftest import Bridge
+from tests.gateway.webdriver import Browser, browser_binaries, chromium
+from tests.infra import eventually
+
+pytestmark = [
+    pytest.mark.parametrize("database", ["sqlite"], indirect=True),
+    pytest.mark.skipif(
+        browser_binaries() is None,
+        reason="needs Debian's chromium and chromium-driver: run scripts/install --dev",
+    ),
+]
+
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "web"
+
+# What the test watches, read from the page in one go.
+SNAPSHOT = """
+const state = document.getElementById('job-state');
+const preview = document.querySelector('#preview:not([hidden]) img.media');
+const result = document.querySelector('#result:not([hidden]) img#result-media');
+const meta = document.querySelector('#result .meta');
+return {
+  state: state ? state.dataset.state || '' : '',
+  jobId: document.getElementById('job-id').textContent,
+  preview: Boolean(preview && preview.complete && preview.naturalWidth > 0),
+  result: Boolean(result && result.complete && result.naturalWidth > 0),
+  resultWidth: result ? result.naturalWidth : 0,
+  meta: meta ? meta.textContent : '',
+  history: [...document.querySelectorAll('#history-list li')].map(
+    (li) => [li.dataset.jobId, li.dataset.state]),
+  error: document.getElementById('submit-error').textContent,
+};
+"""
+
+
+async def wait_for_page(browser: Browser) -> None:
+    async def ready() -> bool:
+        return bool(
+            await browser.run(
+                "return document.getElementById('feed-status').classList.contains('live') &&"
+                " [...document.getElementById('provider').options].some(o => o.value == 'sandbox')"
+            )
+        )
+
+    await eventually(ready, within=20)
+
+
+async def test_submit_watch_preview_then_result_and_history(bridge: Bridge) -> None:
+    async with chromium(1280, 1500) as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "TASK_TEXT_TO_IMAGE")
+        await browser.choose("#provider", "sandbox")
+        await browser.type("#prompt", "a lighthouse at dusk")
+        # Parameters come from the provider's declarations; latency keeps the preview on
+        # screen for a while before the final image replaces it.
+        await browser.type("#param-latency_ms", "3000")
+        await browser.type("#param-width", "320")
+        await browser.type("#param-height", "200")
+        assert await browser.run("return document.getElementById('param-preview').tagName") == (
+            "SELECT"
+        )
+        await browser.click("#submit")
+
+        preview_at = result_at = None
+        snapshot: dict[str, object] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            snapshot = await browser.run(SNAPSHOT)
+            assert not snapshot["error"], snapshot["error"]
+            now = time.monotonic()
+            if snapshot["preview"] and preview_at is None:
+                preview_at = now
+                assert snapshot["state"] != "JOB_STATE_COMPLETED"
+            if snapshot["result"] and result_at is None:
+                result_at = now
+            if result_at is not None and snapshot["state"] == "JOB_STATE_COMPLETED":
+                break
+            await asyncio.sleep(0.1)
+        assert preview_at is not None, f"no preview appeared: {snapshot}"
+        assert result_at is not None, f"no final image appeared: {snapshot}"
+        assert preview_at < result_at
+        assert snapshot["resultWidth"] == 320
+        assert "image/png" in str(snapshot["meta"]) and "download" in str(snapshot["meta"])
+
+        job_id = str(snapshot["jobId"])
+        job = (await bridge.http.get(f"/v1/jobs/{job_id}")).json()
+        assert job["state"] == "JOB_STATE_COMPLETED" and job["provider"] == "sandbox"
+
+        # The history row was updated live by the all-jobs feed.
+        async def listed_done() -> bool:
+            history = (await browser.run(SNAPSHOT))["history"]
+            return [job_id, "JOB_STATE_COMPLETED"] in history
+
+        await eventually(listed_done, within=10)
+
+        # A job submitted elsewhere (another tab, the CLI) appears through the feed.
+        other = await bridge.http.post(
+            "/v1/jobs", json={"task": "text-to-speech", "prompt": "hello", "provider": "sandbox"}
+        )
+        other_id = other.json()["id"]
+
+        async def appeared() -> bool:
+            return any(row[0] == other_id for row in (await browser.run(SNAPSHOT))["history"])
+
+        await eventually(appeared, within=10)
+
+        shot = await browser.screenshot(OUTPUT / "finished-desktop.png")
+        await browser.resize(390, 844)
+        await browser.run("document.getElementById('job').scrollIntoView()")
+        phone = await browser.screenshot(OUTPUT / "finished-phone.png")
+        # The phone layout is one column: nothing overflows sideways.
+        overflow = await browser.run(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+    assert shot.stat().st_size > 10_000 and phone.stat().st_size > 10_000
+    print(f"\nscreenshots: {shot} {phone}")
