@@ -105,6 +105,90 @@ ERROR_KIND_FATAL: ErrorKind.ValueType  # 3
 """Anything else that will not get better by trying again."""
 Global___ErrorKind: _TypeAlias = ErrorKind  # noqa: Y015
 
+class _ProviderPreference:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderPreferenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderPreference.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_PREFERENCE_UNSPECIFIED: _ProviderPreference.ValueType  # 0
+    """STRICT."""
+    PROVIDER_PREFERENCE_STRICT: _ProviderPreference.ValueType  # 1
+    """Only the named provider; its failure is the job's failure."""
+    PROVIDER_PREFERENCE_SOFT: _ProviderPreference.ValueType  # 2
+    """The named provider first, then the policy's other candidates."""
+
+class ProviderPreference(_ProviderPreference, metaclass=_ProviderPreferenceEnumTypeWrapper):
+    """How strictly JobSpec.provider binds the router."""
+
+PROVIDER_PREFERENCE_UNSPECIFIED: ProviderPreference.ValueType  # 0
+"""STRICT."""
+PROVIDER_PREFERENCE_STRICT: ProviderPreference.ValueType  # 1
+"""Only the named provider; its failure is the job's failure."""
+PROVIDER_PREFERENCE_SOFT: ProviderPreference.ValueType  # 2
+"""The named provider first, then the policy's other candidates."""
+Global___ProviderPreference: _TypeAlias = ProviderPreference  # noqa: Y015
+
+class _RoutingPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoutingPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoutingPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUTING_POLICY_UNSPECIFIED: _RoutingPolicy.ValueType  # 0
+    """The router's configured default (GENMESH_ROUTING_POLICY)."""
+    ROUTING_POLICY_PRIORITY: _RoutingPolicy.ValueType  # 1
+    """The configured priority order (GENMESH_ROUTING_PRIORITY), then by name."""
+    ROUTING_POLICY_COST: _RoutingPolicy.ValueType  # 2
+    """Lowest estimated cost per job."""
+    ROUTING_POLICY_LATENCY: _RoutingPolicy.ValueType  # 3
+    """Lowest observed latency for the task (moving average); unmeasured providers first."""
+    ROUTING_POLICY_LEAST_BUSY: _RoutingPolicy.ValueType  # 4
+    """Fewest jobs in flight."""
+    ROUTING_POLICY_WEIGHTED: _RoutingPolicy.ValueType  # 5
+    """Random, in proportion to configured weights (GENMESH_ROUTING_WEIGHTS)."""
+
+class RoutingPolicy(_RoutingPolicy, metaclass=_RoutingPolicyEnumTypeWrapper):
+    """How the router ranks the providers able to run a job."""
+
+ROUTING_POLICY_UNSPECIFIED: RoutingPolicy.ValueType  # 0
+"""The router's configured default (GENMESH_ROUTING_POLICY)."""
+ROUTING_POLICY_PRIORITY: RoutingPolicy.ValueType  # 1
+"""The configured priority order (GENMESH_ROUTING_PRIORITY), then by name."""
+ROUTING_POLICY_COST: RoutingPolicy.ValueType  # 2
+"""Lowest estimated cost per job."""
+ROUTING_POLICY_LATENCY: RoutingPolicy.ValueType  # 3
+"""Lowest observed latency for the task (moving average); unmeasured providers first."""
+ROUTING_POLICY_LEAST_BUSY: RoutingPolicy.ValueType  # 4
+"""Fewest jobs in flight."""
+ROUTING_POLICY_WEIGHTED: RoutingPolicy.ValueType  # 5
+"""Random, in proportion to configured weights (GENMESH_ROUTING_WEIGHTS)."""
+Global___RoutingPolicy: _TypeAlias = RoutingPolicy  # noqa: Y015
+
+class _AttemptOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTEMPT_OUTCOME_UNSPECIFIED: _AttemptOutcome.ValueType  # 0
+    ATTEMPT_OUTCOME_RUNNING: _AttemptOutcome.ValueType  # 1
+    """Dispatched and not finished yet."""
+    ATTEMPT_OUTCOME_SUCCEEDED: _AttemptOutcome.ValueType  # 2
+    ATTEMPT_OUTCOME_FAILED: _AttemptOutcome.ValueType  # 3
+    ATTEMPT_OUTCOME_CANCELLED: _AttemptOutcome.ValueType  # 4
+
+class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper):
+    """How one attempt ended."""
+
+ATTEMPT_OUTCOME_UNSPECIFIED: AttemptOutcome.ValueType  # 0
+ATTEMPT_OUTCOME_RUNNING: AttemptOutcome.ValueType  # 1
+"""Dispatched and not finished yet."""
+ATTEMPT_OUTCOME_SUCCEEDED: AttemptOutcome.ValueType  # 2
+ATTEMPT_OUTCOME_FAILED: AttemptOutcome.ValueType  # 3
+ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome.ValueType  # 4
+Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
+
 @_typing.final
 class JobError(_message.Message):
     """Why a job failed."""
@@ -176,6 +260,129 @@ class Progress(_message.Message):
 Global___Progress: _TypeAlias = Progress  # noqa: Y015
 
 @_typing.final
+class RoutingCandidate(_message.Message):
+    """One provider the router weighed for a job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    eligible: _builtins.bool
+    """False when it could not take the job; `note` says why."""
+    note: _builtins.str
+    """Why it was excluded, or what the policy saw ("cost $0.0100", "latency 850 ms")."""
+    cost_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        eligible: _builtins.bool = ...,
+        note: _builtins.str = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "eligible", b"eligible", "note", b"note", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingCandidate: _TypeAlias = RoutingCandidate  # noqa: Y015
+
+@_typing.final
+class RoutingDecision(_message.Message):
+    """The router's choice of provider for a job, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_PARAMETERS_FIELD_NUMBER: _builtins.int
+    policy: Global___RoutingPolicy.ValueType
+    reason: _builtins.str
+    """Why the chosen one won."""
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutingCandidate]:
+        """Every provider serving the task, eligible ones in the order the policy ranked them."""
+
+    @_builtins.property
+    def requested_parameters(self) -> _struct_pb2.Struct:
+        """The parameters as the caller sent them, before the chosen provider's defaults were
+        filled in; a fallback checks them against the next provider.
+        """
+
+    def __init__(
+        self,
+        *,
+        policy: Global___RoutingPolicy.ValueType = ...,
+        candidates: _abc.Iterable[Global___RoutingCandidate] | None = ...,
+        reason: _builtins.str = ...,
+        requested_parameters: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requested_parameters", b"requested_parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "policy", b"policy", "reason", b"reason", "requested_parameters", b"requested_parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingDecision: _TypeAlias = RoutingDecision  # noqa: Y015
+
+@_typing.final
+class Attempt(_message.Message):
+    """One dispatch of a job to one provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """1 for the first dispatch, +1 per fallback."""
+    provider: _builtins.str
+    outcome: Global___AttemptOutcome.ValueType
+    cost_usd: _builtins.float
+    """The provider's estimated cost of the job."""
+    reason: _builtins.str
+    """Why this provider: the policy's reason, or the fallback that led here."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was dispatched, and when its outcome was recorded."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def error(self) -> Global___JobError:
+        """Set when it failed."""
+
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        provider: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        outcome: Global___AttemptOutcome.ValueType = ...,
+        error: Global___JobError | None = ...,
+        cost_usd: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cost_usd", b"cost_usd", "end_time", b"end_time", "error", b"error", "outcome", b"outcome", "provider", b"provider", "reason", b"reason", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     """What the caller asks for. Shared by Submit and Generate."""
 
@@ -187,6 +394,8 @@ class JobSpec(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PROVIDER_PREFERENCE_FIELD_NUMBER: _builtins.int
+    ROUTING_POLICY_FIELD_NUMBER: _builtins.int
     task: Global___Task.ValueType
     prompt: _builtins.str
     """1..10,000 characters. Required for every task but SPEECH_TO_TEXT, IMAGE_TO_TEXT
@@ -196,6 +405,12 @@ class JobSpec(_message.Message):
     """Provider to use; empty lets the router choose."""
     idempotency_key: _builtins.str
     """The same key with the same spec returns the same job; with another spec it is an error."""
+    provider_preference: Global___ProviderPreference.ValueType
+    """Whether `provider` is a requirement (STRICT, the default) or a preference (SOFT: the
+    router starts there and falls back to other candidates when it fails).
+    """
+    routing_policy: Global___RoutingPolicy.ValueType
+    """How the router ranks candidates; unspecified uses the router's configured default."""
     @_builtins.property
     def input_asset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Assets uploaded through AssetService; tasks that take an input need exactly one."""
@@ -213,10 +428,12 @@ class JobSpec(_message.Message):
         provider: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
         idempotency_key: _builtins.str = ...,
+        provider_preference: Global___ProviderPreference.ValueType = ...,
+        routing_policy: Global___RoutingPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "input_asset_ids", b"input_asset_ids", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "input_asset_ids", b"input_asset_ids", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "provider_preference", b"provider_preference", "routing_policy", b"routing_policy", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,6 +459,8 @@ class Job(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     state: Global___JobState.ValueType
@@ -275,6 +494,14 @@ class Job(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def routing(self) -> Global___RoutingDecision:
+        """Why the router chose the first provider, and what else it considered."""
+
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+        """Every provider the job was dispatched to, oldest first; the last is the current one."""
+
     def __init__(
         self,
         *,
@@ -292,10 +519,12 @@ class Job(_message.Message):
         progress: Global___Progress | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        routing: Global___RoutingDecision | None = ...,
+        attempts: _abc.Iterable[Global___Attempt] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "preview", b"preview", "progress", b"progress", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "preview", b"preview", "progress", b"progress", "routing", b"routing", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "create_time", b"create_time", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "provider", b"provider", "provider_request_id", b"provider_request_id", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "attempts", b"attempts", "create_time", b"create_time", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "provider", b"provider", "provider_request_id", b"provider_request_id", "routing", b"routing", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,6 +68,32 @@ PROVIDER_STATUS_UNAVAILABLE: ProviderStatus.ValueType  # 3
 """No live worker, missing credentials or a missing system dependency."""
 Global___ProviderStatus: _TypeAlias = ProviderStatus  # noqa: Y015
 
+class _CircuitState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
+    """Jobs are routed to it."""
+    CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
+    """Too many failures in a row: skipped until the cool-down ends."""
+    CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 3
+    """Cool-down over: one job may go as a probe; its outcome closes or reopens the circuit."""
+
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """A provider instance's circuit breaker, as the router keeps it."""
+
+CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
+"""Jobs are routed to it."""
+CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
+"""Too many failures in a row: skipped until the cool-down ends."""
+CIRCUIT_STATE_HALF_OPEN: CircuitState.ValueType  # 3
+"""Cool-down over: one job may go as a probe; its outcome closes or reopens the circuit."""
+Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
+
 @_typing.final
 class ParameterSpec(_message.Message):
     """One parameter a provider accepts, with its limits."""
@@ -133,6 +159,7 @@ class ProviderHealth(_message.Message):
     LIVE_WORKERS_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
     status: Global___ProviderStatus.ValueType
     reason: _builtins.str
     """Why, when not AVAILABLE. Never contains secrets."""
@@ -140,6 +167,8 @@ class ProviderHealth(_message.Message):
     """Workers that reported within the liveness window."""
     in_flight: _builtins.int
     """Jobs running on those workers now."""
+    circuit: Global___CircuitState.ValueType
+    """The router's circuit breaker for this instance."""
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -150,10 +179,11 @@ class ProviderHealth(_message.Message):
         live_workers: _builtins.int = ...,
         in_flight: _builtins.int = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
+        circuit: Global___CircuitState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_flight", b"in_flight", "last_seen", b"last_seen", "live_workers", b"live_workers", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "in_flight", b"in_flight", "last_seen", b"last_seen", "live_workers", b"live_workers", "reason", b"reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
