@@ -41,9 +41,17 @@ async def running_worker(
     env = os.environ if env is None else env
     catalog = load_catalog(Path(settings.providers_file) if settings.providers_file else None, env)
     names = [n.strip() for n in settings.worker_providers.split(",") if n.strip()]
-    if names == ["auto"]:
-        names = auto_instances(catalog)
-    adapters = [build_adapter(name, catalog) for name in names]
+    auto = names == ["auto"]
+    adapters = []
+    for name in auto_instances(catalog) if auto else names:
+        try:
+            adapters.append(build_adapter(name, catalog))
+        except ImportError as exc:
+            if not auto:
+                raise
+            # "auto" serves what it can: one family's missing module must not stop the rest.
+            log.warning("not serving %s: its adapter cannot be loaded (%s)", name, exc)
+    names = [adapter.name for adapter in adapters]
     bus = Bus(settings.nats_prefix, settings.nats_replicas)
     worker_id = uuid.uuid4().hex[:12]
     options = WorkerOptions(
