@@ -396,6 +396,7 @@ class JobSpec(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     PROVIDER_PREFERENCE_FIELD_NUMBER: _builtins.int
     ROUTING_POLICY_FIELD_NUMBER: _builtins.int
+    ENHANCE_PROMPT_FIELD_NUMBER: _builtins.int
     task: Global___Task.ValueType
     prompt: _builtins.str
     """1..10,000 characters. Required for every task but SPEECH_TO_TEXT, IMAGE_TO_TEXT
@@ -411,6 +412,10 @@ class JobSpec(_message.Message):
     """
     routing_policy: Global___RoutingPolicy.ValueType
     """How the router ranks candidates; unspecified uses the router's configured default."""
+    enhance_prompt: _builtins.bool
+    """Image and video tasks: append style, aspect and quality hints to the prompt
+    (PromptService.EnhancePrompt); recorded in Job.prompt_enhancement.
+    """
     @_builtins.property
     def input_asset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Assets uploaded through AssetService; tasks that take an input need exactly one."""
@@ -430,10 +435,11 @@ class JobSpec(_message.Message):
         idempotency_key: _builtins.str = ...,
         provider_preference: Global___ProviderPreference.ValueType = ...,
         routing_policy: Global___RoutingPolicy.ValueType = ...,
+        enhance_prompt: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "input_asset_ids", b"input_asset_ids", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "provider_preference", b"provider_preference", "routing_policy", b"routing_policy", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enhance_prompt", b"enhance_prompt", "idempotency_key", b"idempotency_key", "input_asset_ids", b"input_asset_ids", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "provider_preference", b"provider_preference", "routing_policy", b"routing_policy", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -461,6 +467,8 @@ class Job(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ROUTING_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PROMPT_OPTIMIZATION_FIELD_NUMBER: _builtins.int
+    PROMPT_ENHANCEMENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     state: Global___JobState.ValueType
@@ -502,6 +510,14 @@ class Job(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every provider the job was dispatched to, oldest first; the last is the current one."""
 
+    @_builtins.property
+    def prompt_optimization(self) -> Global___PromptOptimization:
+        """Set when the prompt was long enough to be compressed before dispatch."""
+
+    @_builtins.property
+    def prompt_enhancement(self) -> Global___PromptEnhancement:
+        """Set when spec.enhance_prompt asked for hints."""
+
     def __init__(
         self,
         *,
@@ -521,14 +537,93 @@ class Job(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         routing: Global___RoutingDecision | None = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        prompt_optimization: Global___PromptOptimization | None = ...,
+        prompt_enhancement: Global___PromptEnhancement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "preview", b"preview", "progress", b"progress", "routing", b"routing", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "preview", b"preview", "progress", b"progress", "prompt_enhancement", b"prompt_enhancement", "prompt_optimization", b"prompt_optimization", "routing", b"routing", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "attempts", b"attempts", "create_time", b"create_time", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "provider", b"provider", "provider_request_id", b"provider_request_id", "routing", b"routing", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "attempts", b"attempts", "create_time", b"create_time", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "prompt_enhancement", b"prompt_enhancement", "prompt_optimization", b"prompt_optimization", "provider", b"provider", "provider_request_id", b"provider_request_id", "routing", b"routing", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class PromptOptimization(_message.Message):
+    """How a long prompt was compressed before it reached the provider. On a stored Job,
+    spec.prompt is the prompt the provider receives; the caller's text is original_prompt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    ORIGINAL_LENGTH_FIELD_NUMBER: _builtins.int
+    OPTIMIZED_LENGTH_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    ORIGINAL_PROMPT_FIELD_NUMBER: _builtins.int
+    OPTIMIZED_PROMPT_FIELD_NUMBER: _builtins.int
+    FALLBACK_REASON_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """"provider:<name>" (a language model compressed it) or "heuristic" (deterministic rules)."""
+    original_length: _builtins.int
+    """Characters (Unicode code points)."""
+    optimized_length: _builtins.int
+    duration_ms: _builtins.int
+    """Wall time the optimization took, including a failed attempt at the provider."""
+    original_prompt: _builtins.str
+    optimized_prompt: _builtins.str
+    fallback_reason: _builtins.str
+    """Why the heuristic was used: no provider configured, unreachable, or a bad answer."""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        original_length: _builtins.int = ...,
+        optimized_length: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        original_prompt: _builtins.str = ...,
+        optimized_prompt: _builtins.str = ...,
+        fallback_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "fallback_reason", b"fallback_reason", "method", b"method", "optimized_length", b"optimized_length", "optimized_prompt", b"optimized_prompt", "original_length", b"original_length", "original_prompt", b"original_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptOptimization: _TypeAlias = PromptOptimization  # noqa: Y015
+
+@_typing.final
+class PromptEnhancement(_message.Message):
+    """Hints appended to an image or video prompt. On a stored Job, spec.prompt already ends
+    with them; original_prompt is the prompt before them (after any optimization).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HINTS_FIELD_NUMBER: _builtins.int
+    ORIGINAL_PROMPT_FIELD_NUMBER: _builtins.int
+    ENHANCED_PROMPT_FIELD_NUMBER: _builtins.int
+    original_prompt: _builtins.str
+    enhanced_prompt: _builtins.str
+    @_builtins.property
+    def hints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In the order appended, e.g. "wide landscape framing", "highly detailed"."""
+
+    def __init__(
+        self,
+        *,
+        hints: _abc.Iterable[_builtins.str] | None = ...,
+        original_prompt: _builtins.str = ...,
+        enhanced_prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enhanced_prompt", b"enhanced_prompt", "hints", b"hints", "original_prompt", b"original_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptEnhancement: _TypeAlias = PromptEnhancement  # noqa: Y015
 
 @_typing.final
 class JobEvent(_message.Message):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from genmesh.v1 import job_pb2 as genmesh_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgenmesh/v1/prompt_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"0\n\x0fPromptViolation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"G\n\x15ValidatePromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x1e\n\x04task\x18\x02 \x01(\x0e\x32\x10.genmesh.v1.Task\"|\n\x16ValidatePromptResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12/\n\nviolations\x18\x02 \x03(\x0b\x32\x1b.genmesh.v1.PromptViolation\x12\x0e\n\x06length\x18\x03 \x01(\x05\x12\x12\n\nmax_length\x18\x04 \x01(\x05\"&\n\x14\x41nalyzePromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"\x84\x01\n\x15\x41nalyzePromptResponse\x12\x0e\n\x06length\x18\x01 \x01(\x05\x12\r\n\x05words\x18\x02 \x01(\x05\x12\x11\n\tsentences\x18\x03 \x01(\x05\x12\x13\n\x0breadability\x18\x04 \x01(\x01\x12\x12\n\ncomplexity\x18\x05 \x01(\x01\x12\x10\n\x08keywords\x18\x06 \x03(\t2\xbe\x01\n\rPromptService\x12W\n\x0eValidatePrompt\x12!.genmesh.v1.ValidatePromptRequest\x1a\".genmesh.v1.ValidatePromptResponse\x12T\n\rAnalyzePrompt\x12 .genmesh.v1.AnalyzePromptRequest\x1a!.genmesh.v1.AnalyzePromptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgenmesh/v1/prompt_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"0\n\x0fPromptViolation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"G\n\x15ValidatePromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x1e\n\x04task\x18\x02 \x01(\x0e\x32\x10.genmesh.v1.Task\"|\n\x16ValidatePromptResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12/\n\nviolations\x18\x02 \x03(\x0b\x32\x1b.genmesh.v1.PromptViolation\x12\x0e\n\x06length\x18\x03 \x01(\x05\x12\x12\n\nmax_length\x18\x04 \x01(\x05\"&\n\x14\x41nalyzePromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"\x84\x01\n\x15\x41nalyzePromptResponse\x12\x0e\n\x06length\x18\x01 \x01(\x05\x12\r\n\x05words\x18\x02 \x01(\x05\x12\x11\n\tsentences\x18\x03 \x01(\x05\x12\x13\n\x0breadability\x18\x04 \x01(\x01\x12\x12\n\ncomplexity\x18\x05 \x01(\x01\x12\x10\n\x08keywords\x18\x06 \x03(\t\"]\n\x15OptimizePromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x65low_length\x18\x02 \x01(\x05\x12\x1e\n\x04task\x18\x03 \x01(\x0e\x32\x10.genmesh.v1.Task\"N\n\x16OptimizePromptResponse\x12\x34\n\x0coptimization\x18\x01 \x01(\x0b\x32\x1e.genmesh.v1.PromptOptimization\"e\n\x14\x45nhancePromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x1e\n\x04task\x18\x02 \x01(\x0e\x32\x10.genmesh.v1.Task\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"K\n\x15\x45nhancePromptResponse\x12\x32\n\x0b\x65nhancement\x18\x01 \x01(\x0b\x32\x1d.genmesh.v1.PromptEnhancement2\xed\x02\n\rPromptService\x12W\n\x0eValidatePrompt\x12!.genmesh.v1.ValidatePromptRequest\x1a\".genmesh.v1.ValidatePromptResponse\x12T\n\rAnalyzePrompt\x12 .genmesh.v1.AnalyzePromptRequest\x1a!.genmesh.v1.AnalyzePromptResponse\x12W\n\x0eOptimizePrompt\x12!.genmesh.v1.OptimizePromptRequest\x1a\".genmesh.v1.OptimizePromptResponse\x12T\n\rEnhancePrompt\x12 .genmesh.v1.EnhancePromptRequest\x1a!.genmesh.v1.EnhancePromptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYZEPROMPTREQUEST']._serialized_end=356
   _globals['_ANALYZEPROMPTRESPONSE']._serialized_start=359
   _globals['_ANALYZEPROMPTRESPONSE']._serialized_end=491
-  _globals['_PROMPTSERVICE']._serialized_start=494
-  _globals['_PROMPTSERVICE']._serialized_end=684
+  _globals['_OPTIMIZEPROMPTREQUEST']._serialized_start=493
+  _globals['_OPTIMIZEPROMPTREQUEST']._serialized_end=586
+  _globals['_OPTIMIZEPROMPTRESPONSE']._serialized_start=588
+  _globals['_OPTIMIZEPROMPTRESPONSE']._serialized_end=666
+  _globals['_ENHANCEPROMPTREQUEST']._serialized_start=668
+  _globals['_ENHANCEPROMPTREQUEST']._serialized_end=769
+  _globals['_ENHANCEPROMPTRESPONSE']._serialized_start=771
+  _globals['_ENHANCEPROMPTRESPONSE']._serialized_end=846
+  _globals['_PROMPTSERVICE']._serialized_start=849
+  _globals['_PROMPTSERVICE']._serialized_end=1214
 # @@protoc_insertion_point(module_scope)

@@ -152,3 +152,108 @@ class AnalyzePromptResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnalyzePromptResponse: _TypeAlias = AnalyzePromptResponse  # noqa: Y015
+
+@_typing.final
+class OptimizePromptRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    BELOW_LENGTH_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    below_length: _builtins.int
+    """The optimized prompt is shorter than this many characters; 0 means 3,000."""
+    task: _job_pb2.Task.ValueType
+    """What the prompt is for; the language model is told (optional)."""
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        below_length: _builtins.int = ...,
+        task: _job_pb2.Task.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_length", b"below_length", "prompt", b"prompt", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptimizePromptRequest: _TypeAlias = OptimizePromptRequest  # noqa: Y015
+
+@_typing.final
+class OptimizePromptResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPTIMIZATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def optimization(self) -> _job_pb2.PromptOptimization:
+        """Method, lengths, time taken, and the optimized prompt. A prompt already shorter than
+        below_length comes back unchanged with method "unchanged".
+        """
+
+    def __init__(
+        self,
+        *,
+        optimization: _job_pb2.PromptOptimization | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["optimization", b"optimization"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["optimization", b"optimization"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptimizePromptResponse: _TypeAlias = OptimizePromptResponse  # noqa: Y015
+
+@_typing.final
+class EnhancePromptRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    task: _job_pb2.Task.ValueType
+    """TASK_TEXT_TO_IMAGE, TASK_IMAGE_TO_IMAGE or TASK_IMAGE_TO_VIDEO."""
+    width: _builtins.int
+    """The output's size or aspect ratio (e.g. 1024 x 576, or 16 x 9), when known; it picks
+    the framing hint. 0 means unknown.
+    """
+    height: _builtins.int
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        task: _job_pb2.Task.ValueType = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "prompt", b"prompt", "task", b"task", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnhancePromptRequest: _TypeAlias = EnhancePromptRequest  # noqa: Y015
+
+@_typing.final
+class EnhancePromptResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENHANCEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def enhancement(self) -> _job_pb2.PromptEnhancement:
+        """The hints appended (none when the prompt already has them all) and the result."""
+
+    def __init__(
+        self,
+        *,
+        enhancement: _job_pb2.PromptEnhancement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enhancement", b"enhancement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enhancement", b"enhancement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnhancePromptResponse: _TypeAlias = EnhancePromptResponse  # noqa: Y015

@@ -45,6 +45,16 @@ class PromptServiceStub:
                 request_serializer=genmesh_dot_v1_dot_prompt__service__pb2.AnalyzePromptRequest.SerializeToString,
                 response_deserializer=genmesh_dot_v1_dot_prompt__service__pb2.AnalyzePromptResponse.FromString,
                 _registered_method=True)
+        self.OptimizePrompt = channel.unary_unary(
+                '/genmesh.v1.PromptService/OptimizePrompt',
+                request_serializer=genmesh_dot_v1_dot_prompt__service__pb2.OptimizePromptRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_prompt__service__pb2.OptimizePromptResponse.FromString,
+                _registered_method=True)
+        self.EnhancePrompt = channel.unary_unary(
+                '/genmesh.v1.PromptService/EnhancePrompt',
+                request_serializer=genmesh_dot_v1_dot_prompt__service__pb2.EnhancePromptRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_prompt__service__pb2.EnhancePromptResponse.FromString,
+                _registered_method=True)
 
 
 class PromptServiceServicer:
@@ -66,6 +76,25 @@ class PromptServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OptimizePrompt(self, request, context):
+        """Compresses a long prompt below below_length, keeping its subject, style and quality
+        terms: by the configured language model when it answers well, else by deterministic
+        rules. Never fails because the model is down; the answer says which method was used.
+        Errors: INVALID_ARGUMENT for an empty prompt, one over the service's length limit, or
+        below_length under 100.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnhancePrompt(self, request, context):
+        """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
+        Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromptServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +107,16 @@ def add_PromptServiceServicer_to_server(servicer, server):
                     servicer.AnalyzePrompt,
                     request_deserializer=genmesh_dot_v1_dot_prompt__service__pb2.AnalyzePromptRequest.FromString,
                     response_serializer=genmesh_dot_v1_dot_prompt__service__pb2.AnalyzePromptResponse.SerializeToString,
+            ),
+            'OptimizePrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.OptimizePrompt,
+                    request_deserializer=genmesh_dot_v1_dot_prompt__service__pb2.OptimizePromptRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_prompt__service__pb2.OptimizePromptResponse.SerializeToString,
+            ),
+            'EnhancePrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnhancePrompt,
+                    request_deserializer=genmesh_dot_v1_dot_prompt__service__pb2.EnhancePromptRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_prompt__service__pb2.EnhancePromptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +174,60 @@ class PromptService:
             '/genmesh.v1.PromptService/AnalyzePrompt',
             genmesh_dot_v1_dot_prompt__service__pb2.AnalyzePromptRequest.SerializeToString,
             genmesh_dot_v1_dot_prompt__service__pb2.AnalyzePromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OptimizePrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genmesh.v1.PromptService/OptimizePrompt',
+            genmesh_dot_v1_dot_prompt__service__pb2.OptimizePromptRequest.SerializeToString,
+            genmesh_dot_v1_dot_prompt__service__pb2.OptimizePromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnhancePrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genmesh.v1.PromptService/EnhancePrompt',
+            genmesh_dot_v1_dot_prompt__service__pb2.EnhancePromptRequest.SerializeToString,
+            genmesh_dot_v1_dot_prompt__service__pb2.EnhancePromptResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,17 @@ class PromptServiceStub:
     """
     AnalyzePrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.AnalyzePromptRequest, _prompt_service_pb2.AnalyzePromptResponse]
     """Length, words, sentences, readability and keywords."""
+    OptimizePrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.OptimizePromptRequest, _prompt_service_pb2.OptimizePromptResponse]
+    """Compresses a long prompt below below_length, keeping its subject, style and quality
+    terms: by the configured language model when it answers well, else by deterministic
+    rules. Never fails because the model is down; the answer says which method was used.
+    Errors: INVALID_ARGUMENT for an empty prompt, one over the service's length limit, or
+    below_length under 100.
+    """
+    EnhancePrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.EnhancePromptRequest, _prompt_service_pb2.EnhancePromptResponse]
+    """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
+    Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+    """
 
 @_typing.type_check_only
 class PromptServiceAsyncStub(PromptServiceStub):
@@ -51,6 +62,17 @@ class PromptServiceAsyncStub(PromptServiceStub):
     """
     AnalyzePrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.AnalyzePromptRequest, _prompt_service_pb2.AnalyzePromptResponse]  # type: ignore[assignment]
     """Length, words, sentences, readability and keywords."""
+    OptimizePrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.OptimizePromptRequest, _prompt_service_pb2.OptimizePromptResponse]  # type: ignore[assignment]
+    """Compresses a long prompt below below_length, keeping its subject, style and quality
+    terms: by the configured language model when it answers well, else by deterministic
+    rules. Never fails because the model is down; the answer says which method was used.
+    Errors: INVALID_ARGUMENT for an empty prompt, one over the service's length limit, or
+    below_length under 100.
+    """
+    EnhancePrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.EnhancePromptRequest, _prompt_service_pb2.EnhancePromptResponse]  # type: ignore[assignment]
+    """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
+    Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+    """
 
 class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
     """Checks and studies prompts before they cost anything."""
@@ -72,5 +94,28 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.AnalyzePromptResponse, _abc.Awaitable[_prompt_service_pb2.AnalyzePromptResponse]]:
         """Length, words, sentences, readability and keywords."""
+
+    @_abc_1.abstractmethod
+    def OptimizePrompt(
+        self,
+        request: _prompt_service_pb2.OptimizePromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.OptimizePromptResponse, _abc.Awaitable[_prompt_service_pb2.OptimizePromptResponse]]:
+        """Compresses a long prompt below below_length, keeping its subject, style and quality
+        terms: by the configured language model when it answers well, else by deterministic
+        rules. Never fails because the model is down; the answer says which method was used.
+        Errors: INVALID_ARGUMENT for an empty prompt, one over the service's length limit, or
+        below_length under 100.
+        """
+
+    @_abc_1.abstractmethod
+    def EnhancePrompt(
+        self,
+        request: _prompt_service_pb2.EnhancePromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.EnhancePromptResponse, _abc.Awaitable[_prompt_service_pb2.EnhancePromptResponse]]:
+        """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
+        Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+        """
 
 def add_PromptServiceServicer_to_server(servicer: PromptServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -203,6 +203,7 @@ class Provider(_message.Message):
     OFFLINE_FIELD_NUMBER: _builtins.int
     COST_PER_JOB_USD_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    MAX_PROMPT_LENGTH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique instance name, e.g. "sandbox", "openai", "ollama-local"."""
     family: _builtins.str
@@ -212,6 +213,10 @@ class Provider(_message.Message):
     """Runs on this machine with no key and no network."""
     cost_per_job_usd: _builtins.float
     """Estimated cost of one job in US dollars."""
+    max_prompt_length: _builtins.int
+    """Longest prompt this instance accepts, in characters (catalog options.max_prompt_length);
+    0 means only the mesh's limit. The router rejects a longer one before dispatch.
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.Task.ValueType]: ...
     @_builtins.property
@@ -229,10 +234,11 @@ class Provider(_message.Message):
         offline: _builtins.bool = ...,
         cost_per_job_usd: _builtins.float = ...,
         health: Global___ProviderHealth | None = ...,
+        max_prompt_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_job_usd", b"cost_per_job_usd", "description", b"description", "family", b"family", "health", b"health", "name", b"name", "offline", b"offline", "parameters", b"parameters", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_job_usd", b"cost_per_job_usd", "description", b"description", "family", b"family", "health", b"health", "max_prompt_length", b"max_prompt_length", "name", b"name", "offline", b"offline", "parameters", b"parameters", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
