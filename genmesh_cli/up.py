@@ -179,7 +179,7 @@ def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
             worker_port,
             "grpc",
             3,
-            f"providers: {env.get('GENMESH_WORKER_PROVIDERS') or 'sandbox'} (health only)",
+            f"providers: {env.get('GENMESH_WORKER_PROVIDERS') or 'auto'} (health only)",
         ),
     ]
     if not args.no_gateway and gateway_available():
@@ -199,6 +199,8 @@ def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
             "GENMESH_ROUTER_ADDR": by_name["router"].address,
             # Logs reach the file as they happen, so a crash's last words are in the tail.
             "PYTHONUNBUFFERED": "1",
+            # Every provider usable here: the offline ones, and those whose key is set.
+            "GENMESH_WORKER_PROVIDERS": env.get("GENMESH_WORKER_PROVIDERS") or "auto",
         }
     )
     return Plan(data_dir, services, child_env, external, nats_port)
@@ -467,10 +469,11 @@ class Supervisor:
                 await asyncio.sleep(0.1)
 
     async def _providers_live(self) -> None:
-        """Until every provider this worker serves has a live worker in the router's catalog."""
+        """Until every provider this worker serves has a live worker in the router's catalog
+        ("auto": until any has, as the worker announces all of its providers at once)."""
         wanted = {
             name.strip()
-            for name in (self.plan.env.get("GENMESH_WORKER_PROVIDERS") or "sandbox").split(",")
+            for name in (self.plan.env.get("GENMESH_WORKER_PROVIDERS") or "auto").split(",")
             if name.strip()
         }
         router = next(s for s in self.plan.services if s.name == "router")
@@ -489,7 +492,7 @@ class Supervisor:
                         if p.health.live_workers > 0
                         or p.health.status == provider_service_pb2.PROVIDER_STATUS_AVAILABLE
                     }
-                    if wanted <= live:
+                    if wanted <= live or (wanted == {"auto"} and live):
                         return
                 except grpc.aio.AioRpcError:
                     pass

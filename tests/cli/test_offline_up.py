@@ -1,0 +1,196 @@
+"""`genmesh up` with no keys and no network serves the offline providers: real processes,
+real espeak-ng speech, PocketSphinx transcription and Pillow styles through the whole mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.providers.config import load_catalog
+from services.providers.sandbox import media
+from tests.cli.test_cli import alive, children_of, log_tails, run_cli
+from tests.infra import free_port
+
+
+@dataclass
+class Up:
+    router: str
+    storage: str
+    banner: str
+    data_dir: Path
+    pids: list[int]
+
+
+def offline_env(data_dir: Path) -> dict[str, str]:
+    """This environment without GENMESH_* settings or any provider key from the catalog."""
+    keys = {c.api_key_env for c in load_catalog(None, {}).values() if c.api_key_env}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_") and k not in keys}
+    env["GENMESH_DATA_DIR"] = str(data_dir)
+    return env
+
+
+@pytest.fixture
+async def up(tmp_path: Path) -> AsyncIterator[Up]:
+    """`genmesh up` as a user runs it (its own nats-server, default worker providers)."""
+    data_dir = tmp_path / "data"
+    flags = ("--grpc-port", "--storage-port", "--prompt-port", "--http-port", "--worker-port")
+    ports = {flag: free_port() for flag in flags}
+    errors = tmp_path / "up.err"
+    with errors.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "genmesh_cli",
+            "up",
+            *(str(x) for pair in ports.items() for x in pair),
+            cwd=tmp_path,
+            env=offline_env(data_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+    banner: list[str] = []
+
+    async def read_banner() -> None:
+        assert process.stdout is not None
+        while line := (await process.stdout.readline()).decode():
+            banner.append(line)
+            if line.startswith("Ctrl-C"):
+                return
+        raise AssertionError("genmesh up exited before it was ready")
+
+    try:
+        try:
+            await asyncio.wait_for(read_banner(), 120)
+        except (AssertionError, TimeoutError) as error:
+            raise AssertionError(
+                f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n{errors.read_text()}\n"
+                f"{log_tails(data_dir)}"
+            ) from None
+        pids = children_of(process.pid)
+        yield Up(
+            router=f"127.0.0.1:{ports['--grpc-port']}",
+            storage=f"127.0.0.1:{ports['--storage-port']}",
+            banner="".join(banner),
+            data_dir=data_dir,
+            pids=pids,
+        )
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 30) == 0, errors.read_text()
+        assert [pid for pid in pids if alive(pid)] == []
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def generate(up: Up, out: Path, *argv: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`genmesh generate ... --json`: the final event and the saved outputs."""
+    code, stdout, stderr = await run_cli(
+        "generate",
+        *argv,
+        "--router",
+        up.router,
+        "--storage",
+        up.storage,
+        "--out",
+        str(out),
+        "--json",
+        cwd=out.parent,
+    )
+    assert code == 0, f"{stdout}\n{stderr}\n{log_tails(up.data_dir)}"
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    events = [line["event"] for line in lines if "event" in line]
+    saved = [line for line in lines if "path" in line]
+    return events[-1], saved
+
+
+def speech_seconds(path: Path) -> tuple[int, float, float]:
+    """Sample rate, duration and peak level of a 16-bit WAV file."""
+    with wave.open(str(path)) as w:
+        rate, frames = w.getframerate(), w.readframes(w.getnframes())
+    samples = np.frombuffer(frames, dtype="<i2").astype(np.float64) / 32768
+    return rate, samples.size / rate, float(np.abs(samples).max())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_up_serves_offline_providers_with_no_keys(up: Up, tmp_path: Path) -> None:
+    assert "providers: auto" in up.banner
+
+    # The command from the issue, with nothing else: the router picks espeak-ng.
+    final, saved = await generate(up, tmp_path / "out", "--task", "text-to-speech", "hello world")
+    assert final["state"] == "JOB_STATE_COMPLETED" and final["provider"] == "espeak"
+    [wav] = saved
+    assert wav["media_type"] == "audio/wav"
+    rate, seconds, peak = speech_seconds(Path(wav["path"]))
+    assert rate == 22_050 and 0.5 < seconds < 5 and peak > 0.1
+
+    # That speech's way back: spoken clearly, then transcribed by PocketSphinx.
+    numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    _, [spoken] = await generate(
+        up,
+        tmp_path / "out",
+        "-t",
+        "text-to-speech",
+        " ".join(numbers) + ".",
+        "-p",
+        "variant=f2",
+        "-p",
+        "speed=140",
+    )
+    final, _ = await generate(
+        up, tmp_path / "out", "-t", "speech-to-text", "--input", spoken["path"]
+    )
+    assert final["provider"] == "pocketsphinx"
+    heard = final["outputText"].split()
+    assert sum(n in heard for n in numbers) >= 8, heard
+
+    # An uploaded picture restyled by Pillow, at the size asked for.
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(media.text_to_image("a lighthouse", 5, 320, 240))
+    final, [styled] = await generate(
+        up,
+        tmp_path / "out",
+        "-t",
+        "image-to-image",
+        "in sepia",
+        "--input",
+        str(photo),
+        "--provider",
+        "pillow",
+        "-p",
+        "style=sepia",
+        "-p",
+        "width=160",
+        "-p",
+        "height=160",
+    )
+    assert final["state"] == "JOB_STATE_COMPLETED"
+    with Image.open(styled["path"]) as image:
+        assert image.format == "PNG" and image.size == (160, 160)
+
+    # Every offline provider is listed with a live worker and no reason against it.
+    code, stdout, stderr = await run_cli("providers", "--router", up.router, "--json", cwd=tmp_path)
+    assert code == 0, stderr
+    listed = {p["name"]: p for p in map(json.loads, stdout.splitlines())}
+    for name in ("espeak", "pocketsphinx", "pillow", "sandbox"):
+        health = listed[name]["health"]
+        assert health["status"] == "PROVIDER_STATUS_AVAILABLE", (name, health)
+        assert health["liveWorkers"] == 1
