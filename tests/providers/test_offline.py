@@ -11,6 +11,7 @@ import re
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,7 +38,7 @@ STT = job_pb2.TASK_SPEECH_TO_TEXT
 I2I = job_pb2.TASK_IMAGE_TO_IMAGE
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 # A voice PocketSphinx's US English model follows well (chosen by trying espeak-ng's voices).
-CLEAR_VOICE = {"voice": "en-us", "variant": "f2", "speed": 140}
+CLEAR_VOICE: dict[str, Any] = {"voice": "en-us", "variant": "f2", "speed": 140}
 
 
 def espeak(**options: object) -> EspeakAdapter:
@@ -152,7 +153,7 @@ async def test_espeak_voice_variant_and_pitch_change_the_sound() -> None:
     ],
 )
 async def test_espeak_rejects_parameters_out_of_contract(
-    params: dict[str, object], named: str
+    params: dict[str, Any], named: str
 ) -> None:
     with pytest.raises(InvalidInput, match=re.escape(named)):
         await speak("hello", **params)
@@ -176,7 +177,7 @@ async def test_espeak_long_text_reports_progress_and_joins_the_parts() -> None:
     adapter = espeak(piece_chars=120)
     ctx = FakeContext(TTS, text, {}, provider="espeak")
     result = await adapter.run(ctx)
-    percents = [p for p, _ in ctx.progress_reports]
+    percents = [p or 0.0 for p, _ in ctx.progress_reports]
     assert len(percents) == len(split_text(text.strip(), 120)) >= 4
     assert percents == sorted(percents) and percents[-1] == pytest.approx(100.0)
     assert ctx.progress_reports[0][1] == f"spoke part 1/{len(percents)}"

@@ -94,6 +94,8 @@ class PillowAdapter(ConfiguredAdapter):
             image = await asyncio.to_thread(styles.open_image, data, self._max_pixels)
         except styles.ImageError as exc:
             raise InvalidInput("invalid_image", str(exc)) from exc
+        # A cancelled job stops at the next await; a step already on its thread runs out
+        # (bounded by max_pixels and the 4096-pixel output limit).
         preview = await asyncio.to_thread(styles.render_preview, image, look)
         await ctx.preview(Output(preview, "image/png", "preview.png"))
         await ctx.progress(50.0, f"preview ready; rendering {look.style} at full size")
