@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
 
 from gateway import assets, errors, jobs, live
+from gateway.schema import ErrorBody
 from gateway.settings import Settings
 from gateway.state import State, open_clients
 
@@ -43,7 +45,14 @@ def create_app(settings: Settings) -> FastAPI:
         async with open_clients(settings) as clients:
             yield {"clients": clients}
 
-    app = FastAPI(title="genmesh", description=DESCRIPTION, version="v1", lifespan=lifespan)
+    app = FastAPI(
+        title="genmesh",
+        description=DESCRIPTION,
+        version="v1",
+        lifespan=lifespan,
+        # "/v1/jobs/" is no job: a 404, not a redirect to the listing.
+        redirect_slashes=False,
+    )
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(live.router)
@@ -61,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _without_422(
+            app.openapi_schema = _finish(
                 get_openapi(
                     title=app.title,
                     version=app.version,
@@ -75,12 +84,22 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _without_422(document: dict[str, Any]) -> dict[str, Any]:
-    """The bridge answers invalid input with 400 and the error body, never FastAPI's 422."""
-    for path in document.get("paths", {}).values():
-        for operation in path.values():
-            operation.get("responses", {}).pop("422", None)
-    schemas = document.get("components", {}).get("schemas", {})
+def _finish(document: dict[str, Any]) -> dict[str, Any]:
+    """Errors are always the JSON error body (even on routes that stream events or bytes), and
+    invalid input is a 400 with that body, never FastAPI's 422."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    _, definitions = models_json_schema(
+        [(ErrorBody, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    schemas.update(definitions.get("$defs", {}))
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    response["content"] = error
     return document

@@ -6,17 +6,19 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, UploadFile
+from fastapi import APIRouter, Form, Header, Path, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
-from gateway import schema
+from gateway import ids, schema  # noqa: F401  (ids: the {…:id} path convertor)
 from gateway.convert import to_json
 from gateway.errors import bad_input, documented, error_body
 from gateway.state import ClientsDep, TenantDep
 from services.storage.client import CHUNK_SIZE, AssetStream
 
 router = APIRouter()
+
+AssetId = Annotated[str, Path(min_length=1)]
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 
@@ -97,25 +99,25 @@ async def upload_asset(
 
 
 @router.get(
-    "/v1/assets/{asset_id}",
+    "/v1/assets/{asset_id:id}",
     tags=["assets"],
     response_model=schema.Asset,
     response_model_exclude_none=True,
     responses=documented(404),
 )
-async def get_asset(asset_id: str, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
+async def get_asset(asset_id: AssetId, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
     """AssetService.GetAsset: the asset's metadata."""
     return to_json(await clients.assets.get(asset_id, tenant=tenant))
 
 
 @router.get(
-    "/v1/assets/{asset_id}/content",
+    "/v1/assets/{asset_id:id}/content",
     tags=["assets"],
     response_class=StreamingResponse,
     responses={**_CONTENT_DOC, **documented(404, 416)},
 )
 async def asset_content(
-    asset_id: str,
+    asset_id: AssetId,
     clients: ClientsDep,
     tenant: TenantDep,
     range: Annotated[str | None, Header()] = None,

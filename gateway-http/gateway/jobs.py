@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 
-from gateway import schema
+from gateway import ids, schema  # noqa: F401  (ids: the {…:id} path convertor)
 from gateway.convert import CancelBody, JobSpecBody, parse_state, parse_task, to_json
 from gateway.errors import bad_input, documented
 from gateway.state import RPC_TIMEOUT, ClientsDep, TenantDep, metadata
@@ -18,6 +18,8 @@ from genmesh.v1 import (
 )
 
 router = APIRouter()
+
+JobId = Annotated[str, Path(min_length=1)]
 
 
 @router.post(
@@ -70,13 +72,13 @@ async def list_jobs(
 
 
 @router.get(
-    "/v1/jobs/{job_id}",
+    "/v1/jobs/{job_id:id}",
     tags=["jobs"],
     response_model=schema.Job,
     response_model_exclude_none=True,
     responses=documented(404),
 )
-async def get_job(job_id: str, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
+async def get_job(job_id: JobId, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
     """JobService.GetJob: the job as the router has recorded it."""
     with bad_input("job_id"):
         request = job_service_pb2.GetJobRequest(job_id=job_id)
@@ -85,14 +87,14 @@ async def get_job(job_id: str, clients: ClientsDep, tenant: TenantDep) -> dict[s
 
 
 @router.post(
-    "/v1/jobs/{job_id}:cancel",
+    "/v1/jobs/{job_id:id}:cancel",
     tags=["jobs"],
     response_model=schema.Job,
     response_model_exclude_none=True,
     responses=documented(404, 409),
 )
 async def cancel_job(
-    job_id: str,
+    job_id: JobId,
     clients: ClientsDep,
     tenant: TenantDep,
     body: Annotated[CancelBody | None, Body()] = None,

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Header, Query, WebSocket
+from fastapi import APIRouter, Header, Path, Query, WebSocket
 from fastapi.responses import StreamingResponse
 
+from gateway import ids  # noqa: F401  (the {…:id} path convertor)
 from gateway.convert import JobSpecBody, to_json
 from gateway.errors import BadRequest, bad_input, documented, error_body, http_status
 from gateway.relay import FellBehind, ReadAhead
@@ -32,13 +33,29 @@ Stream = AsyncIterator[Message]
 # Seconds a slow client gets to take the "you fell behind" notice before the socket closes.
 NOTICE_TIMEOUT = 5.0
 MAX_SEQUENCE = 2**63 - 1
+JobId = Annotated[str, Path(min_length=1)]
 
 
 class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
 
-_SSE_DOC = {200: {"description": "text/event-stream; see the description for the events"}}
+# One Server-Sent Event, as the OpenAPI document describes a text/event-stream item.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["job", "cursor", "error", "message"]},
+        "id": {"type": "string"},
+        "data": {"type": "string", "description": "JSON: a Job, JobEvent, cursor or error"},
+    },
+    "required": ["data"],
+}
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events; see the description for the events",
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+    }
+}
 
 
 class Position:
@@ -132,9 +149,9 @@ def _event_stream(messages: Stream, limit: int, position: Position, feed: bool) 
                         yield _sse_frame(message)
                     position.saw(message)
         except FellBehind:
-            message = f"the client fell behind; reconnect with {position.hint()}"
+            notice = f"the client fell behind; reconnect with {position.hint()}"
             yield _sse(
-                {**error_body("RESOURCE_EXHAUSTED", message), "resume": position.resume()},
+                {**error_body("RESOURCE_EXHAUSTED", notice), "resume": position.resume()},
                 event="error",
             )
         except grpc.aio.AioRpcError as e:
@@ -157,13 +174,13 @@ def _last_event_id(value: str | None, fallback: int) -> int:
 
 
 @router.get(
-    "/v1/jobs/{job_id}/events",
+    "/v1/jobs/{job_id:id}/events",
     tags=["live"],
     response_class=EventStream,
     responses={**_SSE_DOC, **documented(404)},
 )
 async def job_events(
-    job_id: str,
+    job_id: JobId,
     clients: ClientsDep,
     tenant: TenantDep,
     after_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
@@ -225,10 +242,10 @@ async def generate(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) ->
 # ---- WebSockets ----------------------------------------------------------------------------
 
 
-@router.websocket("/v1/jobs/{job_id}/ws")
+@router.websocket("/v1/jobs/{job_id:id}/ws")
 async def job_socket(
     websocket: WebSocket,
-    job_id: str,
+    job_id: JobId,
     clients: ClientsDep,
     tenant: TenantDep,
     after_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,

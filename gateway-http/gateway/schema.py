@@ -54,7 +54,7 @@ def model_of(descriptor: Descriptor) -> type[BaseModel]:
         if _is_map(field):
             fields[field.name] = (kind, Field(default_factory=dict))
         elif field.is_repeated:
-            fields[field.name] = (list[kind], Field(default_factory=list))
+            fields[field.name] = (list[kind], Field(default_factory=list))  # type: ignore[valid-type]
         elif field.has_presence:
             fields[field.name] = (kind | None, None)
         else:
@@ -66,12 +66,15 @@ def model_of(descriptor: Descriptor) -> type[BaseModel]:
 
 def _type_of(field: FieldDescriptor) -> Any:
     if _is_map(field):
+        assert field.message_type is not None
         entry = field.message_type.fields_by_name
         return dict[_type_of(entry["key"]), _type_of(entry["value"])]  # type: ignore[misc]
     if field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         names = tuple(v.name for v in field.enum_type.values)
         return Literal[names]  # type: ignore[valid-type]
     if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None
         return _WELL_KNOWN.get(field.message_type.full_name) or model_of(field.message_type)
     return _SCALARS[field.type]
 
@@ -79,6 +82,7 @@ def _type_of(field: FieldDescriptor) -> Any:
 def _is_map(field: FieldDescriptor) -> bool:
     return (
         field.type == FieldDescriptor.TYPE_MESSAGE
+        and field.message_type is not None
         and field.message_type.GetOptions().map_entry
         and field.is_repeated
     )

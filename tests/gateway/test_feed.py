@@ -8,6 +8,7 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeAlias
 
 import grpc
 import pytest
@@ -19,7 +20,9 @@ from services.router.transitions import TERMINAL
 from tests.conftest import Database
 from tests.mesh import Mesh, running_mesh
 
-Call = grpc.aio.UnaryStreamCall[job_service_pb2.WatchJobsRequest, job_service_pb2.WatchJobsResponse]
+Call: TypeAlias = grpc.aio.UnaryStreamCall[
+    job_service_pb2.WatchJobsRequest, job_service_pb2.WatchJobsResponse
+]
 
 
 @pytest.fixture

@@ -118,12 +118,16 @@ async def test_submit_watch_preview_then_result_and_history(bridge: Bridge) -> N
 
         shot = await browser.screenshot(OUTPUT / "finished-desktop.png")
         await browser.resize(390, 844)
+
+        # The phone layout is one column: once it has reflowed, nothing overflows sideways.
+        async def fits() -> bool:
+            overflow = await browser.run(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            return bool(overflow <= 0)
+
+        await eventually(fits, within=5)
         await browser.run("document.getElementById('job').scrollIntoView()")
         phone = await browser.screenshot(OUTPUT / "finished-phone.png")
-        # The phone layout is one column: nothing overflows sideways.
-        overflow = await browser.run(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0
     assert shot.stat().st_size > 10_000 and phone.stat().st_size > 10_000
     print(f"\nscreenshots: {shot} {phone}")
