@@ -18,7 +18,7 @@ CONTROL_CHARACTERS = "control_characters"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 # Letters/digits joined by apostrophes or hyphens ("don't", "well-known") count as one word.
-_WORD = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*")
+WORD = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*")
 # A sentence ends at terminal punctuation followed by space or the end, or at a line break,
 # so "3.5" and "v1.2" do not split while prompt lists written one item per line do.
 _SENTENCE_END = re.compile(r"[.!?\u2026]+(?=\s|$)|\n")
@@ -95,7 +95,7 @@ def validate(prompt: str, task: job_pb2.Task.ValueType, max_length: int) -> list
 
 def analyze(prompt: str) -> Analysis:
     """Length, words, sentences, Flesch reading ease, a 0..1 complexity and top keywords."""
-    words = [w.replace("\u2019", "'") for w in _WORD.findall(prompt)]
+    words = [w.replace("\u2019", "'") for w in WORD.findall(prompt)]
     if not words:
         return Analysis(len(prompt), 0, 0, 0.0, 0.0, ())
     sentences = max(1, _count_sentences(prompt))
@@ -142,4 +142,4 @@ def count_syllables(word: str) -> int:
 
 
 def _count_sentences(text: str) -> int:
-    return sum(1 for part in _SENTENCE_END.split(text) if _WORD.search(part))
+    return sum(1 for part in _SENTENCE_END.split(text) if WORD.search(part))

@@ -8,15 +8,20 @@ from genmesh.v1 import job_pb2, prompt_service_pb2, prompt_service_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import Registration
 from services.prompt import core
+from services.prompt.enhance import VISUAL_TASKS, enhance
+from services.prompt.optimize import DEFAULT_BELOW, Optimizer
 
 SERVICE_NAME: str = prompt_service_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name
+# Compressing below this leaves too little of any prompt to be worth sending.
+MIN_BELOW_LENGTH = 100
 
 
 class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
-    """Validation and analysis with one configured length limit."""
+    """Validation, analysis, optimization and enhancement with one configured length limit."""
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self, max_length: int, optimizer: Optimizer) -> None:
         self._max_length = max_length
+        self._optimizer = optimizer
 
     async def ValidatePrompt(
         self,
@@ -52,11 +57,42 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
             keywords=a.keywords,
         )
 
+    async def OptimizePrompt(
+        self,
+        request: prompt_service_pb2.OptimizePromptRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> prompt_service_pb2.OptimizePromptResponse:
+        if not request.prompt.strip():
+            raise InvalidArgument("prompt is empty")
+        if len(request.prompt) > self._max_length:
+            raise InvalidArgument(
+                f"prompt is {len(request.prompt):,} characters; the limit is {self._max_length:,}"
+            )
+        below = request.below_length or DEFAULT_BELOW
+        if below < MIN_BELOW_LENGTH:
+            raise InvalidArgument(f"below_length must be at least {MIN_BELOW_LENGTH}")
+        record = await self._optimizer.optimize(request.prompt, below, request.task)
+        return prompt_service_pb2.OptimizePromptResponse(optimization=record)
 
-def registration(max_length: int) -> Registration:
+    async def EnhancePrompt(
+        self,
+        request: prompt_service_pb2.EnhancePromptRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> prompt_service_pb2.EnhancePromptResponse:
+        if request.task not in VISUAL_TASKS:
+            raise InvalidArgument(
+                "task must be TASK_TEXT_TO_IMAGE, TASK_IMAGE_TO_IMAGE or TASK_IMAGE_TO_VIDEO"
+            )
+        record = enhance(
+            request.prompt, request.task, request.width, request.height, self._max_length
+        )
+        return prompt_service_pb2.EnhancePromptResponse(enhancement=record)
+
+
+def registration(max_length: int, optimizer: Optimizer) -> Registration:
     """What grpc_server() needs to serve a PromptServicer."""
     return (
         prompt_service_pb2_grpc.add_PromptServiceServicer_to_server,
-        PromptServicer(max_length),
+        PromptServicer(max_length, optimizer),
         SERVICE_NAME,
     )
