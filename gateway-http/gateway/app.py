@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
+from swagger_ui_bundle import swagger_ui_path
 
 from gateway import assets, errors, jobs, live
 from gateway.schema import ErrorBody
@@ -52,12 +54,26 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         # "/v1/jobs/" is no job: a 404, not a redirect to the listing.
         redirect_slashes=False,
+        # /docs is served below from the swagger-ui-bundle package: FastAPI's default page
+        # loads Swagger UI from a CDN, which an offline machine cannot reach.
+        docs_url=None,
     )
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(live.router)
     app.include_router(assets.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="genmesh API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
     @app.get("/healthz", tags=["bridge"])
     async def healthz() -> dict[str, str]:

@@ -152,6 +152,8 @@ class RouterCore:
     ) -> None:
         await self._store.create(job, spec_hash, first)
         await self._dispatcher.dispatch(job)
+        # Tenant-wide feeds (the web page's history) learn of the job at once.
+        await self._hub.publish([first])
 
     def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
         violations = prompt_rules.validate(spec.prompt, spec.task, self._prompt_max_length)

@@ -160,6 +160,12 @@ async def test_health_index_and_providers(bridge: Bridge) -> None:
     assert "/static/app.js" in index.text and "/docs" in index.text
     script = await bridge.http.get("/static/app.js")
     assert script.status_code == 200 and "/v1/jobs:watch" in script.text
+    # /docs works offline: Swagger UI is served by the bridge, not fetched from a CDN.
+    docs = await bridge.http.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    bundle = await bridge.http.get("/docs-assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000
     providers = (await bridge.http.get("/v1/providers")).json()["providers"]
     sandbox = next(p for p in providers if p["name"] == "sandbox")
     assert sandbox["health"]["status"] == "PROVIDER_STATUS_AVAILABLE"
