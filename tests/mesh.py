@@ -127,12 +127,14 @@ async def running_mesh(
     router_in_process: bool = True,
     worker_overrides: Mapping[str, str] | None = None,
     provider: str = "sandbox",
+    router_overrides: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Mesh]:
     """Storage and prompt in-process; the router in-process or as a subprocess; N workers.
 
     `worker_overrides` reach the workers' settings and environment (provider keys,
-    GENMESH_PROVIDERS_FILE); start-up waits until `provider` is live."""
-    env = _env(nats_url, prefix, database, data_dir)
+    GENMESH_PROVIDERS_FILE), `router_overrides` the router's; start-up waits until
+    `provider` is live."""
+    env = {**_env(nats_url, prefix, database, data_dir), **(router_overrides or {})}
     async with AsyncExitStack() as stack:
         storage_env = {
             **env,

@@ -56,6 +56,7 @@ class ConfiguredAdapter:
             offline=self.offline,
             # The dearest task, so an estimate never undersells.
             cost_per_job_usd=max(costs),
+            max_prompt_length=self.config.max_prompt_length,
         )
 
     async def check(self) -> str:

@@ -71,6 +71,11 @@ class ProviderConfig:
     def model_for(self, task: job_pb2.Task.ValueType, default: str = "") -> str:
         return self.models.get(task_name(task), default)
 
+    @property
+    def max_prompt_length(self) -> int:
+        """Longest prompt the instance accepts (options.max_prompt_length); 0: no own limit."""
+        return int(self.options.get("max_prompt_length", 0))
+
     def cost_for(self, task: job_pb2.Task.ValueType) -> float:
         return float(self.cost.get(task_name(task), self.cost.get("default", 0.0)))
 

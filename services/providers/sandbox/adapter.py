@@ -176,6 +176,7 @@ class SandboxAdapter:
         if isinstance(config, str):
             config = ProviderConfig(name=config, family="sandbox")
         self._name = config.name
+        self._max_prompt_length = config.max_prompt_length
         self._handlers: dict[int, Callable[[JobContext, _Params], Awaitable[_Work]]] = {
             job_pb2.TASK_TEXT_TO_TEXT: self._text_to_text,
             job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image,
@@ -203,6 +204,7 @@ class SandboxAdapter:
             parameters=[spec.proto() for spec in SPECS],
             offline=True,
             cost_per_job_usd=0.0,
+            max_prompt_length=self._max_prompt_length,
         )
 
     async def check(self) -> str:
