@@ -32,6 +32,7 @@ from services.common.parameters import dict_to_struct, struct_to_dict, validate_
 from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
+from services.prompt.client import PromptPreparer, check_provider_limit
 from services.router.catalog import Catalog
 from services.router.dispatch import Dispatcher
 from services.router.queues import QueueDepths
@@ -72,6 +73,7 @@ class RouterCore:
         self._bus = bus
         self._cancellations = cancellations
         self._prompts = prompts
+        self._prompt_preparer = PromptPreparer(prompts, prompt_max_length)
         self._assets = assets
         self._prompt_max_length = prompt_max_length
         self._queues = queues
@@ -115,14 +117,19 @@ class RouterCore:
             if earlier is not None:
                 return _same_or_conflict(earlier, spec_hash)
         self._check_prompt(spec)
+        # Long prompts are compressed and enhancement hints added before a provider is
+        # chosen, so its prompt limit applies to what it will actually receive.
+        prepared = await self._prompt_preparer.prepare(spec)
         provider = self._pick_provider(spec)
         parameters = validate_parameters(provider, spec.task, struct_to_dict(spec.parameters))
+        check_provider_limit(provider, prepared.prompt)
         await self._check_inputs(tenant, spec)
 
         job = job_pb2.Job(id=job_id, tenant_id=tenant, provider=provider.name)
         job.spec.CopyFrom(spec)
         job.spec.parameters.CopyFrom(dict_to_struct(parameters))
         job.spec.provider = spec.provider
+        prepared.apply(job)
         job.state = job_pb2.JOB_STATE_QUEUED
         job.last_sequence = 1
         job.create_time.GetCurrentTime()
