@@ -23,12 +23,22 @@ from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
+from services.router.breakers import Breakers
 from services.router.catalog import Catalog
 from services.router.core import RouterCore
 from services.router.dispatch import Dispatcher
+from services.router.fallback import Fallback
 from services.router.feed import FeedHub
 from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
+from services.router.selection import (
+    LatencyTracker,
+    SelectionConfig,
+    Selector,
+    parse_policy,
+    parse_priority,
+    parse_weights,
+)
 from services.router.servicers import GenerateServicer, JobServicer, ProviderServicer
 from services.router.settings import Settings
 from services.router.store import JobStore, metadata
@@ -78,6 +88,10 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         storage_channel = await stack.enter_async_context(mesh_channel(settings.storage_addr))
         queues = QueueDepths(js, bus)
         stack.push_async_callback(queues.stop)
+        breakers = Breakers(settings.circuit_failures, settings.circuit_cooldown)
+        latency = LatencyTracker()
+        selector = Selector(catalog.providers, selection_config(settings), breakers, latency)
+        fallback = Fallback(selector, breakers, latency, dispatcher)
         core = RouterCore(
             store=store,
             catalog=catalog,
@@ -90,8 +104,10 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             prompt_max_length=settings.prompt_max_length,
             assets=asset_service_pb2_grpc.AssetServiceStub(storage_channel),
             queues=queues,
+            selector=selector,
+            breakers=breakers,
         )
-        recorder_task = asyncio.create_task(Recorder(js, bus, store, hub, queues).run())
+        recorder_task = asyncio.create_task(Recorder(js, bus, store, hub, queues, fallback).run())
 
         async def stop_recorder() -> None:
             recorder_task.cancel()
@@ -128,3 +144,13 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         log.info("router listening on %s", server.address)
         yield Router(core, server, store)
+
+
+def selection_config(settings: Settings) -> SelectionConfig:
+    """The routing settings, parsed; a malformed one stops the router at start-up."""
+    return SelectionConfig(
+        default_policy=parse_policy(settings.routing_policy),
+        priority=parse_priority(settings.routing_priority),
+        weights=parse_weights(settings.routing_weights),
+        max_attempts=settings.routing_max_attempts,
+    )

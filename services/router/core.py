@@ -28,14 +28,18 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.parameters import dict_to_struct, struct_to_dict, validate_parameters
+from services.common.parameters import dict_to_struct, struct_to_dict
 from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer, check_provider_limit
+from services.router.attempts import open_attempt
+from services.router.breakers import Breakers
 from services.router.catalog import Catalog
 from services.router.dispatch import Dispatcher
 from services.router.queues import QueueDepths
+from services.router.selection import Selector
+from services.router.selection import requested as selection_request
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -63,6 +67,8 @@ class RouterCore:
         prompts: prompt_service_pb2_grpc.PromptServiceStub,
         assets: asset_service_pb2_grpc.AssetServiceStub,
         queues: QueueDepths,
+        selector: Selector,
+        breakers: Breakers,
         prompt_max_length: int = 10_000,
     ) -> None:
         self._store = store
@@ -77,6 +83,8 @@ class RouterCore:
         self._assets = assets
         self._prompt_max_length = prompt_max_length
         self._queues = queues
+        self._selector = selector
+        self._breakers = breakers
 
     # ---- submit -------------------------------------------------------------------
 
@@ -120,8 +128,9 @@ class RouterCore:
         # Long prompts are compressed and enhancement hints added before a provider is
         # chosen, so its prompt limit applies to what it will actually receive.
         prepared = await self._prompt_preparer.prepare(spec)
-        provider = self._pick_provider(spec)
-        parameters = validate_parameters(provider, spec.task, struct_to_dict(spec.parameters))
+        requested = struct_to_dict(spec.parameters)
+        choice = self._selector.choose(selection_request(spec, requested))
+        provider, parameters = choice.provider, choice.parameters
         check_provider_limit(provider, prepared.prompt)
         await self._check_inputs(tenant, spec)
 
@@ -134,6 +143,9 @@ class RouterCore:
         job.last_sequence = 1
         job.create_time.GetCurrentTime()
         job.update_time.CopyFrom(job.create_time)
+        job.routing.CopyFrom(choice.decision)
+        job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
+        open_attempt(job, provider, choice.decision.reason, job.create_time)
         first = job_pb2.JobEvent(
             job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=provider.name
         )
@@ -161,27 +173,12 @@ class RouterCore:
         await self._dispatcher.dispatch(job)
         # Tenant-wide feeds (the web page's history) learn of the job at once.
         await self._hub.publish([first])
+        self._breakers.dispatched(job.provider)
 
     def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
         violations = prompt_rules.validate(spec.prompt, spec.task, self._prompt_max_length)
         if violations:
             raise InvalidArgument("; ".join(v.message for v in violations))
-
-    def _pick_provider(self, spec: job_pb2.JobSpec) -> provider_service_pb2.Provider:
-        if spec.provider:
-            provider = self._catalog.get(spec.provider)
-            if provider is None:
-                known = ", ".join(p.name for p in self._catalog.providers()) or "none"
-                raise InvalidArgument(f"unknown provider {spec.provider!r}; known: {known}")
-            if spec.task not in provider.tasks:
-                raise InvalidArgument(
-                    f"provider {provider.name!r} does not serve {task_name(spec.task)}"
-                )
-            return provider
-        chosen = self._catalog.choose(spec.task)
-        if chosen is None:
-            raise Unavailable(self._catalog.describe_missing(spec.task))
-        return chosen
 
     async def _check_inputs(self, tenant: str, spec: job_pb2.JobSpec) -> None:
         accepted = INPUT_MEDIA.get(spec.task)
@@ -238,7 +235,10 @@ class RouterCore:
         return page.jobs, page.next_token
 
     def providers(self, task: int = 0) -> list[provider_service_pb2.Provider]:
-        return self._catalog.providers(task)
+        providers = self._catalog.providers(task)
+        for provider in providers:
+            provider.health.circuit = self._breakers.state(provider.name)
+        return providers
 
     # ---- cancel -----------------------------------------------------------------------
 

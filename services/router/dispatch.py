@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
+from services.router.attempts import current
 from services.router.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Dispatcher:
                 return
             log.info("publishing %d job(s) persisted but not yet dispatched", len(pending))
             for job in pending:
-                await self.dispatch(job)
+                await self.dispatch(job, current(job))
             await self._flush()
 
     async def _mark_loop(self) -> None:

@@ -13,6 +13,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from genmesh.v1 import bus_pb2
 from services.common.bus import Bus
+from services.router.fallback import Fallback
 from services.router.queues import QueueDepths
 from services.router.store import Incoming, JobStore
 from services.router.watch import WatchHub
@@ -36,12 +37,14 @@ class Recorder:
         store: JobStore,
         hub: WatchHub,
         queues: QueueDepths | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         self._js = js
         self._bus = bus
         self._store = store
         self._hub = hub
         self._queues = queues
+        self._fallback = fallback
 
     async def run(self) -> None:
         sub = await self._js.pull_subscribe(
@@ -94,10 +97,22 @@ class Recorder:
                 await msg.term()
                 continue
             batch.append(
-                Incoming(wrapper.event.job_id, wrapper.event, msg.metadata.sequence.stream)
+                Incoming(
+                    wrapper.event.job_id,
+                    wrapper.event,
+                    msg.metadata.sequence.stream,
+                    wrapper.attempt or None,
+                )
             )
             good.append(msg)
-        applied = await self._store.apply(batch)
+        if self._fallback is None:
+            applied = await self._store.apply(batch)
+        else:
+            # Rerouted jobs are dispatched before the events are acked: a router dying in
+            # between leaves them marked undispatched, and the next start publishes them.
+            routed = await self._store.apply_routed(batch, self._fallback.reroute)
+            await self._fallback.settle(routed)
+            applied = routed.events
         for msg in good:
             await msg.ack()
         if self._queues is not None:

@@ -19,3 +19,17 @@ class Settings(BusSettings, DatabaseSettings):
     provider_liveness: float = 15.0
     # Seconds a gone worker's registration is kept (it shows as not live) before deletion.
     provider_retention: float = 3600.0
+    # How jobs that name no provider (or only prefer one) are routed by default: priority,
+    # cost, latency, least_busy or weighted; a job may ask for another.
+    routing_policy: str = "priority"
+    # Provider instances in order of preference for the priority policy ("a,b,c"); the rest
+    # follow by name.
+    routing_priority: str = ""
+    # Weights for the weighted policy ("a=3,b=1"); unlisted providers weigh 1.
+    routing_weights: str = ""
+    # Providers a job may be dispatched to in all (the first choice and its fallbacks).
+    routing_max_attempts: int = 3
+    # Consecutive provider-side failures that open a provider's circuit; 0 never opens it.
+    circuit_failures: int = 5
+    # Seconds an open circuit waits before letting one probe job through.
+    circuit_cooldown: float = 30.0

@@ -6,8 +6,8 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import (
     Boolean,
@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument
+from services.router import attempts
 from services.router.transitions import accepts, fold
 
 metadata = MetaData()
@@ -77,11 +78,29 @@ class DuplicateIdempotencyKey(Exception):
 
 @dataclass(frozen=True)
 class Incoming:
-    """An event to apply; stream_seq is its events-stream sequence (None for router events)."""
+    """An event to apply; stream_seq is its events-stream sequence and attempt the attempt a
+    worker reported it for (both None for the router's own events)."""
 
     job_id: str
     event: job_pb2.JobEvent
     stream_seq: int | None = None
+    attempt: int | None = None
+
+
+# Given a job and a FAILED event about to apply to it: the event to apply instead when the
+# job moves to another provider (the callee updates the job's attempts and parameters), or None.
+Reroute = Callable[[job_pb2.Job, job_pb2.JobEvent], job_pb2.JobEvent | None]
+
+
+@dataclass
+class Routed:
+    """What one applied batch means for routing: attempts that ended, jobs to send on."""
+
+    events: list[job_pb2.JobEvent] = field(default_factory=list)
+    # (task, attempt) for every attempt that got its outcome.
+    ended: list[tuple[int, job_pb2.Attempt]] = field(default_factory=list)
+    # Jobs moved to another provider, each to dispatch as its current attempt.
+    redispatch: list[job_pb2.Job] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,16 @@ class _PendingCreate:
     job_row: dict[str, object]
     event_row: dict[str, object]
     done: asyncio.Future[None]
+
+
+@dataclass
+class _Row:
+    """A locked job row while a batch is applied."""
+
+    job: job_pb2.Job
+    stream_seq: int
+    attempt: int
+    rerouted: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,62 +276,84 @@ class JobStore:
     async def apply(self, batch: Sequence[Incoming]) -> list[job_pb2.JobEvent]:
         """Apply events in order, each at most once; returns those applied, with sequences.
 
-        Events that would move a job backwards, touch a finished job, or repeat an
-        already-applied stream message are dropped, so applying anything twice changes nothing.
+        Events that would move a job backwards, touch a finished job, repeat an
+        already-applied stream message or come from a superseded attempt are dropped, so
+        applying anything twice changes nothing.
         """
+        return (await self.apply_routed(batch)).events
+
+    async def apply_routed(
+        self, batch: Sequence[Incoming], reroute: Reroute | None = None
+    ) -> Routed:
+        """Like apply; a FAILED event that `reroute` turns into a fallback starts the job's
+        next attempt (marked undispatched in the same transaction) instead of ending it."""
+        routed = Routed()
         if not batch:
-            return []
+            return routed
         ids = sorted({item.job_id for item in batch})
-        applied: list[job_pb2.JobEvent] = []
         async with self._engine.begin() as conn:
             rows = await self._lock_jobs(conn, ids)
-            touched: dict[str, tuple[job_pb2.Job, int]] = {}
+            touched: dict[str, _Row] = {}
             for item in batch:
-                row = rows.get(item.job_id)
+                row = touched.get(item.job_id) or rows.get(item.job_id)
                 if row is None:
                     continue
-                job, stream_seq = touched.get(item.job_id, row)
-                if item.stream_seq is not None and item.stream_seq <= stream_seq:
+                job = row.job
+                if item.stream_seq is not None and item.stream_seq <= row.stream_seq:
                     continue
                 if item.stream_seq is not None:
-                    stream_seq = item.stream_seq
-                touched[item.job_id] = (job, stream_seq)
+                    row.stream_seq = item.stream_seq
+                touched[item.job_id] = row
+                if item.attempt is not None and item.attempt != row.attempt:
+                    continue  # a late word from a provider the job has moved on from
                 if not accepts(job.state, item.event.state):
                     continue
                 event = job_pb2.JobEvent()
                 event.CopyFrom(item.event)
-                event.job_id = job.id
-                event.sequence = job.last_sequence + 1
                 if not event.HasField("time"):
                     event.time.GetCurrentTime()
+                running = attempts.running(job)
+                if event.state == job_pb2.JOB_STATE_FAILED and reroute is not None:
+                    instead = reroute(job, event)
+                    if instead is not None:
+                        event = instead
+                        row.attempt = attempts.current(job)
+                        row.rerouted = True
+                event.job_id = job.id
+                event.sequence = job.last_sequence + 1
                 fold(job, event)
-                applied.append(event)
-            if applied:
-                await conn.execute(insert(job_events), [_event_row(e.job_id, e) for e in applied])
-            for job_id, (job, stream_seq) in touched.items():
-                await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id)
-                    .values(
-                        state=job.state,
-                        provider=job.provider,
-                        last_sequence=job.last_sequence,
-                        applied_stream_seq=stream_seq,
-                        update_time=time.time(),
-                        body=job.SerializeToString(),
-                    )
-                )
-        return applied
+                attempts.close_attempt(job, event)
+                routed.ended.extend(attempts.ended_since(job, running))
+                routed.events.append(event)
+            if routed.events:
+                rows_out = [_event_row(e.job_id, e) for e in routed.events]
+                await conn.execute(insert(job_events), rows_out)
+            for job_id, row in touched.items():
+                values: dict[str, object] = {
+                    "state": row.job.state,
+                    "provider": row.job.provider,
+                    "last_sequence": row.job.last_sequence,
+                    "applied_stream_seq": row.stream_seq,
+                    "update_time": time.time(),
+                    "body": row.job.SerializeToString(),
+                }
+                if row.rerouted:
+                    # Not dispatched until the dispatcher marks it: a router dying before
+                    # then publishes it again at start-up.
+                    values.update(attempt=row.attempt, dispatched=False)
+                    routed.redispatch.append(row.job)
+                await conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+        return routed
 
-    async def _lock_jobs(
-        self, conn: AsyncConnection, ids: list[str]
-    ) -> dict[str, tuple[job_pb2.Job, int]]:
-        query = select(jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq).where(jobs.c.id.in_(ids))
+    async def _lock_jobs(self, conn: AsyncConnection, ids: list[str]) -> dict[str, _Row]:
+        query = select(jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq, jobs.c.attempt).where(
+            jobs.c.id.in_(ids)
+        )
         if self._locking:
             # Router replicas share the recorder consumer; the row lock serialises one job's events.
             query = query.with_for_update()
         rows = await conn.execute(query)
-        return {r.id: (_job(r.body), r.applied_stream_seq) for r in rows}
+        return {r.id: _Row(_job(r.body), r.applied_stream_seq, r.attempt) for r in rows}
 
     async def mark_dispatched(self, ids: Sequence[str]) -> None:
         if not ids:

@@ -44,6 +44,8 @@ _INLINE_CHARS = 40
 
 
 _INT, _NUM, _STR, _BOOL = INT, NUM, STR, BOOL
+# Parameters a catalog block may fix for an instance: options = { fail_rate = 1.0 }.
+_FORCEABLE = ("latency_ms", "fail_rate", "fail_kind")
 
 SPECS: tuple[Param, ...] = (
     Param("latency_ms", _INT, "Simulated processing time in milliseconds.", 0, 0, 600_000),
@@ -177,6 +179,9 @@ class SandboxAdapter:
             config = ProviderConfig(name=config, family="sandbox")
         self._name = config.name
         self._max_prompt_length = config.max_prompt_length
+        # Catalog options that override the job's own parameters, so one instance of
+        # several can be made to fail (or be slow) while the others serve normally.
+        self._forced = _forced(config)
         self._handlers: dict[int, Callable[[JobContext, _Params], Awaitable[_Work]]] = {
             job_pb2.TASK_TEXT_TO_TEXT: self._text_to_text,
             job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image,
@@ -220,7 +225,7 @@ class SandboxAdapter:
         handler = self._handlers.get(task)
         if handler is None:
             raise InvalidInput("unsupported_task", f"the sandbox does not serve task {task}")
-        params = _Params.read(ctx.parameters)
+        params = _Params.read({**ctx.parameters, **self._forced})
         failure = _injected_failure(params)
         if isinstance(failure, InvalidInput):
             raise failure  # a real provider rejects a bad request before doing any work
@@ -275,6 +280,20 @@ class SandboxAdapter:
         )
         result = Result([Output(gif, "image/gif", "video.gif")])
         return _Work(result, Output(first, "image/png", "preview.png"))
+
+
+def _forced(config: ProviderConfig) -> dict[str, Any]:
+    forced = {k: v for k, v in config.options.items() if k in _FORCEABLE}
+    unknown = set(config.options) - {*_FORCEABLE, "max_prompt_length"}
+    if unknown:
+        raise ValueError(
+            f"sandbox instance {config.name!r}: unknown options {sorted(unknown)}; "
+            f"known: {', '.join(_FORCEABLE)}"
+        )
+    specs = {spec.name: spec for spec in SPECS}
+    for name, value in forced.items():
+        specs[name].read(value)  # an out-of-range option fails at start-up, not per job
+    return forced
 
 
 def _injected_failure(p: _Params) -> ProviderError | None:
