@@ -9,8 +9,7 @@ import time
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from genmesh.v1 import job_pb2, provider_service_pb2
-from services.common.tasks import task_name
+from genmesh.v1 import provider_service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +140,3 @@ class Catalog:
                 health.status = provider_service_pb2.PROVIDER_STATUS_AVAILABLE
                 health.reason = ""
         return provider
-
-    def choose(self, task: job_pb2.Task.ValueType) -> provider_service_pb2.Provider | None:
-        """The provider for a job that names none: the first available one serving the task."""
-        candidates = self.providers(task)
-        available = [
-            p
-            for p in candidates
-            if p.health.status == provider_service_pb2.PROVIDER_STATUS_AVAILABLE
-        ]
-        pool = available or candidates
-        return pool[0] if pool else None
-
-    def describe_missing(self, task: job_pb2.Task.ValueType) -> str:
-        known = ", ".join(sorted(self._entries)) or "none registered"
-        return f"no provider serves {task_name(task)} (providers: {known})"

@@ -129,7 +129,7 @@ class RouterCore:
         # chosen, so its prompt limit applies to what it will actually receive.
         prepared = await self._prompt_preparer.prepare(spec)
         requested = struct_to_dict(spec.parameters)
-        choice = self._selector.choose(selection_request(spec, requested))
+        choice = self._selector.choose(selection_request(spec, requested, prepared.prompt))
         provider, parameters = choice.provider, choice.parameters
         check_provider_limit(provider, prepared.prompt)
         await self._check_inputs(tenant, spec)

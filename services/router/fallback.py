@@ -117,4 +117,5 @@ def _request(job: job_pb2.Job) -> Request:
         provider=job.spec.provider,
         preference=job.spec.provider_preference,
         policy=job.routing.policy,
+        prompt=job.spec.prompt,
     )

@@ -11,6 +11,7 @@ from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.parameters import validate_parameters
 from services.common.tasks import task_name
+from services.prompt.client import check_provider_limit
 from services.router.breakers import Breakers
 
 Provider = provider_service_pb2.Provider
@@ -96,6 +97,8 @@ class Request:
     provider: str = ""
     preference: job_pb2.ProviderPreference.ValueType = job_pb2.PROVIDER_PREFERENCE_UNSPECIFIED
     policy: Policy = job_pb2.ROUTING_POLICY_UNSPECIFIED
+    # The prompt the provider will receive (after optimization), checked against its limit.
+    prompt: str = ""
 
     @property
     def strict(self) -> bool:
@@ -195,6 +198,7 @@ class Selector:
                 f"provider {provider.name!r} does not serve {task_name(request.task)}"
             )
         parameters = validate_parameters(provider, request.task, request.parameters)
+        check_provider_limit(provider, request.prompt)
         candidate = _Candidate(provider, parameters, note="named by the caller")
         return self._choice(
             candidate, policy, [candidate], [candidate], "named by the caller (strict)"
@@ -210,6 +214,7 @@ class Selector:
                 candidate.parameters = validate_parameters(
                     provider, request.task, request.parameters
                 )
+                check_provider_limit(provider, request.prompt)
             except InvalidArgument as exc:
                 candidate.excluded = exc.message
             if candidate.excluded:
@@ -302,9 +307,11 @@ class Selector:
         return Choice(chosen.provider, chosen.parameters, decision)
 
 
-def requested(spec: job_pb2.JobSpec, parameters: Mapping[str, Any]) -> Request:
-    """A selection request from a job spec and its parameters as the caller sent them."""
+def requested(spec: job_pb2.JobSpec, parameters: Mapping[str, Any], prompt: str) -> Request:
+    """A selection request from a job spec, its parameters as the caller sent them and the
+    prompt as the provider will receive it."""
     return Request(
+        prompt=prompt,
         task=spec.task,
         parameters=parameters,
         provider=spec.provider,

@@ -179,6 +179,17 @@ def test_candidates_must_serve_the_task_accept_the_parameters_and_be_healthy() -
         world.choose(task=job_pb2.TASK_IMAGE_TO_VIDEO)
 
 
+def test_a_prompt_longer_than_a_provider_accepts_excludes_it() -> None:
+    short = provider("a")
+    short.max_prompt_length = 10
+    world = World([short, provider("b")])
+    choice = world.selector.choose(request_for(prompt="x" * 11))
+    assert choice.provider.name == "b"
+    notes = {c.provider: c.note for c in choice.decision.candidates}
+    assert notes["a"] == "prompt is 11 characters; provider 'a' accepts at most 10"
+    assert world.choose(prompt="x" * 10) == "a"
+
+
 def test_with_no_healthy_candidate_a_new_job_still_queues_for_one() -> None:
     world = World([provider("a", status=UNAVAILABLE), provider("b", status=UNAVAILABLE)])
     choice = world.selector.choose(request_for())

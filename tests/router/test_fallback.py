@@ -1,0 +1,176 @@
+"""Fallback between the store, the selector and the dispatcher, on a real database and a
+real JetStream: the next attempt is recorded and published once, a superseded attempt's
+late events change nothing, and a router dying before it dispatched still sends it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats
+import pytest
+
+from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
+from services.common.bus import Bus
+from services.common.db import open_database
+from services.common.parameters import dict_to_struct
+from services.router.attempts import open_attempt
+from services.router.breakers import Breakers
+from services.router.dispatch import Dispatcher
+from services.router.fallback import Fallback
+from services.router.selection import LatencyTracker, SelectionConfig, Selector
+from services.router.store import Incoming, JobStore, metadata
+from tests.conftest import Database
+
+IMAGE = job_pb2.TASK_TEXT_TO_IMAGE
+
+
+def provider(name: str, cost: float) -> provider_service_pb2.Provider:
+    p = provider_service_pb2.Provider(name=name, tasks=[IMAGE], cost_per_job_usd=cost)
+    p.parameters.add(name="width", type=provider_service_pb2.PARAMETER_TYPE_INTEGER)
+    p.health.status = provider_service_pb2.PROVIDER_STATUS_AVAILABLE
+    return p
+
+
+PROVIDERS = [provider("a", 0.01), provider("b", 0.02)]
+
+
+@dataclass
+class World:
+    store: JobStore
+    dispatcher: Dispatcher
+    fallback: Fallback
+    breakers: Breakers
+    latency: LatencyTracker
+    js: nats.js.JetStreamContext
+    bus: Bus
+
+
+@pytest.fixture
+async def world(nats_url: str, nats_prefix: str, database: Database) -> AsyncIterator[World]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        bus = Bus(nats_prefix, 1)
+        await bus.ensure_streams(js)
+        async with open_database(database.url, metadata, database.schema) as engine:
+            store = JobStore(engine)
+            breakers = Breakers(threshold=2, cooldown=30.0)
+            latency = LatencyTracker()
+            selector = Selector(
+                lambda task: [p for p in PROVIDERS if not task or task in p.tasks],
+                SelectionConfig(),
+                breakers,
+                latency,
+            )
+            dispatcher = Dispatcher(js, bus, store)
+            yield World(
+                store,
+                dispatcher,
+                Fallback(selector, breakers, latency, dispatcher),
+                breakers,
+                latency,
+                js,
+                bus,
+            )
+            await dispatcher.stop()
+    finally:
+        await nc.close()
+
+
+async def created(store: JobStore) -> job_pb2.Job:
+    """A job dispatched to `a`, as the router's submit leaves it."""
+    job = job_pb2.Job(id="j_fallback", tenant_id="t", provider="a", state=job_pb2.JOB_STATE_QUEUED)
+    job.spec.task = IMAGE
+    job.spec.prompt = "a red fox"
+    job.spec.parameters.CopyFrom(dict_to_struct({"width": 64}))
+    job.routing.policy = job_pb2.ROUTING_POLICY_PRIORITY
+    job.routing.requested_parameters.CopyFrom(dict_to_struct({"width": 64}))
+    job.last_sequence = 1
+    job.create_time.GetCurrentTime()
+    open_attempt(job, PROVIDERS[0], "first in priority order", job.create_time)
+    first = job_pb2.JobEvent(job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED)
+    first.time.CopyFrom(job.create_time)
+    await store.create(job, "hash", first)
+    await store.mark_dispatched([job.id])
+    return job
+
+
+def worker_event(state: int, seq: int, attempt: int, kind: int = 0) -> Incoming:
+    event = job_pb2.JobEvent(job_id="j_fallback", state=state)  # type: ignore[arg-type]
+    if state == job_pb2.JOB_STATE_FAILED:
+        event.error.code = "server_error"
+        event.error.message = "HTTP 503 from a"
+        event.error.kind = kind  # type: ignore[assignment]
+    return Incoming("j_fallback", event, stream_seq=seq, attempt=attempt)
+
+
+async def test_retryable_failure_moves_the_job_and_late_events_are_dropped(world: World) -> None:
+    store = world.store
+    await created(store)
+    await store.apply([worker_event(job_pb2.JOB_STATE_PROCESSING, 1, attempt=1)])
+
+    routed = await store.apply_routed(
+        [worker_event(job_pb2.JOB_STATE_FAILED, 2, 1, job_pb2.ERROR_KIND_RETRYABLE)],
+        world.fallback.reroute,
+    )
+    [event] = routed.events
+    assert event.state == job_pb2.JOB_STATE_PROCESSING
+    assert event.provider == "b"
+    assert event.progress.message == "falling back from a to b: HTTP 503 from a"
+    [(task, ended)] = routed.ended
+    assert (task, ended.provider, ended.outcome) == (IMAGE, "a", job_pb2.ATTEMPT_OUTCOME_FAILED)
+    [moved] = routed.redispatch
+    assert [(a.attempt, a.provider, a.cost_usd) for a in moved.attempts] == [
+        (1, "a", 0.01),
+        (2, "b", 0.02),
+    ]
+    # Stored undispatched first: a router dying now publishes it at its next start.
+    assert [j.id for j in await store.undispatched()] == [moved.id]
+    await world.dispatcher.redispatch_pending()
+    await world.fallback.settle(routed)  # the same attempt again: JetStream drops the repeat
+    info = await world.js.stream_info(world.bus.jobs_stream)
+    assert info.state.messages == 1
+    msg = await world.js.get_last_msg(world.bus.jobs_stream, world.bus.jobs_subject("b"))
+    assert msg.data is not None
+    dispatch = bus_pb2.JobDispatch.FromString(msg.data)
+    assert (dispatch.attempt, dispatch.job.provider) == (2, "b")
+    assert world.breakers.state("a") == provider_service_pb2.CIRCUIT_STATE_CLOSED  # 1 of 2
+
+    # The first attempt's worker is late with news; none of it applies.
+    late = await store.apply(
+        [
+            worker_event(job_pb2.JOB_STATE_PROCESSING, 3, attempt=1),
+            worker_event(job_pb2.JOB_STATE_COMPLETED, 4, attempt=1),
+        ]
+    )
+    assert late == []
+    routed = await store.apply_routed(
+        [worker_event(job_pb2.JOB_STATE_COMPLETED, 5, attempt=2)], world.fallback.reroute
+    )
+    await world.fallback.settle(routed)
+    job = await store.get("t", "j_fallback")
+    assert job is not None
+    assert (job.state, job.provider) == (job_pb2.JOB_STATE_COMPLETED, "b")
+    assert [a.outcome for a in job.attempts] == [
+        job_pb2.ATTEMPT_OUTCOME_FAILED,
+        job_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
+    ]
+    assert world.latency.average("b", IMAGE) is not None
+
+
+async def test_a_fatal_or_invalid_failure_ends_the_job_where_it_is(world: World) -> None:
+    store = world.store
+    await created(store)
+    routed = await store.apply_routed(
+        [worker_event(job_pb2.JOB_STATE_FAILED, 1, 1, job_pb2.ERROR_KIND_INVALID_INPUT)],
+        world.fallback.reroute,
+    )
+    assert routed.redispatch == []
+    [event] = routed.events
+    assert event.state == job_pb2.JOB_STATE_FAILED
+    assert event.error.message == "HTTP 503 from a"  # one attempt: no list appended
+    await world.fallback.settle(routed)
+    # The caller's invalid input says nothing about the provider's health.
+    world.breakers.failed("a")
+    assert world.breakers.state("a") == provider_service_pb2.CIRCUIT_STATE_CLOSED
