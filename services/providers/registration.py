@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 # Seconds between announcements; the router's liveness window must be several of these.
 INTERVAL = 5.0
+# A provider failing this share of its recent calls (after at least this many) is DEGRADED.
+DEGRADED_ERROR_RATE = 0.5
+DEGRADED_MIN_CALLS = 5
 
 
 class Registration:
@@ -34,11 +37,20 @@ class Registration:
             entry.CopyFrom(worker.description())
             reason = "worker stopped" if stopping else await worker.adapter.check()
             health = entry.health
-            health.status = (
-                provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
-                if reason
-                else provider_service_pb2.PROVIDER_STATUS_AVAILABLE
-            )
+            health.recent_calls = worker.recent_calls
+            health.recent_error_rate = worker.recent_error_rate
+            if reason:
+                health.status = provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
+            elif (
+                worker.recent_calls >= DEGRADED_MIN_CALLS
+                and worker.recent_error_rate >= DEGRADED_ERROR_RATE
+            ):
+                health.status = provider_service_pb2.PROVIDER_STATUS_DEGRADED
+                reason = (
+                    f"{worker.recent_error_rate:.0%} of the last {worker.recent_calls} calls failed"
+                )
+            else:
+                health.status = provider_service_pb2.PROVIDER_STATUS_AVAILABLE
             health.reason = reason
             # 0 marks a worker that left cleanly; the catalog keeps the provider known,
             # so jobs for it still queue until another worker comes.

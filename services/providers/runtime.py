@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from dataclasses import dataclass
 
 import nats.errors
@@ -74,10 +75,23 @@ class ProviderWorker:
         self._slots = asyncio.Semaphore(options.concurrency)
         self._active = 0
         self._stopping = asyncio.Event()
+        # Recent provider calls: True when the provider held up its side.
+        self._outcomes: deque[bool] = deque(maxlen=RECENT_CALLS)
 
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    @property
+    def recent_calls(self) -> int:
+        return len(self._outcomes)
+
+    @property
+    def recent_error_rate(self) -> float:
+        """Share of recent calls that failed on the provider's side."""
+        if not self._outcomes:
+            return 0.0
+        return self._outcomes.count(False) / len(self._outcomes)
 
     def description(self) -> provider_service_pb2.Provider:
         return self._description
@@ -235,6 +249,7 @@ class ProviderWorker:
                 requests=self._shared.requests,
             )
             result = await self.adapter.run(ctx)
+            self._outcomes.append(True)
             assets = await ctx.store_result(result)
         except InvalidArgument as exc:
             await events.publish(
@@ -243,6 +258,7 @@ class ProviderWorker:
             await msg.ack()
             return
         except ProviderError as exc:
+            self._outcomes.append(exc.kind == job_pb2.ERROR_KIND_INVALID_INPUT)
             if exc.kind == job_pb2.ERROR_KIND_RETRYABLE and delivery < self._options.max_deliver:
                 delay = backoff(delivery, exc.retry_after)
                 note = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=provider)
@@ -256,6 +272,7 @@ class ProviderWorker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._outcomes.append(False)
             log.exception("job %s failed unexpectedly in %s", job.id, provider)
             await events.publish(
                 _failed(
@@ -290,6 +307,9 @@ class ProviderWorker:
         except KeyNotFoundError:
             return False
         return True
+
+
+RECENT_CALLS = 100
 
 
 def backoff(delivery: int, retry_after: float | None) -> float:

@@ -122,6 +122,10 @@ class Catalog:
         health = provider.health
         health.live_workers = len(live)
         health.in_flight = sum(r.health.in_flight for r in live)
+        calls = sum(r.health.recent_calls for r in live)
+        failed = sum(r.health.recent_calls * r.health.recent_error_rate for r in live)
+        health.recent_calls = calls
+        health.recent_error_rate = failed / calls if calls else 0.0
         if not live:
             age = now - regs[-1].health.last_seen.ToNanoseconds() / 1e9
             health.status = provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
@@ -130,10 +134,16 @@ class Catalog:
             broken = [
                 r for r in live if r.health.status != provider_service_pb2.PROVIDER_STATUS_AVAILABLE
             ]
-            if len(broken) == len(live):
+            down = [
+                r
+                for r in broken
+                if r.health.status == provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
+            ]
+            if len(down) == len(live):
                 health.status = provider_service_pb2.PROVIDER_STATUS_UNAVAILABLE
-                health.reason = broken[-1].health.reason
+                health.reason = down[-1].health.reason
             elif broken:
+                # Some workers cannot serve it, or it fails often: usable, but not well.
                 health.status = provider_service_pb2.PROVIDER_STATUS_DEGRADED
                 health.reason = broken[-1].health.reason
             else:

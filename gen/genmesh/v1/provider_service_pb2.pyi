@@ -159,6 +159,8 @@ class ProviderHealth(_message.Message):
     LIVE_WORKERS_FIELD_NUMBER: _builtins.int
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    RECENT_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    RECENT_CALLS_FIELD_NUMBER: _builtins.int
     CIRCUIT_FIELD_NUMBER: _builtins.int
     status: Global___ProviderStatus.ValueType
     reason: _builtins.str
@@ -167,6 +169,12 @@ class ProviderHealth(_message.Message):
     """Workers that reported within the liveness window."""
     in_flight: _builtins.int
     """Jobs running on those workers now."""
+    recent_error_rate: _builtins.float
+    """Share of the recent provider calls (up to 100 per worker) that failed on the provider's
+    side (timeouts, 5xx, rate limits, fatal errors); invalid input does not count.
+    """
+    recent_calls: _builtins.int
+    """How many recent calls that share is taken over."""
     circuit: Global___CircuitState.ValueType
     """The router's circuit breaker for this instance."""
     @_builtins.property
@@ -179,11 +187,13 @@ class ProviderHealth(_message.Message):
         live_workers: _builtins.int = ...,
         in_flight: _builtins.int = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
+        recent_error_rate: _builtins.float = ...,
+        recent_calls: _builtins.int = ...,
         circuit: Global___CircuitState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "in_flight", b"in_flight", "last_seen", b"last_seen", "live_workers", b"live_workers", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "in_flight", b"in_flight", "last_seen", b"last_seen", "live_workers", b"live_workers", "reason", b"reason", "recent_calls", b"recent_calls", "recent_error_rate", b"recent_error_rate", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
