@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import uuid
@@ -15,7 +16,7 @@ from pathlib import Path
 from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.grpc_server import grpc_server
-from services.providers.config import load_catalog
+from services.providers.config import ProviderConfig, load_catalog
 from services.providers.registration import Registration
 from services.providers.registry import auto_instances, build_adapter
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
@@ -77,7 +78,10 @@ async def running_worker(
             requests=await bus.requests_kv(js),
             worker_id=worker_id,
         )
-        workers = [ProviderWorker(adapter, shared, options) for adapter in adapters]
+        workers = [
+            ProviderWorker(adapter, shared, _for_instance(options, catalog.get(adapter.name)))
+            for adapter in adapters
+        ]
         registration = Registration(await bus.providers_kv(js), workers, worker_id)
         await registration.announce()
         stack.push_async_callback(registration.withdraw)
@@ -101,3 +105,10 @@ async def running_worker(
             await stack.enter_async_context(grpc_server(settings.listen, []))
         log.info("worker %s serving %s", worker_id, ", ".join(names))
         yield Worker(worker_id, workers)
+
+
+def _for_instance(options: WorkerOptions, config: ProviderConfig | None) -> WorkerOptions:
+    """The worker's options with the instance's own concurrency limit, when it sets one."""
+    if config is None or config.concurrency <= 0:
+        return options
+    return dataclasses.replace(options, concurrency=min(options.concurrency, config.concurrency))
