@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP
 from services.providers.openai_compatible.progress import StreamedText
 from services.providers.params import INT, NUM, STR, Param
+from services.providers.probe import CachedProbe
 from services.providers.remote import decode_base64, extension, sniff_media_type
 from services.providers.streams import iter_sse
 
@@ -122,7 +122,7 @@ class GeminiAdapter(ConfiguredAdapter):
         self._http = GeminiHTTP(config, headers=headers)
         interval = config.options.get("progress_interval", 0.5)
         self._progress_interval = float(interval) if isinstance(interval, int | float) else 0.5
-        self._probe: tuple[float, str] | None = None
+        self._probe = CachedProbe(self._probe_models, PROBE_TTL)
         self.handlers = {T2T: self._text, I2T: self._text, T2I: self._image, I2I: self._image}
 
     async def aclose(self) -> None:
@@ -132,17 +132,15 @@ class GeminiAdapter(ConfiguredAdapter):
         """Missing key, or the key or a model refused by GET /models/{model} (cached briefly)."""
         if reason := await super().check():
             return reason
-        now = time.monotonic()
-        if self._probe is not None and now - self._probe[0] < PROBE_TTL:
-            return self._probe[1]
-        reason = ""
+        return await self._probe.reason()
+
+    async def _probe_models(self) -> str:
         try:
             for model in sorted({self.model(task) for task in self.tasks}):
                 await self._http.json("GET", f"/models/{model}", timeout=PROBE_TIMEOUT)
         except ProviderError as exc:
-            reason = exc.message
-        self._probe = (time.monotonic(), reason)
-        return reason
+            return exc.message
+        return ""
 
     async def _text(self, ctx: JobContext, p: Mapping[str, Any]) -> Result:
         task = ctx.job.spec.task

@@ -8,7 +8,6 @@ A key is only needed for a remote Ollama (ollama.com); a local server takes none
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP
 from services.providers.openai_compatible.progress import StreamedText
 from services.providers.params import INT, NUM, STR, Param
+from services.providers.probe import CachedProbe
 from services.providers.streams import iter_ndjson
 
 TEXT, VISION = job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT
@@ -108,19 +108,14 @@ class OllamaAdapter(ConfiguredAdapter):
         self.options = OllamaOptions.parse(config.name, config.options)
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._http = OllamaHTTP(config, headers=headers)
-        self._probe: tuple[float, str] | None = None
+        self._probe = CachedProbe(self._probe_tags, self.options.check_ttl)
         self.handlers = {TEXT: self._text, VISION: self._vision}
 
     async def check(self) -> str:
         """Missing key, unreachable server, or configured models not pulled (cached briefly)."""
         if missing := self.config.missing_key():
             return missing
-        now = time.monotonic()
-        if self._probe is not None and now - self._probe[0] < self.options.check_ttl:
-            return self._probe[1]
-        reason = await self._probe_tags()
-        self._probe = (time.monotonic(), reason)
-        return reason
+        return await self._probe.reason()
 
     async def _probe_tags(self) -> str:
         try:

@@ -12,7 +12,11 @@ from services.providers.adapter import ProviderError, Retryable
 
 
 class CachedProbe:
-    """Runs `probe` at most once per `ttl` seconds and remembers why it failed, if it did."""
+    """Runs `probe` at most once per `ttl` seconds and remembers why it failed, if it did.
+
+    The probe fails by raising a ProviderError, or by returning the reason as a string (for
+    checks that are more than one call, such as "model X not pulled"); anything else it
+    returns means healthy."""
 
     def __init__(self, probe: Callable[[], Awaitable[object]], ttl: float = 60.0) -> None:
         self._probe = probe
@@ -26,12 +30,12 @@ class CachedProbe:
         if now - self._checked_at < self._ttl:
             return self._reason
         try:
-            await self._probe()
+            outcome = await self._probe()
         except Retryable as exc:
             self._reason = f"unreachable: {exc.message}"
         except ProviderError as exc:
             self._reason = exc.message
         else:
-            self._reason = ""
+            self._reason = outcome if isinstance(outcome, str) else ""
         self._checked_at = now
         return self._reason

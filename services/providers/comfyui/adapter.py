@@ -33,6 +33,7 @@ from services.providers.comfyui.api import ComfyClient, PromptState
 from services.providers.comfyui.live import Feed, Message, Preview, socket_url
 from services.providers.config import ProviderConfig
 from services.providers.params import BOOL, INT, NUM, STR, Param
+from services.providers.probe import CachedProbe
 
 log = logging.getLogger(__name__)
 
@@ -98,25 +99,23 @@ class ComfyUIAdapter(ConfiguredAdapter):
         self._client = ComfyClient(config, self._headers)
         self._workflows: dict[job_pb2.Task.ValueType, workflow.Workflow] = {}
         self._preview_interval = _number_option(config.options, "preview_interval", 1.0)
-        self._probe: tuple[float, str] | None = None
+        self._probe = CachedProbe(self._probe_server, PROBE_TTL)
         self.handlers = {job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image}
 
     async def check(self) -> str:
         """Missing key, an unusable workflow file, or an unreachable server (cached briefly)."""
         if reason := await super().check():
             return reason
-        now = time.monotonic()
-        if self._probe is not None and now - self._probe[0] < PROBE_TTL:
-            return self._probe[1]
+        return await self._probe.reason()
+
+    async def _probe_server(self) -> str:
         try:
             for task in self.tasks:
                 self._workflow(task)
             await self._client.system_stats(PROBE_TIMEOUT)
-            reason = ""
         except ProviderError as exc:
-            reason = exc.message
-        self._probe = (time.monotonic(), reason)
-        return reason
+            return exc.message
+        return ""
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -6,7 +6,6 @@ chat completion stops generating when its client goes away)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -21,6 +20,7 @@ from services.providers.openai_compatible.images import Images
 from services.providers.openai_compatible.options import Options
 from services.providers.openai_compatible.params import PARAMS
 from services.providers.params import Param
+from services.providers.probe import CachedProbe
 
 # Seconds the reachability probe may take; the worker's health announcements wait on it.
 PROBE_TIMEOUT = 5.0
@@ -44,7 +44,7 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
         self._api = OpenAIHTTP(config, headers=headers)
         self._files = ProviderHTTP(config)
         self._images = Images(self._api, self._files, self.options)
-        self._probe: tuple[float, str] | None = None
+        self._probe = CachedProbe(self._probe_models, self.options.check_ttl)
         self.handlers = {
             job_pb2.TASK_TEXT_TO_TEXT: self._text,
             job_pb2.TASK_IMAGE_TO_TEXT: self._vision,
@@ -58,12 +58,7 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
         """Missing key, else GET check_path (/models; answer cached for check_ttl seconds)."""
         if missing := self.config.missing_key():
             return missing
-        now = time.monotonic()
-        if self._probe is not None and now - self._probe[0] < self.options.check_ttl:
-            return self._probe[1]
-        reason = await self._probe_models()
-        self._probe = (time.monotonic(), reason)
-        return reason
+        return await self._probe.reason()
 
     async def _probe_models(self) -> str:
         try:
