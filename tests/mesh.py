@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from genmesh.v1 import (
 from services.prompt.app import running_prompt
 from services.prompt.settings import Settings as PromptSettings
 from services.providers.app import Worker, running_worker
+from services.providers.runtime import ProviderWorker
 from services.providers.settings import Settings as WorkerSettings
 from services.router.app import running_router
 from services.router.settings import Settings as RouterSettings
@@ -91,6 +92,17 @@ class Mesh:
             if reply.HasField("event"):
                 events.append(reply.event)
         return events
+
+    async def watch_all_with_peak(
+        self, jobs: Sequence[job_pb2.Job], worker: ProviderWorker
+    ) -> tuple[list[list[job_pb2.JobEvent]], int]:
+        """Every job's events until it ends, and the most jobs `worker` ran at once meanwhile."""
+        peak = 0
+        watch = asyncio.gather(*(self.watch(j.id) for j in jobs))
+        while not watch.done():
+            peak = max(peak, worker.in_flight)
+            await asyncio.sleep(0.01)
+        return list(await watch), peak
 
     def worker_env(self, **overrides: str) -> dict[str, str]:
         env = {**os.environ, **self.env, **overrides}

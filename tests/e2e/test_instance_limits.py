@@ -34,11 +34,6 @@ async def test_instance_concurrency_from_the_catalog(
         jobs = await asyncio.gather(
             *(submit(mesh, spec(latency_ms=300, steps=1, width=32, height=32)) for _ in range(8))
         )
-        peak = 0
-        watch = asyncio.gather(*(mesh.watch(j.id) for j in jobs))
-        while not watch.done():
-            peak = max(peak, worker.in_flight)
-            await asyncio.sleep(0.01)
-        results = await watch
+        results, peak = await mesh.watch_all_with_peak(jobs, worker)
         assert all(events[-1].state == job_pb2.JOB_STATE_COMPLETED for events in results)
         assert peak == 2
