@@ -32,7 +32,7 @@ from services.common.parameters import dict_to_struct, struct_to_dict
 from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
-from services.prompt.client import PromptPreparer, check_provider_limit
+from services.prompt.client import PromptPreparer
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
 from services.router.catalog import Catalog
@@ -78,7 +78,6 @@ class RouterCore:
         self._nc = nc
         self._bus = bus
         self._cancellations = cancellations
-        self._prompts = prompts
         self._prompt_preparer = PromptPreparer(prompts, prompt_max_length)
         self._assets = assets
         self._prompt_max_length = prompt_max_length
@@ -106,13 +105,7 @@ class RouterCore:
                     yield update
                 return
             yield job
-            first = job_pb2.JobEvent(
-                job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=job.provider
-            )
-            first.time.CopyFrom(job.create_time)
-            if job.HasField("progress"):
-                first.progress.CopyFrom(job.progress)
-            yield first
+            yield _queued_event(job)
             async for event in self._follow(job_id, listener, 1):
                 yield event
 
@@ -131,7 +124,6 @@ class RouterCore:
         requested = struct_to_dict(spec.parameters)
         choice = self._selector.choose(selection_request(spec, requested, prepared.prompt))
         provider, parameters = choice.provider, choice.parameters
-        check_provider_limit(provider, prepared.prompt)
         await self._check_inputs(tenant, spec)
 
         job = job_pb2.Job(id=job_id, tenant_id=tenant, provider=provider.name)
@@ -146,15 +138,11 @@ class RouterCore:
         job.routing.CopyFrom(choice.decision)
         job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
         open_attempt(job, provider, choice.decision.reason, job.create_time)
-        first = job_pb2.JobEvent(
-            job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=provider.name
-        )
-        first.time.CopyFrom(job.create_time)
         position = await self._queues.next_position(provider.name)
         if position is not None:
-            first.progress.queue_position = position
-            first.progress.message = f"queued, position {position}"
-            job.progress.CopyFrom(first.progress)
+            job.progress.queue_position = position
+            job.progress.message = f"queued, position {position}"
+        first = _queued_event(job)
         try:
             # Shielded: a caller hanging up mid-submit must not leave a job stored but
             # never dispatched.
@@ -304,6 +292,17 @@ class RouterCore:
                 last = item.sequence
                 if item.state in TERMINAL:
                     return
+
+
+def _queued_event(job: job_pb2.Job) -> job_pb2.JobEvent:
+    """A new job's first event (sequence 1), as stored with it and sent to its watchers."""
+    event = job_pb2.JobEvent(
+        job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=job.provider
+    )
+    event.time.CopyFrom(job.create_time)
+    if job.HasField("progress"):
+        event.progress.CopyFrom(job.progress)
+    return event
 
 
 def _new_job_id() -> str:
