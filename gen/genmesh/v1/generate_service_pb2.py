@@ -25,21 +25,25 @@ _sym_db = _symbol_database.Default()
 from genmesh.v1 import job_pb2 as genmesh_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!genmesh/v1/generate_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"2\n\rSubmitRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.genmesh.v1.JobSpec\".\n\x0eSubmitResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\"4\n\x0fGenerateRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.genmesh.v1.JobSpec\"c\n\x10GenerateResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.JobH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x42\x08\n\x06update2\x9b\x01\n\x0fGenerateService\x12?\n\x06Submit\x12\x19.genmesh.v1.SubmitRequest\x1a\x1a.genmesh.v1.SubmitResponse\x12G\n\x08Generate\x12\x1b.genmesh.v1.GenerateRequest\x1a\x1c.genmesh.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!genmesh/v1/generate_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"8\n\x12SubmitBatchRequest\x12\"\n\x05specs\x18\x01 \x03(\x0b\x32\x13.genmesh.v1.JobSpec\"F\n\x13SubmitBatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x1d\n\x04jobs\x18\x02 \x03(\x0b\x32\x0f.genmesh.v1.Job\"2\n\rSubmitRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.genmesh.v1.JobSpec\".\n\x0eSubmitResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\"4\n\x0fGenerateRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.genmesh.v1.JobSpec\"c\n\x10GenerateResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.JobH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x42\x08\n\x06update2\xeb\x01\n\x0fGenerateService\x12?\n\x06Submit\x12\x19.genmesh.v1.SubmitRequest\x1a\x1a.genmesh.v1.SubmitResponse\x12G\n\x08Generate\x12\x1b.genmesh.v1.GenerateRequest\x1a\x1c.genmesh.v1.GenerateResponse0\x01\x12N\n\x0bSubmitBatch\x12\x1e.genmesh.v1.SubmitBatchRequest\x1a\x1f.genmesh.v1.SubmitBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genmesh.v1.generate_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITREQUEST']._serialized_start=71
-  _globals['_SUBMITREQUEST']._serialized_end=121
-  _globals['_SUBMITRESPONSE']._serialized_start=123
-  _globals['_SUBMITRESPONSE']._serialized_end=169
-  _globals['_GENERATEREQUEST']._serialized_start=171
-  _globals['_GENERATEREQUEST']._serialized_end=223
-  _globals['_GENERATERESPONSE']._serialized_start=225
-  _globals['_GENERATERESPONSE']._serialized_end=324
-  _globals['_GENERATESERVICE']._serialized_start=327
-  _globals['_GENERATESERVICE']._serialized_end=482
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=71
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=127
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=129
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=199
+  _globals['_SUBMITREQUEST']._serialized_start=201
+  _globals['_SUBMITREQUEST']._serialized_end=251
+  _globals['_SUBMITRESPONSE']._serialized_start=253
+  _globals['_SUBMITRESPONSE']._serialized_end=299
+  _globals['_GENERATEREQUEST']._serialized_start=301
+  _globals['_GENERATEREQUEST']._serialized_end=353
+  _globals['_GENERATERESPONSE']._serialized_start=355
+  _globals['_GENERATERESPONSE']._serialized_end=454
+  _globals['_GENERATESERVICE']._serialized_start=457
+  _globals['_GENERATESERVICE']._serialized_end=692
 # @@protoc_insertion_point(module_scope)

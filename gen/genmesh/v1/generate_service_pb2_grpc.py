@@ -45,6 +45,11 @@ class GenerateServiceStub:
                 request_serializer=genmesh_dot_v1_dot_generate__service__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=genmesh_dot_v1_dot_generate__service__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/genmesh.v1.GenerateService/SubmitBatch',
+                request_serializer=genmesh_dot_v1_dot_generate__service__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_generate__service__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
 
 
 class GenerateServiceServicer:
@@ -60,6 +65,7 @@ class GenerateServiceServicer:
         NOT_FOUND            an input asset id that does not exist for this tenant.
         FAILED_PRECONDITION  idempotency key reused with a different spec.
         UNAVAILABLE          no provider serves the task right now; the bus or store is down.
+        RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,6 +75,16 @@ class GenerateServiceServicer:
         """Submits like Submit, then streams the job's events until it ends.
         The first message carries the job as created; the stream closes after the
         terminal event. Errors: as Submit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitBatch(self, request, context):
+        """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
+        index, and nothing is created. Watch the jobs with JobService.WatchBatch.
+        Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+        RESOURCE_EXHAUSTED a provider's queue bound would be passed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +102,11 @@ def add_GenerateServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=genmesh_dot_v1_dot_generate__service__pb2.GenerateRequest.FromString,
                     response_serializer=genmesh_dot_v1_dot_generate__service__pb2.GenerateResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=genmesh_dot_v1_dot_generate__service__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_generate__service__pb2.SubmitBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +164,33 @@ class GenerateService:
             '/genmesh.v1.GenerateService/Generate',
             genmesh_dot_v1_dot_generate__service__pb2.GenerateRequest.SerializeToString,
             genmesh_dot_v1_dot_generate__service__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genmesh.v1.GenerateService/SubmitBatch',
+            genmesh_dot_v1_dot_generate__service__pb2.SubmitBatchRequest.SerializeToString,
+            genmesh_dot_v1_dot_generate__service__pb2.SubmitBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

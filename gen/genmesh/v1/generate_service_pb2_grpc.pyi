@@ -42,11 +42,18 @@ class GenerateServiceStub:
       NOT_FOUND            an input asset id that does not exist for this tenant.
       FAILED_PRECONDITION  idempotency key reused with a different spec.
       UNAVAILABLE          no provider serves the task right now; the bus or store is down.
+      RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
     """
     Generate: _grpc.UnaryStreamMultiCallable[_generate_service_pb2.GenerateRequest, _generate_service_pb2.GenerateResponse]
     """Submits like Submit, then streams the job's events until it ends.
     The first message carries the job as created; the stream closes after the
     terminal event. Errors: as Submit.
+    """
+    SubmitBatch: _grpc.UnaryUnaryMultiCallable[_generate_service_pb2.SubmitBatchRequest, _generate_service_pb2.SubmitBatchResponse]
+    """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
+    index, and nothing is created. Watch the jobs with JobService.WatchBatch.
+    Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+    RESOURCE_EXHAUSTED a provider's queue bound would be passed.
     """
 
 @_typing.type_check_only
@@ -63,11 +70,18 @@ class GenerateServiceAsyncStub(GenerateServiceStub):
       NOT_FOUND            an input asset id that does not exist for this tenant.
       FAILED_PRECONDITION  idempotency key reused with a different spec.
       UNAVAILABLE          no provider serves the task right now; the bus or store is down.
+      RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
     """
     Generate: _aio.UnaryStreamMultiCallable[_generate_service_pb2.GenerateRequest, _generate_service_pb2.GenerateResponse]  # type: ignore[assignment]
     """Submits like Submit, then streams the job's events until it ends.
     The first message carries the job as created; the stream closes after the
     terminal event. Errors: as Submit.
+    """
+    SubmitBatch: _aio.UnaryUnaryMultiCallable[_generate_service_pb2.SubmitBatchRequest, _generate_service_pb2.SubmitBatchResponse]  # type: ignore[assignment]
+    """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
+    index, and nothing is created. Watch the jobs with JobService.WatchBatch.
+    Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+    RESOURCE_EXHAUSTED a provider's queue bound would be passed.
     """
 
 class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -87,6 +101,7 @@ class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
           NOT_FOUND            an input asset id that does not exist for this tenant.
           FAILED_PRECONDITION  idempotency key reused with a different spec.
           UNAVAILABLE          no provider serves the task right now; the bus or store is down.
+          RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
         """
 
     @_abc_1.abstractmethod
@@ -98,6 +113,18 @@ class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
         """Submits like Submit, then streams the job's events until it ends.
         The first message carries the job as created; the stream closes after the
         terminal event. Errors: as Submit.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitBatch(
+        self,
+        request: _generate_service_pb2.SubmitBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generate_service_pb2.SubmitBatchResponse, _abc.Awaitable[_generate_service_pb2.SubmitBatchResponse]]:
+        """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
+        index, and nothing is created. Watch the jobs with JobService.WatchBatch.
+        Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+        RESOURCE_EXHAUSTED a provider's queue bound would be passed.
         """
 
 def add_GenerateServiceServicer_to_server(servicer: GenerateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,47 +23,58 @@ _sym_db = _symbol_database.Default()
 
 
 from genmesh.v1 import asset_pb2 as genmesh_dot_v1_dot_asset__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14genmesh/v1/job.proto\x12\ngenmesh.v1\x1a\x16genmesh/v1/asset.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.genmesh.v1.ErrorKind\x12\x10\n\x08provider\x18\x04 \x01(\t\"m\n\x08Progress\x12\x1b\n\x0equeue_position\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07percent\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x07message\x18\x03 \x01(\tB\x11\n\x0f_queue_positionB\n\n\x08_percent\"V\n\x10RoutingCandidate\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x08\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"\xb5\x01\n\x0fRoutingDecision\x12)\n\x06policy\x18\x01 \x01(\x0e\x32\x19.genmesh.v1.RoutingPolicy\x12\x30\n\ncandidates\x18\x02 \x03(\x0b\x32\x1c.genmesh.v1.RoutingCandidate\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x14requested_parameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xfe\x01\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x10\n\x08provider\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07outcome\x18\x05 \x01(\x0e\x32\x1a.genmesh.v1.AttemptOutcome\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x14.genmesh.v1.JobError\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\"\xb2\x02\n\x07JobSpec\x12\x1e\n\x04task\x18\x01 \x01(\x0e\x32\x10.genmesh.v1.Task\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x17\n\x0finput_asset_ids\x18\x03 \x03(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12+\n\nparameters\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12;\n\x13provider_preference\x18\x14 \x01(\x0e\x32\x1e.genmesh.v1.ProviderPreference\x12\x31\n\x0erouting_policy\x18\x15 \x01(\x0e\x32\x19.genmesh.v1.RoutingPolicy\x12\x16\n\x0e\x65nhance_prompt\x18\x1e \x01(\x08\"\x8a\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.genmesh.v1.JobSpec\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.genmesh.v1.JobState\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x15\n\rlast_sequence\x18\x06 \x01(\x03\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x14.genmesh.v1.JobError\x12\"\n\x07preview\x18\x08 \x01(\x0b\x32\x11.genmesh.v1.Asset\x12!\n\x06\x61ssets\x18\t \x03(\x0b\x32\x11.genmesh.v1.Asset\x12\x13\n\x0boutput_text\x18\n \x01(\t\x12\x1b\n\x13provider_request_id\x18\x0b \x01(\t\x12&\n\x08progress\x18\x0c \x01(\x0b\x32\x14.genmesh.v1.Progress\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07routing\x18\x14 \x01(\x0b\x32\x1b.genmesh.v1.RoutingDecision\x12%\n\x08\x61ttempts\x18\x15 \x03(\x0b\x32\x13.genmesh.v1.Attempt\x12;\n\x13prompt_optimization\x18\x1e \x01(\x0b\x32\x1e.genmesh.v1.PromptOptimization\x12\x39\n\x12prompt_enhancement\x18\x1f \x01(\x0b\x32\x1d.genmesh.v1.PromptEnhancement\"\xb8\x01\n\x12PromptOptimization\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x17\n\x0foriginal_length\x18\x02 \x01(\x05\x12\x18\n\x10optimized_length\x18\x03 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03\x12\x17\n\x0foriginal_prompt\x18\x05 \x01(\t\x12\x18\n\x10optimized_prompt\x18\x06 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x07 \x01(\t\"T\n\x11PromptEnhancement\x12\r\n\x05hints\x18\x01 \x03(\t\x12\x17\n\x0foriginal_prompt\x18\x02 \x01(\t\x12\x17\n\x0f\x65nhanced_prompt\x18\x03 \x01(\t\"\xd3\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.genmesh.v1.JobState\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08progress\x18\x05 \x01(\x0b\x32\x14.genmesh.v1.Progress\x12\"\n\x07preview\x18\x06 \x01(\x0b\x32\x11.genmesh.v1.Asset\x12!\n\x06\x61ssets\x18\x07 \x03(\x0b\x32\x11.genmesh.v1.Asset\x12\x13\n\x0boutput_text\x18\x08 \x01(\t\x12#\n\x05\x65rror\x18\t \x01(\x0b\x32\x14.genmesh.v1.JobError\x12\x10\n\x08provider\x18\n \x01(\t\x12\x1b\n\x13provider_request_id\x18\x0b \x01(\t*\xc7\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_TEXT_TO_TEXT\x10\x01\x12\x16\n\x12TASK_TEXT_TO_IMAGE\x10\x02\x12\x17\n\x13TASK_IMAGE_TO_IMAGE\x10\x03\x12\x17\n\x13TASK_TEXT_TO_SPEECH\x10\x04\x12\x17\n\x13TASK_SPEECH_TO_TEXT\x10\x05\x12\x16\n\x12TASK_IMAGE_TO_TEXT\x10\x06\x12\x17\n\x13TASK_IMAGE_TO_VIDEO\x10\x07*\xba\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x18\n\x14JOB_STATE_PROCESSING\x10\x02\x12\x1b\n\x17JOB_STATE_PREVIEW_READY\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*u\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_KIND_INVALID_INPUT\x10\x01\x12\x18\n\x14\x45RROR_KIND_RETRYABLE\x10\x02\x12\x14\n\x10\x45RROR_KIND_FATAL\x10\x03*w\n\x12ProviderPreference\x12#\n\x1fPROVIDER_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROVIDER_PREFERENCE_STRICT\x10\x01\x12\x1c\n\x18PROVIDER_PREFERENCE_SOFT\x10\x02*\xbd\x01\n\rRoutingPolicy\x12\x1e\n\x1aROUTING_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROUTING_POLICY_PRIORITY\x10\x01\x12\x17\n\x13ROUTING_POLICY_COST\x10\x02\x12\x1a\n\x16ROUTING_POLICY_LATENCY\x10\x03\x12\x1d\n\x19ROUTING_POLICY_LEAST_BUSY\x10\x04\x12\x1b\n\x17ROUTING_POLICY_WEIGHTED\x10\x05*\xa8\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41TTEMPT_OUTCOME_RUNNING\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x02\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14genmesh/v1/job.proto\x12\ngenmesh.v1\x1a\x16genmesh/v1/asset.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.genmesh.v1.ErrorKind\x12\x10\n\x08provider\x18\x04 \x01(\t\"m\n\x08Progress\x12\x1b\n\x0equeue_position\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07percent\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x07message\x18\x03 \x01(\tB\x11\n\x0f_queue_positionB\n\n\x08_percent\"V\n\x10RoutingCandidate\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x08\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"\xb5\x01\n\x0fRoutingDecision\x12)\n\x06policy\x18\x01 \x01(\x0e\x32\x19.genmesh.v1.RoutingPolicy\x12\x30\n\ncandidates\x18\x02 \x03(\x0b\x32\x1c.genmesh.v1.RoutingCandidate\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x35\n\x14requested_parameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8d\x02\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x10\n\x08provider\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07outcome\x18\x05 \x01(\x0e\x32\x1a.genmesh.v1.AttemptOutcome\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x14.genmesh.v1.JobError\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\r\n\x05hedge\x18\t \x01(\x08\"\xab\x04\n\x07JobSpec\x12\x1e\n\x04task\x18\x01 \x01(\x0e\x32\x10.genmesh.v1.Task\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x17\n\x0finput_asset_ids\x18\x03 \x03(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12+\n\nparameters\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12;\n\x13provider_preference\x18\x14 \x01(\x0e\x32\x1e.genmesh.v1.ProviderPreference\x12\x31\n\x0erouting_policy\x18\x15 \x01(\x0e\x32\x19.genmesh.v1.RoutingPolicy\x12\x16\n\x0e\x65nhance_prompt\x18\x1e \x01(\x08\x12\x13\n\x0b\x64raft_first\x18\x1f \x01(\x08\x12&\n\x08priority\x18\x16 \x01(\x0e\x32\x14.genmesh.v1.Priority\x12*\n\x07timeout\x18\x17 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x61ttempt_timeout\x18\x18 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bhedge_after\x18\x19 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x08pipeline\x18( \x01(\x0b\x32\x18.genmesh.v1.PipelineSpec\"\xb3\x01\n\x0cPipelineStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04task\x18\x02 \x01(\x0e\x32\x10.genmesh.v1.Task\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0e\n\x06inputs\x18\x04 \x03(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12+\n\nparameters\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x65nhance_prompt\x18\x07 \x01(\x08\"E\n\x0cPipelineSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05steps\x18\x02 \x03(\x0b\x32\x18.genmesh.v1.PipelineStep\"\xd4\x01\n\x12PipelineStepStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04task\x18\x02 \x01(\x0e\x32\x10.genmesh.v1.Task\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.genmesh.v1.JobState\x12!\n\x06\x61ssets\x18\x05 \x03(\x0b\x32\x11.genmesh.v1.Asset\x12\x13\n\x0boutput_text\x18\x06 \x01(\t\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x14.genmesh.v1.JobError\"J\n\x0bPipelineRun\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05steps\x18\x02 \x03(\x0b\x32\x1e.genmesh.v1.PipelineStepStatus\"\xa3\x06\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.genmesh.v1.JobSpec\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.genmesh.v1.JobState\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x15\n\rlast_sequence\x18\x06 \x01(\x03\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x14.genmesh.v1.JobError\x12\"\n\x07preview\x18\x08 \x01(\x0b\x32\x11.genmesh.v1.Asset\x12!\n\x06\x61ssets\x18\t \x03(\x0b\x32\x11.genmesh.v1.Asset\x12\x13\n\x0boutput_text\x18\n \x01(\t\x12\x1b\n\x13provider_request_id\x18\x0b \x01(\t\x12&\n\x08progress\x18\x0c \x01(\x0b\x32\x14.genmesh.v1.Progress\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07routing\x18\x14 \x01(\x0b\x32\x1b.genmesh.v1.RoutingDecision\x12%\n\x08\x61ttempts\x18\x15 \x03(\x0b\x32\x13.genmesh.v1.Attempt\x12;\n\x13prompt_optimization\x18\x1e \x01(\x0b\x32\x1e.genmesh.v1.PromptOptimization\x12\x39\n\x12prompt_enhancement\x18\x1f \x01(\x0b\x32\x1d.genmesh.v1.PromptEnhancement\x12,\n\x08\x64\x65\x61\x64line\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x62\x61tch_id\x18\x17 \x01(\t\x12)\n\x08pipeline\x18( \x01(\x0b\x32\x17.genmesh.v1.PipelineRun\x12\x15\n\rparent_job_id\x18) \x01(\t\x12\x15\n\rpipeline_step\x18* \x01(\t\"\xb8\x01\n\x12PromptOptimization\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x17\n\x0foriginal_length\x18\x02 \x01(\x05\x12\x18\n\x10optimized_length\x18\x03 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03\x12\x17\n\x0foriginal_prompt\x18\x05 \x01(\t\x12\x18\n\x10optimized_prompt\x18\x06 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x07 \x01(\t\"T\n\x11PromptEnhancement\x12\r\n\x05hints\x18\x01 \x03(\t\x12\x17\n\x0foriginal_prompt\x18\x02 \x01(\t\x12\x17\n\x0f\x65nhanced_prompt\x18\x03 \x01(\t\"\xe1\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.genmesh.v1.JobState\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08progress\x18\x05 \x01(\x0b\x32\x14.genmesh.v1.Progress\x12\"\n\x07preview\x18\x06 \x01(\x0b\x32\x11.genmesh.v1.Asset\x12!\n\x06\x61ssets\x18\x07 \x03(\x0b\x32\x11.genmesh.v1.Asset\x12\x13\n\x0boutput_text\x18\x08 \x01(\t\x12#\n\x05\x65rror\x18\t \x01(\x0b\x32\x14.genmesh.v1.JobError\x12\x10\n\x08provider\x18\n \x01(\t\x12\x1b\n\x13provider_request_id\x18\x0b \x01(\t\x12\x0c\n\x04step\x18\x0c \x01(\t*\xc7\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_TEXT_TO_TEXT\x10\x01\x12\x16\n\x12TASK_TEXT_TO_IMAGE\x10\x02\x12\x17\n\x13TASK_IMAGE_TO_IMAGE\x10\x03\x12\x17\n\x13TASK_TEXT_TO_SPEECH\x10\x04\x12\x17\n\x13TASK_SPEECH_TO_TEXT\x10\x05\x12\x16\n\x12TASK_IMAGE_TO_TEXT\x10\x06\x12\x17\n\x13TASK_IMAGE_TO_VIDEO\x10\x07*\xba\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x18\n\x14JOB_STATE_PROCESSING\x10\x02\x12\x1b\n\x17JOB_STATE_PREVIEW_READY\x10\x03\x12\x17\n\x13JOB_STATE_COMPLETED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*u\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_KIND_INVALID_INPUT\x10\x01\x12\x18\n\x14\x45RROR_KIND_RETRYABLE\x10\x02\x12\x14\n\x10\x45RROR_KIND_FATAL\x10\x03*w\n\x12ProviderPreference\x12#\n\x1fPROVIDER_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPROVIDER_PREFERENCE_STRICT\x10\x01\x12\x1c\n\x18PROVIDER_PREFERENCE_SOFT\x10\x02*\xbd\x01\n\rRoutingPolicy\x12\x1e\n\x1aROUTING_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n\x17ROUTING_POLICY_PRIORITY\x10\x01\x12\x17\n\x13ROUTING_POLICY_COST\x10\x02\x12\x1a\n\x16ROUTING_POLICY_LATENCY\x10\x03\x12\x1d\n\x19ROUTING_POLICY_LEAST_BUSY\x10\x04\x12\x1b\n\x17ROUTING_POLICY_WEIGHTED\x10\x05*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03*\xa8\x01\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41TTEMPT_OUTCOME_RUNNING\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x02\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x03\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genmesh.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=2439
-  _globals['_TASK']._serialized_end=2638
-  _globals['_JOBSTATE']._serialized_start=2641
-  _globals['_JOBSTATE']._serialized_end=2827
-  _globals['_ERRORKIND']._serialized_start=2829
-  _globals['_ERRORKIND']._serialized_end=2946
-  _globals['_PROVIDERPREFERENCE']._serialized_start=2948
-  _globals['_PROVIDERPREFERENCE']._serialized_end=3067
-  _globals['_ROUTINGPOLICY']._serialized_start=3070
-  _globals['_ROUTINGPOLICY']._serialized_end=3259
-  _globals['_ATTEMPTOUTCOME']._serialized_start=3262
-  _globals['_ATTEMPTOUTCOME']._serialized_end=3430
-  _globals['_JOBERROR']._serialized_start=123
-  _globals['_JOBERROR']._serialized_end=219
-  _globals['_PROGRESS']._serialized_start=221
-  _globals['_PROGRESS']._serialized_end=330
-  _globals['_ROUTINGCANDIDATE']._serialized_start=332
-  _globals['_ROUTINGCANDIDATE']._serialized_end=418
-  _globals['_ROUTINGDECISION']._serialized_start=421
-  _globals['_ROUTINGDECISION']._serialized_end=602
-  _globals['_ATTEMPT']._serialized_start=605
-  _globals['_ATTEMPT']._serialized_end=859
-  _globals['_JOBSPEC']._serialized_start=862
-  _globals['_JOBSPEC']._serialized_end=1168
-  _globals['_JOB']._serialized_start=1171
-  _globals['_JOB']._serialized_end=1821
-  _globals['_PROMPTOPTIMIZATION']._serialized_start=1824
-  _globals['_PROMPTOPTIMIZATION']._serialized_end=2008
-  _globals['_PROMPTENHANCEMENT']._serialized_start=2010
-  _globals['_PROMPTENHANCEMENT']._serialized_end=2094
-  _globals['_JOBEVENT']._serialized_start=2097
-  _globals['_JOBEVENT']._serialized_end=2436
+  _globals['_TASK']._serialized_start=3446
+  _globals['_TASK']._serialized_end=3645
+  _globals['_JOBSTATE']._serialized_start=3648
+  _globals['_JOBSTATE']._serialized_end=3834
+  _globals['_ERRORKIND']._serialized_start=3836
+  _globals['_ERRORKIND']._serialized_end=3953
+  _globals['_PROVIDERPREFERENCE']._serialized_start=3955
+  _globals['_PROVIDERPREFERENCE']._serialized_end=4074
+  _globals['_ROUTINGPOLICY']._serialized_start=4077
+  _globals['_ROUTINGPOLICY']._serialized_end=4266
+  _globals['_PRIORITY']._serialized_start=4268
+  _globals['_PRIORITY']._serialized_end=4362
+  _globals['_ATTEMPTOUTCOME']._serialized_start=4365
+  _globals['_ATTEMPTOUTCOME']._serialized_end=4533
+  _globals['_JOBERROR']._serialized_start=155
+  _globals['_JOBERROR']._serialized_end=251
+  _globals['_PROGRESS']._serialized_start=253
+  _globals['_PROGRESS']._serialized_end=362
+  _globals['_ROUTINGCANDIDATE']._serialized_start=364
+  _globals['_ROUTINGCANDIDATE']._serialized_end=450
+  _globals['_ROUTINGDECISION']._serialized_start=453
+  _globals['_ROUTINGDECISION']._serialized_end=634
+  _globals['_ATTEMPT']._serialized_start=637
+  _globals['_ATTEMPT']._serialized_end=906
+  _globals['_JOBSPEC']._serialized_start=909
+  _globals['_JOBSPEC']._serialized_end=1464
+  _globals['_PIPELINESTEP']._serialized_start=1467
+  _globals['_PIPELINESTEP']._serialized_end=1646
+  _globals['_PIPELINESPEC']._serialized_start=1648
+  _globals['_PIPELINESPEC']._serialized_end=1717
+  _globals['_PIPELINESTEPSTATUS']._serialized_start=1720
+  _globals['_PIPELINESTEPSTATUS']._serialized_end=1932
+  _globals['_PIPELINERUN']._serialized_start=1934
+  _globals['_PIPELINERUN']._serialized_end=2008
+  _globals['_JOB']._serialized_start=2011
+  _globals['_JOB']._serialized_end=2814
+  _globals['_PROMPTOPTIMIZATION']._serialized_start=2817
+  _globals['_PROMPTOPTIMIZATION']._serialized_end=3001
+  _globals['_PROMPTENHANCEMENT']._serialized_start=3003
+  _globals['_PROMPTENHANCEMENT']._serialized_end=3087
+  _globals['_JOBEVENT']._serialized_start=3090
+  _globals['_JOBEVENT']._serialized_end=3443
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from genmesh.v1 import asset_pb2 as _asset_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -164,6 +165,30 @@ ROUTING_POLICY_LEAST_BUSY: RoutingPolicy.ValueType  # 4
 ROUTING_POLICY_WEIGHTED: RoutingPolicy.ValueType  # 5
 """Random, in proportion to configured weights (GENMESH_ROUTING_WEIGHTS)."""
 Global___RoutingPolicy: _TypeAlias = RoutingPolicy  # noqa: Y015
+
+class _Priority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """NORMAL."""
+    PRIORITY_LOW: _Priority.ValueType  # 1
+    PRIORITY_NORMAL: _Priority.ValueType  # 2
+    PRIORITY_HIGH: _Priority.ValueType  # 3
+
+class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
+    """Which waiting jobs start first when a provider is busy. Low-priority jobs are promoted
+    after waiting GENMESH_PRIORITY_AGING seconds, so they are never starved for ever.
+    """
+
+PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""NORMAL."""
+PRIORITY_LOW: Priority.ValueType  # 1
+PRIORITY_NORMAL: Priority.ValueType  # 2
+PRIORITY_HIGH: Priority.ValueType  # 3
+Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 class _AttemptOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -344,6 +369,7 @@ class Attempt(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    HEDGE_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """1 for the first dispatch, +1 per fallback."""
     provider: _builtins.str
@@ -352,6 +378,8 @@ class Attempt(_message.Message):
     """The provider's estimated cost of the job."""
     reason: _builtins.str
     """Why this provider: the policy's reason, or the fallback that led here."""
+    hedge: _builtins.bool
+    """Started as a hedge beside a slow attempt; the first of them to complete wins."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When it was dispatched, and when its outcome was recorded."""
@@ -373,10 +401,11 @@ class Attempt(_message.Message):
         error: Global___JobError | None = ...,
         cost_usd: _builtins.float = ...,
         reason: _builtins.str = ...,
+        hedge: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cost_usd", b"cost_usd", "end_time", b"end_time", "error", b"error", "outcome", b"outcome", "provider", b"provider", "reason", b"reason", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cost_usd", b"cost_usd", "end_time", b"end_time", "error", b"error", "hedge", b"hedge", "outcome", b"outcome", "provider", b"provider", "reason", b"reason", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,6 +426,12 @@ class JobSpec(_message.Message):
     PROVIDER_PREFERENCE_FIELD_NUMBER: _builtins.int
     ROUTING_POLICY_FIELD_NUMBER: _builtins.int
     ENHANCE_PROMPT_FIELD_NUMBER: _builtins.int
+    DRAFT_FIRST_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    HEDGE_AFTER_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
     task: Global___Task.ValueType
     prompt: _builtins.str
     """1..10,000 characters. Required for every task but SPEECH_TO_TEXT, IMAGE_TO_TEXT
@@ -416,6 +451,12 @@ class JobSpec(_message.Message):
     """Image and video tasks: append style, aspect and quality hints to the prompt
     (PromptService.EnhancePrompt); recorded in Job.prompt_enhancement.
     """
+    draft_first: _builtins.bool
+    """Image and video tasks: deliver a quick, cheap draft (smaller size, shorter clip or a
+    cheaper model) as PREVIEW_READY before the full-quality result.
+    """
+    priority: Global___Priority.ValueType
+    """Under load, waiting higher-priority jobs start first."""
     @_builtins.property
     def input_asset_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Assets uploaded through AssetService; tasks that take an input need exactly one."""
@@ -423,6 +464,32 @@ class JobSpec(_message.Message):
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """Free-form, checked against the provider's declared parameters."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The whole job's time budget from submission; past it the job fails with code
+        "deadline_exceeded". Generate also honours the call's gRPC deadline, whichever is
+        sooner. Unset: no deadline.
+        """
+
+    @_builtins.property
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """One attempt's time budget; a timed-out attempt is retried, then falls back.
+        Unset: the provider's configured attempt timeout.
+        """
+
+    @_builtins.property
+    def hedge_after(self) -> _duration_pb2.Duration:
+        """Start a second candidate when the job has shown no progress for this long; the first
+        to complete wins and the other is cancelled. Unset: the router's GENMESH_HEDGE_AFTER
+        (0 = no hedging).
+        """
+
+    @_builtins.property
+    def pipeline(self) -> Global___PipelineSpec:
+        """Run a multi-step pipeline instead of one task; `task` is then left unspecified and
+        `prompt` and `input_asset_ids` feed the pipeline's steps.
+        """
 
     def __init__(
         self,
@@ -436,14 +503,165 @@ class JobSpec(_message.Message):
         provider_preference: Global___ProviderPreference.ValueType = ...,
         routing_policy: Global___RoutingPolicy.ValueType = ...,
         enhance_prompt: _builtins.bool = ...,
+        draft_first: _builtins.bool = ...,
+        priority: Global___Priority.ValueType = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        attempt_timeout: _duration_pb2.Duration | None = ...,
+        hedge_after: _duration_pb2.Duration | None = ...,
+        pipeline: Global___PipelineSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "hedge_after", b"hedge_after", "parameters", b"parameters", "pipeline", b"pipeline", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enhance_prompt", b"enhance_prompt", "idempotency_key", b"idempotency_key", "input_asset_ids", b"input_asset_ids", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "provider_preference", b"provider_preference", "routing_policy", b"routing_policy", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "draft_first", b"draft_first", "enhance_prompt", b"enhance_prompt", "hedge_after", b"hedge_after", "idempotency_key", b"idempotency_key", "input_asset_ids", b"input_asset_ids", "parameters", b"parameters", "pipeline", b"pipeline", "priority", b"priority", "prompt", b"prompt", "provider", b"provider", "provider_preference", b"provider_preference", "routing_policy", b"routing_policy", "task", b"task", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class PipelineStep(_message.Message):
+    """One step of a pipeline: a task whose inputs are wired from earlier steps' outputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    ENHANCE_PROMPT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique within the pipeline: lowercase letters, digits, "-" and "_"."""
+    task: Global___Task.ValueType
+    prompt: _builtins.str
+    """The step's prompt. "{prompt}" is the pipeline's prompt and "{<step>}" an earlier
+    step's output text.
+    """
+    provider: _builtins.str
+    """As JobSpec.provider / parameters / enhance_prompt, for this step's job."""
+    enhance_prompt: _builtins.bool
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the step's input asset comes from: an earlier step's name (its first output
+        asset) or "input" (the pipeline's own first input asset).
+        """
+
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        task: Global___Task.ValueType = ...,
+        prompt: _builtins.str = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        provider: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        enhance_prompt: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enhance_prompt", b"enhance_prompt", "inputs", b"inputs", "name", b"name", "parameters", b"parameters", "prompt", b"prompt", "provider", b"provider", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineStep: _TypeAlias = PipelineStep  # noqa: Y015
+
+@_typing.final
+class PipelineSpec(_message.Message):
+    """A pipeline to run: a built-in by name, or steps given in order (each may use only
+    earlier steps).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"speech-to-image", "image-to-product-copy" or "text-to-video"; empty with `steps`."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineStep]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        steps: _abc.Iterable[Global___PipelineStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineSpec: _TypeAlias = PipelineSpec  # noqa: Y015
+
+@_typing.final
+class PipelineStepStatus(_message.Message):
+    """Where one pipeline step stands; each step runs as a job of its own."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ASSETS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TEXT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    task: Global___Task.ValueType
+    job_id: _builtins.str
+    """The step's own job, once it has started."""
+    state: Global___JobState.ValueType
+    output_text: _builtins.str
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedCompositeFieldContainer[_asset_pb2.Asset]: ...
+    @_builtins.property
+    def error(self) -> Global___JobError: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        task: Global___Task.ValueType = ...,
+        job_id: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        assets: _abc.Iterable[_asset_pb2.Asset] | None = ...,
+        output_text: _builtins.str = ...,
+        error: Global___JobError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "error", b"error", "job_id", b"job_id", "name", b"name", "output_text", b"output_text", "state", b"state", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineStepStatus: _TypeAlias = PipelineStepStatus  # noqa: Y015
+
+@_typing.final
+class PipelineRun(_message.Message):
+    """A pipeline job's steps, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineStepStatus]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        steps: _abc.Iterable[Global___PipelineStepStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelineRun: _TypeAlias = PipelineRun  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
@@ -469,6 +687,11 @@ class Job(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     PROMPT_OPTIMIZATION_FIELD_NUMBER: _builtins.int
     PROMPT_ENHANCEMENT_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    PARENT_JOB_ID_FIELD_NUMBER: _builtins.int
+    PIPELINE_STEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     state: Global___JobState.ValueType
@@ -482,6 +705,11 @@ class Job(_message.Message):
     """
     provider_request_id: _builtins.str
     """The provider's own id for the request, when it returns one."""
+    batch_id: _builtins.str
+    """Set on jobs created by SubmitBatch."""
+    parent_job_id: _builtins.str
+    """Set on a pipeline step's job: the pipeline job and the step it runs."""
+    pipeline_step: _builtins.str
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -518,6 +746,16 @@ class Job(_message.Message):
     def prompt_enhancement(self) -> Global___PromptEnhancement:
         """Set when spec.enhance_prompt asked for hints."""
 
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the job fails with "deadline_exceeded": spec.timeout or the Generate call's
+        deadline, whichever is sooner.
+        """
+
+    @_builtins.property
+    def pipeline(self) -> Global___PipelineRun:
+        """Set on a pipeline job: its steps and how far each has got."""
+
     def __init__(
         self,
         *,
@@ -539,10 +777,15 @@ class Job(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         prompt_optimization: Global___PromptOptimization | None = ...,
         prompt_enhancement: Global___PromptEnhancement | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        batch_id: _builtins.str = ...,
+        pipeline: Global___PipelineRun | None = ...,
+        parent_job_id: _builtins.str = ...,
+        pipeline_step: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "preview", b"preview", "progress", b"progress", "prompt_enhancement", b"prompt_enhancement", "prompt_optimization", b"prompt_optimization", "routing", b"routing", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "error", b"error", "pipeline", b"pipeline", "preview", b"preview", "progress", b"progress", "prompt_enhancement", b"prompt_enhancement", "prompt_optimization", b"prompt_optimization", "routing", b"routing", "spec", b"spec", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "attempts", b"attempts", "create_time", b"create_time", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "prompt_enhancement", b"prompt_enhancement", "prompt_optimization", b"prompt_optimization", "provider", b"provider", "provider_request_id", b"provider_request_id", "routing", b"routing", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "attempts", b"attempts", "batch_id", b"batch_id", "create_time", b"create_time", "deadline", b"deadline", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "output_text", b"output_text", "parent_job_id", b"parent_job_id", "pipeline", b"pipeline", "pipeline_step", b"pipeline_step", "preview", b"preview", "progress", b"progress", "prompt_enhancement", b"prompt_enhancement", "prompt_optimization", b"prompt_optimization", "provider", b"provider", "provider_request_id", b"provider_request_id", "routing", b"routing", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -642,12 +885,15 @@ class JobEvent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     PROVIDER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     sequence: _builtins.int
     state: Global___JobState.ValueType
     output_text: _builtins.str
     provider: _builtins.str
     provider_request_id: _builtins.str
+    step: _builtins.str
+    """On a pipeline job's events: the step the event is about."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -678,10 +924,11 @@ class JobEvent(_message.Message):
         error: Global___JobError | None = ...,
         provider: _builtins.str = ...,
         provider_request_id: _builtins.str = ...,
+        step: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "preview", b"preview", "progress", b"progress", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "error", b"error", "job_id", b"job_id", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "provider", b"provider", "provider_request_id", b"provider_request_id", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "error", b"error", "job_id", b"job_id", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "provider", b"provider", "provider_request_id", b"provider_request_id", "sequence", b"sequence", "state", b"state", "step", b"step", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -60,6 +60,11 @@ class JobServiceStub:
                 request_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
                 response_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
                 _registered_method=True)
+        self.WatchBatch = channel.unary_stream(
+                '/genmesh.v1.JobService/WatchBatch',
+                request_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -111,6 +116,15 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchBatch(self, request, context):
+        """A batch from SubmitBatch: first its summary and each job as it is now, then every
+        later event of its jobs, with a new summary whenever a job ends; closes once every
+        job has ended. Errors: NOT_FOUND no such batch for this tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +152,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJobs,
                     request_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsRequest.FromString,
                     response_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchJobsResponse.SerializeToString,
+            ),
+            'WatchBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBatch,
+                    request_deserializer=genmesh_dot_v1_dot_job__service__pb2.WatchBatchRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_job__service__pb2.WatchBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +295,33 @@ class JobService:
             '/genmesh.v1.JobService/WatchJobs',
             genmesh_dot_v1_dot_job__service__pb2.WatchJobsRequest.SerializeToString,
             genmesh_dot_v1_dot_job__service__pb2.WatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/genmesh.v1.JobService/WatchBatch',
+            genmesh_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
+            genmesh_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,11 @@ class JobServiceStub:
     The stream never ends on its own.
     Errors: INVALID_ARGUMENT malformed cursor.
     """
+    WatchBatch: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchBatchRequest, _job_service_pb2.WatchBatchResponse]
+    """A batch from SubmitBatch: first its summary and each job as it is now, then every
+    later event of its jobs, with a new summary whenever a job ends; closes once every
+    job has ended. Errors: NOT_FOUND no such batch for this tenant.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -84,6 +89,11 @@ class JobServiceAsyncStub(JobServiceStub):
     again: drop an event whose sequence is not above the last one seen for its job.
     The stream never ends on its own.
     Errors: INVALID_ARGUMENT malformed cursor.
+    """
+    WatchBatch: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchBatchRequest, _job_service_pb2.WatchBatchResponse]  # type: ignore[assignment]
+    """A batch from SubmitBatch: first its summary and each job as it is now, then every
+    later event of its jobs, with a new summary whenever a job ends; closes once every
+    job has ended. Errors: NOT_FOUND no such batch for this tenant.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -140,6 +150,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         again: drop an event whose sequence is not above the last one seen for its job.
         The stream never ends on its own.
         Errors: INVALID_ARGUMENT malformed cursor.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchBatch(
+        self,
+        request: _job_service_pb2.WatchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchBatchResponse], _abc.AsyncIterator[_job_service_pb2.WatchBatchResponse]]:
+        """A batch from SubmitBatch: first its summary and each job as it is now, then every
+        later event of its jobs, with a new summary whenever a job ends; closes once every
+        job has ended. Errors: NOT_FOUND no such batch for this tenant.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,33 +23,36 @@ _sym_db = _symbol_database.Default()
 
 
 from genmesh.v1 import job_pb2 as genmesh_dot_v1_dot_job__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!genmesh/v1/provider_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x02\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\'\n\x04type\x18\x03 \x01(\x0e\x32\x19.genmesh.v1.ParameterType\x12\x16\n\x0e\x61llowed_values\x18\x04 \x03(\t\x12\x14\n\x07minimum\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12-\n\rdefault_value\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x1f\n\x05tasks\x18\x08 \x03(\x0e\x32\x10.genmesh.v1.TaskB\n\n\x08_minimumB\n\n\x08_maximum\"\x80\x02\n\x0eProviderHealth\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.genmesh.v1.ProviderStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0clive_workers\x18\x03 \x01(\x05\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recent_error_rate\x18\x06 \x01(\x01\x12\x14\n\x0crecent_calls\x18\x07 \x01(\x05\x12)\n\x07\x63ircuit\x18\x14 \x01(\x0e\x32\x18.genmesh.v1.CircuitState\"\xff\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1f\n\x05tasks\x18\x04 \x03(\x0e\x32\x10.genmesh.v1.Task\x12-\n\nparameters\x18\x05 \x03(\x0b\x32\x19.genmesh.v1.ParameterSpec\x12\x0f\n\x07offline\x18\x06 \x01(\x08\x12\x18\n\x10\x63ost_per_job_usd\x18\x07 \x01(\x01\x12*\n\x06health\x18\x08 \x01(\x0b\x32\x1a.genmesh.v1.ProviderHealth\x12\x19\n\x11max_prompt_length\x18\x1e \x01(\x05\"6\n\x14ListProvidersRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0e\x32\x10.genmesh.v1.Task\"@\n\x15ListProvidersResponse\x12\'\n\tproviders\x18\x01 \x03(\x0b\x32\x14.genmesh.v1.Provider*\x9d\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x1a\n\x16PARAMETER_TYPE_INTEGER\x10\x02\x12\x19\n\x15PARAMETER_TYPE_NUMBER\x10\x03\x12\x1a\n\x16PARAMETER_TYPE_BOOLEAN\x10\x04*\x8f\x01\n\x0eProviderStatus\x12\x1f\n\x1bPROVIDER_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19PROVIDER_STATUS_AVAILABLE\x10\x01\x12\x1c\n\x18PROVIDER_STATUS_DEGRADED\x10\x02\x12\x1f\n\x1bPROVIDER_STATUS_UNAVAILABLE\x10\x03*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32g\n\x0fProviderService\x12T\n\rListProviders\x12 .genmesh.v1.ListProvidersRequest\x1a!.genmesh.v1.ListProvidersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!genmesh/v1/provider_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x02\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\'\n\x04type\x18\x03 \x01(\x0e\x32\x19.genmesh.v1.ParameterType\x12\x16\n\x0e\x61llowed_values\x18\x04 \x03(\t\x12\x14\n\x07minimum\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12-\n\rdefault_value\x18\x07 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x1f\n\x05tasks\x18\x08 \x03(\x0e\x32\x10.genmesh.v1.TaskB\n\n\x08_minimumB\n\n\x08_maximum\"\x90\x02\n\x0eProviderHealth\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.genmesh.v1.ProviderStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0clive_workers\x18\x03 \x01(\x05\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recent_error_rate\x18\x06 \x01(\x01\x12\x14\n\x0crecent_calls\x18\x07 \x01(\x05\x12\x0e\n\x06queued\x18\x08 \x01(\x03\x12)\n\x07\x63ircuit\x18\x14 \x01(\x0e\x32\x18.genmesh.v1.CircuitState\"\xab\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1f\n\x05tasks\x18\x04 \x03(\x0e\x32\x10.genmesh.v1.Task\x12-\n\nparameters\x18\x05 \x03(\x0b\x32\x19.genmesh.v1.ParameterSpec\x12\x0f\n\x07offline\x18\x06 \x01(\x08\x12\x18\n\x10\x63ost_per_job_usd\x18\x07 \x01(\x01\x12*\n\x06health\x18\x08 \x01(\x0b\x32\x1a.genmesh.v1.ProviderHealth\x12\x19\n\x11max_prompt_length\x18\x1e \x01(\x05\x12*\n\x06limits\x18\x1f \x01(\x0b\x32\x1a.genmesh.v1.ProviderLimits\"\x9a\x01\n\x0eProviderLimits\x12\x13\n\x0b\x63oncurrency\x18\x01 \x01(\x05\x12\x17\n\x0frate_per_second\x18\x02 \x01(\x01\x12\x11\n\tmax_queue\x18\x03 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\x12\x32\n\x0f\x61ttempt_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"6\n\x14ListProvidersRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0e\x32\x10.genmesh.v1.Task\"@\n\x15ListProvidersResponse\x12\'\n\tproviders\x18\x01 \x03(\x0b\x32\x14.genmesh.v1.Provider*\x9d\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x01\x12\x1a\n\x16PARAMETER_TYPE_INTEGER\x10\x02\x12\x19\n\x15PARAMETER_TYPE_NUMBER\x10\x03\x12\x1a\n\x16PARAMETER_TYPE_BOOLEAN\x10\x04*\x8f\x01\n\x0eProviderStatus\x12\x1f\n\x1bPROVIDER_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19PROVIDER_STATUS_AVAILABLE\x10\x01\x12\x1c\n\x18PROVIDER_STATUS_DEGRADED\x10\x02\x12\x1f\n\x1bPROVIDER_STATUS_UNAVAILABLE\x10\x03*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32g\n\x0fProviderService\x12T\n\rListProviders\x12 .genmesh.v1.ListProvidersRequest\x1a!.genmesh.v1.ListProvidersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genmesh.v1.provider_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PARAMETERTYPE']._serialized_start=1040
-  _globals['_PARAMETERTYPE']._serialized_end=1197
-  _globals['_PROVIDERSTATUS']._serialized_start=1200
-  _globals['_PROVIDERSTATUS']._serialized_end=1343
-  _globals['_CIRCUITSTATE']._serialized_start=1345
-  _globals['_CIRCUITSTATE']._serialized_end=1469
-  _globals['_PARAMETERSPEC']._serialized_start=135
-  _globals['_PARAMETERSPEC']._serialized_end=398
-  _globals['_PROVIDERHEALTH']._serialized_start=401
-  _globals['_PROVIDERHEALTH']._serialized_end=657
-  _globals['_PROVIDER']._serialized_start=660
-  _globals['_PROVIDER']._serialized_end=915
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=917
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=971
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=973
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1037
-  _globals['_PROVIDERSERVICE']._serialized_start=1471
-  _globals['_PROVIDERSERVICE']._serialized_end=1574
+  _globals['_PARAMETERTYPE']._serialized_start=1289
+  _globals['_PARAMETERTYPE']._serialized_end=1446
+  _globals['_PROVIDERSTATUS']._serialized_start=1449
+  _globals['_PROVIDERSTATUS']._serialized_end=1592
+  _globals['_CIRCUITSTATE']._serialized_start=1594
+  _globals['_CIRCUITSTATE']._serialized_end=1718
+  _globals['_PARAMETERSPEC']._serialized_start=167
+  _globals['_PARAMETERSPEC']._serialized_end=430
+  _globals['_PROVIDERHEALTH']._serialized_start=433
+  _globals['_PROVIDERHEALTH']._serialized_end=705
+  _globals['_PROVIDER']._serialized_start=708
+  _globals['_PROVIDER']._serialized_end=1007
+  _globals['_PROVIDERLIMITS']._serialized_start=1010
+  _globals['_PROVIDERLIMITS']._serialized_end=1164
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1166
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1220
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1222
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1286
+  _globals['_PROVIDERSERVICE']._serialized_start=1720
+  _globals['_PROVIDERSERVICE']._serialized_end=1823
 # @@protoc_insertion_point(module_scope)

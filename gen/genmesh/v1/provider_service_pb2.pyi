@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from genmesh.v1 import job_pb2 as _job_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -161,6 +162,7 @@ class ProviderHealth(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     RECENT_ERROR_RATE_FIELD_NUMBER: _builtins.int
     RECENT_CALLS_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
     CIRCUIT_FIELD_NUMBER: _builtins.int
     status: Global___ProviderStatus.ValueType
     reason: _builtins.str
@@ -175,6 +177,8 @@ class ProviderHealth(_message.Message):
     """
     recent_calls: _builtins.int
     """How many recent calls that share is taken over."""
+    queued: _builtins.int
+    """Jobs waiting for the instance: held by the router plus undelivered in its queue."""
     circuit: Global___CircuitState.ValueType
     """The router's circuit breaker for this instance."""
     @_builtins.property
@@ -189,11 +193,12 @@ class ProviderHealth(_message.Message):
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         recent_error_rate: _builtins.float = ...,
         recent_calls: _builtins.int = ...,
+        queued: _builtins.int = ...,
         circuit: Global___CircuitState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "in_flight", b"in_flight", "last_seen", b"last_seen", "live_workers", b"live_workers", "reason", b"reason", "recent_calls", b"recent_calls", "recent_error_rate", b"recent_error_rate", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "in_flight", b"in_flight", "last_seen", b"last_seen", "live_workers", b"live_workers", "queued", b"queued", "reason", b"reason", "recent_calls", b"recent_calls", "recent_error_rate", b"recent_error_rate", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,6 +219,7 @@ class Provider(_message.Message):
     COST_PER_JOB_USD_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     MAX_PROMPT_LENGTH_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique instance name, e.g. "sandbox", "openai", "ollama-local"."""
     family: _builtins.str
@@ -233,6 +239,8 @@ class Provider(_message.Message):
     def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterSpec]: ...
     @_builtins.property
     def health(self) -> Global___ProviderHealth: ...
+    @_builtins.property
+    def limits(self) -> Global___ProviderLimits: ...
     def __init__(
         self,
         *,
@@ -245,14 +253,55 @@ class Provider(_message.Message):
         cost_per_job_usd: _builtins.float = ...,
         health: Global___ProviderHealth | None = ...,
         max_prompt_length: _builtins.int = ...,
+        limits: Global___ProviderLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_job_usd", b"cost_per_job_usd", "description", b"description", "family", b"family", "health", b"health", "max_prompt_length", b"max_prompt_length", "name", b"name", "offline", b"offline", "parameters", b"parameters", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_per_job_usd", b"cost_per_job_usd", "description", b"description", "family", b"family", "health", b"health", "limits", b"limits", "max_prompt_length", b"max_prompt_length", "name", b"name", "offline", b"offline", "parameters", b"parameters", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Provider: _TypeAlias = Provider  # noqa: Y015
+
+@_typing.final
+class ProviderLimits(_message.Message):
+    """How much work a provider instance takes (catalog settings); 0 means no limit of its own."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    RATE_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    concurrency: _builtins.int
+    """Jobs one worker runs at once."""
+    rate_per_second: _builtins.float
+    """Jobs started per second across the mesh; over it, jobs wait in the queue."""
+    max_queue: _builtins.int
+    """Jobs that may wait for the instance; past it, Submit answers RESOURCE_EXHAUSTED."""
+    max_retries: _builtins.int
+    """Retries of a retryable failure on this instance before the job falls back."""
+    @_builtins.property
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """One attempt's time budget."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: _builtins.int = ...,
+        rate_per_second: _builtins.float = ...,
+        max_queue: _builtins.int = ...,
+        max_retries: _builtins.int = ...,
+        attempt_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "concurrency", b"concurrency", "max_queue", b"max_queue", "max_retries", b"max_retries", "rate_per_second", b"rate_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderLimits: _TypeAlias = ProviderLimits  # noqa: Y015
 
 @_typing.final
 class ListProvidersRequest(_message.Message):
