@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import MetaData, event, inspect, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateIndex
 
 
 def database_url(url: str, data_dir: Path, default_name: str) -> str:
@@ -42,9 +44,30 @@ async def open_database(
             if schema and not url.startswith("sqlite"):
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_new_columns, metadata)
         yield engine
     finally:
         await engine.dispose()
+
+
+def _add_new_columns(conn: Connection, metadata: MetaData) -> None:
+    """Bring tables from an earlier release up to date: columns added since are created.
+
+    create_all makes missing tables only; new columns must be nullable (or have a server
+    default) so old rows stay valid, and their indexes are created with them."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        added = [c for c in table.columns if c.name not in present]
+        quote = conn.dialect.identifier_preparer.quote
+        for column in added:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(
+                text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+            )
+        for index in table.indexes:
+            if any(c in added for c in index.columns):
+                conn.execute(CreateIndex(index))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
