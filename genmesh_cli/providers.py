@@ -23,6 +23,12 @@ from genmesh_cli.display import console
 from genmesh_cli.generate import task_arg
 from services.common.tasks import task_name
 
+CIRCUIT = {
+    provider_service_pb2.CIRCUIT_STATE_CLOSED: Text("closed"),
+    provider_service_pb2.CIRCUIT_STATE_OPEN: Text("open", "red"),
+    provider_service_pb2.CIRCUIT_STATE_HALF_OPEN: Text("half-open", "yellow"),
+}
+
 STATUS_STYLE = {
     provider_service_pb2.PROVIDER_STATUS_AVAILABLE: "green",
     provider_service_pb2.PROVIDER_STATUS_DEGRADED: "yellow",
@@ -62,7 +68,8 @@ async def _run(args: argparse.Namespace) -> int:
         out.print("no providers")
         return 0
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("provider", "family", "status", "workers", "running", "cost/job", "tasks"):
+    columns = ("provider", "family", "status", "circuit", "workers", "running", "cost/job", "tasks")
+    for column in columns:
         table.add_column(column, no_wrap=column != "tasks")
     for provider in response.providers:
         health = provider.health
@@ -73,6 +80,7 @@ async def _run(args: argparse.Namespace) -> int:
             provider.name + (" (offline)" if provider.offline else ""),
             provider.family,
             status,
+            CIRCUIT.get(health.circuit, Text("-", "dim")),
             str(health.live_workers),
             str(health.in_flight),
             f"${provider.cost_per_job_usd:.4f}",

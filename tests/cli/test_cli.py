@@ -29,6 +29,8 @@ from genmesh.v1 import (
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
+    provider_service_pb2,
+    provider_service_pb2_grpc,
 )
 from genmesh_cli import assets
 from genmesh_cli.client import (
@@ -298,6 +300,7 @@ class ScriptedMesh(
     generate_service_pb2_grpc.GenerateServiceServicer,
     job_service_pb2_grpc.JobServiceServicer,
     asset_service_pb2_grpc.AssetServiceServicer,
+    provider_service_pb2_grpc.ProviderServiceServicer,
 ):
     """A router and storage that follow a script: break a stream, replay sloppily, fail."""
 
@@ -348,6 +351,28 @@ class ScriptedMesh(
             id="asset-1", media_type="image/png", size_bytes=len(self.blob), job_id="job-1"
         )
 
+    async def ListProviders(
+        self,
+        request: provider_service_pb2.ListProvidersRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> provider_service_pb2.ListProvidersResponse:
+        def provider(name: str, circuit: int) -> provider_service_pb2.Provider:
+            health = provider_service_pb2.ProviderHealth(
+                status=provider_service_pb2.PROVIDER_STATUS_AVAILABLE,
+                live_workers=1,
+                circuit=circuit,  # type: ignore[arg-type]
+            )
+            return provider_service_pb2.Provider(
+                name=name, family="sandbox", tasks=[job_pb2.TASK_TEXT_TO_IMAGE], health=health
+            )
+
+        return provider_service_pb2.ListProvidersResponse(
+            providers=[
+                provider("steady", provider_service_pb2.CIRCUIT_STATE_CLOSED),
+                provider("flaky", provider_service_pb2.CIRCUIT_STATE_OPEN),
+            ]
+        )
+
 
 @pytest.fixture
 async def scripted() -> AsyncIterator[tuple[ScriptedMesh, str]]:
@@ -364,6 +389,7 @@ async def scripted() -> AsyncIterator[tuple[ScriptedMesh, str]]:
     generate_service_pb2_grpc.add_GenerateServiceServicer_to_server(mesh, server)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(mesh, server)
     asset_service_pb2_grpc.add_AssetServiceServicer_to_server(mesh, server)
+    provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(mesh, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -650,3 +676,15 @@ async def test_up_and_generate(tmp_path: Path) -> None:
             except TimeoutError:
                 up.kill()
                 await up.wait()
+
+
+async def test_providers_table_shows_each_circuit(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    _, address = scripted
+    code, out, err = await run_cli("providers", "--router", address, cwd=tmp_path)
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert "circuit" in rows["provider"]
+    assert rows["steady"][3] == "closed"
+    assert rows["flaky"][3] == "open"
