@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,11 +25,13 @@ from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
 from services.router.breakers import Breakers
+from services.router.cancels import stop_workers
 from services.router.catalog import Catalog
 from services.router.core import RouterCore
 from services.router.dispatch import Dispatcher
 from services.router.fallback import Fallback
 from services.router.feed import FeedHub
+from services.router.hedging import Hedger
 from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
 from services.router.selection import (
@@ -92,6 +95,14 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         latency = LatencyTracker()
         selector = Selector(catalog.providers, selection_config(settings), breakers, latency)
         fallback = Fallback(selector, breakers, latency, dispatcher)
+        cancellations = await bus.cancellations_kv(js)
+        hedger = Hedger(
+            store,
+            fallback,
+            hub,
+            functools.partial(stop_workers, nc, bus, cancellations),
+            settings.hedge_after,
+        )
         core = RouterCore(
             store=store,
             catalog=catalog,
@@ -99,22 +110,18 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             hub=hub,
             nc=nc,
             bus=bus,
-            cancellations=await bus.cancellations_kv(js),
+            cancellations=cancellations,
             prompts=prompt_service_pb2_grpc.PromptServiceStub(prompt_channel),
             prompt_max_length=settings.prompt_max_length,
             assets=asset_service_pb2_grpc.AssetServiceStub(storage_channel),
             queues=queues,
             selector=selector,
             breakers=breakers,
+            hedger=hedger,
         )
-        recorder_task = asyncio.create_task(Recorder(js, bus, store, hub, queues, fallback).run())
-
-        async def stop_recorder() -> None:
-            recorder_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recorder_task
-
-        stack.push_async_callback(stop_recorder)
+        recorder = Recorder(js, bus, store, hub, queues, fallback, hedger)
+        for task in (asyncio.create_task(recorder.run()), asyncio.create_task(hedger.run())):
+            stack.push_async_callback(_stop, task)
         server = await stack.enter_async_context(
             grpc_server(
                 settings.listen,
@@ -144,6 +151,12 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         log.info("router listening on %s", server.address)
         yield Router(core, server, store)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def selection_config(settings: Settings) -> SelectionConfig:

@@ -15,7 +15,6 @@ from genmesh.v1 import (
     asset_pb2,
     asset_service_pb2,
     asset_service_pb2_grpc,
-    bus_pb2,
     job_pb2,
     job_service_pb2,
     prompt_service_pb2_grpc,
@@ -35,8 +34,10 @@ from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
+from services.router.cancels import stop_workers
 from services.router.catalog import Catalog
 from services.router.dispatch import Dispatcher
+from services.router.hedging import Hedger
 from services.router.queues import QueueDepths
 from services.router.selection import Selector
 from services.router.selection import requested as selection_request
@@ -70,6 +71,7 @@ class RouterCore:
         selector: Selector,
         breakers: Breakers,
         prompt_max_length: int = 10_000,
+        hedger: Hedger | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -84,6 +86,7 @@ class RouterCore:
         self._queues = queues
         self._selector = selector
         self._breakers = breakers
+        self._hedger = hedger
 
     # ---- submit -------------------------------------------------------------------
 
@@ -162,6 +165,8 @@ class RouterCore:
         # Tenant-wide feeds (the web page's history) learn of the job at once.
         await self._hub.publish([first])
         self._breakers.dispatched(job.provider)
+        if self._hedger is not None:
+            self._hedger.track(job)
 
     def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
         violations = prompt_rules.validate(spec.prompt, spec.task, self._prompt_max_length)
@@ -247,9 +252,7 @@ class RouterCore:
             raise FailedPrecondition(
                 f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
             )
-        request = bus_pb2.CancelRequest(job_id=job_id, reason=event.error.message)
-        await self._cancellations.put(job_id, request.SerializeToString())
-        await self._nc.publish(self._bus.cancel_subject, request.SerializeToString())
+        await stop_workers(self._nc, self._bus, self._cancellations, job_id, event.error.message)
         await self._hub.publish(applied)
         return await self.get(tenant, job_id)
 

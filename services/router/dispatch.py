@@ -45,9 +45,13 @@ class Dispatcher:
 
     async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> int:
         """Publish and wait for JetStream's ack; returns the job's stream sequence."""
+        # The attempt's own provider: while a hedge runs, job.provider follows whichever
+        # attempt reported last.
+        provider = next((a.provider for a in job.attempts if a.attempt == attempt), job.provider)
         message = bus_pb2.JobDispatch(job=job, attempt=attempt)
+        message.job.provider = provider
         ack = await self._js.publish(
-            self._bus.jobs_subject(job.provider),
+            self._bus.jobs_subject(provider),
             message.SerializeToString(),
             stream=self._bus.jobs_stream,
             headers={"Nats-Msg-Id": f"{job.id}:{attempt}"},

@@ -14,7 +14,7 @@ from services.common.parameters import dict_to_struct, struct_to_dict
 from services.router import attempts
 from services.router.breakers import Breakers
 from services.router.dispatch import Dispatcher
-from services.router.selection import LatencyTracker, Request, Selector
+from services.router.selection import Choice, LatencyTracker, Request, Selector
 from services.router.store import Routed
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Fallback:
         Only a retryable failure falls back: invalid input would fail anywhere, and a fatal
         error is the job's own (the adapter found nothing to retry)."""
         if failed.error.kind == job_pb2.ERROR_KIND_RETRYABLE:
-            choice = self._selector.fallback(_request(job), {a.provider for a in job.attempts})
+            choice = self.next_choice(job)
         else:
             choice = None
         if choice is None:
@@ -67,6 +67,10 @@ class Fallback:
         event.time.CopyFrom(failed.time)
         event.progress.message = note
         return event
+
+    def next_choice(self, job: job_pb2.Job) -> Choice | None:
+        """The next candidate for a job, past every provider it has been dispatched to."""
+        return self._selector.fallback(_request(job), {a.provider for a in job.attempts})
 
     async def settle(self, routed: Routed) -> None:
         """Feed outcomes to the breakers and latency averages; dispatch rerouted jobs."""

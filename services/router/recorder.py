@@ -14,6 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from genmesh.v1 import bus_pb2
 from services.common.bus import Bus
 from services.router.fallback import Fallback
+from services.router.hedging import Hedger
 from services.router.queues import QueueDepths
 from services.router.store import Incoming, JobStore
 from services.router.watch import WatchHub
@@ -38,6 +39,7 @@ class Recorder:
         hub: WatchHub,
         queues: QueueDepths | None = None,
         fallback: Fallback | None = None,
+        hedger: Hedger | None = None,
     ) -> None:
         self._js = js
         self._bus = bus
@@ -45,6 +47,7 @@ class Recorder:
         self._hub = hub
         self._queues = queues
         self._fallback = fallback
+        self._hedger = hedger
 
     async def run(self) -> None:
         sub = await self._js.pull_subscribe(
@@ -112,6 +115,8 @@ class Recorder:
             # between leaves them marked undispatched, and the next start publishes them.
             routed = await self._store.apply_routed(batch, self._fallback.reroute)
             await self._fallback.settle(routed)
+            if self._hedger is not None:
+                await self._hedger.settle(routed)
             applied = routed.events
         for msg in good:
             await msg.ack()

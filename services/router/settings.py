@@ -33,3 +33,7 @@ class Settings(BusSettings, DatabaseSettings):
     circuit_failures: int = 5
     # Seconds an open circuit waits before letting one probe job through.
     circuit_cooldown: float = 30.0
+    # Seconds a job may show no progress before a second candidate starts beside it (the
+    # first to complete wins, the other is cancelled); 0 never hedges. JobSpec.hedge_after
+    # overrides it per job.
+    hedge_after: float = 0.0

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument
 from services.router import attempts
-from services.router.transitions import accepts, fold
+from services.router.transitions import TERMINAL, accepts, fold
 
 metadata = MetaData()
 
@@ -101,6 +101,8 @@ class Routed:
     ended: list[tuple[int, job_pb2.Attempt]] = field(default_factory=list)
     # Jobs moved to another provider, each to dispatch as its current attempt.
     redispatch: list[job_pb2.Job] = field(default_factory=list)
+    # (job id, why) for jobs completed while other attempts ran: their workers must stop.
+    stop: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -304,7 +306,9 @@ class JobStore:
                 if item.stream_seq is not None:
                     row.stream_seq = item.stream_seq
                 touched[item.job_id] = row
-                if item.attempt is not None and item.attempt != row.attempt:
+                if item.attempt is not None and not attempts.accepts_from(
+                    job, item.attempt, row.attempt
+                ):
                     continue  # a late word from a provider the job has moved on from
                 if not accepts(job.state, item.event.state):
                     continue
@@ -313,7 +317,13 @@ class JobStore:
                 if not event.HasField("time"):
                     event.time.GetCurrentTime()
                 running = attempts.running(job)
-                if event.state == job_pb2.JOB_STATE_FAILED and reroute is not None:
+                carried = None
+                if event.state == job_pb2.JOB_STATE_FAILED:
+                    # With a hedge still running, one attempt's failure is not the job's.
+                    carried = attempts.carry_on(job, event, item.attempt)
+                if carried is not None:
+                    event = carried
+                elif event.state == job_pb2.JOB_STATE_FAILED and reroute is not None:
                     instead = reroute(job, event)
                     if instead is not None:
                         event = instead
@@ -322,7 +332,10 @@ class JobStore:
                 event.job_id = job.id
                 event.sequence = job.last_sequence + 1
                 fold(job, event)
-                attempts.close_attempt(job, event)
+                attempts.close_attempt(job, event, item.attempt)
+                lost = attempts.cancel_losers(job, event)
+                if lost:
+                    routed.stop.append((job.id, lost[0].error.message))
                 routed.ended.extend(attempts.ended_since(job, running))
                 routed.events.append(event)
             if routed.events:
@@ -343,6 +356,41 @@ class JobStore:
                     values.update(attempt=row.attempt, dispatched=False)
                     routed.redispatch.append(row.job)
                 await conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+        return routed
+
+    async def start_attempt(
+        self, job_id: str, start: Callable[[job_pb2.Job], job_pb2.JobEvent | None]
+    ) -> Routed:
+        """Lock a job and let `start` open another attempt on it (returning the event that
+        says so, or None to leave the job be); the job is stored undispatched with it."""
+        routed = Routed()
+        async with self._engine.begin() as conn:
+            row = (await self._lock_jobs(conn, [job_id])).get(job_id)
+            if row is None or row.job.state in TERMINAL:
+                return routed
+            job = row.job
+            event = start(job)
+            if event is None:
+                return routed
+            event.job_id = job.id
+            event.sequence = job.last_sequence + 1
+            fold(job, event)
+            await conn.execute(insert(job_events), [_event_row(job.id, event)])
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(
+                    state=job.state,
+                    provider=job.provider,
+                    last_sequence=job.last_sequence,
+                    attempt=attempts.current(job),
+                    dispatched=False,
+                    update_time=time.time(),
+                    body=job.SerializeToString(),
+                )
+            )
+        routed.events.append(event)
+        routed.redispatch.append(job)
         return routed
 
     async def _lock_jobs(self, conn: AsyncConnection, ids: list[str]) -> dict[str, _Row]:
@@ -367,6 +415,18 @@ class JobStore:
             rows = await conn.execute(
                 select(jobs.c.body)
                 .where(jobs.c.dispatched.is_(False))
+                .order_by(jobs.c.create_time)
+                .limit(limit)
+            )
+            return [_job(r.body) for r in rows]
+
+    async def unfinished(self, limit: int = 10_000) -> list[job_pb2.Job]:
+        """Jobs that have not ended, oldest first. Scans the jobs table (state has no
+        index), so it is meant for start-up, not for a request."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(jobs.c.body)
+                .where(jobs.c.state.not_in(list(TERMINAL)))
                 .order_by(jobs.c.create_time)
                 .limit(limit)
             )

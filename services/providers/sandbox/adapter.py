@@ -182,6 +182,8 @@ class SandboxAdapter:
         # Catalog options that override the job's own parameters, so one instance of
         # several can be made to fail (or be slow) while the others serve normally.
         self._forced = _forced(config)
+        # Free, unless the catalog gives the instance a cost (to test cost-aware routing).
+        self._cost = max(config.cost_for(task) for task in TASKS)
         self._handlers: dict[int, Callable[[JobContext, _Params], Awaitable[_Work]]] = {
             job_pb2.TASK_TEXT_TO_TEXT: self._text_to_text,
             job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image,
@@ -197,7 +199,7 @@ class SandboxAdapter:
         return self._name
 
     def describe(self) -> provider_service_pb2.Provider:
-        """Every task, every parameter with its limits, free of charge."""
+        """Every task, every parameter with its limits, and the catalog's cost (if any)."""
         return provider_service_pb2.Provider(
             name=self._name,
             family="sandbox",
@@ -208,7 +210,7 @@ class SandboxAdapter:
             tasks=TASKS,
             parameters=[spec.proto() for spec in SPECS],
             offline=True,
-            cost_per_job_usd=0.0,
+            cost_per_job_usd=self._cost,
             max_prompt_length=self._max_prompt_length,
         )
 
