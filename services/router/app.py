@@ -41,7 +41,9 @@ from services.router.selection import (
 )
 from services.router.servicers import GenerateServicer, JobServicer, ProviderServicer
 from services.router.settings import Settings
+from services.router.stopping import WorkerStopper
 from services.router.store import JobStore, metadata
+from services.router.sweeper import DeadlineSweeper
 from services.router.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -108,13 +110,12 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             breakers=breakers,
         )
         recorder_task = asyncio.create_task(Recorder(js, bus, store, hub, queues, fallback).run())
-
-        async def stop_recorder() -> None:
-            recorder_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await recorder_task
-
-        stack.push_async_callback(stop_recorder)
+        stack.push_async_callback(cancel_task, recorder_task)
+        stopper = WorkerStopper(nc, bus, await bus.cancellations_kv(js))
+        sweeper = DeadlineSweeper(
+            store, hub, stopper, fallback, queues, settings.deadline_sweep_interval
+        )
+        stack.push_async_callback(cancel_task, asyncio.create_task(sweeper.run()))
         server = await stack.enter_async_context(
             grpc_server(
                 settings.listen,
@@ -144,6 +145,13 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         log.info("router listening on %s", server.address)
         yield Router(core, server, store)
+
+
+async def cancel_task(task: asyncio.Task[None]) -> None:
+    """Stop a background loop and wait until it has."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def selection_config(settings: Settings) -> SelectionConfig:

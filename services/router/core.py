@@ -15,7 +15,6 @@ from genmesh.v1 import (
     asset_pb2,
     asset_service_pb2,
     asset_service_pb2_grpc,
-    bus_pb2,
     job_pb2,
     job_service_pb2,
     prompt_service_pb2_grpc,
@@ -36,10 +35,12 @@ from services.prompt.client import PromptPreparer
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
 from services.router.catalog import Catalog
+from services.router.deadlines import job_deadline
 from services.router.dispatch import Dispatcher
 from services.router.queues import QueueDepths
 from services.router.selection import Selector
 from services.router.selection import requested as selection_request
+from services.router.stopping import WorkerStopper
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -75,9 +76,7 @@ class RouterCore:
         self._catalog = catalog
         self._dispatcher = dispatcher
         self._hub = hub
-        self._nc = nc
-        self._bus = bus
-        self._cancellations = cancellations
+        self._stopper = WorkerStopper(nc, bus, cancellations)
         self._prompt_preparer = PromptPreparer(prompts, prompt_max_length)
         self._assets = assets
         self._prompt_max_length = prompt_max_length
@@ -91,14 +90,17 @@ class RouterCore:
         """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key)."""
         return await self._create(tenant, spec, _new_job_id())
 
-    async def generate(self, tenant: str, spec: job_pb2.JobSpec) -> AsyncIterator[Update]:
-        """Submit, then the job as created and every event until it ends.
+    async def generate(
+        self, tenant: str, spec: job_pb2.JobSpec, call_remaining: float | None = None
+    ) -> AsyncIterator[Update]:
+        """Submit, then the job as created and every event until it ends; the job's deadline
+        is no later than the call's (`call_remaining` seconds, when the call has one).
 
         The listener is in place before the job is dispatched, so nothing is read back from
         the store unless a live event goes missing."""
         job_id = _new_job_id()
         with self._hub.listen(job_id) as listener:
-            job = await self._create(tenant, spec, job_id)
+            job = await self._create(tenant, spec, job_id, call_remaining)
             if job.id != job_id:
                 # A reused idempotency key: follow the earlier job like any watcher.
                 async for update in self.watch(tenant, job.id, 0):
@@ -109,9 +111,12 @@ class RouterCore:
             async for event in self._follow(job_id, listener, 1):
                 yield event
 
-    async def _create(self, tenant: str, spec: job_pb2.JobSpec, job_id: str) -> job_pb2.Job:
+    async def _create(
+        self, tenant: str, spec: job_pb2.JobSpec, job_id: str, call_remaining: float | None = None
+    ) -> job_pb2.Job:
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
+        deadline = job_deadline(spec, call_remaining)
         spec_hash = _spec_hash(spec)
         if spec.idempotency_key:
             earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
@@ -135,6 +140,8 @@ class RouterCore:
         job.last_sequence = 1
         job.create_time.GetCurrentTime()
         job.update_time.CopyFrom(job.create_time)
+        if deadline is not None:
+            job.deadline.CopyFrom(deadline)
         job.routing.CopyFrom(choice.decision)
         job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
         open_attempt(job, provider, choice.decision.reason, job.create_time)
@@ -247,9 +254,7 @@ class RouterCore:
             raise FailedPrecondition(
                 f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
             )
-        request = bus_pb2.CancelRequest(job_id=job_id, reason=event.error.message)
-        await self._cancellations.put(job_id, request.SerializeToString())
-        await self._nc.publish(self._bus.cancel_subject, request.SerializeToString())
+        await self._stopper.stop(job_id, event.error.message)
         await self._hub.publish(applied)
         return await self.get(tenant, job_id)
 

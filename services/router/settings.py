@@ -33,3 +33,6 @@ class Settings(BusSettings, DatabaseSettings):
     circuit_failures: int = 5
     # Seconds an open circuit waits before letting one probe job through.
     circuit_cooldown: float = 30.0
+    # Seconds between sweeps for jobs past their deadline that no worker is running to an
+    # end (a running job is stopped by its worker at the deadline itself).
+    deadline_sweep_interval: float = 1.0
