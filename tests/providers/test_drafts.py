@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from genmesh.v1 import job_pb2, provider_service_pb2
+from services.providers.base import ConfiguredAdapter
 from services.providers.config import CatalogError, ProviderConfig, load_catalog
 from services.providers.drafts import Drafts, draft_parameters
+from services.providers.registry import build_adapter
 from services.providers.sandbox import SandboxAdapter
 from tests.providers.harness import FakeContext
 
@@ -97,3 +99,23 @@ async def test_sandbox_draft_is_a_real_smaller_png_and_keeps_out_of_the_job() ->
     assert image.format == "PNG" and image.size == (128, 96)
     # The draft run's own previews and progress are not the job's.
     assert ctx.previews == [] and ctx.progress_reports == []
+
+
+async def test_a_draft_model_runs_on_a_second_instance_of_the_family() -> None:
+    config = ProviderConfig(
+        name="o",
+        family="openai_compatible",
+        base_url="http://127.0.0.1:9",
+        models={"text-to-image": "gpt-image-1", "text-to-text": "gpt-4o"},
+        draft={"model": "dall-e-2"},
+    )
+    main = build_adapter("o", {"o": config})
+    drafts = Drafts.for_instance(main, config)
+    try:
+        assert drafts.overrides == {}
+        assert isinstance(drafts.adapter, ConfiguredAdapter)
+        assert drafts.adapter.config.model_for(T2I) == "dall-e-2"
+        assert drafts.adapter.config.model_for(job_pb2.TASK_TEXT_TO_TEXT) == "gpt-4o"
+    finally:
+        await drafts.aclose()
+        await main.aclose()
