@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from genmesh.v1 import asset_pb2, job_pb2, provider_service_pb2
 from services.common.parameters import applicable, validate_parameters
@@ -52,7 +52,7 @@ def draft_parameters(
     return draft if draft != dict(parameters) else None
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 

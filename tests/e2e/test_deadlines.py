@@ -216,9 +216,8 @@ async def test_backoff_honours_retry_after_and_stays_within_its_ceiling(
         data_dir=tmp_path,
         worker_overrides={"GENMESH_WORKER_MAX_DELIVER": "3"},
     ) as mesh:
-        fail = {"fail_rate": 1.0, "fail_kind": "retryable", "latency_ms": 0}
-        asked = await submit(mesh, image(retry_after_s=1.5, **fail))
-        plain = await submit(mesh, image(**fail))
+        asked = await submit(mesh, image(retry_after_s=1.5, fail_rate=1.0, latency_ms=0))
+        plain = await submit(mesh, image(fail_rate=1.0, latency_ms=0))
         invalid = await submit(mesh, image(fail_rate=1.0, fail_kind="invalid_input"))
         (
             (asked_job, asked_events),

@@ -7,6 +7,7 @@ import time
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
 from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
@@ -81,7 +82,7 @@ async def test_sweeper_fails_overdue_jobs_once_and_stops_their_workers(
         ]
         heard: list[bus_pb2.CancelRequest] = []
 
-        async def on_cancel(msg: nats.aio.msg.Msg) -> None:
+        async def on_cancel(msg: Msg) -> None:
             heard.append(bus_pb2.CancelRequest.FromString(msg.data))
 
         sub = await nc.subscribe(world.bus.cancel_subject, cb=on_cancel)
