@@ -17,6 +17,7 @@ from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.grpc_server import grpc_server
 from services.providers.config import ProviderConfig, load_catalog
+from services.providers.drafts import Drafts
 from services.providers.registration import Registration
 from services.providers.registry import auto_instances, build_adapter
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
@@ -78,10 +79,12 @@ async def running_worker(
             requests=await bus.requests_kv(js),
             worker_id=worker_id,
         )
-        workers = [
-            ProviderWorker(adapter, shared, _for_instance(options, catalog.get(adapter.name)))
-            for adapter in adapters
-        ]
+        workers = []
+        for adapter in adapters:
+            config = catalog.get(adapter.name)
+            drafts = Drafts.for_instance(adapter, config)
+            stack.push_async_callback(drafts.aclose)
+            workers.append(ProviderWorker(adapter, shared, _for_instance(options, config), drafts))
         registration = Registration(await bus.providers_kv(js), workers, worker_id)
         await registration.announce()
         stack.push_async_callback(registration.withdraw)
@@ -108,7 +111,14 @@ async def running_worker(
 
 
 def _for_instance(options: WorkerOptions, config: ProviderConfig | None) -> WorkerOptions:
-    """The worker's options with the instance's own concurrency limit, when it sets one."""
-    if config is None or config.concurrency <= 0:
+    """The worker's options with the instance's own limits (concurrency, retries, attempt
+    timeout), where it sets them."""
+    if config is None:
         return options
-    return dataclasses.replace(options, concurrency=min(options.concurrency, config.concurrency))
+    if config.concurrency > 0:
+        options = dataclasses.replace(
+            options, concurrency=min(options.concurrency, config.concurrency)
+        )
+    if config.max_retries is not None:
+        options = dataclasses.replace(options, max_deliver=config.max_retries + 1)
+    return dataclasses.replace(options, attempt_timeout=config.attempt_timeout)

@@ -31,6 +31,9 @@ _KNOWN_KEYS = {
     "timeout",
     "poll_interval",
     "options",
+    "max_retries",
+    "attempt_timeout",
+    "draft",
 }
 
 
@@ -62,6 +65,14 @@ class ProviderConfig:
     poll_interval: float = 1.0
     # Family-specific settings (a ComfyUI workflow file, a RunPod endpoint id, ...).
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Retries of a retryable failure before the job falls back; None: the worker's own
+    # GENMESH_WORKER_MAX_DELIVER - 1.
+    max_retries: int | None = None
+    # Seconds one attempt may take (a job's attempt_timeout overrides it); 0: no limit.
+    attempt_timeout: float = 0.0
+    # Parameter overrides for preview-first drafts ({ width = 256 }, { model = "..." });
+    # empty: sizes and lengths cut to a quarter (services/providers/drafts.py).
+    draft: Mapping[str, Any] = field(default_factory=dict)
     _api_key: str = field(default="", repr=False, compare=False)
 
     @property
@@ -130,5 +141,25 @@ def _parse(entry: Mapping[str, Any], env: Mapping[str, str], path: Path) -> Prov
         timeout=float(entry.get("timeout", 60.0)),
         poll_interval=float(entry.get("poll_interval", 1.0)),
         options=dict(entry.get("options", {})),
+        **_attempt_keys(entry, name, path),
         _api_key=env.get(key_env, "") if key_env else "",
     )
+
+
+def _attempt_keys(entry: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
+    """max_retries, attempt_timeout and draft, checked."""
+    out: dict[str, Any] = {}
+    if "max_retries" in entry:
+        retries = entry["max_retries"]
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise CatalogError(f"{path}: provider {name!r} max_retries must be an integer >= 0")
+        out["max_retries"] = retries
+    timeout = entry.get("attempt_timeout", 0.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise CatalogError(f"{path}: provider {name!r} attempt_timeout must be seconds >= 0")
+    out["attempt_timeout"] = float(timeout)
+    draft = entry.get("draft", {})
+    if not isinstance(draft, dict):
+        raise CatalogError(f"{path}: provider {name!r} draft must be a table of parameters")
+    out["draft"] = dict(draft)
+    return out

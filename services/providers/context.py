@@ -67,11 +67,13 @@ class RunContext:
         event.progress.message = message
         await self._events.publish(event)
 
-    async def preview(self, output: Output) -> asset_pb2.Asset:
+    async def preview(self, output: Output, message: str = "") -> asset_pb2.Asset:
         self._previews += 1
         asset = await self._store(output, asset_pb2.ASSET_ROLE_PREVIEW, f"preview:{self._previews}")
         event = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PREVIEW_READY, provider=self._job.provider)
         event.preview.CopyFrom(asset)
+        if message:
+            event.progress.message = message
         await self._events.publish(event)
         return asset
 

@@ -28,7 +28,9 @@ from services.common.bus import Bus
 from services.common.errors import InvalidArgument
 from services.common.parameters import struct_to_dict, validate_parameters
 from services.providers.adapter import Adapter, ProviderError
+from services.providers.budget import Budget, DeadlineExceeded, declare_limits, provider_at_fault
 from services.providers.context import RunContext
+from services.providers.drafts import Drafts
 from services.providers.events import EventPublisher
 from services.storage.client import AssetClient
 
@@ -43,6 +45,8 @@ class WorkerOptions:
     ack_wait: float = 30.0
     max_deliver: int = 5
     drain_timeout: float = 10.0
+    # Seconds one attempt may take unless the job sets its own; 0: no limit.
+    attempt_timeout: float = 0.0
 
 
 @dataclass
@@ -66,11 +70,19 @@ class Shared:
 class ProviderWorker:
     """Serves one provider instance from its durable consumer, shared with other workers."""
 
-    def __init__(self, adapter: Adapter, shared: Shared, options: WorkerOptions) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        shared: Shared,
+        options: WorkerOptions,
+        drafts: Drafts | None = None,
+    ) -> None:
         self.adapter = adapter
         self._shared = shared
         self._options = options
+        self._drafts = drafts or Drafts({})
         self._description = adapter.describe()
+        declare_limits(self._description, options.max_deliver, options.attempt_timeout)
         self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(options.concurrency)
         self._active = 0
@@ -198,6 +210,12 @@ class ProviderWorker:
         if await self._cancelled(job.id):
             await msg.ack()
             return
+        if Budget.of(job).expired():
+            # Never started past the deadline: nobody is waiting for the result any more.
+            reason = DeadlineExceeded("it passed before a worker could start the job")
+            await events.publish(_failed(job, reason.code, reason.message, reason.kind))
+            await msg.ack()
+            return
         if delivery > self._options.max_deliver:
             await events.publish(
                 _failed(
@@ -248,7 +266,10 @@ class ProviderWorker:
                 events=events,
                 requests=self._shared.requests,
             )
-            result = await self.adapter.run(ctx)
+            async with Budget.of(job, self._options.attempt_timeout).bound():
+                if self._drafts.wanted(job, delivery):
+                    await self._drafts.show(self.adapter, ctx)
+                result = await self.adapter.run(ctx)
             self._outcomes.append(True)
             assets = await ctx.store_result(result)
         except InvalidArgument as exc:
@@ -258,7 +279,7 @@ class ProviderWorker:
             await msg.ack()
             return
         except ProviderError as exc:
-            self._outcomes.append(exc.kind == job_pb2.ERROR_KIND_INVALID_INPUT)
+            self._outcomes.append(not provider_at_fault(exc))
             if exc.kind == job_pb2.ERROR_KIND_RETRYABLE and delivery < self._options.max_deliver:
                 delay = backoff(delivery, exc.retry_after)
                 note = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=provider)

@@ -16,7 +16,8 @@ class Settings(BusSettings):
     # Seconds JetStream waits for an ack before redelivering; the worker heartbeats well
     # inside it, so only a dead worker's jobs are redelivered.
     worker_ack_wait: float = 30.0
-    # Deliveries of one job before it fails for good.
+    # Deliveries of one job on an instance before it gives up and the job falls back; a
+    # catalog instance's max_retries overrides it.
     worker_max_deliver: int = 5
     # AssetService, where outputs are stored.
     storage_addr: str = "127.0.0.1:50052"

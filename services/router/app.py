@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,7 +24,6 @@ from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
 from services.router.breakers import Breakers
-from services.router.cancels import stop_workers
 from services.router.catalog import Catalog
 from services.router.core import RouterCore
 from services.router.dispatch import Dispatcher
@@ -44,7 +42,9 @@ from services.router.selection import (
 )
 from services.router.servicers import GenerateServicer, JobServicer, ProviderServicer
 from services.router.settings import Settings
+from services.router.stopping import WorkerStopper
 from services.router.store import JobStore, metadata
+from services.router.sweeper import DeadlineSweeper
 from services.router.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,8 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         selector = Selector(catalog.providers, selection_config(settings), breakers, latency)
         fallback = Fallback(selector, breakers, latency, dispatcher)
         cancellations = await bus.cancellations_kv(js)
-        hedger = Hedger(
-            store,
-            fallback,
-            hub,
-            functools.partial(stop_workers, nc, bus, cancellations),
-            settings.hedge_after,
-        )
+        stopper = WorkerStopper(nc, bus, cancellations)
+        hedger = Hedger(store, fallback, hub, stopper.stop, settings.hedge_after)
         core = RouterCore(
             store=store,
             catalog=catalog,
@@ -120,8 +115,11 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             hedger=hedger,
         )
         recorder = Recorder(js, bus, store, hub, queues, fallback, hedger)
-        for task in (asyncio.create_task(recorder.run()), asyncio.create_task(hedger.run())):
-            stack.push_async_callback(_stop, task)
+        sweeper = DeadlineSweeper(
+            store, hub, stopper, fallback, queues, settings.deadline_sweep_interval
+        )
+        for loop in (recorder.run(), hedger.run(), sweeper.run()):
+            stack.push_async_callback(cancel_task, asyncio.create_task(loop))
         server = await stack.enter_async_context(
             grpc_server(
                 settings.listen,
@@ -153,7 +151,8 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         yield Router(core, server, store)
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
+async def cancel_task(task: asyncio.Task[None]) -> None:
+    """Stop a background loop and wait until it has."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

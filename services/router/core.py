@@ -34,13 +34,14 @@ from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
-from services.router.cancels import stop_workers
 from services.router.catalog import Catalog
+from services.router.deadlines import job_deadline
 from services.router.dispatch import Dispatcher
 from services.router.hedging import Hedger
 from services.router.queues import QueueDepths
 from services.router.selection import Selector
 from services.router.selection import requested as selection_request
+from services.router.stopping import WorkerStopper
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -77,9 +78,7 @@ class RouterCore:
         self._catalog = catalog
         self._dispatcher = dispatcher
         self._hub = hub
-        self._nc = nc
-        self._bus = bus
-        self._cancellations = cancellations
+        self._stopper = WorkerStopper(nc, bus, cancellations)
         self._prompt_preparer = PromptPreparer(prompts, prompt_max_length)
         self._assets = assets
         self._prompt_max_length = prompt_max_length
@@ -94,14 +93,17 @@ class RouterCore:
         """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key)."""
         return await self._create(tenant, spec, _new_job_id())
 
-    async def generate(self, tenant: str, spec: job_pb2.JobSpec) -> AsyncIterator[Update]:
-        """Submit, then the job as created and every event until it ends.
+    async def generate(
+        self, tenant: str, spec: job_pb2.JobSpec, call_remaining: float | None = None
+    ) -> AsyncIterator[Update]:
+        """Submit, then the job as created and every event until it ends; the job's deadline
+        is no later than the call's (`call_remaining` seconds, when the call has one).
 
         The listener is in place before the job is dispatched, so nothing is read back from
         the store unless a live event goes missing."""
         job_id = _new_job_id()
         with self._hub.listen(job_id) as listener:
-            job = await self._create(tenant, spec, job_id)
+            job = await self._create(tenant, spec, job_id, call_remaining)
             if job.id != job_id:
                 # A reused idempotency key: follow the earlier job like any watcher.
                 async for update in self.watch(tenant, job.id, 0):
@@ -112,9 +114,12 @@ class RouterCore:
             async for event in self._follow(job_id, listener, 1):
                 yield event
 
-    async def _create(self, tenant: str, spec: job_pb2.JobSpec, job_id: str) -> job_pb2.Job:
+    async def _create(
+        self, tenant: str, spec: job_pb2.JobSpec, job_id: str, call_remaining: float | None = None
+    ) -> job_pb2.Job:
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
+        deadline = job_deadline(spec, call_remaining)
         spec_hash = _spec_hash(spec)
         if spec.idempotency_key:
             earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
@@ -138,6 +143,8 @@ class RouterCore:
         job.last_sequence = 1
         job.create_time.GetCurrentTime()
         job.update_time.CopyFrom(job.create_time)
+        if deadline is not None:
+            job.deadline.CopyFrom(deadline)
         job.routing.CopyFrom(choice.decision)
         job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
         open_attempt(job, provider, choice.decision.reason, job.create_time)
@@ -252,7 +259,7 @@ class RouterCore:
             raise FailedPrecondition(
                 f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
             )
-        await stop_workers(self._nc, self._bus, self._cancellations, job_id, event.error.message)
+        await self._stopper.stop(job_id, event.error.message)
         await self._hub.publish(applied)
         return await self.get(tenant, job_id)
 

@@ -13,6 +13,7 @@ from genmesh.v1 import job_pb2
 from services.common.parameters import dict_to_struct, struct_to_dict
 from services.router import attempts
 from services.router.breakers import Breakers
+from services.router.deadlines import DEADLINE_EXCEEDED, expired, mark_exceeded
 from services.router.dispatch import Dispatcher
 from services.router.selection import Choice, LatencyTracker, Request, Selector
 from services.router.store import Routed
@@ -45,12 +46,16 @@ class Fallback:
 
         Only a retryable failure falls back: invalid input would fail anywhere, and a fatal
         error is the job's own (the adapter found nothing to retry)."""
-        if failed.error.kind == job_pb2.ERROR_KIND_RETRYABLE:
+        late = expired(job, failed.time)
+        if failed.error.kind == job_pb2.ERROR_KIND_RETRYABLE and not late:
             choice = self.next_choice(job)
         else:
             choice = None
         if choice is None:
             attempts.close_attempt(job, failed)
+            if late and failed.error.kind == job_pb2.ERROR_KIND_RETRYABLE:
+                # The attempt keeps the provider's error; the job fails for lack of time.
+                mark_exceeded(failed, f"no time left to fall back after {failed.error.message}")
             if len(job.attempts) > 1:
                 failed.error.message += f" (tried {attempts.summary(job)})"
             return None
@@ -86,6 +91,8 @@ class Fallback:
         elif (
             attempt.outcome == job_pb2.ATTEMPT_OUTCOME_FAILED
             and attempt.error.kind in _PROVIDER_FAULTS
+            # The job's own time ran out: no verdict on the provider.
+            and attempt.error.code != DEADLINE_EXCEEDED
         ):
             self._breakers.failed(attempt.provider)
         else:

@@ -34,7 +34,10 @@ class GenerateServicer(generate_service_pb2_grpc.GenerateServiceServicer):
         self, request: generate_service_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generate_service_pb2.GenerateResponse]:
         first = True
-        async for update in self._core.generate(tenant_of(context), request.spec):
+        # The call's own deadline bounds the job too: nobody waits for it after that.
+        remaining = context.time_remaining()
+        updates = self._core.generate(tenant_of(context), request.spec, remaining)
+        async for update in updates:
             if isinstance(update, job_pb2.JobEvent):
                 yield generate_service_pb2.GenerateResponse(event=update)
             elif first:

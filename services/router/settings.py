@@ -37,3 +37,6 @@ class Settings(BusSettings, DatabaseSettings):
     # first to complete wins, the other is cancelled); 0 never hedges. JobSpec.hedge_after
     # overrides it per job.
     hedge_after: float = 0.0
+    # Seconds between sweeps for jobs past their deadline that no worker is running to an
+    # end (a running job is stopped by its worker at the deadline itself).
+    deadline_sweep_interval: float = 1.0

@@ -56,9 +56,13 @@ jobs = Table(
     Column("update_time", Double, nullable=False),
     # The whole Job message; the columns above exist to query and lock by.
     Column("body", LargeBinary, nullable=False),
+    # Unix time the job fails with "deadline_exceeded"; NULL: no deadline.
+    Column("deadline", Double, nullable=True),
     UniqueConstraint("tenant_id", "idempotency_key", name="jobs_idempotency"),
     Index("jobs_tenant_listing", "tenant_id", "create_time", "id"),
     Index("jobs_undispatched", "dispatched"),
+    # By state first, so the sweep reads only unfinished jobs, not every job ever deadlined.
+    Index("jobs_deadline", "state", "deadline"),
 )
 
 job_events = Table(
@@ -129,6 +133,7 @@ class Page:
 
 
 MAX_PAGE = 500
+_UNFINISHED = sorted(set(job_pb2.JobState.values()) - TERMINAL - {job_pb2.JOB_STATE_UNSPECIFIED})
 
 
 class JobStore:
@@ -162,6 +167,7 @@ class JobStore:
             "create_time": job.create_time.ToNanoseconds() / 1e9,
             "update_time": time.time(),
             "body": job.SerializeToString(),
+            "deadline": job.deadline.ToNanoseconds() / 1e9 if job.HasField("deadline") else None,
         }
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingCreate(row, _event_row(job.id, first), done))
@@ -408,6 +414,21 @@ class JobStore:
             return
         async with self._engine.begin() as conn:
             await conn.execute(update(jobs).where(jobs.c.id.in_(list(ids))).values(dispatched=True))
+
+    async def past_deadline(self, now: float, limit: int) -> list[tuple[str, int]]:
+        """(id, state) of unfinished jobs whose deadline is at or before `now`, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(jobs.c.id, jobs.c.state)
+                .where(
+                    jobs.c.state.in_(list(_UNFINISHED)),
+                    jobs.c.deadline.is_not(None),
+                    jobs.c.deadline <= now,
+                )
+                .order_by(jobs.c.deadline)
+                .limit(limit)
+            )
+            return [(r.id, r.state) for r in rows]
 
     async def undispatched(self, limit: int = 1000) -> list[job_pb2.Job]:
         """Jobs persisted but maybe never published (the router died in between)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,8 +15,8 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 
 from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
-from services.router.cancels import stop_workers
 from services.router.hedging import Hedger
+from services.router.stopping import WorkerStopper
 from services.router.store import Incoming
 from services.router.watch import WatchHub
 from tests.infra import eventually
@@ -56,7 +55,7 @@ async def h(world: World, nats_url: str) -> AsyncIterator[Hedging]:
             world.store,
             world.fallback,
             WatchHub(nc, world.bus),
-            functools.partial(stop_workers, nc, world.bus, cancellations),
+            WorkerStopper(nc, world.bus, cancellations).stop,
             default_after=0.3,
         )
         yield Hedging(world, hedger, cancellations)

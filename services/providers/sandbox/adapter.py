@@ -45,7 +45,7 @@ _INLINE_CHARS = 40
 
 _INT, _NUM, _STR, _BOOL = INT, NUM, STR, BOOL
 # Parameters a catalog block may fix for an instance: options = { fail_rate = 1.0 }.
-_FORCEABLE = ("latency_ms", "fail_rate", "fail_kind")
+_FORCEABLE = ("latency_ms", "fail_rate", "fail_kind", "retry_after_s")
 
 SPECS: tuple[Param, ...] = (
     Param("latency_ms", _INT, "Simulated processing time in milliseconds.", 0, 0, 600_000),
@@ -57,6 +57,15 @@ SPECS: tuple[Param, ...] = (
         "after the latency.",
         "retryable",
         allowed=tuple(FAIL_KINDS),
+    ),
+    Param(
+        "retry_after_s",
+        _NUM,
+        "Seconds an injected retryable failure asks to wait before a retry, as a provider's "
+        "429 Retry-After header does; unset asks nothing.",
+        None,
+        0,
+        3600,
     ),
     Param(
         "seed",
@@ -146,6 +155,7 @@ class _Params:
     latency_ms: int
     fail_rate: float
     fail_kind: str
+    retry_after_s: float | None
     seed: int | None
     steps: int
     preview: bool
@@ -304,8 +314,11 @@ def _injected_failure(p: _Params) -> ProviderError | None:
     draw = random.Random(p.seed).random() if p.seed is not None else random.random()
     if draw >= p.fail_rate:
         return None
+    retry_after = p.retry_after_s if p.fail_kind == "retryable" else None
     return FAIL_KINDS[p.fail_kind](
-        FAILURE_CODE, f"sandbox injected a {p.fail_kind} failure (fail_rate={p.fail_rate:g})"
+        FAILURE_CODE,
+        f"sandbox injected a {p.fail_kind} failure (fail_rate={p.fail_rate:g})",
+        retry_after=retry_after,
     )
 
 

@@ -1,0 +1,51 @@
+"""Whole-job deadlines: when a job must end, and how it fails when it does not.
+
+Workers bound a running job by its deadline themselves; the fallback never starts an attempt
+past it, and the sweeper (services/router/sweeper.py) fails jobs still waiting at it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf import timestamp_pb2
+
+from genmesh.v1 import job_pb2
+from services.common.errors import InvalidArgument
+
+DEADLINE_EXCEEDED = "deadline_exceeded"
+
+
+def job_deadline(
+    spec: job_pb2.JobSpec, call_remaining: float | None = None, now: float | None = None
+) -> timestamp_pb2.Timestamp | None:
+    """The job's deadline: now + spec.timeout or the call's remaining time, whichever is
+    sooner; None when neither is given. InvalidArgument for a timeout that is not positive."""
+    budgets = []
+    if spec.HasField("timeout"):
+        timeout = spec.timeout.ToNanoseconds() / 1e9
+        if timeout <= 0:
+            raise InvalidArgument(
+                f"timeout must be positive, got {timeout:g}s; leave it unset for no deadline"
+            )
+        budgets.append(timeout)
+    if call_remaining is not None:
+        budgets.append(max(call_remaining, 0.0))
+    if not budgets:
+        return None
+    deadline = timestamp_pb2.Timestamp()
+    deadline.FromNanoseconds(round(((time.time() if now is None else now) + min(budgets)) * 1e9))
+    return deadline
+
+
+def expired(job: job_pb2.Job, at: timestamp_pb2.Timestamp) -> bool:
+    """True when the job has a deadline and `at` is at or past it."""
+    return job.HasField("deadline") and at.ToNanoseconds() >= job.deadline.ToNanoseconds()
+
+
+def mark_exceeded(event: job_pb2.JobEvent, why: str = "") -> None:
+    """Make `event` the job's failure for running out of time (never retried, no fallback)."""
+    event.state = job_pb2.JOB_STATE_FAILED
+    event.error.code = DEADLINE_EXCEEDED
+    event.error.kind = job_pb2.ERROR_KIND_FATAL
+    event.error.message = "the job's deadline passed" + (f": {why}" if why else "")
