@@ -281,7 +281,9 @@ class ProviderLimits(_message.Message):
     max_queue: _builtins.int
     """Jobs that may wait for the instance; past it, Submit answers RESOURCE_EXHAUSTED."""
     max_retries: _builtins.int
-    """Retries of a retryable failure on this instance before the job falls back."""
+    """Retries of a retryable failure on this instance before the job falls back: the
+    catalog's max_retries, else the worker's own limit (here 0 means no retries).
+    """
     @_builtins.property
     def attempt_timeout(self) -> _duration_pb2.Duration:
         """One attempt's time budget."""
