@@ -29,6 +29,7 @@ from services.router.core import RouterCore
 from services.router.dispatch import Dispatcher
 from services.router.fallback import Fallback
 from services.router.feed import FeedHub
+from services.router.pipelines.app import start_pipelines
 from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
 from services.router.selection import (
@@ -107,6 +108,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             selector=selector,
             breakers=breakers,
         )
+        await start_pipelines(stack, core, settings, bus, js, store, hub)
         recorder_task = asyncio.create_task(Recorder(js, bus, store, hub, queues, fallback).run())
 
         async def stop_recorder() -> None:

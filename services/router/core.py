@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from nats.aio.client import Client
@@ -38,11 +37,18 @@ from services.router.breakers import Breakers
 from services.router.catalog import Catalog
 from services.router.dispatch import Dispatcher
 from services.router.queues import QueueDepths
+from services.router.records import new_job_id as _new_job_id
+from services.router.records import queued_event as _queued_event
+from services.router.records import same_or_conflict as _same_or_conflict
+from services.router.records import spec_hash as _spec_hash
 from services.router.selection import Selector
 from services.router.selection import requested as selection_request
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
+
+if TYPE_CHECKING:
+    from services.router.pipelines.runner import Pipelines
 
 # Seconds a watcher waits for a live event before re-reading the store, in case a
 # core-NATS notification was lost.
@@ -84,12 +90,18 @@ class RouterCore:
         self._queues = queues
         self._selector = selector
         self._breakers = breakers
+        # Set by the app once built: it runs pipeline jobs, each step a job made here.
+        self.pipelines: Pipelines | None = None
 
     # ---- submit -------------------------------------------------------------------
 
-    async def submit(self, tenant: str, spec: job_pb2.JobSpec) -> job_pb2.Job:
-        """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key)."""
-        return await self._create(tenant, spec, _new_job_id())
+    async def submit(
+        self, tenant: str, spec: job_pb2.JobSpec, *, parent_job_id: str = "", step: str = ""
+    ) -> job_pb2.Job:
+        """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key).
+
+        A pipeline step's job names its pipeline job and step."""
+        return await self._create(tenant, spec, _new_job_id(), parent_job_id, step)
 
     async def generate(self, tenant: str, spec: job_pb2.JobSpec) -> AsyncIterator[Update]:
         """Submit, then the job as created and every event until it ends.
@@ -109,7 +121,16 @@ class RouterCore:
             async for event in self._follow(job_id, listener, 1):
                 yield event
 
-    async def _create(self, tenant: str, spec: job_pb2.JobSpec, job_id: str) -> job_pb2.Job:
+    async def _create(
+        self,
+        tenant: str,
+        spec: job_pb2.JobSpec,
+        job_id: str,
+        parent_job_id: str = "",
+        step: str = "",
+    ) -> job_pb2.Job:
+        if spec.HasField("pipeline") and self.pipelines is not None:
+            return await self.pipelines.create(tenant, spec, job_id)
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
         spec_hash = _spec_hash(spec)
@@ -124,9 +145,15 @@ class RouterCore:
         requested = struct_to_dict(spec.parameters)
         choice = self._selector.choose(selection_request(spec, requested, prepared.prompt))
         provider, parameters = choice.provider, choice.parameters
-        await self._check_inputs(tenant, spec)
+        await self.check_inputs(tenant, spec)
 
-        job = job_pb2.Job(id=job_id, tenant_id=tenant, provider=provider.name)
+        job = job_pb2.Job(
+            id=job_id,
+            tenant_id=tenant,
+            provider=provider.name,
+            parent_job_id=parent_job_id,
+            pipeline_step=step,
+        )
         job.spec.CopyFrom(spec)
         job.spec.parameters.CopyFrom(dict_to_struct(parameters))
         job.spec.provider = spec.provider
@@ -168,7 +195,8 @@ class RouterCore:
         if violations:
             raise InvalidArgument("; ".join(v.message for v in violations))
 
-    async def _check_inputs(self, tenant: str, spec: job_pb2.JobSpec) -> None:
+    async def check_inputs(self, tenant: str, spec: job_pb2.JobSpec) -> None:
+        """InvalidArgument or NotFound unless the spec's input assets suit its task."""
         accepted = INPUT_MEDIA.get(spec.task)
         if accepted is None:
             if spec.input_asset_ids:
@@ -251,6 +279,8 @@ class RouterCore:
         await self._cancellations.put(job_id, request.SerializeToString())
         await self._nc.publish(self._bus.cancel_subject, request.SerializeToString())
         await self._hub.publish(applied)
+        if job.HasField("pipeline") and self.pipelines is not None:
+            await self.pipelines.cancel_steps(tenant, job, event.error.message)
         return await self.get(tenant, job_id)
 
     # ---- watch ------------------------------------------------------------------------
@@ -292,35 +322,3 @@ class RouterCore:
                 last = item.sequence
                 if item.state in TERMINAL:
                     return
-
-
-def _queued_event(job: job_pb2.Job) -> job_pb2.JobEvent:
-    """A new job's first event (sequence 1), as stored with it and sent to its watchers."""
-    event = job_pb2.JobEvent(
-        job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=job.provider
-    )
-    event.time.CopyFrom(job.create_time)
-    if job.HasField("progress"):
-        event.progress.CopyFrom(job.progress)
-    return event
-
-
-def _new_job_id() -> str:
-    return "j_" + uuid.uuid4().hex
-
-
-def _spec_hash(spec: job_pb2.JobSpec) -> str:
-    clean = job_pb2.JobSpec()
-    clean.CopyFrom(spec)
-    clean.idempotency_key = ""
-    return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
-
-
-def _same_or_conflict(earlier: tuple[job_pb2.Job, str], spec_hash: str) -> job_pb2.Job:
-    job, earlier_hash = earlier
-    if earlier_hash != spec_hash:
-        raise FailedPrecondition(
-            f"idempotency key {job.spec.idempotency_key!r} was used for a different request "
-            f"(job {job.id})"
-        )
-    return job

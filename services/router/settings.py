@@ -33,3 +33,6 @@ class Settings(BusSettings, DatabaseSettings):
     circuit_failures: int = 5
     # Seconds an open circuit waits before letting one probe job through.
     circuit_cooldown: float = 30.0
+    # Seconds a router's claim on driving a pipeline lasts unrenewed: after a router dies,
+    # another (or it, restarted) adopts its pipelines within about twice this.
+    pipeline_lease: float = 15.0

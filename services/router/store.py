@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument
 from services.router import attempts
-from services.router.transitions import accepts, fold
+from services.router.transitions import TERMINAL, accepts, fold
 
 metadata = MetaData()
 
@@ -138,8 +138,16 @@ class JobStore:
         self._pending: list[_PendingCreate] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def create(self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent) -> None:
-        """Insert a QUEUED job and its first event, durably, before returning.
+    async def create(
+        self,
+        job: job_pb2.Job,
+        spec_hash: str,
+        first: job_pb2.JobEvent,
+        *,
+        dispatched: bool = False,
+    ) -> None:
+        """Insert a QUEUED job and its first event, durably, before returning; `dispatched`
+        for a job no provider queue will see (a pipeline job).
 
         Concurrent creates share one transaction (group commit): while one batch is being
         written the next accumulates, so a busy router pays one commit per batch, not per job.
@@ -156,7 +164,7 @@ class JobStore:
             "last_sequence": job.last_sequence,
             "applied_stream_seq": 0,
             "attempt": 1,
-            "dispatched": False,
+            "dispatched": dispatched,
             "create_time": job.create_time.ToNanoseconds() / 1e9,
             "update_time": time.time(),
             "body": job.SerializeToString(),
@@ -367,6 +375,20 @@ class JobStore:
             rows = await conn.execute(
                 select(jobs.c.body)
                 .where(jobs.c.dispatched.is_(False))
+                .order_by(jobs.c.create_time)
+                .limit(limit)
+            )
+            return [_job(r.body) for r in rows]
+
+    async def unfinished_pipelines(self, limit: int = 1000) -> list[job_pb2.Job]:
+        """Pipeline jobs (the only jobs without a task) that have not ended, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(jobs.c.body)
+                .where(
+                    jobs.c.task == job_pb2.TASK_UNSPECIFIED,
+                    jobs.c.state.not_in(list(TERMINAL)),
+                )
                 .order_by(jobs.c.create_time)
                 .limit(limit)
             )
