@@ -16,6 +16,7 @@ from rich.text import Text
 from genmesh.v1 import job_pb2, job_service_pb2
 from genmesh_cli.client import TERMINAL_STATES, state_name, to_json
 from services.common.tasks import task_name
+from services.router.pipelines.status import fold_step
 
 STATE_STYLE = {
     job_pb2.JOB_STATE_QUEUED: "yellow",
@@ -24,6 +25,14 @@ STATE_STYLE = {
     job_pb2.JOB_STATE_COMPLETED: "green",
     job_pb2.JOB_STATE_FAILED: "red",
     job_pb2.JOB_STATE_CANCELLED: "magenta",
+}
+
+# How a pipeline step's state shows beside its name.
+_STEP_MARK = {
+    job_pb2.JOB_STATE_QUEUED: "·",
+    job_pb2.JOB_STATE_COMPLETED: "✓",
+    job_pb2.JOB_STATE_FAILED: "✗",
+    job_pb2.JOB_STATE_CANCELLED: "✗",
 }
 
 
@@ -42,6 +51,8 @@ class JobPanel:
     note: str = ""
     # The newest event shown.
     sequence: int = 0
+    # A pipeline job's steps, kept up to date from its events as the router keeps them.
+    pipeline: job_pb2.Job | None = None
     # Wall-clock start: the job's create_time once known, else when the command started.
     started: float = field(default_factory=time.time)
     ended: float | None = None
@@ -50,6 +61,10 @@ class JobPanel:
     def job(self, job: job_pb2.Job) -> None:
         self.job_id = job.id
         self.task = task_name(job.spec.task) if job.spec.task else self.task
+        if job.HasField("pipeline"):
+            self.task = f"pipeline {job.pipeline.name or 'custom'}"
+            if self.pipeline is None or not self.sequence:
+                self.pipeline = job_pb2.Job(pipeline=job.pipeline)
         self.provider = job.provider or self.provider
         if job.HasField("create_time"):
             self.started = job.create_time.ToMicroseconds() / 1e6
@@ -64,8 +79,10 @@ class JobPanel:
         self.note = ""
         self.sequence = event.sequence
         self.provider = event.provider or self.provider
-        if event.state == job_pb2.JOB_STATE_PREVIEW_READY:
+        if event.state == job_pb2.JOB_STATE_PREVIEW_READY and event.HasField("preview"):
             self.previews += 1
+        if self.pipeline is not None:
+            fold_step(self.pipeline, event, event.state in TERMINAL_STATES)
         self._progress(event.state, event.progress)
         if event.state in TERMINAL_STATES:
             self.ended = time.time()
@@ -101,7 +118,10 @@ class JobPanel:
         if self.previews:
             state.append(f"  ({self.previews} preview{'s' * (self.previews > 1)})", "dim")
         grid.add_row("state", state)
-        grid.add_row("provider", self.provider or "-")
+        if self.pipeline is not None:
+            grid.add_row("steps", self._steps_line())
+        else:
+            grid.add_row("provider", self.provider or "-")
         if self.queue_position is not None:
             grid.add_row("queue", f"{self.queue_position} ahead")
         grid.add_row("progress", self._progress_line())
@@ -109,6 +129,16 @@ class JobPanel:
         if self.note:
             grid.add_row("", Text(self.note, style="yellow"))
         return grid
+
+    def _steps_line(self) -> Text:
+        assert self.pipeline is not None
+        line = Text()
+        for i, step in enumerate(self.pipeline.pipeline.steps):
+            if i:
+                line.append(" → ", "dim")
+            mark = _STEP_MARK.get(step.state, "…")
+            line.append(f"{step.name} {mark}", STATE_STYLE.get(step.state, "white"))
+        return line
 
     def _progress_line(self) -> RenderableType:
         parts: list[RenderableType] = []

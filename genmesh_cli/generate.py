@@ -33,6 +33,7 @@ from genmesh_cli.client import (
 from genmesh_cli.display import JobPanel, JsonView, LiveView, console
 from genmesh_cli.follow import Follower, Outcome, StreamStalled, View
 from services.common.tasks import task_from_name
+from services.router.pipelines.builtin import BUILTINS
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 2
@@ -63,6 +64,12 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
     )
     p.add_argument("prompt", nargs="?", default="", help="what to generate")
     p.add_argument("--task", "-t", type=task_arg, help="e.g. text-to-image, text-to-speech")
+    p.add_argument(
+        "--pipeline",
+        metavar="NAME",
+        default="",
+        help=f"run a built-in pipeline instead of one task: {', '.join(BUILTINS)}",
+    )
     p.add_argument("--watch", metavar="JOB_ID", help="re-attach to an existing job instead")
     p.add_argument("--provider", default="", help="provider to use (default: router chooses)")
     p.add_argument(
@@ -99,7 +106,7 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
 def build_spec(args: argparse.Namespace, input_asset_ids: list[str]) -> job_pb2.JobSpec:
     """The JobSpec the arguments describe; always with an idempotency key, so retries are safe."""
     spec = job_pb2.JobSpec(
-        task=args.task,
+        task=args.task or job_pb2.TASK_UNSPECIFIED,
         prompt=args.prompt,
         input_asset_ids=input_asset_ids,
         provider=args.provider,
@@ -107,6 +114,8 @@ def build_spec(args: argparse.Namespace, input_asset_ids: list[str]) -> job_pb2.
     )
     if args.params:
         spec.parameters.CopyFrom(params_struct(args.params))
+    if args.pipeline:
+        spec.pipeline.name = args.pipeline
     return spec
 
 
@@ -118,6 +127,7 @@ def check_args(args: argparse.Namespace) -> None:
             for flag, given in [
                 ("a prompt", args.prompt),
                 ("--task", args.task),
+                ("--pipeline", args.pipeline),
                 ("--param", args.params),
                 ("--input", args.inputs),
                 ("--provider", args.provider),
@@ -127,8 +137,15 @@ def check_args(args: argparse.Namespace) -> None:
         ]
         if extra:
             raise CliError(f"--watch re-attaches to a job; it takes no {', '.join(extra)}", 2)
-    elif not args.task:
-        raise CliError("--task is required (e.g. --task text-to-image), or --watch JOB_ID", 2)
+    elif args.task and args.pipeline:
+        raise CliError(
+            "give --task or --pipeline, not both: a pipeline's steps have their tasks", 2
+        )
+    elif not args.task and not args.pipeline:
+        raise CliError(
+            "--task is required (e.g. --task text-to-image), or --pipeline NAME, or --watch JOB_ID",
+            2,
+        )
     assets.check_inputs(args.inputs)
 
 

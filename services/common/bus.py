@@ -133,6 +133,19 @@ class Bus:
             ),
         )
 
+    @property
+    def pipelines_bucket(self) -> str:
+        return f"{self._upper}_pipelines"
+
+    async def pipeline_leases_kv(self, js: JetStreamContext, ttl: float) -> KeyValue:
+        """Which router drives each running pipeline; a claim not renewed within `ttl` lapses."""
+        return await _ensure_kv(
+            js,
+            KeyValueConfig(
+                bucket=self.pipelines_bucket, history=1, ttl=ttl, replicas=self.replicas
+            ),
+        )
+
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:

@@ -30,6 +30,7 @@ from services.router.dispatch import Dispatcher
 from services.router.fallback import Fallback
 from services.router.feed import FeedHub
 from services.router.hedging import Hedger
+from services.router.pipelines.app import start_pipelines
 from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
 from services.router.selection import (
@@ -114,6 +115,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             breakers=breakers,
             hedger=hedger,
         )
+        await start_pipelines(stack, core, settings, bus, js, store, hub)
         recorder = Recorder(js, bus, store, hub, queues, fallback, hedger)
         sweeper = DeadlineSweeper(
             store, hub, stopper, fallback, queues, settings.deadline_sweep_interval

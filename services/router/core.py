@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from nats.aio.client import Client
@@ -39,12 +38,19 @@ from services.router.deadlines import job_deadline
 from services.router.dispatch import Dispatcher
 from services.router.hedging import Hedger
 from services.router.queues import QueueDepths
+from services.router.records import new_job_id as _new_job_id
+from services.router.records import queued_event as _queued_event
+from services.router.records import same_or_conflict as _same_or_conflict
+from services.router.records import spec_hash as _spec_hash
 from services.router.selection import Selector
 from services.router.selection import requested as selection_request
 from services.router.stopping import WorkerStopper
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
+
+if TYPE_CHECKING:
+    from services.router.pipelines.runner import Pipelines
 
 # Seconds a watcher waits for a live event before re-reading the store, in case a
 # core-NATS notification was lost.
@@ -86,12 +92,20 @@ class RouterCore:
         self._selector = selector
         self._breakers = breakers
         self._hedger = hedger
+        # Set by the app once built: it runs pipeline jobs, each step a job made here.
+        self.pipelines: Pipelines | None = None
 
     # ---- submit -------------------------------------------------------------------
 
-    async def submit(self, tenant: str, spec: job_pb2.JobSpec) -> job_pb2.Job:
-        """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key)."""
-        return await self._create(tenant, spec, _new_job_id())
+    async def submit(
+        self, tenant: str, spec: job_pb2.JobSpec, *, parent_job_id: str = "", step: str = ""
+    ) -> job_pb2.Job:
+        """Create and dispatch a job; returns it QUEUED (or the earlier job for a reused key).
+
+        A pipeline step's job names its pipeline job and step."""
+        return await self._create(
+            tenant, spec, _new_job_id(), parent_job_id=parent_job_id, step=step
+        )
 
     async def generate(
         self, tenant: str, spec: job_pb2.JobSpec, call_remaining: float | None = None
@@ -115,8 +129,17 @@ class RouterCore:
                 yield event
 
     async def _create(
-        self, tenant: str, spec: job_pb2.JobSpec, job_id: str, call_remaining: float | None = None
+        self,
+        tenant: str,
+        spec: job_pb2.JobSpec,
+        job_id: str,
+        call_remaining: float | None = None,
+        *,
+        parent_job_id: str = "",
+        step: str = "",
     ) -> job_pb2.Job:
+        if spec.HasField("pipeline") and self.pipelines is not None:
+            return await self.pipelines.create(tenant, spec, job_id)
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
         deadline = job_deadline(spec, call_remaining)
@@ -132,9 +155,15 @@ class RouterCore:
         requested = struct_to_dict(spec.parameters)
         choice = self._selector.choose(selection_request(spec, requested, prepared.prompt))
         provider, parameters = choice.provider, choice.parameters
-        await self._check_inputs(tenant, spec)
+        await self.check_inputs(tenant, spec)
 
-        job = job_pb2.Job(id=job_id, tenant_id=tenant, provider=provider.name)
+        job = job_pb2.Job(
+            id=job_id,
+            tenant_id=tenant,
+            provider=provider.name,
+            parent_job_id=parent_job_id,
+            pipeline_step=step,
+        )
         job.spec.CopyFrom(spec)
         job.spec.parameters.CopyFrom(dict_to_struct(parameters))
         job.spec.provider = spec.provider
@@ -180,7 +209,8 @@ class RouterCore:
         if violations:
             raise InvalidArgument("; ".join(v.message for v in violations))
 
-    async def _check_inputs(self, tenant: str, spec: job_pb2.JobSpec) -> None:
+    async def check_inputs(self, tenant: str, spec: job_pb2.JobSpec) -> None:
+        """InvalidArgument or NotFound unless the spec's input assets suit its task."""
         accepted = INPUT_MEDIA.get(spec.task)
         if accepted is None:
             if spec.input_asset_ids:
@@ -261,6 +291,8 @@ class RouterCore:
             )
         await self._stopper.stop(job_id, event.error.message)
         await self._hub.publish(applied)
+        if job.HasField("pipeline") and self.pipelines is not None:
+            await self.pipelines.cancel_steps(tenant, job, event.error.message)
         return await self.get(tenant, job_id)
 
     # ---- watch ------------------------------------------------------------------------
@@ -302,35 +334,3 @@ class RouterCore:
                 last = item.sequence
                 if item.state in TERMINAL:
                     return
-
-
-def _queued_event(job: job_pb2.Job) -> job_pb2.JobEvent:
-    """A new job's first event (sequence 1), as stored with it and sent to its watchers."""
-    event = job_pb2.JobEvent(
-        job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=job.provider
-    )
-    event.time.CopyFrom(job.create_time)
-    if job.HasField("progress"):
-        event.progress.CopyFrom(job.progress)
-    return event
-
-
-def _new_job_id() -> str:
-    return "j_" + uuid.uuid4().hex
-
-
-def _spec_hash(spec: job_pb2.JobSpec) -> str:
-    clean = job_pb2.JobSpec()
-    clean.CopyFrom(spec)
-    clean.idempotency_key = ""
-    return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
-
-
-def _same_or_conflict(earlier: tuple[job_pb2.Job, str], spec_hash: str) -> job_pb2.Job:
-    job, earlier_hash = earlier
-    if earlier_hash != spec_hash:
-        raise FailedPrecondition(
-            f"idempotency key {job.spec.idempotency_key!r} was used for a different request "
-            f"(job {job.id})"
-        )
-    return job

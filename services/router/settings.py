@@ -40,3 +40,6 @@ class Settings(BusSettings, DatabaseSettings):
     # Seconds between sweeps for jobs past their deadline that no worker is running to an
     # end (a running job is stopped by its worker at the deadline itself).
     deadline_sweep_interval: float = 1.0
+    # Seconds a router's claim on driving a pipeline lasts unrenewed: after a router dies,
+    # another (or it, restarted) adopts its pipelines within about twice this.
+    pipeline_lease: float = 15.0

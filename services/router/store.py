@@ -145,8 +145,16 @@ class JobStore:
         self._pending: list[_PendingCreate] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def create(self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent) -> None:
-        """Insert a QUEUED job and its first event, durably, before returning.
+    async def create(
+        self,
+        job: job_pb2.Job,
+        spec_hash: str,
+        first: job_pb2.JobEvent,
+        *,
+        dispatched: bool = False,
+    ) -> None:
+        """Insert a QUEUED job and its first event, durably, before returning; `dispatched`
+        for a job no provider queue will see (a pipeline job).
 
         Concurrent creates share one transaction (group commit): while one batch is being
         written the next accumulates, so a busy router pays one commit per batch, not per job.
@@ -163,7 +171,7 @@ class JobStore:
             "last_sequence": job.last_sequence,
             "applied_stream_seq": 0,
             "attempt": 1,
-            "dispatched": False,
+            "dispatched": dispatched,
             "create_time": job.create_time.ToNanoseconds() / 1e9,
             "update_time": time.time(),
             "body": job.SerializeToString(),
@@ -441,16 +449,17 @@ class JobStore:
             )
             return [_job(r.body) for r in rows]
 
-    async def unfinished(self, limit: int = 10_000) -> list[job_pb2.Job]:
-        """Jobs that have not ended, oldest first. Scans the jobs table (state has no
-        index), so it is meant for start-up, not for a request."""
+    async def unfinished(
+        self, limit: int = 10_000, *, pipelines: bool = False
+    ) -> list[job_pb2.Job]:
+        """Jobs that have not ended, oldest first; with `pipelines`, only pipeline jobs (the
+        only jobs without a task). Scans the jobs table, so it is meant for start-up and
+        slow sweeps, not for a request."""
+        query = select(jobs.c.body).where(jobs.c.state.not_in(list(TERMINAL)))
+        if pipelines:
+            query = query.where(jobs.c.task == job_pb2.TASK_UNSPECIFIED)
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(jobs.c.body)
-                .where(jobs.c.state.not_in(list(TERMINAL)))
-                .order_by(jobs.c.create_time)
-                .limit(limit)
-            )
+            rows = await conn.execute(query.order_by(jobs.c.create_time).limit(limit))
             return [_job(r.body) for r in rows]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from genmesh.v1 import job_pb2
+from services.router.pipelines.status import copy_outcome, fold_step
 
 TERMINAL = frozenset(
     {job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
@@ -43,10 +44,9 @@ def fold(job: job_pb2.Job, event: job_pb2.JobEvent) -> None:
         job.progress.CopyFrom(event.progress)
     if event.HasField("preview"):
         job.preview.CopyFrom(event.preview)
-    if event.assets:
-        del job.assets[:]
-        job.assets.extend(event.assets)
-    if event.output_text:
-        job.output_text = event.output_text
-    if event.HasField("error"):
-        job.error.CopyFrom(event.error)
+    ended = event.state in TERMINAL
+    if job.HasField("pipeline"):
+        fold_step(job, event, ended)
+        if event.step and not ended:
+            return  # a step's outputs are the step's; the pipeline's are its last step's
+    copy_outcome(job, event)

@@ -111,6 +111,15 @@ def test_generate_arguments_build_the_spec() -> None:
     assert args.out == Path("genmesh-output")
 
 
+def test_generate_pipeline_builds_a_pipeline_spec() -> None:
+    args = build_parser({}).parse_args(
+        ["generate", "--pipeline", "speech-to-image", "--input", "hello.wav"]
+    )
+    spec = build_spec(args, ["asset-1"])
+    assert spec.task == job_pb2.TASK_UNSPECIFIED and spec.pipeline.name == "speech-to-image"
+    assert list(spec.input_asset_ids) == ["asset-1"] and spec.idempotency_key
+
+
 def test_addresses_default_from_environment() -> None:
     env = {"GENMESH_ROUTER_ADDR": "10.1.2.3:7000", "GENMESH_STORAGE_ADDR": "10.1.2.3:7001"}
     args = build_parser(env).parse_args(["generate", "-t", "TEXT_TO_SPEECH", "hello"])
@@ -137,6 +146,8 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     ("argv", "message"),
     [
         (["generate", "a fox"], "--task is required"),
+        (["generate", "-t", "text-to-image", "--pipeline", "text-to-video"], "not both"),
+        (["generate", "--watch", "j1", "--pipeline", "text-to-video"], "takes no --pipeline"),
         (["generate", "--watch", "j1", "--task", "text-to-image"], "it takes no --task"),
         (["generate", "--watch", "j1", "a fox"], "it takes no a prompt"),
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
@@ -234,6 +245,32 @@ def test_panel_shows_the_latest_state() -> None:
     panel.event(event(3, job_pb2.JOB_STATE_COMPLETED))
     text = render(panel)
     assert "completed" in text and "100%" in text
+
+
+def test_panel_shows_each_pipeline_step() -> None:
+    panel = JobPanel()
+    run = job_pb2.PipelineRun(
+        name="text-to-video",
+        steps=[
+            job_pb2.PipelineStepStatus(name="image", state=job_pb2.JOB_STATE_QUEUED),
+            job_pb2.PipelineStepStatus(name="video", state=job_pb2.JOB_STATE_QUEUED),
+        ],
+    )
+    panel.job(job_pb2.Job(id="job-1", state=job_pb2.JOB_STATE_QUEUED, pipeline=run))
+    panel.event(event(1, job_pb2.JOB_STATE_QUEUED))
+    text = render(panel)
+    assert "pipeline text-to-video" in text and "image ·" in text and "video ·" in text
+    started = event(2, job_pb2.JOB_STATE_PROCESSING)
+    started.step, started.step_job_id = "image", "job-2"
+    panel.event(started)
+    done = event(3, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(message="image done"))
+    done.step, done.output_text = "image", "x"
+    panel.event(done)
+    video = event(4, job_pb2.JOB_STATE_PROCESSING)
+    video.step = "video"
+    panel.event(video)
+    text = render(panel)
+    assert "image ✓" in text and "video …" in text and "image done" in text
 
 
 def _up_args(*argv: str) -> argparse.Namespace:

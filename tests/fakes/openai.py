@@ -227,7 +227,10 @@ class FakeOpenAI:
         except OpenAIError as exc:
             return exc.response()
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        pieces = re.findall(r"\S+\s*", self.reply(prompt))
+        reply = self.reply(prompt)
+        if (body.get("response_format") or {}).get("type") == "json_object":
+            reply = json.dumps({"reply": reply})
+        pieces = re.findall(r"\S+\s*", reply)
         finish = "stop"
         if limit is not None and len(pieces) > int(limit):
             pieces, finish = pieces[: int(limit)], "length"
@@ -476,6 +479,15 @@ def _check_chat(body: dict[str, Any], model: str) -> str:
             "'max_completion_tokens' instead.",
             param="max_tokens",
             code="unsupported_parameter",
+        )
+    if (body.get("response_format") or {}).get("type") == "json_object" and "json" not in (
+        json.dumps(messages).lower()
+    ):
+        raise OpenAIError(
+            400,
+            "'messages' must contain the word 'json' in some form, to use 'response_format' "
+            "of type 'json_object'.",
+            param="messages",
         )
     last = messages[-1]
     content = last.get("content") if isinstance(last, dict) else None

@@ -119,6 +119,22 @@ async def test_chat_streams_tokens_as_progress(setup: Setup) -> None:
     assert ctx.request_ids == []
 
 
+async def test_chat_json_response_format(adapter: OpenAICompatibleAdapter, setup: Setup) -> None:
+    prompt = "Answer in JSON: a title for a blue mug"
+    result = await adapter.run(
+        FakeContext(T.TASK_TEXT_TO_TEXT, prompt, {"response_format": "json"})
+    )
+
+    assert json.loads(result.text) == {"reply": f"You said: {prompt}"}
+    body = json.loads(setup.bodies("/v1/chat/completions")[-1])
+    assert body["response_format"] == {"type": "json_object"}
+    # OpenAI refuses JSON mode unless the messages ask for JSON.
+    with pytest.raises(InvalidInput, match="must contain the word 'json'"):
+        await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "a title", {"response_format": "json"}))
+    await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "a title", {}))
+    assert "response_format" not in json.loads(setup.bodies("/v1/chat/completions")[-1])
+
+
 async def test_max_tokens_truncates_and_uses_the_instance_field(setup: Setup) -> None:
     reasoning = {"text-to-text": "o4-mini"}
     plain = setup.adapter(models=reasoning)

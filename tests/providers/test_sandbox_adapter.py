@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 import wave
 from typing import Any
@@ -173,6 +174,21 @@ async def test_speech_round_trip_through_the_adapter() -> None:
     tts = await run(FakeContext(job_pb2.TASK_TEXT_TO_SPEECH, text))
     stt = await run(FakeContext(job_pb2.TASK_SPEECH_TO_TEXT, "", inputs=[tts.outputs[0].data]))
     assert stt.text == text
+
+
+async def test_text_to_text_answers_json_when_asked() -> None:
+    prompt = "Write copy for a hand-thrown ceramic mug, glazed deep blue, ceramic handle"
+    params = {"response_format": "json"}
+    first = await run(FakeContext(job_pb2.TASK_TEXT_TO_TEXT, prompt, params))
+    again = await run(FakeContext(job_pb2.TASK_TEXT_TO_TEXT, prompt, params))
+    answer = json.loads(first.text)
+    assert first.text == again.text  # deterministic
+    assert set(answer) == {"title", "description", "keywords", "categories"}
+    assert answer["keywords"][0] == "ceramic" and "mug" in answer["keywords"]
+    assert answer["title"].startswith("Ceramic") and prompt in answer["description"]
+    assert answer["categories"] and all(isinstance(c, str) for c in answer["categories"])
+    plain = await run(FakeContext(job_pb2.TASK_TEXT_TO_TEXT, prompt, {"response_format": "text"}))
+    assert plain.text.startswith("Sandbox reply")
 
 
 # --- input errors -------------------------------------------------------------------------

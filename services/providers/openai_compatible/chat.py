@@ -50,6 +50,8 @@ async def complete(
     for name in ("temperature", "top_p", "seed"):
         if params.get(name) is not None:
             body[name] = params[name]
+    if params.get("response_format") == "json":
+        body["response_format"] = {"type": "json_object"}
     if params.get("max_tokens") is not None:
         body[options.max_tokens_field] = params["max_tokens"]
     text = StreamedText(ctx, options.progress_interval)

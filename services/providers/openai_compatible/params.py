@@ -48,6 +48,17 @@ PARAMS: tuple[Param, ...] = (
     Param("top_p", NUM, "Sample only from this much probability mass.", None, 0, 1, tasks=CHAT),
     Param("max_tokens", INT, "Most tokens to generate.", None, 1, 1_000_000, tasks=CHAT),
     Param("seed", INT, "Best-effort reproducible sampling.", None, 0, 2**31 - 1, tasks=CHAT),
+    # Named as the pipelines' product-copy step asks every text provider; the speech
+    # response_format below is another parameter for another task.
+    Param(
+        "response_format",
+        STR,
+        'text, or json: the answer is one JSON object (OpenAI\'s {"type": "json_object"}; '
+        "the prompt must mention JSON).",
+        "text",
+        allowed=("text", "json"),
+        tasks=CHAT,
+    ),
     Param(
         "detail",
         STR,

@@ -137,6 +137,15 @@ SPECS: tuple[Param, ...] = (
         tasks=(job_pb2.TASK_IMAGE_TO_VIDEO,),
     ),
     Param(
+        "response_format",
+        _STR,
+        "text: a plain reply; json: a JSON object (title, description, keywords, categories) "
+        "drawn from the prompt, as product copy.",
+        "text",
+        allowed=("text", "json"),
+        tasks=(job_pb2.TASK_TEXT_TO_TEXT,),
+    ),
+    Param(
         "max_duration",
         _NUM,
         "Longest speech in seconds (0.08 s per character); text beyond it is not spoken.",
@@ -166,6 +175,7 @@ class _Params:
     duration_seconds: float
     fps: int
     max_duration: float
+    response_format: str
 
     @classmethod
     def read(cls, raw: Mapping[str, Any]) -> _Params:
@@ -250,6 +260,8 @@ class SandboxAdapter:
         return work.result
 
     async def _text_to_text(self, ctx: JobContext, p: _Params) -> _Work:
+        if p.response_format == "json":
+            return _Work(Result(text=media.text_to_json(_prompt(ctx))))
         return _Work(Result(text=media.text_to_text(_prompt(ctx))))
 
     async def _text_to_image(self, ctx: JobContext, p: _Params) -> _Work:

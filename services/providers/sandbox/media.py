@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import io
+import json
 import math
 import random
 import re
@@ -536,13 +537,9 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 def text_to_text(prompt: str) -> str:
     """A deterministic echo-style reply: word and character counts, key words, the prompt."""
-    words = re.findall(r"[^\W_]+(?:['\u2019][^\W_]+)*", prompt)
-    counts = Counter(w.lower() for w in words if len(w) > 2 and w.lower() not in _STOPWORDS)
-    # most_common breaks ties by first appearance, so the reply is stable.
-    keywords = [word for word, _ in counts.most_common(5)]
-    excerpt = " ".join(prompt.split())
-    if len(excerpt) > 240:
-        excerpt = excerpt[:237] + "..."
+    words = _words(prompt)
+    keywords = _keywords(words, 5)
+    excerpt = _excerpt(prompt, 240)
     plural = "" if len(words) == 1 else "s"
     lines = [
         f"Sandbox reply (offline, no language model): your prompt has {len(words)} "
@@ -552,3 +549,35 @@ def text_to_text(prompt: str) -> str:
         lines.append(f"Key words: {', '.join(keywords)}.")
     lines.append(f'You wrote: "{excerpt}"')
     return "\n".join(lines)
+
+
+def text_to_json(prompt: str) -> str:
+    """A deterministic JSON object (title, description, keywords, categories) from the prompt.
+
+    The prompt's last paragraph is taken as the subject: instructions usually come first."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", prompt) if p.strip()] or [prompt]
+    subject = paragraphs[-1]
+    keywords = _keywords(_words(subject), 8)
+    title = " ".join(w.capitalize() for w in keywords[:4]) or "Untitled"
+    answer = {
+        "title": title,
+        "description": f"Sandbox copy (offline, no language model): {_excerpt(subject, 300)}",
+        "keywords": keywords,
+        "categories": [w.capitalize() for w in keywords[:2]] or ["General"],
+    }
+    return json.dumps(answer, ensure_ascii=False)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+(?:['\u2019][^\W_]+)*", text)
+
+
+def _keywords(words: list[str], count: int) -> list[str]:
+    counts = Counter(w.lower() for w in words if len(w) > 2 and w.lower() not in _STOPWORDS)
+    # most_common breaks ties by first appearance, so the answer is stable.
+    return [word for word, _ in counts.most_common(count)]
+
+
+def _excerpt(text: str, limit: int) -> str:
+    excerpt = " ".join(text.split())
+    return excerpt if len(excerpt) <= limit else excerpt[: limit - 3] + "..."

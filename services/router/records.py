@@ -1,0 +1,42 @@
+"""How a new job is recorded: its id, its first event, and what a reused idempotency key means."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from genmesh.v1 import job_pb2
+from services.common.errors import FailedPrecondition
+
+
+def queued_event(job: job_pb2.Job) -> job_pb2.JobEvent:
+    """A new job's first event (sequence 1), as stored with it and sent to its watchers."""
+    event = job_pb2.JobEvent(
+        job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED, provider=job.provider
+    )
+    event.time.CopyFrom(job.create_time)
+    if job.HasField("progress"):
+        event.progress.CopyFrom(job.progress)
+    return event
+
+
+def new_job_id() -> str:
+    return "j_" + uuid.uuid4().hex
+
+
+def spec_hash(spec: job_pb2.JobSpec) -> str:
+    clean = job_pb2.JobSpec()
+    clean.CopyFrom(spec)
+    clean.idempotency_key = ""
+    return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
+
+
+def same_or_conflict(earlier: tuple[job_pb2.Job, str], spec_hash: str) -> job_pb2.Job:
+    """The earlier job for a reused key, or FailedPrecondition if it was for another spec."""
+    job, earlier_hash = earlier
+    if earlier_hash != spec_hash:
+        raise FailedPrecondition(
+            f"idempotency key {job.spec.idempotency_key!r} was used for a different request "
+            f"(job {job.id})"
+        )
+    return job
