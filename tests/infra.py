@@ -78,7 +78,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
-async def eventually(predicate: Callable[[], Any], within: float = 10.0) -> Any:
+async def eventually(
+    predicate: Callable[[], Any], within: float = 10.0, interval: float = 0.05
+) -> Any:
     """Poll a sync or async predicate until it returns something truthy; fail after `within` s."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
@@ -89,4 +91,4 @@ async def eventually(predicate: Callable[[], Any], within: float = 10.0) -> Any:
             return value
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)

@@ -26,6 +26,11 @@ _INVALID = {400, 404, 409, 413, 415, 422}
 _RETRYABLE = {408, 425, 429}
 
 
+def bearer(config: ProviderConfig) -> dict[str, str]:
+    """`Authorization: Bearer <key>` for the instance's key; no header when it has none."""
+    return {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+
 class ProviderHTTP:
     """An httpx client bound to one instance's base URL, headers and timeout."""
 

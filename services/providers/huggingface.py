@@ -27,7 +27,7 @@ from services.providers.adapter import (
 )
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
-from services.providers.http import ProviderHTTP, error_message
+from services.providers.http import ProviderHTTP, bearer, error_message
 from services.providers.params import INT, NUM, STR, Param
 from services.providers.remote import extension, sniff_media_type
 
@@ -104,7 +104,7 @@ class HuggingFaceAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        headers = bearer(config)
         if config.options.get("wait_for_model") is True:
             # The API then holds the call until the model is loaded instead of answering 503.
             headers["x-wait-for-model"] = "true"

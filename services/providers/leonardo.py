@@ -26,7 +26,7 @@ from genmesh.v1 import job_pb2
 from services.providers.adapter import InvalidInput, JobContext, Output, Result, Retryable
 from services.providers.base import ConfiguredAdapter, cancel_remote
 from services.providers.config import ProviderConfig
-from services.providers.http import ProviderHTTP
+from services.providers.http import ProviderHTTP, bearer
 from services.providers.params import BOOL, INT, STR, Param
 from services.providers.probe import CachedProbe
 
@@ -101,10 +101,7 @@ class LeonardoAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(
-            config,
-            headers={"Authorization": f"Bearer {config.api_key}", "Accept": "application/json"},
-        )
+        self.http = ProviderHTTP(config, headers={**bearer(config), "Accept": "application/json"})
         # Result images live on Leonardo's CDN: fetched without our key.
         self.files = ProviderHTTP(config)
         self._probe = CachedProbe(lambda: self.http.json("GET", "/me"))

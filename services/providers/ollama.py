@@ -18,7 +18,7 @@ from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, JobContext, ProviderError, Result, Retryable
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
-from services.providers.http import ProviderHTTP
+from services.providers.http import ProviderHTTP, bearer
 from services.providers.openai_compatible.progress import StreamedText
 from services.providers.params import INT, NUM, STR, Param
 from services.providers.probe import CachedProbe
@@ -106,8 +106,7 @@ class OllamaAdapter(ConfiguredAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self.options = OllamaOptions.parse(config.name, config.options)
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self._http = OllamaHTTP(config, headers=headers)
+        self._http = OllamaHTTP(config, headers=bearer(config))
         self._probe = CachedProbe(self._probe_tags, self.options.check_ttl)
         self.handlers = {TEXT: self._text, VISION: self._vision}
 

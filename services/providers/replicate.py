@@ -37,7 +37,7 @@ from services.providers.adapter import (
 )
 from services.providers.base import ConfiguredAdapter, cancel_remote
 from services.providers.config import ProviderConfig
-from services.providers.http import ProviderHTTP
+from services.providers.http import ProviderHTTP, bearer
 from services.providers.params import BOOL, INT, NUM, STR, Param
 from services.providers.probe import CachedProbe
 from services.providers.remote import (
@@ -124,8 +124,7 @@ class ReplicateAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self._http = ProviderHTTP(config, headers=headers)
+        self._http = ProviderHTTP(config, headers=bearer(config))
         self._files = RemoteFiles(config, self._http)
         options = config.options
         # The create call must outlast the wait it asks for, or the prediction id is lost.

@@ -61,7 +61,7 @@ from services.providers.adapter import (
 )
 from services.providers.base import ConfiguredAdapter, cancel_remote
 from services.providers.config import ProviderConfig
-from services.providers.http import ProviderHTTP
+from services.providers.http import ProviderHTTP, bearer
 from services.providers.params import INT, NUM, STR, Param
 from services.providers.probe import CachedProbe
 from services.providers.remote import (
@@ -126,8 +126,7 @@ class RunPodAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        self._http = ProviderHTTP(config, headers=headers)
+        self._http = ProviderHTTP(config, headers=bearer(config))
         self._files = RemoteFiles(config, self._http)
         options = config.options
         self._stream = bool(options.get("stream", True))

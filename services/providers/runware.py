@@ -38,7 +38,7 @@ from services.providers.adapter import (
 )
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
-from services.providers.http import ProviderHTTP, retry_after
+from services.providers.http import ProviderHTTP, bearer, retry_after
 from services.providers.params import INT, NUM, STR, Param
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class RunwareAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(config, headers={"Authorization": f"Bearer {config.api_key}"})
+        self.http = ProviderHTTP(config, headers=bearer(config))
         # Result URLs point at Runware's image CDN: fetched without our key.
         self.files = ProviderHTTP(config)
         self.handlers[T2I] = self._text_to_image

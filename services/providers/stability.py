@@ -34,7 +34,7 @@ from services.providers.adapter import (
 )
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
-from services.providers.http import ProviderHTTP, error_message
+from services.providers.http import ProviderHTTP, bearer, error_message
 from services.providers.params import INT, NUM, STR, Param
 from services.providers.probe import CachedProbe
 
@@ -108,7 +108,7 @@ class StabilityAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(config, headers={"Authorization": f"Bearer {config.api_key}"})
+        self.http = ProviderHTTP(config, headers=bearer(config))
         self._probe = CachedProbe(lambda: self.http.json("GET", "/v1/user/account"))
         self.handlers[T2I] = self._text_to_image
         self.handlers[I2I] = self._image_to_image

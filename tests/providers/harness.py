@@ -1,16 +1,26 @@
 """Drives an adapter through the Adapter contract with an in-memory JobContext.
 
 The adapter's HTTP really flows (to a fake server on loopback); only the runtime side of
-the contract (storage, events, the request-id bucket) is kept in memory here."""
+the contract (storage, events, the request-id bucket) is kept in memory here. The helpers
+below are what every adapter's tests share: a catalog entry, hosting a fake, one run that
+closes the adapter, waiting for a condition and cancelling a run midway."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import aclosing, asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+import pytest
+from starlette.applications import Starlette
 
 from genmesh.v1 import asset_pb2, job_pb2
-from services.providers.adapter import Output
+from services.providers.adapter import Adapter, JobContext, Output, Result
+from services.providers.config import ProviderConfig
+from tests.fakes.server import serving
+from tests.infra import eventually
 
 
 class FakeContext:
@@ -78,3 +88,77 @@ class FakeContext:
 
     def _mark(self, what: str) -> None:
         self.timeline.append((what, time.monotonic() - self._started))
+
+
+def provider_config(
+    family: str,
+    base_url: str,
+    key: str,
+    models: Mapping[str, str],
+    *,
+    name: str = "",
+    key_env: str = "",
+    options: Mapping[str, Any] | None = None,
+    poll_interval: float = 0.01,
+) -> ProviderConfig:
+    """A catalog entry (named after its family unless told) holding `key`, polling briskly."""
+    return ProviderConfig(
+        name=name or family,
+        family=family,
+        base_url=base_url,
+        api_key_env=key_env,
+        models=dict(models),
+        poll_interval=poll_interval,
+        options=dict(options or {}),
+        _api_key=key,
+    )
+
+
+async def run_once(adapter: Adapter, ctx: JobContext) -> Result:
+    """Run one job on `adapter`, then close it however the run ended."""
+    async with aclosing(adapter):
+        return await adapter.run(ctx)
+
+
+async def wait_until(condition: Callable[[], Any], seconds: float = 3.0) -> None:
+    """Poll `condition` every 10 ms (a fake on loopback answers fast); fail after `seconds`."""
+    await eventually(condition, within=seconds, interval=0.01)
+
+
+async def cancel_when(
+    run: Coroutine[Any, Any, Result],
+    ready: Callable[[], Any],
+    seconds: float = 3.0,
+    *,
+    afterwards: Callable[[], Any] | None = None,
+) -> None:
+    """Start `run`, cancel it once `ready()` holds and check that it ended cancelled; then
+    wait for `afterwards()` too (the fake noticing the hang-up), if given."""
+    task = asyncio.create_task(run)
+    try:
+        await wait_until(ready, seconds)
+    finally:
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    if afterwards is not None:
+        await wait_until(afterwards, seconds)
+
+
+class Hostable(Protocol):
+    """A fake provider that needs to know the URL it is served at (for links it hands out)."""
+
+    url: str
+
+    def app(self) -> Starlette: ...
+
+
+HostableT = TypeVar("HostableT", bound=Hostable)
+
+
+@asynccontextmanager
+async def hosted(fake: HostableT) -> AsyncIterator[HostableT]:
+    """Serve `fake` on a loopback port, telling it its own URL."""
+    async with serving(fake.app()) as url:
+        fake.url = url
+        yield fake

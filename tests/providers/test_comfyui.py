@@ -7,8 +7,9 @@ import asyncio
 import io
 import json
 import struct
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,9 @@ from services.providers.comfyui import ComfyUIAdapter
 from services.providers.comfyui.adapter import job_client_id
 from services.providers.comfyui.live import Message, Preview, parse_frame, socket_url
 from services.providers.comfyui.workflow import SHIPPED
-from services.providers.config import ProviderConfig
 from tests.fakes.comfyui import CHECKPOINTS, FakeComfyUI, render
 from tests.fakes.server import Injected
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config, wait_until
 
 T2I = job_pb2.TASK_TEXT_TO_IMAGE
 SECRET = "comfy-proxy-secret-42"
@@ -38,22 +38,10 @@ async def comfy() -> AsyncIterator[tuple[FakeComfyUI, str]]:
         yield fake, url
 
 
-@asynccontextmanager
-async def adapter(url: str, **overrides: Any) -> AsyncIterator[ComfyUIAdapter]:
-    settings: dict[str, Any] = {
-        "name": "comfyui",
-        "family": "comfyui",
-        "base_url": url,
-        "models": {"text-to-image": CHECKPOINTS[0]},
-        "poll_interval": 0.05,
-        "options": {"preview_interval": 0.0},
-        **overrides,
-    }
-    comfy = ComfyUIAdapter(ProviderConfig(**settings))
-    try:
-        yield comfy
-    finally:
-        await comfy.aclose()
+def adapter(url: str, **overrides: Any) -> aclosing[ComfyUIAdapter]:
+    models, options = {"text-to-image": CHECKPOINTS[0]}, {"preview_interval": 0.0}
+    config = provider_config("comfyui", url, "", models, options=options, poll_interval=0.05)
+    return aclosing(ComfyUIAdapter(replace(config, **overrides)))
 
 
 def context(prompt: str = "a red fox in snow", **params: Any) -> FakeContext:
@@ -64,14 +52,6 @@ def context(prompt: str = "a red fox in snow", **params: Any) -> FakeContext:
 def queued_workflows(fake: FakeComfyUI) -> list[dict[str, Any]]:
     posts = [r for r in fake.faults.requests if r.method == "POST" and r.path == "/prompt"]
     return [json.loads(r.body) for r in posts]
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
 
 def sampler_progress(ctx: FakeContext) -> list[tuple[float | None, str]]:
@@ -290,14 +270,10 @@ async def test_cancelling_a_running_prompt_interrupts_it(comfy: tuple[FakeComfyU
     fake.step_delay = 0.05
     ctx = context(steps=150)
     async with adapter(url) as comfyui:
-        job = asyncio.create_task(comfyui.run(ctx))
-        await until(lambda: len(sampler_progress(ctx)) >= 2)
-        job.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job
+        await cancel_when(comfyui.run(ctx), lambda: len(sampler_progress(ctx)) >= 2, 10.0)
     [prompt_id] = fake.queued_ids
     assert fake.interrupts == [prompt_id] and fake.deleted == [prompt_id]
-    await until(lambda: prompt_id in fake.history)
+    await wait_until(lambda: prompt_id in fake.history, 10.0)
     status = fake.history[prompt_id]["status"]
     assert status["status_str"] == "error"
     assert status["messages"][-1][0] == "execution_interrupted"
@@ -312,12 +288,12 @@ async def test_cancelling_a_queued_prompt_deletes_it_and_spares_the_running_one(
         first, second = context(steps=150), FakeContext(T2I, "second", {"steps": 2})
         first.job.id = "job-first"
         running = asyncio.create_task(comfyui.run(first))
-        await until(lambda: len(sampler_progress(first)) >= 1)
-        waiting = asyncio.create_task(comfyui.run(second))
-        await until(lambda: any("ahead" in m or "queue" in m for _, m in second.progress_reports))
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
+        await wait_until(lambda: len(sampler_progress(first)) >= 1, 10.0)
+        await cancel_when(
+            comfyui.run(second),
+            lambda: any("ahead" in m or "queue" in m for _, m in second.progress_reports),
+            10.0,
+        )
         [waiting_id] = second.request_ids
         assert fake.deleted == [waiting_id] and waiting_id not in [
             p.prompt_id for p in fake.pending
@@ -357,7 +333,7 @@ async def test_resuming_a_prompt_that_already_finished_only_fetches_it(
     fake, url = comfy
     ctx = context("done already")
     earlier = await queue_directly(url, fake, ctx)
-    await until(lambda: earlier in fake.history)
+    await wait_until(lambda: earlier in fake.history, 10.0)
     resumed = FakeContext(
         T2I, "done already", ctx.parameters, provider="comfyui", previous_request_id=earlier
     )
@@ -384,7 +360,7 @@ async def test_without_a_socket_the_adapter_polls(comfy: tuple[FakeComfyUI, str]
     fake.step_delay = 0.02
     async with adapter(url) as comfyui:
         blocker = asyncio.create_task(comfyui.run(context("first", steps=20)))
-        await until(lambda: fake.running is not None)
+        await wait_until(lambda: fake.running is not None, 10.0)
         ctx = context("second")
         result = await comfyui.run(ctx)
         await blocker
@@ -402,7 +378,7 @@ async def test_a_restarted_server_losing_the_prompt_is_retryable(
     ctx = context(steps=100)
     async with adapter(url) as comfyui:
         job = asyncio.create_task(comfyui.run(ctx))
-        await until(lambda: fake.running is not None)
+        await wait_until(lambda: fake.running is not None, 10.0)
         fake.restart()
         with pytest.raises(Retryable, match="lost prompt"):
             await job

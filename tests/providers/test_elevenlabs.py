@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -16,8 +16,8 @@ from services.providers.config import ProviderConfig, load_catalog
 from services.providers.elevenlabs import DEFAULT_VOICE, ElevenLabsAdapter
 from services.providers.registry import build_adapter
 from tests.fakes.elevenlabs import ElevenLabsFake, parse_mp3_header
-from tests.fakes.server import Injected, serving
-from tests.providers.harness import FakeContext
+from tests.fakes.server import Injected
+from tests.providers.harness import FakeContext, cancel_when, hosted, provider_config, run_once
 
 KEY = "el-secret-key-0123456789"
 TTS = job_pb2.TASK_TEXT_TO_SPEECH
@@ -26,21 +26,14 @@ TEXT = "The quick brown fox jumps over the lazy dog, again and again, until it i
 
 @pytest.fixture
 async def fake() -> AsyncIterator[ElevenLabsFake]:
-    fake = ElevenLabsFake(api_key=KEY, chunk_size=4096)
-    async with serving(fake.app()) as url:
-        fake.url = url
+    async with hosted(ElevenLabsFake(api_key=KEY, chunk_size=4096)) as fake:
         yield fake
 
 
 def make_adapter(fake: ElevenLabsFake, key: str = KEY, **options: Any) -> ElevenLabsAdapter:
-    config = ProviderConfig(
-        name="elevenlabs",
-        family="elevenlabs",
-        base_url=fake.url,
-        api_key_env="ELEVENLABS_API_KEY",
-        models={"text-to-speech": "eleven_multilingual_v2"},
-        options=options,
-        _api_key=key,
+    models = {"text-to-speech": "eleven_multilingual_v2"}
+    config = provider_config(
+        "elevenlabs", fake.url, key, models, key_env="ELEVENLABS_API_KEY", options=options
     )
     return ElevenLabsAdapter(config)
 
@@ -50,20 +43,8 @@ def context(**parameters: Any) -> FakeContext:
     return FakeContext(TTS, TEXT, parameters, provider="elevenlabs", previous_request_id=previous)
 
 
-async def wait_until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 async def run(fake: ElevenLabsFake, ctx: FakeContext, **options: Any) -> Any:
-    adapter = make_adapter(fake, **options)
-    try:
-        return await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
+    return await run_once(make_adapter(fake, **options), ctx)
 
 
 def test_describe_declares_tts_with_voice_and_real_output_formats() -> None:
@@ -171,12 +152,8 @@ async def test_rate_limits_and_outages_are_retryable(fake: ElevenLabsFake) -> No
 
 
 async def test_a_wrong_key_is_fatal_and_never_appears_in_errors(fake: ElevenLabsFake) -> None:
-    adapter = make_adapter(fake, key="el-wrong-key-999")
-    try:
-        with pytest.raises(Fatal, match="Invalid API key") as wrong:
-            await adapter.run(context())
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Fatal, match="Invalid API key") as wrong:
+        await run_once(make_adapter(fake, key="el-wrong-key-999"), context())
     assert "el-wrong-key-999" not in str(wrong.value)
 
     echoed = {"detail": {"status": "invalid_api_key", "message": f"key {KEY} is revoked"}}
@@ -189,12 +166,9 @@ async def test_a_wrong_key_is_fatal_and_never_appears_in_errors(fake: ElevenLabs
 async def test_cancelling_drops_the_stream_at_elevenlabs(fake: ElevenLabsFake) -> None:
     fake.chunk_size, fake.chunk_delay = 1024, 0.05
     ctx = context()
-    task = asyncio.create_task(run(fake, ctx))
-    await wait_until(lambda: bool(ctx.request_ids))
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await wait_until(lambda: fake.aborted_streams > 0)
+    await cancel_when(
+        run(fake, ctx), lambda: ctx.request_ids, 5.0, afterwards=lambda: fake.aborted_streams > 0
+    )
     assert fake.aborted_streams == 1
 
 
@@ -220,25 +194,20 @@ async def test_redelivery_without_history_speaks_again(fake: ElevenLabsFake) -> 
 
 async def test_check_reports_missing_and_rejected_keys(fake: ElevenLabsFake) -> None:
     assert await make_adapter(fake, key="").check() == "credentials missing: set ELEVENLABS_API_KEY"
-    wrong = make_adapter(fake, key="el-nope")
-    good = make_adapter(fake)
-    try:
+    async with (
+        aclosing(make_adapter(fake, key="el-nope")) as wrong,
+        aclosing(make_adapter(fake)) as good,
+    ):
         assert "Invalid API key" in await wrong.check()
         assert await good.check() == ""
         probes = len(fake.faults.requests)
         assert await good.check() == ""
         assert len(fake.faults.requests) == probes  # cached, not a probe every heartbeat
-    finally:
-        await wrong.aclose()
-        await good.aclose()
 
 
 async def test_check_accepts_a_key_scoped_to_speech(fake: ElevenLabsFake) -> None:
     fake.speech_only_keys.add("el-speech-only")
-    adapter = make_adapter(fake, key="el-speech-only")
-    try:
+    async with aclosing(make_adapter(fake, key="el-speech-only")) as adapter:
         assert await adapter.check() == ""
         result = await adapter.run(context())
         assert parse_mp3_header(result.outputs[0].data) == (44100, 128)
-    finally:
-        await adapter.aclose()

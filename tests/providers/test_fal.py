@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from services.providers.fal import FalAdapter
 from services.providers.sandbox import media
 from tests.fakes.fal import FalFake
 from tests.fakes.server import Injected, serving
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config, run_once
 
 KEY = "fal-secret-0123456789"
 # The shipped catalog's models: the fake serves exactly those.
@@ -26,16 +26,7 @@ PHOTO = media.text_to_image("a harbour", 3, 96, 64)
 
 
 def config(url: str, key: str = KEY, **options: Any) -> ProviderConfig:
-    return ProviderConfig(
-        name="fal",
-        family="fal",
-        base_url=url,
-        api_key_env="FAL_KEY",
-        models=MODELS,
-        poll_interval=0.01,
-        options=options,
-        _api_key=key,
-    )
+    return provider_config("fal", url, key, MODELS, key_env="FAL_KEY", options=options)
 
 
 @pytest.fixture
@@ -47,27 +38,16 @@ async def fake() -> AsyncIterator[tuple[FalFake, str]]:
 
 @pytest.fixture
 async def adapter(fake: tuple[FalFake, str]) -> AsyncIterator[FalAdapter]:
-    built = FalAdapter(config(fake[1]))
-    yield built
-    await built.aclose()
+    async with aclosing(FalAdapter(config(fake[1]))) as built:
+        yield built
 
 
 def image_job(prompt: str = "a red fox", **parameters: Any) -> FakeContext:
     return FakeContext(job_pb2.TASK_TEXT_TO_IMAGE, prompt, parameters, provider="fal")
 
 
-async def recorded(ctx: FakeContext) -> None:
-    """Wait until the adapter has recorded its request id (the request exists at fal)."""
-    for _ in range(500):
-        if ctx.request_ids:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no request id was recorded")
-
-
 async def test_describe_and_check() -> None:
-    adapter = FalAdapter(config("http://127.0.0.1:9"))
-    try:
+    async with aclosing(FalAdapter(config("http://127.0.0.1:9"))) as adapter:
         described = adapter.describe()
         assert described.family == "fal"
         assert set(described.tasks) == {
@@ -79,22 +59,15 @@ async def test_describe_and_check() -> None:
         sizes = next(p for p in described.parameters if p.name == "image_size")
         assert "square_hd" in sizes.allowed_values
         assert await adapter.check() == ""
-    finally:
-        await adapter.aclose()
-    keyless = FalAdapter(config("http://127.0.0.1:9", key=""))
-    assert await keyless.check() == "credentials missing: set FAL_KEY"
-    await keyless.aclose()
+    async with aclosing(FalAdapter(config("http://127.0.0.1:9", key=""))) as keyless:
+        assert await keyless.check() == "credentials missing: set FAL_KEY"
 
 
 async def test_text_to_image_reports_queue_position_and_logs_then_downloads_pngs() -> None:
     fal = FalFake(KEY, queue_seconds=0.2, queue_ahead=3, run_seconds=0.2)
     async with serving(fal.app) as url:
-        adapter = FalAdapter(config(url))
         ctx = image_job(num_images=2, image_size="landscape_16_9", seed=7)
-        try:
-            result = await adapter.run(ctx)
-        finally:
-            await adapter.aclose()
+        result = await run_once(FalAdapter(config(url)), ctx)
 
     assert [o.filename for o in result.outputs] == ["image-1.png", "image-2.png"]
     for output in result.outputs:
@@ -202,8 +175,7 @@ async def test_server_errors_while_polling_are_retryable(
 
 async def test_a_wrong_key_is_fatal_and_never_echoed(fake: tuple[FalFake, str]) -> None:
     wrong = "fal-wrong-key-987654321"
-    adapter = FalAdapter(config(fake[1], key=wrong))
-    try:
+    async with aclosing(FalAdapter(config(fake[1], key=wrong))) as adapter:
         with pytest.raises(Fatal) as caught:
             await adapter.run(image_job())
         assert caught.value.code == "unauthorized" and "FAL_KEY" in caught.value.message
@@ -212,8 +184,6 @@ async def test_a_wrong_key_is_fatal_and_never_echoed(fake: tuple[FalFake, str]) 
         with pytest.raises(Fatal) as echoed:
             await adapter.run(image_job())
         assert wrong not in str(echoed.value) and "***" in echoed.value.message
-    finally:
-        await adapter.aclose()
 
 
 async def test_cancelling_the_job_cancels_the_fal_request(
@@ -222,11 +192,7 @@ async def test_cancelling_the_job_cancels_the_fal_request(
     fal, _ = fake
     fal.run_seconds = 30
     ctx = image_job()
-    running = asyncio.create_task(adapter.run(ctx))
-    await recorded(ctx)
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
+    await cancel_when(adapter.run(ctx), lambda: ctx.request_ids, 5.0)
     rid = ctx.request_ids[0]
     assert fal.cancels == [rid]
     (cancel,) = fal.script.calls("cancel")
@@ -268,11 +234,7 @@ async def test_the_key_is_not_sent_to_a_file_host_on_another_origin() -> None:
     fal = FalFake(KEY)
     async with serving(fal.app) as api, serving(fal.app) as cdn:
         fal.files.base_url = cdn
-        adapter = FalAdapter(config(api))
-        try:
-            (output,) = (await adapter.run(image_job())).outputs
-        finally:
-            await adapter.aclose()
+        (output,) = (await run_once(FalAdapter(config(api)), image_job())).outputs
     assert output.data.startswith(b"\x89PNG")
     (download,) = fal.script.calls("file")
     assert "authorization" not in download.headers
@@ -283,10 +245,6 @@ async def test_a_request_that_outlives_max_wait_is_handed_back_not_cancelled(
 ) -> None:
     fal, url = fake
     fal.run_seconds = 30
-    adapter = FalAdapter(config(url, max_wait=0.1))
-    try:
-        with pytest.raises(Retryable, match="will resume"):
-            await adapter.run(image_job())
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Retryable, match="will resume"):
+        await run_once(FalAdapter(config(url, max_wait=0.1)), image_job())
     assert fal.cancels == []

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,12 +15,12 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import DEFAULT_CATALOG, ProviderConfig, load_catalog
+from services.providers.config import DEFAULT_CATALOG, load_catalog
 from services.providers.gemini import GeminiAdapter
 from tests.fakes.comfyui import render
 from tests.fakes.gemini import KEY, FakeGemini, describe
 from tests.fakes.server import Injected
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config
 
 T2T, I2T = job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT
 T2I, I2I = job_pb2.TASK_TEXT_TO_IMAGE, job_pb2.TASK_IMAGE_TO_IMAGE
@@ -34,24 +34,11 @@ async def gemini() -> AsyncIterator[tuple[FakeGemini, str]]:
         yield fake, url
 
 
-@asynccontextmanager
-async def adapter(url: str, key: str = KEY, **overrides: Any) -> AsyncIterator[GeminiAdapter]:
-    shipped = load_catalog(DEFAULT_CATALOG, {})["gemini"]
-    settings: dict[str, Any] = {
-        "name": "gemini",
-        "family": "gemini",
-        "base_url": url,
-        "api_key_env": "GEMINI_API_KEY",
-        "models": dict(shipped.models),
-        "options": {"progress_interval": 0.0},
-        "_api_key": key,
-        **overrides,
-    }
-    instance = GeminiAdapter(ProviderConfig(**settings))
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
+def adapter(url: str, key: str = KEY, **overrides: Any) -> aclosing[GeminiAdapter]:
+    models = load_catalog(DEFAULT_CATALOG, {})["gemini"].models
+    options = {"progress_interval": 0.0}
+    config = provider_config("gemini", url, key, models, key_env="GEMINI_API_KEY", options=options)
+    return aclosing(GeminiAdapter(replace(config, **overrides)))
 
 
 def png(width: int, height: int, seed: int = 1) -> bytes:
@@ -63,14 +50,6 @@ def png(width: int, height: int, seed: int = 1) -> bytes:
 def sent(fake: FakeGemini, index: int = -1) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(fake.faults.requests[index].body)
     return body
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def test_the_shipped_catalog_serves_text_vision_and_images(
@@ -268,21 +247,21 @@ async def test_cancelling_a_stream_hangs_up(gemini: tuple[FakeGemini, str]) -> N
     fake.chunk_delay = 5.0
     ctx = FakeContext(T2T, "a long answer with many words to stream slowly")
     async with adapter(url) as instance:
-        job = asyncio.create_task(instance.run(ctx))
-        await until(lambda: len(ctx.progress_reports) >= 1)
-        job.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job
-        await until(lambda: fake.abandoned == [f"/models/{FLASH}:streamGenerateContent"])
+        await cancel_when(
+            instance.run(ctx),
+            lambda: len(ctx.progress_reports) >= 1,
+            10.0,
+            afterwards=lambda: fake.abandoned == [f"/models/{FLASH}:streamGenerateContent"],
+        )
 
 
 async def test_cancelling_an_image_request_hangs_up(gemini: tuple[FakeGemini, str]) -> None:
     fake, url = gemini
     fake.latency = 10.0
     async with adapter(url) as instance:
-        job = asyncio.create_task(instance.run(FakeContext(T2I, "a slow fox")))
-        await until(lambda: len(fake.faults.requests) == 1)
-        job.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job
-        await until(lambda: fake.abandoned == [f"/models/{FLASH_IMAGE}:generateContent"])
+        await cancel_when(
+            instance.run(FakeContext(T2I, "a slow fox")),
+            lambda: len(fake.faults.requests) == 1,
+            10.0,
+            afterwards=lambda: fake.abandoned == [f"/models/{FLASH_IMAGE}:generateContent"],
+        )

@@ -3,12 +3,12 @@ WAV bytes)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import wave
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,12 +16,12 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, Retryable
-from services.providers.config import DEFAULT_CATALOG, ProviderConfig, load_catalog
+from services.providers.config import DEFAULT_CATALOG, load_catalog
 from services.providers.huggingface import HuggingFaceAdapter
 from tests.fakes.comfyui import render
 from tests.fakes.huggingface import BAD_AUDIO, MODELS, TOKEN, FakeHuggingFace, tone
 from tests.fakes.server import Injected
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config
 
 T2I, STT, TTS = job_pb2.TASK_TEXT_TO_IMAGE, job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_TEXT_TO_SPEECH
 FLUX, WHISPER, MMS = list(MODELS)
@@ -34,33 +34,10 @@ async def hf() -> AsyncIterator[tuple[FakeHuggingFace, str]]:
         yield fake, url
 
 
-@asynccontextmanager
-async def adapter(
-    url: str, key: str = TOKEN, **overrides: Any
-) -> AsyncIterator[HuggingFaceAdapter]:
-    shipped = load_catalog(DEFAULT_CATALOG, {})["huggingface"]
-    settings: dict[str, Any] = {
-        "name": "huggingface",
-        "family": "huggingface",
-        "base_url": url,
-        "api_key_env": "HF_TOKEN",
-        "models": dict(shipped.models),
-        "_api_key": key,
-        **overrides,
-    }
-    instance = HuggingFaceAdapter(ProviderConfig(**settings))
-    try:
-        yield instance
-    finally:
-        await instance.aclose()
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)
+def adapter(url: str, key: str = TOKEN, **overrides: Any) -> aclosing[HuggingFaceAdapter]:
+    models = load_catalog(DEFAULT_CATALOG, {})["huggingface"].models
+    config = provider_config("huggingface", url, key, models, key_env="HF_TOKEN")
+    return aclosing(HuggingFaceAdapter(replace(config, **overrides)))
 
 
 def wav_info(data: bytes) -> tuple[int, float]:
@@ -224,12 +201,12 @@ async def test_cancelling_hangs_up_on_the_provider(hf: tuple[FakeHuggingFace, st
     fake, url = hf
     fake.latency = 10.0
     async with adapter(url) as instance:
-        job = asyncio.create_task(instance.run(FakeContext(T2I, "slow fox")))
-        await until(lambda: len(fake.faults.requests) == 1)
-        job.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await job
-        await until(lambda: fake.abandoned == [f"/models/{FLUX}"])
+        await cancel_when(
+            instance.run(FakeContext(T2I, "slow fox")),
+            lambda: len(fake.faults.requests) == 1,
+            10.0,
+            afterwards=lambda: fake.abandoned == [f"/models/{FLUX}"],
+        )
 
 
 async def test_a_slow_provider_times_out_as_retryable(hf: tuple[FakeHuggingFace, str]) -> None:

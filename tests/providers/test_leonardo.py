@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -16,8 +16,8 @@ from services.providers.config import ProviderConfig, load_catalog
 from services.providers.leonardo import LeonardoAdapter
 from services.providers.registry import build_adapter
 from tests.fakes.leonardo import PHOENIX, LeonardoFake
-from tests.fakes.server import Injected, serving
-from tests.providers.harness import FakeContext
+from tests.fakes.server import Injected
+from tests.providers.harness import FakeContext, cancel_when, hosted, provider_config, run_once
 
 KEY = "0b6a3f0e-5c1d-4e2b-9a7f-leo-secret"
 T2I = job_pb2.TASK_TEXT_TO_IMAGE
@@ -25,23 +25,15 @@ T2I = job_pb2.TASK_TEXT_TO_IMAGE
 
 @pytest.fixture
 async def fake() -> AsyncIterator[LeonardoFake]:
-    fake = LeonardoFake(api_key=KEY)
-    async with serving(fake.app()) as url:
-        fake.url = url
+    async with hosted(LeonardoFake(api_key=KEY)) as fake:
         yield fake
 
 
 def make_adapter(fake: LeonardoFake, key: str = KEY) -> LeonardoAdapter:
-    config = ProviderConfig(
-        name="leonardo",
-        family="leonardo",
-        base_url=fake.base_url,
-        api_key_env="LEONARDO_API_KEY",
-        models={"text-to-image": PHOENIX},
-        poll_interval=0.01,
-        _api_key=key,
+    models = {"text-to-image": PHOENIX}
+    return LeonardoAdapter(
+        provider_config("leonardo", fake.base_url, key, models, key_env="LEONARDO_API_KEY")
     )
-    return LeonardoAdapter(config)
 
 
 def context(previous: str = "", **parameters: Any) -> FakeContext:
@@ -52,19 +44,7 @@ def context(previous: str = "", **parameters: Any) -> FakeContext:
 
 
 async def run(fake: LeonardoFake, ctx: FakeContext, key: str = KEY) -> Any:
-    adapter = make_adapter(fake, key)
-    try:
-        return await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    return await run_once(make_adapter(fake, key), ctx)
 
 
 def creates(fake: LeonardoFake) -> int:
@@ -186,20 +166,15 @@ async def test_a_wrong_key_is_fatal_and_never_appears_in_errors(fake: LeonardoFa
 async def test_cancelling_deletes_the_pending_generation(fake: LeonardoFake) -> None:
     fake.pending_polls = 10_000
     ctx = context()
-    task = asyncio.create_task(run(fake, ctx))
-    await wait_until(lambda: bool(ctx.progress_reports))
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when(run(fake, ctx), lambda: bool(ctx.progress_reports))
     assert fake.deleted == ctx.request_ids and len(fake.deleted) == 1
 
 
 async def test_check_probes_the_account(fake: LeonardoFake) -> None:
     assert await make_adapter(fake, key="").check() == "credentials missing: set LEONARDO_API_KEY"
-    good, wrong = make_adapter(fake), make_adapter(fake, key="leo-nope")
-    try:
+    async with (
+        aclosing(make_adapter(fake)) as good,
+        aclosing(make_adapter(fake, key="leo-nope")) as wrong,
+    ):
         assert await good.check() == ""
         assert "unauthorized" in await wrong.check()
-    finally:
-        await good.aclose()
-        await wrong.aclose()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +16,12 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, ProviderError, Retryable
-from services.providers.config import DEFAULT_CATALOG, ProviderConfig, load_catalog
+from services.providers.config import DEFAULT_CATALOG, load_catalog
 from services.providers.ollama import OllamaAdapter, OllamaOptions
 from services.providers.registry import build_adapter
 from tests.fakes.ollama import RUNNER_ERROR, FakeOllama
 from tests.fakes.server import Injected, serving
-from tests.infra import eventually
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config, run_once
 
 MODELS = {"text-to-text": "llama3.2", "image-to-text": "llava"}
 KEY = "ollama-remote-key-0123456789"
@@ -42,14 +41,14 @@ class Setup:
         key: str = "",
         base_url: str | None = None,
     ) -> OllamaAdapter:
-        config = ProviderConfig(
+        config = provider_config(
+            "ollama",
+            base_url or self.url,
+            key,
+            MODELS if models is None else models,
             name="ollama-test",
-            family="ollama",
-            base_url=base_url or self.url,
-            api_key_env="OLLAMA_TEST_KEY" if key else "",
-            models=dict(MODELS if models is None else models),
+            key_env="OLLAMA_TEST_KEY" if key else "",
             options={"progress_interval": 0, **(options or {})},
-            _api_key=key,
         )
         return OllamaAdapter(config)
 
@@ -66,9 +65,8 @@ async def setup() -> AsyncIterator[Setup]:
 
 @pytest.fixture
 async def adapter(setup: Setup) -> AsyncIterator[OllamaAdapter]:
-    built = setup.adapter()
-    yield built
-    await built.aclose()
+    async with aclosing(setup.adapter()) as built:
+        yield built
 
 
 def png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
@@ -79,14 +77,10 @@ def png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
 
 async def test_chat_streams_ndjson_tokens_as_progress(setup: Setup) -> None:
     setup.fake.token_delay = 0.01
-    adapter = setup.adapter(options={"keep_alive": "10m"})
-    try:
-        prompt = "why is the sky blue over the sea"
-        params = {"system": "Be brief.", "temperature": 0.3, "seed": 7}
-        ctx = FakeContext(T.TASK_TEXT_TO_TEXT, prompt, params)
-        result = await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
+    prompt = "why is the sky blue over the sea"
+    params = {"system": "Be brief.", "temperature": 0.3, "seed": 7}
+    ctx = FakeContext(T.TASK_TEXT_TO_TEXT, prompt, params)
+    result = await run_once(setup.adapter(options={"keep_alive": "10m"}), ctx)
 
     assert result.text == f"You said: {prompt}"
     messages = [m for _, m in ctx.progress_reports]
@@ -124,11 +118,8 @@ async def test_vision_sends_the_image_as_base64(setup: Setup, adapter: OllamaAda
 
 async def test_a_model_that_is_not_pulled_is_fatal(setup: Setup) -> None:
     adapter = setup.adapter(models={"text-to-text": "mistral"})
-    try:
-        with pytest.raises(Fatal, match='model "mistral" not found, try pulling it first') as e:
-            await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Fatal, match='model "mistral" not found, try pulling it first') as e:
+        await run_once(adapter, FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
     assert e.value.code == "model_not_pulled"
 
 
@@ -147,18 +138,15 @@ async def test_a_stream_cut_short_is_retryable(setup: Setup, adapter: OllamaAdap
 
 async def test_cancelling_closes_the_stream(setup: Setup) -> None:
     setup.fake.token_delay = 0.1
-    adapter = setup.adapter()
-    try:
+    async with aclosing(setup.adapter()) as adapter:
         ctx = FakeContext(T.TASK_TEXT_TO_TEXT, "word " * 200)
-        task = asyncio.create_task(adapter.run(ctx))
-        await eventually(lambda: bool(ctx.progress_reports), within=5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
         # Ollama stops generating when its client goes away; the fake sees it leave.
-        await eventually(lambda: setup.fake.abandoned == ["/api/chat"], within=5)
-    finally:
-        await adapter.aclose()
+        await cancel_when(
+            adapter.run(ctx),
+            lambda: bool(ctx.progress_reports),
+            5.0,
+            afterwards=lambda: setup.fake.abandoned == ["/api/chat"],
+        )
 
 
 async def test_a_redelivered_job_asks_again(setup: Setup, adapter: OllamaAdapter) -> None:
@@ -194,27 +182,20 @@ async def test_error_bodies_are_classified(
 async def test_a_remote_ollama_with_a_wrong_key_is_fatal(setup: Setup) -> None:
     setup.fake.api_key = KEY
     wrong = "ollama-wrong-key-must-not-leak"
-    good, bad = setup.adapter(key=KEY), setup.adapter(key=wrong)
-    try:
+    async with aclosing(setup.adapter(key=KEY)) as good, aclosing(setup.adapter(key=wrong)) as bad:
         assert (await good.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))).text == "You said: hi"
         with pytest.raises(Fatal, match="unauthorized") as caught:
             await bad.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
         assert wrong not in str(caught.value)
         assert "401" in await bad.check()
-    finally:
-        await good.aclose()
-        await bad.aclose()
 
 
 async def test_a_key_echoed_back_is_scrubbed(setup: Setup) -> None:
     setup.fake.api_key = KEY
     adapter = setup.adapter(key=KEY)
     setup.fake.faults.inject(Injected(400, {"error": f"bad token {KEY}"}))
-    try:
-        with pytest.raises(InvalidInput) as caught:
-            await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
-    finally:
-        await adapter.aclose()
+    with pytest.raises(InvalidInput) as caught:
+        await run_once(adapter, FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
     assert KEY not in str(caught.value) and "***" in str(caught.value)
 
 
@@ -230,33 +211,24 @@ async def test_bad_parameters_name_the_allowed_values(adapter: OllamaAdapter) ->
 
 async def test_check_reports_models_that_are_not_pulled(setup: Setup) -> None:
     setup.fake.models = ["llama3.2:latest"]
-    adapter = setup.adapter(options={"check_ttl": 0})
-    try:
+    async with aclosing(setup.adapter(options={"check_ttl": 0})) as adapter:
         assert await adapter.check() == "model llava not pulled (run: ollama pull llava)"
         setup.fake.models = ["llama3.2:latest", "llava:latest"]
         assert await adapter.check() == ""
-    finally:
-        await adapter.aclose()
 
 
 async def test_check_is_cached_briefly(setup: Setup) -> None:
-    adapter = setup.adapter(options={"check_ttl": 60})
-    try:
+    async with aclosing(setup.adapter(options={"check_ttl": 60})) as adapter:
         assert await adapter.check() == ""
         assert await adapter.check() == ""
-    finally:
-        await adapter.aclose()
     assert [r.path for r in setup.fake.faults.requests] == ["/api/tags"]
 
 
 async def test_an_unreachable_server_is_a_reason_not_a_crash(setup: Setup) -> None:
-    adapter = setup.adapter(base_url="http://127.0.0.1:9")
-    try:
+    async with aclosing(setup.adapter(base_url="http://127.0.0.1:9")) as adapter:
         reason = await adapter.check()
         with pytest.raises(Retryable, match="is `ollama serve` running"):
             await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
-    finally:
-        await adapter.aclose()
     assert reason == (
         "cannot reach ollama-test at http://127.0.0.1:9 (ConnectError; is `ollama serve` running?)"
     )
@@ -271,11 +243,8 @@ def test_unknown_options_fail_at_start_up() -> None:
 
 async def test_the_shipped_instance_needs_no_key() -> None:
     catalog = load_catalog(DEFAULT_CATALOG, {})
-    adapter = build_adapter("ollama", catalog)
-    try:
+    async with aclosing(build_adapter("ollama", catalog)) as adapter:
         described = adapter.describe()
-    finally:
-        await adapter.aclose()
     assert set(described.tasks) == {T.TASK_TEXT_TO_TEXT, T.TASK_IMAGE_TO_TEXT}
     assert catalog["ollama"].missing_key() == ""
     assert {p.name for p in described.parameters} >= {"max_tokens", "temperature", "num_ctx"}

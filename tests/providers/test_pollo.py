@@ -6,7 +6,7 @@ import asyncio
 import base64
 import io
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,8 +18,8 @@ from services.providers.config import ProviderConfig, load_catalog
 from services.providers.pollo import PolloAdapter
 from services.providers.registry import build_adapter
 from tests.fakes.pollo import POLLO_1_6, PolloFake
-from tests.fakes.server import Injected, serving
-from tests.providers.harness import FakeContext
+from tests.fakes.server import Injected
+from tests.providers.harness import FakeContext, cancel_when, hosted, provider_config, run_once
 
 KEY = "pollo_secret_key_0123456789abcdef"
 I2V = job_pb2.TASK_IMAGE_TO_VIDEO
@@ -36,23 +36,15 @@ STILL = still()
 
 @pytest.fixture
 async def fake() -> AsyncIterator[PolloFake]:
-    fake = PolloFake(api_key=KEY)
-    async with serving(fake.app()) as url:
-        fake.url = url
+    async with hosted(PolloFake(api_key=KEY)) as fake:
         yield fake
 
 
 def make_adapter(fake: PolloFake, key: str = KEY) -> PolloAdapter:
-    config = ProviderConfig(
-        name="pollo",
-        family="pollo",
-        base_url=fake.base_url,
-        api_key_env="POLLO_API_KEY",
-        models={"image-to-video": POLLO_1_6},
-        poll_interval=0.01,
-        _api_key=key,
+    models = {"image-to-video": POLLO_1_6}
+    return PolloAdapter(
+        provider_config("pollo", fake.base_url, key, models, key_env="POLLO_API_KEY")
     )
-    return PolloAdapter(config)
 
 
 def context(previous: str = "", **parameters: Any) -> FakeContext:
@@ -68,19 +60,7 @@ def context(previous: str = "", **parameters: Any) -> FakeContext:
 
 
 async def run(fake: PolloFake, ctx: FakeContext, key: str = KEY) -> Any:
-    adapter = make_adapter(fake, key)
-    try:
-        return await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    return await run_once(make_adapter(fake, key), ctx)
 
 
 def creates(fake: PolloFake) -> int:
@@ -216,11 +196,7 @@ async def test_cancelling_stops_polling(fake: PolloFake) -> None:
     # Pollo documents no cancel endpoint: the job stops asking and sends nothing else.
     fake.processing_polls = 10_000
     ctx = context()
-    task = asyncio.create_task(run(fake, ctx))
-    await wait_until(lambda: len(ctx.progress_reports) > 1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when(run(fake, ctx), lambda: len(ctx.progress_reports) > 1)
     sent = len(fake.faults.requests)
     await asyncio.sleep(0.1)
     assert len(fake.faults.requests) == sent

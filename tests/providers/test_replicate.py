@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from services.providers.replicate import ReplicateAdapter
 from services.providers.sandbox import media
 from tests.fakes.replicate import WHISPER_VERSION, ReplicateFake
 from tests.fakes.server import Injected, serving
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config, run_once
 
 TOKEN = "r8_secret_0123456789abcdef"
 # The shipped catalog's models: the fake serves exactly those.
@@ -26,15 +26,8 @@ MODELS = dict(load_catalog(None, {})["replicate"].models)
 
 
 def config(url: str, token: str = TOKEN, **options: Any) -> ProviderConfig:
-    return ProviderConfig(
-        name="replicate",
-        family="replicate",
-        base_url=f"{url}/v1",
-        api_key_env="REPLICATE_API_TOKEN",
-        models=MODELS,
-        poll_interval=0.01,
-        options=options,
-        _api_key=token,
+    return provider_config(
+        "replicate", f"{url}/v1", token, MODELS, key_env="REPLICATE_API_TOKEN", options=options
     )
 
 
@@ -47,9 +40,8 @@ async def fake() -> AsyncIterator[tuple[ReplicateFake, str]]:
 
 @pytest.fixture
 async def adapter(fake: tuple[ReplicateFake, str]) -> AsyncIterator[ReplicateAdapter]:
-    built = ReplicateAdapter(config(fake[1]))
-    yield built
-    await built.aclose()
+    async with aclosing(ReplicateAdapter(config(fake[1]))) as built:
+        yield built
 
 
 def image_job(prompt: str = "a red fox", **parameters: Any) -> FakeContext:
@@ -60,20 +52,12 @@ def speech_job(wav: bytes, **parameters: Any) -> FakeContext:
     return FakeContext(job_pb2.TASK_SPEECH_TO_TEXT, "", parameters, [wav], provider="replicate")
 
 
-async def recorded(ctx: FakeContext) -> None:
-    """Wait until the adapter has recorded the prediction id."""
-    for _ in range(500):
-        if ctx.request_ids:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no prediction id was recorded")
-
-
 async def test_check_probes_the_account_once_per_ttl(fake: tuple[ReplicateFake, str]) -> None:
     replicate, url = fake
-    good = ReplicateAdapter(config(url))
-    bad = ReplicateAdapter(config(url, token="r8_wrong"))
-    try:
+    async with (
+        aclosing(ReplicateAdapter(config(url))) as good,
+        aclosing(ReplicateAdapter(config(url, token="r8_wrong"))) as bad,
+    ):
         assert await good.check() == "" and await good.check() == ""
         reason = await bad.check()
         assert "valid authentication token" in reason and "r8_wrong" not in reason
@@ -83,23 +67,15 @@ async def test_check_probes_the_account_once_per_ttl(fake: tuple[ReplicateFake, 
             job_pb2.TASK_TEXT_TO_TEXT,
             job_pb2.TASK_SPEECH_TO_TEXT,
         }
-    finally:
-        await good.aclose()
-        await bad.aclose()
-    keyless = ReplicateAdapter(config(url, token=""))
-    assert await keyless.check() == "credentials missing: set REPLICATE_API_TOKEN"
-    await keyless.aclose()
+    async with aclosing(ReplicateAdapter(config(url, token=""))) as keyless:
+        assert await keyless.check() == "credentials missing: set REPLICATE_API_TOKEN"
 
 
 async def test_text_to_image_reports_log_progress_and_a_preview_then_downloads() -> None:
     replicate = ReplicateFake(TOKEN, queue_seconds=0.1, run_seconds=0.3, previews=True)
     async with serving(replicate.app) as url:
-        adapter = ReplicateAdapter(config(url))
         ctx = image_job(aspect_ratio="16:9", num_outputs=2, seed=3)
-        try:
-            result = await adapter.run(ctx)
-        finally:
-            await adapter.aclose()
+        result = await run_once(ReplicateAdapter(config(url)), ctx)
 
     assert [o.filename for o in result.outputs] == ["image-1.png", "image-2.png"]
     for output in result.outputs:
@@ -149,10 +125,7 @@ async def test_large_inputs_are_uploaded_through_the_files_api(
     replicate, url = fake
     adapter = ReplicateAdapter(config(url, data_uri_limit=1000))
     wav = media.text_to_speech("a long recording", 60)
-    try:
-        assert (await adapter.run(speech_job(wav))).text == "a long recording"
-    finally:
-        await adapter.aclose()
+    assert (await run_once(adapter, speech_job(wav))).text == "a long recording"
     (upload,) = replicate.script.calls("upload")
     assert upload.headers["content-type"].startswith("multipart/form-data")
     ((stored, media_type),) = replicate.uploads.values()
@@ -166,11 +139,7 @@ async def test_prefer_wait_returns_the_finished_prediction_without_polling(
 ) -> None:
     replicate, url = fake
     replicate.run_seconds = 0.1
-    adapter = ReplicateAdapter(config(url, wait=5))
-    try:
-        (output,) = (await adapter.run(image_job())).outputs
-    finally:
-        await adapter.aclose()
+    (output,) = (await run_once(ReplicateAdapter(config(url, wait=5)), image_job())).outputs
     assert output.data.startswith(b"\x89PNG")
     assert replicate.script.calls("create")[0].headers["prefer"] == "wait=5"
     assert replicate.script.calls("get") == []
@@ -217,15 +186,11 @@ async def test_server_errors_while_polling_are_retryable(
 
 async def test_a_wrong_token_is_fatal_and_never_echoed(fake: tuple[ReplicateFake, str]) -> None:
     wrong = "r8_wrong_token_555555"
-    adapter = ReplicateAdapter(config(fake[1], token=wrong))
-    try:
-        with pytest.raises(Fatal) as caught:
-            await adapter.run(image_job())
-        assert caught.value.code == "unauthorized"
-        assert "valid authentication token" in caught.value.message
-        assert wrong not in str(caught.value)
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Fatal) as caught:
+        await run_once(ReplicateAdapter(config(fake[1], token=wrong)), image_job())
+    assert caught.value.code == "unauthorized"
+    assert "valid authentication token" in caught.value.message
+    assert wrong not in str(caught.value)
 
 
 async def test_a_failed_prediction_is_fatal_with_the_models_error(
@@ -242,11 +207,7 @@ async def test_cancelling_the_job_cancels_the_prediction(
     replicate, _ = fake
     replicate.run_seconds = 30
     ctx = image_job()
-    running = asyncio.create_task(adapter.run(ctx))
-    await recorded(ctx)
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
+    await cancel_when(adapter.run(ctx), lambda: ctx.request_ids, 5.0)
     pid = ctx.request_ids[0]
     assert replicate.canceled == [pid]
     (cancel,) = replicate.script.calls("cancel")
@@ -291,11 +252,7 @@ async def test_the_token_is_not_sent_to_the_delivery_host() -> None:
     replicate = ReplicateFake(TOKEN)
     async with serving(replicate.app) as api, serving(replicate.app) as cdn:
         replicate.files.base_url = cdn
-        adapter = ReplicateAdapter(config(api))
-        try:
-            (output,) = (await adapter.run(image_job())).outputs
-        finally:
-            await adapter.aclose()
+        (output,) = (await run_once(ReplicateAdapter(config(api)), image_job())).outputs
     assert output.data.startswith(b"\x89PNG")
     (download,) = replicate.script.calls("delivery")
     assert "authorization" not in download.headers

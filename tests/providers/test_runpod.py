@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +20,7 @@ from services.providers.runpod import RunPodAdapter
 from services.providers.sandbox import media
 from tests.fakes.runpod import RunPodFake, WorkerRun
 from tests.fakes.server import Injected, serving
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config, run_once
 
 KEY = "rp_secret_0123456789ABCDEF"
 MODELS = {
@@ -37,15 +37,8 @@ PHOTO = media.text_to_image("a red bicycle", 2, 120, 80)
 def config(
     url: str, key: str = KEY, models: dict[str, str] = MODELS, **options: Any
 ) -> ProviderConfig:
-    return ProviderConfig(
-        name="runpod",
-        family="runpod",
-        base_url=f"{url}/v2",
-        api_key_env="RUNPOD_API_KEY",
-        models=models,
-        poll_interval=0.01,
-        options=options,
-        _api_key=key,
+    return provider_config(
+        "runpod", f"{url}/v2", key, models, key_env="RUNPOD_API_KEY", options=options
     )
 
 
@@ -58,9 +51,8 @@ async def fake() -> AsyncIterator[tuple[RunPodFake, str]]:
 
 @pytest.fixture
 async def adapter(fake: tuple[RunPodFake, str]) -> AsyncIterator[RunPodAdapter]:
-    built = RunPodAdapter(config(fake[1]))
-    yield built
-    await built.aclose()
+    async with aclosing(RunPodAdapter(config(fake[1]))) as built:
+        yield built
 
 
 def job(
@@ -75,35 +67,24 @@ def sent_input(runpod: RunPodFake) -> dict[str, Any]:
     return body["input"]
 
 
-async def recorded(ctx: FakeContext) -> None:
-    for _ in range(500):
-        if ctx.request_ids:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no job id was recorded")
-
-
 async def test_tasks_follow_the_configured_endpoints_and_check_probes_their_health(
     fake: tuple[RunPodFake, str],
 ) -> None:
     runpod, url = fake
-    adapter = RunPodAdapter(config(url, models={"image-to-text": "describer"}))
-    wrong = RunPodAdapter(config(url, key="rp_wrong_key_42"))
-    try:
+    async with (
+        aclosing(RunPodAdapter(config(url, models={"image-to-text": "describer"}))) as adapter,
+        aclosing(RunPodAdapter(config(url, key="rp_wrong_key_42"))) as wrong,
+    ):
         assert list(adapter.describe().tasks) == [job_pb2.TASK_IMAGE_TO_TEXT]
         assert await adapter.check() == "" and await adapter.check() == ""
         assert [c.path for c in runpod.script.calls("health")] == ["/v2/describer/health"]
         reason = await wrong.check()
         assert "401" in reason and "rp_wrong_key_42" not in reason
-    finally:
-        await adapter.aclose()
-        await wrong.aclose()
 
 
 async def test_an_image_describer_gets_the_image_as_base64_and_reports_progress() -> None:
     runpod = RunPodFake(KEY, queue_seconds=0.1, run_seconds=0.3)
     async with serving(runpod.app) as url:
-        adapter = RunPodAdapter(config(url))
         ctx = FakeContext(
             job_pb2.TASK_IMAGE_TO_TEXT,
             "what is this?",
@@ -112,10 +93,7 @@ async def test_an_image_describer_gets_the_image_as_base64_and_reports_progress(
             provider="runpod",
             input_media_type="image/png",
         )
-        try:
-            result = await adapter.run(ctx)
-        finally:
-            await adapter.aclose()
+        result = await run_once(RunPodAdapter(config(url)), ctx)
     assert result.text == media.image_to_text(PHOTO)
     sent = sent_input(runpod)
     assert sent["task"] == "image-to-text" and sent["prompt"] == "what is this?"
@@ -133,12 +111,8 @@ async def test_a_copywriter_generator_streams_its_text() -> None:
     runpod = RunPodFake(KEY, run_seconds=0.3)
     prompt = "copy for a hand-thrown ceramic mug, warm and short"
     async with serving(runpod.app) as url:
-        adapter = RunPodAdapter(config(url))
         ctx = job(job_pb2.TASK_TEXT_TO_TEXT, prompt)
-        try:
-            result = await adapter.run(ctx)
-        finally:
-            await adapter.aclose()
+        result = await run_once(RunPodAdapter(config(url)), ctx)
     assert result.text == media.text_to_text(prompt)
     assert runpod.script.calls("stream")
     assert any(m.startswith("received") for _, m in ctx.progress_reports)
@@ -150,10 +124,7 @@ async def test_without_streaming_the_aggregated_output_is_read(
     runpod, url = fake
     adapter = RunPodAdapter(config(url, stream=False))
     prompt = "a tagline for rain boots"
-    try:
-        result = await adapter.run(job(job_pb2.TASK_TEXT_TO_TEXT, prompt, max_tokens=3))
-    finally:
-        await adapter.aclose()
+    result = await run_once(adapter, job(job_pb2.TASK_TEXT_TO_TEXT, prompt, max_tokens=3))
     assert result.text == " ".join(media.text_to_text(prompt).split(" ")[:3])
     assert runpod.script.calls("stream") == []
 
@@ -186,12 +157,8 @@ async def test_parameters_outside_the_contract_never_reach_runpod(
 async def test_a_painter_reports_steps_and_a_preview_then_returns_base64_png() -> None:
     runpod = RunPodFake(KEY, run_seconds=0.4)
     async with serving(runpod.app) as url:
-        adapter = RunPodAdapter(config(url))
         ctx = job(job_pb2.TASK_TEXT_TO_IMAGE, "a tin robot", width=96, height=64, seed=1)
-        try:
-            result = await adapter.run(ctx)
-        finally:
-            await adapter.aclose()
+        result = await run_once(RunPodAdapter(config(url)), ctx)
     (output,) = result.outputs
     assert output.media_type == "image/png" and output.filename == "image.png"
     assert Image.open(io.BytesIO(output.data)).size == (96, 64)
@@ -221,11 +188,8 @@ async def test_a_crashing_worker_is_fatal_with_its_error() -> None:
     runpod = RunPodFake(KEY, workers={"painter": crashing})
     async with serving(runpod.app) as url:
         adapter = RunPodAdapter(config(url, models={"text-to-image": "painter"}))
-        try:
-            with pytest.raises(Fatal, match="CUDA error: out of memory") as caught:
-                await adapter.run(job(job_pb2.TASK_TEXT_TO_IMAGE, "x"))
-        finally:
-            await adapter.aclose()
+        with pytest.raises(Fatal, match="CUDA error: out of memory") as caught:
+            await run_once(adapter, job(job_pb2.TASK_TEXT_TO_IMAGE, "x"))
     assert caught.value.code == "worker_failed"
 
 
@@ -252,12 +216,10 @@ async def test_rate_limits_server_errors_and_timeouts_are_retryable(
 
 async def test_a_wrong_key_is_fatal_and_never_echoed(fake: tuple[RunPodFake, str]) -> None:
     wrong = "rp_wrong_key_777777"
-    adapter = RunPodAdapter(config(fake[1], key=wrong))
-    try:
-        with pytest.raises(Fatal) as caught:
-            await adapter.run(job(job_pb2.TASK_TEXT_TO_IMAGE, "x"))
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Fatal) as caught:
+        await run_once(
+            RunPodAdapter(config(fake[1], key=wrong)), job(job_pb2.TASK_TEXT_TO_IMAGE, "x")
+        )
     assert caught.value.code == "unauthorized" and "RUNPOD_API_KEY" in caught.value.message
     assert wrong not in str(caught.value)
 
@@ -268,11 +230,7 @@ async def test_cancelling_the_job_cancels_it_on_runpod(
     runpod, _ = fake
     runpod.run_seconds = 30
     ctx = job(job_pb2.TASK_TEXT_TO_IMAGE, "a slow painting")
-    running = asyncio.create_task(adapter.run(ctx))
-    await recorded(ctx)
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
+    await cancel_when(adapter.run(ctx), lambda: ctx.request_ids, 5.0)
     jid = ctx.request_ids[0]
     assert runpod.cancelled == [jid]
     (cancel,) = runpod.script.calls("cancel")
@@ -310,8 +268,5 @@ async def test_a_slow_endpoint_is_retryable(fake: tuple[RunPodFake, str]) -> Non
     runpod, url = fake
     runpod.script.inject(Injected(200, {"id": "late", "status": "IN_QUEUE"}, delay=1.0))
     adapter = RunPodAdapter(replace(config(url), timeout=0.2))
-    try:
-        with pytest.raises(Retryable, match="did not answer in time"):
-            await adapter.run(job(job_pb2.TASK_TEXT_TO_IMAGE, "x"))
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Retryable, match="did not answer in time"):
+        await run_once(adapter, job(job_pb2.TASK_TEXT_TO_IMAGE, "x"))

@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,8 +19,8 @@ from services.providers.config import ProviderConfig, load_catalog
 from services.providers.registry import build_adapter
 from services.providers.runware import RunwareAdapter
 from tests.fakes.runware import FLUX_DEV, FLUX_SCHNELL, RunwareFake, image_bytes
-from tests.fakes.server import Injected, serving
-from tests.providers.harness import FakeContext
+from tests.fakes.server import Injected
+from tests.providers.harness import FakeContext, cancel_when, hosted, provider_config, run_once
 
 KEY = "rw-secret-key-abcdef0123456789"
 T2I = job_pb2.TASK_TEXT_TO_IMAGE
@@ -29,22 +29,14 @@ I2I = job_pb2.TASK_IMAGE_TO_IMAGE
 
 @pytest.fixture
 async def fake() -> AsyncIterator[RunwareFake]:
-    fake = RunwareFake(api_key=KEY)
-    async with serving(fake.app()) as url:
-        fake.url = url
+    async with hosted(RunwareFake(api_key=KEY)) as fake:
         yield fake
 
 
 def make_adapter(fake: RunwareFake, key: str = KEY, **options: Any) -> RunwareAdapter:
-    config = ProviderConfig(
-        name="runware",
-        family="runware",
-        base_url=fake.base_url,
-        api_key_env="RUNWARE_API_KEY",
-        models={"text-to-image": FLUX_SCHNELL, "image-to-image": FLUX_DEV},
-        poll_interval=0.01,
-        options=options,
-        _api_key=key,
+    models = {"text-to-image": FLUX_SCHNELL, "image-to-image": FLUX_DEV}
+    config = provider_config(
+        "runware", fake.base_url, key, models, key_env="RUNWARE_API_KEY", options=options
     )
     return RunwareAdapter(config)
 
@@ -65,19 +57,7 @@ def context(
 
 
 async def run(fake: RunwareFake, ctx: FakeContext, key: str = KEY, **options: Any) -> Any:
-    adapter = make_adapter(fake, key, **options)
-    try:
-        return await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    return await run_once(make_adapter(fake, key, **options), ctx)
 
 
 def sent_tasks(fake: RunwareFake) -> list[dict[str, Any]]:
@@ -232,11 +212,7 @@ async def test_cancelling_stops_polling(fake: RunwareFake) -> None:
     # Runware documents no cancel operation: the job stops asking, nothing else is sent.
     fake.processing_polls = 10_000
     ctx = context()
-    task = asyncio.create_task(run(fake, ctx))
-    await wait_until(lambda: bool(ctx.progress_reports))
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when(run(fake, ctx), lambda: bool(ctx.progress_reports))
     sent = len(fake.faults.requests)
     await asyncio.sleep(0.1)
     assert len(fake.faults.requests) == sent

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -15,9 +15,9 @@ from services.providers.adapter import Fatal, InvalidInput, Retryable
 from services.providers.config import ProviderConfig, load_catalog
 from services.providers.registry import build_adapter
 from services.providers.stability import StabilityAdapter
-from tests.fakes.server import Injected, serving
+from tests.fakes.server import Injected
 from tests.fakes.stability import StabilityFake
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, hosted, provider_config, run_once
 
 KEY = "sk-stability-secret-0123456789"
 T2I = job_pb2.TASK_TEXT_TO_IMAGE
@@ -33,23 +33,15 @@ def photo(size: tuple[int, int] = (80, 60)) -> bytes:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[StabilityFake]:
-    fake = StabilityFake(api_key=KEY)
-    async with serving(fake.app()) as url:
-        fake.url = url
+    async with hosted(StabilityFake(api_key=KEY)) as fake:
         yield fake
 
 
 def make_adapter(
     fake: StabilityFake, key: str = KEY, models: dict[str, str] = MODELS, **options: Any
 ) -> StabilityAdapter:
-    config = ProviderConfig(
-        name="stability",
-        family="stability",
-        base_url=fake.url,
-        api_key_env="STABILITY_API_KEY",
-        models=models,
-        options=options,
-        _api_key=key,
+    config = provider_config(
+        "stability", fake.url, key, models, key_env="STABILITY_API_KEY", options=options
     )
     return StabilityAdapter(config)
 
@@ -64,19 +56,7 @@ def context(
 
 
 async def run(fake: StabilityFake, ctx: FakeContext, **kwargs: Any) -> Any:
-    adapter = make_adapter(fake, **kwargs)
-    try:
-        return await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    return await run_once(make_adapter(fake, **kwargs), ctx)
 
 
 def test_describe_declares_stability_values() -> None:
@@ -205,20 +185,18 @@ async def test_a_wrong_key_is_fatal_and_never_appears_in_errors(fake: StabilityF
 
 async def test_cancelling_hangs_up_on_the_generation(fake: StabilityFake) -> None:
     fake.latency = 5.0
-    task = asyncio.create_task(run(fake, context()))
-    await wait_until(lambda: bool(fake.generations))
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await wait_until(lambda: fake.abandoned == 1)
+    await cancel_when(
+        run(fake, context()),
+        lambda: bool(fake.generations),
+        afterwards=lambda: fake.abandoned == 1,
+    )
 
 
 async def test_check_probes_the_account(fake: StabilityFake) -> None:
     assert await make_adapter(fake, key="").check() == "credentials missing: set STABILITY_API_KEY"
-    good, wrong = make_adapter(fake), make_adapter(fake, key="sk-nope")
-    try:
+    async with (
+        aclosing(make_adapter(fake)) as good,
+        aclosing(make_adapter(fake, key="sk-nope")) as wrong,
+    ):
         assert await good.check() == ""
         assert "authorization: invalid" in await wrong.check()
-    finally:
-        await good.aclose()
-        await wrong.aclose()

@@ -32,6 +32,7 @@ from services.providers.comfyui import workflow
 from services.providers.comfyui.api import ComfyClient, PromptState
 from services.providers.comfyui.live import Feed, Message, Preview, socket_url
 from services.providers.config import ProviderConfig
+from services.providers.http import bearer
 from services.providers.params import BOOL, INT, NUM, STR, Param
 from services.providers.probe import CachedProbe
 
@@ -95,7 +96,7 @@ class ComfyUIAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self._headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self._headers = bearer(config)
         self._client = ComfyClient(config, self._headers)
         self._workflows: dict[job_pb2.Task.ValueType, workflow.Workflow] = {}
         self._preview_interval = _number_option(config.options, "preview_interval", 1.0)
