@@ -83,7 +83,7 @@ async def test_tasks_follow_the_configured_endpoints_and_check_probes_their_heal
 
 
 async def test_an_image_describer_gets_the_image_as_base64_and_reports_progress() -> None:
-    runpod = RunPodFake(KEY, queue_seconds=0.1, run_seconds=0.3)
+    runpod = RunPodFake(KEY, queue_seconds=0.1, run_seconds=1.5)
     async with serving(runpod.app) as url:
         ctx = FakeContext(
             job_pb2.TASK_IMAGE_TO_TEXT,
