@@ -92,6 +92,7 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         metavar="FILE",
         help="input file, uploaded to storage first (e.g. for image-to-image)",
     )
+    add_job_options(p)
     p.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
     p.add_argument("--storage", default=addresses.storage, help="storage address [%(default)s]")
     p.add_argument(
@@ -101,6 +102,54 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
     p.add_argument("--no-download", action="store_true", help="list outputs, do not download")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     p.set_defaults(run=run)
+
+
+PRIORITIES = {
+    "low": job_pb2.PRIORITY_LOW,
+    "normal": job_pb2.PRIORITY_NORMAL,
+    "high": job_pb2.PRIORITY_HIGH,
+}
+
+
+def seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def add_job_options(p: argparse.ArgumentParser) -> None:
+    """How the router treats the job: priority, time budgets, hedging, drafts."""
+    p.add_argument("--priority", choices=PRIORITIES, help="under load, higher starts first")
+    p.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help="the whole job's budget")
+    p.add_argument(
+        "--attempt-timeout", type=seconds_arg, metavar="SECONDS", help="one attempt's budget"
+    )
+    p.add_argument(
+        "--hedge-after",
+        type=seconds_arg,
+        metavar="SECONDS",
+        help="start a second provider when the job shows no progress for this long",
+    )
+    p.add_argument(
+        "--draft", action="store_true", help="image/video: a quick draft preview before the result"
+    )
+
+
+def apply_job_options(args: argparse.Namespace, spec: job_pb2.JobSpec) -> None:
+    if args.priority:
+        spec.priority = PRIORITIES[args.priority]
+    for field, value in (
+        (spec.timeout, args.timeout),
+        (spec.attempt_timeout, args.attempt_timeout),
+        (spec.hedge_after, args.hedge_after),
+    ):
+        if value:
+            field.FromNanoseconds(int(value * 1e9))
+    spec.draft_first = args.draft
 
 
 def build_spec(args: argparse.Namespace, input_asset_ids: list[str]) -> job_pb2.JobSpec:
@@ -116,6 +165,7 @@ def build_spec(args: argparse.Namespace, input_asset_ids: list[str]) -> job_pb2.
         spec.parameters.CopyFrom(params_struct(args.params))
     if args.pipeline:
         spec.pipeline.name = args.pipeline
+    apply_job_options(args, spec)
     return spec
 
 
@@ -132,6 +182,11 @@ def check_args(args: argparse.Namespace) -> None:
                 ("--input", args.inputs),
                 ("--provider", args.provider),
                 ("--idempotency-key", args.idempotency_key),
+                ("--priority", args.priority),
+                ("--timeout", args.timeout),
+                ("--attempt-timeout", args.attempt_timeout),
+                ("--hedge-after", args.hedge_after),
+                ("--draft", args.draft),
             ]
             if given
         ]

@@ -109,6 +109,30 @@ def test_generate_arguments_build_the_spec() -> None:
     assert args.router == "127.0.0.1:50051"
     assert args.storage == "127.0.0.1:50052"
     assert args.out == Path("genmesh-output")
+    # Nothing the caller did not ask for.
+    assert not spec.HasField("timeout") and not spec.draft_first
+    assert spec.priority == job_pb2.PRIORITY_UNSPECIFIED
+
+
+def test_job_options_reach_the_spec() -> None:
+    argv = "generate -t text-to-image fox --priority high --timeout 90 --attempt-timeout 20"
+    args = build_parser({}).parse_args([*argv.split(), "--hedge-after", "2.5", "--draft"])
+    spec = build_spec(args, [])
+    assert spec.priority == job_pb2.PRIORITY_HIGH
+    assert spec.timeout.ToSeconds() == 90
+    assert spec.attempt_timeout.ToSeconds() == 20
+    assert spec.hedge_after.ToMilliseconds() == 2500
+    assert spec.draft_first
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_time_budgets_must_be_positive_seconds(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser({}).parse_args(["generate", "-t", "text-to-image", "x", "--timeout", value])
+    assert exit_info.value.code == 2
+    assert "seconds above 0" in capsys.readouterr().err
 
 
 def test_generate_pipeline_builds_a_pipeline_spec() -> None:
