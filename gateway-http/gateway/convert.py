@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import BadRequest, bad_input
+from gateway.schema import Duration
 from genmesh.v1 import job_pb2
 from services.common.tasks import task_from_name, task_names
 
@@ -23,10 +24,16 @@ def to_json(message: Message) -> dict[str, Any]:
     )
 
 
+def _enum(enum: Any) -> Any:
+    return Literal[tuple(enum.keys())]
+
+
 class JobSpecBody(BaseModel):
-    """A JobSpec; the task by name ("text-to-image" or "TASK_TEXT_TO_IMAGE")."""
+    """A JobSpec; the task by name ("text-to-image" or "TASK_TEXT_TO_IMAGE"), the rest as in
+    proto3 JSON."""
 
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -36,10 +43,12 @@ class JobSpecBody(BaseModel):
                     "parameters": {"width": 256, "height": 256, "latency_ms": 1000},
                 }
             ]
-        }
+        },
     )
 
-    task: str = Field(description="One of " + ", ".join(task_names()))
+    task: str = Field(
+        default="", description="One of " + ", ".join(task_names()) + "; empty with a pipeline"
+    )
     prompt: str = Field(default="", description="1..10,000 characters; optional for some tasks")
     provider: str = Field(default="", description="Empty lets the router choose")
     parameters: dict[str, Any] = Field(
@@ -51,17 +60,24 @@ class JobSpecBody(BaseModel):
     idempotency_key: str = Field(
         default="", description="The same key and spec return the same job"
     )
+    provider_preference: _enum(job_pb2.ProviderPreference) | None = None  # type: ignore[valid-type]
+    routing_policy: _enum(job_pb2.RoutingPolicy) | None = None  # type: ignore[valid-type]
+    priority: _enum(job_pb2.Priority) | None = None  # type: ignore[valid-type]
+    enhance_prompt: bool = False
+    draft_first: bool = False
+    timeout: Duration | None = None
+    attempt_timeout: Duration | None = None
+    hedge_after: Duration | None = None
+    pipeline: dict[str, Any] | None = Field(
+        default=None, description='A PipelineSpec: {"name": "speech-to-image"} or {"steps": [...]}'
+    )
 
     def to_proto(self) -> job_pb2.JobSpec:
-        task = parse_task(self.task)
+        task = parse_task(self.task) if self.task or self.pipeline is None else 0
+        rest = self.model_dump(exclude_none=True, exclude={"task", "parameters"})
         with bad_input("job spec"):
-            spec = job_pb2.JobSpec(
-                task=task,
-                prompt=self.prompt,
-                provider=self.provider,
-                input_asset_ids=self.input_asset_ids,
-                idempotency_key=self.idempotency_key,
-            )
+            spec = json_format.ParseDict(rest, job_pb2.JobSpec())
+            spec.task = task  # type: ignore[assignment]
             spec.parameters.update(self.parameters)
         return spec
 

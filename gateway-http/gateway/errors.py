@@ -11,6 +11,7 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from google.protobuf import json_format
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.schema import ErrorBody
@@ -65,7 +66,7 @@ def bad_input(what: str) -> Iterator[None]:
     """Values protobuf refuses (text that is not UTF-8, numbers out of range) become a 400."""
     try:
         yield
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, json_format.Error) as exc:
         raise BadRequest(f"{what}: {exc}") from None
 
 

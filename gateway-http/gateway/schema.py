@@ -17,6 +17,10 @@ from genmesh.v1 import (
     provider_service_pb2,
 )
 
+Duration = Annotated[
+    str,
+    Field(pattern=r"^-?[0-9]+(\.[0-9]{1,9})?s$", description='seconds with an "s" suffix: "1.5s"'),
+]
 Int64 = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="64-bit integer as a string")]
 
 _SCALARS: dict[int, Any] = {
@@ -39,6 +43,7 @@ _SCALARS: dict[int, Any] = {
 
 _WELL_KNOWN: dict[str, Any] = {
     "google.protobuf.Timestamp": Annotated[str, Field(description="RFC 3339 time")],
+    "google.protobuf.Duration": Duration,
     "google.protobuf.Struct": dict[str, Any],
     "google.protobuf.Value": Any,
 }

@@ -102,6 +102,25 @@ async def test_cancel_running_job(bridge: Bridge) -> None:
     assert stream[-1].data["state"] == "JOB_STATE_CANCELLED"
 
 
+async def test_time_budgets_and_priority_round_trip(bridge: Bridge) -> None:
+    job = await submit(
+        bridge.http, timeout="120s", attempt_timeout="30.5s", priority="PRIORITY_HIGH"
+    )
+    fetched = (await bridge.http.get(f"/v1/jobs/{job['id']}")).json()
+    spec = fetched["spec"]
+    assert (spec["timeout"], spec["attempt_timeout"]) == ("120s", "30.500s")
+    assert spec["priority"] == "PRIORITY_HIGH"
+    assert fetched["deadline"] > fetched["create_time"]
+    pipeline = await submit(bridge.http, task="", pipeline={"name": "text-to-video"})
+    steps = [step["name"] for step in pipeline["pipeline"]["steps"]]
+    assert steps == ["image", "video"]
+    for wrong in ({"timeout": "soon"}, {"priority": "PRIORITY_URGENT"}, {"colour": "red"}):
+        bad = await bridge.http.post(
+            "/v1/jobs", json={"task": "text-to-image", "prompt": "x", **wrong}
+        )
+        assert bad.status_code == 400, bad.text
+
+
 async def test_upload_then_metadata_and_content(bridge: Bridge) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (8, 6), (200, 30, 30)).save(buf, format="PNG")
