@@ -53,7 +53,9 @@ async def test_fifty_prompts_one_call_watched_whole(mesh: Mesh) -> None:
     )
     # Every fifth job fails on purpose, so the summaries count two outcomes.
     specs = [
-        spec(f"fox number {i}", **({"fail_rate": 1.0, "fail_kind": "fatal"} if i % 5 == 0 else {}))
+        spec(f"fox number {i}", fail_rate=1.0, fail_kind="fatal")
+        if i % 5 == 0
+        else spec(f"fox number {i}")
         for i in range(50)
     ]
     reply = await submit_batch(mesh, specs)
