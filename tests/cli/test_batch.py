@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,9 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2, job_service_pb2
 from tests.cli.test_cli import run_cli
-from tests.conftest import Database
-from tests.mesh import Mesh, running_mesh
+from tests.mesh import Mesh
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-async def mesh(
-    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
-) -> AsyncIterator[Mesh]:
-    async with running_mesh(
-        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path
-    ) as m:
-        yield m
 
 
 async def batch(mesh: Mesh, tmp_path: Path, text: str, *flags: str) -> tuple[int, str, str]:
