@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from genmesh.v1 import job_pb2, job_service_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound
-from services.router.core import RouterCore, _new_job_id, _spec_hash
+from services.router.core import RouterCore, _new_job_id, _same_or_conflict, _spec_hash
 from services.router.store import DuplicateIdempotencyKey, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -95,6 +95,9 @@ class Batches:
         new: list[_New] = []
         keys: dict[str, _New] = {}
         repeats: list[tuple[int, _New]] = []
+        known = await self._store.by_idempotency_keys(
+            tenant, [spec.idempotency_key for spec in specs if spec.idempotency_key]
+        )
         for index, spec in enumerate(specs):
             with _naming(index):
                 spec_hash = _spec_hash(spec)
@@ -108,9 +111,8 @@ class Batches:
                         )
                     repeats.append((index, same))
                     continue
-                earlier = await self._core.earlier(tenant, spec, spec_hash)
-                if earlier is not None:
-                    jobs[index] = earlier
+                if key in known:
+                    jobs[index] = _same_or_conflict(known[key], spec_hash)
                     continue
                 job = await self._core.prepare(tenant, spec, _new_job_id())
                 job.batch_id = batch_id
@@ -138,14 +140,16 @@ class Batches:
     ) -> list[_New]:
         """The jobs still to create once those whose keys were taken meanwhile are answered
         by the jobs that took them."""
+        keys = [specs[item.index].idempotency_key for item in new]
+        known = await self._store.by_idempotency_keys(tenant, [key for key in keys if key])
         left = []
         for item in new:
-            spec = specs[item.index]
-            with _naming(item.index):
-                earlier = await self._core.earlier(tenant, spec, item.spec_hash)
-            if earlier is None:
+            found = known.get(specs[item.index].idempotency_key)
+            if found is None:
                 left.append(item)
                 continue
+            with _naming(item.index):
+                earlier = _same_or_conflict(found, item.spec_hash)
             jobs[item.index] = earlier
             for index, job in enumerate(jobs):
                 if job is item.job:  # the same key repeated within the batch

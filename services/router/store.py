@@ -246,6 +246,23 @@ class JobStore:
             ).first()
         return (_job(row.body), row.spec_hash) if row else None
 
+    async def by_idempotency_keys(
+        self, tenant: str, keys: Sequence[str]
+    ) -> dict[str, tuple[job_pb2.Job, str]]:
+        """by_idempotency_key for many keys at once: key -> (job, spec hash), found ones only."""
+        found: dict[str, tuple[job_pb2.Job, str]] = {}
+        unique = sorted(set(keys))
+        async with self._engine.connect() as conn:
+            for start in range(0, len(unique), _CHUNK):
+                rows = await conn.execute(
+                    select(jobs.c.idempotency_key, jobs.c.body, jobs.c.spec_hash).where(
+                        jobs.c.tenant_id == tenant,
+                        jobs.c.idempotency_key.in_(unique[start : start + _CHUNK]),
+                    )
+                )
+                found.update((r.idempotency_key, (_job(r.body), r.spec_hash)) for r in rows)
+        return found
+
     async def get(self, tenant: str, job_id: str) -> job_pb2.Job | None:
         async with self._engine.connect() as conn:
             row = (

@@ -3,6 +3,8 @@ ListJobs by batch, idempotency keys across calls; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -191,6 +193,17 @@ async def test_idempotency_keys_apply_per_spec_across_calls(mesh: Mesh) -> None:
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "specs[0]" in (refused.value.details() or "")
     assert await list_ids(mesh) == before
+
+
+async def test_concurrent_calls_with_the_same_keys_make_one_batch(mesh: Mesh) -> None:
+    specs = [spec(f"fox {i}", f"race-{i}") for i in range(20)]
+    one, two = await asyncio.gather(submit_batch(mesh, specs), submit_batch(mesh, specs))
+    assert [j.id for j in one.jobs] == [j.id for j in two.jobs]
+    assert one.batch_id == two.batch_id
+    assert await list_ids(mesh) == sorted(j.id for j in one.jobs)
+    # A single Submit with one of the keys gets the batch's job.
+    alone = await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=specs[3]))
+    assert alone.job.id == one.jobs[3].id
 
 
 async def test_watch_batch_unknown_or_other_tenant_is_not_found(mesh: Mesh) -> None:
