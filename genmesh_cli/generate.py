@@ -71,6 +71,24 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         help=f"run a built-in pipeline instead of one task: {', '.join(BUILTINS)}",
     )
     p.add_argument("--watch", metavar="JOB_ID", help="re-attach to an existing job instead")
+    p.add_argument(
+        "--input",
+        "-i",
+        dest="inputs",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="input file, uploaded to storage first (e.g. for image-to-image)",
+    )
+    add_job_options(p, addresses)
+    p.add_argument("--idempotency-key", default="", help="same key and spec: same job")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.set_defaults(run=run)
+
+
+def add_job_options(p: argparse.ArgumentParser, addresses: Addresses) -> None:
+    """Options every command that submits jobs takes: provider, parameters, addresses, output."""
     p.add_argument("--provider", default="", help="provider to use (default: router chooses)")
     p.add_argument(
         "--param",
@@ -82,26 +100,13 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         metavar="KEY=VALUE",
         help="provider parameter; VALUE is JSON when it parses, else a string (repeatable)",
     )
-    p.add_argument(
-        "--input",
-        "-i",
-        dest="inputs",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="input file, uploaded to storage first (e.g. for image-to-image)",
-    )
-    add_job_options(p)
+    add_routing_options(p)
     p.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
     p.add_argument("--storage", default=addresses.storage, help="storage address [%(default)s]")
     p.add_argument(
         "--out", type=Path, default=Path("genmesh-output"), help="output dir [%(default)s]"
     )
-    p.add_argument("--idempotency-key", default="", help="same key and spec: same job")
     p.add_argument("--no-download", action="store_true", help="list outputs, do not download")
-    p.add_argument("--json", action="store_true", help="print events as JSON lines")
-    p.set_defaults(run=run)
 
 
 PRIORITIES = {
@@ -121,7 +126,7 @@ def seconds_arg(text: str) -> float:
     return value
 
 
-def add_job_options(p: argparse.ArgumentParser) -> None:
+def add_routing_options(p: argparse.ArgumentParser) -> None:
     """How the router treats the job: priority, time budgets, hedging, drafts."""
     p.add_argument("--priority", choices=PRIORITIES, help="under load, higher starts first")
     p.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help="the whole job's budget")
@@ -139,7 +144,7 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_job_options(args: argparse.Namespace, spec: job_pb2.JobSpec) -> None:
+def apply_routing_options(args: argparse.Namespace, spec: job_pb2.JobSpec) -> None:
     if args.priority:
         spec.priority = PRIORITIES[args.priority]
     for field, value in (
@@ -152,20 +157,23 @@ def apply_job_options(args: argparse.Namespace, spec: job_pb2.JobSpec) -> None:
     spec.draft_first = args.draft
 
 
-def build_spec(args: argparse.Namespace, input_asset_ids: list[str]) -> job_pb2.JobSpec:
-    """The JobSpec the arguments describe; always with an idempotency key, so retries are safe."""
+def build_spec(
+    args: argparse.Namespace, input_asset_ids: list[str], prompt: str | None = None
+) -> job_pb2.JobSpec:
+    """The JobSpec the arguments describe (with `prompt` instead of theirs when given);
+    always with an idempotency key, so retries are safe."""
     spec = job_pb2.JobSpec(
         task=args.task or job_pb2.TASK_UNSPECIFIED,
-        prompt=args.prompt,
+        prompt=args.prompt if prompt is None else prompt,
         input_asset_ids=input_asset_ids,
         provider=args.provider,
         idempotency_key=args.idempotency_key or f"cli-{uuid.uuid4()}",
     )
     if args.params:
         spec.parameters.CopyFrom(params_struct(args.params))
-    if args.pipeline:
+    if getattr(args, "pipeline", ""):
         spec.pipeline.name = args.pipeline
-    apply_job_options(args, spec)
+    apply_routing_options(args, spec)
     return spec
 
 
@@ -274,6 +282,24 @@ async def _follow(
             out.print(panel)
 
 
+async def download_outputs(
+    args: argparse.Namespace, outcome: Outcome, storage: asset_service_pb2_grpc.AssetServiceStub
+) -> list[assets.Saved]:
+    """A job's output assets, saved under --out/<job id>/."""
+    saved: list[assets.Saved] = []
+    directory = args.out / outcome.job_id
+    taken: set[Path] = set()
+    for asset in outcome.assets:
+        path = assets.unique_path(directory, assets.file_name(asset), taken)
+        try:
+            saved.append(await assets.download(storage, asset, path))
+        except grpc.aio.AioRpcError as error:
+            raise CliError(
+                f"download of asset {asset.id}: {format_rpc_error(error, args.storage)}"
+            ) from None
+    return saved
+
+
 async def _report(
     args: argparse.Namespace,
     outcome: Outcome,
@@ -291,18 +317,7 @@ async def _report(
         err.print(f"job {outcome.job_id} was cancelled{reason}")
         return EXIT_CANCELLED
 
-    saved: list[assets.Saved] = []
-    if not args.no_download and outcome.assets:
-        directory = args.out / outcome.job_id
-        taken: set[Path] = set()
-        for asset in outcome.assets:
-            path = assets.unique_path(directory, assets.file_name(asset), taken)
-            try:
-                saved.append(await assets.download(storage, asset, path))
-            except grpc.aio.AioRpcError as error:
-                raise CliError(
-                    f"download of asset {asset.id}: {format_rpc_error(error, args.storage)}"
-                ) from None
+    saved = [] if args.no_download else await download_outputs(args, outcome, storage)
 
     if args.json:
         for item in saved:

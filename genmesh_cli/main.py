@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from genmesh_cli import generate, jobs, providers, up
+from genmesh_cli import batch, generate, jobs, providers, up
 from genmesh_cli.client import CliError, default_addresses, format_rpc_error
 
 EXIT_INTERRUPTED = 130
@@ -25,6 +25,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     addresses = default_addresses(env)
     up.add_parser(subparsers, env)
     generate.add_parser(subparsers, addresses)
+    batch.add_parser(subparsers, addresses)
     jobs.add_parsers(subparsers, addresses)
     providers.add_parser(subparsers, addresses)
     return parser

@@ -29,10 +29,11 @@ JSON is that RPC's message in proto3 JSON (field names as in the .proto, enums b
 
 Live status comes three ways, each message carrying the job's event sequence:
 a WebSocket per job (`/v1/jobs/{job_id}/ws`), a WebSocket for all of the tenant's jobs
-(`/v1/jobs:watch`), and the same two as Server-Sent Events (documented below). A reconnecting
-client passes the last sequence (one job) or cursor (all jobs) it received and misses nothing;
-one that reads too slowly is told so (`RESOURCE_EXHAUSTED`, WebSocket close 4429) and resumes
-the same way.
+(`/v1/jobs:watch`), and the same two as Server-Sent Events (documented below); a batch
+(`POST /v1/batches`) streams the same way (`/v1/batches/{batch_id}/events` and `/ws`). A
+reconnecting client passes the last sequence (one job) or cursor (all jobs) it received and
+misses nothing; one that reads too slowly is told so (`RESOURCE_EXHAUSTED`, WebSocket close
+4429) and resumes the same way.
 
 Errors are `{"error": {"code": <gRPC status name>, "message": …}}` with the mapped HTTP status.
 The `x-genmesh-tenant` header picks the tenant (default: `default`).

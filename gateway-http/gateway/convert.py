@@ -82,6 +82,21 @@ class JobSpecBody(BaseModel):
         return spec
 
 
+class SubmitBatchBody(BaseModel):
+    """One job per spec, all or none."""
+
+    specs: list[JobSpecBody] = Field(min_length=1, max_length=1000, description="1..1,000")
+
+    def to_proto(self) -> list[job_pb2.JobSpec]:
+        specs = []
+        for index, spec in enumerate(self.specs):
+            try:
+                specs.append(spec.to_proto())
+            except BadRequest as e:
+                raise BadRequest(f"specs[{index}]: {e}") from None
+        return specs
+
+
 class CancelBody(BaseModel):
     reason: str = Field(default="", description="Recorded in the job's error message")
 

@@ -1,4 +1,5 @@
-"""REST routes over GenerateService.Submit, JobService and ProviderService, one per RPC."""
+"""REST routes over GenerateService.Submit and SubmitBatch, JobService and ProviderService,
+one per RPC."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query
 
 from gateway import ids, schema  # noqa: F401  (ids: the {…:id} path convertor)
-from gateway.convert import CancelBody, JobSpecBody, parse_state, parse_task, to_json
+from gateway.convert import (
+    CancelBody,
+    JobSpecBody,
+    SubmitBatchBody,
+    parse_state,
+    parse_task,
+    to_json,
+)
 from gateway.errors import bad_input, documented
 from gateway.state import RPC_TIMEOUT, ClientsDep, TenantDep, metadata
 from genmesh.v1 import (
@@ -43,6 +51,28 @@ async def submit_job(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) 
     return to_json(reply.job)
 
 
+@router.post(
+    "/v1/batches",
+    status_code=201,
+    tags=["jobs"],
+    response_model=schema.SubmitBatchResponse,
+    response_model_exclude_none=True,
+    responses=documented(404, 409),
+)
+async def submit_batch(
+    body: SubmitBatchBody, clients: ClientsDep, tenant: TenantDep
+) -> dict[str, Any]:
+    """GenerateService.SubmitBatch: one job per spec, all or none; the batch id and the jobs
+    (QUEUED) in the order of the specs. A bad spec fails the whole call and its message names
+    it (`specs[3]: …`); nothing is created then. Watch the batch with
+    GET /v1/batches/{batch_id}/events (or /ws); list its jobs with GET /v1/jobs?batch_id=…"""
+    request = generate_service_pb2.SubmitBatchRequest(specs=body.to_proto())
+    reply = await clients.generate.SubmitBatch(
+        request, metadata=metadata(tenant), timeout=RPC_TIMEOUT
+    )
+    return to_json(reply)
+
+
 @router.get(
     "/v1/jobs",
     tags=["jobs"],
@@ -59,13 +89,18 @@ async def list_jobs(
         list[str] | None, Query(description="Repeatable: queued, processing, completed, …")
     ] = None,
     task: Annotated[str, Query(description="Only jobs of this task, e.g. text-to-image")] = "",
+    batch_id: Annotated[str, Query(description="Only jobs of this batch (POST /v1/batches)")] = "",
 ) -> dict[str, Any]:
     """JobService.ListJobs: the tenant's jobs, newest first, a page at a time."""
     states = [parse_state(s) for s in state or ()]
     kind = parse_task(task) if task else job_pb2.TASK_UNSPECIFIED
     with bad_input("page_token"):
         request = job_service_pb2.ListJobsRequest(
-            page_size=page_size, page_token=page_token, states=states, task=kind
+            page_size=page_size,
+            page_token=page_token,
+            states=states,
+            task=kind,
+            batch_id=batch_id,
         )
     reply = await clients.jobs.ListJobs(request, metadata=metadata(tenant), timeout=RPC_TIMEOUT)
     return to_json(reply)

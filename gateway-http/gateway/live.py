@@ -1,8 +1,10 @@
-"""Live streams: WatchJob, WatchJobs and Generate as Server-Sent Events and WebSockets.
+"""Live streams: WatchJob, WatchJobs, WatchBatch and Generate as Server-Sent Events and
+WebSockets.
 
-Every message is the RPC's response in proto3 JSON ({"job": …}, {"event": …}, {"cursor": …});
-SSE carries the same payloads with the sequence (one job) or the cursor (all jobs) as the
-event id, so a reconnecting EventSource resumes by itself through Last-Event-ID.
+Every message is the RPC's response in proto3 JSON ({"job": …}, {"event": …}, {"cursor": …},
+{"summary": …}); SSE carries the same payloads with the sequence (one job) or the cursor (all
+jobs) as the event id, so a reconnecting EventSource resumes by itself through Last-Event-ID.
+A batch's stream has no resume point: reconnecting starts again from each job as it is now.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ Stream = AsyncIterator[Message]
 NOTICE_TIMEOUT = 5.0
 MAX_SEQUENCE = 2**63 - 1
 JobId = Annotated[str, Path(min_length=1)]
+BatchId = Annotated[str, Path(min_length=1)]
 
 
 class EventStream(StreamingResponse):
@@ -44,9 +47,12 @@ class EventStream(StreamingResponse):
 _SSE_EVENT = {
     "type": "object",
     "properties": {
-        "event": {"type": "string", "enum": ["job", "cursor", "error", "message"]},
+        "event": {"type": "string", "enum": ["job", "cursor", "summary", "error", "message"]},
         "id": {"type": "string"},
-        "data": {"type": "string", "description": "JSON: a Job, JobEvent, cursor or error"},
+        "data": {
+            "type": "string",
+            "description": "JSON: a Job, JobEvent, cursor, BatchSummary or error",
+        },
     },
     "required": ["data"],
 }
@@ -61,10 +67,11 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 class Position:
     """What a client has received, so it can be told where to resume."""
 
-    def __init__(self, after_sequence: int = 0, cursor: str = "") -> None:
+    def __init__(self, after_sequence: int = 0, cursor: str = "", batch: bool = False) -> None:
         self.after_sequence = after_sequence
         self.cursor = cursor
         self.feed = bool(cursor)
+        self.batch = batch
 
     def saw(self, message: Message) -> None:
         if "cursor" in message:
@@ -74,12 +81,16 @@ class Position:
             self.after_sequence = int(message["event"]["sequence"])
 
     def resume(self) -> dict[str, str]:
+        if self.batch:
+            return {}
         if self.feed:
             return {"cursor": self.cursor}
         return {"after_sequence": str(self.after_sequence)}
 
     def hint(self) -> str:
-        return "&".join(f"{k}={v}" for k, v in self.resume().items())
+        if self.batch:
+            return "reconnect; the stream starts again with each job as it is now"
+        return "reconnect with " + "&".join(f"{k}={v}" for k, v in self.resume().items())
 
 
 # ---- mesh calls -----------------------------------------------------------------------------
@@ -112,6 +123,12 @@ def _watch_job(clients: Clients, tenant: str, job_id: str, after: int) -> Awaita
     return _open(clients.jobs.WatchJob(request, metadata=metadata(tenant)))
 
 
+def _watch_batch(clients: Clients, tenant: str, batch_id: str) -> Awaitable[Stream]:
+    with bad_input("batch_id"):
+        request = job_service_pb2.WatchBatchRequest(batch_id=batch_id)
+    return _open(clients.jobs.WatchBatch(request, metadata=metadata(tenant)))
+
+
 def _watch_jobs(clients: Clients, tenant: str, cursor: str) -> Awaitable[Stream]:
     with bad_input("cursor"):
         request = job_service_pb2.WatchJobsRequest(cursor=cursor)
@@ -134,6 +151,8 @@ def _sse_frame(message: Message) -> str:
         return _sse(message["job"], event="job")
     if "cursor" in message:
         return _sse(message, event="cursor", id=message["cursor"])
+    if "summary" in message:
+        return _sse(message["summary"], event="summary")
     return _sse(message["event"], id=message["event"]["sequence"])
 
 
@@ -149,7 +168,7 @@ def _event_stream(messages: Stream, limit: int, position: Position, feed: bool) 
                         yield _sse_frame(message)
                     position.saw(message)
         except FellBehind:
-            notice = f"the client fell behind; reconnect with {position.hint()}"
+            notice = f"the client fell behind; {position.hint()}"
             yield _sse(
                 {**error_body("RESOURCE_EXHAUSTED", notice), "resume": position.resume()},
                 event="error",
@@ -223,6 +242,26 @@ async def watch_jobs_events(
     return _event_stream(messages, clients.stream_buffer, Position(cursor=cursor), feed=True)
 
 
+@router.get(
+    "/v1/batches/{batch_id:id}/events",
+    tags=["live"],
+    response_class=EventStream,
+    responses={**_SSE_DOC, **documented(404)},
+)
+async def batch_events(batch_id: BatchId, clients: ClientsDep, tenant: TenantDep) -> EventStream:
+    """JobService.WatchBatch as Server-Sent Events: `event: summary` (a BatchSummary: how many
+    of the batch's jobs are queued, running, completed, failed, cancelled), `event: job` for
+    each job as it is now, then every later JobEvent of its jobs as a plain message (each
+    once, in sequence order per job; no id, since sequences are per job), with a new
+    `event: summary` whenever a job ends. The stream ends once every job has ended; a
+    reconnect starts again from the summary.
+
+    The same stream as a WebSocket: `GET /v1/batches/{batch_id}/ws` sends `{"summary": …}`,
+    `{"job": …}` and `{"event": …}` messages and closes with 1000 after the last job ends."""
+    messages = await _watch_batch(clients, tenant, batch_id)
+    return _event_stream(messages, clients.stream_buffer, Position(batch=True), feed=True)
+
+
 @router.post(
     "/v1/jobs:generate",
     tags=["live"],
@@ -275,6 +314,19 @@ async def jobs_socket(
     )
 
 
+@router.websocket("/v1/batches/{batch_id:id}/ws")
+async def batch_socket(
+    websocket: WebSocket, batch_id: BatchId, clients: ClientsDep, tenant: TenantDep
+) -> None:
+    """WatchBatch over a WebSocket (see GET /v1/batches/{batch_id}/events)."""
+    await _serve_socket(
+        websocket,
+        lambda: _watch_batch(clients, tenant, batch_id),
+        clients.stream_buffer,
+        Position(batch=True),
+    )
+
+
 async def _serve_socket(
     websocket: WebSocket,
     open_stream: Callable[[], Awaitable[Stream]],
@@ -318,7 +370,7 @@ async def _serve_socket(
     if error is None:
         await websocket.close(code=1000)
     elif isinstance(error, FellBehind):
-        message = f"the client fell behind; reconnect with {position.hint()}"
+        message = f"the client fell behind; {position.hint()}"
         body = {**error_body("RESOURCE_EXHAUSTED", message), "resume": position.resume()}
         await _close(websocket, 429, body)
     elif isinstance(error, grpc.aio.AioRpcError):

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from genmesh.v1 import (
     asset_pb2,
+    generate_service_pb2,
     job_pb2,
     job_service_pb2,
     provider_service_pb2,
@@ -96,6 +97,7 @@ def _is_map(field: FieldDescriptor) -> bool:
 Job = model_of(job_pb2.Job.DESCRIPTOR)
 JobEvent = model_of(job_pb2.JobEvent.DESCRIPTOR)
 Asset = model_of(asset_pb2.Asset.DESCRIPTOR)
+SubmitBatchResponse = model_of(generate_service_pb2.SubmitBatchResponse.DESCRIPTOR)
 ListJobsResponse = model_of(job_service_pb2.ListJobsResponse.DESCRIPTOR)
 ListProvidersResponse = model_of(provider_service_pb2.ListProvidersResponse.DESCRIPTOR)
 

@@ -23,6 +23,7 @@ from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
+from services.router.batches import Batches
 from services.router.breakers import Breakers
 from services.router.catalog import Catalog
 from services.router.core import RouterCore
@@ -115,6 +116,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             breakers=breakers,
             hedger=hedger,
         )
+        batches = Batches(core, store, hub)
         await start_pipelines(stack, core, settings, bus, js, store, hub)
         recorder = Recorder(js, bus, store, hub, queues, fallback, hedger)
         sweeper = DeadlineSweeper(
@@ -128,14 +130,14 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
                 [
                     (
                         generate_service_pb2_grpc.add_GenerateServiceServicer_to_server,
-                        GenerateServicer(core),
+                        GenerateServicer(core, batches),
                         generate_service_pb2.DESCRIPTOR.services_by_name[
                             "GenerateService"
                         ].full_name,
                     ),
                     (
                         job_service_pb2_grpc.add_JobServiceServicer_to_server,
-                        JobServicer(core, feeds),
+                        JobServicer(core, feeds, batches),
                         job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
                     ),
                     (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -125,7 +125,7 @@ class RouterCore:
                 return
             yield job
             yield _queued_event(job)
-            async for event in self._follow(job_id, listener, 1):
+            async for event in self.follow(job_id, listener, 1):
                 yield event
 
     async def _create(
@@ -140,14 +140,52 @@ class RouterCore:
     ) -> job_pb2.Job:
         if spec.HasField("pipeline") and self.pipelines is not None:
             return await self.pipelines.create(tenant, spec, job_id)
+        spec_hash = _spec_hash(spec)
+        earlier = await self.earlier(tenant, spec, spec_hash)
+        if earlier is not None:
+            return earlier
+        job = await self.prepare(
+            tenant, spec, job_id, call_remaining, parent_job_id=parent_job_id, step=step
+        )
+        first = await self.enqueue(job)
+        try:
+            # Shielded: a caller hanging up mid-submit must not leave a job stored but
+            # never dispatched.
+            await asyncio.shield(self._persist_and_dispatch(job, spec_hash, first))
+        except DuplicateIdempotencyKey:
+            earlier = await self.earlier(tenant, spec, spec_hash)
+            if earlier is None:
+                raise
+            return earlier
+        return job
+
+    async def earlier(
+        self, tenant: str, spec: job_pb2.JobSpec, spec_hash: str
+    ) -> job_pb2.Job | None:
+        """The job an earlier call made with the spec's idempotency key, if any;
+        FailedPrecondition when that call's spec was different."""
+        if not spec.idempotency_key:
+            return None
+        found = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
+        return None if found is None else _same_or_conflict(found, spec_hash)
+
+    async def prepare(
+        self,
+        tenant: str,
+        spec: job_pb2.JobSpec,
+        job_id: str,
+        call_remaining: float | None = None,
+        *,
+        parent_job_id: str = "",
+        step: str = "",
+    ) -> job_pb2.Job:
+        """Submit's checks and routing: the QUEUED job to store, not yet stored or counted
+        into a queue (see enqueue)."""
+        if spec.HasField("pipeline"):
+            raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
         deadline = job_deadline(spec, call_remaining)
-        spec_hash = _spec_hash(spec)
-        if spec.idempotency_key:
-            earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
-            if earlier is not None:
-                return _same_or_conflict(earlier, spec_hash)
         self._check_prompt(spec)
         # Long prompts are compressed and enhancement hints added before a provider is
         # chosen, so its prompt limit applies to what it will actually receive.
@@ -177,32 +215,31 @@ class RouterCore:
         job.routing.CopyFrom(choice.decision)
         job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
         open_attempt(job, provider, choice.decision.reason, job.create_time)
-        position = await self._queues.next_position(provider.name)
+        return job
+
+    async def enqueue(self, job: job_pb2.Job) -> job_pb2.JobEvent:
+        """Count a prepared job into its provider's queue; returns its first event."""
+        position = await self._queues.next_position(job.provider)
         if position is not None:
             job.progress.queue_position = position
             job.progress.message = f"queued, position {position}"
-        first = _queued_event(job)
-        try:
-            # Shielded: a caller hanging up mid-submit must not leave a job stored but
-            # never dispatched.
-            await asyncio.shield(self._persist_and_dispatch(job, spec_hash, first))
-        except DuplicateIdempotencyKey:
-            earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
-            if earlier is None:
-                raise
-            return _same_or_conflict(earlier, spec_hash)
-        return job
+        return _queued_event(job)
 
     async def _persist_and_dispatch(
         self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent
     ) -> None:
         await self._store.create(job, spec_hash, first)
-        await self._dispatcher.dispatch(job)
-        # Tenant-wide feeds (the web page's history) learn of the job at once.
-        await self._hub.publish([first])
-        self._breakers.dispatched(job.provider)
-        if self._hedger is not None:
-            self._hedger.track(job)
+        await self.dispatch_stored([(job, first)])
+
+    async def dispatch_stored(self, stored: Sequence[tuple[job_pb2.Job, job_pb2.JobEvent]]) -> None:
+        """Publish stored jobs to their providers' queues and announce their first events."""
+        await asyncio.gather(*(self._dispatcher.dispatch(job) for job, _ in stored))
+        # Tenant-wide feeds (the web page's history) learn of the jobs at once.
+        await self._hub.publish([first for _, first in stored])
+        for job, _ in stored:
+            self._breakers.dispatched(job.provider)
+            if self._hedger is not None:
+                self._hedger.track(job)
 
     def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
         violations = prompt_rules.validate(spec.prompt, spec.task, self._prompt_max_length)
@@ -259,6 +296,7 @@ class RouterCore:
             tenant,
             states=list(request.states),
             task=request.task,
+            batch_id=request.batch_id,
             page_size=request.page_size,
             page_token=request.page_token,
         )
@@ -313,10 +351,10 @@ class RouterCore:
                     return
             if job.state in TERMINAL and last >= job.last_sequence:
                 return
-            async for event in self._follow(job_id, listener, last):
+            async for event in self.follow(job_id, listener, last):
                 yield event
 
-    async def _follow(
+    async def follow(
         self, job_id: str, listener: Listener, last: int
     ) -> AsyncIterator[job_pb2.JobEvent]:
         """Live events after `last`, each once, until the terminal one."""

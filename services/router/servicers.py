@@ -16,13 +16,15 @@ from genmesh.v1 import (
     provider_service_pb2_grpc,
 )
 from services.common.tenancy import tenant_of
+from services.router.batches import Batches
 from services.router.core import RouterCore
 from services.router.feed import FeedHub
 
 
 class GenerateServicer(generate_service_pb2_grpc.GenerateServiceServicer):
-    def __init__(self, core: RouterCore) -> None:
+    def __init__(self, core: RouterCore, batches: Batches) -> None:
         self._core = core
+        self._batches = batches
 
     async def Submit(
         self, request: generate_service_pb2.SubmitRequest, context: grpc.aio.ServicerContext
@@ -44,11 +46,18 @@ class GenerateServicer(generate_service_pb2_grpc.GenerateServiceServicer):
                 yield generate_service_pb2.GenerateResponse(job=update)
             first = False
 
+    async def SubmitBatch(
+        self, request: generate_service_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
+    ) -> generate_service_pb2.SubmitBatchResponse:
+        batch_id, jobs = await self._batches.submit(tenant_of(context), request.specs)
+        return generate_service_pb2.SubmitBatchResponse(batch_id=batch_id, jobs=jobs)
+
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, core: RouterCore, feeds: FeedHub) -> None:
+    def __init__(self, core: RouterCore, feeds: FeedHub, batches: Batches) -> None:
         self._core = core
         self._feeds = feeds
+        self._batches = batches
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: grpc.aio.ServicerContext
@@ -87,6 +96,17 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 yield job_service_pb2.WatchJobsResponse(cursor=update)
             else:
                 yield job_service_pb2.WatchJobsResponse(event=update)
+
+    async def WatchBatch(  # type: ignore[override]
+        self, request: job_service_pb2.WatchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[job_service_pb2.WatchBatchResponse]:
+        async for update in self._batches.watch(tenant_of(context), request.batch_id):
+            if isinstance(update, job_service_pb2.BatchSummary):
+                yield job_service_pb2.WatchBatchResponse(summary=update)
+            elif isinstance(update, job_pb2.Job):
+                yield job_service_pb2.WatchBatchResponse(job=update)
+            else:
+                yield job_service_pb2.WatchBatchResponse(event=update)
 
 
 class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):

@@ -58,11 +58,14 @@ jobs = Table(
     Column("body", LargeBinary, nullable=False),
     # Unix time the job fails with "deadline_exceeded"; NULL: no deadline.
     Column("deadline", Double, nullable=True),
+    # The SubmitBatch call that created the job; NULL for jobs submitted one by one.
+    Column("batch_id", String(40), nullable=True),
     UniqueConstraint("tenant_id", "idempotency_key", name="jobs_idempotency"),
     Index("jobs_tenant_listing", "tenant_id", "create_time", "id"),
     Index("jobs_undispatched", "dispatched"),
     # By state first, so the sweep reads only unfinished jobs, not every job ever deadlined.
     Index("jobs_deadline", "state", "deadline"),
+    Index("jobs_batch", "batch_id"),
 )
 
 job_events = Table(
@@ -134,6 +137,8 @@ class Page:
 
 MAX_PAGE = 500
 _UNFINISHED = sorted(set(job_pb2.JobState.values()) - TERMINAL - {job_pb2.JOB_STATE_UNSPECIFIED})
+# Job ids per IN (...) query.
+_CHUNK = 500
 
 
 class JobStore:
@@ -160,23 +165,7 @@ class JobStore:
         written the next accumulates, so a busy router pays one commit per batch, not per job.
         """
         key = job.spec.idempotency_key or None
-        row = {
-            "id": job.id,
-            "tenant_id": job.tenant_id,
-            "task": job.spec.task,
-            "state": job.state,
-            "provider": job.provider,
-            "idempotency_key": key,
-            "spec_hash": spec_hash,
-            "last_sequence": job.last_sequence,
-            "applied_stream_seq": 0,
-            "attempt": 1,
-            "dispatched": dispatched,
-            "create_time": job.create_time.ToNanoseconds() / 1e9,
-            "update_time": time.time(),
-            "body": job.SerializeToString(),
-            "deadline": job.deadline.ToNanoseconds() / 1e9 if job.HasField("deadline") else None,
-        }
+        row = _job_row(job, spec_hash, dispatched=dispatched)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingCreate(row, _event_row(job.id, first), done))
         if self._writer is None or self._writer.done():
@@ -222,6 +211,45 @@ class JobStore:
             await conn.execute(insert(jobs), [item.job_row for item in batch])
             await conn.execute(insert(job_events), [item.event_row for item in batch])
 
+    async def create_many(
+        self, created: Sequence[tuple[job_pb2.Job, str, job_pb2.JobEvent]]
+    ) -> None:
+        """Insert (job, spec hash, first event) triples in one transaction: all or none.
+
+        DuplicateIdempotencyKey when another call took one of their keys first."""
+        async with self._engine.begin() as conn:
+            try:
+                await conn.execute(insert(jobs), [_job_row(j, h) for j, h, _ in created])
+            except IntegrityError as exc:
+                if any(j.spec.idempotency_key for j, _, _ in created):
+                    raise DuplicateIdempotencyKey("one of the batch's keys") from exc
+                raise
+            await conn.execute(insert(job_events), [_event_row(j.id, e) for j, _, e in created])
+
+    async def batch_job_ids(self, tenant: str, batch_id: str) -> list[str]:
+        """The ids of a batch's jobs, oldest first; empty for no such batch of this tenant."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.tenant_id == tenant, jobs.c.batch_id == batch_id)
+                .order_by(jobs.c.create_time, jobs.c.id)
+            )
+            return [r.id for r in rows]
+
+    async def get_many(self, tenant: str, job_ids: Sequence[str]) -> list[job_pb2.Job]:
+        """The tenant's jobs among `job_ids`, in that order (missing ones left out)."""
+        found: dict[str, job_pb2.Job] = {}
+        async with self._engine.connect() as conn:
+            for start in range(0, len(job_ids), _CHUNK):
+                chunk = list(job_ids[start : start + _CHUNK])
+                rows = await conn.execute(
+                    select(jobs.c.id, jobs.c.body).where(
+                        jobs.c.tenant_id == tenant, jobs.c.id.in_(chunk)
+                    )
+                )
+                found.update((r.id, _job(r.body)) for r in rows)
+        return [found[i] for i in job_ids if i in found]
+
     async def by_idempotency_key(self, tenant: str, key: str) -> tuple[job_pb2.Job, str] | None:
         async with self._engine.connect() as conn:
             row = (
@@ -232,6 +260,23 @@ class JobStore:
                 )
             ).first()
         return (_job(row.body), row.spec_hash) if row else None
+
+    async def by_idempotency_keys(
+        self, tenant: str, keys: Sequence[str]
+    ) -> dict[str, tuple[job_pb2.Job, str]]:
+        """by_idempotency_key for many keys at once: key -> (job, spec hash), found ones only."""
+        found: dict[str, tuple[job_pb2.Job, str]] = {}
+        unique = sorted(set(keys))
+        async with self._engine.connect() as conn:
+            for start in range(0, len(unique), _CHUNK):
+                rows = await conn.execute(
+                    select(jobs.c.idempotency_key, jobs.c.body, jobs.c.spec_hash).where(
+                        jobs.c.tenant_id == tenant,
+                        jobs.c.idempotency_key.in_(unique[start : start + _CHUNK]),
+                    )
+                )
+                found.update((r.idempotency_key, (_job(r.body), r.spec_hash)) for r in rows)
+        return found
 
     async def get(self, tenant: str, job_id: str) -> job_pb2.Job | None:
         async with self._engine.connect() as conn:
@@ -261,6 +306,7 @@ class JobStore:
         *,
         states: Sequence[int] = (),
         task: int = 0,
+        batch_id: str = "",
         page_size: int = 50,
         page_token: str = "",
     ) -> Page:
@@ -273,6 +319,8 @@ class JobStore:
             query = query.where(jobs.c.state.in_(list(states)))
         if task:
             query = query.where(jobs.c.task == task)
+        if batch_id:
+            query = query.where(jobs.c.batch_id == batch_id)
         if page_token:
             created, last_id = decode_page_token(page_token)
             query = query.where(
@@ -473,6 +521,27 @@ def _event(body: bytes) -> job_pb2.JobEvent:
     event = job_pb2.JobEvent()
     event.ParseFromString(body)
     return event
+
+
+def _job_row(job: job_pb2.Job, spec_hash: str, *, dispatched: bool = False) -> dict[str, object]:
+    return {
+        "id": job.id,
+        "tenant_id": job.tenant_id,
+        "task": job.spec.task,
+        "state": job.state,
+        "provider": job.provider,
+        "idempotency_key": job.spec.idempotency_key or None,
+        "spec_hash": spec_hash,
+        "last_sequence": job.last_sequence,
+        "applied_stream_seq": 0,
+        "attempt": 1,
+        "dispatched": dispatched,
+        "create_time": job.create_time.ToNanoseconds() / 1e9,
+        "update_time": time.time(),
+        "body": job.SerializeToString(),
+        "deadline": job.deadline.ToNanoseconds() / 1e9 if job.HasField("deadline") else None,
+        "batch_id": job.batch_id or None,
+    }
 
 
 def _event_row(job_id: str, event: job_pb2.JobEvent) -> dict[str, object]:

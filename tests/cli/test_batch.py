@@ -1,0 +1,83 @@
+"""`genmesh batch FILE` as a user runs it (a subprocess) against a real running mesh."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from genmesh.v1 import job_pb2, job_service_pb2
+from tests.cli.test_cli import run_cli
+from tests.mesh import Mesh
+
+pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
+async def batch(mesh: Mesh, tmp_path: Path, text: str, *flags: str) -> tuple[int, str, str]:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(text)
+    return await run_cli(
+        "batch",
+        str(prompts),
+        "--task",
+        "text-to-image",
+        "--router",
+        mesh.env["GENMESH_ROUTER_ADDR"],
+        "--storage",
+        mesh.env["GENMESH_STORAGE_ADDR"],
+        "--out",
+        str(tmp_path / "out"),
+        "-p",
+        "latency_ms=100",
+        "-p",
+        "width=32",
+        "-p",
+        "height=32",
+        *flags,
+        cwd=tmp_path,
+    )
+
+
+async def test_batch_runs_one_job_per_line_and_saves_the_outputs(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    lines = ["a red fox", "", "an owl at night", "   ", "a whale", "a heron in reeds", "a moth"]
+    code, out, err = await batch(mesh, tmp_path, "\n".join(lines) + "\n")
+    assert code == 0, f"{out}\n{err}"
+
+    found = re.search(r"batch (b_[0-9a-f]{32})", out)
+    assert found, out
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(batch_id=found.group(1)))
+    jobs = {job.id: job for job in listed.jobs}
+    prompts = [line.strip() for line in lines if line.strip()]
+    assert sorted(job.spec.prompt for job in jobs.values()) == sorted(prompts)
+    assert {job.state for job in jobs.values()} == {job_pb2.JOB_STATE_COMPLETED}
+    # The progress line ended with every job done; one saved picture per job.
+    assert f"{len(prompts)}/{len(prompts)} ended" in out
+    pngs = sorted((tmp_path / "out").glob("*/*.png"))
+    assert sorted(p.parent.name for p in pngs) == sorted(jobs)
+    for png in pngs:
+        assert str(png) in out
+        with Image.open(png) as image:
+            assert image.size == (32, 32)
+    assert f"outputs in {(tmp_path / 'out').resolve()}" in out
+
+
+async def test_batch_exit_code_and_errors(mesh: Mesh, tmp_path: Path) -> None:
+    code, out, err = await batch(
+        mesh, tmp_path, "a fox\nan owl\n", "-p", "fail_rate=1", "-p", "fail_kind=fatal"
+    )
+    assert code == 1, f"{out}\n{err}"
+    assert out.count("failed") >= 2
+    assert not (tmp_path / "out").exists()
+
+    code, out, err = await batch(mesh, tmp_path, "\n  \n")
+    assert code == 2
+    assert "has no prompts" in err
+
+    code, out, err = await batch(mesh, tmp_path, "a fox\n" + "x" * 20_000 + "\n")
+    assert code == 1
+    assert err.startswith("genmesh batch: INVALID_ARGUMENT: specs[1]: "), err
+    assert err.count("\n") == 1
