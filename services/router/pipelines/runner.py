@@ -24,7 +24,7 @@ from services.common.tasks import task_name
 from services.router.pipelines.leases import Lease, LeaseLost, Leases
 from services.router.pipelines.plan import Plan, plan, step_spec, wants_json
 from services.router.pipelines.status import new_run
-from services.router.records import queued_event, same_or_conflict, spec_hash
+from services.router.records import queued_event, spec_hash
 from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
 from services.router.transitions import TERMINAL, fold
 from services.router.watch import WatchHub
@@ -88,10 +88,9 @@ class Pipelines:
     async def create(self, tenant: str, spec: job_pb2.JobSpec, job_id: str) -> job_pb2.Job:
         """Check the pipeline, store its job QUEUED with every step waiting, start it."""
         digest = spec_hash(spec)
-        if spec.idempotency_key:
-            earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
-            if earlier is not None:
-                return same_or_conflict(earlier, digest)
+        earlier = await self.core.earlier(tenant, spec, digest)
+        if earlier is not None:
+            return earlier
         checked = plan(spec, self._prompt_max_length)
         for step in checked.steps:
             if "input" in step.inputs:
@@ -109,10 +108,10 @@ class Pipelines:
             # Shielded: a caller hanging up mid-submit must not leave a pipeline unstarted.
             await asyncio.shield(self._persist_and_start(job, digest))
         except DuplicateIdempotencyKey:
-            earlier = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
+            earlier = await self.core.earlier(tenant, spec, digest)
             if earlier is None:
                 raise
-            return same_or_conflict(earlier, digest)
+            return earlier
         return job
 
     async def _persist_and_start(self, job: job_pb2.Job, digest: str) -> None:
