@@ -33,6 +33,7 @@ from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
+from services.router.admission import AdmissionGate
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
 from services.router.catalog import Catalog
@@ -69,6 +70,7 @@ class RouterCore:
         queues: QueueDepths,
         selector: Selector,
         breakers: Breakers,
+        admission: AdmissionGate,
         prompt_max_length: int = 10_000,
     ) -> None:
         self._store = store
@@ -84,6 +86,7 @@ class RouterCore:
         self._queues = queues
         self._selector = selector
         self._breakers = breakers
+        self._admission = admission
 
     # ---- submit -------------------------------------------------------------------
 
@@ -138,7 +141,8 @@ class RouterCore:
         job.routing.CopyFrom(choice.decision)
         job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
         open_attempt(job, provider, choice.decision.reason, job.create_time)
-        position = await self._queues.next_position(provider.name)
+        # Raises RESOURCE_EXHAUSTED at the provider's queue bound, before anything is stored.
+        position = await self._admission.reserve(provider)
         if position is not None:
             job.progress.queue_position = position
             job.progress.message = f"queued, position {position}"
@@ -158,7 +162,7 @@ class RouterCore:
         self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent
     ) -> None:
         await self._store.create(job, spec_hash, first)
-        await self._dispatcher.dispatch(job)
+        await self._admission.dispatch(job)
         # Tenant-wide feeds (the web page's history) learn of the job at once.
         await self._hub.publish([first])
         self._breakers.dispatched(job.provider)
@@ -226,6 +230,7 @@ class RouterCore:
         providers = self._catalog.providers(task)
         for provider in providers:
             provider.health.circuit = self._breakers.state(provider.name)
+            provider.health.queued = self._admission.queued(provider.name)
         return providers
 
     # ---- cancel -----------------------------------------------------------------------
@@ -247,6 +252,7 @@ class RouterCore:
             raise FailedPrecondition(
                 f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
             )
+        self._admission.drop(job_id)
         request = bus_pb2.CancelRequest(job_id=job_id, reason=event.error.message)
         await self._cancellations.put(job_id, request.SerializeToString())
         await self._nc.publish(self._bus.cancel_subject, request.SerializeToString())

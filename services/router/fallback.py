@@ -12,8 +12,8 @@ import logging
 from genmesh.v1 import job_pb2
 from services.common.parameters import dict_to_struct, struct_to_dict
 from services.router import attempts
+from services.router.admission import Publisher
 from services.router.breakers import Breakers
-from services.router.dispatch import Dispatcher
 from services.router.selection import LatencyTracker, Request, Selector
 from services.router.store import Routed
 
@@ -32,7 +32,7 @@ class Fallback:
         selector: Selector,
         breakers: Breakers,
         latency: LatencyTracker,
-        dispatcher: Dispatcher,
+        dispatcher: Publisher,
     ) -> None:
         self._selector = selector
         self._breakers = breakers

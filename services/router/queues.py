@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -35,27 +35,58 @@ class QueueDepths:
         self._depth: dict[str, int | None] = {}
         self._read_at: dict[str, float] = {}
         self._reading: dict[str, asyncio.Future[None]] = {}
+        self._drained: list[Callable[[], None]] = []
 
     async def next_position(self, provider: str) -> int | None:
         """The 1-based position a job dispatched now will take, if known; counts it in."""
-        if time.monotonic() - self._read_at.get(provider, -1e9) > self._refresh:
-            reading = self._reading.get(provider)
-            if reading is None or reading.done():
-                reading = asyncio.ensure_future(self._read(provider))
-                self._reading[provider] = reading
+        depth = await self.depth(provider)
+        self.count_in(provider)
+        return None if depth is None else depth + 1
+
+    async def depth(self, provider: str) -> int | None:
+        """Jobs waiting in the provider's queue, if known (read again when stale)."""
+        if self._stale(provider):
             with contextlib.suppress(Exception):
-                await asyncio.shield(reading)
+                await asyncio.shield(self._refresh_soon(provider))
+        return self._depth.get(provider)
+
+    def cached(self, provider: str) -> int | None:
+        """The last estimate without waiting; starts a read in the background when stale."""
+        if self._stale(provider):
+            self._refresh_soon(provider)
+        return self._depth.get(provider)
+
+    def count_in(self, provider: str) -> None:
+        """A job was just published to the provider's queue."""
         depth = self._depth.get(provider)
-        if depth is None:
-            return None
-        self._depth[provider] = depth + 1
-        return depth + 1
+        if depth is not None:
+            self._depth[provider] = depth + 1
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever jobs are seen leaving a queue."""
+        self._drained.append(callback)
 
     def observe(self, events: Iterable[job_pb2.JobEvent]) -> None:
         """Count out jobs that just left their queue (sequence 2 follows the QUEUED event)."""
+        left = False
         for event in events:
             if event.sequence == 2 and self._depth.get(event.provider):
                 self._depth[event.provider] = max(0, (self._depth[event.provider] or 0) - 1)
+                left = True
+        if left:
+            for callback in self._drained:
+                callback()
+
+    def _stale(self, provider: str) -> bool:
+        return time.monotonic() - self._read_at.get(provider, -1e9) > self._refresh
+
+    def _refresh_soon(self, provider: str) -> asyncio.Future[None]:
+        """The read under way for `provider`, or a new one; concurrent callers share it."""
+        reading = self._reading.get(provider)
+        if reading is None or reading.done():
+            reading = asyncio.ensure_future(self._read(provider))
+            self._reading[provider] = reading
+        return reading
 
     async def stop(self) -> None:
         for task in self._reading.values():
