@@ -40,7 +40,8 @@ class Depths(Protocol):
 
     async def depth(self, provider: str) -> int | None: ...
     def cached(self, provider: str) -> int | None: ...
-    def count_in(self, provider: str) -> None: ...
+    def latest(self, provider: str) -> int | None: ...
+    def count_in(self, provider: str, job_id: str) -> None: ...
     def on_drain(self, callback: Callable[[], None]) -> None: ...
 
 
@@ -243,7 +244,7 @@ class AdmissionGate:
 
     def queued(self, provider: str) -> int:
         """Jobs waiting for `provider`: held here plus the estimated JetStream backlog."""
-        return len(self._held.get(provider, ())) + (self._depths.cached(provider) or 0)
+        return len(self._held.get(provider, ())) + (self._depths.latest(provider) or 0)
 
     # ---- release --------------------------------------------------------------------
 
@@ -308,7 +309,7 @@ class AdmissionGate:
 
     async def _publish(self, job: job_pb2.Job, attempt: int) -> None:
         await self._publisher.dispatch(job, attempt)
-        self._depths.count_in(job.provider)
+        self._depths.count_in(job.provider, job.id)
 
     def _room(self, name: str, depth: int | None) -> int:
         # An unknown depth (no worker has ever served the provider) counts as empty.

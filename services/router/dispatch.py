@@ -68,7 +68,7 @@ class Dispatcher:
             pending = await self._store.undispatched(after=after if admit else None)
             if not pending:
                 return
-            log.info("publishing %d job(s) persisted but not yet dispatched", len(pending))
+            log.info("%d job(s) persisted but not yet dispatched: publishing them", len(pending))
             if admit is not None:
                 last = pending[-1]
                 after = (last.create_time.ToNanoseconds() / 1e9, last.id)

@@ -36,12 +36,8 @@ class QueueDepths:
         self._read_at: dict[str, float] = {}
         self._reading: dict[str, asyncio.Future[None]] = {}
         self._drained: list[Callable[[], None]] = []
-
-    async def next_position(self, provider: str) -> int | None:
-        """The 1-based position a job dispatched now will take, if known; counts it in."""
-        depth = await self.depth(provider)
-        self.count_in(provider)
-        return None if depth is None else depth + 1
+        # Jobs this replica published since the last read began, until they are seen start.
+        self._fresh: dict[str, set[str]] = {}
 
     async def depth(self, provider: str) -> int | None:
         """Jobs waiting in the provider's queue, if known (read again when stale)."""
@@ -51,13 +47,18 @@ class QueueDepths:
         return self._depth.get(provider)
 
     def cached(self, provider: str) -> int | None:
-        """The last estimate without waiting; starts a read in the background when stale."""
+        """The current estimate, without reading JetStream."""
+        return self._depth.get(provider)
+
+    def latest(self, provider: str) -> int | None:
+        """The current estimate; starts a read in the background when it is stale."""
         if self._stale(provider):
             self._refresh_soon(provider)
         return self._depth.get(provider)
 
-    def count_in(self, provider: str) -> None:
+    def count_in(self, provider: str, job_id: str) -> None:
         """A job was just published to the provider's queue."""
+        self._fresh.setdefault(provider, set()).add(job_id)
         depth = self._depth.get(provider)
         if depth is not None:
             self._depth[provider] = depth + 1
@@ -67,11 +68,17 @@ class QueueDepths:
         self._drained.append(callback)
 
     def observe(self, events: Iterable[job_pb2.JobEvent]) -> None:
-        """Count out jobs that just left their queue (sequence 2 follows the QUEUED event)."""
+        """Count out jobs that just left their queue (sequence 2 follows the QUEUED event).
+
+        Only jobs counted in since the last read: one that left before it was not in the
+        number read, and counting it out again would undercount (and let the admission gate
+        pass jobs it should hold). Missing one overcounts until the next read, the safe side."""
         left = False
         for event in events:
-            if event.sequence == 2 and self._depth.get(event.provider):
-                self._depth[event.provider] = max(0, (self._depth[event.provider] or 0) - 1)
+            fresh = self._fresh.get(event.provider)
+            if event.sequence == 2 and fresh and event.job_id in fresh:
+                fresh.discard(event.job_id)
+                self._depth[event.provider] = max(0, (self._depth.get(event.provider) or 0) - 1)
                 left = True
         if left:
             for callback in self._drained:
@@ -95,16 +102,22 @@ class QueueDepths:
                 await task
 
     async def _read(self, provider: str) -> None:
+        counted = set(self._fresh.get(provider, ()))
+        depth: int | None = None
         try:
             info = await self._js.consumer_info(
                 self._bus.jobs_stream, self._bus.worker_consumer(provider), timeout=1.0
             )
         except NotFoundError:
             # No worker has ever served it: its jobs wait, but nobody counts them yet.
-            self._depth[provider] = None
+            pass
         except Exception:
             log.debug("cannot read the queue of %s", provider, exc_info=True)
-            self._depth[provider] = None
         else:
-            self._depth[provider] = int(info.num_pending or 0)
+            depth = int(info.num_pending or 0)
+        # Jobs published while the read was under way may be missing from it: count them
+        # (perhaps twice, until the next read) rather than lose them.
+        during = self._fresh.get(provider, set()) - counted
+        self._fresh[provider] = during
+        self._depth[provider] = None if depth is None else depth + len(during)
         self._read_at[provider] = time.monotonic()

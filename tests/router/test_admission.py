@@ -63,7 +63,10 @@ class Depths:
     def cached(self, provider: str) -> int | None:
         return self.depth_now
 
-    def count_in(self, provider: str) -> None:
+    def latest(self, provider: str) -> int | None:
+        return self.depth_now
+
+    def count_in(self, provider: str, job_id: str) -> None:
         if self.depth_now is not None:
             self.depth_now += 1
 
