@@ -57,6 +57,7 @@ class ConfiguredAdapter:
             # The dearest task, so an estimate never undersells.
             cost_per_job_usd=max(costs),
             max_prompt_length=self.config.max_prompt_length,
+            limits=self.config.limits(),
         )
 
     async def check(self) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genmesh.v1 import job_pb2
+from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.tasks import task_from_name, task_name
 
 # The catalog shipped with genmesh; GENMESH_PROVIDERS_FILE points at a user's own.
@@ -28,6 +28,7 @@ _KNOWN_KEYS = {
     "cost",
     "concurrency",
     "rate_per_second",
+    "max_queue",
     "timeout",
     "poll_interval",
     "options",
@@ -57,8 +58,11 @@ class ProviderConfig:
     cost: Mapping[str, float] = field(default_factory=dict)
     # Jobs this instance runs at once in one worker; 0 means the worker's own limit.
     concurrency: int = 0
-    # Requests per second allowed to the provider; 0 means unlimited.
+    # Jobs started per second (a token bucket in each router replica); 0 means unlimited.
     rate_per_second: float = 0.0
+    # Jobs that may wait for the instance (held by the router plus queued in JetStream);
+    # past it, Submit answers RESOURCE_EXHAUSTED. 0 means unbounded.
+    max_queue: int = 0
     # Seconds one HTTP request may take.
     timeout: float = 60.0
     # Seconds between status polls for providers that are polled.
@@ -86,6 +90,14 @@ class ProviderConfig:
     def max_prompt_length(self) -> int:
         """Longest prompt the instance accepts (options.max_prompt_length); 0: no own limit."""
         return int(self.options.get("max_prompt_length", 0))
+
+    def limits(self) -> provider_service_pb2.ProviderLimits:
+        """The limits the instance publishes, for the router to enforce."""
+        return provider_service_pb2.ProviderLimits(
+            concurrency=self.concurrency,
+            rate_per_second=self.rate_per_second,
+            max_queue=self.max_queue,
+        )
 
     def cost_for(self, task: job_pb2.Task.ValueType) -> float:
         return float(self.cost.get(task_name(task), self.cost.get("default", 0.0)))
@@ -138,6 +150,7 @@ def _parse(entry: Mapping[str, Any], env: Mapping[str, str], path: Path) -> Prov
         cost={k: float(v) for k, v in entry.get("cost", {}).items()},
         concurrency=int(entry.get("concurrency", 0)),
         rate_per_second=float(entry.get("rate_per_second", 0.0)),
+        max_queue=int(entry.get("max_queue", 0)),
         timeout=float(entry.get("timeout", 60.0)),
         poll_interval=float(entry.get("poll_interval", 1.0)),
         options=dict(entry.get("options", {})),

@@ -23,6 +23,7 @@ from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
+from services.router.admission import AdmissionGate
 from services.router.batches import Batches
 from services.router.breakers import Breakers
 from services.router.catalog import Catalog
@@ -86,35 +87,35 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         await feeds.start()
         stack.push_async_callback(feeds.stop)
         dispatcher = Dispatcher(js, bus, store)
-        await dispatcher.start()
+        queues = QueueDepths(js, bus)
+        stack.push_async_callback(queues.stop)
+        admission = admission_gate(settings, dispatcher, queues, catalog, store)
+        # Jobs a dead router stored but never dispatched go back through the gate.
+        await dispatcher.start(admission.admit)
         stack.push_async_callback(dispatcher.stop)
+        await admission.start()
+        stack.push_async_callback(admission.stop)
 
         prompt_channel = await stack.enter_async_context(mesh_channel(settings.prompt_addr))
         storage_channel = await stack.enter_async_context(mesh_channel(settings.storage_addr))
-        queues = QueueDepths(js, bus)
-        stack.push_async_callback(queues.stop)
         breakers = Breakers(settings.circuit_failures, settings.circuit_cooldown)
         latency = LatencyTracker()
         selector = Selector(catalog.providers, selection_config(settings), breakers, latency)
-        fallback = Fallback(selector, breakers, latency, dispatcher)
-        cancellations = await bus.cancellations_kv(js)
-        stopper = WorkerStopper(nc, bus, cancellations)
+        fallback = Fallback(selector, breakers, latency, admission)
+        stopper = WorkerStopper(nc, bus, await bus.cancellations_kv(js))
         hedger = Hedger(store, fallback, hub, stopper.stop, settings.hedge_after)
         core = RouterCore(
             store=store,
             catalog=catalog,
-            dispatcher=dispatcher,
             hub=hub,
-            nc=nc,
-            bus=bus,
-            cancellations=cancellations,
+            stopper=stopper,
             prompts=prompt_service_pb2_grpc.PromptServiceStub(prompt_channel),
             prompt_max_length=settings.prompt_max_length,
             assets=asset_service_pb2_grpc.AssetServiceStub(storage_channel),
-            queues=queues,
             selector=selector,
             breakers=breakers,
             hedger=hedger,
+            admission=admission,
         )
         batches = Batches(core, store, hub)
         await start_pipelines(stack, core, settings, bus, js, store, hub)
@@ -169,4 +170,27 @@ def selection_config(settings: Settings) -> SelectionConfig:
         priority=parse_priority(settings.routing_priority),
         weights=parse_weights(settings.routing_weights),
         max_attempts=settings.routing_max_attempts,
+    )
+
+
+def admission_gate(
+    settings: Settings,
+    dispatcher: Dispatcher,
+    queues: QueueDepths,
+    catalog: Catalog,
+    store: JobStore,
+) -> AdmissionGate:
+    """The gate between persisting and dispatching, with the providers' published limits."""
+
+    def limits_of(name: str) -> provider_service_pb2.ProviderLimits | None:
+        provider = catalog.get(name)
+        return provider.limits if provider is not None else None
+
+    return AdmissionGate(
+        dispatcher,
+        queues,
+        limits_of,
+        store.mark_dispatched,
+        backlog=settings.admission_backlog,
+        aging=settings.priority_aging,
     )

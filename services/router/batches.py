@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from genmesh.v1 import job_pb2, job_service_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound
-from services.router.core import RouterCore, _new_job_id, _same_or_conflict, _spec_hash
+from services.router import records
+from services.router.core import RouterCore
 from services.router.store import DuplicateIdempotencyKey, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -33,7 +34,7 @@ class _New:
     index: int
     job: job_pb2.Job
     spec_hash: str
-    # Set by RouterCore.enqueue once every spec has passed its checks.
+    # Set once every spec has passed its checks.
     first: job_pb2.JobEvent = field(default_factory=job_pb2.JobEvent)
 
 
@@ -62,7 +63,7 @@ class Batches:
         jobs: list[job_pb2.Job | None] = [None] * len(specs)
         new = await self._prepare(tenant, batch_id, specs, jobs)
         for item in new:
-            item.first = await self._core.enqueue(item.job)
+            item.first = records.queued_event(item.job)
         for _ in range(KEY_RACE_RETRIES):
             try:
                 # Shielded: a caller hanging up must not leave jobs stored but not dispatched.
@@ -100,7 +101,7 @@ class Batches:
         )
         for index, spec in enumerate(specs):
             with _naming(index):
-                spec_hash = _spec_hash(spec)
+                spec_hash = records.spec_hash(spec)
                 key = spec.idempotency_key
                 if key in keys:
                     same = keys[key]
@@ -112,9 +113,9 @@ class Batches:
                     repeats.append((index, same))
                     continue
                 if key in known:
-                    jobs[index] = _same_or_conflict(known[key], spec_hash)
+                    jobs[index] = records.same_or_conflict(known[key], spec_hash)
                     continue
-                job = await self._core.prepare(tenant, spec, _new_job_id())
+                job = await self._core.prepare(tenant, spec, records.new_job_id())
                 job.batch_id = batch_id
                 item = _New(index, job, spec_hash)
                 new.append(item)
@@ -149,7 +150,7 @@ class Batches:
                 left.append(item)
                 continue
             with _naming(item.index):
-                earlier = _same_or_conflict(found, item.spec_hash)
+                earlier = records.same_or_conflict(found, item.spec_hash)
             jobs[item.index] = earlier
             for index, job in enumerate(jobs):
                 if job is item.job:  # the same key repeated within the batch

@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
-from nats.aio.client import Client
-from nats.js.kv import KeyValue
 
 from genmesh.v1 import (
     asset_pb2,
@@ -19,7 +17,6 @@ from genmesh.v1 import (
     prompt_service_pb2_grpc,
     provider_service_pb2,
 )
-from services.common.bus import Bus
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -31,13 +28,12 @@ from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
+from services.router.admission import AdmissionGate
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
 from services.router.catalog import Catalog
 from services.router.deadlines import job_deadline
-from services.router.dispatch import Dispatcher
 from services.router.hedging import Hedger
-from services.router.queues import QueueDepths
 from services.router.records import new_job_id as _new_job_id
 from services.router.records import queued_event as _queued_event
 from services.router.records import same_or_conflict as _same_or_conflict
@@ -67,33 +63,29 @@ class RouterCore:
         *,
         store: JobStore,
         catalog: Catalog,
-        dispatcher: Dispatcher,
         hub: WatchHub,
-        nc: Client,
-        bus: Bus,
-        cancellations: KeyValue,
+        stopper: WorkerStopper,
         prompts: prompt_service_pb2_grpc.PromptServiceStub,
         assets: asset_service_pb2_grpc.AssetServiceStub,
-        queues: QueueDepths,
         selector: Selector,
         breakers: Breakers,
+        admission: AdmissionGate,
         prompt_max_length: int = 10_000,
         hedger: Hedger | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
-        self._dispatcher = dispatcher
         self._hub = hub
-        self._stopper = WorkerStopper(nc, bus, cancellations)
+        self._stopper = stopper
         self._prompt_preparer = PromptPreparer(prompts, prompt_max_length)
         self._assets = assets
         self._prompt_max_length = prompt_max_length
-        self._queues = queues
         self._selector = selector
         self._breakers = breakers
         self._hedger = hedger
         # Set by the app once built: it runs pipeline jobs, each step a job made here.
         self.pipelines: Pipelines | None = None
+        self._admission = admission
 
     # ---- submit -------------------------------------------------------------------
 
@@ -147,7 +139,7 @@ class RouterCore:
         job = await self.prepare(
             tenant, spec, job_id, call_remaining, parent_job_id=parent_job_id, step=step
         )
-        first = await self.enqueue(job)
+        first = _queued_event(job)
         try:
             # Shielded: a caller hanging up mid-submit must not leave a job stored but
             # never dispatched.
@@ -180,7 +172,7 @@ class RouterCore:
         step: str = "",
     ) -> job_pb2.Job:
         """Submit's checks and routing: the QUEUED job to store, not yet stored or counted
-        into a queue (see enqueue)."""
+        into a queue."""
         if spec.HasField("pipeline"):
             raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
@@ -215,15 +207,12 @@ class RouterCore:
         job.routing.CopyFrom(choice.decision)
         job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
         open_attempt(job, provider, choice.decision.reason, job.create_time)
-        return job
-
-    async def enqueue(self, job: job_pb2.Job) -> job_pb2.JobEvent:
-        """Count a prepared job into its provider's queue; returns its first event."""
-        position = await self._queues.next_position(job.provider)
+        # Raises RESOURCE_EXHAUSTED at the provider's queue bound, before anything is stored.
+        position = await self._admission.reserve(provider)
         if position is not None:
             job.progress.queue_position = position
             job.progress.message = f"queued, position {position}"
-        return _queued_event(job)
+        return job
 
     async def _persist_and_dispatch(
         self, job: job_pb2.Job, spec_hash: str, first: job_pb2.JobEvent
@@ -232,8 +221,9 @@ class RouterCore:
         await self.dispatch_stored([(job, first)])
 
     async def dispatch_stored(self, stored: Sequence[tuple[job_pb2.Job, job_pb2.JobEvent]]) -> None:
-        """Publish stored jobs to their providers' queues and announce their first events."""
-        await asyncio.gather(*(self._dispatcher.dispatch(job) for job, _ in stored))
+        """Send stored jobs on through the admission gate (at once, or held until their
+        provider has room) and announce their first events."""
+        await asyncio.gather(*(self._admission.dispatch(job) for job, _ in stored))
         # Tenant-wide feeds (the web page's history) learn of the jobs at once.
         await self._hub.publish([first for _, first in stored])
         for job, _ in stored:
@@ -306,6 +296,7 @@ class RouterCore:
         providers = self._catalog.providers(task)
         for provider in providers:
             provider.health.circuit = self._breakers.state(provider.name)
+            provider.health.queued = self._admission.queued(provider.name)
         return providers
 
     # ---- cancel -----------------------------------------------------------------------
@@ -327,6 +318,7 @@ class RouterCore:
             raise FailedPrecondition(
                 f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
             )
+        self._admission.drop(job_id)
         await self._stopper.stop(job_id, event.error.message)
         await self._hub.publish(applied)
         if job.HasField("pipeline") and self.pipelines is not None:

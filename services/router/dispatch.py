@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
@@ -14,6 +15,9 @@ from services.router.attempts import current
 from services.router.store import JobStore
 
 log = logging.getLogger(__name__)
+
+# Takes over jobs found undispatched at start-up (the admission gate, which may hold some).
+Admit = Callable[[list[job_pb2.Job]], Awaitable[None]]
 
 
 class Dispatcher:
@@ -32,8 +36,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.redispatch_pending()
+    async def start(self, admit: Admit | None = None) -> None:
+        await self.redispatch_pending(admit)
         self._task = asyncio.create_task(self._mark_loop())
 
     async def stop(self) -> None:
@@ -60,14 +64,22 @@ class Dispatcher:
         self._wake.set()
         return int(ack.seq)
 
-    async def redispatch_pending(self) -> None:
+    async def redispatch_pending(self, admit: Admit | None = None) -> None:
+        """Publish the jobs stored but never marked dispatched, or hand them to `admit`
+        (which may hold some back, so they stay unmarked: pages go by creation order)."""
+        after: tuple[float, str] | None = None
         while True:
-            pending = await self._store.undispatched()
+            pending = await self._store.undispatched(after=after if admit else None)
             if not pending:
                 return
-            log.info("publishing %d job(s) persisted but not yet dispatched", len(pending))
-            for job in pending:
-                await self.dispatch(job, current(job))
+            log.info("%d job(s) persisted but not yet dispatched: publishing them", len(pending))
+            if admit is not None:
+                last = pending[-1]
+                after = (last.create_time.ToNanoseconds() / 1e9, last.id)
+                await admit(pending)
+            else:
+                for job in pending:
+                    await self.dispatch(job, current(job))
             await self._flush()
 
     async def _mark_loop(self) -> None:

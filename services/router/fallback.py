@@ -12,9 +12,9 @@ import logging
 from genmesh.v1 import job_pb2
 from services.common.parameters import dict_to_struct, struct_to_dict
 from services.router import attempts
+from services.router.admission import Publisher
 from services.router.breakers import Breakers
 from services.router.deadlines import DEADLINE_EXCEEDED, expired, mark_exceeded
-from services.router.dispatch import Dispatcher
 from services.router.selection import Choice, LatencyTracker, Request, Selector
 from services.router.store import Routed
 
@@ -33,7 +33,7 @@ class Fallback:
         selector: Selector,
         breakers: Breakers,
         latency: LatencyTracker,
-        dispatcher: Dispatcher,
+        dispatcher: Publisher,
     ) -> None:
         self._selector = selector
         self._breakers = breakers

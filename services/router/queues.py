@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -35,27 +35,65 @@ class QueueDepths:
         self._depth: dict[str, int | None] = {}
         self._read_at: dict[str, float] = {}
         self._reading: dict[str, asyncio.Future[None]] = {}
+        self._drained: list[Callable[[], None]] = []
+        # Jobs this replica published since the last read began, until they are seen start.
+        self._fresh: dict[str, set[str]] = {}
 
-    async def next_position(self, provider: str) -> int | None:
-        """The 1-based position a job dispatched now will take, if known; counts it in."""
-        if time.monotonic() - self._read_at.get(provider, -1e9) > self._refresh:
-            reading = self._reading.get(provider)
-            if reading is None or reading.done():
-                reading = asyncio.ensure_future(self._read(provider))
-                self._reading[provider] = reading
+    async def depth(self, provider: str) -> int | None:
+        """Jobs waiting in the provider's queue, if known (read again when stale)."""
+        if self._stale(provider):
             with contextlib.suppress(Exception):
-                await asyncio.shield(reading)
+                await asyncio.shield(self._refresh_soon(provider))
+        return self._depth.get(provider)
+
+    def cached(self, provider: str) -> int | None:
+        """The current estimate, without reading JetStream."""
+        return self._depth.get(provider)
+
+    def latest(self, provider: str) -> int | None:
+        """The current estimate; starts a read in the background when it is stale."""
+        if self._stale(provider):
+            self._refresh_soon(provider)
+        return self._depth.get(provider)
+
+    def count_in(self, provider: str, job_id: str) -> None:
+        """A job was just published to the provider's queue."""
+        self._fresh.setdefault(provider, set()).add(job_id)
         depth = self._depth.get(provider)
-        if depth is None:
-            return None
-        self._depth[provider] = depth + 1
-        return depth + 1
+        if depth is not None:
+            self._depth[provider] = depth + 1
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever jobs are seen leaving a queue."""
+        self._drained.append(callback)
 
     def observe(self, events: Iterable[job_pb2.JobEvent]) -> None:
-        """Count out jobs that just left their queue (sequence 2 follows the QUEUED event)."""
+        """Count out jobs that just left their queue (sequence 2 follows the QUEUED event).
+
+        Only jobs counted in since the last read: one that left before it was not in the
+        number read, and counting it out again would undercount (and let the admission gate
+        pass jobs it should hold). Missing one overcounts until the next read, the safe side."""
+        left = False
         for event in events:
-            if event.sequence == 2 and self._depth.get(event.provider):
-                self._depth[event.provider] = max(0, (self._depth[event.provider] or 0) - 1)
+            fresh = self._fresh.get(event.provider)
+            if event.sequence == 2 and fresh and event.job_id in fresh:
+                fresh.discard(event.job_id)
+                self._depth[event.provider] = max(0, (self._depth.get(event.provider) or 0) - 1)
+                left = True
+        if left:
+            for callback in self._drained:
+                callback()
+
+    def _stale(self, provider: str) -> bool:
+        return time.monotonic() - self._read_at.get(provider, -1e9) > self._refresh
+
+    def _refresh_soon(self, provider: str) -> asyncio.Future[None]:
+        """The read under way for `provider`, or a new one; concurrent callers share it."""
+        reading = self._reading.get(provider)
+        if reading is None or reading.done():
+            reading = asyncio.ensure_future(self._read(provider))
+            self._reading[provider] = reading
+        return reading
 
     async def stop(self) -> None:
         for task in self._reading.values():
@@ -64,16 +102,22 @@ class QueueDepths:
                 await task
 
     async def _read(self, provider: str) -> None:
+        counted = set(self._fresh.get(provider, ()))
+        depth: int | None = None
         try:
             info = await self._js.consumer_info(
                 self._bus.jobs_stream, self._bus.worker_consumer(provider), timeout=1.0
             )
         except NotFoundError:
             # No worker has ever served it: its jobs wait, but nobody counts them yet.
-            self._depth[provider] = None
+            pass
         except Exception:
             log.debug("cannot read the queue of %s", provider, exc_info=True)
-            self._depth[provider] = None
         else:
-            self._depth[provider] = int(info.num_pending or 0)
+            depth = int(info.num_pending or 0)
+        # Jobs published while the read was under way may be missing from it: count them
+        # (perhaps twice, until the next read) rather than lose them.
+        during = self._fresh.get(provider, set()) - counted
+        self._fresh[provider] = during
+        self._depth[provider] = None if depth is None else depth + len(during)
         self._read_at[provider] = time.monotonic()

@@ -43,3 +43,10 @@ class Settings(BusSettings, DatabaseSettings):
     # Seconds a router's claim on driving a pipeline lasts unrenewed: after a router dies,
     # another (or it, restarted) adopts its pipelines within about twice this.
     pipeline_lease: float = 15.0
+    # Jobs allowed to wait in a provider's JetStream queue before the router holds further
+    # ones back in memory (already stored), releasing them highest priority first as the
+    # queue drains; a small number keeps priorities meaningful, a large one saves a hop.
+    admission_backlog: int = 32
+    # Seconds a waiting job needs to be promoted one priority class (low -> normal -> high),
+    # so low-priority jobs are never starved; 0 disables promotion.
+    priority_aging: float = 30.0

@@ -486,15 +486,21 @@ class JobStore:
             )
             return [(r.id, r.state) for r in rows]
 
-    async def undispatched(self, limit: int = 1000) -> list[job_pb2.Job]:
-        """Jobs persisted but maybe never published (the router died in between)."""
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(jobs.c.body)
-                .where(jobs.c.dispatched.is_(False))
-                .order_by(jobs.c.create_time)
-                .limit(limit)
+    async def undispatched(
+        self, limit: int = 1000, after: tuple[float, str] | None = None
+    ) -> list[job_pb2.Job]:
+        """Jobs persisted but maybe never published (the router died in between), oldest
+        first; `after` (create_time, id) of the last one read pages past jobs still held."""
+        query = select(jobs.c.body).where(jobs.c.dispatched.is_(False))
+        if after is not None:
+            query = query.where(
+                or_(
+                    jobs.c.create_time > after[0],
+                    and_(jobs.c.create_time == after[0], jobs.c.id > after[1]),
+                )
             )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query.order_by(jobs.c.create_time, jobs.c.id).limit(limit))
             return [_job(r.body) for r in rows]
 
     async def unfinished(

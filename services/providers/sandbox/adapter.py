@@ -199,6 +199,7 @@ class SandboxAdapter:
             config = ProviderConfig(name=config, family="sandbox")
         self._name = config.name
         self._max_prompt_length = config.max_prompt_length
+        self._limits = config.limits()
         # Catalog options that override the job's own parameters, so one instance of
         # several can be made to fail (or be slow) while the others serve normally.
         self._forced = _forced(config)
@@ -232,6 +233,7 @@ class SandboxAdapter:
             offline=True,
             cost_per_job_usd=self._cost,
             max_prompt_length=self._max_prompt_length,
+            limits=self._limits,
         )
 
     async def check(self) -> str:

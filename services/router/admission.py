@@ -1,0 +1,336 @@
+"""The admission gate: per provider instance, jobs past its queue watermark or its rate limit
+wait in the router, highest priority first, instead of piling into JetStream in arrival order.
+
+A held job is already stored and not yet marked dispatched, so a router that dies while
+holding it loses nothing: the next start feeds it back through the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.errors import ResourceExhausted
+from services.router.attempts import current
+from services.router.transitions import TERMINAL
+
+log = logging.getLogger(__name__)
+
+LOW, NORMAL, HIGH = job_pb2.PRIORITY_LOW, job_pb2.PRIORITY_NORMAL, job_pb2.PRIORITY_HIGH
+# Seconds between looks at the queues while jobs are held (sooner when jobs are seen leaving).
+POLL = 0.05
+
+Clock = Callable[[], float]
+Limits = provider_service_pb2.ProviderLimits
+
+
+class Publisher(Protocol):
+    async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> object: ...
+
+
+class Depths(Protocol):
+    """Estimated undelivered jobs per provider (services.router.queues.QueueDepths)."""
+
+    async def depth(self, provider: str) -> int | None: ...
+    def cached(self, provider: str) -> int | None: ...
+    def latest(self, provider: str) -> int | None: ...
+    def count_in(self, provider: str, job_id: str) -> None: ...
+    def on_drain(self, callback: Callable[[], None]) -> None: ...
+
+
+def priority_class(job: job_pb2.Job) -> int:
+    """The job's priority; unspecified is NORMAL."""
+    return job.spec.priority or NORMAL
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up (one second's worth, at least one)."""
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self._clock = clock
+        self.rate = rate
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    @property
+    def burst(self) -> float:
+        return max(1.0, self.rate)
+
+    def take(self) -> bool:
+        """Spend a token if one is there."""
+        self._fill()
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def wait(self) -> float:
+        """Seconds until the next token."""
+        self._fill()
+        return max(0.0, (1.0 - self._tokens) / self.rate)
+
+    def _fill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+
+@dataclass
+class Held:
+    job: job_pb2.Job
+    attempt: int
+    priority: int
+    # Clock time the job started waiting.
+    since: float
+    dropped: bool = False
+
+
+class HeldJobs:
+    """One provider's held jobs: highest effective priority first, oldest first among equals.
+
+    Effective priority is the job's class plus one per `aging` seconds waited (up to HIGH),
+    so a low-priority job waits at most about two aging periods behind a stream of others."""
+
+    def __init__(self, aging: float, clock: Clock) -> None:
+        self._aging = aging
+        self._clock = clock
+        # Within a class, arrival order is waiting order, so each head is its class's best.
+        self._classes: dict[int, deque[Held]] = {HIGH: deque(), NORMAL: deque(), LOW: deque()}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def effective(self, held: Held, now: float) -> int:
+        if self._aging <= 0:
+            return held.priority
+        return min(HIGH, held.priority + int((now - held.since) // self._aging))
+
+    def push(self, held: Held) -> None:
+        self._classes[held.priority].append(held)
+        self._count += 1
+
+    def push_back_first(self, held: Held) -> None:
+        """Return a job taken by pop() to the front of its class (its publish failed)."""
+        self._classes[held.priority].appendleft(held)
+        self._count += 1
+
+    def drop(self, held: Held) -> None:
+        """Forget a held job (cancelled); it is skipped when its turn comes."""
+        if not held.dropped:
+            held.dropped = True
+            self._count -= 1
+
+    def pop(self) -> Held | None:
+        now = self._clock()
+        best: deque[Held] | None = None
+        best_key = (0, 0.0)
+        for queue in self._classes.values():
+            while queue and queue[0].dropped:
+                queue.popleft()
+            if queue:
+                head = queue[0]
+                key = (self.effective(head, now), -head.since)
+                if best is None or key > best_key:
+                    best, best_key = queue, key
+        if best is None:
+            return None
+        self._count -= 1
+        return best.popleft()
+
+
+class AdmissionGate:
+    """Dispatches a job at once when its provider has nothing held, fewer than `backlog` jobs
+    waiting in JetStream and a rate token; otherwise holds it until those are true.
+
+    Rate limits and held jobs are per router replica; the backlog is the shared JetStream
+    queue, so replicas together keep about `backlog` jobs queued per provider."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        depths: Depths,
+        limits_of: Callable[[str], Limits | None],
+        mark_done: Callable[[Sequence[str]], Awaitable[None]],
+        *,
+        backlog: int = 32,
+        aging: float = 30.0,
+        clock: Clock = time.monotonic,
+        poll: float = POLL,
+    ) -> None:
+        self._publisher = publisher
+        self._depths = depths
+        self._limits_of = limits_of
+        self._mark_done = mark_done
+        self._backlog = max(1, backlog)
+        self._aging = aging
+        self._clock = clock
+        self._poll = poll
+        self._limits: dict[str, Limits] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._held: dict[str, HeldJobs] = {}
+        self._by_id: dict[str, tuple[HeldJobs, Held]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        depths.on_drain(self._wake.set)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._release_loop())
+
+    async def stop(self) -> None:
+        """Stop releasing; jobs still held stay stored as undispatched for the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # ---- submit path ----------------------------------------------------------------
+
+    async def reserve(self, provider: provider_service_pb2.Provider) -> int | None:
+        """Before a job for `provider` is stored: its estimated queue position, or
+        ResourceExhausted when the instance's queue bound (limits.max_queue) is reached."""
+        name = provider.name
+        self._limits[name] = provider.limits
+        depth = await self._depths.depth(name)
+        held = len(self._held.get(name, ()))
+        waiting = held + (depth or 0)
+        bound = provider.limits.max_queue
+        if 0 < bound <= waiting:
+            raise ResourceExhausted(
+                f"provider {name} has {waiting} job(s) waiting, its queue bound "
+                f"(max_queue = {bound}); retry later or choose another provider"
+            )
+        if depth is None and not held:
+            return None
+        return waiting + 1
+
+    async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> None:
+        """Publish the stored job now if its provider has room, else hold it."""
+        name = job.provider
+        if not self._held.get(name) and self._room(name, self._depths.cached(name)) > 0:
+            bucket = self._bucket(name)
+            if bucket is None or bucket.take():
+                await self._publish(job, attempt)
+                return
+        self._hold(job, attempt, self._clock())
+
+    async def admit(self, jobs: list[job_pb2.Job]) -> None:
+        """Take over jobs found stored but undispatched at start-up: all are held, so the
+        release loop sends them in priority order; their wait counts from creation."""
+        ended = []
+        now, wall = self._clock(), time.time()
+        for job in jobs:
+            if job.state in TERMINAL:
+                # Cancelled while held: nothing to publish, ever.
+                ended.append(job.id)
+                continue
+            waited = max(0.0, wall - job.create_time.ToNanoseconds() / 1e9)
+            self._hold(job, current(job), now - waited)
+        if ended:
+            await self._mark_done(ended)
+
+    def drop(self, job_id: str) -> None:
+        """A held job was cancelled: it will not be published."""
+        found = self._by_id.pop(job_id, None)
+        if found is not None:
+            found[0].drop(found[1])
+
+    def queued(self, provider: str) -> int:
+        """Jobs waiting for `provider`: held here plus the estimated JetStream backlog."""
+        return len(self._held.get(provider, ())) + (self._depths.latest(provider) or 0)
+
+    # ---- release --------------------------------------------------------------------
+
+    async def release(self) -> float | None:
+        """Publish what each provider has room and tokens for; returns seconds until it is
+        worth looking again (None: nothing held)."""
+        soonest: float | None = None
+        for name, held in list(self._held.items()):
+            if not held:
+                del self._held[name]
+                continue
+            limits = self._limits_of(name)
+            if limits is not None:
+                self._limits[name] = limits
+            room = self._room(name, await self._depths.depth(name))
+            bucket = self._bucket(name)
+            while held:
+                if room <= 0:
+                    # Full: look again soon, or as soon as jobs are seen leaving the queue.
+                    soonest = _min(soonest, self._poll)
+                    break
+                if bucket is not None and not bucket.take():
+                    soonest = _min(soonest, max(bucket.wait(), 0.001))
+                    break
+                entry = held.pop()
+                if entry is None:
+                    break
+                try:
+                    await self._publish(entry.job, entry.attempt)
+                except Exception:
+                    held.push_back_first(entry)
+                    log.warning("could not publish held job %s; will retry", entry.job.id)
+                    soonest = _min(soonest, 1.0)
+                    break
+                self._by_id.pop(entry.job.id, None)
+                room -= 1
+        return soonest
+
+    async def _release_loop(self) -> None:
+        wait: float | None = 0.0
+        while True:
+            if wait is None or wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+            try:
+                wait = await self.release()
+            except Exception:
+                log.exception("releasing held jobs failed; retrying")
+                wait = 1.0
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def _hold(self, job: job_pb2.Job, attempt: int, since: float) -> None:
+        held = self._held.get(job.provider)
+        if held is None:
+            held = self._held[job.provider] = HeldJobs(self._aging, self._clock)
+        entry = Held(job, attempt, priority_class(job), since)
+        held.push(entry)
+        self._by_id[job.id] = (held, entry)
+        self._wake.set()
+
+    async def _publish(self, job: job_pb2.Job, attempt: int) -> None:
+        await self._publisher.dispatch(job, attempt)
+        self._depths.count_in(job.provider, job.id)
+
+    def _room(self, name: str, depth: int | None) -> int:
+        # An unknown depth (no worker has ever served the provider) counts as empty.
+        return self._backlog - (depth or 0)
+
+    def _bucket(self, name: str) -> TokenBucket | None:
+        limits = self._limits.get(name)
+        if limits is None:
+            limits = self._limits_of(name)
+            if limits is not None:
+                self._limits[name] = limits
+        rate = limits.rate_per_second if limits is not None else 0.0
+        if rate <= 0:
+            self._buckets.pop(name, None)
+            return None
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = self._buckets[name] = TokenBucket(rate, self._clock)
+        bucket.rate = rate
+        return bucket
+
+
+def _min(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)

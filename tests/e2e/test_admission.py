@@ -1,0 +1,198 @@
+"""Limits and priorities through the whole mesh: a sandbox instance with concurrency 1 (or a
+rate limit, or a queue bound) served by one worker, the router's gate in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
+from services.common.parameters import dict_to_struct
+from tests.conftest import Database
+from tests.infra import eventually
+from tests.mesh import Mesh, running_mesh
+
+LOW, NORMAL, HIGH = job_pb2.PRIORITY_LOW, job_pb2.PRIORITY_NORMAL, job_pb2.PRIORITY_HIGH
+PROCESSING = job_pb2.JOB_STATE_PROCESSING
+COMPLETED = job_pb2.JOB_STATE_COMPLETED
+
+
+@asynccontextmanager
+async def limited_sandbox(
+    nats_url: str,
+    prefix: str,
+    database: Database,
+    data_dir: Path,
+    limits: str = "concurrency = 1",
+    *,
+    backlog: int | None = 1,
+    router_in_process: bool = True,
+) -> AsyncIterator[Mesh]:
+    """One worker serving a `sandbox` instance with the given catalog limits; the router
+    holds jobs back once `backlog` wait in JetStream (None: its default)."""
+    path = data_dir / "providers.toml"
+    path.write_text(f'[[providers]]\nname = "sandbox"\nfamily = "sandbox"\n{limits}\n')
+    async with running_mesh(
+        nats_url=nats_url,
+        prefix=prefix,
+        database=database,
+        data_dir=data_dir,
+        worker_overrides={"GENMESH_PROVIDERS_FILE": str(path)},
+        router_overrides={} if backlog is None else {"GENMESH_ADMISSION_BACKLOG": str(backlog)},
+        router_in_process=router_in_process,
+    ) as mesh:
+        yield mesh
+
+
+def image(latency_ms: int = 0, priority: int = 0) -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(
+        task=job_pb2.TASK_TEXT_TO_IMAGE,
+        prompt="a red fox in snow",
+        priority=priority,  # type: ignore[arg-type]
+        parameters=dict_to_struct(
+            {"latency_ms": latency_ms, "steps": 1, "width": 32, "height": 32, "preview": False}
+        ),
+    )
+
+
+async def submit(mesh: Mesh, spec: job_pb2.JobSpec) -> job_pb2.Job:
+    return (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
+
+
+async def finish(mesh: Mesh, jobs: list[job_pb2.Job]) -> dict[str, list[job_pb2.JobEvent]]:
+    """Every job's events until it ends, by job id."""
+    results = await asyncio.wait_for(asyncio.gather(*(mesh.watch(j.id) for j in jobs)), 120)
+    return {j.id: events for j, events in zip(jobs, results, strict=True)}
+
+
+def started(events: list[job_pb2.JobEvent]) -> float:
+    """When the worker started the job (its first PROCESSING event), in seconds."""
+    return next(e.time.ToNanoseconds() / 1e9 for e in events if e.state == PROCESSING)
+
+
+async def state_of(mesh: Mesh, job_id: str) -> int:
+    return (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job.state
+
+
+async def sandbox(mesh: Mesh) -> provider_service_pb2.Provider:
+    reply = await mesh.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
+    return next(p for p in reply.providers if p.name == "sandbox")
+
+
+async def job_count(mesh: Mesh) -> int:
+    reply = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(page_size=100))
+    return len(reply.jobs)
+
+
+async def fill_then_low_then_high(mesh: Mesh) -> tuple[list[job_pb2.Job], list[job_pb2.Job]]:
+    """Occupy the single slot and the queue, then submit four low and four high jobs."""
+    fillers = [await submit(mesh, image(latency_ms=600)) for _ in range(3)]
+    await eventually(lambda: _is(mesh, fillers[0].id, PROCESSING), within=15)
+    lows = [await submit(mesh, image(latency_ms=100, priority=LOW)) for _ in range(4)]
+    highs = [await submit(mesh, image(latency_ms=100, priority=HIGH)) for _ in range(4)]
+    return lows, highs
+
+
+def assert_highs_first(
+    results: dict[str, list[job_pb2.JobEvent]], lows: list[job_pb2.Job], highs: list[job_pb2.Job]
+) -> None:
+    assert all(events[-1].state == COMPLETED for events in results.values())
+    high_starts = [started(results[j.id]) for j in highs]
+    low_starts = [started(results[j.id]) for j in lows]
+    # Submitted later, started earlier: every high-priority job before every low one.
+    assert max(high_starts) < min(low_starts)
+    # FIFO within a class.
+    assert high_starts == sorted(high_starts)
+    assert low_starts == sorted(low_starts)
+
+
+async def test_priority_order_under_load(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with limited_sandbox(nats_url, nats_prefix, database, tmp_path) as mesh:
+        lows, highs = await fill_then_low_then_high(mesh)
+        # Held in the router, shown as queued for the instance.
+        assert (await sandbox(mesh)).health.queued >= len(lows) + len(highs)
+        results = await finish(mesh, lows + highs)
+    assert_highs_first(results, lows, highs)
+
+
+async def test_rate_limited_jobs_queue_and_all_complete(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    rate = 4.0
+    async with limited_sandbox(
+        nats_url, nats_prefix, database, tmp_path, f"rate_per_second = {rate}", backlog=None
+    ) as mesh:
+        assert (await sandbox(mesh)).limits.rate_per_second == rate
+        before = time.time()
+        jobs = await asyncio.gather(*(submit(mesh, image()) for _ in range(12)))
+        results = await finish(mesh, list(jobs))
+    assert all(events[-1].state == COMPLETED for events in results.values())
+    starts = sorted(started(events) for events in results.values())
+    # The bucket holds `rate` tokens and earns `rate` a second, so the k-th start (from 1)
+    # cannot come before (k - rate) / rate seconds after the first submit.
+    for k, start in enumerate(starts, 1):
+        assert start - before >= (k - rate) / rate - 0.01, (k, start - before)
+    assert starts[-1] - before >= (12 - rate) / rate - 0.01
+
+
+async def test_resource_exhausted_at_the_queue_bound_writes_nothing(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with limited_sandbox(
+        nats_url, nats_prefix, database, tmp_path, "concurrency = 1\nmax_queue = 3"
+    ) as mesh:
+        limits = (await sandbox(mesh)).limits
+        assert (limits.concurrency, limits.max_queue) == (1, 3)
+        running = await submit(mesh, image(latency_ms=4000))
+        await eventually(lambda: _is(mesh, running.id, PROCESSING), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        # One waits in JetStream, two in the router: the bound is reached.
+        waiting = [await submit(mesh, image()) for _ in range(3)]
+        assert (await sandbox(mesh)).health.queued == 3
+        count = await job_count(mesh)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await submit(mesh, image(priority=HIGH))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = refused.value.details() or ""
+        assert "sandbox" in details and "max_queue = 3" in details and "retry later" in details
+        assert await job_count(mesh) == count
+        # A held job that is cancelled leaves the queue at once, and never runs.
+        await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=waiting[-1].id))
+        assert (await sandbox(mesh)).health.queued == 2
+        late = await submit(mesh, image())
+        results = await finish(mesh, [running, *waiting, late])
+    assert results[waiting[-1].id][-1].state == job_pb2.JOB_STATE_CANCELLED
+    assert PROCESSING not in [e.state for e in results[waiting[-1].id]]
+    for job in [running, *waiting[:-1], late]:
+        assert results[job.id][-1].state == COMPLETED
+
+
+async def test_jobs_held_when_the_router_dies_all_complete_highs_first(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with limited_sandbox(
+        nats_url, nats_prefix, database, tmp_path, router_in_process=False
+    ) as mesh:
+        lows, highs = await fill_then_low_then_high(mesh)
+        await mesh.restart_router(signal.SIGKILL)
+        results = await finish(mesh, lows + highs)
+    assert_highs_first(results, lows, highs)
+    for events in results.values():
+        assert [e.state for e in events].count(COMPLETED) == 1
+
+
+async def _is(mesh: Mesh, job_id: str, state: int) -> bool:
+    return await state_of(mesh, job_id) == state
+
+
+async def _queued(mesh: Mesh, n: int) -> bool:
+    return (await sandbox(mesh)).health.queued == n

@@ -1,0 +1,246 @@
+"""The admission gate's ordering, aging, token bucket and queue bound, on a fake clock.
+
+The end-to-end behaviour (real JetStream backlog, real workers) is in
+tests/e2e/test_admission.py; here the queue depth and the publisher are plain recorders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.errors import ResourceExhausted
+from services.router.admission import (
+    HIGH,
+    LOW,
+    NORMAL,
+    AdmissionGate,
+    Held,
+    HeldJobs,
+    TokenBucket,
+)
+from tests.router.test_selection import Clock
+
+
+def job(job_id: str, priority: int = 0, provider: str = "p") -> job_pb2.Job:
+    j = job_pb2.Job(id=job_id, provider=provider, state=job_pb2.JOB_STATE_QUEUED)
+    j.spec.priority = priority  # type: ignore[assignment]
+    return j
+
+
+def held(job_id: str, priority: int, since: float) -> Held:
+    return Held(job(job_id, priority), 1, priority, since)
+
+
+def drain(jobs: HeldJobs) -> list[str]:
+    out = []
+    while (entry := jobs.pop()) is not None:
+        out.append(entry.job.id)
+    return out
+
+
+class Published:
+    """Records what the gate publishes, in order."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> object:
+        self.ids.append(job.id)
+        return len(self.ids)
+
+
+class Depths:
+    """A queue whose depth the test sets; publishes count in like QueueDepths."""
+
+    def __init__(self, depth: int | None = 0) -> None:
+        self.depth_now = depth
+
+    async def depth(self, provider: str) -> int | None:
+        return self.depth_now
+
+    def cached(self, provider: str) -> int | None:
+        return self.depth_now
+
+    def latest(self, provider: str) -> int | None:
+        return self.depth_now
+
+    def count_in(self, provider: str, job_id: str) -> None:
+        if self.depth_now is not None:
+            self.depth_now += 1
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        pass
+
+
+def limits(rate: float = 0.0, max_queue: int = 0) -> provider_service_pb2.ProviderLimits:
+    return provider_service_pb2.ProviderLimits(rate_per_second=rate, max_queue=max_queue)
+
+
+def gate(
+    clock: Clock, depths: Depths, lim: provider_service_pb2.ProviderLimits, backlog: int = 2
+) -> tuple[AdmissionGate, Published, list[str]]:
+    published = Published()
+    marked: list[str] = []
+
+    async def mark(ids: Sequence[str]) -> None:
+        marked.extend(ids)
+
+    g = AdmissionGate(
+        published, depths, lambda name: lim, mark, backlog=backlog, aging=30.0, clock=clock
+    )
+    return g, published, marked
+
+
+def test_highest_class_first_fifo_within_a_class() -> None:
+    clock = Clock()
+    jobs = HeldJobs(aging=30.0, clock=clock)
+    for i, (name, priority) in enumerate(
+        [("l1", LOW), ("n1", NORMAL), ("h1", HIGH), ("l2", LOW), ("h2", HIGH), ("n2", 0 or NORMAL)]
+    ):
+        jobs.push(held(name, priority, clock.now + i * 0.001))
+    clock.now += 1
+    assert len(jobs) == 6
+    assert drain(jobs) == ["h1", "h2", "n1", "n2", "l1", "l2"]
+    assert len(jobs) == 0
+
+
+def test_waiting_promotes_a_class_per_aging_period_so_low_is_not_starved() -> None:
+    clock = Clock()
+    jobs = HeldJobs(aging=30.0, clock=clock)
+    old_low = held("old-low", LOW, clock.now)
+    jobs.push(old_low)
+    clock.now += 29.9
+    assert jobs.effective(old_low, clock.now) == LOW
+    jobs.push(held("normal", NORMAL, clock.now))
+    # Not yet promoted: the normal job goes first.
+    assert jobs.pop().job.id == "normal"  # type: ignore[union-attr]
+    jobs.push(held("normal-2", NORMAL, clock.now))
+    clock.now += 0.2
+    # 30 s waited: the low job is NORMAL now and older than the normal one.
+    assert jobs.effective(old_low, clock.now) == NORMAL
+    jobs.push(held("high", HIGH, clock.now))
+    assert drain(jobs) == ["high", "old-low", "normal-2"]
+    # Two periods make it HIGH: it passes fresh high-priority jobs, and it stops there.
+    older = held("older-low", LOW, clock.now - 61)
+    jobs.push(older)
+    jobs.push(held("high-2", HIGH, clock.now))
+    assert jobs.effective(older, clock.now) == HIGH
+    assert jobs.effective(held("x", LOW, clock.now - 600), clock.now) == HIGH
+    assert drain(jobs) == ["older-low", "high-2"]
+
+
+def test_no_aging_when_disabled_and_dropped_jobs_are_skipped() -> None:
+    clock = Clock()
+    jobs = HeldJobs(aging=0.0, clock=clock)
+    low = held("low", LOW, clock.now - 10_000)
+    gone = held("gone", HIGH, clock.now)
+    jobs.push(low)
+    jobs.push(gone)
+    jobs.push(held("normal", NORMAL, clock.now))
+    jobs.drop(gone)
+    jobs.drop(gone)
+    assert len(jobs) == 2
+    assert drain(jobs) == ["normal", "low"]
+
+
+def test_token_bucket_allows_a_one_second_burst_then_the_rate() -> None:
+    clock = Clock()
+    bucket = TokenBucket(4.0, clock)
+    assert [bucket.take() for _ in range(5)] == [True] * 4 + [False]
+    assert bucket.wait() == pytest.approx(0.25)
+    clock.now += 0.2
+    assert not bucket.take()
+    clock.now += 0.05
+    assert bucket.take()
+    # Idle time saves up at most the burst.
+    clock.now += 100
+    assert sum(bucket.take() for _ in range(10)) == 4
+    slow = TokenBucket(0.5, clock)
+    assert slow.burst == 1.0
+    assert slow.take() and not slow.take()
+    assert slow.wait() == pytest.approx(2.0)
+
+
+async def test_fast_path_until_the_backlog_then_held_jobs_go_by_priority() -> None:
+    clock = Clock()
+    depths = Depths(0)
+    g, published, _ = gate(clock, depths, limits(), backlog=2)
+    for name, priority in [("a", NORMAL), ("b", NORMAL), ("low", LOW), ("high", HIGH)]:
+        await g.dispatch(job(name, priority))
+    # Two fit under the backlog; the rest wait in the gate.
+    assert published.ids == ["a", "b"]
+    assert g.queued("p") == 4
+    # While something is held, even a high-priority job waits its turn behind nothing.
+    await g.dispatch(job("high-2", HIGH))
+    assert published.ids == ["a", "b"]
+    assert await g.release() is not None
+    assert published.ids == ["a", "b"]
+    depths.depth_now = 1  # one job left the queue
+    await g.release()
+    assert published.ids == ["a", "b", "high"]
+    depths.depth_now = 0
+    await g.release()
+    assert published.ids == ["a", "b", "high", "high-2", "low"]
+    assert await g.release() is None
+    assert g.queued("p") == 2
+
+
+async def test_rate_limit_spreads_dispatches_over_time() -> None:
+    clock = Clock()
+    depths = Depths(0)
+    g, published, _ = gate(clock, depths, limits(rate=2.0), backlog=100)
+    for i in range(6):
+        await g.dispatch(job(f"j{i}"))
+    assert published.ids == ["j0", "j1"]
+    wait = await g.release()
+    assert wait == pytest.approx(0.5)
+    clock.now += 0.5
+    await g.release()
+    assert published.ids == ["j0", "j1", "j2"]
+    clock.now += 10
+    await g.release()
+    # The bucket holds one second's worth, not ten.
+    assert published.ids == ["j0", "j1", "j2", "j3", "j4"]
+    clock.now += 0.5
+    assert await g.release() is None
+    assert len(published.ids) == 6
+
+
+async def test_queue_bound_counts_held_and_queued_jobs() -> None:
+    clock = Clock()
+    depths = Depths(1)
+    lim = limits(max_queue=3)
+    g, _, _ = gate(clock, depths, lim, backlog=2)
+    provider = provider_service_pb2.Provider(name="p", limits=lim)
+    assert await g.reserve(provider) == 2
+    await g.dispatch(job("a"))  # queued: depth 2
+    assert await g.reserve(provider) == 3
+    await g.dispatch(job("b"))  # held: 2 + 1
+    with pytest.raises(ResourceExhausted, match=r"provider p .*max_queue = 3.*retry later"):
+        await g.reserve(provider)
+    g.drop("b")
+    assert await g.reserve(provider) == 3
+    # Unbounded, and an unknown depth with nothing held gives no position.
+    assert await gate(clock, Depths(None), limits())[0].reserve(provider) is None
+
+
+async def test_jobs_found_at_start_are_held_in_priority_order_and_ended_ones_marked() -> None:
+    clock = Clock()
+    depths = Depths(0)
+    g, published, marked = gate(clock, depths, limits(), backlog=1)
+    found = [job("low", LOW), job("cancelled", HIGH), job("normal", NORMAL), job("high", HIGH)]
+    found[1].state = job_pb2.JOB_STATE_CANCELLED
+    for j in found:
+        j.create_time.GetCurrentTime()
+    await g.admit(found)
+    assert marked == ["cancelled"]
+    assert published.ids == []
+    await g.release()
+    assert published.ids == ["high"]
+    depths.depth_now = 0
+    await g.release()
+    depths.depth_now = 0
+    await g.release()
+    assert published.ids == ["high", "normal", "low"]
