@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genmesh.v1 import job_pb2
+from genmesh.v1 import job_pb2, job_service_pb2
 from tests.conftest import Database
 from tests.e2e.test_job_flow import spec, submit
 from tests.infra import eventually
@@ -28,6 +28,13 @@ async def test_queued_jobs_carry_their_position(
         worker = mesh.workers[0].workers[0]
         running = await submit(mesh, spec(latency_ms=5_000, steps=1, width=32, height=32))
         await eventually(lambda: worker.in_flight == 1)
+
+        async def started() -> bool:
+            # The router counts a job out of the queue when it records the job starting.
+            reply = await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=running.id))
+            return reply.job.state == job_pb2.JOB_STATE_PROCESSING
+
+        await eventually(started)
         # The one worker slot is taken, so these wait, in order.
         waiting = [
             await submit(mesh, spec(latency_ms=0, steps=0, width=32, height=32)) for _ in range(3)
