@@ -159,6 +159,7 @@ class AdmissionGate:
         depths: Depths,
         limits_of: Callable[[str], Limits | None],
         mark_done: Callable[[Sequence[str]], Awaitable[None]],
+        unsent: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None,
         *,
         backlog: int = 32,
         aging: float = 30.0,
@@ -169,6 +170,7 @@ class AdmissionGate:
         self._depths = depths
         self._limits_of = limits_of
         self._mark_done = mark_done
+        self._unsent = unsent
         self._backlog = max(1, backlog)
         self._aging = aging
         self._clock = clock
@@ -261,26 +263,25 @@ class AdmissionGate:
                 self._limits[name] = limits
             room = self._room(name, await self._depths.depth(name))
             bucket = self._bucket(name)
-            while held:
-                if room <= 0:
-                    # Full: look again soon, or as soon as jobs are seen leaving the queue.
-                    soonest = _min(soonest, self._poll)
-                    break
+            taken: list[Held] = []
+            while held and len(taken) < room:
                 if bucket is not None and not bucket.take():
                     soonest = _min(soonest, max(bucket.wait(), 0.001))
                     break
                 entry = held.pop()
                 if entry is None:
                     break
-                try:
-                    await self._publish(entry.job, entry.attempt)
-                except Exception:
+                taken.append(entry)
+            if held and len(taken) >= room:
+                # Full: look again soon, or as soon as jobs are seen leaving the queue.
+                soonest = _min(soonest, self._poll)
+            try:
+                await self._send(taken)
+            except Exception as exc:
+                for entry in reversed(exc.args[0] if isinstance(exc, _Unsent) else taken):
                     held.push_back_first(entry)
-                    log.warning("could not publish held job %s; will retry", entry.job.id)
-                    soonest = _min(soonest, 1.0)
-                    break
-                self._by_id.pop(entry.job.id, None)
-                room -= 1
+                log.warning("could not publish held jobs of %s; will retry", name)
+                soonest = _min(soonest, 1.0)
         return soonest
 
     async def _release_loop(self) -> None:
@@ -295,6 +296,27 @@ class AdmissionGate:
             except Exception:
                 log.exception("releasing held jobs failed; retrying")
                 wait = 1.0
+
+    async def _send(self, taken: list[Held]) -> None:
+        """Publish taken jobs, oldest decision first, skipping any another router replica
+        has sent meanwhile (one that started up holds every job it found unsent) or that has
+        ended. On a failure, _Unsent carries the entries not yet published."""
+        if not taken:
+            return
+        if self._unsent is not None:
+            try:
+                unsent = await self._unsent([e.job.id for e in taken])
+            except Exception as exc:
+                raise _Unsent(taken) from exc
+        else:
+            unsent = {e.job.id for e in taken}
+        for i, entry in enumerate(taken):
+            if entry.job.id in unsent:
+                try:
+                    await self._publish(entry.job, entry.attempt)
+                except Exception as exc:
+                    raise _Unsent(taken[i:]) from exc
+            self._by_id.pop(entry.job.id, None)
 
     # ---- helpers --------------------------------------------------------------------
 
@@ -330,6 +352,10 @@ class AdmissionGate:
             bucket = self._buckets[name] = TokenBucket(rate, self._clock)
         bucket.rate = rate
         return bucket
+
+
+class _Unsent(Exception):
+    """Publishing held jobs failed; args[0] is the list of entries not published."""
 
 
 def _min(a: float | None, b: float) -> float:

@@ -191,6 +191,7 @@ def admission_gate(
         queues,
         limits_of,
         store.mark_dispatched,
+        store.unsent,
         backlog=settings.admission_backlog,
         aging=settings.priority_aging,
     )

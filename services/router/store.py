@@ -486,6 +486,20 @@ class JobStore:
             )
             return [(r.id, r.state) for r in rows]
 
+    async def unsent(self, ids: Sequence[str]) -> set[str]:
+        """Those of `ids` that no router has published yet and that have not ended."""
+        if not ids:
+            return set()
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.id.in_(list(ids)),
+                    jobs.c.dispatched.is_(False),
+                    jobs.c.state.not_in(list(TERMINAL)),
+                )
+            )
+            return {r.id for r in rows}
+
     async def undispatched(
         self, limit: int = 1000, after: tuple[float, str] | None = None
     ) -> list[job_pb2.Job]:

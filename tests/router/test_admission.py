@@ -5,7 +5,7 @@ tests/e2e/test_admission.py; here the queue depth and the publisher are plain re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -79,7 +79,11 @@ def limits(rate: float = 0.0, max_queue: int = 0) -> provider_service_pb2.Provid
 
 
 def gate(
-    clock: Clock, depths: Depths, lim: provider_service_pb2.ProviderLimits, backlog: int = 2
+    clock: Clock,
+    depths: Depths,
+    lim: provider_service_pb2.ProviderLimits,
+    backlog: int = 2,
+    unsent: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None,
 ) -> tuple[AdmissionGate, Published, list[str]]:
     published = Published()
     marked: list[str] = []
@@ -88,7 +92,14 @@ def gate(
         marked.extend(ids)
 
     g = AdmissionGate(
-        published, depths, lambda name: lim, mark, backlog=backlog, aging=30.0, clock=clock
+        published,
+        depths,
+        lambda name: lim,
+        mark,
+        unsent,
+        backlog=backlog,
+        aging=30.0,
+        clock=clock,
     )
     return g, published, marked
 
@@ -244,3 +255,29 @@ async def test_jobs_found_at_start_are_held_in_priority_order_and_ended_ones_mar
     depths.depth_now = 0
     await g.release()
     assert published.ids == ["high", "normal", "low"]
+
+
+async def test_a_job_another_replica_sent_meanwhile_is_not_sent_again() -> None:
+    """Replica B starts while A holds a job: B holds it too (it is stored unsent); whoever
+    releases it first sends it, the other finds it sent and lets it go."""
+    clock, depths = Clock(), Depths(depth=5)
+    sent: set[str] = set()
+    cancelled = {"j3"}
+
+    async def unsent(ids: Sequence[str]) -> set[str]:
+        return set(ids) - sent - cancelled
+
+    a, sent_by_a, _ = gate(clock, depths, limits(), backlog=3, unsent=unsent)
+    b, sent_by_b, _ = gate(clock, depths, limits(), backlog=3, unsent=unsent)
+    for name in ("j1", "j2", "j3"):
+        await a.dispatch(job(name))  # the queue is full: A holds them
+    await b.admit([job("j1"), job("j2"), job("j3")])
+    depths.depth_now = 0
+    await a.release()
+    sent.update(sent_by_a.ids)
+    depths.depth_now = 0
+    await b.release()
+    assert sent_by_a.ids == ["j1", "j2"]
+    assert sent_by_b.ids == []
+    # Nothing is left held on either side.
+    assert a.queued("p") == b.queued("p") == 0
