@@ -35,26 +35,44 @@ def applicable(
     return {p.name: p for p in provider.parameters if not p.tasks or task in p.tasks}
 
 
+class ParameterRules:
+    """One provider's parameters for one task, read once and checked against many jobs."""
+
+    def __init__(self, provider: provider_service_pb2.Provider, task: job_pb2.Task.ValueType):
+        self._provider = provider.name
+        self._specs = applicable(provider, task)
+        self._defaults = {
+            name: json_format.MessageToDict(spec.default_value)
+            for name, spec in self._specs.items()
+            if spec.HasField("default_value")
+        }
+
+    def validate(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Typed values with defaults filled in; InvalidArgument names the parameter and its
+        limits."""
+        unknown = sorted(set(values) - self._specs.keys())
+        if unknown:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise InvalidArgument(
+                f"unknown parameter {unknown[0]!r} for provider {self._provider!r}; "
+                f"accepted: {known}"
+            )
+        out: dict[str, Any] = {}
+        for name, spec in self._specs.items():
+            if name in values:
+                out[name] = _check(spec, values[name])
+            elif name in self._defaults:
+                out[name] = self._defaults[name]
+        return out
+
+
 def validate_parameters(
     provider: provider_service_pb2.Provider,
     task: job_pb2.Task.ValueType,
     values: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Typed values with defaults filled in; InvalidArgument names the parameter and its limits."""
-    specs = applicable(provider, task)
-    unknown = sorted(set(values) - set(specs))
-    if unknown:
-        known = ", ".join(sorted(specs)) or "none"
-        raise InvalidArgument(
-            f"unknown parameter {unknown[0]!r} for provider {provider.name!r}; accepted: {known}"
-        )
-    out: dict[str, Any] = {}
-    for name, spec in specs.items():
-        if name in values:
-            out[name] = _check(spec, values[name])
-        elif spec.HasField("default_value"):
-            out[name] = json_format.MessageToDict(spec.default_value)
-    return out
+    return ParameterRules(provider, task).validate(values)
 
 
 def _check(spec: provider_service_pb2.ParameterSpec, value: Any) -> Any:

@@ -26,7 +26,7 @@ from nats.js.kv import KeyValue
 from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
 from services.common.bus import Bus
 from services.common.errors import InvalidArgument
-from services.common.parameters import struct_to_dict, validate_parameters
+from services.common.parameters import ParameterRules, struct_to_dict
 from services.providers.adapter import Adapter, ProviderError
 from services.providers.budget import Budget, DeadlineExceeded, declare_limits, provider_at_fault
 from services.providers.context import RunContext
@@ -82,6 +82,7 @@ class ProviderWorker:
         self._options = options
         self._drafts = drafts or Drafts({})
         self._description = adapter.describe()
+        self._rules_by_task: dict[int, ParameterRules] = {}
         declare_limits(self._description, options.max_deliver, options.attempt_timeout)
         self._running: dict[str, _Running] = {}
         self._slots = asyncio.Semaphore(options.concurrency)
@@ -255,9 +256,7 @@ class ProviderWorker:
         )
         await events.publish(started)
         try:
-            parameters = validate_parameters(
-                self._description, job.spec.task, struct_to_dict(job.spec.parameters)
-            )
+            parameters = self._rules(job.spec.task).validate(struct_to_dict(job.spec.parameters))
             ctx = RunContext(
                 job=job,
                 attempt=attempt,
@@ -310,6 +309,12 @@ class ProviderWorker:
         done.output_text = result.text
         await events.publish(done)
         await msg.ack()
+
+    def _rules(self, task: job_pb2.Task.ValueType) -> ParameterRules:
+        rules = self._rules_by_task.get(task)
+        if rules is None:
+            rules = self._rules_by_task[task] = ParameterRules(self._description, task)
+        return rules
 
     async def _heartbeat(self, msg: Msg, job_id: str) -> None:
         interval = max(self._options.ack_wait / 3, 0.2)

@@ -13,6 +13,10 @@ from genmesh.v1 import provider_service_pb2
 
 log = logging.getLogger(__name__)
 
+# Seconds an aggregated view of the providers is reused before it is built again (a
+# registration arriving rebuilds it at once); liveness is judged at this granularity.
+VIEW_TTL = 0.5
+
 
 class Catalog:
     """Providers as workers declare them; health from how recently each worker reported."""
@@ -26,6 +30,9 @@ class Catalog:
         self._entries: dict[str, dict[str, provider_service_pb2.Provider]] = {}
         self._task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
+        # name -> aggregated Provider, shared by every caller until rebuilt
+        self._views: dict[str, provider_service_pb2.Provider] = {}
+        self._views_at = -VIEW_TTL
 
     async def start(self) -> None:
         """Load the current registrations, then follow updates in the background."""
@@ -80,6 +87,7 @@ class Catalog:
                     continue
                 provider_name, _, worker = entry.key.partition(".")
                 group = self._entries.setdefault(provider_name, {})
+                self._views_at = -VIEW_TTL
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                     group.pop(worker, None)
                     continue
@@ -97,15 +105,30 @@ class Catalog:
                 await watcher.stop()
 
     def providers(self, task: int = 0) -> list[provider_service_pb2.Provider]:
-        """Every known provider (serving `task`, if given) with aggregated health."""
-        out = []
-        for name in sorted(self._entries):
-            provider = self.get(name)
-            if provider is not None and (not task or task in provider.tasks):
-                out.append(provider)
-        return out
+        """Every known provider (serving `task`, if given) with aggregated health, by name.
+
+        The messages are shared with every other caller until the next rebuild: read them,
+        or copy before changing anything."""
+        views = self._current()
+        return [p for p in views.values() if not task or task in p.tasks]
 
     def get(self, name: str) -> provider_service_pb2.Provider | None:
+        """One provider's shared view (see providers), or None if no worker ever served it."""
+        return self._current().get(name)
+
+    def _current(self) -> dict[str, provider_service_pb2.Provider]:
+        # Rebuilt at most every VIEW_TTL: submits read the catalog several times each.
+        now = time.monotonic()
+        if now - self._views_at >= VIEW_TTL:
+            views = {}
+            for name in sorted(self._entries):
+                provider = self._aggregate(name)
+                if provider is not None:
+                    views[name] = provider
+            self._views, self._views_at = views, now
+        return self._views
+
+    def _aggregate(self, name: str) -> provider_service_pb2.Provider | None:
         group = self._entries.get(name)
         if not group:
             return None

@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 
 from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.parameters import validate_parameters
+from services.common.parameters import ParameterRules
 from services.common.tasks import task_name
 from services.prompt.client import check_provider_limit
 from services.router.breakers import Breakers
@@ -142,6 +142,8 @@ class Selector:
         self._breakers = breakers
         self._latency = latency
         self._rng = rng or random.Random()
+        # (provider, task) -> (the registration the rules were read from, the rules)
+        self._rules: dict[tuple[str, int], tuple[Provider, ParameterRules]] = {}
 
     @property
     def config(self) -> SelectionConfig:
@@ -189,6 +191,15 @@ class Selector:
             return None
         return self._choice(ranked[0], policy, candidates, ranked, _reason(policy, ranked, None))
 
+    def _validate(self, provider: Provider, request: Request) -> dict[str, Any]:
+        # The catalog hands out the same message until a registration changes, so the
+        # parsed rules are reused for as long as it does.
+        key = (provider.name, int(request.task))
+        cached = self._rules.get(key)
+        if cached is None or cached[0] is not provider:
+            cached = self._rules[key] = (provider, ParameterRules(provider, request.task))
+        return cached[1].validate(request.parameters)
+
     def _policy(self, request: Request) -> Policy:
         return request.policy or self._config.default_policy
 
@@ -197,7 +208,7 @@ class Selector:
             raise InvalidArgument(
                 f"provider {provider.name!r} does not serve {task_name(request.task)}"
             )
-        parameters = validate_parameters(provider, request.task, request.parameters)
+        parameters = self._validate(provider, request)
         check_provider_limit(provider, request.prompt)
         candidate = _Candidate(provider, parameters, note="named by the caller")
         return self._choice(
@@ -211,9 +222,7 @@ class Selector:
         for provider in providers:
             candidate = _Candidate(provider)
             try:
-                candidate.parameters = validate_parameters(
-                    provider, request.task, request.parameters
-                )
+                candidate.parameters = self._validate(provider, request)
                 check_provider_limit(provider, request.prompt)
             except InvalidArgument as exc:
                 candidate.excluded = exc.message
