@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
+from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
 from tests.fakes.openai import FakeOpenAI
-from tests.fakes.server import serving
+from tests.fakes.server import Injected, serving
 from tests.mesh import Mesh, running_mesh
 
 KEY = "sk-e2e-fake-openai-5f1c9d"
 PROVIDER = "openai-fake"
+# A second instance a job that only prefers PROVIDER may fall back to.
+BACKUP = "sandbox-backup"
 
 
 @dataclass
@@ -45,11 +47,16 @@ api_key_env = "FAKE_OPENAI_KEY"
 models = {{ "text-to-text" = "gpt-4o-mini", "text-to-image" = "dall-e-2" }}
 cost = {{ "text-to-image" = 0.02, default = 0.001 }}
 options = {{ progress_interval = 0.05 }}
+max_retries = 1
+
+[[providers]]
+name = "{BACKUP}"
+family = "sandbox"
 """
         )
         overrides = {
             "GENMESH_PROVIDERS_FILE": str(catalog),
-            "GENMESH_WORKER_PROVIDERS": PROVIDER,
+            "GENMESH_WORKER_PROVIDERS": f"{PROVIDER},{BACKUP}",
             "FAKE_OPENAI_KEY": KEY,
         }
         async with running_mesh(
@@ -63,11 +70,18 @@ options = {{ progress_interval = 0.05 }}
             yield World(mesh, fake)
 
 
-async def submit(mesh: Mesh, task: int, prompt: str, **params: object) -> job_pb2.Job:
+async def submit(
+    mesh: Mesh,
+    task: int,
+    prompt: str,
+    preference: int = job_pb2.PROVIDER_PREFERENCE_STRICT,
+    **params: object,
+) -> job_pb2.Job:
     spec = job_pb2.JobSpec(
         task=task,  # type: ignore[arg-type]
         prompt=prompt,
         provider=PROVIDER,
+        provider_preference=preference,  # type: ignore[arg-type]
         parameters=dict_to_struct(params),
     )
     return (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
@@ -128,3 +142,32 @@ async def test_list_providers_shows_the_instance_without_its_key(world: World) -
     assert {"size", "temperature"} <= {p.name for p in entry.parameters}
     assert "voice" not in {p.name for p in entry.parameters}
     assert KEY.encode() not in reply.SerializeToString()
+
+
+async def test_a_provider_answering_5xx_is_retried_then_the_job_falls_back(world: World) -> None:
+    mesh = world.mesh
+    await mesh.wait_for_provider(BACKUP)
+    unavailable = Injected(503, {"error": {"message": "The engine is currently overloaded"}})
+    world.fake.faults.inject(unavailable, unavailable)
+    job = await submit(
+        mesh, job_pb2.TASK_TEXT_TO_IMAGE, "a lighthouse", job_pb2.PROVIDER_PREFERENCE_SOFT
+    )
+
+    events = await mesh.watch(job.id)
+
+    done = events[-1]
+    assert done.state == job_pb2.JOB_STATE_COMPLETED, done.error
+    assert done.provider == BACKUP
+    notes = [e.progress.message for e in events]
+    assert any(n.startswith("retrying in") and "HTTP 503" in n for n in notes), notes
+    assert any(n.startswith(f"falling back from {PROVIDER} to {BACKUP}") for n in notes), notes
+    # Its one retry spent, the instance was asked twice and never a third time.
+    generations = [r for r in world.fake.faults.requests if r.path == "/v1/images/generations"]
+    assert len(generations) == 2
+    final = (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id))).job
+    first, second = final.attempts
+    assert (first.provider, first.outcome) == (PROVIDER, job_pb2.ATTEMPT_OUTCOME_FAILED)
+    assert first.error.code == "provider_unavailable"
+    assert first.error.kind == job_pb2.ERROR_KIND_RETRYABLE
+    assert "overloaded" in first.error.message and KEY not in first.error.message
+    assert (second.provider, second.outcome) == (BACKUP, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
