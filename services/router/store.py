@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
@@ -20,7 +20,9 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    Update,
     and_,
+    bindparam,
     insert,
     or_,
     select,
@@ -403,21 +405,31 @@ class JobStore:
             if routed.events:
                 rows_out = [_event_row(e.job_id, e) for e in routed.events]
                 await conn.execute(insert(job_events), rows_out)
+            plain: list[dict[str, object]] = []
+            rerouted: list[dict[str, object]] = []
+            now = time.time()
             for job_id, row in touched.items():
                 values: dict[str, object] = {
+                    "_id": job_id,
                     "state": row.job.state,
                     "provider": row.job.provider,
                     "last_sequence": row.job.last_sequence,
                     "applied_stream_seq": row.stream_seq,
-                    "update_time": time.time(),
+                    "update_time": now,
                     "body": row.job.SerializeToString(),
                 }
                 if row.rerouted:
                     # Not dispatched until the dispatcher marks it: a router dying before
                     # then publishes it again at start-up.
                     values.update(attempt=row.attempt, dispatched=False)
+                    rerouted.append(values)
                     routed.redispatch.append(row.job)
-                await conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+                else:
+                    plain.append(values)
+            # One executemany per shape rather than one statement per job.
+            for params in (plain, rerouted):
+                if params:
+                    await conn.execute(_update_by_id(params[0]), [_set(p) for p in params])
         return routed
 
     async def start_attempt(
@@ -529,6 +541,20 @@ class JobStore:
         async with self._engine.connect() as conn:
             rows = await conn.execute(query.order_by(jobs.c.create_time).limit(limit))
             return [_job(r.body) for r in rows]
+
+
+def _update_by_id(columns: Iterable[str]) -> Update:
+    """UPDATE jobs SET <columns> WHERE id = :_id, for executemany with _set's parameters
+    (a bound name may not be a column's own)."""
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("_id"))
+        .values({c: bindparam(f"set_{c}") for c in columns if c != "_id"})
+    )
+
+
+def _set(values: dict[str, object]) -> dict[str, object]:
+    return {k if k == "_id" else f"set_{k}": v for k, v in values.items()}
 
 
 def _job(body: bytes) -> job_pb2.Job:
