@@ -35,8 +35,9 @@ async def nats_prefix(nats_url: str) -> AsyncIterator[str]:
     try:
         js = nc.jetstream()
         for info in await js.streams_info():
-            if info.config.name.startswith((f"{tag}_", f"KV_{tag}_")):
-                await js.delete_stream(info.config.name)
+            name = info.config.name or ""
+            if name.startswith((f"{tag}_", f"KV_{tag}_")):
+                await js.delete_stream(name)
     finally:
         await nc.close()
 

@@ -25,7 +25,9 @@ Q, P, PR, C = (
 
 
 def spec(
-    prompt: str = "a red fox in snow", task: int = job_pb2.TASK_TEXT_TO_IMAGE, **params: object
+    prompt: str = "a red fox in snow",
+    task: job_pb2.Task.ValueType = job_pb2.TASK_TEXT_TO_IMAGE,
+    **params: object,
 ) -> job_pb2.JobSpec:
     return job_pb2.JobSpec(task=task, prompt=prompt, parameters=dict_to_struct(params))
 

@@ -32,7 +32,13 @@ Q, P, PR, C, F, X = (
 TENANT = "default"
 
 
-def step(name: str, task: int, prompt: str = "", inputs: tuple[str, ...] = (), **params: Any):
+def step(
+    name: str,
+    task: job_pb2.Task.ValueType,
+    prompt: str = "",
+    inputs: tuple[str, ...] = (),
+    **params: Any,
+):
     return job_pb2.PipelineStep(
         name=name, task=task, prompt=prompt, inputs=inputs, parameters=dict_to_struct(params)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import Any
 
 import httpx
 import pytest
@@ -111,7 +112,7 @@ async def test_time_budgets_and_priority_round_trip(bridge: Bridge) -> None:
     assert (spec["timeout"], spec["attempt_timeout"]) == ("120s", "30.500s")
     assert spec["priority"] == "PRIORITY_HIGH"
     assert fetched["deadline"] > fetched["create_time"]
-    pipeline = await submit(bridge.http, task="", pipeline={"name": "text-to-video"})
+    pipeline: Any = await submit(bridge.http, task="", pipeline={"name": "text-to-video"})
     steps = [step["name"] for step in pipeline["pipeline"]["steps"]]
     assert steps == ["image", "video"]
     for wrong in ({"timeout": "soon"}, {"priority": "PRIORITY_URGENT"}, {"colour": "red"}):

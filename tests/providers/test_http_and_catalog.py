@@ -3,6 +3,7 @@ HTTP to a loopback server."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_bad_catalogs_are_rejected_with_the_reason(tmp_path: Path, text: str, er
 
 
 @pytest.fixture
-async def server() -> tuple[str, Faults]:
+async def server() -> AsyncIterator[tuple[str, Faults]]:
     faults = Faults()
 
     async def echo(request: Request) -> Response:
