@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
@@ -33,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument
+from services.common.group_commit import GroupCommit
 from services.router import attempts
 from services.router.transitions import TERMINAL, accepts, fold
 
@@ -114,11 +114,8 @@ class Routed:
     stop: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _PendingCreate:
-    job_row: dict[str, object]
-    event_row: dict[str, object]
-    done: asyncio.Future[None]
+# A new job's row and its first event's row, written together.
+_CreateRows = tuple[dict[str, object], dict[str, object]]
 
 
 @dataclass
@@ -149,8 +146,7 @@ class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._locking = engine.dialect.name == "postgresql"
-        self._pending: list[_PendingCreate] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._creates: GroupCommit[_CreateRows] = GroupCommit(self._insert_creates)
 
     async def create(
         self,
@@ -163,55 +159,20 @@ class JobStore:
         """Insert a QUEUED job and its first event, durably, before returning; `dispatched`
         for a job no provider queue will see (a pipeline job).
 
-        Concurrent creates share one transaction (group commit): while one batch is being
-        written the next accumulates, so a busy router pays one commit per batch, not per job.
-        """
+        Concurrent creates share one transaction (group commit)."""
         key = job.spec.idempotency_key or None
-        row = _job_row(job, spec_hash, dispatched=dispatched)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingCreate(row, _event_row(job.id, first), done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_creates())
+        rows = (_job_row(job, spec_hash, dispatched=dispatched), _event_row(job.id, first))
         try:
-            await done
+            await self._creates.submit(rows)
         except IntegrityError as exc:
             if key is not None:
                 raise DuplicateIdempotencyKey(key) from exc
             raise
 
-    async def _write_creates(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._insert_creates(batch)
-            except IntegrityError:
-                # Someone's idempotency key is taken: insert one by one to tell whose.
-                for item in batch:
-                    await self._settle(item, self._insert_creates([item]))
-            except BaseException as exc:
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-            else:
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_result(None)
-
-    @staticmethod
-    async def _settle(item: _PendingCreate, work: Awaitable[None]) -> None:
-        try:
-            await work
-        except Exception as exc:
-            item.done.set_exception(exc)
-        else:
-            item.done.set_result(None)
-
-    async def _insert_creates(self, batch: Sequence[_PendingCreate]) -> None:
+    async def _insert_creates(self, batch: Sequence[_CreateRows]) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(insert(jobs), [item.job_row for item in batch])
-            await conn.execute(insert(job_events), [item.event_row for item in batch])
+            await conn.execute(insert(jobs), [job_row for job_row, _ in batch])
+            await conn.execute(insert(job_events), [event_row for _, event_row in batch])
 
     async def create_many(
         self, created: Sequence[tuple[job_pb2.Job, str, job_pb2.JobEvent]]

@@ -8,7 +8,14 @@ import hashlib
 import logging
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -21,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from genmesh.v1 import asset_pb2
 from services.common.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
+from services.common.group_commit import GroupCommit
 from services.storage.blobs import BlobStore, ThreadFile
 from services.storage.probe import MediaInfo, normalize_media_type, probe_file
 from services.storage.schema import assets
@@ -107,6 +115,8 @@ class AssetStore:
         # Per-hash locks: putting a blob and inserting its row must not interleave with
         # discarding an unreferenced blob of the same hash (blobs are shared by content).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Concurrent uploads' rows share one transaction.
+        self._rows: GroupCommit[dict[str, Any]] = GroupCommit(self._insert_rows)
 
     async def upload(self, tenant: str, meta: NewAsset, chunks: AsyncIterable[bytes]) -> Asset:
         """Store the streamed bytes as a new asset, or return the asset already under the key.
@@ -158,6 +168,10 @@ class AssetStore:
             # the unlink even if this await is cancelled).
             await asyncio.to_thread(spooled.path.unlink, missing_ok=True)
 
+    async def _insert_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(assets), list(rows))
+
     async def _commit(
         self,
         tenant: str,
@@ -187,8 +201,7 @@ class AssetStore:
                 create_time=datetime.now(UTC),
             )
             try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(insert(assets).values(_row(asset, key)))
+                await self._rows.submit(_row(asset, key))
             except IntegrityError:
                 winner = await self._find_by_key(tenant, key) if key else None
                 if winner is None:
