@@ -16,6 +16,7 @@ import grpc
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
 from services.common.tenancy import tenant_metadata
 from services.storage.blobs import ThreadFile
+from services.storage.limits import PUT_LIMIT
 
 CHUNK_SIZE = 64 * 1024
 # Bytes gathered before one file write runs in a thread.
@@ -84,6 +85,14 @@ class AssetClient:
             job_id=job_id,
             idempotency_key=idempotency_key,
         )
+        if isinstance(data, bytes) and len(data) <= PUT_LIMIT:
+            # Most job outputs: one unary call costs both ends far less than a stream.
+            put = await self._stub.PutAsset(
+                asset_service_pb2.PutAssetRequest(metadata=metadata, data=data),
+                metadata=tenant_metadata(tenant),
+                timeout=self._timeout,
+            )
+            return put.asset
         response = await self._stub.UploadAsset(
             _upload_requests(metadata, data),
             metadata=tenant_metadata(tenant),

@@ -12,6 +12,7 @@ from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.tenancy import tenant_of
 from services.storage.core import Asset, AssetStore, NewAsset
+from services.storage.limits import PUT_LIMIT
 
 SERVICE_NAME = asset_service_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name
 
@@ -30,19 +31,23 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("part") != "metadata":
             raise InvalidArgument("the first message of an upload must carry its metadata")
-        meta = first.metadata
         asset = await self._store.upload(
-            tenant_of(context),
-            NewAsset(
-                media_type=meta.media_type,
-                filename=meta.filename,
-                role=meta.role,
-                job_id=meta.job_id,
-                idempotency_key=meta.idempotency_key,
-            ),
-            _chunks(request_iterator),
+            tenant_of(context), _new_asset(first.metadata), _chunks(request_iterator)
         )
         return asset_service_pb2.UploadAssetResponse(asset=to_proto(asset))
+
+    async def PutAsset(
+        self, request: asset_service_pb2.PutAssetRequest, context: grpc.aio.ServicerContext
+    ) -> asset_service_pb2.PutAssetResponse:
+        if len(request.data) > PUT_LIMIT:
+            raise InvalidArgument(
+                f"PutAsset takes at most {PUT_LIMIT} bytes; upload {len(request.data)} bytes "
+                "with UploadAsset"
+            )
+        asset = await self._store.upload(
+            tenant_of(context), _new_asset(request.metadata), _one(request.data)
+        )
+        return asset_service_pb2.PutAssetResponse(asset=to_proto(asset))
 
     async def GetAsset(
         self, request: asset_service_pb2.GetAssetRequest, context: grpc.aio.ServicerContext
@@ -90,3 +95,18 @@ def to_proto(asset: Asset) -> asset_pb2.Asset:
         job_id=asset.job_id,
         create_time=create_time,
     )
+
+
+def _new_asset(meta: asset_service_pb2.UploadMetadata) -> NewAsset:
+    return NewAsset(
+        media_type=meta.media_type,
+        filename=meta.filename,
+        role=meta.role,
+        job_id=meta.job_id,
+        idempotency_key=meta.idempotency_key,
+    )
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data

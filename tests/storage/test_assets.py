@@ -24,6 +24,7 @@ from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
 from services.common.tenancy import tenant_metadata
 from services.storage.client import CHUNK_SIZE, AssetClient
 from services.storage.core import WRITE_BLOCK, NewAsset
+from services.storage.limits import PUT_LIMIT
 from tests.infra import eventually
 from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage
 
@@ -187,6 +188,38 @@ async def test_over_limit_upload_keeps_nothing(storage: Storage) -> None:
         data[:MAX_UPLOAD_BYTES], tenant=TENANT, media_type="application/x-test"
     )
     assert ok.size_bytes == MAX_UPLOAD_BYTES
+
+
+async def test_put_asset_is_one_message_with_the_same_checks(storage: Storage) -> None:
+    stub = asset_service_pb2_grpc.AssetServiceStub(storage.channel)
+    meta = asset_service_pb2.UploadMetadata(
+        filename="fox.png", role=asset_pb2.ASSET_ROLE_OUTPUT, job_id="j_9", idempotency_key="k"
+    )
+    data = png_bytes(40, 30)
+    put = await stub.PutAsset(
+        asset_service_pb2.PutAssetRequest(metadata=meta, data=data),
+        metadata=tenant_metadata(TENANT),
+    )
+    asset = put.asset
+    assert (asset.media_type, asset.width, asset.height) == ("image/png", 40, 30)
+    assert asset.sha256 == hashlib.sha256(data).hexdigest()
+    assert await storage.client.download(asset.id, tenant=TENANT) == data
+    # The same key returns the first asset, as with UploadAsset.
+    again = await stub.PutAsset(
+        asset_service_pb2.PutAssetRequest(metadata=meta, data=b"other"),
+        metadata=tenant_metadata(TENANT),
+    )
+    assert again.asset == asset
+    for request, says in (
+        (asset_service_pb2.PutAssetRequest(metadata=meta), "no bytes"),
+        (asset_service_pb2.PutAssetRequest(data=os.urandom(PUT_LIMIT + 1)), "UploadAsset"),
+    ):
+        error = await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.PutAsset(request, metadata=tenant_metadata(TENANT)),
+        )
+        assert says in (error.details() or "")
+    assert await storage.row_count() == 1
 
 
 async def test_cancelled_upload_leaves_no_partial_file(storage: Storage) -> None:

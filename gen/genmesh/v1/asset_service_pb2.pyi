@@ -99,6 +99,49 @@ class UploadAssetResponse(_message.Message):
 Global___UploadAssetResponse: _TypeAlias = UploadAssetResponse  # noqa: Y015
 
 @_typing.final
+class PutAssetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def metadata(self) -> Global___UploadMetadata: ...
+    def __init__(
+        self,
+        *,
+        metadata: Global___UploadMetadata | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutAssetRequest: _TypeAlias = PutAssetRequest  # noqa: Y015
+
+@_typing.final
+class PutAssetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def asset(self) -> _asset_pb2.Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: _asset_pb2.Asset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutAssetResponse: _TypeAlias = PutAssetResponse  # noqa: Y015
+
+@_typing.final
 class GetAssetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -40,6 +40,11 @@ class AssetServiceStub:
                 request_serializer=genmesh_dot_v1_dot_asset__service__pb2.UploadAssetRequest.SerializeToString,
                 response_deserializer=genmesh_dot_v1_dot_asset__service__pb2.UploadAssetResponse.FromString,
                 _registered_method=True)
+        self.PutAsset = channel.unary_unary(
+                '/genmesh.v1.AssetService/PutAsset',
+                request_serializer=genmesh_dot_v1_dot_asset__service__pb2.PutAssetRequest.SerializeToString,
+                response_deserializer=genmesh_dot_v1_dot_asset__service__pb2.PutAssetResponse.FromString,
+                _registered_method=True)
         self.GetAsset = channel.unary_unary(
                 '/genmesh.v1.AssetService/GetAsset',
                 request_serializer=genmesh_dot_v1_dot_asset__service__pb2.GetAssetRequest.SerializeToString,
@@ -60,6 +65,16 @@ class AssetServiceServicer:
         """Client-streaming: the first message carries metadata, the rest carry bytes.
         Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
         RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutAsset(self, request, context):
+        """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
+        call costs both sides far less than a stream; larger ones use UploadAsset). Same
+        checks, limits and idempotency as UploadAsset.
+        Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +102,11 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.UploadAsset,
                     request_deserializer=genmesh_dot_v1_dot_asset__service__pb2.UploadAssetRequest.FromString,
                     response_serializer=genmesh_dot_v1_dot_asset__service__pb2.UploadAssetResponse.SerializeToString,
+            ),
+            'PutAsset': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutAsset,
+                    request_deserializer=genmesh_dot_v1_dot_asset__service__pb2.PutAssetRequest.FromString,
+                    response_serializer=genmesh_dot_v1_dot_asset__service__pb2.PutAssetResponse.SerializeToString,
             ),
             'GetAsset': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAsset,
@@ -127,6 +147,33 @@ class AssetService:
             '/genmesh.v1.AssetService/UploadAsset',
             genmesh_dot_v1_dot_asset__service__pb2.UploadAssetRequest.SerializeToString,
             genmesh_dot_v1_dot_asset__service__pb2.UploadAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutAsset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genmesh.v1.AssetService/PutAsset',
+            genmesh_dot_v1_dot_asset__service__pb2.PutAssetRequest.SerializeToString,
+            genmesh_dot_v1_dot_asset__service__pb2.PutAssetResponse.FromString,
             options,
             channel_credentials,
             insecure,

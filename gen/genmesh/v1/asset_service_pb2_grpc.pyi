@@ -38,6 +38,12 @@ class AssetServiceStub:
     Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
             RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
     """
+    PutAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.PutAssetRequest, _asset_service_pb2.PutAssetResponse]
+    """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
+    call costs both sides far less than a stream; larger ones use UploadAsset). Same
+    checks, limits and idempotency as UploadAsset.
+    Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
+    """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]
     """Errors: NOT_FOUND no such asset for this tenant."""
     DownloadAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetRequest, _asset_service_pb2.DownloadAssetResponse]
@@ -54,6 +60,12 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """Client-streaming: the first message carries metadata, the rest carry bytes.
     Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
             RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
+    """
+    PutAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.PutAssetRequest, _asset_service_pb2.PutAssetResponse]  # type: ignore[assignment]
+    """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
+    call costs both sides far less than a stream; larger ones use UploadAsset). Same
+    checks, limits and idempotency as UploadAsset.
+    Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
     """
     GetAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]  # type: ignore[assignment]
     """Errors: NOT_FOUND no such asset for this tenant."""
@@ -74,6 +86,18 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         """Client-streaming: the first message carries metadata, the rest carry bytes.
         Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
                 RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
+        """
+
+    @_abc_1.abstractmethod
+    def PutAsset(
+        self,
+        request: _asset_service_pb2.PutAssetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.PutAssetResponse, _abc.Awaitable[_asset_service_pb2.PutAssetResponse]]:
+        """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
+        call costs both sides far less than a stream; larger ones use UploadAsset). Same
+        checks, limits and idempotency as UploadAsset.
+        Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
         """
 
     @_abc_1.abstractmethod
