@@ -16,6 +16,7 @@ from pathlib import Path
 from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.grpc_server import grpc_server
+from services.providers.cancelled import CancelledJobs
 from services.providers.config import ProviderConfig, load_catalog
 from services.providers.drafts import Drafts
 from services.providers.registration import Registration
@@ -71,11 +72,14 @@ async def running_worker(
         js = nc.jetstream()
         await bus.ensure_streams(js)
         channel = await stack.enter_async_context(mesh_channel(settings.storage_addr))
+        cancelled = CancelledJobs(await bus.cancellations_kv(js))
+        await cancelled.start()
+        stack.push_async_callback(cancelled.stop)
         shared = Shared(
             js=js,
             bus=bus,
             assets=AssetClient(channel),
-            cancellations=await bus.cancellations_kv(js),
+            cancelled=cancelled,
             requests=await bus.requests_kv(js),
             worker_id=worker_id,
         )
@@ -88,7 +92,7 @@ async def running_worker(
         registration = Registration(await bus.providers_kv(js), workers, worker_id)
         await registration.announce()
         stack.push_async_callback(registration.withdraw)
-        cancel_sub = await listen_for_cancels(nc, bus, workers)
+        cancel_sub = await listen_for_cancels(nc, bus, workers, cancelled)
         stack.push_async_callback(cancel_sub.unsubscribe)
         background = [asyncio.create_task(registration.run())]
         fetchers = [asyncio.create_task(w.run()) for w in workers]

@@ -20,7 +20,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
@@ -29,6 +28,7 @@ from services.common.errors import InvalidArgument
 from services.common.parameters import ParameterRules, struct_to_dict
 from services.providers.adapter import Adapter, ProviderError
 from services.providers.budget import Budget, DeadlineExceeded, declare_limits, provider_at_fault
+from services.providers.cancelled import CancelledJobs
 from services.providers.context import RunContext
 from services.providers.drafts import Drafts
 from services.providers.events import EventPublisher
@@ -62,7 +62,7 @@ class Shared:
     js: JetStreamContext
     bus: Bus
     assets: AssetClient
-    cancellations: KeyValue
+    cancelled: CancelledJobs
     requests: KeyValue
     worker_id: str
 
@@ -208,7 +208,7 @@ class ProviderWorker:
         delivery = msg.metadata.num_delivered or 1
         shared = self._shared
         events = EventPublisher(shared.js, shared.bus, job.id, attempt, delivery, shared.worker_id)
-        if await self._cancelled(job.id):
+        if job.id in self._shared.cancelled:
             await msg.ack()
             return
         if Budget.of(job).expired():
@@ -323,16 +323,9 @@ class ProviderWorker:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
             # A cancel broadcast can be missed during a reconnect; the KV entry cannot.
-            if await self._cancelled(job_id):
+            if job_id in self._shared.cancelled:
                 self.cancel(job_id, "cancelled")
                 return
-
-    async def _cancelled(self, job_id: str) -> bool:
-        try:
-            await self._shared.cancellations.get(job_id)
-        except KeyNotFoundError:
-            return False
-        return True
 
 
 RECENT_CALLS = 100
@@ -354,13 +347,18 @@ def _failed(job: job_pb2.Job, code: str, message: str, kind: int) -> job_pb2.Job
     return event
 
 
-async def listen_for_cancels(nc: Client, bus: Bus, workers: list[ProviderWorker]) -> Subscription:
+async def listen_for_cancels(
+    nc: Client, bus: Bus, workers: list[ProviderWorker], cancelled: CancelledJobs
+) -> Subscription:
     """Subscribe to the cancel broadcast; returns the subscription."""
 
     async def on_cancel(msg: Msg) -> None:
         request = bus_pb2.CancelRequest()
         with contextlib.suppress(Exception):
             request.ParseFromString(msg.data)
+        if not request.job_id:
+            return
+        cancelled.add(request.job_id)
         for worker in workers:
             worker.cancel(request.job_id, request.reason)
 
