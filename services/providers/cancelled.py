@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
-log = logging.getLogger(__name__)
+from services.common.kv_follow import follow, removed
 
 
 class CancelledJobs:
@@ -32,10 +31,7 @@ class CancelledJobs:
 
     async def start(self) -> None:
         """Load the cancellations so far (returns once they are in), then follow updates."""
-        watcher = await self._kv.watchall()
-        loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._follow(watcher, loaded))
-        await loaded
+        self._task = await follow(self._kv, self._apply)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -43,19 +39,8 @@ class CancelledJobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher, loaded: asyncio.Future[None]) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    # The end of what the bucket held when the watch began.
-                    if not loaded.done():
-                        loaded.set_result(None)
-                elif entry.operation in (KV_DEL, KV_PURGE):
-                    self._ids.discard(entry.key)
-                else:
-                    self._ids.add(entry.key)
-        finally:
-            if not loaded.done():
-                loaded.set_result(None)
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        if removed(entry):
+            self._ids.discard(entry.key)
+        else:
+            self._ids.add(entry.key)

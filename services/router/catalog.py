@@ -7,9 +7,10 @@ import contextlib
 import logging
 import time
 
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from genmesh.v1 import provider_service_pb2
+from services.common.kv_follow import follow, removed
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,8 @@ class Catalog:
 
     async def start(self) -> None:
         """Load the current registrations, then follow updates in the background."""
-        watcher = await self._kv.watchall()
-        loaded = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._follow(watcher, loaded))
+        self._task = await follow(self._kv, self._apply)
         self._pruner = asyncio.create_task(self._prune_loop())
-        await loaded
 
     async def stop(self) -> None:
         for task in (self._task, self._pruner):
@@ -78,31 +76,20 @@ class Catalog:
                 if pruned:
                     log.info("pruned %d stale provider registration(s)", len(pruned))
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher, loaded: asyncio.Future[None]) -> None:
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        provider_name, _, worker = entry.key.partition(".")
+        group = self._entries.setdefault(provider_name, {})
+        self._views_at = -VIEW_TTL
+        if removed(entry) or entry.value is None:
+            group.pop(worker, None)
+            return
+        reg = provider_service_pb2.Provider()
         try:
-            async for entry in watcher:
-                if entry is None:
-                    if not loaded.done():
-                        loaded.set_result(None)
-                    continue
-                provider_name, _, worker = entry.key.partition(".")
-                group = self._entries.setdefault(provider_name, {})
-                self._views_at = -VIEW_TTL
-                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    group.pop(worker, None)
-                    continue
-                reg = provider_service_pb2.Provider()
-                try:
-                    reg.ParseFromString(entry.value)
-                except Exception:
-                    log.warning("undecodable provider registration %s", entry.key)
-                    continue
-                group[worker] = reg
-        finally:
-            if not loaded.done():
-                loaded.set_result(None)
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+            reg.ParseFromString(entry.value)
+        except Exception:
+            log.warning("undecodable provider registration %s", entry.key)
+            return
+        group[worker] = reg
 
     def providers(self, task: int = 0) -> list[provider_service_pb2.Provider]:
         """Every known provider (serving `task`, if given) with aggregated health, by name.
