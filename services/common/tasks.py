@@ -38,3 +38,8 @@ INPUT_MEDIA: dict[int, tuple[str, ...]] = {
 PROMPT_OPTIONAL: frozenset[int] = frozenset(
     {job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT, job_pb2.TASK_IMAGE_TO_IMAGE}
 )
+
+# Tasks a quick draft can be made for before the full result (JobSpec.draft_first).
+DRAFT_TASKS = frozenset(
+    {job_pb2.TASK_TEXT_TO_IMAGE, job_pb2.TASK_IMAGE_TO_IMAGE, job_pb2.TASK_IMAGE_TO_VIDEO}
+)

@@ -15,17 +15,12 @@ from typing import Any, TypeGuard
 
 from genmesh.v1 import asset_pb2, job_pb2, provider_service_pb2
 from services.common.parameters import applicable, validate_parameters
-from services.common.tasks import task_name
+from services.common.tasks import DRAFT_TASKS, task_name
 from services.providers.adapter import Adapter, JobContext, Output, Result
 from services.providers.config import ProviderConfig
 from services.providers.context import RunContext
 from services.providers.registry import factory
 
-DRAFT_TASKS = (
-    job_pb2.TASK_TEXT_TO_IMAGE,
-    job_pb2.TASK_IMAGE_TO_IMAGE,
-    job_pb2.TASK_IMAGE_TO_VIDEO,
-)
 # How much smaller a generic draft is, per side and in length.
 SHRINK = 4
 _SIDES = ("width", "height")
@@ -118,7 +113,7 @@ class Drafts:
                 f"{adapter.name}: draft sets undeclared parameters {sorted(unknown)}; "
                 f"declared: {', '.join(sorted(declared))}"
             )
-        for task in set(DRAFT_TASKS) & set(description.tasks):
+        for task in DRAFT_TASKS & set(description.tasks):
             values = {k: v for k, v in table.items() if k in applicable(description, task)}
             try:
                 validate_parameters(description, task, values)
@@ -126,7 +121,7 @@ class Drafts:
                 raise ValueError(f"{adapter.name}: draft: {exc}") from exc
         if model is None or config is None:
             return cls(table)
-        models = {**config.models, **{task_name(t): str(model) for t in DRAFT_TASKS}}
+        models = {**config.models, **{task_name(t): str(model) for t in sorted(DRAFT_TASKS)}}
         return cls(table, factory(config.family)(dataclasses.replace(config, models=models)))
 
     async def run(self, main: Adapter, ctx: JobContext) -> Output | None:

@@ -131,7 +131,7 @@ class RouterCore:
         step: str = "",
     ) -> job_pb2.Job:
         if spec.HasField("pipeline") and self.pipelines is not None:
-            return await self.pipelines.create(tenant, spec, job_id)
+            return await self.pipelines.create(tenant, spec, job_id, call_remaining)
         spec_hash = _spec_hash(spec)
         earlier = await self.earlier(tenant, spec, spec_hash)
         if earlier is not None:

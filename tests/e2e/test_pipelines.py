@@ -195,6 +195,35 @@ async def test_failing_step_fails_the_job_and_keeps_earlier_assets(mesh: Mesh) -
     assert len(data) == kept.size_bytes
 
 
+async def test_the_pipeline_timeout_bounds_the_pipeline_and_its_steps(mesh: Mesh) -> None:
+    steps = (
+        step("picture", job_pb2.TASK_TEXT_TO_IMAGE, "{prompt}", latency_ms=60_000, steps=0),
+        step("animate", job_pb2.TASK_IMAGE_TO_VIDEO, "{prompt}", inputs=("picture",)),
+    )
+    spec = pipeline_spec(steps=steps, prompt="a kite", draft_first=True)
+    spec.timeout.FromMilliseconds(1500)
+    spec.hedge_after.FromSeconds(30)
+    job = await submit(mesh, spec)
+    assert job.HasField("deadline")
+
+    events = await mesh.watch(job.id)
+
+    final = events[-1]
+    assert final.state == F and final.error.code == "deadline_exceeded", final
+    done = await get(mesh, job.id)
+    picture = await get(mesh, done.pipeline.steps[0].job_id)
+    # The step carries the pipeline's budgets, so it cannot run on past them for long.
+    assert picture.spec.timeout.ToMilliseconds() == 1500
+    assert picture.spec.hedge_after.ToSeconds() == 30
+    assert picture.spec.draft_first
+    await eventually(lambda: _ended(mesh, picture.id), within=15.0)
+    assert not done.pipeline.steps[1].job_id  # never started
+
+
+async def _ended(mesh: Mesh, job_id: str) -> bool:
+    return (await get(mesh, job_id)).state in (F, X)
+
+
 INVALID: list[tuple[job_pb2.JobSpec, str]] = [
     (pipeline_spec("speech-to-song"), "unknown pipeline 'speech-to-song'"),
     (

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument
 from services.common.parameters import struct_to_dict
-from services.common.tasks import INPUT_MEDIA, task_name
+from services.common.tasks import DRAFT_TASKS, INPUT_MEDIA, task_name
 from services.prompt import core as prompt_rules
 from services.router.pipelines.builtin import BUILTINS, REQUIRED_KEYS
 
@@ -200,7 +200,13 @@ def step_spec(job: job_pb2.Job, plan: Plan, index: int) -> job_pb2.JobSpec:
         idempotency_key=f"pipeline:{job.id}:{step.name}",
         priority=job.spec.priority,
         routing_policy=job.spec.routing_policy,
+        draft_first=job.spec.draft_first and step.task in DRAFT_TASKS,
     )
+    # The pipeline's own budgets carry over; a step outlives the pipeline's deadline by at
+    # most its own timeout, and the runner stops it once the pipeline has ended.
+    for budget in ("timeout", "attempt_timeout", "hedge_after"):
+        if job.spec.HasField(budget):
+            getattr(spec, budget).CopyFrom(getattr(job.spec, budget))
     spec.parameters.CopyFrom(step.parameters)
     return spec
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from genmesh.v1 import job_pb2
 from services.common.errors import FailedPrecondition, MeshError, NotFound, Unavailable
 from services.common.tasks import task_name
+from services.router.deadlines import job_deadline
 from services.router.pipelines.leases import Lease, LeaseLost, Leases
 from services.router.pipelines.plan import Plan, plan, step_spec, wants_json
 from services.router.pipelines.status import new_run
@@ -85,8 +86,15 @@ class Pipelines:
 
     # ---- create ---------------------------------------------------------------------
 
-    async def create(self, tenant: str, spec: job_pb2.JobSpec, job_id: str) -> job_pb2.Job:
-        """Check the pipeline, store its job QUEUED with every step waiting, start it."""
+    async def create(
+        self,
+        tenant: str,
+        spec: job_pb2.JobSpec,
+        job_id: str,
+        call_remaining: float | None = None,
+    ) -> job_pb2.Job:
+        """Check the pipeline, store its job QUEUED with every step waiting, start it. Its
+        deadline (spec.timeout, or a Generate call's) bounds the whole pipeline."""
         digest = spec_hash(spec)
         earlier = await self.core.earlier(tenant, spec, digest)
         if earlier is not None:
@@ -100,6 +108,9 @@ class Pipelines:
         job.spec.CopyFrom(spec)
         job.pipeline.CopyFrom(new_run(checked.name, list(checked.steps)))
         job.last_sequence = 1
+        deadline = job_deadline(spec, call_remaining)
+        if deadline is not None:
+            job.deadline.CopyFrom(deadline)
         job.create_time.GetCurrentTime()
         job.update_time.CopyFrom(job.create_time)
         steps = ", ".join(s.name for s in checked.steps)
