@@ -175,7 +175,6 @@ class AdmissionGate:
         self._aging = aging
         self._clock = clock
         self._poll = poll
-        self._limits: dict[str, Limits] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._held: dict[str, HeldJobs] = {}
         self._by_id: dict[str, tuple[HeldJobs, Held]] = {}
@@ -199,7 +198,6 @@ class AdmissionGate:
         """Before a job for `provider` is stored: its estimated queue position, or
         ResourceExhausted when the instance's queue bound (limits.max_queue) is reached."""
         name = provider.name
-        self._limits[name] = provider.limits
         depth = await self._depths.depth(name)
         held = len(self._held.get(name, ()))
         waiting = held + (depth or 0)
@@ -258,9 +256,6 @@ class AdmissionGate:
             if not held:
                 del self._held[name]
                 continue
-            limits = self._limits_of(name)
-            if limits is not None:
-                self._limits[name] = limits
             room = self._room(name, await self._depths.depth(name))
             bucket = self._bucket(name)
             taken: list[Held] = []
@@ -275,10 +270,9 @@ class AdmissionGate:
             if held and len(taken) >= room:
                 # Full: look again soon, or as soon as jobs are seen leaving the queue.
                 soonest = _min(soonest, self._poll)
-            try:
-                await self._send(taken)
-            except Exception as exc:
-                for entry in reversed(exc.args[0] if isinstance(exc, _Unsent) else taken):
+            unpublished = await self._send(taken)
+            if unpublished:
+                for entry in reversed(unpublished):
                     held.push_back_first(entry)
                 log.warning("could not publish held jobs of %s; will retry", name)
                 soonest = _min(soonest, 1.0)
@@ -297,26 +291,25 @@ class AdmissionGate:
                 log.exception("releasing held jobs failed; retrying")
                 wait = 1.0
 
-    async def _send(self, taken: list[Held]) -> None:
-        """Publish taken jobs, oldest decision first, skipping any another router replica
-        has sent meanwhile (one that started up holds every job it found unsent) or that has
-        ended. On a failure, _Unsent carries the entries not yet published."""
+    async def _send(self, taken: list[Held]) -> list[Held]:
+        """Publish taken jobs in order, skipping any another router replica has sent
+        meanwhile (one that started up holds every job it found unsent) or that has ended;
+        returns those left unpublished by a failure."""
         if not taken:
-            return
-        if self._unsent is not None:
-            try:
-                unsent = await self._unsent([e.job.id for e in taken])
-            except Exception as exc:
-                raise _Unsent(taken) from exc
-        else:
-            unsent = {e.job.id for e in taken}
+            return []
+        try:
+            ids = [e.job.id for e in taken]
+            unsent = set(ids) if self._unsent is None else await self._unsent(ids)
+        except Exception:
+            return taken
         for i, entry in enumerate(taken):
             if entry.job.id in unsent:
                 try:
                     await self._publish(entry.job, entry.attempt)
-                except Exception as exc:
-                    raise _Unsent(taken[i:]) from exc
+                except Exception:
+                    return taken[i:]
             self._by_id.pop(entry.job.id, None)
+        return []
 
     # ---- helpers --------------------------------------------------------------------
 
@@ -338,11 +331,7 @@ class AdmissionGate:
         return self._backlog - (depth or 0)
 
     def _bucket(self, name: str) -> TokenBucket | None:
-        limits = self._limits.get(name)
-        if limits is None:
-            limits = self._limits_of(name)
-            if limits is not None:
-                self._limits[name] = limits
+        limits = self._limits_of(name)
         rate = limits.rate_per_second if limits is not None else 0.0
         if rate <= 0:
             self._buckets.pop(name, None)
@@ -352,10 +341,6 @@ class AdmissionGate:
             bucket = self._buckets[name] = TokenBucket(rate, self._clock)
         bucket.rate = rate
         return bucket
-
-
-class _Unsent(Exception):
-    """Publishing held jobs failed; args[0] is the list of entries not published."""
 
 
 def _min(a: float | None, b: float) -> float:

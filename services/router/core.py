@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -132,18 +132,35 @@ class RouterCore:
     ) -> job_pb2.Job:
         if spec.HasField("pipeline") and self.pipelines is not None:
             return await self.pipelines.create(tenant, spec, job_id, call_remaining)
+
+        async def make() -> job_pb2.Job:
+            return await self.prepare(
+                tenant, spec, job_id, call_remaining, parent_job_id=parent_job_id, step=step
+            )
+
+        async def store(job: job_pb2.Job, spec_hash: str) -> None:
+            await self._persist_and_dispatch(job, spec_hash, _queued_event(job))
+
+        return await self.create_once(tenant, spec, make, store)
+
+    async def create_once(
+        self,
+        tenant: str,
+        spec: job_pb2.JobSpec,
+        make: Callable[[], Awaitable[job_pb2.Job]],
+        store: Callable[[job_pb2.Job, str], Awaitable[None]],
+    ) -> job_pb2.Job:
+        """The job an earlier call made with the spec's idempotency key, else a new one from
+        `make`, stored (and sent on) by `store` with the spec's hash."""
         spec_hash = _spec_hash(spec)
         earlier = await self.earlier(tenant, spec, spec_hash)
         if earlier is not None:
             return earlier
-        job = await self.prepare(
-            tenant, spec, job_id, call_remaining, parent_job_id=parent_job_id, step=step
-        )
-        first = _queued_event(job)
+        job = await make()
         try:
             # Shielded: a caller hanging up mid-submit must not leave a job stored but
-            # never dispatched.
-            await asyncio.shield(self._persist_and_dispatch(job, spec_hash, first))
+            # never sent on.
+            await asyncio.shield(store(job, spec_hash))
         except DuplicateIdempotencyKey:
             earlier = await self.earlier(tenant, spec, spec_hash)
             if earlier is None:
@@ -171,8 +188,8 @@ class RouterCore:
         parent_job_id: str = "",
         step: str = "",
     ) -> job_pb2.Job:
-        """Submit's checks and routing: the QUEUED job to store, not yet stored or counted
-        into a queue."""
+        """Submit's checks and routing: the QUEUED job to store (not yet stored), with its
+        estimated queue position; ResourceExhausted at its provider's queue bound."""
         if spec.HasField("pipeline"):
             raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:

@@ -450,7 +450,7 @@ class JobStore:
             rows = await conn.execute(
                 select(jobs.c.id, jobs.c.state)
                 .where(
-                    jobs.c.state.in_(list(_UNFINISHED)),
+                    jobs.c.state.in_(_UNFINISHED),
                     jobs.c.deadline.is_not(None),
                     jobs.c.deadline <= now,
                 )
@@ -468,7 +468,7 @@ class JobStore:
                 select(jobs.c.id).where(
                     jobs.c.id.in_(list(ids)),
                     jobs.c.dispatched.is_(False),
-                    jobs.c.state.not_in(list(TERMINAL)),
+                    jobs.c.state.in_(_UNFINISHED),
                 )
             )
             return {r.id for r in rows}
@@ -496,7 +496,7 @@ class JobStore:
         """Jobs that have not ended, oldest first; with `pipelines`, only pipeline jobs (the
         only jobs without a task). Scans the jobs table, so it is meant for start-up and
         slow sweeps, not for a request."""
-        query = select(jobs.c.body).where(jobs.c.state.not_in(list(TERMINAL)))
+        query = select(jobs.c.body).where(jobs.c.state.in_(_UNFINISHED))
         if pipelines:
             query = query.where(jobs.c.task == job_pb2.TASK_UNSPECIFIED)
         async with self._engine.connect() as conn:

@@ -25,8 +25,8 @@ from services.router.deadlines import job_deadline
 from services.router.pipelines.leases import Lease, LeaseLost, Leases
 from services.router.pipelines.plan import Plan, plan, step_spec, wants_json
 from services.router.pipelines.status import new_run
-from services.router.records import queued_event, spec_hash
-from services.router.store import DuplicateIdempotencyKey, Incoming, JobStore
+from services.router.records import queued_event
+from services.router.store import Incoming, JobStore
 from services.router.transitions import TERMINAL, fold
 from services.router.watch import WatchHub
 
@@ -95,10 +95,16 @@ class Pipelines:
     ) -> job_pb2.Job:
         """Check the pipeline, store its job QUEUED with every step waiting, start it. Its
         deadline (spec.timeout, or a Generate call's) bounds the whole pipeline."""
-        digest = spec_hash(spec)
-        earlier = await self.core.earlier(tenant, spec, digest)
-        if earlier is not None:
-            return earlier
+        return await self.core.create_once(
+            tenant,
+            spec,
+            lambda: self._new_job(tenant, spec, job_id, call_remaining),
+            self._persist_and_start,
+        )
+
+    async def _new_job(
+        self, tenant: str, spec: job_pb2.JobSpec, job_id: str, call_remaining: float | None
+    ) -> job_pb2.Job:
         checked = plan(spec, self._prompt_max_length)
         for step in checked.steps:
             if "input" in step.inputs:
@@ -115,14 +121,6 @@ class Pipelines:
         job.update_time.CopyFrom(job.create_time)
         steps = ", ".join(s.name for s in checked.steps)
         job.progress.message = f"pipeline {checked.name or 'custom'}: {steps}"
-        try:
-            # Shielded: a caller hanging up mid-submit must not leave a pipeline unstarted.
-            await asyncio.shield(self._persist_and_start(job, digest))
-        except DuplicateIdempotencyKey:
-            earlier = await self.core.earlier(tenant, spec, digest)
-            if earlier is None:
-                raise
-            return earlier
         return job
 
     async def _persist_and_start(self, job: job_pb2.Job, digest: str) -> None:
