@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from services.common.logs import setup_logging
-from services.common.run import serve_until_signalled
+from services.common.run import run_service
 from services.prompt.app import running_prompt
 from services.prompt.settings import Settings
 
@@ -14,7 +13,7 @@ from services.prompt.settings import Settings
 def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "prompt")
-    asyncio.run(serve_until_signalled(lambda: running_prompt(settings)))
+    run_service(lambda: running_prompt(settings))
 
 
 if __name__ == "__main__":

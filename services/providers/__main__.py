@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from services.common.logs import setup_logging
-from services.common.run import serve_until_signalled
+from services.common.run import run_service
 from services.providers.app import running_worker
 from services.providers.settings import Settings
 
@@ -14,7 +13,7 @@ from services.providers.settings import Settings
 def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "worker")
-    asyncio.run(serve_until_signalled(lambda: running_worker(settings)))
+    run_service(lambda: running_worker(settings))
 
 
 if __name__ == "__main__":

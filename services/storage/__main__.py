@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
 from services.common.logs import setup_logging
-from services.common.run import serve_until_signalled
+from services.common.run import run_service
 from services.storage.app import running_storage
 from services.storage.settings import Settings
 
@@ -18,7 +17,7 @@ def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "storage")
     # On a signal: health NOT_SERVING, server.stop(grace), then the database closes.
-    asyncio.run(serve_until_signalled(lambda: running_storage(settings)))
+    run_service(lambda: running_storage(settings))
     log.info("storage stopped")
 
 
