@@ -166,7 +166,7 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="genmesh-bench-") as tmp, private_nats_server() as url:
         directory = Path(tmp)
         database = Database(
-            args.database_url or f"sqlite+aiosqlite:///{directory / 'router.db'}",
+            args.database_url or f"sqlite:///{directory / 'router.db'}",
             args.database_schema,
             "postgres" if args.database_url else "sqlite",
         )

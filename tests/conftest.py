@@ -57,7 +57,7 @@ class Database:
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """A fresh database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
     if request.param == "sqlite":
-        yield Database(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", "", "sqlite")
+        yield Database(f"sqlite:///{tmp_path / 'test.db'}", "", "sqlite")
         return
     url = env_postgres_url()
     if url is None:

@@ -113,7 +113,7 @@ def _env(nats_url: str, prefix: str, database: Database, data_dir: Path) -> dict
     storage_db = database.url
     if database.kind == "sqlite":
         # One SQLite file per service, as in the embedded deployment.
-        storage_db = f"sqlite+aiosqlite:///{data_dir / 'storage.db'}"
+        storage_db = f"sqlite:///{data_dir / 'storage.db'}"
     return {
         "GENMESH_NATS_URL": nats_url,
         "GENMESH_NATS_PREFIX": prefix,

@@ -23,9 +23,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from genmesh.v1 import job_pb2
+from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.router.store import job_events, jobs
 from services.router.transitions import TERMINAL
@@ -84,7 +84,7 @@ class Position:
 class FeedHub:
     """Routes every recorded event to the feeds of its job's tenant, and serves the feeds."""
 
-    def __init__(self, hub: WatchHub, engine: AsyncEngine) -> None:
+    def __init__(self, hub: WatchHub, engine: Database) -> None:
         self._hub = hub
         self._engine = engine
         self._heard: asyncio.Queue[job_pb2.JobEvent] = asyncio.Queue(ROUTE_BUFFER)
@@ -256,7 +256,7 @@ class FeedHub:
         return out
 
 
-async def _events_after(conn: AsyncConnection, job_id: str, after: int) -> list[job_pb2.JobEvent]:
+async def _events_after(conn: DbConnection, job_id: str, after: int) -> list[job_pb2.JobEvent]:
     rows = await conn.execute(
         select(job_events.c.body)
         .where(job_events.c.job_id == job_id, job_events.c.sequence > after)

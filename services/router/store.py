@@ -28,9 +28,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from genmesh.v1 import job_pb2
+from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
 from services.router import attempts
@@ -143,9 +143,9 @@ _CHUNK = 500
 class JobStore:
     """Jobs and events; every read takes the tenant, so nothing leaks across tenants."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Database) -> None:
         self._engine = engine
-        self._locking = engine.dialect.name == "postgresql"
+        self._locking = engine.dialect_name == "postgresql"
         self._creates: GroupCommit[_CreateRows] = GroupCommit(self._insert_creates)
 
     async def create(
@@ -428,7 +428,7 @@ class JobStore:
         routed.redispatch.append(job)
         return routed
 
-    async def _lock_jobs(self, conn: AsyncConnection, ids: list[str]) -> dict[str, _Row]:
+    async def _lock_jobs(self, conn: DbConnection, ids: list[str]) -> dict[str, _Row]:
         query = select(jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq, jobs.c.attempt).where(
             jobs.c.id.in_(ids)
         )

@@ -24,9 +24,9 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import RowMapping, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from genmesh.v1 import asset_pb2
+from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from services.common.group_commit import GroupCommit
 from services.storage.blobs import BlobStore, ThreadFile
@@ -102,7 +102,7 @@ class AssetStore:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Database,
         blobs: BlobStore,
         *,
         max_upload_bytes: int,

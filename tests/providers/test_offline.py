@@ -461,7 +461,7 @@ name = "ghost"
 family = "ghost"
 """
     )
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'router.db'}", "", "sqlite")
+    database = Database(f"sqlite:///{tmp_path / 'router.db'}", "", "sqlite")
     overrides = {"GENMESH_WORKER_PROVIDERS": "auto", "GENMESH_PROVIDERS_FILE": str(catalog)}
     async with running_mesh(
         nats_url=nats_url,

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from genmesh.v1 import asset_service_pb2_grpc
+from services.common.db import Database as Db
 from services.common.db import open_database
 from services.common.grpc_server import grpc_server
 from services.storage.blobs import LocalBlobStore
@@ -35,7 +35,7 @@ class Storage:
     client: AssetClient
     store: AssetStore
     blobs: LocalBlobStore
-    engine: AsyncEngine
+    engine: Db
 
     async def row_count(self) -> int:
         async with self.engine.connect() as conn:
