@@ -58,12 +58,13 @@ class Bus:
         return f"{self._upper}_recorder"
 
     # Core NATS subjects (fire-and-forget fan-out).
-    def watch_subject(self, job_id: str) -> str:
-        return f"{self.prefix}.watch.{job_id}"
+    def watch_subject(self, origin: str, job_id: str) -> str:
+        """Where the router replica `origin` announces a recorded event of `job_id`."""
+        return f"{self.prefix}.watch.{origin}.{job_id}"
 
     @property
     def watch_wildcard(self) -> str:
-        return f"{self.prefix}.watch.>"
+        return f"{self.prefix}.watch.*.*"
 
     @property
     def cancel_subject(self) -> str:
@@ -163,11 +164,14 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
 
 
 @asynccontextmanager
-async def connect(url: str, name: str) -> AsyncIterator[Client]:
-    """A NATS connection that drains on exit, so nothing published is left behind."""
+async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterator[Client]:
+    """A NATS connection that drains on exit, so nothing published is left behind.
+
+    With `no_echo`, its own subscriptions never hear what it publishes itself."""
     nc = await nats.connect(
         url,
         name=name,
+        no_echo=no_echo,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

@@ -80,7 +80,11 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         await catalog.start()
         stack.push_async_callback(catalog.stop)
-        hub = WatchHub(nc, bus)
+        # Its own connection, without echo: the server never sends a hub its own events.
+        hub_nc = await stack.enter_async_context(
+            connect(settings.nats_url, "genmesh-router-watch", no_echo=True)
+        )
+        hub = WatchHub(hub_nc, bus)
         await hub.start()
         stack.push_async_callback(hub.stop)
         feeds = FeedHub(hub, engine)

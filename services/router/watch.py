@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -41,6 +42,9 @@ class Listener:
             while not self.queue.empty():
                 self.queue.get_nowait()
             return None
+        if not self.queue.empty():
+            # The common case under load; wait_for would cost a task per event.
+            return self.queue.get_nowait()
         try:
             return await asyncio.wait_for(self.queue.get(), within)
         except TimeoutError:
@@ -49,7 +53,11 @@ class Listener:
 
 class WatchHub:
     """Every replica's recorder publishes applied events on core NATS; every replica's hub
-    hears them, so a watcher sees events whichever replica recorded them."""
+    hears them, so a watcher sees events whichever replica recorded them.
+
+    A hub hands its own replica's events to its watchers directly. The subject names the
+    replica, so a hub whose connection echoes skips its own events without decoding them.
+    """
 
     def __init__(self, nc: Client, bus: Bus) -> None:
         self._nc = nc
@@ -57,6 +65,7 @@ class WatchHub:
         self._listeners: dict[str, set[Listener]] = {}
         self._taps: set[Callable[[job_pb2.JobEvent], None]] = set()
         self._sub: Subscription | None = None
+        self._origin = uuid.uuid4().hex[:12]
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._bus.watch_wildcard, cb=self._on_message)
@@ -68,7 +77,10 @@ class WatchHub:
 
     async def publish(self, events: Iterable[job_pb2.JobEvent]) -> None:
         for event in events:
-            await self._nc.publish(self._bus.watch_subject(event.job_id), event.SerializeToString())
+            await self._nc.publish(
+                self._bus.watch_subject(self._origin, event.job_id), event.SerializeToString()
+            )
+            self._deliver(event)
 
     @contextmanager
     def listen(self, job_id: str) -> Iterator[Listener]:
@@ -93,9 +105,8 @@ class WatchHub:
             self._taps.discard(fn)
 
     async def _on_message(self, msg: Msg) -> None:
-        job_id = msg.subject.rsplit(".", 1)[-1]
-        group = self._listeners.get(job_id, ())
-        if not group and not self._taps:
+        origin, job_id = msg.subject.rsplit(".", 2)[-2:]
+        if origin == self._origin or (job_id not in self._listeners and not self._taps):
             return
         event = job_pb2.JobEvent()
         try:
@@ -103,7 +114,10 @@ class WatchHub:
         except Exception:
             log.warning("undecodable watch message on %s", msg.subject)
             return
-        for listener in group:
+        self._deliver(event)
+
+    def _deliver(self, event: job_pb2.JobEvent) -> None:
+        for listener in self._listeners.get(event.job_id, ()):
             listener.offer(event)
         for fn in self._taps:
             fn(event)
