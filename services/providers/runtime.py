@@ -284,6 +284,8 @@ class ProviderWorker:
                 note = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=provider)
                 note.progress.message = f"retrying in {delay:.1f}s: {exc.message}"
                 await events.publish(note)
+                # The next delivery's events must come after this one.
+                await events.flush()
                 await msg.nak(delay=delay)
                 return
             await events.publish(_failed(job, exc.code, exc.message, exc.kind))
