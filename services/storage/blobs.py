@@ -70,7 +70,10 @@ class LocalBlobStore:
         return sha256
 
     async def put_bytes(self, data: bytes, sha256: str) -> str:
-        await asyncio.to_thread(self._put_bytes, data, self.temp_path(), self.path_of(sha256))
+        final = self.path_of(sha256)
+        # Content-addressed: bytes stored before need only a stat, not a thread hop.
+        if not final.exists():
+            await asyncio.to_thread(self._put_bytes, data, self.temp_path(), final)
         return sha256
 
     @staticmethod

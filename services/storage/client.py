@@ -17,6 +17,7 @@ from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
 from services.common.tenancy import tenant_metadata
 from services.storage.blobs import ThreadFile
 from services.storage.limits import PUT_LIMIT
+from services.storage.put_batcher import PutBatcher
 
 CHUNK_SIZE = 64 * 1024
 # Bytes gathered before one file write runs in a thread.
@@ -62,6 +63,7 @@ class AssetClient:
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float | None = None) -> None:
         self._stub = asset_service_pb2_grpc.AssetServiceStub(channel)
         self._timeout = timeout
+        self._puts = PutBatcher(self._stub, timeout)
 
     async def upload(
         self,
@@ -86,13 +88,11 @@ class AssetClient:
             idempotency_key=idempotency_key,
         )
         if isinstance(data, bytes) and len(data) <= PUT_LIMIT:
-            # Most job outputs: one unary call costs both ends far less than a stream.
-            put = await self._stub.PutAsset(
-                asset_service_pb2.PutAssetRequest(metadata=metadata, data=data),
-                metadata=tenant_metadata(tenant),
-                timeout=self._timeout,
+            # Most job outputs: a unary call (shared with concurrent puts) costs both ends
+            # far less than a stream.
+            return await self._puts.put(
+                tenant, asset_service_pb2.PutAssetRequest(metadata=metadata, data=data)
             )
-            return put.asset
         response = await self._stub.UploadAsset(
             _upload_requests(metadata, data),
             metadata=tenant_metadata(tenant),

@@ -2,3 +2,6 @@
 
 # Bytes one PutAsset may carry; larger assets go through the UploadAsset stream.
 PUT_LIMIT = 1024 * 1024
+# Items and data bytes one BatchPutAssets may carry (under the 8 MiB message limit).
+BATCH_PUT_ITEMS = 64
+BATCH_PUT_BYTES = 2 * 1024 * 1024

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -9,10 +11,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, MeshError
 from services.common.tenancy import tenant_of
 from services.storage.core import Asset, AssetStore, NewAsset
-from services.storage.limits import PUT_LIMIT
+from services.storage.limits import BATCH_PUT_BYTES, BATCH_PUT_ITEMS, PUT_LIMIT
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = asset_service_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name
 
@@ -39,15 +43,37 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
     async def PutAsset(
         self, request: asset_service_pb2.PutAssetRequest, context: grpc.aio.ServicerContext
     ) -> asset_service_pb2.PutAssetResponse:
+        asset = await self._put(tenant_of(context), request)
+        return asset_service_pb2.PutAssetResponse(asset=asset)
+
+    async def BatchPutAssets(
+        self, request: asset_service_pb2.BatchPutAssetsRequest, context: grpc.aio.ServicerContext
+    ) -> asset_service_pb2.BatchPutAssetsResponse:
+        items = request.requests
+        if not 1 <= len(items) <= BATCH_PUT_ITEMS:
+            raise InvalidArgument(f"a batch holds 1 to {BATCH_PUT_ITEMS} items, not {len(items)}")
+        size = sum(len(item.data) for item in items)
+        if size > BATCH_PUT_BYTES:
+            raise InvalidArgument(f"a batch carries at most {BATCH_PUT_BYTES} bytes, not {size}")
+        tenant = tenant_of(context)
+        # Together, so their rows share one group commit.
+        outcomes = await asyncio.gather(
+            *(self._put(tenant, item) for item in items), return_exceptions=True
+        )
+        return asset_service_pb2.BatchPutAssetsResponse(
+            results=[_result(outcome) for outcome in outcomes]
+        )
+
+    async def _put(
+        self, tenant: str, request: asset_service_pb2.PutAssetRequest
+    ) -> asset_pb2.Asset:
         if len(request.data) > PUT_LIMIT:
             raise InvalidArgument(
                 f"PutAsset takes at most {PUT_LIMIT} bytes; upload {len(request.data)} bytes "
                 "with UploadAsset"
             )
-        asset = await self._store.upload(
-            tenant_of(context), _new_asset(request.metadata), _one(request.data)
-        )
-        return asset_service_pb2.PutAssetResponse(asset=to_proto(asset))
+        asset = await self._store.upload(tenant, _new_asset(request.metadata), _one(request.data))
+        return to_proto(asset)
 
     async def GetAsset(
         self, request: asset_service_pb2.GetAssetRequest, context: grpc.aio.ServicerContext
@@ -76,6 +102,20 @@ async def _chunks(
             raise InvalidArgument("only the first message of an upload may carry metadata")
         if request.chunk:
             yield request.chunk
+
+
+def _result(outcome: asset_pb2.Asset | BaseException) -> asset_service_pb2.PutAssetResult:
+    if isinstance(outcome, asset_pb2.Asset):
+        return asset_service_pb2.PutAssetResult(asset=outcome)
+    if isinstance(outcome, MeshError):
+        code, message = outcome.code, outcome.message
+    elif isinstance(outcome, Exception):
+        log.error("storing a batch item failed", exc_info=outcome)
+        code, message = grpc.StatusCode.INTERNAL, "internal error"
+    else:
+        raise outcome  # cancellation: the whole call is going away
+    error = asset_service_pb2.PutAssetError(code=code.value[0], message=message)
+    return asset_service_pb2.PutAssetResult(error=error)
 
 
 def to_proto(asset: Asset) -> asset_pb2.Asset:

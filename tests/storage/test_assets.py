@@ -13,6 +13,7 @@ import sys
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from services.common.tenancy import tenant_metadata
 from services.storage.client import CHUNK_SIZE, AssetClient
 from services.storage.core import WRITE_BLOCK, NewAsset
 from services.storage.limits import PUT_LIMIT
+from services.storage.put_batcher import PutBatcher
 from tests.infra import eventually
 from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage
 
@@ -220,6 +222,85 @@ async def test_put_asset_is_one_message_with_the_same_checks(storage: Storage) -
         )
         assert says in (error.details() or "")
     assert await storage.row_count() == 1
+
+
+async def test_batch_put_stores_each_item_and_answers_each_error(storage: Storage) -> None:
+    stub = asset_service_pb2_grpc.AssetServiceStub(storage.channel)
+    good = [png_bytes(8 + i, 8) for i in range(3)]
+    items = [
+        asset_service_pb2.PutAssetRequest(
+            metadata=asset_service_pb2.UploadMetadata(media_type="image/png", job_id="j_1"),
+            data=data,
+        )
+        for data in good
+    ]
+    items.insert(1, asset_service_pb2.PutAssetRequest(data=b""))  # no bytes
+    items.append(asset_service_pb2.PutAssetRequest(data=os.urandom(PUT_LIMIT + 1)))
+    reply = await stub.BatchPutAssets(
+        asset_service_pb2.BatchPutAssetsRequest(requests=items),
+        metadata=tenant_metadata(TENANT),
+    )
+    kinds = [r.WhichOneof("outcome") for r in reply.results]
+    assert kinds == ["asset", "error", "asset", "asset", "error"]
+    errors = [r.error for r in reply.results if r.HasField("error")]
+    assert {e.code for e in errors} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
+    assert "no bytes" in errors[0].message and "UploadAsset" in errors[1].message
+    stored = [r.asset for r in reply.results if r.HasField("asset")]
+    assert [a.width for a in stored] == [8, 9, 10]
+    for asset, data in zip(stored, good, strict=True):
+        assert await storage.client.download(asset.id, tenant=TENANT) == data
+    assert await storage.row_count() == 3
+    for count in (0, 65):
+        await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.BatchPutAssets(
+                asset_service_pb2.BatchPutAssetsRequest(requests=items[:1] * count),
+                metadata=tenant_metadata(TENANT),
+            ),
+        )
+    assert await storage.row_count() == 3
+
+
+class _CountingStub:
+    """The real stub, counting BatchPutAssets calls and their sizes."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = asset_service_pb2_grpc.AssetServiceStub(channel)
+        self.sizes: list[int] = []
+
+    def BatchPutAssets(self, request: asset_service_pb2.BatchPutAssetsRequest, **kw: Any) -> Any:
+        self.sizes.append(len(request.requests))
+        return self._stub.BatchPutAssets(request, **kw)
+
+
+async def test_concurrent_puts_share_calls_and_keep_their_own_outcomes(storage: Storage) -> None:
+    stub = _CountingStub(storage.channel)
+    batcher = PutBatcher(stub, timeout=10)  # type: ignore[arg-type]
+
+    def put(data: bytes) -> asset_service_pb2.PutAssetRequest:
+        return asset_service_pb2.PutAssetRequest(
+            metadata=asset_service_pb2.UploadMetadata(media_type="application/x-test"), data=data
+        )
+
+    alone = await batcher.put(TENANT, put(b"alone"))
+    assert alone.size_bytes == 5 and stub.sizes == [1]
+    payloads = [os.urandom(100 + i) for i in range(40)]
+    results = await asyncio.gather(
+        *(batcher.put(TENANT, put(p)) for p in payloads),
+        batcher.put(TENANT, put(b"")),
+        return_exceptions=True,
+    )
+    *assets, empty = results
+    assert [a.size_bytes for a in assets] == [len(p) for p in payloads]  # type: ignore[union-attr]
+    assert isinstance(empty, grpc.aio.AioRpcError)
+    assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Forty-one puts made together went out in far fewer calls than one each.
+    assert sum(stub.sizes) == 42 and len(stub.sizes) <= 3
+    # Past the item limit a queue is split across calls.
+    stub.sizes.clear()
+    await asyncio.gather(*(batcher.put(TENANT, put(os.urandom(10))) for _ in range(100)))
+    assert sum(stub.sizes) == 100 and max(stub.sizes) == 64
+    assert await storage.row_count() == 141
 
 
 async def test_cancelled_upload_leaves_no_partial_file(storage: Storage) -> None:

@@ -44,6 +44,13 @@ class AssetServiceStub:
     checks, limits and idempotency as UploadAsset.
     Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
     """
+    BatchPutAssets: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.BatchPutAssetsRequest, _asset_service_pb2.BatchPutAssetsResponse]
+    """Several small assets of the caller's tenant in one call (at most 64 items and 2 MiB
+    of data), each stored exactly as PutAsset would store it. An item that fails carries
+    its own error; the others are stored. A worker's uploader gathers concurrent outputs
+    into one call, which costs both sides a fraction of one call per asset.
+    Errors: INVALID_ARGUMENT no items, too many, or too many bytes.
+    """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]
     """Errors: NOT_FOUND no such asset for this tenant."""
     DownloadAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetRequest, _asset_service_pb2.DownloadAssetResponse]
@@ -66,6 +73,13 @@ class AssetServiceAsyncStub(AssetServiceStub):
     call costs both sides far less than a stream; larger ones use UploadAsset). Same
     checks, limits and idempotency as UploadAsset.
     Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
+    """
+    BatchPutAssets: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.BatchPutAssetsRequest, _asset_service_pb2.BatchPutAssetsResponse]  # type: ignore[assignment]
+    """Several small assets of the caller's tenant in one call (at most 64 items and 2 MiB
+    of data), each stored exactly as PutAsset would store it. An item that fails carries
+    its own error; the others are stored. A worker's uploader gathers concurrent outputs
+    into one call, which costs both sides a fraction of one call per asset.
+    Errors: INVALID_ARGUMENT no items, too many, or too many bytes.
     """
     GetAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]  # type: ignore[assignment]
     """Errors: NOT_FOUND no such asset for this tenant."""
@@ -98,6 +112,19 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         call costs both sides far less than a stream; larger ones use UploadAsset). Same
         checks, limits and idempotency as UploadAsset.
         Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchPutAssets(
+        self,
+        request: _asset_service_pb2.BatchPutAssetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_asset_service_pb2.BatchPutAssetsResponse, _abc.Awaitable[_asset_service_pb2.BatchPutAssetsResponse]]:
+        """Several small assets of the caller's tenant in one call (at most 64 items and 2 MiB
+        of data), each stored exactly as PutAsset would store it. An item that fails carries
+        its own error; the others are stored. A worker's uploader gathers concurrent outputs
+        into one call, which costs both sides a fraction of one call per asset.
+        Errors: INVALID_ARGUMENT no items, too many, or too many bytes.
         """
 
     @_abc_1.abstractmethod
