@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -17,7 +18,18 @@ async def serve_until_signalled(start: Callable[[], AbstractAsyncContextManager[
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with start():
+        _settle_garbage_collector()
         await stop.wait()
+
+
+def _settle_garbage_collector() -> None:
+    # What start-up made lives as long as the service: frozen, the collector never scans
+    # it again. Per job a service makes many short-lived containers (futures, tasks, dicts);
+    # collecting the young generation every 20,000 of them rather than every 700 takes a
+    # few percent of CPU off every job, for a few MB of memory.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
 
 
 def run_service(start: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
