@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
@@ -171,8 +172,8 @@ class JobStore:
 
     async def _insert_creates(self, batch: Sequence[_CreateRows]) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(insert(jobs), [job_row for job_row, _ in batch])
-            await conn.execute(insert(job_events), [event_row for _, event_row in batch])
+            await conn.execute(_INSERT_JOBS, [job_row for job_row, _ in batch])
+            await conn.execute(_INSERT_EVENTS, [event_row for _, event_row in batch])
 
     async def create_many(
         self, created: Sequence[tuple[job_pb2.Job, str, job_pb2.JobEvent]]
@@ -182,12 +183,12 @@ class JobStore:
         DuplicateIdempotencyKey when another call took one of their keys first."""
         async with self._engine.begin() as conn:
             try:
-                await conn.execute(insert(jobs), [_job_row(j, h) for j, h, _ in created])
+                await conn.execute(_INSERT_JOBS, [_job_row(j, h) for j, h, _ in created])
             except IntegrityError as exc:
                 if any(j.spec.idempotency_key for j, _, _ in created):
                     raise DuplicateIdempotencyKey("one of the batch's keys") from exc
                 raise
-            await conn.execute(insert(job_events), [_event_row(j.id, e) for j, _, e in created])
+            await conn.execute(_INSERT_EVENTS, [_event_row(j.id, e) for j, _, e in created])
 
     async def batch_job_ids(self, tenant: str, batch_id: str) -> list[str]:
         """The ids of a batch's jobs, oldest first; empty for no such batch of this tenant."""
@@ -365,7 +366,7 @@ class JobStore:
                 routed.events.append(event)
             if routed.events:
                 rows_out = [_event_row(e.job_id, e) for e in routed.events]
-                await conn.execute(insert(job_events), rows_out)
+                await conn.execute(_INSERT_EVENTS, rows_out)
             plain: list[dict[str, object]] = []
             rerouted: list[dict[str, object]] = []
             now = time.time()
@@ -390,7 +391,7 @@ class JobStore:
             # One executemany per shape rather than one statement per job.
             for params in (plain, rerouted):
                 if params:
-                    await conn.execute(_update_by_id(params[0]), [_set(p) for p in params])
+                    await conn.execute(_update_by_id(tuple(params[0])), [_set(p) for p in params])
         return routed
 
     async def start_attempt(
@@ -410,7 +411,7 @@ class JobStore:
             event.job_id = job.id
             event.sequence = job.last_sequence + 1
             fold(job, event)
-            await conn.execute(insert(job_events), [_event_row(job.id, event)])
+            await conn.execute(_INSERT_EVENTS, [_event_row(job.id, event)])
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
@@ -429,20 +430,16 @@ class JobStore:
         return routed
 
     async def _lock_jobs(self, conn: DbConnection, ids: list[str]) -> dict[str, _Row]:
-        query = select(jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq, jobs.c.attempt).where(
-            jobs.c.id.in_(ids)
-        )
-        if self._locking:
-            # Router replicas share the recorder consumer; the row lock serialises one job's events.
-            query = query.with_for_update()
-        rows = await conn.execute(query)
+        # Router replicas share the recorder consumer; the row lock serialises one job's events.
+        query = _LOCK_JOBS_FOR_UPDATE if self._locking else _LOCK_JOBS
+        rows = await conn.execute(query, {"ids": ids})
         return {r.id: _Row(_job(r.body), r.applied_stream_seq, r.attempt) for r in rows}
 
     async def mark_dispatched(self, ids: Sequence[str]) -> None:
         if not ids:
             return
         async with self._engine.begin() as conn:
-            await conn.execute(update(jobs).where(jobs.c.id.in_(list(ids))).values(dispatched=True))
+            await conn.execute(_MARK_DISPATCHED, {"ids": list(ids)})
 
     async def past_deadline(self, now: float, limit: int) -> list[tuple[str, int]]:
         """(id, state) of unfinished jobs whose deadline is at or before `now`, oldest first."""
@@ -504,7 +501,20 @@ class JobStore:
             return [_job(r.body) for r in rows]
 
 
-def _update_by_id(columns: Iterable[str]) -> Update:
+# Statements built once: building one and its cache key costs more than running it.
+_INSERT_JOBS = insert(jobs)
+_INSERT_EVENTS = insert(job_events)
+_MARK_DISPATCHED = (
+    update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(dispatched=True)
+)
+_LOCK_JOBS = select(jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq, jobs.c.attempt).where(
+    jobs.c.id.in_(bindparam("ids", expanding=True))
+)
+_LOCK_JOBS_FOR_UPDATE = _LOCK_JOBS.with_for_update()
+
+
+@functools.cache
+def _update_by_id(columns: tuple[str, ...]) -> Update:
     """UPDATE jobs SET <columns> WHERE id = :_id, for executemany with _set's parameters
     (a bound name may not be a column's own)."""
     return (

@@ -34,6 +34,8 @@ from services.storage.probe import MediaInfo, normalize_media_type, probe_file
 from services.storage.schema import assets
 
 log = logging.getLogger(__name__)
+# Built once: building a statement and its cache key costs more than running it.
+_INSERT_ASSETS = insert(assets)
 
 # Bytes gathered from the stream before one write (and hash update) runs in a thread.
 WRITE_BLOCK = 256 * 1024
@@ -170,7 +172,7 @@ class AssetStore:
 
     async def _insert_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(insert(assets), list(rows))
+            await conn.execute(_INSERT_ASSETS, list(rows))
 
     async def _commit(
         self,
