@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
+
+import uvloop
+
+from services.common.settings import ServiceSettings
 
 
 async def serve_until_signalled(start: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
@@ -32,17 +35,12 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 50)
 
 
-def run_service(start: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
-    """Serve `start()` until signalled, on uvloop unless GENMESH_EVENT_LOOP=asyncio."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+def run_service(
+    settings: ServiceSettings, start: Callable[[], AbstractAsyncContextManager[Any]]
+) -> None:
+    """Serve `start()` until signalled, on the event loop the settings name."""
+    # uvloop's loop costs less per socket event and callback, which a service pays many
+    # times per job.
+    factory = uvloop.new_event_loop if settings.event_loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve_until_signalled(start))
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    # uvloop roughly halves the loop's own cost per socket event and callback, which is
-    # most of what a service spends per job beyond its SQL.
-    if os.environ.get("GENMESH_EVENT_LOOP", "uvloop") == "asyncio":
-        return None
-    import uvloop
-
-    return uvloop.new_event_loop

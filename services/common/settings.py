@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -19,6 +19,8 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # Seconds a stopping gRPC server gives in-flight calls before cancelling them.
     shutdown_grace: float = 5.0
+    # "uvloop" (faster per socket event and callback) or "asyncio".
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @classmethod
     def settings_customise_sources(

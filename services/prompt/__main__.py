@@ -13,7 +13,7 @@ from services.prompt.settings import Settings
 def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "prompt")
-    run_service(lambda: running_prompt(settings))
+    run_service(settings, lambda: running_prompt(settings))
 
 
 if __name__ == "__main__":

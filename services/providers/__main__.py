@@ -13,7 +13,7 @@ from services.providers.settings import Settings
 def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "worker")
-    run_service(lambda: running_worker(settings))
+    run_service(settings, lambda: running_worker(settings))
 
 
 if __name__ == "__main__":

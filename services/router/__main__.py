@@ -13,7 +13,7 @@ from services.router.settings import Settings
 def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "router")
-    run_service(lambda: running_router(settings))
+    run_service(settings, lambda: running_router(settings))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "storage")
     # On a signal: health NOT_SERVING, server.stop(grace), then the database closes.
-    run_service(lambda: running_storage(settings))
+    run_service(settings, lambda: running_storage(settings))
     log.info("storage stopped")
 
 
