@@ -28,16 +28,13 @@ from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
+from services.router import records
 from services.router.admission import AdmissionGate
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
 from services.router.catalog import Catalog
 from services.router.deadlines import job_deadline
 from services.router.hedging import Hedger
-from services.router.records import new_job_id as _new_job_id
-from services.router.records import queued_event as _queued_event
-from services.router.records import same_or_conflict as _same_or_conflict
-from services.router.records import spec_hash as _spec_hash
 from services.router.selection import Selector
 from services.router.selection import requested as selection_request
 from services.router.stopping import WorkerStopper
@@ -96,7 +93,7 @@ class RouterCore:
 
         A pipeline step's job names its pipeline job and step."""
         return await self._create(
-            tenant, spec, _new_job_id(), parent_job_id=parent_job_id, step=step
+            tenant, spec, records.new_job_id(), parent_job_id=parent_job_id, step=step
         )
 
     async def generate(
@@ -107,7 +104,7 @@ class RouterCore:
 
         The listener is in place before the job is dispatched, so nothing is read back from
         the store unless a live event goes missing."""
-        job_id = _new_job_id()
+        job_id = records.new_job_id()
         with self._hub.listen(job_id) as listener:
             job = await self._create(tenant, spec, job_id, call_remaining)
             if job.id != job_id:
@@ -116,7 +113,7 @@ class RouterCore:
                     yield update
                 return
             yield job
-            yield _queued_event(job)
+            yield records.queued_event(job)
             async for event in self.follow(job_id, listener, 1):
                 yield event
 
@@ -139,7 +136,7 @@ class RouterCore:
             )
 
         async def store(job: job_pb2.Job, spec_hash: str) -> None:
-            await self._persist_and_dispatch(job, spec_hash, _queued_event(job))
+            await self._persist_and_dispatch(job, spec_hash, records.queued_event(job))
 
         return await self.create_once(tenant, spec, make, store)
 
@@ -152,7 +149,7 @@ class RouterCore:
     ) -> job_pb2.Job:
         """The job an earlier call made with the spec's idempotency key, else a new one from
         `make`, stored (and sent on) by `store` with the spec's hash."""
-        spec_hash = _spec_hash(spec)
+        spec_hash = records.spec_hash(spec)
         earlier = await self.earlier(tenant, spec, spec_hash)
         if earlier is not None:
             return earlier
@@ -176,7 +173,7 @@ class RouterCore:
         if not spec.idempotency_key:
             return None
         found = await self._store.by_idempotency_key(tenant, spec.idempotency_key)
-        return None if found is None else _same_or_conflict(found, spec_hash)
+        return None if found is None else records.same_or_conflict(found, spec_hash)
 
     async def prepare(
         self,
