@@ -37,7 +37,7 @@ from genmesh_cli.client import (
     state_name,
 )
 from genmesh_cli.display import STATE_STYLE, console
-from genmesh_cli.follow import BROKEN_STREAM, Outcome
+from genmesh_cli.follow import Outcome, retry_broken
 from genmesh_cli.generate import add_job_options, build_spec, download_outputs, task_arg
 
 # How long to retry SubmitBatch and re-attach to the batch while the router is unreachable.
@@ -172,35 +172,29 @@ async def _submit(
 ) -> generate_service_pb2.SubmitBatchResponse:
     request = generate_service_pb2.SubmitBatchRequest(specs=specs)
     deadline = time.monotonic() + RETRY_FOR
-    delay = 0.2
-    while True:
-        try:
-            reply: generate_service_pb2.SubmitBatchResponse = await stub.SubmitBatch(request)
-            return reply
-        except grpc.aio.AioRpcError as error:
-            if error.code() not in BROKEN_STREAM or time.monotonic() + delay > deadline:
-                raise
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
+
+    async def attempt() -> generate_service_pb2.SubmitBatchResponse:
+        reply: generate_service_pb2.SubmitBatchResponse = await stub.SubmitBatch(request)
+        return reply
+
+    return await retry_broken(attempt, lambda: deadline, lambda _: None)
 
 
 async def _follow(stub: job_service_pb2_grpc.JobServiceStub, panel: BatchPanel) -> None:
     """WatchBatch until it closes (every job has ended), re-attaching when the stream breaks."""
     request = job_service_pb2.WatchBatchRequest(batch_id=panel.batch_id)
     deadline = time.monotonic() + RETRY_FOR
-    delay = 0.2
-    while True:
-        try:
-            async for reply in stub.WatchBatch(request):
-                panel.update(reply)
-                deadline = time.monotonic() + RETRY_FOR
-            return
-        except grpc.aio.AioRpcError as error:
-            if error.code() not in BROKEN_STREAM or time.monotonic() + delay > deadline:
-                raise
-            panel.note = f"stream broke ({error.code().name}); re-attaching"
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
+
+    async def attempt() -> None:
+        nonlocal deadline
+        async for reply in stub.WatchBatch(request):
+            panel.update(reply)
+            deadline = time.monotonic() + RETRY_FOR
+
+    def broken(error: grpc.aio.AioRpcError) -> None:
+        panel.note = f"stream broke ({error.code().name}); re-attaching"
+
+    await retry_broken(attempt, lambda: deadline, broken)
 
 
 async def _report(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -23,6 +23,28 @@ from genmesh_cli.client import TERMINAL_STATES
 # Codes that mean the stream broke rather than the call being refused: a restarting router,
 # a dropped connection, a server that stopped mid-stream.
 BROKEN_STREAM = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+T = TypeVar("T")
+
+
+async def retry_broken(
+    attempt: Callable[[], Awaitable[T]],
+    deadline: Callable[[], float],
+    on_broken: Callable[[grpc.aio.AioRpcError], None],
+) -> T:
+    """`attempt()` again with backoff (0.2 s doubling to 2 s) while it fails with a broken
+    stream; any other error, or one whose next try would pass `deadline()`, is raised."""
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in BROKEN_STREAM or time.monotonic() + delay > deadline():
+                raise
+            on_broken(error)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 class StreamStalled(Exception):
@@ -99,22 +121,20 @@ class Follower:
             raise ValueError("Generate is retried, so the spec needs an idempotency key")
         request = generate_service_pb2.GenerateRequest(spec=spec)
         deadline = time.monotonic() + self.submit_timeout
-        delay = 0.2
-        while True:
+
+        async def attempt() -> None:
             try:
                 await self._consume(self.generate_stub.Generate(request))
-                break
             except grpc.aio.AioRpcError as error:
-                if error.code() not in BROKEN_STREAM:
+                # Once the job exists, a broken stream is _finish's to re-attach, however late.
+                if error.code() not in BROKEN_STREAM or not self.job_id:
                     raise
-                if self.job_id:
-                    self.view.note(f"stream broke ({error.code().name}); re-attaching")
-                    break
-                if time.monotonic() + delay > deadline:
-                    raise
-                self.view.note(f"router unavailable; retrying ({error.details() or ''})")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+                self.view.note(f"stream broke ({error.code().name}); re-attaching")
+
+        def unavailable(error: grpc.aio.AioRpcError) -> None:
+            self.view.note(f"router unavailable; retrying ({error.details() or ''})")
+
+        await retry_broken(attempt, lambda: deadline, unavailable)
         return await self._finish()
 
     async def watch(self, job_id: str) -> Outcome:

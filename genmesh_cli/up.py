@@ -150,6 +150,8 @@ def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
     near = reach_host(host)
     data_dir = args.data_dir.expanduser().resolve()
     worker_port = args.worker_port or free_port(near)
+    # Every provider usable here: the offline ones, and those whose key is set.
+    providers = env.get("GENMESH_WORKER_PROVIDERS") or "auto"
 
     def service(name: str, module: str, port: int, probe: str, tier: int, about: str) -> Service:
         return Service(
@@ -179,7 +181,7 @@ def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
             worker_port,
             "grpc",
             3,
-            f"providers: {env.get('GENMESH_WORKER_PROVIDERS') or 'auto'} (health only)",
+            f"providers: {providers} (health only)",
         ),
     ]
     if not args.no_gateway and gateway_available():
@@ -199,8 +201,7 @@ def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
             "GENMESH_ROUTER_ADDR": by_name["router"].address,
             # Logs reach the file as they happen, so a crash's last words are in the tail.
             "PYTHONUNBUFFERED": "1",
-            # Every provider usable here: the offline ones, and those whose key is set.
-            "GENMESH_WORKER_PROVIDERS": env.get("GENMESH_WORKER_PROVIDERS") or "auto",
+            "GENMESH_WORKER_PROVIDERS": providers,
         }
     )
     return Plan(data_dir, services, child_env, external, nats_port)
@@ -473,7 +474,7 @@ class Supervisor:
         ("auto": until any has, as the worker announces all of its providers at once)."""
         wanted = {
             name.strip()
-            for name in (self.plan.env.get("GENMESH_WORKER_PROVIDERS") or "auto").split(",")
+            for name in self.plan.env["GENMESH_WORKER_PROVIDERS"].split(",")
             if name.strip()
         }
         router = next(s for s in self.plan.services if s.name == "router")

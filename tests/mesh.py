@@ -82,6 +82,20 @@ class Mesh:
 
         await eventually(ready, within=15)
 
+    def provider_worker(self, name: str) -> ProviderWorker:
+        """The first worker's runtime for the instance `name`."""
+        return next(w for w in self.workers[0].workers if w.adapter.name == name)
+
+    async def get_job(self, job_id: str) -> job_pb2.Job:
+        return (await self.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job
+
+    async def finished(
+        self, job_id: str, within: float = 60
+    ) -> tuple[job_pb2.Job, list[job_pb2.JobEvent]]:
+        """Watch the job to its end; the job as GetJob then shows it, and its events."""
+        events = await asyncio.wait_for(self.watch(job_id), within)
+        return await self.get_job(job_id), events
+
     async def watch(self, job_id: str, after: int = 0) -> list[job_pb2.JobEvent]:
         """Every event WatchJob sends until the job ends."""
         events = []
@@ -105,8 +119,8 @@ class Mesh:
         return list(await watch), peak
 
     def worker_env(self, **overrides: str) -> dict[str, str]:
-        env = {**os.environ, **self.env, **overrides}
-        return env
+        """A worker's environment: this process's, the mesh's settings, then `overrides`."""
+        return {**os.environ, **self.env, **overrides}
 
 
 def _env(nats_url: str, prefix: str, database: Database, data_dir: Path) -> dict[str, str]:
@@ -138,15 +152,26 @@ async def running_mesh(
     workers: int = 1,
     router_in_process: bool = True,
     worker_overrides: Mapping[str, str] | None = None,
-    provider: str = "sandbox",
+    catalog: str = "",
+    providers: Sequence[str] = ("sandbox",),
     router_overrides: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Mesh]:
     """Storage and prompt in-process; the router in-process or as a subprocess; N workers.
 
-    `worker_overrides` reach the workers' settings and environment (provider keys,
-    GENMESH_PROVIDERS_FILE), `router_overrides` the router's; start-up waits until
-    `provider` is live."""
+    `catalog`, when given, is written to data_dir/providers.toml and the workers serve its
+    instances named in `providers`; start-up waits until each of `providers` is live.
+    `worker_overrides` reach the workers' settings and environment (provider keys),
+    `router_overrides` the router's."""
     env = {**_env(nats_url, prefix, database, data_dir), **(router_overrides or {})}
+    worker_overrides = {**(worker_overrides or {})}
+    if catalog:
+        path = data_dir / "providers.toml"
+        path.write_text(catalog)
+        worker_overrides = {
+            "GENMESH_PROVIDERS_FILE": str(path),
+            "GENMESH_WORKER_PROVIDERS": ",".join(providers),
+            **worker_overrides,
+        }
     async with AsyncExitStack() as stack:
         storage_env = {
             **env,
@@ -189,13 +214,14 @@ async def running_mesh(
 
             stack.push_async_callback(stop_router)
         for _ in range(workers):
-            worker_env = {**os.environ, **env, **(worker_overrides or {})}
+            worker_env = mesh.worker_env(**worker_overrides)
             settings = WorkerSettings.from_env(worker_env)
             mesh.workers.append(
                 await stack.enter_async_context(running_worker(settings, worker_env))
             )
         if workers:
-            await mesh.wait_for_provider(provider)
+            for name in providers:
+                await mesh.wait_for_provider(name)
         yield mesh
 
 

@@ -6,19 +6,19 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Path, UploadFile
+from fastapi import APIRouter, Form, Header, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
-from gateway import ids, schema  # noqa: F401  (ids: the {…:id} path convertor)
+from gateway import schema
 from gateway.convert import to_json
 from gateway.errors import bad_input, documented, error_body
+from gateway.ids import AssetId
 from gateway.state import ClientsDep, TenantDep
 from services.storage.client import CHUNK_SIZE, AssetStream
 
 router = APIRouter()
 
-AssetId = Annotated[str, Path(min_length=1)]
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 

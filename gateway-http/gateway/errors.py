@@ -90,13 +90,19 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=status)
 
 
-def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
+def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, dict[str, str]]]:
+    """The HTTP status and error body for a failed mesh call."""
     status = http_status(error.code())
     if status == 500:
         # The server's details for an unexpected code may carry internals; keep them in the log.
         log.error("mesh call failed: %s %s", error.code().name, error.details())
-        return error_response(500, "INTERNAL", "internal error")
-    return error_response(status, error.code().name, error.details() or error.code().name)
+        return 500, error_body("INTERNAL", "internal error")
+    return status, error_body(error.code().name, error.details() or error.code().name)
+
+
+def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
+    status, body = rpc_error_body(error)
+    return JSONResponse(body, status_code=status)
 
 
 async def _on_rpc_error(_: Request, exc: Exception) -> JSONResponse:

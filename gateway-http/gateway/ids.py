@@ -4,6 +4,9 @@ a job called ":cancel" (405)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Path
 from starlette.convertors import Convertor, register_url_convertor
 
 
@@ -19,3 +22,8 @@ class IdConvertor(Convertor[str]):
 
 # Registered on import, before any route that uses it is compiled; registering is idempotent.
 register_url_convertor("id", IdConvertor())
+
+# Path parameters routed through `{…:id}`; empty is refused like any other malformed id.
+JobId = Annotated[str, Path(min_length=1)]
+BatchId = Annotated[str, Path(min_length=1)]
+AssetId = Annotated[str, Path(min_length=1)]

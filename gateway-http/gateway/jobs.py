@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Query
 
-from gateway import ids, schema  # noqa: F401  (ids: the {…:id} path convertor)
+from gateway import schema
 from gateway.convert import (
     CancelBody,
     JobSpecBody,
@@ -17,6 +17,7 @@ from gateway.convert import (
     to_json,
 )
 from gateway.errors import bad_input, documented
+from gateway.ids import JobId
 from gateway.state import RPC_TIMEOUT, ClientsDep, TenantDep, metadata
 from genmesh.v1 import (
     generate_service_pb2,
@@ -26,8 +27,6 @@ from genmesh.v1 import (
 )
 
 router = APIRouter()
-
-JobId = Annotated[str, Path(min_length=1)]
 
 
 @router.post(

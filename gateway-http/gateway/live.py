@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Header, Path, Query, WebSocket
+from fastapi import APIRouter, Header, Query, WebSocket
 from fastapi.responses import StreamingResponse
 
-from gateway import ids  # noqa: F401  (the {…:id} path convertor)
 from gateway.convert import JobSpecBody, to_json
-from gateway.errors import BadRequest, bad_input, documented, error_body, http_status
+from gateway.errors import BadRequest, bad_input, documented, error_body, rpc_error_body
+from gateway.ids import BatchId, JobId
 from gateway.relay import FellBehind, ReadAhead
 from gateway.state import Clients, ClientsDep, TenantDep, metadata
 from genmesh.v1 import generate_service_pb2, job_service_pb2
@@ -35,8 +35,6 @@ Stream = AsyncIterator[Message]
 # Seconds a slow client gets to take the "you fell behind" notice before the socket closes.
 NOTICE_TIMEOUT = 5.0
 MAX_SEQUENCE = 2**63 - 1
-JobId = Annotated[str, Path(min_length=1)]
-BatchId = Annotated[str, Path(min_length=1)]
 
 
 class EventStream(StreamingResponse):
@@ -156,6 +154,12 @@ def _sse_frame(message: Message) -> str:
     return _sse(message["event"], id=message["event"]["sequence"])
 
 
+def _fell_behind(position: Position) -> Message:
+    """The notice a client gets when it read too slowly: RESOURCE_EXHAUSTED and where to resume."""
+    notice = f"the client fell behind; {position.hint()}"
+    return {**error_body("RESOURCE_EXHAUSTED", notice), "resume": position.resume()}
+
+
 def _event_stream(messages: Stream, limit: int, position: Position, feed: bool) -> EventStream:
     async def body() -> AsyncIterator[str]:
         # Starlette cancels this generator when the client goes away; the relay ends the call.
@@ -168,14 +172,10 @@ def _event_stream(messages: Stream, limit: int, position: Position, feed: bool) 
                         yield _sse_frame(message)
                     position.saw(message)
         except FellBehind:
-            notice = f"the client fell behind; {position.hint()}"
-            yield _sse(
-                {**error_body("RESOURCE_EXHAUSTED", notice), "resume": position.resume()},
-                event="error",
-            )
+            yield _sse(_fell_behind(position), event="error")
         except grpc.aio.AioRpcError as e:
             # Headers are sent: report in-band; the client reconnects with Last-Event-ID.
-            yield _sse(_rpc_error(e), event="error")
+            yield _sse(rpc_error_body(e)[1], event="error")
 
     return EventStream(body(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -339,7 +339,7 @@ async def _serve_socket(
     try:
         messages = await open_stream()
     except grpc.aio.AioRpcError as e:
-        await _close(websocket, http_status(e.code()), _rpc_error(e))
+        await _close(websocket, *rpc_error_body(e))
         return
     except BadRequest as e:
         await _close(websocket, 400, error_body("INVALID_ARGUMENT", str(e)))
@@ -370,11 +370,9 @@ async def _serve_socket(
     if error is None:
         await websocket.close(code=1000)
     elif isinstance(error, FellBehind):
-        message = f"the client fell behind; {position.hint()}"
-        body = {**error_body("RESOURCE_EXHAUSTED", message), "resume": position.resume()}
-        await _close(websocket, 429, body)
+        await _close(websocket, 429, _fell_behind(position))
     elif isinstance(error, grpc.aio.AioRpcError):
-        await _close(websocket, http_status(error.code()), _rpc_error(error))
+        await _close(websocket, *rpc_error_body(error))
     else:
         log.error("websocket relay failed", exc_info=error)
         await _close(websocket, 500, error_body("INTERNAL", "internal error"), code=1011)
@@ -386,10 +384,3 @@ async def _close(websocket: WebSocket, status: int, body: Message, code: int = 0
         await asyncio.wait_for(websocket.send_json(body), NOTICE_TIMEOUT)
     with contextlib.suppress(Exception):
         await websocket.close(code=code or 4000 + status)
-
-
-def _rpc_error(error: grpc.aio.AioRpcError) -> dict[str, dict[str, str]]:
-    if http_status(error.code()) == 500:
-        log.error("mesh stream failed: %s %s", error.code().name, error.details())
-        return error_body("INTERNAL", "internal error")
-    return error_body(error.code().name, error.details() or error.code().name)

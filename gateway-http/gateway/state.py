@@ -33,7 +33,7 @@ class Clients:
     providers: provider_service_pb2_grpc.ProviderServiceStub
     assets: AssetClient
     # Messages a live connection may buffer for a slow client (Settings.stream_buffer).
-    stream_buffer: int = 256
+    stream_buffer: int
 
 
 class State(TypedDict):

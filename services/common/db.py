@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from sqlalchemy import Connection, MetaData, create_engine, event, inspect, text
-from sqlalchemy.engine import Engine, Result
+from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex
@@ -74,7 +74,7 @@ async def open_database(url: str, metadata: MetaData, schema: str = "") -> Async
             with engine.begin() as conn:
                 _create(conn, metadata)
             with engine.connect() as conn:
-                yield _SQLite(engine, conn)
+                yield _SQLite(conn)
         finally:
             engine.dispose()
         return
@@ -111,9 +111,8 @@ class _SQLite(Database):
     A transaction that awaits something else (a rare thing here) holds the lock, so
     another never interleaves its statements with it."""
 
-    def __init__(self, engine: Engine, conn: Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         super().__init__("sqlite")
-        self._engine = engine
         self._conn = conn
         self._lock = asyncio.Lock()
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+
+log = logging.getLogger(__name__)
+
+# A job's error code once its whole time budget is spent: set by the worker that ran out of
+# it and by the router that gave up on it, and never blamed on a provider.
+DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class MeshError(Exception):
@@ -37,3 +45,12 @@ class Unavailable(MeshError):
 
 class OutOfRange(MeshError):
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller sees for `exc`: a MeshError's own, else INTERNAL (the
+    traceback goes to the log, never to the caller)."""
+    if isinstance(exc, MeshError):
+        return exc.code, exc.message
+    log.error("unhandled error in %s", where, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error"

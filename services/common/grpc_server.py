@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,9 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import MeshError
-
-log = logging.getLogger(__name__)
+from services.common.errors import status_of
 
 # Servicer registration: (add_XServicer_to_server, servicer instance, full service name).
 Registration = tuple[Callable[[Any, grpc.aio.Server], None], object, str]
@@ -63,10 +60,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
-    if isinstance(exc, MeshError):
-        await context.abort(exc.code, exc.message)
-    log.exception("unhandled error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    await context.abort(*status_of(exc, method))
 
 
 def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:

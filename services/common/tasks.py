@@ -39,7 +39,9 @@ PROMPT_OPTIONAL: frozenset[int] = frozenset(
     {job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT, job_pb2.TASK_IMAGE_TO_IMAGE}
 )
 
-# Tasks a quick draft can be made for before the full result (JobSpec.draft_first).
-DRAFT_TASKS = frozenset(
+# Tasks whose result is an image or a video: the ones prompt enhancement applies to.
+VISUAL_TASKS: frozenset[job_pb2.Task.ValueType] = frozenset(
     {job_pb2.TASK_TEXT_TO_IMAGE, job_pb2.TASK_IMAGE_TO_IMAGE, job_pb2.TASK_IMAGE_TO_VIDEO}
 )
+# Tasks a quick draft can be made for before the full result (JobSpec.draft_first).
+DRAFT_TASKS = VISUAL_TASKS

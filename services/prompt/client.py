@@ -24,8 +24,8 @@ import grpc
 from genmesh.v1 import job_pb2, prompt_service_pb2, prompt_service_pb2_grpc, provider_service_pb2
 from services.common.errors import InvalidArgument
 from services.common.parameters import struct_to_dict
-from services.common.tasks import task_name
-from services.prompt.enhance import VISUAL_TASKS, enhance
+from services.common.tasks import VISUAL_TASKS, task_name
+from services.prompt.enhance import enhance
 from services.prompt.optimize import DEFAULT_BELOW, Optimizer
 
 log = logging.getLogger(__name__)

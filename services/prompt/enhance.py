@@ -5,9 +5,6 @@ from __future__ import annotations
 from genmesh.v1 import job_pb2
 from services.prompt.terms import LIGHTING_TERMS, STYLE_TERMS, found, has_term
 
-VISUAL_TASKS: frozenset[job_pb2.Task.ValueType] = frozenset(
-    {job_pb2.TASK_TEXT_TO_IMAGE, job_pb2.TASK_IMAGE_TO_IMAGE, job_pb2.TASK_IMAGE_TO_VIDEO}
-)
 # Width/height beyond this ratio either way counts as wide or tall; between, square.
 _SQUARE_TOLERANCE = 1.2
 _STYLE_HINT = "balanced composition, cohesive color palette"

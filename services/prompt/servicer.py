@@ -7,8 +7,9 @@ import grpc
 from genmesh.v1 import job_pb2, prompt_service_pb2, prompt_service_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.grpc_server import Registration
+from services.common.tasks import VISUAL_TASKS
 from services.prompt import core
-from services.prompt.enhance import VISUAL_TASKS, enhance
+from services.prompt.enhance import enhance
 from services.prompt.optimize import DEFAULT_BELOW, Optimizer
 
 SERVICE_NAME: str = prompt_service_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name

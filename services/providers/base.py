@@ -6,21 +6,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.tasks import task_name
 from services.providers.adapter import InvalidInput, JobContext, Result
 from services.providers.config import ProviderConfig
 from services.providers.params import Param, read_parameters
+from services.providers.probe import CachedProbe
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[JobContext, Mapping[str, Any]], Awaitable[Result]]
 
 
+class Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closeable)
+
+
 class ConfiguredAdapter:
-    """Subclasses set `family`, `summary`, `params` and fill `handlers` (task -> coroutine)."""
+    """Subclasses set `family`, `summary`, `params` and fill `handlers` (task -> coroutine);
+    they may set `probe` (asked by check() after the key) and `own` their HTTP clients."""
 
     family: ClassVar[str]
     summary: ClassVar[str] = ""
@@ -32,6 +41,8 @@ class ConfiguredAdapter:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.handlers: dict[job_pb2.Task.ValueType, Handler] = {}
+        self.probe: CachedProbe | None = None
+        self._owned: list[Closeable] = []
 
     @property
     def name(self) -> str:
@@ -60,11 +71,22 @@ class ConfiguredAdapter:
             limits=self.config.limits(),
         )
 
+    def own(self, closeable: C) -> C:
+        """Have aclose() close `closeable`; returns it."""
+        self._owned.append(closeable)
+        return closeable
+
     async def check(self) -> str:
-        return self.config.missing_key()
+        """Missing key, else the probe's cached answer when the family has one."""
+        if missing := self.config.missing_key():
+            return missing
+        return await self.probe.reason() if self.probe is not None else ""
 
     async def aclose(self) -> None:
         """Release connections; the worker calls it once on shutdown."""
+        # Newest first, like an exit stack: a helper built on a client goes before the client.
+        for closeable in reversed(self._owned):
+            await closeable.aclose()
 
     def model(self, task: job_pb2.Task.ValueType, default: str = "") -> str:
         model = self.config.model_for(task, default)

@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.errors import DEADLINE_EXCEEDED
 from services.providers.adapter import Fatal, ProviderError, Retryable
 
-DEADLINE_EXCEEDED = "deadline_exceeded"
 TIMEOUT = "timeout"
 
 

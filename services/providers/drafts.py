@@ -95,10 +95,12 @@ class DraftContext:
 
 @dataclasses.dataclass(frozen=True)
 class Drafts:
-    """How one instance makes drafts: catalog overrides, and the adapter that runs them."""
+    """How one instance makes drafts: catalog overrides, the adapter that runs them (None:
+    the instance's own), and that adapter's description (None: asked for per draft)."""
 
     overrides: Mapping[str, Any]
     adapter: Adapter | None = None
+    description: provider_service_pb2.Provider | None = None
 
     @classmethod
     def for_instance(cls, adapter: Adapter, config: ProviderConfig | None) -> Drafts:
@@ -120,15 +122,17 @@ class Drafts:
             except Exception as exc:
                 raise ValueError(f"{adapter.name}: draft: {exc}") from exc
         if model is None or config is None:
-            return cls(table)
+            return cls(table, description=description)
         models = {**config.models, **{task_name(t): str(model) for t in sorted(DRAFT_TASKS)}}
-        return cls(table, factory(config.family)(dataclasses.replace(config, models=models)))
+        drafter = factory(config.family)(dataclasses.replace(config, models=models))
+        return cls(table, drafter, drafter.describe())
 
     async def run(self, main: Adapter, ctx: JobContext) -> Output | None:
         """Run the job as a draft: its first output, or None when no draft applies."""
         task = ctx.job.spec.task
         adapter = self.adapter or main
-        parameters = draft_parameters(adapter.describe(), task, ctx.parameters, self.overrides)
+        description = self.description if self.description is not None else adapter.describe()
+        parameters = draft_parameters(description, task, ctx.parameters, self.overrides)
         if parameters is None and self.adapter is None:
             return None
         result: Result = await adapter.run(DraftContext(ctx, parameters or ctx.parameters))

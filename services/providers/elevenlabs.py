@@ -121,15 +121,9 @@ class ElevenLabsAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(config, headers={"xi-api-key": config.api_key})
-        self._probe = CachedProbe(self._probe_user)
+        self.http = self.own(ProviderHTTP(config, headers={"xi-api-key": config.api_key}))
+        self.probe = CachedProbe(self._probe_user)
         self.handlers[TTS] = self._text_to_speech
-
-    async def check(self) -> str:
-        return self.config.missing_key() or await self._probe.reason()
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     async def _probe_user(self) -> None:
         try:

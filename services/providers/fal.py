@@ -139,8 +139,8 @@ class FalAdapter(ConfiguredAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         headers = {"Authorization": f"Key {config.api_key}"} if config.api_key else {}
-        self._http = ProviderHTTP(config, headers=headers)
-        self._files = RemoteFiles(config, self._http)
+        self._http = self.own(ProviderHTTP(config, headers=headers))
+        self._files = self.own(RemoteFiles(config, self._http))
         self._max_wait = float(config.options.get("max_wait", DEFAULT_MAX_WAIT))
         self.handlers = {
             T2I: self._text_to_image,
@@ -148,10 +148,6 @@ class FalAdapter(ConfiguredAdapter):
             I2V: self._image_to_video,
             S2T: self._speech_to_text,
         }
-
-    async def aclose(self) -> None:
-        await self._files.aclose()
-        await self._http.aclose()
 
     # --- tasks ---------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ class GeminiHTTP(ProviderHTTP):
         reasons = {d.get("reason") for d in body.get("details", []) if isinstance(d, dict)}
         # Google answers a wrong key with 400 INVALID_ARGUMENT, not 401.
         if "API_KEY_INVALID" in reasons or "API key not valid" in str(body.get("message", "")):
-            return Fatal("unauthorized", f"{error.message} (check {self._config.api_key_env})")
+            return Fatal("unauthorized", f"{error.message} (check {self.config.api_key_env})")
         if body.get("status") == "FAILED_PRECONDITION":
             # e.g. the API is not offered in the caller's region, or billing is off.
             return Fatal("failed_precondition", error.message)
@@ -119,20 +119,11 @@ class GeminiAdapter(ConfiguredAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         headers = {"x-goog-api-key": config.api_key} if config.api_key else {}
-        self._http = GeminiHTTP(config, headers=headers)
+        self._http = self.own(GeminiHTTP(config, headers=headers))
         interval = config.options.get("progress_interval", 0.5)
         self._progress_interval = float(interval) if isinstance(interval, int | float) else 0.5
-        self._probe = CachedProbe(self._probe_models, PROBE_TTL)
+        self.probe = CachedProbe(self._probe_models, PROBE_TTL)
         self.handlers = {T2T: self._text, I2T: self._text, T2I: self._image, I2I: self._image}
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def check(self) -> str:
-        """Missing key, or the key or a model refused by GET /models/{model} (cached briefly)."""
-        if reason := await super().check():
-            return reason
-        return await self._probe.reason()
 
     async def _probe_models(self) -> str:
         try:

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -34,6 +34,10 @@ def bearer(config: ProviderConfig) -> dict[str, str]:
 class ProviderHTTP:
     """An httpx client bound to one instance's base URL, headers and timeout."""
 
+    # Set for servers the operator runs: a refused connection then names the base URL (not a
+    # secret; it says which server to go and start) followed by this hint.
+    connect_hint: ClassVar[str | None] = None
+
     def __init__(
         self,
         config: ProviderConfig,
@@ -41,7 +45,7 @@ class ProviderHTTP:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> None:
-        self._config = config
+        self.config = config
         self._secrets = tuple(s for s in (config.api_key,) if s)
         self.client = httpx.AsyncClient(
             base_url=config.base_url,
@@ -49,6 +53,14 @@ class ProviderHTTP:
             timeout=httpx.Timeout(timeout or config.timeout, connect=10.0),
             follow_redirects=True,
         )
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -71,8 +83,7 @@ class ProviderHTTP:
         except ValueError:
             raise Retryable(
                 "bad_response",
-                f"{self._config.name} answered HTTP {response.status_code} "
-                "with a body that is not JSON",
+                f"{self.name} answered HTTP {response.status_code} with a body that is not JSON",
             ) from None
 
     @asynccontextmanager
@@ -104,20 +115,23 @@ class ProviderHTTP:
 
     def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
         if isinstance(exc, httpx.TimeoutException):
-            return Retryable("timeout", f"{self._config.name} did not answer in time")
+            return Retryable("timeout", f"{self.name} did not answer in time")
+        if self.connect_hint is not None and isinstance(exc, httpx.ConnectError):
+            where = f"{self.base_url} ({type(exc).__name__}{self.connect_hint})"
+            return Retryable("unreachable", f"cannot reach {self.name} at {where}")
         return Retryable(
-            "unreachable", f"cannot reach {self._config.name}: {self.scrub(type(exc).__name__)}"
+            "unreachable", f"cannot reach {self.name}: {self.scrub(type(exc).__name__)}"
         )
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         status = response.status_code
         reason = self.scrub(error_message(response))
-        text = f"{self._config.name} answered HTTP {status}" + (f": {reason}" if reason else "")
+        text = f"{self.name} answered HTTP {status}" + (f": {reason}" if reason else "")
         if status in _RETRYABLE or status >= 500:
             code = "rate_limited" if status == 429 else "provider_unavailable"
             return Retryable(code, text, retry_after=retry_after(response.headers))
         if status in (401, 403):
-            return Fatal("unauthorized", f"{text} (check {self._config.api_key_env or 'the key'})")
+            return Fatal("unauthorized", f"{text} (check {self.config.api_key_env or 'the key'})")
         if status == 402:
             return Fatal("payment_required", text)
         if status in _INVALID:

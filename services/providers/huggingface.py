@@ -28,7 +28,7 @@ from services.providers.adapter import (
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP, bearer, error_message
-from services.providers.params import INT, NUM, STR, Param
+from services.providers.params import INT, NUM, STR, Param, require_multiple
 from services.providers.remote import extension, sniff_media_type
 
 T2I = job_pb2.TASK_TEXT_TO_IMAGE
@@ -88,7 +88,7 @@ class HuggingFaceHTTP(ProviderHTTP):
                 reason = self.scrub(error_message(response)) or "the model is loading"
                 return Retryable(
                     "model_loading",
-                    f"{self._config.name}: {reason} (ready in about {wait:.0f} s)",
+                    f"{self.name}: {reason} (ready in about {wait:.0f} s)",
                     retry_after=float(wait),
                 )
         return super().status_error(response)
@@ -108,19 +108,12 @@ class HuggingFaceAdapter(ConfiguredAdapter):
         if config.options.get("wait_for_model") is True:
             # The API then holds the call until the model is loaded instead of answering 503.
             headers["x-wait-for-model"] = "true"
-        self._http = HuggingFaceHTTP(config, headers=headers)
+        self._http = self.own(HuggingFaceHTTP(config, headers=headers))
         self.handlers = {T2I: self._text_to_image, STT: self._speech_to_text, TTS: self._speak}
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def _text_to_image(self, ctx: JobContext, p: Mapping[str, Any]) -> Result:
         prompt = _prompt(ctx)
-        for side in ("width", "height"):
-            if p[side] is not None and p[side] % 8:
-                raise InvalidInput(
-                    "invalid_parameter", f"{side} must be a multiple of 8, got {p[side]}"
-                )
+        require_multiple(p, 8)
         parameters = {
             key: p[name] for name, key in _IMAGE_KEYS.items() if p[name] not in (None, "")
         }

@@ -27,7 +27,7 @@ from services.providers.adapter import InvalidInput, JobContext, Output, Result,
 from services.providers.base import ConfiguredAdapter, cancel_remote
 from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP, bearer
-from services.providers.params import BOOL, INT, STR, Param
+from services.providers.params import BOOL, INT, STR, Param, require_multiple
 from services.providers.probe import CachedProbe
 
 log = logging.getLogger(__name__)
@@ -101,18 +101,13 @@ class LeonardoAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(config, headers={**bearer(config), "Accept": "application/json"})
+        self.http = self.own(
+            ProviderHTTP(config, headers={**bearer(config), "Accept": "application/json"})
+        )
         # Result images live on Leonardo's CDN: fetched without our key.
-        self.files = ProviderHTTP(config)
-        self._probe = CachedProbe(lambda: self.http.json("GET", "/me"))
+        self.files = self.own(ProviderHTTP(config))
+        self.probe = CachedProbe(lambda: self.http.json("GET", "/me"))
         self.handlers[T2I] = self._text_to_image
-
-    async def check(self) -> str:
-        return self.config.missing_key() or await self._probe.reason()
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-        await self.files.aclose()
 
     async def _text_to_image(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         _check_dimensions(params)
@@ -207,11 +202,7 @@ class LeonardoAdapter(ConfiguredAdapter):
 
 
 def _check_dimensions(params: Mapping[str, Any]) -> None:
-    for side in ("width", "height"):
-        if params[side] % 8:
-            raise InvalidInput(
-                "invalid_parameter", f"{side} must be a multiple of 8, got {params[side]}"
-            )
+    require_multiple(params, 8)
     if max(params["width"], params["height"]) > _LARGE_SIDE and params["num_images"] > 4:
         raise InvalidInput(
             "invalid_parameter",

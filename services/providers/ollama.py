@@ -76,25 +76,13 @@ class OllamaOptions:
 class OllamaHTTP(ProviderHTTP):
     """Ollama says 404 for a model that is not pulled: the operator must act, not the caller."""
 
-    def __init__(self, config: ProviderConfig, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.name = config.name
-        self.base_url = config.base_url
+    connect_hint = "; is `ollama serve` running?"
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         error = super().status_error(response)
         if response.status_code == 404:
             return Fatal("model_not_pulled", error.message)
         return error
-
-    def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        if not isinstance(exc, httpx.ConnectError):
-            return super().transport_error(exc)
-        return Retryable(
-            "unreachable",
-            f"cannot reach {self.name} at {self.base_url} ({type(exc).__name__}; "
-            "is `ollama serve` running?)",
-        )
 
 
 class OllamaAdapter(ConfiguredAdapter):
@@ -106,15 +94,9 @@ class OllamaAdapter(ConfiguredAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self.options = OllamaOptions.parse(config.name, config.options)
-        self._http = OllamaHTTP(config, headers=bearer(config))
-        self._probe = CachedProbe(self._probe_tags, self.options.check_ttl)
+        self._http = self.own(OllamaHTTP(config, headers=bearer(config)))
+        self.probe = CachedProbe(self._probe_tags, self.options.check_ttl)
         self.handlers = {TEXT: self._text, VISION: self._vision}
-
-    async def check(self) -> str:
-        """Missing key, unreachable server, or configured models not pulled (cached briefly)."""
-        if missing := self.config.missing_key():
-            return missing
-        return await self._probe.reason()
 
     async def _probe_tags(self) -> str:
         try:
@@ -132,9 +114,6 @@ class OllamaAdapter(ConfiguredAdapter):
         noun = "model" if len(missing) == 1 else "models"
         pulls = "; ".join(f"ollama pull {m}" for m in missing)
         return f"{noun} {', '.join(missing)} not pulled (run: {pulls})"
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def _text(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         message = {"role": "user", "content": ctx.job.spec.prompt}

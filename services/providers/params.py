@@ -94,3 +94,13 @@ def read_parameters(
 ) -> dict[str, Any]:
     """Every parameter that applies to `task`, checked, with defaults filled in."""
     return {p.name: p.read(raw.get(p.name)) for p in params if not p.tasks or task in p.tasks}
+
+
+def require_multiple(params: Mapping[str, Any], step: int) -> None:
+    """InvalidInput unless width and height, where set, are multiples of `step`."""
+    for side in ("width", "height"):
+        value = params[side]
+        if value is not None and value % step:
+            raise InvalidInput(
+                "invalid_parameter", f"{side} must be a multiple of {step}, got {value}"
+            )

@@ -18,7 +18,6 @@ job stops polling and the task finishes (and is billed) at Pollo."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP
 from services.providers.params import INT, STR, Param
+from services.providers.remote import data_uri
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,10 @@ class PolloAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(config, headers={"x-api-key": config.api_key})
+        self.http = self.own(ProviderHTTP(config, headers={"x-api-key": config.api_key}))
         # Result videos are on Pollo's storage CDN: fetched without our key.
-        self.files = ProviderHTTP(config)
+        self.files = self.own(ProviderHTTP(config))
         self.handlers[I2V] = self._image_to_video
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-        await self.files.aclose()
 
     async def _image_to_video(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         if params["length"] not in LENGTHS:
@@ -96,7 +92,7 @@ class PolloAdapter(ConfiguredAdapter):
         asset, image = await ctx.read_input()
         media_type = asset.media_type or "image/png"
         job_input: dict[str, Any] = {
-            "image": f"data:{media_type};base64,{base64.b64encode(image).decode()}",
+            "image": data_uri(image, media_type),
             "prompt": ctx.job.spec.prompt,
             "resolution": params["resolution"],
             "length": params["length"],

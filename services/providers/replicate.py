@@ -124,14 +124,14 @@ class ReplicateAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self._http = ProviderHTTP(config, headers=bearer(config))
-        self._files = RemoteFiles(config, self._http)
+        self._http = self.own(ProviderHTTP(config, headers=bearer(config)))
+        self._files = self.own(RemoteFiles(config, self._http))
         options = config.options
         # The create call must outlast the wait it asks for, or the prediction id is lost.
         self._prefer_wait = max(0, min(60, int(options.get("wait", 0)), int(config.timeout) - 5))
         self._max_wait = float(options.get("max_wait", DEFAULT_MAX_WAIT))
         self._inline_limit = int(options.get("data_uri_limit", DEFAULT_DATA_URI_LIMIT))
-        self._probe = CachedProbe(
+        self.probe = CachedProbe(
             lambda: self._http.json("GET", "/account"), float(options.get("health_ttl", 60))
         )
         self.handlers = {
@@ -139,13 +139,6 @@ class ReplicateAdapter(ConfiguredAdapter):
             T2T: self._text_to_text,
             S2T: self._speech_to_text,
         }
-
-    async def check(self) -> str:
-        return self.config.missing_key() or await self._probe.reason()
-
-    async def aclose(self) -> None:
-        await self._files.aclose()
-        await self._http.aclose()
 
     # --- tasks ---------------------------------------------------------------------------
 

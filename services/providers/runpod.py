@@ -126,22 +126,15 @@ class RunPodAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self._http = ProviderHTTP(config, headers=bearer(config))
-        self._files = RemoteFiles(config, self._http)
+        self._http = self.own(ProviderHTTP(config, headers=bearer(config)))
+        self._files = self.own(RemoteFiles(config, self._http))
         options = config.options
         self._stream = bool(options.get("stream", True))
         self._policy = options.get("policy")
         self._max_wait = float(options.get("max_wait", DEFAULT_MAX_WAIT))
-        self._probe = CachedProbe(self._health, float(options.get("health_ttl", 60)))
+        self.probe = CachedProbe(self._health, float(options.get("health_ttl", 60)))
         # One handler serves every task: the worker, not genmesh, knows what to do with it.
         self.handlers = {task: self._job for task in (T2T, T2I, I2I, I2T, T2S, S2T, I2V)}
-
-    async def check(self) -> str:
-        return self.config.missing_key() or await self._probe.reason()
-
-    async def aclose(self) -> None:
-        await self._files.aclose()
-        await self._http.aclose()
 
     async def _health(self) -> None:
         for endpoint in sorted(set(self.config.models.values())):

@@ -211,7 +211,8 @@ class ProviderWorker:
         if job.id in self._shared.cancelled:
             await msg.ack()
             return
-        if Budget.of(job).expired():
+        budget = Budget.of(job, self._options.attempt_timeout)
+        if budget.expired():
             # Never started past the deadline: nobody is waiting for the result any more.
             reason = DeadlineExceeded("it passed before a worker could start the job")
             await events.publish(_failed(job, reason.code, reason.message, reason.kind))
@@ -232,7 +233,7 @@ class ProviderWorker:
         self._running[job.id] = running
         heartbeat = asyncio.create_task(self._heartbeat(msg, job.id))
         try:
-            await self._execute(job, attempt, delivery, events, msg)
+            await self._execute(job, budget, attempt, delivery, events, msg)
         except asyncio.CancelledError:
             if running.cancel_reason:
                 # The router already recorded CANCELLED; the message is done with.
@@ -247,7 +248,13 @@ class ProviderWorker:
             self._running.pop(job.id, None)
 
     async def _execute(
-        self, job: job_pb2.Job, attempt: int, delivery: int, events: EventPublisher, msg: Msg
+        self,
+        job: job_pb2.Job,
+        budget: Budget,
+        attempt: int,
+        delivery: int,
+        events: EventPublisher,
+        msg: Msg,
     ) -> None:
         provider = self.adapter.name
         started = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=provider)
@@ -265,7 +272,7 @@ class ProviderWorker:
                 events=events,
                 requests=self._shared.requests,
             )
-            async with Budget.of(job, self._options.attempt_timeout).bound():
+            async with budget.bound():
                 if self._drafts.wanted(job, delivery):
                     await self._drafts.show(self.adapter, ctx)
                 result = await self.adapter.run(ctx)

@@ -39,7 +39,8 @@ from services.providers.adapter import (
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP, bearer, retry_after
-from services.providers.params import INT, NUM, STR, Param
+from services.providers.params import INT, NUM, STR, Param, require_multiple
+from services.providers.remote import data_uri
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +87,11 @@ class RunwareAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(config, headers=bearer(config))
+        self.http = self.own(ProviderHTTP(config, headers=bearer(config)))
         # Result URLs point at Runware's image CDN: fetched without our key.
-        self.files = ProviderHTTP(config)
+        self.files = self.own(ProviderHTTP(config))
         self.handlers[T2I] = self._text_to_image
         self.handlers[I2I] = self._image_to_image
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-        await self.files.aclose()
 
     async def _text_to_image(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         return await self._infer(ctx, params, self._task(ctx, params, T2I))
@@ -103,19 +100,14 @@ class RunwareAdapter(ConfiguredAdapter):
         asset, data = await ctx.read_input()
         media_type = asset.media_type or "image/png"
         task = self._task(ctx, params, I2I)
-        task["seedImage"] = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+        task["seedImage"] = data_uri(data, media_type)
         task["strength"] = params["strength"]
         return await self._infer(ctx, params, task)
 
     def _task(
         self, ctx: JobContext, params: Mapping[str, Any], job_task: job_pb2.Task.ValueType
     ) -> dict[str, Any]:
-        for side in ("width", "height"):
-            if params[side] % _SIDE_STEP:
-                raise InvalidInput(
-                    "invalid_parameter",
-                    f"{side} must be a multiple of {_SIDE_STEP}, got {params[side]}",
-                )
+        require_multiple(params, _SIDE_STEP)
         task: dict[str, Any] = {
             "taskType": "imageInference",
             "positivePrompt": ctx.job.spec.prompt,

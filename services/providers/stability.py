@@ -108,16 +108,10 @@ class StabilityAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.http = ProviderHTTP(config, headers=bearer(config))
-        self._probe = CachedProbe(lambda: self.http.json("GET", "/v1/user/account"))
+        self.http = self.own(ProviderHTTP(config, headers=bearer(config)))
+        self.probe = CachedProbe(lambda: self.http.json("GET", "/v1/user/account"))
         self.handlers[T2I] = self._text_to_image
         self.handlers[I2I] = self._image_to_image
-
-    async def check(self) -> str:
-        return self.config.missing_key() or await self._probe.reason()
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
 
     async def _text_to_image(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         endpoint, fields = self._fields(ctx, params, T2I)

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.errors import ResourceExhausted
+from services.common.run import cancel_task
 from services.router.attempts import current
 from services.router.transitions import TERMINAL
 
@@ -187,10 +188,7 @@ class AdmissionGate:
 
     async def stop(self) -> None:
         """Stop releasing; jobs still held stay stored as undispatched for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_task(self._task)
 
     # ---- submit path ----------------------------------------------------------------
 
@@ -214,7 +212,7 @@ class AdmissionGate:
     async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> None:
         """Publish the stored job now if its provider has room, else hold it."""
         name = job.provider
-        if not self._held.get(name) and self._room(name, self._depths.cached(name)) > 0:
+        if not self._held.get(name) and self._room(self._depths.cached(name)) > 0:
             bucket = self._bucket(name)
             if bucket is None or bucket.take():
                 await self._publish(job, attempt)
@@ -256,7 +254,7 @@ class AdmissionGate:
             if not held:
                 del self._held[name]
                 continue
-            room = self._room(name, await self._depths.depth(name))
+            room = self._room(await self._depths.depth(name))
             bucket = self._bucket(name)
             taken: list[Held] = []
             while held and len(taken) < room:
@@ -326,7 +324,7 @@ class AdmissionGate:
         await self._publisher.dispatch(job, attempt)
         self._depths.count_in(job.provider, job.id)
 
-    def _room(self, name: str, depth: int | None) -> int:
+    def _room(self, depth: int | None) -> int:
         # An unknown depth (no worker has ever served the provider) counts as empty.
         return self._backlog - (depth or 0)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,6 +22,7 @@ from services.common.bus import Bus, connect
 from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
+from services.common.run import cancel_task
 from services.router.admission import AdmissionGate
 from services.router.batches import Batches
 from services.router.breakers import Breakers
@@ -158,13 +158,6 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         log.info("router listening on %s", server.address)
         yield Router(core, server, store)
-
-
-async def cancel_task(task: asyncio.Task[None]) -> None:
-    """Stop a background loop and wait until it has."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def selection_config(settings: Settings) -> SelectionConfig:

@@ -11,6 +11,7 @@ from nats.js.kv import KeyValue
 
 from genmesh.v1 import provider_service_pb2
 from services.common.kv_follow import follow, removed
+from services.common.run import cancel_task
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,7 @@ class Catalog:
 
     async def stop(self) -> None:
         for task in (self._task, self._pruner):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_task(task)
 
     async def prune(self) -> list[str]:
         """Delete registrations of workers gone longer than the retention; returns their keys.

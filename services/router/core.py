@@ -67,8 +67,8 @@ class RouterCore:
         selector: Selector,
         breakers: Breakers,
         admission: AdmissionGate,
-        prompt_max_length: int = 10_000,
-        hedger: Hedger | None = None,
+        prompt_max_length: int,
+        hedger: Hedger,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -242,8 +242,7 @@ class RouterCore:
         await self._hub.publish([first for _, first in stored])
         for job, _ in stored:
             self._breakers.dispatched(job.provider)
-            if self._hedger is not None:
-                self._hedger.track(job)
+            self._hedger.track(job)
 
     def _check_prompt(self, spec: job_pb2.JobSpec) -> None:
         violations = prompt_rules.validate(spec.prompt, spec.task, self._prompt_max_length)

@@ -11,9 +11,7 @@ import time
 from google.protobuf import timestamp_pb2
 
 from genmesh.v1 import job_pb2
-from services.common.errors import InvalidArgument
-
-DEADLINE_EXCEEDED = "deadline_exceeded"
+from services.common.errors import DEADLINE_EXCEEDED, InvalidArgument
 
 
 def job_deadline(

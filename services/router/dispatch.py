@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +10,7 @@ from nats.js import JetStreamContext
 
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
+from services.common.run import cancel_task
 from services.router.attempts import current
 from services.router.store import JobStore
 
@@ -41,10 +41,7 @@ class Dispatcher:
         self._task = asyncio.create_task(self._mark_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_task(self._task)
         await self._flush()
 
     async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> int:

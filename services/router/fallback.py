@@ -64,11 +64,7 @@ class Fallback:
         attempts.close_attempt(job, failed)
         attempts.open_attempt(job, choice.provider, note, failed.time)
         job.spec.parameters.CopyFrom(dict_to_struct(choice.parameters))
-        # The state only moves forward: a job that showed a preview stays PREVIEW_READY.
-        state = job.state
-        if state not in (job_pb2.JOB_STATE_PREVIEW_READY,):
-            state = job_pb2.JOB_STATE_PROCESSING
-        event = job_pb2.JobEvent(state=state, provider=choice.provider.name)
+        event = job_pb2.JobEvent(state=attempts.note_state(job), provider=choice.provider.name)
         event.time.CopyFrom(failed.time)
         event.progress.message = note
         return event

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import time
@@ -25,9 +24,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from genmesh.v1 import job_pb2
-from services.common.db import Database, DbConnection
+from services.common.db import Database
 from services.common.errors import InvalidArgument
-from services.router.store import job_events, jobs
+from services.common.run import cancel_task
+from services.router.store import UNFINISHED, chunks, events_after_in, jobs
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
 
@@ -44,10 +44,6 @@ KEEPALIVE = 15.0
 ROUTE_BUFFER = 65_536
 # Jobs whose tenant is remembered, so routing an event rarely needs the store.
 TENANT_CACHE = 100_000
-# Job ids per IN (...) query.
-CHUNK = 500
-
-_ACTIVE = [s for s in job_pb2.JobState.values() if s and s not in TERMINAL]
 _CURSOR_VERSION = 1
 
 Update = job_pb2.JobEvent | str
@@ -99,11 +95,8 @@ class FeedHub:
 
     async def stop(self) -> None:
         self._stack.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_task(self._task)
+        self._task = None
 
     async def watch(self, tenant: str, cursor: str) -> AsyncIterator[Update]:
         """A cursor, then the tenant's events each followed in time by a newer cursor."""
@@ -167,7 +160,7 @@ class FeedHub:
         if not ids:
             return
         async with self._engine.connect() as conn:
-            for chunk in _chunks(sorted(ids)):
+            for chunk in chunks(sorted(ids)):
                 rows = await conn.execute(
                     select(jobs.c.id, jobs.c.tenant_id).where(jobs.c.id.in_(chunk))
                 )
@@ -196,7 +189,7 @@ class FeedHub:
         mark = time.time()
         query = select(jobs.c.id, jobs.c.last_sequence).where(
             jobs.c.tenant_id == tenant,
-            jobs.c.state.in_(_ACTIVE) | (jobs.c.create_time >= mark - SLACK),
+            jobs.c.state.in_(UNFINISHED) | (jobs.c.create_time >= mark - SLACK),
         )
         async with self._engine.connect() as conn:
             rows = await conn.execute(query)
@@ -216,7 +209,7 @@ class FeedHub:
             else:
                 # A job not followed yet is new since the position was taken.
                 async with self._engine.connect() as conn:
-                    events = await _events_after(conn, event.job_id, last or 0)
+                    events = await events_after_in(conn, event.job_id, last or 0)
             for item in events:
                 out.append(item)
                 position.sent[item.job_id] = item.sequence
@@ -234,7 +227,7 @@ class FeedHub:
                 )
             )
             rows = {r.id: r for r in new}
-            for chunk in _chunks([j for j in position.sent if j not in rows]):
+            for chunk in chunks([j for j in position.sent if j not in rows]):
                 followed = await conn.execute(
                     select(*columns).where(jobs.c.tenant_id == tenant, jobs.c.id.in_(chunk))
                 )
@@ -244,7 +237,7 @@ class FeedHub:
             for row in rows.values():
                 last = position.sent.get(row.id, 0)
                 if row.last_sequence > last:
-                    events = await _events_after(conn, row.id, last)
+                    events = await events_after_in(conn, row.id, last)
                     out.extend(events)
                     if events:
                         position.sent[row.id] = events[-1].sequence
@@ -256,27 +249,8 @@ class FeedHub:
         return out
 
 
-async def _events_after(conn: DbConnection, job_id: str, after: int) -> list[job_pb2.JobEvent]:
-    rows = await conn.execute(
-        select(job_events.c.body)
-        .where(job_events.c.job_id == job_id, job_events.c.sequence > after)
-        .order_by(job_events.c.sequence)
-    )
-    events = []
-    for row in rows:
-        event = job_pb2.JobEvent()
-        event.ParseFromString(row.body)
-        events.append(event)
-    return events
-
-
 def _drain(listener: Listener) -> list[job_pb2.JobEvent]:
     out = []
     while not listener.lagged and not listener.queue.empty():
         out.append(listener.queue.get_nowait())
     return out
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), CHUNK):
-        yield items[i : i + CHUNK]

@@ -77,8 +77,7 @@ class Hedger:
             after <= 0
             or job.id in self._watches
             or job.state in TERMINAL
-            or len(attempts.running(job)) != 1
-            or any(a.hedge for a in job.attempts)
+            or _sole_unhedged(job) is None
             or self._fallback.next_choice(job) is None
         ):
             return
@@ -160,13 +159,13 @@ class Hedger:
     def _open_hedge(self, job: job_pb2.Job, after: float) -> job_pb2.JobEvent | None:
         """Open the hedge attempt on the job; returns the event that says so, or None when
         the job cannot be hedged (any more)."""
-        running = [a for a in job.attempts if a.outcome == job_pb2.ATTEMPT_OUTCOME_RUNNING]
-        if len(running) != 1 or any(a.hedge for a in job.attempts):
+        running = _sole_unhedged(job)
+        if running is None:
             return None
         choice = self._fallback.next_choice(job)
         if choice is None:
             return None
-        source = running[0].provider
+        source = running.provider
         name = choice.provider.name
         note = f"hedging: no progress from {source} for {after:g}s; starting {name} beside it"
         now = job_pb2.JobEvent(state=attempts.note_state(job), provider=name)
@@ -176,3 +175,11 @@ class Hedger:
         # The dispatched job carries the hedge's parameters; the running attempt has its own.
         job.spec.parameters.CopyFrom(dict_to_struct(choice.parameters))
         return now
+
+
+def _sole_unhedged(job: job_pb2.Job) -> job_pb2.Attempt | None:
+    """The job's one running attempt, if it has exactly one and was never hedged."""
+    running = [a for a in job.attempts if a.outcome == job_pb2.ATTEMPT_OUTCOME_RUNNING]
+    if len(running) != 1 or any(a.hedge for a in job.attempts):
+        return None
+    return running[0]

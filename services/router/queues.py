@@ -13,6 +13,7 @@ from nats.js.errors import NotFoundError
 
 from genmesh.v1 import job_pb2
 from services.common.bus import Bus
+from services.common.run import cancel_task
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,7 @@ class QueueDepths:
 
     async def stop(self) -> None:
         for task in self._reading.values():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_task(task)
 
     async def _read(self, provider: str) -> None:
         counted = set(self._fresh.get(provider, ()))

@@ -37,9 +37,9 @@ class Recorder:
         bus: Bus,
         store: JobStore,
         hub: WatchHub,
-        queues: QueueDepths | None = None,
-        fallback: Fallback | None = None,
-        hedger: Hedger | None = None,
+        queues: QueueDepths,
+        fallback: Fallback,
+        hedger: Hedger,
     ) -> None:
         self._js = js
         self._bus = bus
@@ -108,18 +108,12 @@ class Recorder:
                 )
             )
             good.append(msg)
-        if self._fallback is None:
-            applied = await self._store.apply(batch)
-        else:
-            # Rerouted jobs are dispatched before the events are acked: a router dying in
-            # between leaves them marked undispatched, and the next start publishes them.
-            routed = await self._store.apply_routed(batch, self._fallback.reroute)
-            await self._fallback.settle(routed)
-            if self._hedger is not None:
-                await self._hedger.settle(routed)
-            applied = routed.events
+        # Rerouted jobs are dispatched before the events are acked: a router dying in
+        # between leaves them marked undispatched, and the next start publishes them.
+        routed = await self._store.apply_routed(batch, self._fallback.reroute)
+        await self._fallback.settle(routed)
+        await self._hedger.settle(routed)
         for msg in good:
             await msg.ack()
-        if self._queues is not None:
-            self._queues.observe(applied)
-        await self._hub.publish(applied)
+        self._queues.observe(routed.events)
+        await self._hub.publish(routed.events)

@@ -139,32 +139,33 @@ class Selector:
     ) -> None:
         self._providers = providers
         self._config = config
+        # Position in the configured priority order, by provider name.
+        self._priority = {name: i for i, name in enumerate(config.priority)}
         self._breakers = breakers
         self._latency = latency
         self._rng = rng or random.Random()
         # (provider, task) -> (the registration the rules were read from, the rules)
         self._rules: dict[tuple[str, int], tuple[Provider, ParameterRules]] = {}
 
-    @property
-    def config(self) -> SelectionConfig:
-        return self._config
-
     def choose(self, request: Request) -> Choice:
         """The first provider for a new job; InvalidArgument or Unavailable when none can."""
         policy = self._policy(request)
-        known = {p.name: p for p in self._providers(0)}
-        if request.provider and request.provider not in known:
-            names = ", ".join(sorted(known)) or "none"
-            raise InvalidArgument(f"unknown provider {request.provider!r}; known: {names}")
-        if request.strict:
-            return self._strict(request, known[request.provider], policy)
-        if request.provider and request.task not in known[request.provider].tasks:
-            raise InvalidArgument(
-                f"provider {request.provider!r} does not serve {task_name(request.task)}"
-            )
+        known = self._providers(0)
+        if request.provider:
+            # Names are unique in the catalog: the one asked for, without a dict of all.
+            named = next((p for p in known if p.name == request.provider), None)
+            if named is None:
+                names = _names(known) or "none"
+                raise InvalidArgument(f"unknown provider {request.provider!r}; known: {names}")
+            if request.strict:
+                return self._strict(request, named, policy)
+            if request.task not in named.tasks:
+                raise InvalidArgument(
+                    f"provider {request.provider!r} does not serve {task_name(request.task)}"
+                )
         candidates = self._assess(request, self._providers(request.task), ())
         if not candidates:
-            names = ", ".join(sorted(known)) or "none registered"
+            names = _names(known) or "none registered"
             raise Unavailable(f"no provider serves {task_name(request.task)} (providers: {names})")
         ranked = self._rank(request, policy, [c for c in candidates if not c.excluded])
         reason = _reason(policy, ranked, self._config)
@@ -240,7 +241,7 @@ class Selector:
         return out
 
     def _rank(self, request: Request, policy: Policy, pool: list[_Candidate]) -> list[_Candidate]:
-        priority = {name: i for i, name in enumerate(self._config.priority)}
+        priority = self._priority
 
         def order(c: _Candidate) -> tuple[int, str]:
             return priority.get(c.provider.name, len(priority)), c.provider.name
@@ -327,6 +328,10 @@ def requested(spec: job_pb2.JobSpec, parameters: Mapping[str, Any], prompt: str)
         preference=spec.provider_preference,
         policy=spec.routing_policy,
     )
+
+
+def _names(providers: Sequence[Provider]) -> str:
+    return ", ".join(sorted({p.name for p in providers}))
 
 
 def _reason(policy: Policy, ranked: list[_Candidate], config: SelectionConfig | None) -> str:

@@ -6,8 +6,9 @@ import base64
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -36,6 +37,8 @@ from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
 from services.router import attempts
 from services.router.transitions import TERMINAL, accepts, fold
+
+_T = TypeVar("_T")
 
 metadata = MetaData()
 
@@ -136,9 +139,15 @@ class Page:
 
 
 MAX_PAGE = 500
-_UNFINISHED = sorted(set(job_pb2.JobState.values()) - TERMINAL - {job_pb2.JOB_STATE_UNSPECIFIED})
-# Job ids per IN (...) query.
-_CHUNK = 500
+UNFINISHED = sorted(set(job_pb2.JobState.values()) - TERMINAL - {job_pb2.JOB_STATE_UNSPECIFIED})
+# Values per IN (...) query.
+CHUNK = 500
+
+
+def chunks(items: Sequence[_T]) -> Iterator[list[_T]]:
+    """`items` in slices of CHUNK, one IN (...) query each."""
+    for start in range(0, len(items), CHUNK):
+        yield list(items[start : start + CHUNK])
 
 
 class JobStore:
@@ -204,8 +213,7 @@ class JobStore:
         """The tenant's jobs among `job_ids`, in that order (missing ones left out)."""
         found: dict[str, job_pb2.Job] = {}
         async with self._engine.connect() as conn:
-            for start in range(0, len(job_ids), _CHUNK):
-                chunk = list(job_ids[start : start + _CHUNK])
+            for chunk in chunks(job_ids):
                 rows = await conn.execute(
                     select(jobs.c.id, jobs.c.body).where(
                         jobs.c.tenant_id == tenant, jobs.c.id.in_(chunk)
@@ -232,11 +240,10 @@ class JobStore:
         found: dict[str, tuple[job_pb2.Job, str]] = {}
         unique = sorted(set(keys))
         async with self._engine.connect() as conn:
-            for start in range(0, len(unique), _CHUNK):
+            for chunk in chunks(unique):
                 rows = await conn.execute(
                     select(jobs.c.idempotency_key, jobs.c.body, jobs.c.spec_hash).where(
-                        jobs.c.tenant_id == tenant,
-                        jobs.c.idempotency_key.in_(unique[start : start + _CHUNK]),
+                        jobs.c.tenant_id == tenant, jobs.c.idempotency_key.in_(chunk)
                     )
                 )
                 found.update((r.idempotency_key, (_job(r.body), r.spec_hash)) for r in rows)
@@ -255,14 +262,8 @@ class JobStore:
         self, job_id: str, after: int, upto: int | None = None
     ) -> list[job_pb2.JobEvent]:
         """Events with after < sequence (<= upto), oldest first."""
-        cond = [job_events.c.job_id == job_id, job_events.c.sequence > after]
-        if upto is not None:
-            cond.append(job_events.c.sequence <= upto)
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(job_events.c.body).where(*cond).order_by(job_events.c.sequence)
-            )
-            return [_event(r.body) for r in rows]
+            return await events_after_in(conn, job_id, after, upto)
 
     async def list_jobs(
         self,
@@ -447,7 +448,7 @@ class JobStore:
             rows = await conn.execute(
                 select(jobs.c.id, jobs.c.state)
                 .where(
-                    jobs.c.state.in_(_UNFINISHED),
+                    jobs.c.state.in_(UNFINISHED),
                     jobs.c.deadline.is_not(None),
                     jobs.c.deadline <= now,
                 )
@@ -465,7 +466,7 @@ class JobStore:
                 select(jobs.c.id).where(
                     jobs.c.id.in_(list(ids)),
                     jobs.c.dispatched.is_(False),
-                    jobs.c.state.in_(_UNFINISHED),
+                    jobs.c.state.in_(UNFINISHED),
                 )
             )
             return {r.id for r in rows}
@@ -493,12 +494,24 @@ class JobStore:
         """Jobs that have not ended, oldest first; with `pipelines`, only pipeline jobs (the
         only jobs without a task). Scans the jobs table, so it is meant for start-up and
         slow sweeps, not for a request."""
-        query = select(jobs.c.body).where(jobs.c.state.in_(_UNFINISHED))
+        query = select(jobs.c.body).where(jobs.c.state.in_(UNFINISHED))
         if pipelines:
             query = query.where(jobs.c.task == job_pb2.TASK_UNSPECIFIED)
         async with self._engine.connect() as conn:
             rows = await conn.execute(query.order_by(jobs.c.create_time).limit(limit))
             return [_job(r.body) for r in rows]
+
+
+async def events_after_in(
+    conn: DbConnection, job_id: str, after: int, upto: int | None = None
+) -> list[job_pb2.JobEvent]:
+    """JobStore.events_after on a connection the caller holds."""
+    cond = [job_events.c.job_id == job_id, job_events.c.sequence > after]
+    if upto is not None:
+        cond.append(job_events.c.sequence <= upto)
+    query = select(job_events.c.body).where(*cond).order_by(job_events.c.sequence)
+    rows = await conn.execute(query)
+    return [_event(r.body) for r in rows]
 
 
 # Statements built once: building one and its cache key costs more than running it.

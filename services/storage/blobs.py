@@ -76,22 +76,18 @@ class LocalBlobStore:
             await asyncio.to_thread(self._put_bytes, data, self.temp_path(), final)
         return sha256
 
-    @staticmethod
-    def _put_bytes(data: bytes, temp: Path, final: Path) -> None:
+    @classmethod
+    def _put_bytes(cls, data: bytes, temp: Path, final: Path) -> None:
         if final.exists():
             return
-        final.parent.mkdir(parents=True, exist_ok=True)
         temp.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(temp, "xb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, final)
+            cls._put(temp, final)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_dir(final.parent)
 
     @staticmethod
     def _put(temp: Path, final: Path) -> None:

@@ -30,6 +30,7 @@ from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
 from services.common.group_commit import GroupCommit
 from services.storage.blobs import BlobStore, ThreadFile
+from services.storage.limits import PUT_LIMIT
 from services.storage.probe import MediaInfo, normalize_media_type, probe_file
 from services.storage.schema import assets
 
@@ -39,8 +40,12 @@ _INSERT_ASSETS = insert(assets)
 
 # Bytes gathered from the stream before one write (and hash update) runs in a thread.
 WRITE_BLOCK = 256 * 1024
-# Uploads up to this size are handled in memory (most job outputs and every preview).
-SMALL_UPLOAD = 1024 * 1024
+# Uploads up to this size are handled in memory (most job outputs and every preview), so
+# is any PutAsset.
+SMALL_UPLOAD = PUT_LIMIT
+# In-memory bytes up to this size are hashed and probed on the event loop; larger ones in a
+# thread, so a big image does not stall every other call.
+INLINE_MEASURE = 64 * 1024
 MAX_TENANT = 128
 MAX_FILENAME = 1024
 MAX_JOB_ID = 128
@@ -126,34 +131,51 @@ class AssetStore:
         InvalidArgument for bad metadata or no bytes; ResourceExhausted past the size limit.
         Nothing is kept from a failed upload.
         """
-        _check_text("tenant", tenant, MAX_TENANT, required=True)
-        media_type = normalize_media_type(meta.media_type)
-        _check_text("filename", meta.filename, MAX_FILENAME)
-        _check_text("job_id", meta.job_id, MAX_JOB_ID)
-        _check_text("idempotency_key", meta.idempotency_key, MAX_IDEMPOTENCY_KEY)
-        if meta.role not in _ROLES:
-            raise InvalidArgument(f"unknown asset role {meta.role}")
-        key = meta.idempotency_key or None
+        media_type, key = _checked(tenant, meta)
         stream = aiter(chunks)
         head, complete = await _read_up_to(stream, self._in_memory_bytes)
         if complete:
-            # Small, whole in memory: hashed, measured and written with one thread hop; a
-            # repeat under a taken key is caught by the unique constraint instead of a query.
-            data = b"".join(head)
-            if not data:
-                raise InvalidArgument("upload has no bytes")
-            sha256 = hashlib.sha256(data).hexdigest()
-            info = probe_file(data, media_type)
-            return await self._commit(
-                tenant, meta, key, info, len(data), sha256, partial(self._blobs.put_bytes, data)
-            )
+            return await self._store_bytes(tenant, meta, media_type, key, b"".join(head))
+        return await self._store_stream(tenant, meta, media_type, key, _chain(head, stream))
+
+    async def upload_bytes(self, tenant: str, meta: NewAsset, data: bytes) -> Asset:
+        """upload() for bytes already in memory, with the same results and errors."""
+        media_type, key = _checked(tenant, meta)
+        if len(data) <= self._in_memory_bytes:
+            return await self._store_bytes(tenant, meta, media_type, key, data)
+        return await self._store_stream(tenant, meta, media_type, key, _chain([data]))
+
+    async def _store_bytes(
+        self, tenant: str, meta: NewAsset, media_type: str, key: str | None, data: bytes
+    ) -> Asset:
+        # Whole in memory: a repeat under a taken key is caught by the unique constraint
+        # instead of a query.
+        if not data:
+            raise InvalidArgument("upload has no bytes")
+        if len(data) > INLINE_MEASURE:
+            sha256, info = await asyncio.to_thread(_measure, data, media_type)
+        else:
+            # Most job outputs: cheaper measured here than worth a thread hop.
+            sha256, info = _measure(data, media_type)
+        return await self._commit(
+            tenant, meta, key, info, len(data), sha256, partial(self._blobs.put_bytes, data)
+        )
+
+    async def _store_stream(
+        self,
+        tenant: str,
+        meta: NewAsset,
+        media_type: str,
+        key: str | None,
+        chunks: AsyncIterable[bytes],
+    ) -> Asset:
         if key is not None:
             existing = await self._find_by_key(tenant, key)
             if existing is not None:
                 # A repeat, e.g. from a redelivered job: the first upload stands, unread bytes
                 # and all.
                 return existing
-        spooled = await self._spool(_chain(head, stream))
+        spooled = await self._spool(chunks)
         try:
             info = await asyncio.to_thread(probe_file, spooled.path, media_type)
             return await self._commit(
@@ -314,11 +336,31 @@ async def _read_up_to(stream: AsyncIterator[bytes], limit: int) -> tuple[list[by
     return head, True
 
 
-async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _chain(
+    head: list[bytes], rest: AsyncIterator[bytes] | None = None
+) -> AsyncIterator[bytes]:
     for chunk in head:
         yield chunk
-    async for chunk in rest:
-        yield chunk
+    if rest is not None:
+        async for chunk in rest:
+            yield chunk
+
+
+def _checked(tenant: str, meta: NewAsset) -> tuple[str, str | None]:
+    """The normalized media type and the idempotency key (None when absent) of valid metadata;
+    InvalidArgument otherwise."""
+    _check_text("tenant", tenant, MAX_TENANT, required=True)
+    media_type = normalize_media_type(meta.media_type)
+    _check_text("filename", meta.filename, MAX_FILENAME)
+    _check_text("job_id", meta.job_id, MAX_JOB_ID)
+    _check_text("idempotency_key", meta.idempotency_key, MAX_IDEMPOTENCY_KEY)
+    if meta.role not in _ROLES:
+        raise InvalidArgument(f"unknown asset role {meta.role}")
+    return media_type, meta.idempotency_key or None
+
+
+def _measure(data: bytes, media_type: str) -> tuple[str, MediaInfo]:
+    return hashlib.sha256(data).hexdigest(), probe_file(data, media_type)
 
 
 def _check_text(name: str, value: str, limit: int, *, required: bool = False) -> None:

@@ -64,7 +64,8 @@ class PutBatcher:
                 continue  # its caller gave up
             data = len(put.request.data)
             if batch and (len(batch) == BATCH_PUT_ITEMS or size + data > BATCH_PUT_BYTES):
-                self._queued[tenant] = queued[index:] + self._queued.get(tenant, [])
+                # Nothing can have queued since the pop: no await in between.
+                self._queued[tenant] = queued[index:]
                 break
             batch.append(put)
             size += data

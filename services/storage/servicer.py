@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -11,12 +10,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
-from services.common.errors import InvalidArgument, MeshError
+from services.common.errors import InvalidArgument, status_of
 from services.common.tenancy import tenant_of
 from services.storage.core import Asset, AssetStore, NewAsset
 from services.storage.limits import BATCH_PUT_BYTES, BATCH_PUT_ITEMS, PUT_LIMIT
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAME = asset_service_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name
 
@@ -72,7 +69,7 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
                 f"PutAsset takes at most {PUT_LIMIT} bytes; upload {len(request.data)} bytes "
                 "with UploadAsset"
             )
-        asset = await self._store.upload(tenant, _new_asset(request.metadata), _one(request.data))
+        asset = await self._store.upload_bytes(tenant, _new_asset(request.metadata), request.data)
         return to_proto(asset)
 
     async def GetAsset(
@@ -107,13 +104,9 @@ async def _chunks(
 def _result(outcome: asset_pb2.Asset | BaseException) -> asset_service_pb2.PutAssetResult:
     if isinstance(outcome, asset_pb2.Asset):
         return asset_service_pb2.PutAssetResult(asset=outcome)
-    if isinstance(outcome, MeshError):
-        code, message = outcome.code, outcome.message
-    elif isinstance(outcome, Exception):
-        log.error("storing a batch item failed", exc_info=outcome)
-        code, message = grpc.StatusCode.INTERNAL, "internal error"
-    else:
+    if not isinstance(outcome, Exception):
         raise outcome  # cancellation: the whole call is going away
+    code, message = status_of(outcome, "a BatchPutAssets item")
     error = asset_service_pb2.PutAssetError(code=code.value[0], message=message)
     return asset_service_pb2.PutAssetResult(error=error)
 
@@ -145,8 +138,3 @@ def _new_asset(meta: asset_service_pb2.UploadMetadata) -> NewAsset:
         job_id=meta.job_id,
         idempotency_key=meta.idempotency_key,
     )
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    if data:
-        yield data

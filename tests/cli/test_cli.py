@@ -12,6 +12,7 @@ import struct
 import sys
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -654,55 +655,90 @@ def log_tails(data_dir: Path) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-async def test_up_and_generate(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    ports = {flag: free_port() for flag in ("--grpc-port", "--storage-port", "--prompt-port")}
-    ports["--http-port"] = free_port()
-    ports["--worker-port"] = free_port()
-    # A clean environment: no GENMESH_NATS_URL, so `up` starts its private nats-server.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
-    env["GENMESH_DATA_DIR"] = str(data_dir)
-    up_err = (tmp_path / "up.err").open("wb")
-    up = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "genmesh_cli",
-        "up",
-        *(str(x) for pair in ports.items() for x in pair),
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=up_err,
-    )
-    up_err.close()
-    assert up.stdout is not None
+@dataclass
+class Up:
+    """A running `genmesh up`: its addresses, its ready banner and the processes it started."""
+
+    router: str
+    storage: str
+    banner: str
+    data_dir: Path
+    pids: list[int]
+    process: asyncio.subprocess.Process
+    errors: Path
+
+
+@asynccontextmanager
+async def genmesh_up(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Up]:
+    """`genmesh up` on free ports in `env`, once its banner says it is ready; stopped on the
+    way out if the caller has not stopped it."""
+    data_dir = Path(env["GENMESH_DATA_DIR"])
+    flags = ("--grpc-port", "--storage-port", "--prompt-port", "--http-port", "--worker-port")
+    ports = {flag: free_port() for flag in flags}
+    errors = tmp_path / "up.err"
+    with errors.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "genmesh_cli",
+            "up",
+            *(str(x) for pair in ports.items() for x in pair),
+            cwd=tmp_path,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
     banner: list[str] = []
+
+    async def read_banner() -> None:
+        assert process.stdout is not None
+        while line := (await process.stdout.readline()).decode():
+            banner.append(line)
+            if line.startswith("Ctrl-C"):
+                return
+        raise AssertionError("genmesh up exited before it was ready")
+
     try:
-
-        async def read_banner() -> None:
-            assert up.stdout is not None
-            while line := (await up.stdout.readline()).decode():
-                banner.append(line)
-                if line.startswith("Ctrl-C"):
-                    return
-            raise AssertionError("genmesh up exited before it was ready")
-
         try:
             await asyncio.wait_for(read_banner(), 120)
         except (AssertionError, TimeoutError) as error:
             raise AssertionError(
-                f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n"
-                f"{(tmp_path / 'up.err').read_text()}\n{log_tails(data_dir)}"
+                f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n{errors.read_text()}\n"
+                f"{log_tails(data_dir)}"
             ) from None
-        table = "".join(banner)
-        router = f"127.0.0.1:{ports['--grpc-port']}"
-        storage = f"127.0.0.1:{ports['--storage-port']}"
+        yield Up(
+            router=f"127.0.0.1:{ports['--grpc-port']}",
+            storage=f"127.0.0.1:{ports['--storage-port']}",
+            banner="".join(banner),
+            data_dir=data_dir,
+            pids=children_of(process.pid),
+            process=process,
+            errors=errors,
+        )
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_up_and_generate(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    # A clean environment: no GENMESH_NATS_URL, so `up` starts its private nats-server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env["GENMESH_DATA_DIR"] = str(data_dir)
+    async with genmesh_up(tmp_path, env) as up:
+        table = up.banner
+        router, storage = up.router, up.storage
         assert router in table and storage in table
         assert f"logs: {data_dir.resolve() / 'logs'}" in table
-        pids = children_of(up.pid)
+        pids = up.pids
         # storage, prompt, router, worker, nats-server (+ the gateway when it exists).
         assert len(pids) >= 5, table
 
@@ -726,17 +762,9 @@ async def test_up_and_generate(tmp_path: Path) -> None:
             image.verify()
             assert image.format == "PNG"
 
-        up.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(up.wait(), 20) == 0, (tmp_path / "up.err").read_text()
+        up.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(up.process.wait(), 20) == 0, (tmp_path / "up.err").read_text()
         assert [pid for pid in pids if alive(pid)] == []
-    finally:
-        if up.returncode is None:
-            up.terminate()
-            try:
-                await asyncio.wait_for(up.wait(), 30)
-            except TimeoutError:
-                up.kill()
-                await up.wait()
 
 
 async def test_providers_table_shows_each_circuit(

@@ -7,10 +7,8 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import wave
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +18,7 @@ from PIL import Image
 
 from services.providers.config import load_catalog
 from services.providers.sandbox import media
-from tests.cli.test_cli import alive, children_of, log_tails, run_cli
-from tests.infra import free_port
-
-
-@dataclass
-class Up:
-    router: str
-    storage: str
-    banner: str
-    data_dir: Path
-    pids: list[int]
+from tests.cli.test_cli import Up, alive, genmesh_up, log_tails, run_cli
 
 
 def offline_env(data_dir: Path) -> dict[str, str]:
@@ -44,60 +32,11 @@ def offline_env(data_dir: Path) -> dict[str, str]:
 @pytest.fixture
 async def up(tmp_path: Path) -> AsyncIterator[Up]:
     """`genmesh up` as a user runs it (its own nats-server, default worker providers)."""
-    data_dir = tmp_path / "data"
-    flags = ("--grpc-port", "--storage-port", "--prompt-port", "--http-port", "--worker-port")
-    ports = {flag: free_port() for flag in flags}
-    errors = tmp_path / "up.err"
-    with errors.open("wb") as err:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "genmesh_cli",
-            "up",
-            *(str(x) for pair in ports.items() for x in pair),
-            cwd=tmp_path,
-            env=offline_env(data_dir),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-        )
-    banner: list[str] = []
-
-    async def read_banner() -> None:
-        assert process.stdout is not None
-        while line := (await process.stdout.readline()).decode():
-            banner.append(line)
-            if line.startswith("Ctrl-C"):
-                return
-        raise AssertionError("genmesh up exited before it was ready")
-
-    try:
-        try:
-            await asyncio.wait_for(read_banner(), 120)
-        except (AssertionError, TimeoutError) as error:
-            raise AssertionError(
-                f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n{errors.read_text()}\n"
-                f"{log_tails(data_dir)}"
-            ) from None
-        pids = children_of(process.pid)
-        yield Up(
-            router=f"127.0.0.1:{ports['--grpc-port']}",
-            storage=f"127.0.0.1:{ports['--storage-port']}",
-            banner="".join(banner),
-            data_dir=data_dir,
-            pids=pids,
-        )
-        process.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(process.wait(), 30) == 0, errors.read_text()
-        assert [pid for pid in pids if alive(pid)] == []
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    async with genmesh_up(tmp_path, offline_env(tmp_path / "data")) as up:
+        yield up
+        up.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(up.process.wait(), 30) == 0, up.errors.read_text()
+        assert [pid for pid in up.pids if alive(pid)] == []
 
 
 async def generate(up: Up, out: Path, *argv: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

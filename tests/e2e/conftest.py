@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import Database
 from tests.mesh import Mesh, running_mesh
+from tests.prompt.conftest import ollama  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
+from genmesh.v1 import job_pb2, job_service_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
+from tests.e2e.test_job_flow import submit
+from tests.e2e.test_resilience import state_of
 from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh
 
@@ -37,14 +39,12 @@ async def limited_sandbox(
 ) -> AsyncIterator[Mesh]:
     """One worker serving a `sandbox` instance with the given catalog limits; the router
     holds jobs back once `backlog` wait in JetStream (None: its default)."""
-    path = data_dir / "providers.toml"
-    path.write_text(f'[[providers]]\nname = "sandbox"\nfamily = "sandbox"\n{limits}\n')
     async with running_mesh(
         nats_url=nats_url,
         prefix=prefix,
         database=database,
         data_dir=data_dir,
-        worker_overrides={"GENMESH_PROVIDERS_FILE": str(path)},
+        catalog=f'[[providers]]\nname = "sandbox"\nfamily = "sandbox"\n{limits}\n',
         router_overrides={} if backlog is None else {"GENMESH_ADMISSION_BACKLOG": str(backlog)},
         router_in_process=router_in_process,
     ) as mesh:
@@ -62,10 +62,6 @@ def image(latency_ms: int = 0, priority: int = 0) -> job_pb2.JobSpec:
     )
 
 
-async def submit(mesh: Mesh, spec: job_pb2.JobSpec) -> job_pb2.Job:
-    return (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
-
-
 async def finish(mesh: Mesh, jobs: list[job_pb2.Job]) -> dict[str, list[job_pb2.JobEvent]]:
     """Every job's events until it ends, by job id."""
     results = await asyncio.wait_for(asyncio.gather(*(mesh.watch(j.id) for j in jobs)), 120)
@@ -75,10 +71,6 @@ async def finish(mesh: Mesh, jobs: list[job_pb2.Job]) -> dict[str, list[job_pb2.
 def started(events: list[job_pb2.JobEvent]) -> float:
     """When the worker started the job (its first PROCESSING event), in seconds."""
     return next(e.time.ToNanoseconds() / 1e9 for e in events if e.state == PROCESSING)
-
-
-async def state_of(mesh: Mesh, job_id: str) -> int:
-    return (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job.state
 
 
 async def sandbox(mesh: Mesh) -> provider_service_pb2.Provider:

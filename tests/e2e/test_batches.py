@@ -11,9 +11,8 @@ import pytest
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
 from services.common.tenancy import tenant_metadata
+from services.router.transitions import TERMINAL
 from tests.mesh import Mesh
-
-TERMINAL = {job_pb2.JOB_STATE_COMPLETED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 
 
 def spec(

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
+from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
 from tests.e2e.test_job_flow import submit
@@ -42,12 +42,6 @@ def image(
     return spec
 
 
-async def finished(mesh: Mesh, job_id: str) -> tuple[job_pb2.Job, list[job_pb2.JobEvent]]:
-    events = await asyncio.wait_for(mesh.watch(job_id), 60)
-    job = (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job
-    return job, events
-
-
 def seconds(ts: timestamp_pb2.Timestamp) -> float:
     return ts.ToNanoseconds() / 1e9
 
@@ -58,9 +52,7 @@ async def slow_and_fast(
 ) -> AsyncIterator[Mesh]:
     """slow-a, whose every call outlasts its 0.5 s attempt timeout and which retries once,
     and fast-b; the worker itself allows two retries."""
-    path = data_dir / "providers.toml"
-    path.write_text(
-        """
+    catalog = """
 [[providers]]
 name = "slow-a"
 family = "sandbox"
@@ -72,21 +64,16 @@ options = { latency_ms = 20000 }
 name = "fast-b"
 family = "sandbox"
 """
-    )
     async with running_mesh(
         nats_url=nats_url,
         prefix=prefix,
         database=database,
         data_dir=data_dir,
-        worker_overrides={
-            "GENMESH_PROVIDERS_FILE": str(path),
-            "GENMESH_WORKER_PROVIDERS": "slow-a,fast-b",
-            "GENMESH_WORKER_MAX_DELIVER": "3",
-        },
-        provider="slow-a",
+        worker_overrides={"GENMESH_WORKER_MAX_DELIVER": "3"},
+        catalog=catalog,
+        providers=("slow-a", "fast-b"),
         router_overrides={"GENMESH_ROUTING_PRIORITY": "slow-a,fast-b"},
     ) as mesh:
-        await mesh.wait_for_provider("fast-b")
         yield mesh
 
 
@@ -96,13 +83,13 @@ async def test_attempt_timeout_retries_up_to_the_instance_limit_then_falls_back(
     async with slow_and_fast(nats_url, nats_prefix, database, tmp_path) as mesh:
         listed = await mesh.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
         limits = {p.name: p.limits for p in listed.providers}
-        job, events = await finished(mesh, (await submit(mesh, image())).id)
-        slow = next(w for w in mesh.workers[0].workers if w.adapter.name == "slow-a")
+        job, events = await mesh.finished((await submit(mesh, image())).id)
+        slow = mesh.provider_worker("slow-a")
         # The timed-out calls were stopped, not left running.
         await eventually(lambda: slow.in_flight == 0, within=5)
         # A job's own attempt timeout wins over the instance's (none, at fast-b).
-        strict, strict_events = await finished(
-            mesh, (await submit(mesh, image("fast-b", attempt=0.3, latency_ms=5000))).id
+        strict, strict_events = await mesh.finished(
+            (await submit(mesh, image("fast-b", attempt=0.3, latency_ms=5000))).id
         )
 
     assert limits["slow-a"].max_retries == 1
@@ -135,7 +122,7 @@ async def test_job_deadline_stops_a_slow_job(mesh: Mesh) -> None:
     started = time.time()
     job = await submit(mesh, image(timeout=1.5, latency_ms=60_000, steps=60))
     assert seconds(job.deadline) == pytest.approx(started + 1.5, abs=1.0)
-    final, events = await finished(mesh, job.id)
+    final, events = await mesh.finished(job.id)
     took = time.time() - started
 
     assert final.state == FAILED
@@ -153,7 +140,7 @@ async def test_a_job_no_worker_takes_fails_at_its_deadline(mesh: Mesh) -> None:
     worker.stop_fetching()
     await asyncio.sleep(1.2)  # let the fetch loop notice
     job = await submit(mesh, image(timeout=1.0))
-    final, events = await finished(mesh, job.id)
+    final, events = await mesh.finished(job.id)
 
     assert [e.state for e in events] == [job_pb2.JOB_STATE_QUEUED, FAILED]
     assert final.error.code == "deadline_exceeded"
@@ -179,7 +166,7 @@ async def test_generate_call_deadline_bounds_the_job(mesh: Mesh) -> None:
     assert now + 25 < seconds(by_call.deadline) <= time.time() + 31
     by_timeout = await first_job(image(timeout=5, latency_ms=0), 30)
     assert now + 4 < seconds(by_timeout.deadline) <= time.time() + 5
-    stored = (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=by_call.id))).job
+    stored = await mesh.get_job(by_call.id)
     assert stored.deadline == by_call.deadline
     # Submit has no call deadline to honour: no timeout, no deadline.
     plain = await submit(mesh, image())
@@ -204,11 +191,11 @@ def gaps(events: list[job_pb2.JobEvent]) -> list[tuple[float, float]]:
     return out
 
 
+# Retry timing is the worker's; the router's database plays no part.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 async def test_backoff_honours_retry_after_and_stays_within_its_ceiling(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    if database.kind == "postgres":
-        pytest.skip("retry timing is the worker's; the router's database plays no part")
     async with running_mesh(
         nats_url=nats_url,
         prefix=nats_prefix,
@@ -223,7 +210,7 @@ async def test_backoff_honours_retry_after_and_stays_within_its_ceiling(
             (asked_job, asked_events),
             (plain_job, plain_events),
             (bad, bad_events),
-        ) = await asyncio.gather(*(finished(mesh, j.id) for j in (asked, plain, invalid)))
+        ) = await asyncio.gather(*(mesh.finished(j.id) for j in (asked, plain, invalid)))
 
     # Retry-After 1.5 s: each retry waits at least that, and not much beyond it (the backoff
     # ceilings of the first two deliveries, 0.5 s and 1 s, are below it).

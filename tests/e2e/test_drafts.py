@@ -40,9 +40,7 @@ async def png_size(mesh: Mesh, asset_id: str) -> tuple[int, int]:
 async def test_draft_preview_comes_before_the_full_result(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    catalog = tmp_path / "providers.toml"
-    catalog.write_text(
-        """
+    catalog = """
 [[providers]]
 name = "sandbox"
 family = "sandbox"
@@ -57,18 +55,14 @@ name = "broken-draft"
 family = "sandbox"
 draft = { fail_rate = 1.0, fail_kind = "fatal" }
 """
-    )
     async with running_mesh(
         nats_url=nats_url,
         prefix=nats_prefix,
         database=database,
         data_dir=tmp_path,
-        worker_overrides={
-            "GENMESH_PROVIDERS_FILE": str(catalog),
-            "GENMESH_WORKER_PROVIDERS": "sandbox,tiny-draft,broken-draft",
-        },
+        catalog=catalog,
+        providers=("sandbox", "tiny-draft", "broken-draft"),
     ) as mesh:
-        await mesh.wait_for_provider("broken-draft")
         jobs = [
             await submit(mesh, draft_first(name))
             for name in ("sandbox", "tiny-draft", "broken-draft")

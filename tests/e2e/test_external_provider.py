@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
+from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
 from tests.fakes.openai import FakeOpenAI
@@ -36,9 +36,7 @@ async def world(
 ) -> AsyncIterator[World]:
     fake = FakeOpenAI(api_key=KEY, token_delay=0.05)
     async with serving(fake.app()) as url:
-        catalog = tmp_path / "providers.toml"
-        catalog.write_text(
-            f"""
+        catalog = f"""
 [[providers]]
 name = "{PROVIDER}"
 family = "openai_compatible"
@@ -53,19 +51,14 @@ max_retries = 1
 name = "{BACKUP}"
 family = "sandbox"
 """
-        )
-        overrides = {
-            "GENMESH_PROVIDERS_FILE": str(catalog),
-            "GENMESH_WORKER_PROVIDERS": f"{PROVIDER},{BACKUP}",
-            "FAKE_OPENAI_KEY": KEY,
-        }
         async with running_mesh(
             nats_url=nats_url,
             prefix=nats_prefix,
             database=database,
             data_dir=tmp_path,
-            worker_overrides=overrides,
-            provider=PROVIDER,
+            worker_overrides={"FAKE_OPENAI_KEY": KEY},
+            catalog=catalog,
+            providers=(PROVIDER, BACKUP),
         ) as mesh:
             yield World(mesh, fake)
 
@@ -164,7 +157,7 @@ async def test_a_provider_answering_5xx_is_retried_then_the_job_falls_back(world
     # Its one retry spent, the instance was asked twice and never a third time.
     generations = [r for r in world.fake.faults.requests if r.path == "/v1/images/generations"]
     assert len(generations) == 2
-    final = (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id))).job
+    final = await mesh.get_job(job.id)
     first, second = final.attempts
     assert (first.provider, first.outcome) == (PROVIDER, job_pb2.ATTEMPT_OUTCOME_FAILED)
     assert first.error.code == "provider_unavailable"

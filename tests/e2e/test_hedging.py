@@ -12,9 +12,8 @@ from pathlib import Path
 
 from google.protobuf import duration_pb2
 
-from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
+from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
-from services.providers.runtime import ProviderWorker
 from tests.conftest import Database
 from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh
@@ -31,9 +30,7 @@ async def slow_and_fast(
     """sandbox-slow (first by priority, latency as the job asks) and sandbox-fast (always
     instant), with costs; the router hedges after 0.5 s without progress, and one
     provider-side failure would open a circuit."""
-    path = data_dir / "providers.toml"
-    path.write_text(
-        """
+    catalog = """
 [[providers]]
 name = "sandbox-slow"
 family = "sandbox"
@@ -45,24 +42,19 @@ family = "sandbox"
 cost = { default = 0.02 }
 options = { latency_ms = 0 }
 """
-    )
     async with running_mesh(
         nats_url=nats_url,
         prefix=prefix,
         database=database,
         data_dir=data_dir,
-        worker_overrides={
-            "GENMESH_PROVIDERS_FILE": str(path),
-            "GENMESH_WORKER_PROVIDERS": "sandbox-slow,sandbox-fast",
-        },
-        provider="sandbox-slow",
+        catalog=catalog,
+        providers=("sandbox-slow", "sandbox-fast"),
         router_overrides={
             "GENMESH_ROUTING_PRIORITY": "sandbox-slow,sandbox-fast",
             "GENMESH_HEDGE_AFTER": "0.5",
             "GENMESH_CIRCUIT_FAILURES": "1",
         },
     ) as mesh:
-        await mesh.wait_for_provider("sandbox-fast")
         yield mesh
 
 
@@ -79,19 +71,11 @@ def image(latency_ms: int, steps: int, hedge_after: float | None = None) -> job_
     return spec
 
 
-def worker(mesh: Mesh, name: str) -> ProviderWorker:
-    return next(w for w in mesh.workers[0].workers if w.adapter.name == name)
-
-
-async def get(mesh: Mesh, job_id: str) -> job_pb2.Job:
-    return (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job
-
-
 async def test_hedging_picks_the_faster_and_cancels_the_slower(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
     async with slow_and_fast(nats_url, nats_prefix, database, tmp_path) as mesh:
-        slow = worker(mesh, "sandbox-slow")
+        slow = mesh.provider_worker("sandbox-slow")
         started = time.monotonic()
         job = (
             await mesh.generate.Submit(
@@ -103,7 +87,7 @@ async def test_hedging_picks_the_faster_and_cancels_the_slower(
         # The slow provider call is stopped, long before its 20 s would be up.
         await eventually(lambda: slow.in_flight == 0, within=5)
         stopped = time.monotonic() - started
-        job = await get(mesh, job.id)
+        job = await mesh.get_job(job.id)
         reply = await mesh.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
 
     assert peak == 1  # the slow attempt really ran
@@ -161,7 +145,7 @@ async def test_a_job_that_reports_progress_in_time_is_not_hedged(
         spec = image(4000, steps=20, hedge_after=1.5)
         job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
         events = await asyncio.wait_for(mesh.watch(job.id), 30)
-        job = await get(mesh, job.id)
+        job = await mesh.get_job(job.id)
 
     assert job.state == job_pb2.JOB_STATE_COMPLETED
     assert [(a.provider, a.hedge, a.outcome) for a in job.attempts] == [

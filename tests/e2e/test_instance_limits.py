@@ -13,22 +13,18 @@ from tests.e2e.test_job_flow import spec, submit
 from tests.mesh import running_mesh
 
 
+# Worker concurrency does not depend on the router's database.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 async def test_instance_concurrency_from_the_catalog(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    if database.kind == "postgres":
-        pytest.skip("worker concurrency does not depend on the router's database")
-    catalog = tmp_path / "providers.toml"
-    catalog.write_text('[[providers]]\nname = "sandbox"\nfamily = "sandbox"\nconcurrency = 2\n')
     async with running_mesh(
         nats_url=nats_url,
         prefix=nats_prefix,
         database=database,
         data_dir=tmp_path,
-        worker_overrides={
-            "GENMESH_WORKER_CONCURRENCY": "10",
-            "GENMESH_PROVIDERS_FILE": str(catalog),
-        },
+        worker_overrides={"GENMESH_WORKER_CONCURRENCY": "10"},
+        catalog='[[providers]]\nname = "sandbox"\nfamily = "sandbox"\nconcurrency = 2\n',
     ) as mesh:
         worker = mesh.workers[0].workers[0]
         jobs = await asyncio.gather(

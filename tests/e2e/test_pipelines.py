@@ -18,6 +18,7 @@ from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
 from services.providers.sandbox import media
 from tests.conftest import Database
+from tests.e2e.test_job_flow import submit
 from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh
 
@@ -52,14 +53,6 @@ def pipeline_spec(
     )
 
 
-async def submit(mesh: Mesh, spec: job_pb2.JobSpec) -> job_pb2.Job:
-    return (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
-
-
-async def get(mesh: Mesh, job_id: str) -> job_pb2.Job:
-    return (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job
-
-
 def steps_seen(events: list[job_pb2.JobEvent]) -> list[str]:
     """The steps the events name, in order, each run of one step once."""
     out: list[str] = []
@@ -72,7 +65,7 @@ def steps_seen(events: list[job_pb2.JobEvent]) -> list[str]:
 async def check_children(mesh: Mesh, job: job_pb2.Job) -> None:
     """Each step ran as one job of its own that names the pipeline and the step."""
     for status in job.pipeline.steps:
-        child = await get(mesh, status.job_id)
+        child = await mesh.get_job(status.job_id)
         assert (child.parent_job_id, child.pipeline_step) == (job.id, status.name)
         assert child.state == status.state
         assert [a.id for a in child.assets] == [a.id for a in status.assets]
@@ -109,14 +102,14 @@ async def test_speech_to_image_end_to_end(mesh: Mesh) -> None:
     assert events[-1].state == C and events[-1].step == "image"
     assert [a.media_type for a in events[-1].assets] == ["image/png"]
 
-    job = await get(mesh, first.id)
+    job = await mesh.get_job(first.id)
     assert job.state == C and [s.state for s in job.pipeline.steps] == [C, C, C]
     transcribe, enhance, image = job.pipeline.steps
     assert transcribe.output_text == said
     assert said in enhance.output_text  # the sandbox echoes its prompt, transcript included
     assert [a.id for a in job.assets] == [a.id for a in image.assets]
     await check_children(mesh, job)
-    image_job = await get(mesh, image.job_id)
+    image_job = await mesh.get_job(image.job_id)
     assert image_job.HasField("prompt_enhancement")  # the image step asked for hints
     assert image_job.prompt_enhancement.original_prompt == enhance.output_text
     png = await mesh.assets.download(image.assets[0].id, tenant=TENANT)
@@ -135,7 +128,7 @@ async def test_image_to_product_copy_is_json_with_four_keys(mesh: Mesh) -> None:
     copy = json.loads(events[-1].output_text)
     assert set(copy) == {"title", "description", "keywords", "categories"}
     assert copy["keywords"] and isinstance(copy["keywords"], list)
-    done = await get(mesh, job.id)
+    done = await mesh.get_job(job.id)
     describe = done.pipeline.steps[0]
     assert "96x64" in describe.output_text and "red" in describe.output_text
     assert describe.output_text in copy["description"]
@@ -156,10 +149,10 @@ async def test_text_to_video_yields_a_video(mesh: Mesh) -> None:
     assert final.state == C and [a.media_type for a in final.assets] == ["image/gif"]
     gif = Image.open(io.BytesIO(await mesh.assets.download(final.assets[0].id, tenant=TENANT)))
     assert gif.format == "GIF" and getattr(gif, "n_frames", 1) > 1
-    done = await get(mesh, job.id)
+    done = await mesh.get_job(job.id)
     image, video = done.pipeline.steps
     assert [a.media_type for a in image.assets] == ["image/png"]
-    assert (await get(mesh, video.job_id)).spec.input_asset_ids == [image.assets[0].id]
+    assert (await mesh.get_job(video.job_id)).spec.input_asset_ids == [image.assets[0].id]
     await check_children(mesh, done)
 
 
@@ -185,7 +178,7 @@ async def test_failing_step_fails_the_job_and_keeps_earlier_assets(mesh: Mesh) -
     assert final.state == F and final.step == "animate"
     assert "step 'animate'" in final.error.message and "injected" in final.error.message
     assert final.error.kind == job_pb2.ERROR_KIND_INVALID_INPUT
-    done = await get(mesh, job.id)
+    done = await mesh.get_job(job.id)
     picture, animate, caption = done.pipeline.steps
     assert (picture.state, animate.state, caption.state) == (C, F, Q)
     assert not caption.job_id and "injected" in animate.error.message
@@ -210,8 +203,8 @@ async def test_the_pipeline_timeout_bounds_the_pipeline_and_its_steps(mesh: Mesh
 
     final = events[-1]
     assert final.state == F and final.error.code == "deadline_exceeded", final
-    done = await get(mesh, job.id)
-    picture = await get(mesh, done.pipeline.steps[0].job_id)
+    done = await mesh.get_job(job.id)
+    picture = await mesh.get_job(done.pipeline.steps[0].job_id)
     # The step carries the pipeline's budgets, so it cannot run on past them for long.
     assert picture.spec.timeout.ToMilliseconds() == 1500
     assert picture.spec.hedge_after.ToSeconds() == 30
@@ -221,7 +214,7 @@ async def test_the_pipeline_timeout_bounds_the_pipeline_and_its_steps(mesh: Mesh
 
 
 async def _ended(mesh: Mesh, job_id: str) -> bool:
-    return (await get(mesh, job_id)).state in (F, X)
+    return (await mesh.get_job(job_id)).state in (F, X)
 
 
 INVALID: list[tuple[job_pb2.JobSpec, str]] = [
@@ -302,7 +295,7 @@ async def test_cancel_mid_pipeline_cancels_the_running_step(mesh: Mesh) -> None:
     watching = asyncio.create_task(mesh.watch(job.id))
 
     async def animating() -> job_pb2.Job | None:
-        now = await get(mesh, job.id)
+        now = await mesh.get_job(job.id)
         return now if now.pipeline.steps[1].state == P else None
 
     running = await eventually(animating, within=30)
@@ -317,10 +310,10 @@ async def test_cancel_mid_pipeline_cancels_the_running_step(mesh: Mesh) -> None:
     child_id = running.pipeline.steps[1].job_id
 
     async def child_cancelled() -> bool:
-        return (await get(mesh, child_id)).state == X
+        return (await mesh.get_job(child_id)).state == X
 
     await eventually(child_cancelled, within=15)
-    done = await get(mesh, job.id)
+    done = await mesh.get_job(job.id)
     assert [s.state for s in done.pipeline.steps] == [C, X, Q]
     assert done.pipeline.steps[0].assets
     assert not done.pipeline.steps[2].job_id
@@ -350,7 +343,7 @@ async def test_router_restart_mid_pipeline_still_completes(
         job = await submit(mesh, pipeline_spec(steps=steps, prompt="a lantern"))
 
         async def picturing() -> bool:
-            return (await get(mesh, job.id)).pipeline.steps[0].state in (P, PR)
+            return (await mesh.get_job(job.id)).pipeline.steps[0].state in (P, PR)
 
         await eventually(picturing, within=30)
         await mesh.restart_router(signal.SIGKILL)
@@ -360,7 +353,7 @@ async def test_router_restart_mid_pipeline_still_completes(
         assert events[-1].state == C and [a.media_type for a in events[-1].assets] == ["image/gif"]
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
         assert steps_seen(events) == ["picture", "animate"]
-        done = await get(mesh, job.id)
+        done = await mesh.get_job(job.id)
         assert [s.state for s in done.pipeline.steps] == [C, C]
         # Each step ran once: the resumed runner found the step's job by its key.
         listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())

@@ -6,78 +6,52 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from genmesh.v1 import (
-    generate_service_pb2,
-    job_pb2,
-    job_service_pb2,
-    provider_service_pb2,
-)
+from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
 from tests.conftest import Database
+from tests.e2e.test_job_flow import submit
 from tests.fakes.ollama import FakeOllama
-from tests.fakes.server import serving
 from tests.infra import free_port
 from tests.mesh import Mesh, running_mesh
+from tests.prompt.conftest import MODEL
 from tests.prompt.long_prompts import KEPT_TERMS, long_image_prompt
 
-MODEL = "llama3.2"
 SHORT = "sandbox-short"
 SHORT_LIMIT = 500
 TEXT = job_pb2.TASK_TEXT_TO_TEXT
 IMAGE = job_pb2.TASK_TEXT_TO_IMAGE
 
 
-def first_sentence(prompt: str) -> str:
-    """The fake model's rewrite: the opening sentence of the user's prompt."""
-    return prompt.split("\n\n", 1)[-1].split(". ")[0] + "."
-
-
-async def start_mesh(
-    stack: AsyncExitStack,
-    nats_url: str,
-    nats_prefix: str,
-    database: Database,
-    tmp_path: Path,
-    optimizer_url: str,
-) -> Mesh:
-    catalog = tmp_path / "providers.toml"
-    catalog.write_text(
+@asynccontextmanager
+async def prompt_mesh(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path, optimizer_url: str
+) -> AsyncIterator[Mesh]:
+    """Two sandbox instances, one with a prompt limit; PromptService asks `optimizer_url`."""
+    catalog = (
         '[[providers]]\nname = "sandbox"\nfamily = "sandbox"\n\n'
         f'[[providers]]\nname = "{SHORT}"\nfamily = "sandbox"\n'
         f"options = {{ max_prompt_length = {SHORT_LIMIT} }}\n"
     )
-    mesh = await stack.enter_async_context(
-        running_mesh(
-            nats_url=nats_url,
-            prefix=nats_prefix,
-            database=database,
-            data_dir=tmp_path,
-            worker_overrides={
-                "GENMESH_PROVIDERS_FILE": str(catalog),
-                "GENMESH_WORKER_PROVIDERS": f"sandbox,{SHORT}",
-            },
-            # The shared environment reaches PromptService as well as the router.
-            router_overrides={
-                "GENMESH_PROMPT_OPTIMIZER_URL": optimizer_url,
-                "GENMESH_PROMPT_OPTIMIZER_MODEL": MODEL,
-            },
-        )
-    )
-    await mesh.wait_for_provider(SHORT)
-    return mesh
-
-
-@pytest.fixture
-async def ollama() -> AsyncIterator[tuple[FakeOllama, str]]:
-    fake = FakeOllama(reply=first_sentence, load_delay=0.05)
-    async with serving(fake.app()) as url:
-        yield fake, url
+    async with running_mesh(
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        catalog=catalog,
+        providers=("sandbox", SHORT),
+        # The shared environment reaches PromptService as well as the router.
+        router_overrides={
+            "GENMESH_PROMPT_OPTIMIZER_URL": optimizer_url,
+            "GENMESH_PROMPT_OPTIMIZER_MODEL": MODEL,
+        },
+    ) as mesh:
+        yield mesh
 
 
 @pytest.fixture
@@ -88,17 +62,15 @@ async def mesh(
     tmp_path: Path,
     ollama: tuple[FakeOllama, str],
 ) -> AsyncIterator[Mesh]:
-    async with AsyncExitStack() as stack:
-        yield await start_mesh(stack, nats_url, nats_prefix, database, tmp_path, ollama[1])
+    async with prompt_mesh(nats_url, nats_prefix, database, tmp_path, ollama[1]) as mesh:
+        yield mesh
 
 
 async def run(mesh: Mesh, spec: job_pb2.JobSpec) -> job_pb2.Job:
     """Submit, wait for the end, and return the job as GetJob shows it."""
-    submitted = await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))
-    events = await mesh.watch(submitted.job.id)
+    job, events = await mesh.finished((await submit(mesh, spec)).id)
     assert events[-1].state == job_pb2.JOB_STATE_COMPLETED, events[-1]
-    reply = await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=submitted.job.id))
-    return reply.job
+    return job
 
 
 def received_length(job: job_pb2.Job) -> int:
@@ -141,9 +113,8 @@ async def test_a_short_prompt_costs_no_optimization(
 async def test_without_a_reachable_model_the_heuristic_compresses(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    async with AsyncExitStack() as stack:
-        down = f"http://127.0.0.1:{free_port()}"
-        mesh = await start_mesh(stack, nats_url, nats_prefix, database, tmp_path, down)
+    down = f"http://127.0.0.1:{free_port()}"
+    async with prompt_mesh(nats_url, nats_prefix, database, tmp_path, down) as mesh:
         prompt = long_image_prompt(9000)
         job = await run(mesh, job_pb2.JobSpec(task=TEXT, prompt=prompt, provider="sandbox"))
         record = job.prompt_optimization

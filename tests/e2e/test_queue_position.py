@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from genmesh.v1 import job_pb2, job_service_pb2
+from genmesh.v1 import job_pb2
 from tests.conftest import Database
 from tests.e2e.test_job_flow import spec, submit
 from tests.infra import eventually
 from tests.mesh import running_mesh
 
 
+# Queue positions come from JetStream, not the router's database.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 async def test_queued_jobs_carry_their_position(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    if database.kind == "postgres":
-        pytest.skip("queue positions come from JetStream, not the router's database")
     async with running_mesh(
         nats_url=nats_url,
         prefix=nats_prefix,
@@ -31,8 +31,7 @@ async def test_queued_jobs_carry_their_position(
 
         async def started() -> bool:
             # The router counts a job out of the queue when it records the job starting.
-            reply = await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=running.id))
-            return reply.job.state == job_pb2.JOB_STATE_PROCESSING
+            return (await mesh.get_job(running.id)).state == job_pb2.JOB_STATE_PROCESSING
 
         await eventually(started)
         # The one worker slot is taken, so these wait, in order.

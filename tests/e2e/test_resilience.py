@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from genmesh.v1 import asset_pb2, generate_service_pb2, job_pb2, job_service_pb2
+from genmesh.v1 import asset_pb2, generate_service_pb2, job_pb2
 from services.common.db import open_database
 from services.common.parameters import dict_to_struct
 from services.providers.app import running_worker
@@ -34,7 +34,7 @@ async def submit(mesh: Mesh, s: job_pb2.JobSpec) -> job_pb2.Job:
 
 
 async def state_of(mesh: Mesh, job_id: str) -> int:
-    return (await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))).job.state
+    return (await mesh.get_job(job_id)).state
 
 
 async def asset_rows(mesh: Mesh, job_id: str) -> dict[int, int]:
@@ -116,11 +116,11 @@ async def test_router_restart_with_queued_jobs_loses_nothing(
             assert [e.state for e in events].count(job_pb2.JOB_STATE_COMPLETED) == 1
 
 
+# Worker concurrency does not depend on the router's database.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 async def test_one_worker_runs_200_two_second_jobs_at_once(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    if database.kind == "postgres":
-        pytest.skip("worker concurrency does not depend on the router's database")
     async with running_mesh(
         nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path, workers=0
     ) as mesh:
@@ -140,11 +140,11 @@ async def test_one_worker_runs_200_two_second_jobs_at_once(
         assert all(events[-1].state == job_pb2.JOB_STATE_COMPLETED for events in results)
 
 
+# Worker concurrency does not depend on the router's database.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 async def test_concurrency_is_bounded_by_the_setting(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    if database.kind == "postgres":
-        pytest.skip("worker concurrency does not depend on the router's database")
     async with running_mesh(
         nats_url=nats_url,
         prefix=nats_prefix,

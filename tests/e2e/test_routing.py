@@ -3,14 +3,14 @@ recorded routing decision and attempts, strict and soft preferences, and circuit
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
+from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
+from tests.e2e.test_job_flow import submit
 from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh
 
@@ -33,9 +33,7 @@ async def two_sandboxes(
     """sandbox-a (always failing retryably, when `failing`) and a healthy sandbox-b, served
     by one worker that gives up on a job after its first delivery."""
     options = 'options = { fail_rate = 1.0, fail_kind = "retryable" }' if failing else ""
-    path = data_dir / "providers.toml"
-    path.write_text(
-        f"""
+    catalog = f"""
 [[providers]]
 name = "sandbox-a"
 family = "sandbox"
@@ -45,21 +43,16 @@ family = "sandbox"
 name = "sandbox-b"
 family = "sandbox"
 """
-    )
     async with running_mesh(
         nats_url=nats_url,
         prefix=prefix,
         database=database,
         data_dir=data_dir,
-        worker_overrides={
-            "GENMESH_PROVIDERS_FILE": str(path),
-            "GENMESH_WORKER_PROVIDERS": "sandbox-a,sandbox-b",
-            "GENMESH_WORKER_MAX_DELIVER": "1",
-        },
-        provider="sandbox-a",
+        worker_overrides={"GENMESH_WORKER_MAX_DELIVER": "1"},
+        catalog=catalog,
+        providers=("sandbox-a", "sandbox-b"),
         router_overrides={"GENMESH_ROUTING_PRIORITY": "sandbox-a,sandbox-b", **(router or {})},
     ) as mesh:
-        await mesh.wait_for_provider("sandbox-b")
         yield mesh
 
 
@@ -75,10 +68,7 @@ def image(provider: str = "", preference: int = 0, **params: object) -> job_pb2.
 
 async def run(mesh: Mesh, spec: job_pb2.JobSpec) -> tuple[job_pb2.Job, list[job_pb2.JobEvent]]:
     """Submit, watch to the end; the job as GetJob shows it, and its events."""
-    job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
-    events = await asyncio.wait_for(mesh.watch(job.id), 60)
-    reply = await mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job.id))
-    return reply.job, events
+    return await mesh.finished((await submit(mesh, spec)).id)
 
 
 async def circuits(mesh: Mesh) -> dict[str, int]:

@@ -25,7 +25,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -35,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.comfyui import render
-from tests.fakes.server import Faults, serving
+from tests.fakes.server import Faults
 
 KEY = "AIzaFakeGeminiKey0123456789"
 TEXT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro")
@@ -109,11 +108,6 @@ class FakeGemini:
                 Route("/models/{target}", self._generate, methods=["POST"]),
             ]
         )
-
-    @asynccontextmanager
-    async def serve(self) -> AsyncIterator[str]:
-        async with serving(self.app) as url:
-            yield url
 
     # --- routes -------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from services.providers.sandbox import media
 from tests.fakes.server import Injected, Recorded
@@ -51,9 +51,7 @@ class Script:
         failure = queue.popleft()
         if failure.delay:
             await asyncio.sleep(failure.delay)
-        if isinstance(failure.body, bytes | str):
-            return Response(failure.body, failure.status, headers=dict(failure.headers))
-        return JSONResponse(failure.body, failure.status, headers=dict(failure.headers))
+        return failure.response()
 
 
 class FileHost:

@@ -21,8 +21,7 @@ import math
 import struct
 import time
 import wave
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes.comfyui import render
-from tests.fakes.server import Faults, serving
+from tests.fakes.server import Faults
 
 TOKEN = "hf_fake_token_0123456789"
 MODELS = {
@@ -84,11 +83,6 @@ class FakeHuggingFace:
         self.app = Starlette(
             routes=[Route("/models/{model_id:path}", self._infer, methods=["POST"])]
         )
-
-    @asynccontextmanager
-    async def serve(self) -> AsyncIterator[str]:
-        async with serving(self.app) as url:
-            yield url
 
     def load(self, model: str, seconds: float) -> None:
         """Make `model` cold: it answers 503 "currently loading" for `seconds`."""

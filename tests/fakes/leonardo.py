@@ -137,8 +137,7 @@ class LeonardoFake:
         if (refused := await self._guard(request)) is not None:
             return refused
         if self.poll_failures:
-            failure = self.poll_failures.pop(0)
-            return JSONResponse(failure.body, failure.status, headers=dict(failure.headers))
+            return self.poll_failures.pop(0).response()
         generation = self.generations.get(request.path_params["id"])
         if generation is None:
             return JSONResponse({"generations_by_pk": None})

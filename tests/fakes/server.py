@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,25 +15,36 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 
+class _QuietServer(uvicorn.Server):
+    """Leaves signal handling to pytest."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @asynccontextmanager
-async def serving(app: Callable[..., Any]) -> AsyncIterator[str]:
-    """Serve `app` in this event loop; yields its base URL ("http://127.0.0.1:PORT")."""
+async def serving(app: Callable[..., Any], **config: Any) -> AsyncIterator[str]:
+    """Serve `app` in this event loop; yields its base URL ("http://127.0.0.1:PORT").
+
+    `config` passes uvicorn.Config settings over a fake's defaults (no lifespan, quiet logs)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        ws="websockets-sansio",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
+    settings: dict[str, Any] = {
+        "log_level": "warning",
+        "lifespan": "off",
+        "ws": "websockets-sansio",
+        "timeout_graceful_shutdown": 1,
+        **config,
+    }
+    server = _QuietServer(uvicorn.Config(app, **settings))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             if task.done():
-                task.result()
+                task.result()  # its error, if it raised one
+                raise RuntimeError("uvicorn did not start")  # e.g. the app's lifespan failed
             await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -51,6 +62,12 @@ class Injected:
     headers: Mapping[str, str] = field(default_factory=dict)
     # Seconds to wait before answering (a slow provider).
     delay: float = 0.0
+
+    def response(self) -> Response:
+        """The answer itself: bytes or text as they are, anything else as JSON."""
+        if isinstance(self.body, bytes | str):
+            return Response(self.body, self.status, headers=dict(self.headers))
+        return JSONResponse(self.body, self.status, headers=dict(self.headers))
 
 
 @dataclass
@@ -82,6 +99,4 @@ class Faults:
         failure = self._queue.popleft()
         if failure.delay:
             await asyncio.sleep(failure.delay)
-        if isinstance(failure.body, bytes | str):
-            return Response(failure.body, failure.status, headers=dict(failure.headers))
-        return JSONResponse(failure.body, failure.status, headers=dict(failure.headers))
+        return failure.response()

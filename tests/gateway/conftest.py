@@ -2,55 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import Database
-from tests.infra import eventually, free_port
+from tests.e2e.conftest import mesh  # noqa: F401  (a fixture, for test_feed)
+from tests.fakes.server import serving
 from tests.mesh import Mesh, running_mesh
 
-
-class _QuietServer(uvicorn.Server):
-    """Leaves signal handling to pytest."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve `app` (lifespan included) on a free loopback port; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        lifespan="on",
-        timeout_graceful_shutdown=1,
-    )
-    server = _QuietServer(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await eventually(lambda: server.started or task.done(), within=10)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+# The bridge as it runs: its lifespan, its own logging, uvicorn's default WebSocket stack.
+BRIDGE_SERVER: dict[str, Any] = {
+    "lifespan": "on",
+    "log_config": None,
+    "log_level": None,
+    "ws": "auto",
+}
 
 
 @dataclass
@@ -66,14 +40,25 @@ async def bridge(
 ) -> AsyncIterator[Bridge]:
     async with running_mesh(
         nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path
-    ) as mesh:
-        settings = Settings.from_env(mesh.env)
+    ) as m:
+        settings = Settings.from_env(m.env)
         async with (
-            serving(create_app(settings)) as url,
+            serving(create_app(settings), **BRIDGE_SERVER) as url,
             # trust_env=False: an inherited HTTP(S)_PROXY must not reroute loopback calls.
             httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
         ):
-            yield Bridge(mesh, settings, http)
+            yield Bridge(m, settings, http)
+
+
+async def submit(
+    http: httpx.AsyncClient, headers: Mapping[str, str] | None = None, **spec: object
+) -> dict[str, object]:
+    """POST /v1/jobs (a text-to-image job unless `spec` says otherwise); the created job."""
+    body = {"task": "text-to-image", "prompt": "a red fox in snow", **spec}
+    response = await http.post("/v1/jobs", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    job: dict[str, object] = response.json()
+    return job
 
 
 @dataclass

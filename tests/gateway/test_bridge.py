@@ -10,20 +10,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.gateway.conftest import Bridge, SseEvent, iter_sse, read_sse
+from tests.gateway.conftest import Bridge, SseEvent, iter_sse, read_sse, submit
 
 # The bridge adds no storage logic of its own; SQLite keeps the run short.
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
 TENANT = {"x-genmesh-tenant": "acme"}
-
-
-async def submit(http: httpx.AsyncClient, **spec: object) -> dict[str, object]:
-    body = {"task": "text-to-image", "prompt": "a red fox in snow", **spec}
-    response = await http.post("/v1/jobs", json=body)
-    assert response.status_code == 201, response.text
-    job: dict[str, object] = response.json()
-    return job
 
 
 async def events(http: httpx.AsyncClient, job_id: str, **headers: str) -> list[SseEvent]:

@@ -19,7 +19,8 @@ from gateway.errors import rpc_error_response
 from gateway.settings import Settings
 from services.storage.app import running_storage
 from services.storage.settings import Settings as StorageSettings
-from tests.gateway.conftest import serving
+from tests.fakes.server import serving
+from tests.gateway.conftest import BRIDGE_SERVER
 from tests.infra import free_port
 
 EXPECTED = {
@@ -78,7 +79,7 @@ async def lonely(tmp_path: Path) -> AsyncIterator[Lonely]:
             router_addr=f"127.0.0.1:{free_port()}", storage_addr=storage.address, shutdown_grace=1
         )
         async with (
-            serving(create_app(settings)) as url,
+            serving(create_app(settings), **BRIDGE_SERVER) as url,
             httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
         ):
             yield Lonely(http, url)

@@ -7,7 +7,6 @@ import base64
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TypeAlias
 
 import grpc
@@ -17,22 +16,11 @@ from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
 from services.common.tenancy import tenant_metadata
 from services.router.transitions import TERMINAL
-from tests.conftest import Database
-from tests.mesh import Mesh, running_mesh
+from tests.mesh import Mesh
 
 Call: TypeAlias = grpc.aio.UnaryStreamCall[
     job_service_pb2.WatchJobsRequest, job_service_pb2.WatchJobsResponse
 ]
-
-
-@pytest.fixture
-async def mesh(
-    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
-) -> AsyncIterator[Mesh]:
-    async with running_mesh(
-        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path
-    ) as mesh:
-        yield mesh
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.gateway.conftest import Bridge
+from tests.gateway.conftest import submit as submit_job
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
@@ -43,14 +44,9 @@ async def receive_all(ws: ClientConnection, within: float = 30) -> tuple[list[An
 
 
 async def submit(bridge: Bridge, latency_ms: int = 200, **headers: str) -> str:
-    body = {
-        "task": "text-to-image",
-        "prompt": "a fox",
-        "parameters": {"latency_ms": latency_ms, "width": 32, "height": 32},
-    }
-    response = await bridge.http.post("/v1/jobs", json=body, headers=headers)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
+    parameters = {"latency_ms": latency_ms, "width": 32, "height": 32}
+    job = await submit_job(bridge.http, headers, prompt="a fox", parameters=parameters)
+    return str(job["id"])
 
 
 async def test_job_socket_sends_snapshot_then_events_resumes_and_closes(bridge: Bridge) -> None:

@@ -20,18 +20,12 @@ from services.prompt.optimize import HEURISTIC, UNCHANGED, Optimizer
 from services.prompt.settings import Settings
 from services.prompt.terms import has_term
 from tests.fakes.ollama import FakeOllama
-from tests.fakes.server import Injected, serving
+from tests.fakes.server import Injected
 from tests.infra import free_port
+from tests.prompt.conftest import MODEL, first_sentence
 from tests.prompt.long_prompts import ENDING, KEPT_TERMS, MIDDLE, OPENING, long_image_prompt
 
 IMAGE = job_pb2.TASK_TEXT_TO_IMAGE
-MODEL = "llama3.2"
-
-
-def first_sentence(prompt: str) -> str:
-    """The fake model's rewrite: the opening sentence of the user's prompt."""
-    text = prompt.split("\n\n", 1)[-1]
-    return text.split(". ")[0] + "."
 
 
 def assert_keeps(text: str, terms: tuple[str, ...] = KEPT_TERMS) -> None:
@@ -148,13 +142,6 @@ def test_enhance_an_empty_prompt_is_just_the_hints() -> None:
 
 
 # --- the Ollama path and its fallbacks ----------------------------------------------------------
-
-
-@pytest.fixture
-async def ollama() -> AsyncIterator[tuple[FakeOllama, str]]:
-    fake = FakeOllama(reply=first_sentence, load_delay=0.05)
-    async with serving(fake.app()) as url:
-        yield fake, url
 
 
 async def optimize_with(

@@ -100,6 +100,7 @@ def provider_config(
     key_env: str = "",
     options: Mapping[str, Any] | None = None,
     poll_interval: float = 0.01,
+    timeout: float = 60.0,
 ) -> ProviderConfig:
     """A catalog entry (named after its family unless told) holding `key`, polling briskly."""
     return ProviderConfig(
@@ -108,6 +109,7 @@ def provider_config(
         base_url=base_url,
         api_key_env=key_env,
         models=dict(models),
+        timeout=timeout,
         poll_interval=poll_interval,
         options=dict(options or {}),
         _api_key=key,

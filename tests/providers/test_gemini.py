@@ -19,7 +19,7 @@ from services.providers.config import DEFAULT_CATALOG, load_catalog
 from services.providers.gemini import GeminiAdapter
 from tests.fakes.comfyui import render
 from tests.fakes.gemini import KEY, FakeGemini, describe
-from tests.fakes.server import Injected
+from tests.fakes.server import Injected, serving
 from tests.providers.harness import FakeContext, cancel_when, provider_config
 
 T2T, I2T = job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT
@@ -30,7 +30,7 @@ FLASH, FLASH_IMAGE = "gemini-2.5-flash", "gemini-2.5-flash-image"
 @pytest.fixture
 async def gemini() -> AsyncIterator[tuple[FakeGemini, str]]:
     fake = FakeGemini()
-    async with fake.serve() as url:
+    async with serving(fake.app) as url:
         yield fake, url
 
 

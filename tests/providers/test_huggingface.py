@@ -20,7 +20,7 @@ from services.providers.config import DEFAULT_CATALOG, load_catalog
 from services.providers.huggingface import HuggingFaceAdapter
 from tests.fakes.comfyui import render
 from tests.fakes.huggingface import BAD_AUDIO, MODELS, TOKEN, FakeHuggingFace, tone
-from tests.fakes.server import Injected
+from tests.fakes.server import Injected, serving
 from tests.providers.harness import FakeContext, cancel_when, provider_config
 
 T2I, STT, TTS = job_pb2.TASK_TEXT_TO_IMAGE, job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_TEXT_TO_SPEECH
@@ -30,7 +30,7 @@ FLUX, WHISPER, MMS = list(MODELS)
 @pytest.fixture
 async def hf() -> AsyncIterator[tuple[FakeHuggingFace, str]]:
     fake = FakeHuggingFace()
-    async with fake.serve() as url:
+    async with serving(fake.app) as url:
         yield fake, url
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import re
 import wave
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,7 @@ from services.providers.openai_compatible.options import Options
 from services.providers.registry import build_adapter
 from tests.fakes.openai import FakeOpenAI, describe_image, wav
 from tests.fakes.server import Injected, serving
-from tests.infra import eventually
-from tests.providers.harness import FakeContext
+from tests.providers.harness import FakeContext, cancel_when, provider_config, run_once
 
 KEY = "sk-test-0123456789abcdef"
 MODELS = {
@@ -51,15 +50,15 @@ class Setup:
         base_url: str | None = None,
         timeout: float = 10.0,
     ) -> OpenAICompatibleAdapter:
-        config = ProviderConfig(
+        config = provider_config(
+            "openai_compatible",
+            base_url or f"{self.url}/v1",
+            key,
+            MODELS if models is None else models,
             name="openai-test",
-            family="openai_compatible",
-            base_url=base_url or f"{self.url}/v1",
-            api_key_env="OPENAI_TEST_KEY" if key else "",
-            models=dict(MODELS if models is None else models),
-            timeout=timeout,
+            key_env="OPENAI_TEST_KEY" if key else "",
             options={"progress_interval": 0, **(options or {})},
-            _api_key=key,
+            timeout=timeout,
         )
         return OpenAICompatibleAdapter(config)
 
@@ -76,9 +75,8 @@ async def setup() -> AsyncIterator[Setup]:
 
 @pytest.fixture
 async def adapter(setup: Setup) -> AsyncIterator[OpenAICompatibleAdapter]:
-    built = setup.adapter()
-    yield built
-    await built.aclose()
+    async with aclosing(setup.adapter()) as built:
+        yield built
 
 
 def png(width: int, height: int, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -92,13 +90,9 @@ def png(width: int, height: int, colour: tuple[int, int, int] = (200, 30, 30)) -
 
 async def test_chat_streams_tokens_as_progress(setup: Setup) -> None:
     setup.fake.token_delay = 0.01
-    adapter = setup.adapter()
-    try:
-        prompt = "tell me about the red fox in the snow"
-        ctx = FakeContext(T.TASK_TEXT_TO_TEXT, prompt, {"temperature": 0.2, "system": "Be brief."})
-        result = await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
+    prompt = "tell me about the red fox in the snow"
+    ctx = FakeContext(T.TASK_TEXT_TO_TEXT, prompt, {"temperature": 0.2, "system": "Be brief."})
+    result = await run_once(setup.adapter(), ctx)
 
     assert result.text == f"You said: {prompt}"
     # Streamed text arrives as progress, each report extending the one before.
@@ -137,17 +131,15 @@ async def test_chat_json_response_format(adapter: OpenAICompatibleAdapter, setup
 
 async def test_max_tokens_truncates_and_uses_the_instance_field(setup: Setup) -> None:
     reasoning = {"text-to-text": "o4-mini"}
-    plain = setup.adapter(models=reasoning)
+    params = {"max_tokens": 2}
+    # A reasoning model rejects max_tokens, with OpenAI's own reason.
+    with pytest.raises(InvalidInput, match="max_completion_tokens"):
+        await run_once(
+            setup.adapter(models=reasoning),
+            FakeContext(T.TASK_TEXT_TO_TEXT, "one two three four", params),
+        )
     modern = setup.adapter(models=reasoning, options={"max_tokens_field": "max_completion_tokens"})
-    try:
-        params = {"max_tokens": 2}
-        # A reasoning model rejects max_tokens, with OpenAI's own reason.
-        with pytest.raises(InvalidInput, match="max_completion_tokens"):
-            await plain.run(FakeContext(T.TASK_TEXT_TO_TEXT, "one two three four", params))
-        result = await modern.run(FakeContext(T.TASK_TEXT_TO_TEXT, "one two three four", params))
-    finally:
-        await plain.aclose()
-        await modern.aclose()
+    result = await run_once(modern, FakeContext(T.TASK_TEXT_TO_TEXT, "one two three four", params))
     assert result.text == "You said: "
     assert json.loads(setup.bodies("/v1/chat/completions")[-1])["max_completion_tokens"] == 2
 
@@ -163,38 +155,28 @@ async def test_vision_sends_the_image_as_a_data_url(adapter: OpenAICompatibleAda
 
 async def test_a_server_that_ignores_stream_true_still_works(setup: Setup) -> None:
     setup.fake.ignore_stream = True
-    adapter = setup.adapter()
-    try:
-        result = await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hello there"))
-    finally:
-        await adapter.aclose()
+    result = await run_once(setup.adapter(), FakeContext(T.TASK_TEXT_TO_TEXT, "hello there"))
     assert result.text == "You said: hello there"
 
 
 async def test_an_error_inside_the_stream_is_retryable(setup: Setup) -> None:
     setup.fake.fail_stream_after = 2
-    adapter = setup.adapter()
-    try:
-        with pytest.raises(Retryable, match="had an error processing"):
-            await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "a b c d e f"))
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Retryable, match="had an error processing"):
+        await run_once(setup.adapter(), FakeContext(T.TASK_TEXT_TO_TEXT, "a b c d e f"))
 
 
 async def test_cancelling_closes_the_stream_at_the_provider(setup: Setup) -> None:
     setup.fake.token_delay = 0.1
-    adapter = setup.adapter()
-    try:
+    # The adapter stays open until the fake has seen the cancelled call's client leave.
+    async with aclosing(setup.adapter()) as adapter:
         ctx = FakeContext(T.TASK_TEXT_TO_TEXT, "word " * 200)
-        task = asyncio.create_task(adapter.run(ctx))
-        await eventually(lambda: bool(ctx.progress_reports), within=5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        # The fake sees its client leave: OpenAI stops generating (and billing) there.
-        await eventually(lambda: setup.fake.abandoned == ["/v1/chat/completions"], within=5)
-    finally:
-        await adapter.aclose()
+        await cancel_when(
+            adapter.run(ctx),
+            lambda: bool(ctx.progress_reports),
+            5,
+            # The fake sees its client leave: OpenAI stops generating (and billing) there.
+            afterwards=lambda: setup.fake.abandoned == ["/v1/chat/completions"],
+        )
 
 
 async def test_a_redelivered_job_sends_one_fresh_request(adapter: OpenAICompatibleAdapter) -> None:
@@ -228,10 +210,9 @@ async def test_text_to_image_returns_the_providers_png(
 async def test_image_urls_are_downloaded_without_the_key(setup: Setup, asked: bool) -> None:
     setup.fake.image_urls = not asked
     adapter = setup.adapter(options={"image_response_format": "url"} if asked else {})
-    try:
-        result = await adapter.run(FakeContext(T.TASK_TEXT_TO_IMAGE, "a fox", {"size": "256x256"}))
-    finally:
-        await adapter.aclose()
+    result = await run_once(
+        adapter, FakeContext(T.TASK_TEXT_TO_IMAGE, "a fox", {"size": "256x256"})
+    )
     assert result.outputs[0].data == setup.fake.produced[0]
     body = json.loads(setup.bodies("/v1/images/generations")[0])
     assert body["response_format"] == ("url" if asked else "b64_json")
@@ -241,12 +222,8 @@ async def test_image_urls_are_downloaded_without_the_key(setup: Setup, asked: bo
 
 
 async def test_partial_images_stream_as_previews(setup: Setup) -> None:
-    adapter = setup.adapter(models={"text-to-image": "gpt-image-1"})
-    try:
-        ctx = FakeContext(T.TASK_TEXT_TO_IMAGE, "a kite", {"partial_images": 2})
-        result = await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
+    ctx = FakeContext(T.TASK_TEXT_TO_IMAGE, "a kite", {"partial_images": 2})
+    result = await run_once(setup.adapter(models={"text-to-image": "gpt-image-1"}), ctx)
     assert len(ctx.previews) == 2
     assert all(Image.open(io.BytesIO(p.data)).size == (128, 128) for p in ctx.previews)
     assert [o.data for o in result.outputs] == setup.fake.produced
@@ -279,13 +256,9 @@ async def test_image_edit_uploads_the_input_as_multipart(
 
 
 async def test_image_edit_streams_partial_images(setup: Setup) -> None:
-    adapter = setup.adapter()
-    try:
-        params = {"partial_images": 1, "size": "1024x1536"}
-        ctx = FakeContext(T.TASK_IMAGE_TO_IMAGE, "sketch it", params, [png(64, 64)])
-        result = await adapter.run(ctx)
-    finally:
-        await adapter.aclose()
+    params = {"partial_images": 1, "size": "1024x1536"}
+    ctx = FakeContext(T.TASK_IMAGE_TO_IMAGE, "sketch it", params, [png(64, 64)])
+    result = await run_once(setup.adapter(), ctx)
     assert len(ctx.previews) == 1 and ctx.previews[0].media_type == "image/png"
     assert result.outputs[0].data == setup.fake.produced[0]
     assert Image.open(io.BytesIO(result.outputs[0].data)).size == (1024, 1536)
@@ -311,11 +284,8 @@ async def test_model_limits_are_checked_before_anything_is_sent(
     setup: Setup, model: str, params: dict[str, Any], error: str
 ) -> None:
     adapter = setup.adapter(models={"text-to-image": model})
-    try:
-        with pytest.raises(InvalidInput, match=re.escape(error)):
-            await adapter.run(FakeContext(T.TASK_TEXT_TO_IMAGE, "x", params))
-    finally:
-        await adapter.aclose()
+    with pytest.raises(InvalidInput, match=re.escape(error)):
+        await run_once(adapter, FakeContext(T.TASK_TEXT_TO_IMAGE, "x", params))
     assert setup.bodies("/v1/images/generations") == []
 
 
@@ -429,15 +399,12 @@ async def test_provider_errors_are_classified(
 
 async def test_a_wrong_key_is_fatal_and_never_shown(setup: Setup) -> None:
     wrong = "sk-wrong-key-that-must-not-leak"
-    adapter = setup.adapter(key=wrong)
-    try:
+    async with aclosing(setup.adapter(key=wrong)) as adapter:
         with pytest.raises(Fatal, match="Incorrect API key provided") as caught:
             await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
         assert caught.value.code == "unauthorized"
         assert wrong not in str(caught.value)
         reason = await adapter.check()
-    finally:
-        await adapter.aclose()
     assert "401" in reason and wrong not in reason
 
 
@@ -452,34 +419,24 @@ async def test_a_key_echoed_by_the_provider_is_scrubbed(
 
 async def test_a_slow_provider_times_out_as_retryable(setup: Setup) -> None:
     setup.fake.latency = 1.0
-    adapter = setup.adapter(timeout=0.2)
-    try:
-        with pytest.raises(Retryable, match="did not answer in time"):
-            await adapter.run(FakeContext(T.TASK_TEXT_TO_SPEECH, "hi"))
-    finally:
-        await adapter.aclose()
+    with pytest.raises(Retryable, match="did not answer in time"):
+        await run_once(setup.adapter(timeout=0.2), FakeContext(T.TASK_TEXT_TO_SPEECH, "hi"))
 
 
 # --- health, catalog --------------------------------------------------------------------------
 
 
 async def test_check_probes_models_once_per_ttl(setup: Setup) -> None:
-    adapter = setup.adapter(options={"check_ttl": 60})
-    try:
+    async with aclosing(setup.adapter(options={"check_ttl": 60})) as adapter:
         assert await adapter.check() == ""
         assert await adapter.check() == ""
-    finally:
-        await adapter.aclose()
     probes = [r for r in setup.fake.faults.requests if r.path == "/v1/models"]
     assert len(probes) == 1 and probes[0].headers["authorization"] == f"Bearer {KEY}"
 
 
 async def test_check_asks_the_configured_path(setup: Setup) -> None:
-    adapter = setup.adapter(options={"check_path": "/key"})
-    try:
+    async with aclosing(setup.adapter(options={"check_path": "/key"})) as adapter:
         reason = await adapter.check()
-    finally:
-        await adapter.aclose()
     # The OpenAI fake has no /key (OpenRouter's): the probe went there and says so.
     assert setup.fake.faults.requests == [] and "HTTP 404" in reason
 
@@ -492,20 +449,14 @@ async def test_check_reports_a_missing_key_without_calling(setup: Setup) -> None
         api_key_env="OPENAI_TEST_KEY",
         models=MODELS,
     )
-    adapter = OpenAICompatibleAdapter(config)
-    try:
+    async with aclosing(OpenAICompatibleAdapter(config)) as adapter:
         assert await adapter.check() == "credentials missing: set OPENAI_TEST_KEY"
-    finally:
-        await adapter.aclose()
     assert setup.fake.faults.requests == []
 
 
 async def test_keyless_local_server_unreachable_is_a_reason_not_a_crash(setup: Setup) -> None:
-    adapter = setup.adapter(key="", base_url="http://127.0.0.1:9/v1")
-    try:
+    async with aclosing(setup.adapter(key="", base_url="http://127.0.0.1:9/v1")) as adapter:
         reason = await adapter.check()
-    finally:
-        await adapter.aclose()
     assert reason == "cannot reach openai-test at http://127.0.0.1:9/v1 (ConnectError)"
 
 
@@ -513,19 +464,13 @@ async def test_check_models_reports_models_the_server_lacks(setup: Setup) -> Non
     setup.fake.api_key = ""
     models = {"text-to-text": "gpt-4o-mini", "image-to-text": "llava"}
     adapter = setup.adapter(key="", models=models, options={"check_models": True})
-    try:
+    async with aclosing(adapter):
         assert await adapter.check() == "openai-test does not list model llava"
-    finally:
-        await adapter.aclose()
 
 
 async def test_openrouter_attribution_headers_come_from_options(setup: Setup) -> None:
     options = {"app_url": "https://gm.example", "app_title": "genmesh", "headers": {"X-A": "b"}}
-    adapter = setup.adapter(options=options)
-    try:
-        await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
-    finally:
-        await adapter.aclose()
+    await run_once(setup.adapter(options=options), FakeContext(T.TASK_TEXT_TO_TEXT, "hi"))
     headers = setup.fake.faults.requests[-1].headers
     assert headers["http-referer"] == "https://gm.example"
     assert headers["x-title"] == "genmesh" and headers["x-a"] == "b"

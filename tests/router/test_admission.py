@@ -20,7 +20,7 @@ from services.router.admission import (
     HeldJobs,
     TokenBucket,
 )
-from tests.router.test_selection import Clock
+from tests.router.helpers import Clock
 
 
 def job(job_id: str, priority: int = 0, provider: str = "p") -> job_pb2.Job:

@@ -19,7 +19,7 @@ from services.router.stopping import WorkerStopper
 from services.router.store import Incoming, JobStore
 from services.router.sweeper import DeadlineSweeper
 from services.router.watch import WatchHub
-from tests.router.test_fallback import PROVIDERS, World
+from tests.router.helpers import PROVIDERS, World
 
 CLOSED = provider_service_pb2.CIRCUIT_STATE_CLOSED
 

@@ -20,10 +20,7 @@ from services.router.stopping import WorkerStopper
 from services.router.store import Incoming
 from services.router.watch import WatchHub
 from tests.infra import eventually
-from tests.router import test_fallback
-from tests.router.test_fallback import IMAGE, World, created, worker_event
-
-world = test_fallback.world
+from tests.router.helpers import IMAGE, World, created, worker_event
 
 RUNNING = job_pb2.ATTEMPT_OUTCOME_RUNNING
 SUCCEEDED = job_pb2.ATTEMPT_OUTCOME_SUCCEEDED

@@ -19,6 +19,7 @@ from services.router.selection import (
     parse_priority,
     parse_weights,
 )
+from tests.router.helpers import Clock
 
 IMAGE = job_pb2.TASK_TEXT_TO_IMAGE
 SPEECH = job_pb2.TASK_TEXT_TO_SPEECH
@@ -45,14 +46,6 @@ def provider(
     p.health.in_flight = in_flight
     p.health.live_workers = 0 if status == UNAVAILABLE else 1
     return p
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class World:

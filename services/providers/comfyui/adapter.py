@@ -33,7 +33,7 @@ from services.providers.comfyui.api import ComfyClient, PromptState
 from services.providers.comfyui.live import Feed, Message, Preview, socket_url
 from services.providers.config import ProviderConfig
 from services.providers.http import bearer
-from services.providers.params import BOOL, INT, NUM, STR, Param
+from services.providers.params import BOOL, INT, NUM, STR, Param, require_multiple
 from services.providers.probe import CachedProbe
 
 log = logging.getLogger(__name__)
@@ -97,17 +97,11 @@ class ComfyUIAdapter(ConfiguredAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self._headers = bearer(config)
-        self._client = ComfyClient(config, self._headers)
+        self._client = self.own(ComfyClient(config, self._headers))
         self._workflows: dict[job_pb2.Task.ValueType, workflow.Workflow] = {}
         self._preview_interval = _number_option(config.options, "preview_interval", 1.0)
-        self._probe = CachedProbe(self._probe_server, PROBE_TTL)
+        self.probe = CachedProbe(self._probe_server, PROBE_TTL)
         self.handlers = {job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image}
-
-    async def check(self) -> str:
-        """Missing key, an unusable workflow file, or an unreachable server (cached briefly)."""
-        if reason := await super().check():
-            return reason
-        return await self._probe.reason()
 
     async def _probe_server(self) -> str:
         try:
@@ -118,18 +112,11 @@ class ComfyUIAdapter(ConfiguredAdapter):
             return exc.message
         return ""
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
     async def _text_to_image(self, ctx: JobContext, p: Mapping[str, Any]) -> Result:
         prompt = ctx.job.spec.prompt
         if not prompt.strip():
             raise InvalidInput("missing_prompt", "text-to-image needs a non-empty prompt")
-        for side in ("width", "height"):
-            if p[side] % 8:
-                raise InvalidInput(
-                    "invalid_parameter", f"{side} must be a multiple of 8, got {p[side]}"
-                )
+        require_multiple(p, 8)
         seed = p["seed"] if p["seed"] is not None else random.randint(0, MAX_SEED)
         values: dict[str, Any] = {
             "prompt": prompt,

@@ -34,8 +34,7 @@ class ComfyHTTP(ProviderHTTP):
         if response.status_code == 400 and isinstance(error, InvalidInput):
             reason = rejection_reason(response)
             if reason:
-                name = self._config.name
-                return InvalidInput("workflow_rejected", self.scrub(f"{name}: {reason}"))
+                return InvalidInput("workflow_rejected", self.scrub(f"{self.name}: {reason}"))
         return error
 
 
@@ -43,8 +42,11 @@ class ComfyClient:
     """The REST calls the adapter makes, each failure already classified."""
 
     def __init__(self, config: ProviderConfig, headers: Mapping[str, str]) -> None:
-        self.name = config.name
         self.http = ComfyHTTP(config, headers=headers)
+
+    @property
+    def name(self) -> str:
+        return self.http.name
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import re
 import wave
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from genmesh.v1 import job_pb2
@@ -202,38 +202,38 @@ def installed_voices(listing: str) -> frozenset[str]:
 def split_text(text: str, limit: int) -> list[str]:
     """Whole sentences packed into pieces of at most `limit` characters (longer sentences
     are cut between words, and a word longer than `limit` inside it)."""
-    pieces: list[str] = []
-    current = ""
-    for sentence in (s.strip() for s in _SENTENCE_END.split(text)):
-        for part in _cut(sentence, limit):
-            if current and len(current) + 1 + len(part) > limit:
-                pieces.append(current)
-                current = ""
-            current = f"{current} {part}" if current else part
-    if current:
-        pieces.append(current)
-    return pieces
+    sentences = (s.strip() for s in _SENTENCE_END.split(text))
+    return _pack((part for sentence in sentences for part in _cut(sentence, limit)), limit)
 
 
 def _cut(sentence: str, limit: int) -> list[str]:
     if len(sentence) <= limit:
         return [sentence] if sentence else []
-    parts: list[str] = []
-    current = ""
+    return _pack(_words(sentence, limit), limit)
+
+
+def _words(sentence: str, limit: int) -> Iterator[str]:
+    """The sentence's words, each longer than `limit` cut into `limit`-sized pieces."""
     for word in sentence.split():
         while len(word) > limit:
-            if current:
-                parts.append(current)
-                current = ""
-            parts.append(word[:limit])
+            yield word[:limit]
             word = word[limit:]
-        if current and len(current) + 1 + len(word) > limit:
-            parts.append(current)
+        yield word
+
+
+def _pack(items: Iterable[str], limit: int) -> list[str]:
+    """The items in order, joined by spaces into pieces of at most `limit` characters
+    (greedily; an item longer than `limit` is a piece of its own)."""
+    pieces: list[str] = []
+    current = ""
+    for item in items:
+        if current and len(current) + 1 + len(item) > limit:
+            pieces.append(current)
             current = ""
-        current = f"{current} {word}" if current else word
+        current = f"{current} {item}" if current else item
     if current:
-        parts.append(current)
-    return parts
+        pieces.append(current)
+    return pieces
 
 
 def join_wavs(wavs: list[bytes]) -> bytes:

@@ -41,10 +41,10 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
         headers = self.options.extra_headers()
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
-        self._api = OpenAIHTTP(config, headers=headers)
-        self._files = ProviderHTTP(config)
+        self._api = self.own(OpenAIHTTP(config, headers=headers))
+        self._files = self.own(ProviderHTTP(config))
         self._images = Images(self._api, self._files, self.options)
-        self._probe = CachedProbe(self._probe_models, self.options.check_ttl)
+        self.probe = CachedProbe(self._probe_models, self.options.check_ttl)
         self.handlers = {
             job_pb2.TASK_TEXT_TO_TEXT: self._text,
             job_pb2.TASK_IMAGE_TO_TEXT: self._vision,
@@ -53,12 +53,6 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
             job_pb2.TASK_TEXT_TO_SPEECH: self._speak,
             job_pb2.TASK_SPEECH_TO_TEXT: self._listen,
         }
-
-    async def check(self) -> str:
-        """Missing key, else GET check_path (/models; answer cached for check_ttl seconds)."""
-        if missing := self.config.missing_key():
-            return missing
-        return await self._probe.reason()
 
     async def _probe_models(self) -> str:
         try:
@@ -72,10 +66,6 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
         wanted = set(self.config.models.values())
         missing = sorted(m for m in wanted if m not in listed and f"{m}:latest" not in listed)
         return f"{self.name} does not list model {', '.join(missing)}" if missing else ""
-
-    async def aclose(self) -> None:
-        await self._api.aclose()
-        await self._files.aclose()
 
     async def _text(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         model = self.model(job_pb2.TASK_TEXT_TO_TEXT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +10,7 @@ from services.providers.adapter import InvalidInput, JobContext, Result, Retryab
 from services.providers.openai_compatible.client import OpenAIHTTP
 from services.providers.openai_compatible.options import Options
 from services.providers.openai_compatible.progress import StreamedText
+from services.providers.remote import data_uri
 from services.providers.streams import iter_sse
 from services.storage.probe import sniff_media_type
 
@@ -25,7 +25,7 @@ async def vision_messages(ctx: JobContext, params: Mapping[str, Any]) -> list[di
     """The prompt and the input image as a data: URL content part."""
     asset, data = await ctx.read_input(0)
     media_type = sniff_media_type(data[:16]) or asset.media_type or "image/png"
-    url = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+    url = data_uri(data, media_type)
     content = [
         {"type": "text", "text": ctx.job.spec.prompt or DEFAULT_VISION_PROMPT},
         {"type": "image_url", "image_url": {"url": url, "detail": params["detail"]}},

@@ -7,7 +7,6 @@ from typing import Any
 import httpx
 
 from services.providers.adapter import Fatal, InvalidInput, ProviderError, Retryable
-from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP
 
 # Error "type" values OpenAI (and servers copying it) use for requests that cannot succeed.
@@ -19,10 +18,8 @@ class OpenAIHTTP(ProviderHTTP):
     """ProviderHTTP plus OpenAI's quirks: a 429 that is really an empty balance, and errors
     sent inside a 200 event stream."""
 
-    def __init__(self, config: ProviderConfig, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.name = config.name
-        self.base_url = config.base_url
+    # Often a server the operator runs (vLLM, LM Studio, llama.cpp): say where it should be.
+    connect_hint = ""
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         error = super().status_error(response)
@@ -31,14 +28,6 @@ class OpenAIHTTP(ProviderHTTP):
         if response.status_code == 429 and _error_code(response) == "insufficient_quota":
             return Fatal("quota_exhausted", error.message)
         return error
-
-    def transport_error(self, exc: httpx.HTTPError) -> ProviderError:
-        if not isinstance(exc, httpx.ConnectError):
-            return super().transport_error(exc)
-        # The base URL is not a secret and says which server to go and start.
-        return Retryable(
-            "unreachable", f"cannot reach {self.name} at {self.base_url} ({type(exc).__name__})"
-        )
 
     def stream_error(self, error: Any) -> ProviderError:
         """Classify an {"error": ...} object that arrived inside a successful stream."""

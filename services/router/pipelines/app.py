@@ -30,13 +30,13 @@ async def start_pipelines(
     kv = await bus.pipeline_leases_kv(js, settings.pipeline_lease)
     leases = Leases(kv, f"router-{uuid.uuid4().hex[:12]}", settings.pipeline_lease)
     pipelines = Pipelines(
+        core,
         store,
         hub,
         leases,
         prompt_max_length=settings.prompt_max_length,
         rescan=settings.pipeline_lease,
     )
-    pipelines.bind(core)
     core.pipelines = pipelines
     await pipelines.start()
     stack.push_async_callback(pipelines.stop)

@@ -71,7 +71,8 @@ def plan(spec: job_pb2.JobSpec, prompt_max_length: int) -> Plan:
     earlier: dict[str, job_pb2.Task.ValueType] = {}
     for number, step in enumerate(steps, 1):
         _check_step(spec, step, f"pipeline step {number} ({step.name!r})", earlier, names)
-        _check_prompt(spec, step, earlier, prompt_max_length, f"pipeline step {step.name!r}")
+        where = f"pipeline step {step.name!r}"
+        _check_prompt(spec, step, earlier, names, prompt_max_length, where)
         earlier[step.name] = step.task
     if spec.input_asset_ids and not any("input" in s.inputs for s in steps):
         raise InvalidArgument("no step reads the pipeline's input asset; drop input_asset_ids")
@@ -135,13 +136,14 @@ def _check_prompt(
     spec: job_pb2.JobSpec,
     step: job_pb2.PipelineStep,
     earlier: Mapping[str, job_pb2.Task.ValueType],
+    names: set[str],
     max_length: int,
     where: str,
 ) -> None:
     for name in _PLACEHOLDER.findall(step.prompt):
-        if name == "prompt" or (name not in earlier and name not in _step_names(spec)):
+        if name == "prompt" or (name not in earlier and name not in names):
             continue  # the pipeline's prompt, or literal text in braces
-        _check_reference(where, name, earlier, set(_step_names(spec)))
+        _check_reference(where, name, earlier, names)
         if earlier[name] not in _TEXT_OUT:
             raise InvalidArgument(
                 f"{where} uses {{{name}}}, but step {name!r} ({task_name(earlier[name])}) "
@@ -152,12 +154,6 @@ def _check_prompt(
     violations = prompt_rules.validate(sample, step.task, max_length)
     if violations:
         raise InvalidArgument(f"{where}: " + "; ".join(v.message for v in violations))
-
-
-def _step_names(spec: job_pb2.JobSpec) -> list[str]:
-    if spec.pipeline.name:
-        return [s.name for s in BUILTINS.get(spec.pipeline.name, ())]
-    return [s.name for s in spec.pipeline.steps]
 
 
 def render(template: str, prompt: str, text_of: Callable[[str], str | None]) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from genmesh.v1 import job_pb2
 from services.common.errors import FailedPrecondition, MeshError, NotFound, Unavailable
 from services.common.tasks import task_name
+from services.router import attempts
 from services.router.deadlines import job_deadline
 from services.router.pipelines.leases import Lease, LeaseLost, Leases
 from services.router.pipelines.plan import Plan, plan, step_spec, wants_json
@@ -48,6 +49,7 @@ class Pipelines:
 
     def __init__(
         self,
+        core: RouterCore,
         store: JobStore,
         hub: WatchHub,
         leases: Leases,
@@ -60,18 +62,10 @@ class Pipelines:
         self._leases = leases
         self._prompt_max_length = prompt_max_length
         self._rescan = rescan
-        self._core: RouterCore | None = None
+        # The core that makes (and cancels) the steps' jobs.
+        self.core = core
         self._running: dict[str, asyncio.Task[None]] = {}
         self._scanner: asyncio.Task[None] | None = None
-
-    def bind(self, core: RouterCore) -> None:
-        """The core that makes (and cancels) the steps' jobs."""
-        self._core = core
-
-    @property
-    def core(self) -> RouterCore:
-        assert self._core is not None, "Pipelines.bind(core) first"
-        return self._core
 
     async def start(self) -> None:
         """Resume unfinished pipelines now, and adopt lapsed ones from here on."""
@@ -209,11 +203,6 @@ class _Run:
         self.job = job
         self._plan = plan
 
-    @property
-    def _level(self) -> job_pb2.JobState.ValueType:
-        # A state only moves forward: once a step showed a preview, the pipeline stays there.
-        return _PREVIEW if self.job.state == _PREVIEW else job_pb2.JOB_STATE_PROCESSING
-
     def _label(self, index: int) -> str:
         return f"step {index + 1}/{len(self._plan.steps)} {self._plan.steps[index].name}"
 
@@ -258,7 +247,9 @@ class _Run:
         raise AssertionError("unreachable")
 
     def _event(self, step: str, step_job_id: str) -> job_pb2.JobEvent:
-        return job_pb2.JobEvent(state=self._level, step=step, step_job_id=step_job_id)
+        return job_pb2.JobEvent(
+            state=attempts.note_state(self.job), step=step, step_job_id=step_job_id
+        )
 
     async def _follow(self, index: int, child_id: str, after: int) -> job_pb2.JobEvent | None:
         """Record the step job's progress and previews; its final event (None if the
@@ -356,8 +347,9 @@ class _Run:
 
     async def _abandon(self, child_id: str) -> None:
         """The pipeline ended (cancelled) while its step ran: stop the step too."""
-        with contextlib.suppress(FailedPrecondition, NotFound):
-            await self._core.cancel(self.job.tenant_id, child_id, "its pipeline job has ended")
+        await self._owner._cancel_quietly(
+            self.job.tenant_id, child_id, "its pipeline job has ended"
+        )
 
 
 def _ending(job: job_pb2.Job) -> job_pb2.JobEvent:
