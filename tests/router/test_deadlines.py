@@ -19,6 +19,7 @@ from services.router.stopping import WorkerStopper
 from services.router.store import Incoming, JobStore
 from services.router.sweeper import DeadlineSweeper
 from services.router.watch import WatchHub
+from tests.infra import eventually
 from tests.router.helpers import PROVIDERS, World
 
 CLOSED = provider_service_pb2.CIRCUIT_STATE_CLOSED
@@ -90,7 +91,8 @@ async def test_sweeper_fails_overdue_jobs_once_and_stops_their_workers(
             assert await replicas[0].sweep() == 1
             assert await replicas[1].sweep() == 0  # another replica finds nothing left
             event = await listener.next(5)
-        await nc.flush()
+        # The hub hands its own events over at once, so the broadcast may still be in flight.
+        await eventually(lambda: heard)
         await sub.unsubscribe()
         await hub.stop()
 
