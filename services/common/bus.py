@@ -172,6 +172,8 @@ async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterato
         url,
         name=name,
         no_echo=no_echo,
+        # A subscription left with unread messages holds drain() this long, not 30 s.
+        drain_timeout=5,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +20,10 @@ from services.common.errors import status_of
 Registration = tuple[Callable[[Any, grpc.aio.Server], None], object, str]
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+log = logging.getLogger(__name__)
+
+# Seconds past the grace period that stopping a server may take before it is left behind.
+STOP_SLACK = 5.0
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -148,4 +154,13 @@ async def grpc_server(
     finally:
         for name in ["", *names]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(grace)
+        try:
+            # grpc.aio's stop can wait on its own call bookkeeping long after every call was
+            # cancelled; a stopping service must not hang on it.
+            await asyncio.wait_for(server.stop(grace), grace + STOP_SLACK)
+        except TimeoutError:
+            log.warning(
+                "gRPC server on %s did not stop within %.0fs; leaving it",
+                address,
+                grace + STOP_SLACK,
+            )
