@@ -4,11 +4,13 @@ and a real database, in-process or as real subprocesses (for crash and restart t
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import subprocess
 import sys
+import types
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -228,25 +230,67 @@ async def running_mesh(
 
 log = logging.getLogger(__name__)
 
-# Seconds the mesh may take to shut down before a test stops waiting for it.
+# Seconds the mesh may take to shut down before the test fails; its bounded waits (worker
+# drain, server grace, NATS drains) add up to well under this.
 SHUTDOWN_LIMIT = 45.0
+# Seconds after which a shutdown still running is logged with where every task waits.
+STALL_REPORT_AFTER = 20.0
 
 
 @asynccontextmanager
 async def _closed_within(seconds: float) -> AsyncIterator[AsyncExitStack]:
-    """An exit stack whose closing may take at most `seconds`.
-
-    Shutdown has been seen to stall now and then, for reasons not yet found; such a stall is
-    logged and left behind, so it cannot time out a test whose assertions already passed."""
+    """An exit stack whose closing fails the test after `seconds`, rather than hanging it
+    until pytest's timeout; a slow one first logs where every task waits."""
     stack = AsyncExitStack()
     try:
         yield stack
     finally:
+        closing = asyncio.current_task()
+        watchdog = asyncio.get_running_loop().call_later(
+            STALL_REPORT_AFTER, lambda: log.error("shutdown is slow:\n%s", await_chains(closing))
+        )
         try:
             async with asyncio.timeout(seconds):
                 await stack.aclose()
         except TimeoutError:
-            log.error("the mesh did not shut down within %.0f s; leaving it", seconds)
+            raise AssertionError(f"the mesh did not shut down within {seconds:.0f} s") from None
+        finally:
+            watchdog.cancel()
+
+
+def await_chains(first: asyncio.Task[object] | None) -> str:
+    """Where each task waits, innermost await last, `first` leading; then every suspended
+    async generator (an `asend` hides the generator it drives from the task's chain)."""
+    lines = []
+    for task in sorted(asyncio.all_tasks(), key=lambda t: t is not first):
+        lines.append(f"{task.get_name()}:")
+        lines.extend(_chain(task.get_coro()))
+    for obj in gc.get_objects():
+        if isinstance(obj, types.AsyncGeneratorType) and obj.ag_await is not None:
+            lines.append(f"async generator {obj.ag_code.co_name}:")
+            lines.extend(_chain(obj))
+    return "\n".join(lines)
+
+
+def _chain(awaitable: object) -> list[str]:
+    lines = []
+    while awaitable is not None:
+        frame = (
+            getattr(awaitable, "cr_frame", None)
+            or getattr(awaitable, "ag_frame", None)
+            or getattr(awaitable, "gi_frame", None)
+        )
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}")
+        else:
+            lines.append(f"  {awaitable!r}")
+        awaitable = (
+            getattr(awaitable, "cr_await", None)
+            or getattr(awaitable, "ag_await", None)
+            or getattr(awaitable, "gi_yieldfrom", None)
+        )
+    return lines
 
 
 def start_process(module: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:

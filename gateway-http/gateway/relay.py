@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
+from services.common.cancelling import cancel_task
+
 T = TypeVar("T")
 
 
@@ -48,10 +50,7 @@ class ReadAhead(Generic[T]):
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_task(self._task)
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self._items()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import signal
 from collections.abc import Callable
@@ -24,15 +23,6 @@ async def serve_until_signalled(start: Callable[[], AbstractAsyncContextManager[
     async with start():
         _settle_garbage_collector()
         await stop.wait()
-
-
-async def cancel_task(task: asyncio.Future[Any] | None) -> None:
-    """Stop a background task (if there is one) and wait until it has."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _settle_garbage_collector() -> None:

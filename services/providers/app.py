@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.bus import Bus, connect
+from services.common.cancelling import cancel_tasks
 from services.common.channels import mesh_channel
 from services.common.grpc_server import grpc_server
 from services.providers.cancelled import CancelledJobs
@@ -102,9 +103,7 @@ async def running_worker(
                 worker.stop_fetching()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait(fetchers, timeout=2.0)
-            for task in fetchers + background:
-                task.cancel()
-            await asyncio.gather(*fetchers, *background, return_exceptions=True)
+            await cancel_tasks(fetchers + background)
             await asyncio.gather(*(w.drain() for w in workers))
 
         stack.push_async_callback(shutdown)

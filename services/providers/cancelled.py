@@ -7,10 +7,10 @@ local copy current instead; the cancel broadcast still stops a running job at on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from nats.js.kv import KeyValue
 
+from services.common.cancelling import cancel_task
 from services.common.kv_follow import follow, removed
 
 
@@ -34,10 +34,7 @@ class CancelledJobs:
         self._task = await follow(self._kv, self._apply)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_task(self._task)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         if removed(entry):

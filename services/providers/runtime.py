@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
 from services.common.bus import Bus
+from services.common.cancelling import cancel_tasks
 from services.common.errors import InvalidArgument
 from services.common.parameters import ParameterRules, struct_to_dict
 from services.providers.adapter import Adapter, ProviderError
@@ -181,10 +182,7 @@ class ProviderWorker:
         tasks = [r.task for r in self._running.values()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._options.drain_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            await cancel_tasks(pending)
 
     def cancel(self, job_id: str, reason: str) -> bool:
         """Stop a running job at the caller's request; True if it was running here."""

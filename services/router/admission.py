@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.cancelling import cancel_task
 from services.common.errors import ResourceExhausted
-from services.common.run import cancel_task
 from services.router.attempts import current
 from services.router.transitions import TERMINAL
 

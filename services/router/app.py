@@ -19,10 +19,10 @@ from genmesh.v1 import (
     provider_service_pb2_grpc,
 )
 from services.common.bus import Bus, connect
+from services.common.cancelling import cancel_task
 from services.common.channels import mesh_channel
 from services.common.db import database_url, open_database
 from services.common.grpc_server import RunningServer, grpc_server
-from services.common.run import cancel_task
 from services.router.admission import AdmissionGate
 from services.router.batches import Batches
 from services.router.breakers import Breakers

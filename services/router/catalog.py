@@ -10,8 +10,8 @@ import time
 from nats.js.kv import KeyValue
 
 from genmesh.v1 import provider_service_pb2
+from services.common.cancelling import cancel_task
 from services.common.kv_follow import follow, removed
-from services.common.run import cancel_task
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
-from services.common.run import cancel_task
+from services.common.cancelling import cancel_task
 from services.router.attempts import current
 from services.router.store import JobStore
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from genmesh.v1 import job_pb2
+from services.common.cancelling import cancel_task
 from services.common.db import Database
 from services.common.errors import InvalidArgument
-from services.common.run import cancel_task
 from services.router.store import UNFINISHED, chunks, events_after_in, jobs
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub

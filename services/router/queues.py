@@ -13,7 +13,7 @@ from nats.js.errors import NotFoundError
 
 from genmesh.v1 import job_pb2
 from services.common.bus import Bus
-from services.common.run import cancel_task
+from services.common.cancelling import cancel_task
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from genmesh.v1 import job_pb2
+from services.common.cancelling import cancel_tasks
 from services.common.errors import FailedPrecondition, MeshError, NotFound, Unavailable
 from services.common.tasks import task_name
 from services.router import attempts
@@ -73,10 +74,7 @@ class Pipelines:
 
     async def stop(self) -> None:
         """Stop driving; leases are released, so another replica adopts at once."""
-        tasks = [t for t in (self._scanner, *self._running.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_tasks(t for t in (self._scanner, *self._running.values()) if t is not None)
 
     # ---- create ---------------------------------------------------------------------
 

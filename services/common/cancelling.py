@@ -1,0 +1,37 @@
+"""Stopping background tasks: cancel, and make sure they end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Seconds a cancelled task may keep running before it is cancelled again.
+RECANCEL_AFTER = 0.5
+
+
+async def cancel_task(task: asyncio.Future[Any] | None) -> None:
+    """Stop a background task (if there is one) and wait until it has."""
+    await cancel_tasks([] if task is None else [task])
+
+
+async def cancel_tasks(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Stop background tasks and wait until each has ended; an error one ended with is
+    logged. The caller's own cancellation is not swallowed.
+
+    A task can miss a cancellation: on CPython 3.11, `asyncio.wait_for` (used inside
+    nats-py's next_msg, among others) returns its result instead of raising when the
+    cancellation arrives in the same loop pass as that result, and the task carries on.
+    So a task still running after RECANCEL_AFTER is cancelled again."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("a stopped task had failed", exc_info=task.exception())
