@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from genmesh.v1 import provider_service_pb2, provider_service_pb2_grpc
 from genmesh_cli.client import DEFAULT_ROUTER, DEFAULT_STORAGE, CliError, channel
 from genmesh_cli.display import console
+from services.common.cancelling import cancel_task
 
 LOG_TAIL_LINES = 30
 EXIT_CHILD_FAILED = 1
@@ -393,10 +394,7 @@ class Supervisor:
             )
         finally:
             stop.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_task(task)
         if task in done:
             task.result()
             return

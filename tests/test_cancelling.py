@@ -37,17 +37,35 @@ async def test_cancel_tasks_stops_every_task_and_tolerates_none_and_finished() -
     assert all(t.cancelled() for t in sleepers)
 
 
-async def test_an_error_a_task_ended_with_is_logged_not_raised(
+async def test_an_error_a_task_ends_with_while_stopping_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RuntimeError("broken clean-up") from None
+
+    task = asyncio.create_task(fails_when_cancelled())
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="services.common.cancelling"):
+        await cancel_task(task)
+    assert "broken clean-up" in caplog.text
+
+
+async def test_a_task_already_done_is_left_to_its_owner(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def fails() -> None:
-        raise RuntimeError("broken loop")
+        raise RuntimeError("its owner reads this")
 
     task = asyncio.create_task(fails())
     await asyncio.sleep(0)
     with caplog.at_level(logging.WARNING, logger="services.common.cancelling"):
         await cancel_task(task)
-    assert "broken loop" in caplog.text
+    assert caplog.text == ""
+    with pytest.raises(RuntimeError, match="its owner reads this"):
+        task.result()
 
 
 async def test_the_callers_own_cancellation_is_not_swallowed() -> None:

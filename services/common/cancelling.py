@@ -19,19 +19,20 @@ async def cancel_task(task: asyncio.Future[Any] | None) -> None:
 
 
 async def cancel_tasks(tasks: Iterable[asyncio.Future[Any]]) -> None:
-    """Stop background tasks and wait until each has ended; an error one ended with is
-    logged. The caller's own cancellation is not swallowed.
+    """Stop background tasks and wait until each has ended; an error one ends with while
+    stopping is logged (a task already done is left to its owner). The caller's own
+    cancellation is not swallowed.
 
     A task can miss a cancellation: on CPython 3.11, `asyncio.wait_for` (used inside
     nats-py's next_msg, among others) returns its result instead of raising when the
     cancellation arrives in the same loop pass as that result, and the task carries on.
     So a task still running after RECANCEL_AFTER is cancelled again."""
-    tasks = list(tasks)
-    pending = {task for task in tasks if not task.done()}
+    stopping = [task for task in tasks if not task.done()]
+    pending = set(stopping)
     while pending:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            log.warning("a stopped task had failed", exc_info=task.exception())
+    for task in stopping:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a task failed as it was stopped", exc_info=task.exception())

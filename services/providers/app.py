@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -101,8 +100,7 @@ async def running_worker(
         async def shutdown() -> None:
             for worker in workers:
                 worker.stop_fetching()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait(fetchers, timeout=2.0)
+            await asyncio.wait(fetchers, timeout=2.0)
             await cancel_tasks(fetchers + background)
             await asyncio.gather(*(w.drain() for w in workers))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from genmesh.v1 import job_pb2
+from services.common.cancelling import cancel_task
 from services.providers.adapter import Fatal, InvalidInput, JobContext, Result
 from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
@@ -102,9 +103,7 @@ class PocketSphinxAdapter(ConfiguredAdapter):
                     elif "error" in message:
                         error = message["error"]
             finally:
-                feeder.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await feeder
+                await cancel_task(feeder)
             err = await process.stderr.read()
             await process.wait()
         if error:
