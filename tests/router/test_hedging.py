@@ -19,7 +19,6 @@ from services.router.hedging import Hedger
 from services.router.stopping import WorkerStopper
 from services.router.store import Incoming
 from services.router.watch import WatchHub
-from tests.infra import eventually
 from tests.router.helpers import IMAGE, World, created, worker_event
 
 RUNNING = job_pb2.ATTEMPT_OUTCOME_RUNNING
@@ -36,6 +35,7 @@ class Hedging:
     world: World
     hedger: Hedger
     cancellations: nats.js.kv.KeyValue
+    hub: WatchHub
 
     async def job(self) -> job_pb2.Job:
         job = await self.world.store.get("t", JOB)
@@ -48,14 +48,15 @@ async def h(world: World, nats_url: str) -> AsyncIterator[Hedging]:
     nc = await nats.connect(nats_url)
     try:
         cancellations = await world.bus.cancellations_kv(world.js)
+        hub = WatchHub(nc, world.bus)
         hedger = Hedger(
             world.store,
             world.fallback,
-            WatchHub(nc, world.bus),
+            hub,
             WorkerStopper(nc, world.bus, cancellations).stop,
             default_after=0.3,
         )
-        yield Hedging(world, hedger, cancellations)
+        yield Hedging(world, hedger, cancellations, hub)
     finally:
         await nc.close()
 
@@ -72,13 +73,17 @@ async def watchdog(hedger: Hedger) -> AsyncIterator[None]:
 
 
 async def hedged(h: Hedging) -> job_pb2.Job:
-    """Wait for the watchdog to open the hedge attempt; the job as stored then."""
-
-    async def two() -> job_pb2.Job | None:
-        job = await h.job()
-        return job if len(job.attempts) == 2 else None
-
-    job: job_pb2.Job = await eventually(two, within=10)
+    """Wait until the watchdog has opened the hedge attempt and is done with it; the job as
+    stored then. The hedge is stored, then dispatched, then announced: stopping the
+    watchdog as soon as the store shows it could cut its dispatch short."""
+    with h.hub.listen(JOB) as listener:
+        async with asyncio.timeout(10):
+            while True:
+                event = await listener.next(10)
+                if event is not None and event.progress.message.startswith("hedging:"):
+                    break
+    job = await h.job()
+    assert len(job.attempts) == 2
     return job
 
 
