@@ -15,19 +15,19 @@ RECANCEL_AFTER = 0.5
 
 async def cancel_task(task: asyncio.Future[Any] | None) -> None:
     """Stop a background task (if there is one) and wait until it has."""
-    await cancel_tasks([] if task is None else [task])
+    await cancel_tasks([task])
 
 
-async def cancel_tasks(tasks: Iterable[asyncio.Future[Any]]) -> None:
-    """Stop background tasks and wait until each has ended; an error one ends with while
-    stopping is logged (a task already done is left to its owner). The caller's own
-    cancellation is not swallowed.
+async def cancel_tasks(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Stop background tasks (None: not started) and wait until each has ended; an error
+    one ends with while stopping is logged (a task already done is left to its owner). The
+    caller's own cancellation is not swallowed.
 
     A task can miss a cancellation: on CPython 3.11, `asyncio.wait_for` (used inside
     nats-py's next_msg, among others) returns its result instead of raising when the
     cancellation arrives in the same loop pass as that result, and the task carries on.
     So a task still running after RECANCEL_AFTER is cancelled again."""
-    stopping = [task for task in tasks if not task.done()]
+    stopping = [task for task in tasks if task is not None and not task.done()]
     pending = set(stopping)
     while pending:
         for task in pending:

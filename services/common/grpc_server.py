@@ -155,8 +155,8 @@ async def grpc_server(
         for name in ["", *names]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            # grpc.aio's stop can wait on its own call bookkeeping long after every call was
-            # cancelled; a stopping service must not hang on it.
+            # However a handler behaves, a stopping service must not hang here: after the
+            # grace period and some slack the server is left behind.
             await asyncio.wait_for(server.stop(grace), grace + STOP_SLACK)
         except TimeoutError:
             log.warning(

@@ -10,7 +10,7 @@ import time
 from nats.js.kv import KeyValue
 
 from genmesh.v1 import provider_service_pb2
-from services.common.cancelling import cancel_task
+from services.common.cancelling import cancel_tasks
 from services.common.kv_follow import follow, removed
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ class Catalog:
         self._pruner = asyncio.create_task(self._prune_loop())
 
     async def stop(self) -> None:
-        for task in (self._task, self._pruner):
-            await cancel_task(task)
+        await cancel_tasks([self._task, self._pruner])
 
     async def prune(self) -> list[str]:
         """Delete registrations of workers gone longer than the retention; returns their keys.

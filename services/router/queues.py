@@ -13,7 +13,7 @@ from nats.js.errors import NotFoundError
 
 from genmesh.v1 import job_pb2
 from services.common.bus import Bus
-from services.common.cancelling import cancel_task
+from services.common.cancelling import cancel_tasks
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ class QueueDepths:
         return reading
 
     async def stop(self) -> None:
-        for task in self._reading.values():
-            await cancel_task(task)
+        await cancel_tasks(self._reading.values())
 
     async def _read(self, provider: str) -> None:
         counted = set(self._fresh.get(provider, ()))

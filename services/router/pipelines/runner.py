@@ -74,7 +74,7 @@ class Pipelines:
 
     async def stop(self) -> None:
         """Stop driving; leases are released, so another replica adopts at once."""
-        await cancel_tasks(t for t in (self._scanner, *self._running.values()) if t is not None)
+        await cancel_tasks([self._scanner, *self._running.values()])
 
     # ---- create ---------------------------------------------------------------------
 
