@@ -62,6 +62,7 @@ async def running_worker(
         ack_wait=settings.worker_ack_wait,
         max_deliver=settings.worker_max_deliver,
         drain_timeout=settings.worker_drain_timeout,
+        event_linger=settings.worker_event_linger,
     )
     async with AsyncExitStack() as stack:
         for adapter in adapters:

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from nats.js import JetStreamContext
 
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
 
+# Seconds progress is held back before it is published, so a job that ends within it
+# sends its progress and outcome as one message: one publish, one delivery, one apply.
+LINGER = 0.02
+
 
 class EventPublisher:
-    """One per job delivery. Ids are "<job>:<attempt>:<delivery>:<n>" for progress and
-    "<job>:<attempt>:end" for the outcome, so one attempt publishes at most one outcome.
+    """One per job delivery. Message ids are "<job>:<attempt>:<delivery>:<n>" for progress
+    and "<job>:<attempt>:end" for the outcome, so one attempt publishes at most one outcome.
 
-    Progress goes out in order without holding up the job: each progress event is stored
-    after the one before it, in the background. An outcome first waits for all of them.
+    Progress goes out in order without holding up the job: a background sender publishes
+    what has gathered after `linger` seconds, one message at a time. An outcome takes
+    whatever progress is still unsent along with it.
     """
 
     def __init__(
-        self, js: JetStreamContext, bus: Bus, job_id: str, attempt: int, delivery: int, worker: str
+        self,
+        js: JetStreamContext,
+        bus: Bus,
+        job_id: str,
+        attempt: int,
+        delivery: int,
+        worker: str,
+        linger: float = LINGER,
     ) -> None:
         self._js = js
         self._bus = bus
@@ -27,43 +40,60 @@ class EventPublisher:
         self._attempt = attempt
         self._delivery = delivery
         self._worker = worker
+        self._linger = linger
         self._count = 0
-        self._chain: asyncio.Task[None] | None = None
+        self._pending: list[job_pb2.JobEvent] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
+        # Set by an outcome: the sender stops after its current message; the outcome
+        # carries the rest.
+        self._ending = False
 
     async def publish(self, event: job_pb2.JobEvent) -> None:
         """Send an event; an outcome returns once it and everything before it are stored."""
         event.job_id = self._job_id
         if not event.HasField("time"):
             event.time.GetCurrentTime()
-        wrapper = bus_pb2.WorkerEvent(event=event, attempt=self._attempt, worker_id=self._worker)
-        data = wrapper.SerializeToString()
         if event.state in _OUTCOMES:
+            self._ending = True
             await self.flush()
-            await self._send(data, f"{self._job_id}:{self._attempt}:end")
+            events, self._pending = [*self._pending, event], []
+            await self._send(events, f"{self._job_id}:{self._attempt}:end")
             return
-        self._count += 1
-        msg_id = f"{self._job_id}:{self._attempt}:{self._delivery}:{self._count}"
-        chain = asyncio.create_task(self._send_after(self._chain, data, msg_id))
-        # A failure is raised by flush(); a job abandoned before then must not log it.
-        chain.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._chain = chain
+        self._pending.append(event)
+        if self._sender is None or (self._sender.done() and self._sender.exception() is None):
+            # A failed sender is kept, so flush() raises its error; what gathers meanwhile
+            # stays unsent, as the job cannot end well anyway.
+            self._hurry.clear()
+            sender = asyncio.create_task(self._send_later())
+            # A failure is raised by flush(); a job abandoned before then must not log it.
+            sender.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._sender = sender
 
     async def flush(self) -> None:
-        """Wait until every event sent so far is stored; raises what storing one raised."""
-        if self._chain is not None:
-            await self._chain
+        """Publish held-back progress now and wait until it is stored; raises what storing
+        it raised."""
+        if self._sender is None:
+            return
+        self._hurry.set()
+        await self._sender
 
-    async def _send_after(
-        self, before: asyncio.Task[None] | None, data: bytes, msg_id: str
-    ) -> None:
-        if before is not None:
-            await before
-        await self._send(data, msg_id)
+    async def _send_later(self) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._linger):
+                await self._hurry.wait()
+        while self._pending and not self._ending:
+            events, self._pending = self._pending, []
+            self._count += 1
+            msg_id = f"{self._job_id}:{self._attempt}:{self._delivery}:{self._count}"
+            await self._send(events, msg_id)
 
-    async def _send(self, data: bytes, msg_id: str) -> None:
+    async def _send(self, events: list[job_pb2.JobEvent], msg_id: str) -> None:
+        wrapper = bus_pb2.WorkerEvent(events=events, attempt=self._attempt, worker_id=self._worker)
         await self._js.publish(
             self._bus.events_subject(self._job_id),
-            data,
+            wrapper.SerializeToString(),
             stream=self._bus.events_stream,
             headers={"Nats-Msg-Id": msg_id},
         )

@@ -32,7 +32,7 @@ from services.providers.budget import Budget, DeadlineExceeded, declare_limits, 
 from services.providers.cancelled import CancelledJobs
 from services.providers.context import RunContext
 from services.providers.drafts import Drafts
-from services.providers.events import EventPublisher
+from services.providers.events import LINGER, EventPublisher
 from services.storage.client import AssetClient
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class WorkerOptions:
     drain_timeout: float = 10.0
     # Seconds one attempt may take unless the job sets its own; 0: no limit.
     attempt_timeout: float = 0.0
+    # Seconds progress events are held back to travel together (see EventPublisher).
+    event_linger: float = LINGER
 
 
 @dataclass
@@ -205,7 +207,15 @@ class ProviderWorker:
         attempt = dispatch.attempt or 1
         delivery = msg.metadata.num_delivered or 1
         shared = self._shared
-        events = EventPublisher(shared.js, shared.bus, job.id, attempt, delivery, shared.worker_id)
+        events = EventPublisher(
+            shared.js,
+            shared.bus,
+            job.id,
+            attempt,
+            delivery,
+            shared.worker_id,
+            self._options.event_linger,
+        )
         if job.id in self._shared.cancelled:
             await msg.ack()
             return

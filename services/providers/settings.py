@@ -26,3 +26,6 @@ class Settings(BusSettings):
     # Seconds a stopping worker waits for running jobs before cancelling them (they are
     # redelivered to another worker).
     worker_drain_timeout: float = 10.0
+    # Seconds a job's progress events are held back so that they travel together, and
+    # with the outcome when the job ends by then; 0 publishes each at once.
+    worker_event_linger: float = 0.02

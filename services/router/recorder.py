@@ -89,7 +89,7 @@ class Recorder:
                 await sub.unsubscribe()
 
     async def _record(self, msgs: list[Msg]) -> None:
-        batch = []
+        batch: list[Incoming] = []
         good = []
         for msg in msgs:
             wrapper = bus_pb2.WorkerEvent()
@@ -99,14 +99,10 @@ class Recorder:
                 log.warning("dropping undecodable event on %s", msg.subject)
                 await msg.term()
                 continue
-            batch.append(
-                Incoming(
-                    wrapper.event.job_id,
-                    wrapper.event,
-                    msg.metadata.sequence.stream,
-                    wrapper.attempt or None,
-                )
-            )
+            seq = msg.metadata.sequence.stream
+            attempt = wrapper.attempt or None
+            events = wrapper.events or [wrapper.event]
+            batch.extend(Incoming(e.job_id, e, seq, attempt, part) for part, e in enumerate(events))
             good.append(msg)
         # Rerouted jobs are dispatched before the events are acked: a router dying in
         # between leaves them marked undispatched, and the next start publishes them.

@@ -92,12 +92,18 @@ class DuplicateIdempotencyKey(Exception):
 @dataclass(frozen=True)
 class Incoming:
     """An event to apply; stream_seq is its events-stream sequence and attempt the attempt a
-    worker reported it for (both None for the router's own events)."""
+    worker reported it for (both None for the router's own events). The events of one
+    message share its stream_seq and are applied in one batch."""
 
     job_id: str
     event: job_pb2.JobEvent
     stream_seq: int | None = None
     attempt: int | None = None
+    # Its place among the events of its message.
+    part: int = 0
+
+
+_WHOLE = 1 << 30
 
 
 # Given a job and a FAILED event about to apply to it: the event to apply instead when the
@@ -323,15 +329,20 @@ class JobStore:
         async with self._engine.begin() as conn:
             rows = await self._lock_jobs(conn, ids)
             touched: dict[str, _Row] = {}
+            # The last part applied of the message at row.stream_seq, for jobs this batch
+            # moved on; a stored stream_seq's message was applied whole.
+            parts: dict[str, int] = {}
             for item in batch:
                 row = touched.get(item.job_id) or rows.get(item.job_id)
                 if row is None:
                     continue
                 job = row.job
-                if item.stream_seq is not None and item.stream_seq <= row.stream_seq:
-                    continue
                 if item.stream_seq is not None:
+                    applied = (row.stream_seq, parts.get(item.job_id, _WHOLE))
+                    if (item.stream_seq, item.part) <= applied:
+                        continue  # a redelivery
                     row.stream_seq = item.stream_seq
+                    parts[item.job_id] = item.part
                 touched[item.job_id] = row
                 if item.attempt is not None and not attempts.accepts_from(
                     job, item.attempt, row.attempt

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from genmesh.v1 import job_pb2 as _job_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -50,7 +52,7 @@ Global___JobDispatch: _TypeAlias = JobDispatch  # noqa: Y015
 @_typing.final
 class WorkerEvent(_message.Message):
     """Published by a worker on <prefix>.events.<job_id> (JetStream stream).
-    The router's recorder assigns the sequence when it applies the event.
+    The router's recorder assigns the sequences when it applies the events.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -58,20 +60,30 @@ class WorkerEvent(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     worker_id: _builtins.str
     @_builtins.property
-    def event(self) -> _job_pb2.JobEvent: ...
+    def event(self) -> _job_pb2.JobEvent:
+        """One event, as workers before `events` existed sent it; still read, no longer sent."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]:
+        """Events of one job delivery, in order, published together: a worker holds progress
+        back briefly, so a quick job's progress travels with its outcome in one message.
+        """
+
     def __init__(
         self,
         *,
         event: _job_pb2.JobEvent | None = ...,
         attempt: _builtins.int = ...,
         worker_id: _builtins.str = ...,
+        events: _abc.Iterable[_job_pb2.JobEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

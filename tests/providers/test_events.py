@@ -1,0 +1,122 @@
+"""EventPublisher against a real JetStream: what one job delivery's events become on the
+events stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from genmesh.v1 import bus_pb2, job_pb2
+from services.common.bus import Bus
+from services.providers.events import EventPublisher
+
+PROCESSING = job_pb2.JOB_STATE_PROCESSING
+
+
+@pytest.fixture
+def bus(nats_prefix: str) -> Bus:
+    return Bus(nats_prefix)
+
+
+@pytest.fixture
+async def js(nats_url: str, bus: Bus) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        yield js
+    finally:
+        await nc.close()
+
+
+def progress(message: str) -> job_pb2.JobEvent:
+    event = job_pb2.JobEvent(state=PROCESSING)
+    event.progress.message = message
+    return event
+
+
+async def stored(js: JetStreamContext, bus: Bus) -> list[tuple[str, list[str]]]:
+    """Every message on the events stream: its id and its events' progress messages (the
+    outcome as its state name)."""
+    info = await js.stream_info(bus.events_stream)
+    out = []
+    for seq in range(1, info.state.last_seq + 1):
+        raw = await js.get_msg(bus.events_stream, seq)
+        wrapper = bus_pb2.WorkerEvent.FromString(raw.data or b"")
+        labels = [
+            e.progress.message if e.state == PROCESSING else job_pb2.JobState.Name(e.state)
+            for e in wrapper.events
+        ]
+        assert all(e.job_id == "j1" for e in wrapper.events)
+        assert wrapper.attempt == 2 and wrapper.worker_id == "w"
+        out.append(((raw.headers or {}).get("Nats-Msg-Id", ""), labels))
+    return out
+
+
+def publisher(js: JetStreamContext, bus: Bus, linger: float) -> EventPublisher:
+    return EventPublisher(js, bus, "j1", 2, 1, "w", linger)
+
+
+async def test_a_quick_jobs_progress_travels_with_its_outcome(
+    js: JetStreamContext, bus: Bus
+) -> None:
+    events = publisher(js, bus, linger=5.0)
+    await events.publish(progress("started"))
+    await events.publish(progress("half way"))
+    await events.publish(job_pb2.JobEvent(state=job_pb2.JOB_STATE_COMPLETED))
+    assert await stored(js, bus) == [("j1:2:end", ["started", "half way", "JOB_STATE_COMPLETED"])]
+
+
+async def test_progress_goes_out_after_the_linger_without_waiting_for_the_outcome(
+    js: JetStreamContext, bus: Bus
+) -> None:
+    events = publisher(js, bus, linger=0.05)
+    await events.publish(progress("started"))
+    await events.publish(progress("step 1"))
+    for _ in range(200):
+        if await stored(js, bus):
+            break
+        await asyncio.sleep(0.02)
+    assert await stored(js, bus) == [("j1:2:1:1", ["started", "step 1"])]
+    await events.publish(progress("step 2"))
+    await events.publish(job_pb2.JobEvent(state=job_pb2.JOB_STATE_FAILED))
+    assert await stored(js, bus) == [
+        ("j1:2:1:1", ["started", "step 1"]),
+        ("j1:2:end", ["step 2", "JOB_STATE_FAILED"]),
+    ]
+
+
+async def test_flush_publishes_held_progress_at_once(js: JetStreamContext, bus: Bus) -> None:
+    events = publisher(js, bus, linger=60.0)
+    await events.publish(progress("retrying in 1.0s"))
+    await events.flush()
+    assert await stored(js, bus) == [("j1:2:1:1", ["retrying in 1.0s"])]
+    # A later message of the same delivery gets the next id.
+    await events.publish(progress("again"))
+    await events.flush()
+    assert [msg_id for msg_id, _ in await stored(js, bus)] == ["j1:2:1:1", "j1:2:1:2"]
+
+
+async def test_an_outcome_published_twice_is_stored_once(js: JetStreamContext, bus: Bus) -> None:
+    # A redelivered job whose first delivery published its outcome but died before acking.
+    for _ in range(2):
+        events = publisher(js, bus, linger=5.0)
+        await events.publish(progress("started"))
+        await events.publish(job_pb2.JobEvent(state=job_pb2.JOB_STATE_COMPLETED))
+    assert await stored(js, bus) == [("j1:2:end", ["started", "JOB_STATE_COMPLETED"])]
+
+
+async def test_a_failed_progress_publish_is_raised_by_the_outcome(
+    js: JetStreamContext, bus: Bus
+) -> None:
+    # No stream takes this prefix's subjects, so JetStream refuses every publish.
+    events = publisher(js, Bus(bus.prefix + "-nostream"), linger=0.0)
+    await events.publish(progress("started"))
+    await asyncio.sleep(0.1)
+    await events.publish(progress("more"))  # held: the sender has already failed
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await events.publish(job_pb2.JobEvent(state=job_pb2.JOB_STATE_COMPLETED))
