@@ -77,6 +77,7 @@ async def running_worker(
         await cancelled.start()
         stack.push_async_callback(cancelled.stop)
         shared = Shared(
+            nc=nc,
             js=js,
             bus=bus,
             assets=AssetClient(channel),

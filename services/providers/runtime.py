@@ -27,6 +27,7 @@ from services.common.bus import Bus
 from services.common.cancelling import cancel_tasks
 from services.common.errors import InvalidArgument
 from services.common.parameters import ParameterRules, struct_to_dict
+from services.common.pulling import PullConsumer
 from services.providers.adapter import Adapter, ProviderError
 from services.providers.budget import Budget, DeadlineExceeded, declare_limits, provider_at_fault
 from services.providers.cancelled import CancelledJobs
@@ -62,6 +63,7 @@ class _Running:
 class Shared:
     """Connections every job handler uses."""
 
+    nc: Client
     js: JetStreamContext
     bus: Bus
     assets: AssetClient
@@ -116,11 +118,12 @@ class ProviderWorker:
         """Fetch and start jobs until stop() is called."""
         bus = self._shared.bus
         name = self.adapter.name
-        sub = await self._shared.js.pull_subscribe(
+        jobs = PullConsumer(
+            self._shared.nc, self._shared.js, bus.jobs_stream, bus.worker_consumer(name)
+        )
+        await jobs.start(
             bus.jobs_subject(name),
-            durable=bus.worker_consumer(name),
-            stream=bus.jobs_stream,
-            config=ConsumerConfig(
+            ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=self._options.ack_wait,
@@ -135,10 +138,7 @@ class ProviderWorker:
                 await self._slots.acquire()
                 free = 1 + self._free_slots()
                 try:
-                    msgs = await sub.fetch(min(free, FETCH_BATCH), timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    self._slots.release()
-                    continue
+                    msgs = await jobs.fetch(min(free, FETCH_BATCH), wait=1.0)
                 except nats.errors.ConnectionClosedError:
                     self._slots.release()
                     return
@@ -149,7 +149,6 @@ class ProviderWorker:
                     await asyncio.sleep(0.5)
                     continue
                 if not msgs:
-                    # fetch() can come back empty (a status reply); the held slot goes back.
                     self._slots.release()
                     continue
                 # One slot is held already; take one more for each extra message.
@@ -158,8 +157,7 @@ class ProviderWorker:
                         await self._slots.acquire()
                     self._start(msg)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await jobs.close()
 
     def _free_slots(self) -> int:
         return self._options.concurrency - self._active - 1

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from genmesh.v1 import bus_pb2
 from services.common.bus import Bus
+from services.common.pulling import PullConsumer
 from services.router.fallback import Fallback
 from services.router.hedging import Hedger
 from services.router.queues import QueueDepths
@@ -33,6 +34,7 @@ class Recorder:
 
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         bus: Bus,
         store: JobStore,
@@ -41,6 +43,7 @@ class Recorder:
         fallback: Fallback,
         hedger: Hedger,
     ) -> None:
+        self._nc = nc
         self._js = js
         self._bus = bus
         self._store = store
@@ -50,11 +53,12 @@ class Recorder:
         self._hedger = hedger
 
     async def run(self) -> None:
-        sub = await self._js.pull_subscribe(
+        events = PullConsumer(
+            self._nc, self._js, self._bus.events_stream, self._bus.recorder_consumer
+        )
+        await events.start(
             self._bus.events_wildcard,
-            durable=self._bus.recorder_consumer,
-            stream=self._bus.events_stream,
-            config=ConsumerConfig(
+            ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=30.0,
@@ -64,15 +68,15 @@ class Recorder:
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(BATCH, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
+                    msgs = await events.fetch(BATCH, wait=1.0)
                 except nats.errors.ConnectionClosedError:
                     return
                 except Exception:
                     # A transient JetStream error must not end recording for this replica.
                     log.warning("fetching events failed; retrying", exc_info=True)
                     await asyncio.sleep(0.5)
+                    continue
+                if not msgs:
                     continue
                 try:
                     await self._record(msgs)
@@ -83,10 +87,7 @@ class Recorder:
                     for msg in msgs:
                         await msg.nak(delay=1.0)
         finally:
-            # A cancelled fetch leaves its expiry notice queued on the subscription, and
-            # drain() would wait for someone to read it; unsubscribing discards it.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await events.close()
 
     async def _record(self, msgs: list[Msg]) -> None:
         batch: list[Incoming] = []

@@ -1,0 +1,125 @@
+"""Pulling from a durable JetStream consumer without nats-py's fetch().
+
+nats-py's `fetch()` (2.16, nats-io/nats.py#986) sometimes takes a late "408 Request
+Timeout" of the pull request before as the answer to its own, sends another request
+beside the one still open, and leaves one of them orphaned on the server. The next
+message then goes to the orphan, and the fetch that receives it waits for the rest of its
+batch until that request expires: up to a second for the first job after a quiet spell.
+
+Here one pull request is open at a time, and each has its own reply subject, so a late
+status is recognised as belonging to an earlier request and ignored. A request stays
+open across `fetch` calls until the server ends it or fills it; messages are handed over
+as soon as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import DEFAULT_PREFIX, ConsumerConfig, Header
+
+# Seconds a pull request stays open on the server. Short, because a request lost in a
+# reconnect is only noticed when it should have ended: after this plus GRACE.
+EXPIRES = 2.0
+GRACE = 1.0
+# Statuses that end a pull request in the normal course: no messages, expired.
+_ENDS = {"404", "408"}
+
+
+class PullConsumer:
+    """A durable pull consumer, created if missing; `fetch` hands out what it delivers."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, stream: str, durable: str) -> None:
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._next_subject = f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._ready: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        self._requests = 0
+        # The open request: its reply subject, messages it may still bring, and when to
+        # stop waiting for the server to end it.
+        self._open = ""
+        self._left = 0
+        self._lapses = 0.0
+        self._failure: nats.js.errors.APIError | None = None
+
+    async def start(self, subject: str, config: ConsumerConfig) -> None:
+        """Create the consumer unless it exists (an existing one keeps its config)."""
+        try:
+            await self._js.consumer_info(self._stream, self._durable)
+        except nats.js.errors.NotFoundError:
+            config.durable_name = config.name = self._durable
+            config.filter_subject = subject
+            await self._js.add_consumer(self._stream, config=config)
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
+
+    async def fetch(self, batch: int, wait: float) -> list[Msg]:
+        """Up to `batch` delivered messages, as soon as there is one; [] after `wait`
+        seconds without any. Raises the server's error when it refuses a pull request."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self._ready:
+                return [self._ready.popleft() for _ in range(min(batch, len(self._ready)))]
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            now = time.monotonic()
+            if now >= deadline:
+                return []
+            # Cleared before any await, so an arrival during the request below still
+            # wakes the wait.
+            self._arrived.clear()
+            if not self._open or now > self._lapses:
+                await self._request(batch)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(deadline, self._lapses) - now):
+                    await self._arrived.wait()
+
+    async def close(self) -> None:
+        """Stop pulling; messages delivered but not handed out go back for redelivery now."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        while self._ready:
+            with contextlib.suppress(Exception):
+                await self._ready.popleft().nak()
+
+    async def _request(self, batch: int) -> None:
+        self._requests += 1
+        self._open = f"{self._inbox}.{self._requests}"
+        self._left = batch
+        self._lapses = time.monotonic() + EXPIRES + GRACE
+        pull = {"batch": batch, "expires": int(EXPIRES * 1e9)}
+        await self._nc.publish(self._next_subject, json.dumps(pull).encode(), reply=self._open)
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get(Header.STATUS) if msg.headers else None
+        if status is None:
+            self._ready.append(msg)
+            self._left -= 1
+            if self._left <= 0:
+                self._open = ""  # filled: the server sends no status for that
+            self._arrived.set()
+            return
+        if msg.subject != self._open or status == "100":
+            return  # a late word about an earlier request, or a heartbeat
+        self._open = ""
+        if status not in _ENDS:
+            # E.g. 409 Consumer Deleted: the caller hears of it and decides when to retry.
+            description = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
+            self._failure = nats.js.errors.APIError(code=int(status), description=description)
+        self._arrived.set()

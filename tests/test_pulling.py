@@ -1,0 +1,139 @@
+"""PullConsumer against a real JetStream: messages handed over as they arrive, whatever
+earlier pull requests are still open on the server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import nats
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+from services.common import pulling
+from services.common.pulling import PullConsumer
+
+# Far below a pull request's lifetime, so a message held by a forgotten request shows.
+PROMPTLY = 0.5
+
+
+@pytest.fixture
+async def nc(nats_url: str, nats_prefix: str) -> AsyncIterator[Client]:
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().add_stream(
+            StreamConfig(name=stream_name(nats_prefix), subjects=[f"{nats_prefix}.pull.>"])
+        )
+        yield nc
+    finally:
+        await nc.close()
+
+
+def stream_name(prefix: str) -> str:
+    return prefix.upper().replace("-", "_").replace(".", "_") + "_PULL"
+
+
+async def consumer(nc: Client, prefix: str) -> PullConsumer:
+    pull = PullConsumer(nc, nc.jetstream(), stream_name(prefix), "worker")
+    await pull.start(
+        f"{prefix}.pull.jobs", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0)
+    )
+    return pull
+
+
+async def fetch_one(pull: PullConsumer) -> bytes:
+    """The next message's payload (acked), however many empty fetches that takes."""
+    while True:
+        msgs = await pull.fetch(256, wait=1.0)
+        if msgs:
+            assert len(msgs) == 1
+            await msgs[0].ack()
+            return msgs[0].data
+
+
+async def publish_and_time(nc: Client, prefix: str, pull: PullConsumer, data: bytes) -> float:
+    waiting = asyncio.create_task(fetch_one(pull))
+    await asyncio.sleep(0.05)
+    sent = time.monotonic()
+    await nc.jetstream().publish(f"{prefix}.pull.jobs", data)
+    assert await waiting == data
+    return time.monotonic() - sent
+
+
+async def test_after_quiet_spells_each_message_is_handed_over_at_once(
+    nc: Client, nats_prefix: str
+) -> None:
+    # The pattern that stalled nats-py's fetch(): quiet longer than a fetch's wait (so
+    # requests expire while fetches come and go), then messages one after another.
+    pull = await consumer(nc, nats_prefix)
+    try:
+        delays = []
+        for spell in range(3):
+            await asyncio.sleep(1.3)
+            for n in range(3):
+                delays.append(await publish_and_time(nc, nats_prefix, pull, b"%d.%d" % (spell, n)))
+        assert max(delays) < PROMPTLY, delays
+    finally:
+        await pull.close()
+
+
+async def test_a_message_held_by_an_earlier_request_still_arrives_and_its_late_end_is_ignored(
+    nc: Client, nats_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pulling, "EXPIRES", 1.0)
+    pull = await consumer(nc, nats_prefix)
+    try:
+        assert await pull.fetch(10, wait=0.1) == []  # request 1 is open on the server
+        # A forged end of request 1: the consumer opens request 2 beside the real request 1,
+        # which is what a late 408 did to nats-py's fetch().
+        await nc.publish(f"{pull._inbox}.1", b"", headers={"Status": "408"})
+        await nc.flush()
+        assert await pull.fetch(10, wait=0.1) == []
+        # The server gives this to the oldest open request, 1, which the consumer took
+        # for ended: it must still be handed over at once.
+        assert await publish_and_time(nc, nats_prefix, pull, b"to request 1") < PROMPTLY
+        # Request 1's real end arrives now; request 2 must stay the open one.
+        await asyncio.sleep(1.2)
+        assert await publish_and_time(nc, nats_prefix, pull, b"to request 2") < PROMPTLY
+    finally:
+        await pull.close()
+
+
+async def test_closing_hands_back_what_was_delivered_but_not_taken(
+    nc: Client, nats_prefix: str
+) -> None:
+    first = await consumer(nc, nats_prefix)
+    assert await first.fetch(5, wait=0.1) == []  # a request for five is open
+    sent = {b"job %d" % n for n in range(5)}
+    for data in sorted(sent):
+        await nc.jetstream().publish(f"{nats_prefix}.pull.jobs", data)
+    await asyncio.sleep(0.2)  # all five delivered to `first`
+    taken = await first.fetch(1, wait=1.0)
+    assert len(taken) == 1
+    await first.close()  # the other four go back now, not after the 30 s ack_wait
+    second = await consumer(nc, nats_prefix)
+    try:
+        got = {taken[0].data}
+        deadline = time.monotonic() + 10
+        while got != sent and time.monotonic() < deadline:
+            for msg in await second.fetch(5, wait=1.0):
+                got.add(msg.data)
+                await msg.ack()
+        assert got == sent
+    finally:
+        await second.close()
+
+
+async def test_a_deleted_consumer_is_reported_by_fetch(nc: Client, nats_prefix: str) -> None:
+    pull = await consumer(nc, nats_prefix)
+    try:
+        assert await pull.fetch(1, wait=0.1) == []
+        await nc.jetstream().delete_consumer(stream_name(nats_prefix), "worker")
+        with pytest.raises(nats.js.errors.APIError):
+            for _ in range(20):
+                await pull.fetch(1, wait=0.5)
+    finally:
+        await pull.close()
