@@ -61,7 +61,8 @@ class EventPublisher:
             await self._send(events, f"{self._job_id}:{self._attempt}:end")
             return
         self._pending.append(event)
-        if self._sender is None or (self._sender.done() and self._sender.exception() is None):
+        sender = self._sender
+        if sender is None or (sender.done() and (sender.cancelled() or not sender.exception())):
             # A failed sender is kept, so flush() raises its error; what gathers meanwhile
             # stays unsent, as the job cannot end well anyway.
             self._hurry.clear()
@@ -73,7 +74,7 @@ class EventPublisher:
     async def flush(self) -> None:
         """Publish held-back progress now and wait until it is stored; raises what storing
         it raised."""
-        if self._sender is None:
+        if self._sender is None or self._sender.cancelled():
             return
         self._hurry.set()
         await self._sender

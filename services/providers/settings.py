@@ -27,5 +27,5 @@ class Settings(BusSettings):
     # redelivered to another worker).
     worker_drain_timeout: float = 10.0
     # Seconds a job's progress events are held back so that they travel together, and
-    # with the outcome when the job ends by then; 0 publishes each at once.
+    # with the outcome when the job ends by then; 0 sends them without waiting.
     worker_event_linger: float = 0.02
