@@ -115,8 +115,8 @@ class PullConsumer:
                 self._open = ""  # filled: the server sends no status for that
             self._arrived.set()
             return
-        if msg.subject != self._open or status == "100":
-            return  # a late word about an earlier request, or a heartbeat
+        if msg.subject != self._open:
+            return  # a late word about an earlier request
         self._open = ""
         if status not in _ENDS:
             # E.g. 409 Consumer Deleted: the caller hears of it and decides when to retry.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.common.settings import BusSettings
+from services.providers.events import LINGER
 
 
 class Settings(BusSettings):
@@ -28,4 +29,4 @@ class Settings(BusSettings):
     worker_drain_timeout: float = 10.0
     # Seconds a job's progress events are held back so that they travel together, and
     # with the outcome when the job ends by then; 0 sends them without waiting.
-    worker_event_linger: float = 0.02
+    worker_event_linger: float = LINGER
