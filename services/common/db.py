@@ -4,12 +4,16 @@ A `Database` hands out connections for a transaction (`begin`) or a read (`conne
 `execute` returns a fully read result. PostgreSQL runs on SQLAlchemy's asyncpg engine.
 SQLite runs its statements inline on the event loop: with WAL and synchronous=NORMAL a
 statement is tens of microseconds of local work, far less than the thread hand-offs an
-async driver pays for each cursor, execute, fetch and close.
+async driver pays for each cursor, execute, fetch and close. The one slow part of WAL,
+copying the log back into the database file, runs on a thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Executable
+
+log = logging.getLogger(__name__)
 
 Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 Rows: TypeAlias = "Result[*tuple[Any, ...]]"
@@ -70,12 +76,17 @@ async def open_database(url: str, metadata: MetaData, schema: str = "") -> Async
             connect_args={"timeout": 30, "check_same_thread": False},
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        checkpointer = WalCheckpointer.for_url(engine.url.database)
         try:
             with engine.begin() as conn:
                 _create(conn, metadata)
+            checkpointer.start()
             with engine.connect() as conn:
                 yield _SQLite(conn)
         finally:
+            # Stopped first: the engine's last close checkpoints and removes the WAL, which
+            # it can only do once no other connection has the file open.
+            checkpointer.stop()
             engine.dispose()
         return
     async_engine = create_async_engine(
@@ -188,4 +199,59 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
+    # SQLite would checkpoint inside whichever commit fills the log past 1,000 pages, so
+    # one request in a few hundred would wait on the event loop while pages are copied
+    # and the file synced. WalCheckpointer does it on its own thread instead.
+    cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.close()
+
+
+class WalCheckpointer:
+    """Copies a SQLite file's write-ahead log into the database from a thread of its own.
+
+    PASSIVE checkpoints neither block the writer nor wait for readers; sqlite3 releases the
+    GIL while one runs, so the event loop carries on meanwhile."""
+
+    INTERVAL = 0.5  # seconds between checkpoints: bounds the log to what is written in it
+
+    def __init__(self, path: str | None, interval: float = INTERVAL) -> None:
+        self._path = path
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.checkpoints = 0  # completed, for tests and curiosity
+
+    @classmethod
+    def for_url(cls, database: str | None) -> WalCheckpointer:
+        """One for the file `database` names; one that does nothing for an in-memory one."""
+        in_memory = not database or database == ":memory:" or database.startswith("file::memory")
+        return cls(None if in_memory else database)
+
+    def start(self) -> None:
+        if self._path is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._run, name="sqlite-checkpoint", args=(self._path,), daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop and wait for the thread (at most one checkpoint's time)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self, path: str) -> None:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    # Transient (the file busy, the disk full): the next round tries again.
+                    log.warning("checkpointing %s failed", path, exc_info=True)
+                else:
+                    self.checkpoints += 1
+        finally:
+            conn.close()

@@ -1,0 +1,69 @@
+"""SQLite's log is copied into the database by a thread of its own, never inside a commit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, insert, text
+
+from services.common.db import WalCheckpointer, open_database
+
+
+def _blobs() -> Table:
+    return Table(
+        "blobs",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("body", LargeBinary),
+    )
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sqlite-checkpoint"]
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+async def test_the_log_reaches_the_database_file_without_a_commit_checkpointing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(WalCheckpointer, "INTERVAL", 0.05)
+    path = tmp_path / "wal.db"
+    table = _blobs()
+    async with open_database(f"sqlite:///{path}", table.metadata) as db:
+        async with db.connect() as conn:
+            # The service's own connection never checkpoints.
+            assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar() == 0
+        before = path.stat().st_size
+        for n in range(40):
+            async with db.begin() as conn:
+                await conn.execute(insert(table), [{"id": n, "body": bytes(100_000)}])
+        # 4 MB went into the log; only the checkpoint thread can have moved it across.
+        for _ in range(400):
+            if path.stat().st_size > before + 3_000_000:
+                break
+            await asyncio.sleep(0.025)
+        assert path.stat().st_size > before + 3_000_000
+        assert len(_checkpoint_threads()) == 1
+    # Closing stops the thread, and the last connection's close folds the log in.
+    assert _checkpoint_threads() == []
+    assert _files(tmp_path) == {"wal.db"}
+
+
+async def test_an_in_memory_database_has_no_checkpoint_thread() -> None:
+    table = _blobs()
+    async with open_database("sqlite://", table.metadata) as db:
+        async with db.begin() as conn:
+            await conn.execute(insert(table), [{"id": 1, "body": b"x"}])
+        assert _checkpoint_threads() == []
+
+
+def test_stop_without_start_is_harmless(tmp_path: Path) -> None:
+    checkpointer = WalCheckpointer(str(tmp_path / "never.db"))
+    checkpointer.stop()
+    assert checkpointer.checkpoints == 0
