@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import grpc
@@ -350,33 +351,34 @@ class RouterCore:
         with self._hub.listen(job_id) as listener:
             job = await self.get(tenant, job_id)
             yield job
-            last = after
-            for event in await self._store.events_after(job_id, last):
-                yield event
-                last = event.sequence
-                # The job may have ended after the snapshot above was read.
-                if event.state in TERMINAL:
-                    return
-            if job.state in TERMINAL and last >= job.last_sequence:
+            if job.state in TERMINAL and after >= job.last_sequence:
                 return
-            async for event in self.follow(job_id, listener, last):
+            # The job may have moved on since the snapshot: the store first, then live.
+            async for event in self.follow(job_id, listener, after, read_first=True):
                 yield event
 
     async def follow(
-        self, job_id: str, listener: Listener, last: int
+        self, job_id: str, listener: Listener, last: int, *, read_first: bool = False
     ) -> AsyncIterator[job_pb2.JobEvent]:
-        """Live events after `last`, each once, until the terminal one."""
+        """Live events after `last`, each once, until the terminal one; with `read_first`
+        the stored ones come first."""
+        read = read_first
         while True:
-            heard = await listener.next(WATCH_RECHECK)
-            if heard is not None and heard.sequence <= last:
-                continue
-            if heard is not None and heard.sequence == last + 1:
-                batch = [heard]
-            else:
+            if not read:
+                heard = await listener.next(WATCH_RECHECK)
+                if heard is not None and heard.sequence <= last:
+                    continue
+                if heard is not None and heard.sequence == last + 1:
+                    yield heard
+                    last = heard.sequence
+                    if heard.state in TERMINAL:
+                        return
+                    continue
                 # A gap, a lag or silence: the store is the truth.
-                batch = await self._store.events_after(job_id, last)
-            for item in batch:
-                yield item
-                last = item.sequence
-                if item.state in TERMINAL:
-                    return
+            read = False
+            async with aclosing(self._store.replay(job_id, last)) as stored:
+                async for item in stored:
+                    yield item
+                    last = item.sequence
+                    if item.state in TERMINAL:
+                        return

@@ -6,7 +6,7 @@ import base64
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -148,6 +148,9 @@ MAX_PAGE = 500
 UNFINISHED = sorted(set(job_pb2.JobState.values()) - TERMINAL - {job_pb2.JOB_STATE_UNSPECIFIED})
 # Values per IN (...) query.
 CHUNK = 500
+# A replay reads stored events this many at a time: a long history neither sits whole in
+# memory nor holds the database through one long read.
+REPLAY_PAGE = 500
 
 
 def chunks(items: Sequence[_T]) -> Iterator[list[_T]]:
@@ -270,6 +273,18 @@ class JobStore:
         """Events with after < sequence (<= upto), oldest first."""
         async with self._engine.connect() as conn:
             return await events_after_in(conn, job_id, after, upto)
+
+    async def replay(self, job_id: str, after: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
+        """Every event after `after`, oldest first, read a page at a time."""
+        while True:
+            # A connection per page: a slow reader must not hold the database between pages.
+            async with self._engine.connect() as conn:
+                page = await events_after_in(conn, job_id, after, limit=REPLAY_PAGE)
+            for event in page:
+                yield event
+            if len(page) < REPLAY_PAGE:
+                return
+            after = page[-1].sequence
 
     async def list_jobs(
         self,
@@ -514,13 +529,17 @@ class JobStore:
 
 
 async def events_after_in(
-    conn: DbConnection, job_id: str, after: int, upto: int | None = None
+    conn: DbConnection,
+    job_id: str,
+    after: int,
+    upto: int | None = None,
+    limit: int | None = None,
 ) -> list[job_pb2.JobEvent]:
-    """JobStore.events_after on a connection the caller holds."""
+    """JobStore.events_after (the first `limit` of them) on a connection the caller holds."""
     cond = [job_events.c.job_id == job_id, job_events.c.sequence > after]
     if upto is not None:
         cond.append(job_events.c.sequence <= upto)
-    query = select(job_events.c.body).where(*cond).order_by(job_events.c.sequence)
+    query = select(job_events.c.body).where(*cond).order_by(job_events.c.sequence).limit(limit)
     rows = await conn.execute(query)
     return [_event(r.body) for r in rows]
 
