@@ -4,17 +4,21 @@ earlier pull requests are still open on the server."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
+from genmesh_cli.up import nats_server_binary
 from services.common import pulling
 from services.common.pulling import PullConsumer
+from tests.infra import eventually, free_port, reachable
 
 # Far below a pull request's lifetime, so a message held by a forgotten request shows.
 PROMPTLY = 0.5
@@ -137,3 +141,48 @@ async def test_a_deleted_consumer_is_reported_by_fetch(nc: Client, nats_prefix: 
                 await pull.fetch(1, wait=0.5)
     finally:
         await pull.close()
+
+
+def start_nats(port: int, store: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_after_the_server_restarts_the_next_request_goes_out_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests that live far longer than the fetch below: only noticing the reconnect
+    # can replace the one the old server took down with it.
+    monkeypatch.setattr(pulling, "EXPIRES", 60.0)
+    port = free_port()
+    server = start_nats(port, tmp_path)
+    nc: Client | None = None
+    try:
+        await eventually(lambda: reachable("127.0.0.1", port))
+        nc = await nats.connect(
+            f"nats://127.0.0.1:{port}", reconnect_time_wait=0.1, max_reconnect_attempts=-1
+        )
+        await nc.jetstream().add_stream(
+            StreamConfig(name="RESTART", subjects=["restart.>"], storage=StorageType.FILE)
+        )
+        pull = PullConsumer(nc, nc.jetstream(), "RESTART", "worker")
+        await pull.start("restart.jobs", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
+        assert await pull.fetch(1, wait=0.2) == []  # a request is open on this server
+        # Killed, it cannot end the request with a "409 Server Shutdown".
+        server.kill()
+        await asyncio.to_thread(server.wait, 10)
+        server = start_nats(port, tmp_path)
+        client = nc
+        await eventually(lambda: client.stats["reconnects"] == 1 and client.is_connected)
+        await nc.jetstream().publish("restart.jobs", b"after the restart")
+        msgs = await pull.fetch(1, wait=5.0)
+        assert [m.data for m in msgs] == [b"after the restart"]
+        await pull.close()
+    finally:
+        if nc is not None:
+            await nc.close()
+        server.terminate()
+        await asyncio.to_thread(server.wait, 10)

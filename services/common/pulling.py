@@ -9,7 +9,8 @@ batch until that request expires: up to a second for the first job after a quiet
 Here one pull request is open at a time, and each has its own reply subject, so a late
 status is recognised as belonging to an earlier request and ignored. A request stays
 open across `fetch` calls until the server ends it or fills it; messages are handed over
-as soon as they arrive.
+as soon as they arrive. A reconnect ends the server's side of a request, so after one
+the next request goes out at once.
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DEFAULT_PREFIX, ConsumerConfig, Header
 
-# Seconds a pull request stays open on the server. Short, because a request lost in a
-# reconnect is only noticed when it should have ended: after this plus GRACE.
+# Seconds a pull request stays open on the server. Short, because a request lost some
+# other way than a reconnect is only noticed when it should have ended: after this plus
+# GRACE.
 EXPIRES = 2.0
 GRACE = 1.0
+# Seconds between looks at the connection's reconnect count while waiting.
+RECONNECT_CHECK = 0.25
 # Statuses that end a pull request in the normal course: no messages, expired.
 _ENDS = {"404", "408"}
 
@@ -54,6 +58,7 @@ class PullConsumer:
         self._open = ""
         self._left = 0
         self._lapses = 0.0
+        self._reconnects = 0  # the connection's count when the open request went out
         self._failure: nats.js.errors.APIError | None = None
 
     async def start(self, subject: str, config: ConsumerConfig) -> None:
@@ -82,10 +87,12 @@ class PullConsumer:
             # Cleared before any await, so an arrival during the request below still
             # wakes the wait.
             self._arrived.clear()
-            if not self._open or now > self._lapses:
+            if not self._open or now > self._lapses or self._reconnected():
                 await self._request(batch)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(deadline, self._lapses) - now):
+                async with asyncio.timeout(
+                    min(deadline, self._lapses, now + RECONNECT_CHECK) - now
+                ):
                     await self._arrived.wait()
 
     async def close(self) -> None:
@@ -103,16 +110,23 @@ class PullConsumer:
         self._open = f"{self._inbox}.{self._requests}"
         self._left = batch
         self._lapses = time.monotonic() + EXPIRES + GRACE
+        self._reconnects = self._nc.stats["reconnects"]
         pull = {"batch": batch, "expires": int(EXPIRES * 1e9)}
         await self._nc.publish(self._next_subject, json.dumps(pull).encode(), reply=self._open)
+
+    def _reconnected(self) -> bool:
+        # The server dropped the open request with the old connection: nothing comes of it.
+        return self._nc.stats["reconnects"] != self._reconnects
 
     async def _on_message(self, msg: Msg) -> None:
         status = msg.headers.get(Header.STATUS) if msg.headers else None
         if status is None:
             self._ready.append(msg)
-            self._left -= 1
-            if self._left <= 0:
-                self._open = ""  # filled: the server sends no status for that
+            # One an earlier request brings late does not fill the open one.
+            if msg.subject == self._open:
+                self._left -= 1
+                if self._left <= 0:
+                    self._open = ""  # filled: the server sends no status for that
             self._arrived.set()
             return
         if msg.subject != self._open:
