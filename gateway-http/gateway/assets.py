@@ -1,4 +1,5 @@
-"""Routes over AssetService: upload, metadata, and streamed (optionally ranged) content."""
+"""Routes over AssetService: upload (streamed, or small ones as base64 JSON), metadata, and
+streamed (optionally ranged) content."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
 from gateway import schema
-from gateway.convert import to_json
+from gateway.bodies import BoundedBodyRoute
+from gateway.convert import to_json, to_message
 from gateway.errors import bad_input, documented, error_body
 from gateway.ids import AssetId
 from gateway.state import ClientsDep, TenantDep
+from genmesh.v1 import asset_service_pb2
 from services.storage.client import CHUNK_SIZE, AssetStream
 
 router = APIRouter()
+# The JSON puts: their bodies carry the bytes, so they are refused past a limit before parsing.
+puts = APIRouter(route_class=BoundedBodyRoute)
 
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -96,6 +101,49 @@ async def upload_asset(
             idempotency_key=idempotency_key,
         )
     return to_json(asset)
+
+
+@puts.post(
+    "/v1/assets:put",
+    status_code=201,
+    tags=["assets"],
+    response_model=schema.Asset,
+    response_model_exclude_none=True,
+    responses=documented(429),
+)
+async def put_asset(
+    body: schema.PutAssetRequest,  # type: ignore[valid-type]
+    clients: ClientsDep,
+    tenant: TenantDep,
+) -> dict[str, Any]:
+    """AssetService.PutAsset: a small asset's metadata and base64 `data` (at most 1 MiB) in one
+    JSON body; the stored asset, as POST /v1/assets returns it.
+
+    400 for data over 1 MiB (POST /v1/assets takes more), no data or a bad media type; 429 over
+    storage's size limit or for a body over the bridge's (nothing is kept)."""
+    request = to_message(body, asset_service_pb2.PutAssetRequest())
+    return to_json(await clients.assets.put(request, tenant=tenant))
+
+
+@puts.post(
+    "/v1/assets:batchPut",
+    tags=["assets"],
+    response_model=schema.BatchPutAssetsResponse,
+    response_model_exclude_none=True,
+    responses=documented(429),
+)
+async def batch_put_assets(
+    body: schema.BatchPutAssetsRequest,  # type: ignore[valid-type]
+    clients: ClientsDep,
+    tenant: TenantDep,
+) -> dict[str, Any]:
+    """AssetService.BatchPutAssets: 1 to 64 items as POST /v1/assets:put takes them, at most
+    2 MiB of data in all; one result per item, in order: its asset, or its own error (`code` is
+    the gRPC status number) while the others are stored, hence 200 rather than 201.
+
+    400 for no items, too many or too many bytes; 429 for a body over the bridge's limit."""
+    request = to_message(body, asset_service_pb2.BatchPutAssetsRequest())
+    return to_json(await clients.assets.batch_put(request, tenant=tenant))
 
 
 @router.get(

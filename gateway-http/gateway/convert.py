@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -15,6 +15,8 @@ from services.common.tasks import task_from_name, task_names
 
 _STATE_PREFIX = "JOB_STATE_"
 
+M = TypeVar("M", bound=Message)
+
 
 def to_json(message: Message) -> dict[str, Any]:
     """Proto3 JSON with the .proto's field names and every plain field present, so clients
@@ -22,6 +24,13 @@ def to_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+
+
+def to_message(body: BaseModel, message: M) -> M:
+    """A request body validated by one of schema.py's request models, as its message; what
+    json_format still refuses is a 400."""
+    with bad_input(message.DESCRIPTOR.name):
+        return json_format.ParseDict(body.model_dump(exclude_none=True), message)
 
 
 def _enum(enum: Any) -> Any:

@@ -70,6 +70,11 @@ def bad_input(what: str) -> Iterator[None]:
         raise BadRequest(f"{what}: {exc}") from None
 
 
+class TooLarge(Exception):
+    """A request body over the bridge's limit; rendered as RESOURCE_EXHAUSTED, which is what a
+    gRPC server answers a message over its size limit."""
+
+
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the error statuses a route may return, besides COMMON."""
     return {
@@ -114,6 +119,11 @@ async def _on_bad_request(_: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "INVALID_ARGUMENT", str(exc))
 
 
+async def _on_too_large(_: Request, exc: Exception) -> JSONResponse:
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    return error_response(http_status(code), code.name, str(exc))
+
+
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
@@ -141,6 +151,7 @@ def install(app: FastAPI) -> None:
     """Route every error through the one table above."""
     app.add_exception_handler(grpc.aio.AioRpcError, _on_rpc_error)
     app.add_exception_handler(BadRequest, _on_bad_request)
+    app.add_exception_handler(TooLarge, _on_too_large)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -1,17 +1,19 @@
-"""Response models generated from the contract's messages, so the OpenAPI document shows
-exactly the JSON the bridge sends (proto3 JSON: field names as in the .proto, enums by name,
-64-bit integers as decimal strings, timestamps in RFC 3339)."""
+"""Models generated from the contract's messages, so the OpenAPI document shows exactly the
+JSON the bridge sends and takes (proto3 JSON: field names as in the .proto, enums by name,
+64-bit integers as decimal strings, bytes as base64, timestamps in RFC 3339)."""
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Annotated, Any, Literal
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from genmesh.v1 import (
     asset_pb2,
+    asset_service_pb2,
     generate_service_pb2,
     job_pb2,
     job_service_pb2,
@@ -24,9 +26,26 @@ Duration = Annotated[
 ]
 Int64 = Annotated[str, Field(pattern=r"^-?[0-9]+$", description="64-bit integer as a string")]
 
+# Either alphabet, padding optional, as proto3 JSON allows. Checked here because json_format
+# skips any other character without a word, storing bytes the client never meant.
+_BASE64 = r"[A-Za-z0-9+/_-]*={0,2}"
+
+
+def _base64(value: str) -> str:
+    if not re.fullmatch(_BASE64, value) or len(value.rstrip("=")) % 4 == 1:
+        raise ValueError("not base64 (standard or URL-safe alphabet, padding optional)")
+    return value
+
+
+Base64 = Annotated[
+    str,
+    AfterValidator(_base64),
+    Field(json_schema_extra={"pattern": f"^{_BASE64}$"}, description="base64"),
+]
+
 _SCALARS: dict[int, Any] = {
     FieldDescriptor.TYPE_STRING: str,
-    FieldDescriptor.TYPE_BYTES: Annotated[str, Field(description="base64")],
+    FieldDescriptor.TYPE_BYTES: Base64,
     FieldDescriptor.TYPE_BOOL: bool,
     FieldDescriptor.TYPE_DOUBLE: float,
     FieldDescriptor.TYPE_FLOAT: float,
@@ -51,17 +70,17 @@ _WELL_KNOWN: dict[str, Any] = {
 
 
 @functools.cache
-def model_of(descriptor: Descriptor) -> type[BaseModel]:
+def model_of(descriptor: Descriptor, *, request: bool = False) -> type[BaseModel]:
     """A pydantic model for one message, as json_format prints it with every field present
-    except unset message fields and unset `optional` scalars."""
+    except unset message fields and unset `optional` scalars; as a request, any may be left out."""
     fields: dict[str, Any] = {}
     for field in descriptor.fields:
-        kind = _type_of(field)
+        kind = _type_of(field, request)
         if _is_map(field):
             fields[field.name] = (kind, Field(default_factory=dict))
         elif field.is_repeated:
             fields[field.name] = (list[kind], Field(default_factory=list))  # type: ignore[valid-type]
-        elif field.has_presence:
+        elif field.has_presence or request:
             fields[field.name] = (kind | None, None)
         else:
             fields[field.name] = (kind, ...)
@@ -70,18 +89,19 @@ def model_of(descriptor: Descriptor) -> type[BaseModel]:
     return model
 
 
-def _type_of(field: FieldDescriptor) -> Any:
+def _type_of(field: FieldDescriptor, request: bool) -> Any:
     if _is_map(field):
         assert field.message_type is not None
         entry = field.message_type.fields_by_name
-        return dict[_type_of(entry["key"]), _type_of(entry["value"])]  # type: ignore[misc]
+        return dict[_type_of(entry["key"], request), _type_of(entry["value"], request)]  # type: ignore[misc]
     if field.type == FieldDescriptor.TYPE_ENUM:
         assert field.enum_type is not None
         names = tuple(v.name for v in field.enum_type.values)
         return Literal[names]  # type: ignore[valid-type]
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         assert field.message_type is not None
-        return _WELL_KNOWN.get(field.message_type.full_name) or model_of(field.message_type)
+        known = _WELL_KNOWN.get(field.message_type.full_name)
+        return known or model_of(field.message_type, request=request)
     return _SCALARS[field.type]
 
 
@@ -100,6 +120,10 @@ Asset = model_of(asset_pb2.Asset.DESCRIPTOR)
 SubmitBatchResponse = model_of(generate_service_pb2.SubmitBatchResponse.DESCRIPTOR)
 ListJobsResponse = model_of(job_service_pb2.ListJobsResponse.DESCRIPTOR)
 ListProvidersResponse = model_of(provider_service_pb2.ListProvidersResponse.DESCRIPTOR)
+BatchPutAssetsResponse = model_of(asset_service_pb2.BatchPutAssetsResponse.DESCRIPTOR)
+
+PutAssetRequest = model_of(asset_service_pb2.PutAssetRequest.DESCRIPTOR, request=True)
+BatchPutAssetsRequest = model_of(asset_service_pb2.BatchPutAssetsRequest.DESCRIPTOR, request=True)
 
 
 class ErrorDetail(BaseModel):

@@ -122,6 +122,24 @@ class AssetClient:
             idempotency_key=idempotency_key,
         )
 
+    async def put(
+        self, request: asset_service_pb2.PutAssetRequest, *, tenant: str
+    ) -> asset_pb2.Asset:
+        """One PutAsset call as it is (upload() may batch small puts or stream large ones)."""
+        response = await self._stub.PutAsset(
+            request, metadata=tenant_metadata(tenant), timeout=self._timeout
+        )
+        return response.asset
+
+    async def batch_put(
+        self, request: asset_service_pb2.BatchPutAssetsRequest, *, tenant: str
+    ) -> asset_service_pb2.BatchPutAssetsResponse:
+        """One BatchPutAssets call as it is: a result per item, an asset or that item's error."""
+        response: asset_service_pb2.BatchPutAssetsResponse = await self._stub.BatchPutAssets(
+            request, metadata=tenant_metadata(tenant), timeout=self._timeout
+        )
+        return response
+
     async def get(self, asset_id: str, *, tenant: str) -> asset_pb2.Asset:
         response = await self._stub.GetAsset(
             asset_service_pb2.GetAssetRequest(asset_id=asset_id),

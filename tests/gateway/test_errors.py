@@ -1,8 +1,10 @@
 """gRPC status -> HTTP status and body, the one table, over real HTTP where the mesh can be
-made to refuse: an over-limit upload (429), a router that is down (503), a bad tenant (400)."""
+made to refuse: an over-limit upload or put (429), a router or storage that is down (503), a bad
+tenant (400)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -131,3 +133,39 @@ async def test_refusals_map_to_http_statuses(lonely: Lonely) -> None:
             await ws.recv()
     assert message["error"]["code"] == "UNAVAILABLE"
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
+
+
+async def test_puts_refuse_as_uploads_do(lonely: Lonely) -> None:
+    http = lonely.http
+    big = {"data": base64.b64encode(b"\x00" * 5000).decode()}
+    upload = await http.post("/v1/assets", files={"file": ("big.bin", b"\x00" * 5000)})
+    put = await http.post("/v1/assets:put", json=big)
+    assert upload.status_code == put.status_code == 429, put.text
+    assert put.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert "limit of 1000 bytes" in put.json()["error"]["message"]
+
+    # In a batch the refusal is the item's own, and the others are stored.
+    small = {"data": base64.b64encode(b"small").decode()}
+    batch = await http.post("/v1/assets:batchPut", json={"requests": [big, small]})
+    assert batch.status_code == 200, batch.text
+    refused, stored = batch.json()["results"]
+    assert refused["error"]["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert stored["asset"]["size_bytes"] == "5"
+
+
+async def test_puts_without_storage_are_unavailable() -> None:
+    nowhere = Settings(
+        router_addr=f"127.0.0.1:{free_port()}",
+        storage_addr=f"127.0.0.1:{free_port()}",
+        shutdown_grace=1,
+    )
+    async with (
+        serving(create_app(nowhere), **BRIDGE_SERVER) as url,
+        httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
+    ):
+        body = {"data": base64.b64encode(b"bytes").decode()}
+        put = await http.post("/v1/assets:put", json=body)
+        batch = await http.post("/v1/assets:batchPut", json={"requests": [body]})
+    for response in (put, batch):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "UNAVAILABLE"
