@@ -381,6 +381,7 @@ async def _serve_socket(
 async def _close(websocket: WebSocket, status: int, body: Message, code: int = 0) -> None:
     # A stalled client may never take the notice: bounded, then the socket closes regardless.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.send_json(body), NOTICE_TIMEOUT)
+        async with asyncio.timeout(NOTICE_TIMEOUT):
+            await websocket.send_json(body)
     with contextlib.suppress(Exception):
         await websocket.close(code=code or 4000 + status)

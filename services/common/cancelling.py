@@ -23,10 +23,11 @@ async def cancel_tasks(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
     one ends with while stopping is logged (a task already done is left to its owner). The
     caller's own cancellation is not swallowed.
 
-    A task can miss a cancellation: on CPython 3.11, `asyncio.wait_for` (used inside
-    nats-py's next_msg, among others) returns its result instead of raising when the
-    cancellation arrives in the same loop pass as that result, and the task carries on.
-    So a task still running after RECANCEL_AFTER is cancelled again."""
+    A task can miss a cancellation: on CPython 3.11, `asyncio.wait_for` returns its result
+    instead of raising when the cancellation arrives in the same loop pass as that result,
+    and the task carries on. Our code waits with `asyncio.timeout` instead, but libraries
+    still use wait_for (nats-py in request, flush and next_msg, among others), so a task
+    still running after RECANCEL_AFTER is cancelled again."""
     stopping = [task for task in tasks if task is not None and not task.done()]
     pending = set(stopping)
     while pending:

@@ -157,7 +157,8 @@ async def grpc_server(
         try:
             # However a handler behaves, a stopping service must not hang here: after the
             # grace period and some slack the server is left behind.
-            await asyncio.wait_for(server.stop(grace), grace + STOP_SLACK)
+            async with asyncio.timeout(grace + STOP_SLACK):
+                await server.stop(grace)
         except TimeoutError:
             log.warning(
                 "gRPC server on %s did not stop within %.0fs; leaving it",

@@ -4,6 +4,7 @@ credential check and task dispatch. A family subclasses it and writes one handle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -111,7 +112,16 @@ async def cancel_remote(
 
     Call it from an `except asyncio.CancelledError:` block before re-raising: it is shielded,
     so the cancellation that got us here does not also cancel the provider call."""
+    # Cancelled again, the caller stops waiting at once (and re-raises what got it here);
+    # the call goes on, timed inside the shield so its bound still holds.
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(_bounded(what, cancel, within))
+
+
+async def _bounded(what: str, call: Callable[[], Awaitable[Any]], within: float) -> None:
+    # Logs its own failure: nobody may be waiting for it any more.
     try:
-        await asyncio.shield(asyncio.wait_for(cancel(), within))
-    except (Exception, asyncio.CancelledError):
+        async with asyncio.timeout(within):
+            await call()
+    except Exception:
         log.warning("could not cancel %s at the provider", what, exc_info=True)

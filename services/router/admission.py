@@ -281,7 +281,8 @@ class AdmissionGate:
         while True:
             if wait is None or wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
             self._wake.clear()
             try:
                 wait = await self.release()

@@ -119,7 +119,8 @@ class Hedger:
             self._wake.clear()
             delay = self._due[0][0] - self._clock() if self._due else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _check(self, job_id: str) -> None:
         watch = self._watches.get(job_id)

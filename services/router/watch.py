@@ -43,10 +43,11 @@ class Listener:
                 self.queue.get_nowait()
             return None
         if not self.queue.empty():
-            # The common case under load; wait_for would cost a task per event.
+            # The common case under load: no timer to arm and disarm.
             return self.queue.get_nowait()
         try:
-            return await asyncio.wait_for(self.queue.get(), within)
+            async with asyncio.timeout(within):
+                return await self.queue.get()
         except TimeoutError:
             return None
 

@@ -137,7 +137,8 @@ class Feed:
             if remaining <= 0:
                 return None
             try:
-                frame = await asyncio.wait_for(self._ws.recv(), remaining)
+                async with asyncio.timeout(remaining):
+                    frame = await self._ws.recv()
             except TimeoutError:
                 return None
             except ConnectionClosed as exc:
