@@ -84,6 +84,26 @@ async def test_after_quiet_spells_each_message_is_handed_over_at_once(
         await pull.close()
 
 
+async def test_a_filled_request_is_followed_by_the_next_at_once(
+    nc: Client, nats_prefix: str
+) -> None:
+    # One slot free at a time, as in a worker at its concurrency: every request is filled
+    # by its one message, and the server says nothing more about a filled request.
+    pull = await consumer(nc, nats_prefix)
+    try:
+        for n in range(4):
+            waiting = asyncio.create_task(pull.fetch(1, wait=5.0))
+            await asyncio.sleep(0.05)
+            sent = time.monotonic()
+            await nc.jetstream().publish(f"{nats_prefix}.pull.jobs", b"%d" % n)
+            msgs = await waiting
+            assert [m.data for m in msgs] == [b"%d" % n]
+            assert time.monotonic() - sent < PROMPTLY
+            await msgs[0].ack()
+    finally:
+        await pull.close()
+
+
 async def test_a_message_held_by_an_earlier_request_still_arrives_and_its_late_end_is_ignored(
     nc: Client, nats_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

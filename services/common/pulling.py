@@ -122,11 +122,12 @@ class PullConsumer:
         status = msg.headers.get(Header.STATUS) if msg.headers else None
         if status is None:
             self._ready.append(msg)
-            # One an earlier request brings late does not fill the open one.
-            if msg.subject == self._open:
-                self._left -= 1
-                if self._left <= 0:
-                    self._open = ""  # filled: the server sends no status for that
+            # A message keeps its own subject, so one an earlier request brings late cannot
+            # be told apart: it is counted against the open request too, which at worst
+            # makes the next request go out early.
+            self._left -= 1
+            if self._left <= 0:
+                self._open = ""  # filled: the server sends no status for that
             self._arrived.set()
             return
         if msg.subject != self._open:
