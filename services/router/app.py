@@ -48,7 +48,7 @@ from services.router.settings import Settings
 from services.router.stopping import WorkerStopper
 from services.router.store import JobStore, metadata
 from services.router.sweeper import DeadlineSweeper
-from services.router.watch import WatchHub
+from services.router.watch import RECHECK, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         sweeper = DeadlineSweeper(
             store, hub, stopper, fallback, queues, settings.deadline_sweep_interval
         )
-        for loop in (recorder.run(), hedger.run(), sweeper.run()):
+        rechecks = hub.recheck_every(store.last_sequences, RECHECK)
+        for loop in (recorder.run(), hedger.run(), sweeper.run(), rechecks):
             stack.push_async_callback(cancel_task, asyncio.create_task(loop))
         server = await stack.enter_async_context(
             grpc_server(

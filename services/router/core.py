@@ -46,9 +46,6 @@ from services.router.watch import Listener, WatchHub
 if TYPE_CHECKING:
     from services.router.pipelines.runner import Pipelines
 
-# Seconds a watcher waits for a live event before re-reading the store, in case a
-# core-NATS notification was lost.
-WATCH_RECHECK = 5.0
 # Outbound calls to storage and prompt fail fast rather than hold a submit.
 CALL_TIMEOUT = 10.0
 
@@ -363,22 +360,23 @@ class RouterCore:
         """Live events after `last`, each once, until the terminal one; with `read_first`
         the stored ones come first."""
         read = read_first
+        listener.seen = last
         while True:
             if not read:
-                heard = await listener.next(WATCH_RECHECK)
+                heard = await listener.next()
                 if heard is not None and heard.sequence <= last:
                     continue
                 if heard is not None and heard.sequence == last + 1:
                     yield heard
-                    last = heard.sequence
+                    last = listener.seen = heard.sequence
                     if heard.state in TERMINAL:
                         return
                     continue
-                # A gap, a lag or silence: the store is the truth.
+                # A gap, a lag, or the hub's recheck: the store is the truth.
             read = False
             async with aclosing(self._store.replay(job_id, last)) as stored:
                 async for item in stored:
                     yield item
-                    last = item.sequence
+                    last = listener.seen = item.sequence
                     if item.state in TERMINAL:
                         return

@@ -286,6 +286,17 @@ class JobStore:
                 return
             after = page[-1].sequence
 
+    async def last_sequences(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Each job's last event sequence, by id (whatever its tenant; missing ones left out)."""
+        found: dict[str, int] = {}
+        async with self._engine.connect() as conn:
+            for chunk in chunks(job_ids):
+                rows = await conn.execute(
+                    select(jobs.c.id, jobs.c.last_sequence).where(jobs.c.id.in_(chunk))
+                )
+                found.update((r.id, r.last_sequence) for r in rows)
+        return found
+
     async def list_jobs(
         self,
         tenant: str,

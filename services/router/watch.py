@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from nats.aio.client import Client
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 # Events buffered per watcher before it is marked lagging and re-reads the store.
 LISTENER_BUFFER = 1024
+# Seconds a watcher may hear nothing before its job is looked up in the store, in case word
+# of an event went missing (a replica that recorded it died before announcing it).
+RECHECK = 5.0
 
 
 class Listener:
@@ -28,15 +32,26 @@ class Listener:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[job_pb2.JobEvent] = asyncio.Queue(LISTENER_BUFFER)
         self.lagged = False
+        self.seen = 0  # the last sequence the watcher has had, kept by the watcher
+        self.heard = time.monotonic()  # when word of its job last came
 
     def offer(self, event: job_pb2.JobEvent) -> None:
+        self.heard = time.monotonic()
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.lagged = True
 
-    async def next(self, within: float) -> job_pb2.JobEvent | None:
-        """The next event, or None after `within` seconds or when lagging."""
+    def nudge(self) -> None:
+        """Send the watcher to the store: its job has moved on without word of it here."""
+        self.heard = time.monotonic()
+        try:
+            self.queue.put_nowait(_WAKE)
+        except asyncio.QueueFull:
+            self.lagged = True  # a full inbox goes to the store anyway
+
+    async def next(self, within: float | None = None) -> job_pb2.JobEvent | None:
+        """The next event, or None when lagging, nudged or after `within` seconds."""
         if self.lagged:
             self.lagged = False
             while not self.queue.empty():
@@ -44,12 +59,20 @@ class Listener:
             return None
         if not self.queue.empty():
             # The common case under load: no timer to arm and disarm.
-            return self.queue.get_nowait()
-        try:
-            async with asyncio.timeout(within):
-                return await self.queue.get()
-        except TimeoutError:
-            return None
+            event = self.queue.get_nowait()
+        elif within is None:
+            event = await self.queue.get()
+        else:
+            try:
+                async with asyncio.timeout(within):
+                    event = await self.queue.get()
+            except TimeoutError:
+                return None
+        return None if event is _WAKE else event
+
+
+# Wakes a watcher waiting on an empty inbox; never handed out.
+_WAKE = job_pb2.JobEvent()
 
 
 class WatchHub:
@@ -95,6 +118,36 @@ class WatchHub:
                 group.discard(listener)
                 if not group:
                     del self._listeners[job_id]
+
+    async def recheck(
+        self, stored: Callable[[Sequence[str]], Awaitable[dict[str, int]]], quiet: float
+    ) -> None:
+        """Nudge the watchers that heard nothing for `quiet` seconds while their job moved
+        on in the store; `stored` gives jobs' last sequences. One query for them all."""
+        since = time.monotonic() - quiet
+        silent = [
+            (job_id, listener)
+            for job_id, group in self._listeners.items()
+            for listener in group
+            if listener.heard <= since
+        ]
+        if not silent:
+            return
+        latest = await stored(sorted({job_id for job_id, _ in silent}))
+        for job_id, listener in silent:
+            if latest.get(job_id, 0) > listener.seen:
+                listener.nudge()
+
+    async def recheck_every(
+        self, stored: Callable[[Sequence[str]], Awaitable[dict[str, int]]], quiet: float
+    ) -> None:
+        """recheck() twice every `quiet` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(quiet / 2)
+            try:
+                await self.recheck(stored, quiet)
+            except Exception:
+                log.warning("rechecking silent watchers failed", exc_info=True)
 
     @contextmanager
     def tap(self, fn: Callable[[job_pb2.JobEvent], None]) -> Iterator[None]:
