@@ -83,13 +83,24 @@ async def job_count(mesh: Mesh) -> int:
     return len(reply.jobs)
 
 
-async def fill_then_low_then_high(mesh: Mesh) -> tuple[list[job_pb2.Job], list[job_pb2.Job]]:
-    """Occupy the single slot and the queue, then submit four low and four high jobs."""
-    fillers = [await submit(mesh, image(latency_ms=600)) for _ in range(3)]
+async def fill_then_low_then_high(
+    mesh: Mesh,
+) -> tuple[list[job_pb2.Job], list[job_pb2.Job], list[job_pb2.Job]]:
+    """Occupy the single slot and the queue until release(), then submit four low and four
+    high jobs: (fillers, lows, highs)."""
+    # Held until released, however slowly the jobs after them are submitted: a filler
+    # that ended on its own while the lows were going in would let a low through first.
+    fillers = [await submit(mesh, image(latency_ms=600_000)) for _ in range(3)]
     await eventually(lambda: _is(mesh, fillers[0].id, PROCESSING), within=15)
     lows = [await submit(mesh, image(latency_ms=100, priority=LOW)) for _ in range(4)]
     highs = [await submit(mesh, image(latency_ms=100, priority=HIGH)) for _ in range(4)]
-    return lows, highs
+    return fillers, lows, highs
+
+
+async def release(mesh: Mesh, fillers: list[job_pb2.Job]) -> None:
+    """Cancel the fillers, freeing the slot and the queue for the held jobs."""
+    for job in fillers:
+        await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id))
 
 
 def assert_highs_first(
@@ -109,9 +120,10 @@ async def test_priority_order_under_load(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
     async with limited_sandbox(nats_url, nats_prefix, database, tmp_path) as mesh:
-        lows, highs = await fill_then_low_then_high(mesh)
+        fillers, lows, highs = await fill_then_low_then_high(mesh)
         # Held in the router, shown as queued for the instance.
         assert (await sandbox(mesh)).health.queued >= len(lows) + len(highs)
+        await release(mesh, fillers)
         results = await finish(mesh, lows + highs)
     assert_highs_first(results, lows, highs)
 
@@ -174,8 +186,9 @@ async def test_jobs_held_when_the_router_dies_all_complete_highs_first(
     async with limited_sandbox(
         nats_url, nats_prefix, database, tmp_path, router_in_process=False
     ) as mesh:
-        lows, highs = await fill_then_low_then_high(mesh)
+        fillers, lows, highs = await fill_then_low_then_high(mesh)
         await mesh.restart_router(signal.SIGKILL)
+        await release(mesh, fillers)
         results = await finish(mesh, lows + highs)
     assert_highs_first(results, lows, highs)
     for events in results.values():
