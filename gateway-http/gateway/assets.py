@@ -7,18 +7,20 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, UploadFile
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import schema
 from gateway.bodies import BoundedBodyRoute
 from gateway.convert import to_json, to_message
 from gateway.errors import bad_input, documented, error_body
+from gateway.forms import UploadForm
 from gateway.ids import AssetId
 from gateway.state import ClientsDep, TenantDep
 from genmesh.v1 import asset_service_pb2
-from services.storage.client import CHUNK_SIZE, AssetStream
+from services.storage.client import AssetStream
 
 router = APIRouter()
 # The JSON puts: their bodies carry the bytes, so they are refused past a limit before parsing.
@@ -66,6 +68,37 @@ _CONTENT_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The form is read by the route itself, as it arrives, so FastAPI does not describe it.
+_UPLOAD_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "title": "UploadAssetForm",
+                    "required": ["file"],
+                    "properties": {
+                        "idempotency_key": {
+                            "type": "string",
+                            "title": "Idempotency Key",
+                            "default": "",
+                            "description": "The same key returns the first asset; before `file`",
+                        },
+                        "file": {
+                            "type": "string",
+                            "title": "File",
+                            "contentMediaType": "application/octet-stream",
+                            "description": "The bytes; the part's Content-Type is their type",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/v1/assets",
     status_code=201,
@@ -73,33 +106,32 @@ _CONTENT_DOC: dict[int | str, dict[str, Any]] = {
     response_model=schema.Asset,
     response_model_exclude_none=True,
     responses=documented(429),
+    openapi_extra=_UPLOAD_FORM,
 )
-async def upload_asset(
-    file: UploadFile,
-    clients: ClientsDep,
-    tenant: TenantDep,
-    idempotency_key: Annotated[str, Form()] = "",
-) -> dict[str, Any]:
-    """AssetService.UploadAsset from a multipart form (field `file`), streamed through.
+async def upload_asset(request: Request, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
+    """AssetService.UploadAsset from a multipart form (field `file`), streamed through as it
+    arrives; `idempotency_key`, if sent, comes before `file`.
 
     The part's Content-Type becomes the asset's media type (storage sniffs it when absent);
-    429 when the file is over the size limit (nothing is kept)."""
-
-    async def chunks() -> AsyncIterator[bytes]:
-        while block := await file.read(CHUNK_SIZE):
-            yield block
-
-    media_type = file.content_type or ""
-    if media_type == "application/octet-stream":
-        media_type = ""  # what browsers send when they do not know: let storage sniff it
-    with bad_input("upload"):
-        asset = await clients.assets.upload(
-            chunks(),
-            tenant=tenant,
-            media_type=media_type,
-            filename=file.filename or "",
-            idempotency_key=idempotency_key,
-        )
+    429 when the file is over the size limit, as soon as that is known (nothing is kept)."""
+    form = UploadForm(
+        request, file_field="file", fields={"idempotency_key"}, max_file=clients.max_upload_bytes
+    )
+    try:
+        fields, part = await form.fields()
+        media_type = part.content_type
+        if media_type == "application/octet-stream":
+            media_type = ""  # what browsers send when they do not know: let storage sniff it
+        with bad_input("upload"):
+            asset = await clients.assets.upload(
+                form.file(),
+                tenant=tenant,
+                media_type=media_type,
+                filename=part.filename or "",
+                idempotency_key=fields.get("idempotency_key", ""),
+            )
+    finally:
+        await form.aclose()
     return to_json(asset)
 
 

@@ -1,9 +1,9 @@
-"""Routes whose JSON body is read under a size limit before FastAPI parses it: FastAPI itself
-reads a body of any size into memory first."""
+"""Request bodies read under a size limit: JSON bodies before FastAPI parses them (it reads a
+body of any size into memory first), and any body as a bounded stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 from fastapi.routing import APIRoute
@@ -18,31 +18,35 @@ from services.common.grpc_server import MAX_MESSAGE_BYTES
 MAX_JSON_BODY = MAX_MESSAGE_BYTES
 
 
+async def bounded_stream(request: Request, limit: int, refusal: str) -> AsyncGenerator[bytes, None]:
+    """The body's chunks as they arrive; TooLarge(refusal) as soon as it is known to be over
+    `limit` bytes: from Content-Length before any is read, else once that many have come."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(refusal)
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(refusal)
+            yield chunk
+    except ClientDisconnect:
+        # Not the bridge's fault, so not an unexpected error with a traceback in the log.
+        raise BadRequest("the client went away before the body ended") from None
+
+
 class _BoundedRequest(Request):
     """Reads its body once, refusing it as soon as it is known to be over MAX_JSON_BODY."""
 
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
             # Where Starlette's own body() keeps it, so json() and stream() find it.
-            self._body = await self._read()
+            refusal = f"the request body is over the limit of {MAX_JSON_BODY} bytes"
+            self._body = b"".join(
+                [chunk async for chunk in bounded_stream(self, MAX_JSON_BODY, refusal)]
+            )
         return self._body
-
-    async def _read(self) -> bytes:
-        declared = self.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_JSON_BODY:
-            raise _too_large()
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in self.stream():
-                size += len(chunk)
-                if size > MAX_JSON_BODY:
-                    raise _too_large()
-                chunks.append(chunk)
-        except ClientDisconnect:
-            # Not the bridge's fault, so not an unexpected error with a traceback in the log.
-            raise BadRequest("the client went away before the body ended") from None
-        return b"".join(chunks)
 
 
 class BoundedBodyRoute(APIRoute):
@@ -59,7 +63,3 @@ class BoundedBodyRoute(APIRoute):
             return await handle(request)
 
         return bounded
-
-
-def _too_large() -> TooLarge:
-    return TooLarge(f"the request body is over the limit of {MAX_JSON_BODY} bytes")

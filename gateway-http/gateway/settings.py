@@ -1,11 +1,12 @@
 """The bridge's settings (GENMESH_LISTEN, GENMESH_ROUTER_ADDR, GENMESH_STORAGE_ADDR,
-GENMESH_STREAM_BUFFER)."""
+GENMESH_STREAM_BUFFER, GENMESH_STORAGE_MAX_UPLOAD_BYTES, GENMESH_STORAGE_TIMEOUT)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
 from services.common.settings import ServiceSettings
+from services.storage.limits import MAX_UPLOAD_BYTES
 
 
 class Settings(ServiceSettings):
@@ -17,6 +18,11 @@ class Settings(ServiceSettings):
     # Messages one live connection (WebSocket or SSE) may have waiting for a slow client;
     # past it the client is told it fell behind and resumes by sequence or cursor.
     stream_buffer: int = Field(default=256, ge=1)
+    # Storage's own setting, by the same name: the bridge refuses a larger upload as it arrives
+    # instead of passing it all on for storage to refuse.
+    storage_max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
+    # Seconds storage may take over a unary call, or leave one step of a stream waiting.
+    storage_timeout: float = Field(default=30.0, gt=0)
 
     def host_port(self) -> tuple[str, int]:
         """`listen` split for uvicorn; "[::]:8080" becomes ("::", 8080)."""

@@ -34,6 +34,8 @@ class Clients:
     assets: AssetClient
     # Messages a live connection may buffer for a slow client (Settings.stream_buffer).
     stream_buffer: int
+    # The largest upload the bridge passes on (Settings.storage_max_upload_bytes).
+    max_upload_bytes: int
 
 
 class State(TypedDict):
@@ -52,8 +54,9 @@ async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
             generate=generate_service_pb2_grpc.GenerateServiceStub(router),
             jobs=job_service_pb2_grpc.JobServiceStub(router),
             providers=provider_service_pb2_grpc.ProviderServiceStub(router),
-            assets=AssetClient(storage, timeout=None),
+            assets=AssetClient(storage, timeout=settings.storage_timeout),
             stream_buffer=settings.stream_buffer,
+            max_upload_bytes=settings.storage_max_upload_bytes,
         )
 
 

@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Iterator
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
@@ -23,6 +24,8 @@ CHUNK_SIZE = 64 * 1024
 # Bytes gathered before one file write runs in a thread.
 WRITE_BLOCK = 1024 * 1024
 
+T = TypeVar("T")
+
 
 class DownloadError(Exception):
     """The bytes received do not match the asset (a broken stream or a corrupt blob)."""
@@ -35,14 +38,16 @@ class AssetStream:
         self,
         asset: asset_pb2.Asset,
         call: grpc.aio.UnaryStreamCall[Any, asset_service_pb2.DownloadAssetResponse],
+        timeout: float | None = None,
     ) -> None:
         self.asset = asset
         self._call = call
+        self._timeout = timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             while True:
-                response = await self._call.read()
+                response = await _step(self._call, self._call.read(), self._timeout)
                 if response is grpc.aio.EOF:
                     return
                 assert isinstance(response, asset_service_pb2.DownloadAssetResponse)
@@ -58,7 +63,10 @@ class AssetStream:
 
 
 class AssetClient:
-    """AssetService calls acting for a tenant. RPC failures raise grpc.aio.AioRpcError."""
+    """AssetService calls acting for a tenant. RPC failures raise grpc.aio.AioRpcError.
+
+    `timeout` bounds each unary call, and each step of a stream (storage accepting a chunk,
+    sending the next, answering): a whole stream takes as long as its size and pace need."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float | None = None) -> None:
         self._stub = asset_service_pb2_grpc.AssetServiceStub(channel)
@@ -93,11 +101,20 @@ class AssetClient:
             return await self._puts.put(
                 tenant, asset_service_pb2.PutAssetRequest(metadata=metadata, data=data)
             )
-        response = await self._stub.UploadAsset(
-            _upload_requests(metadata, data),
-            metadata=tenant_metadata(tenant),
-            timeout=self._timeout,
-        )
+        call = self._stub.UploadAsset(metadata=tenant_metadata(tenant))
+        try:
+            # Written here rather than handed to gRPC as an iterator, which would swallow the
+            # data source's own error (a refusal, a read failure) into a CANCELLED call.
+            async with aclosing(_upload_requests(metadata, data)) as requests:
+                async for request in requests:
+                    if call.done():
+                        break  # storage has answered already (a refusal): awaiting it raises it
+                    await _step(call, call.write(request), self._timeout)
+            await _step(call, call.done_writing(), self._timeout)
+            response = await _step(call, call, self._timeout)
+        except BaseException:
+            call.cancel()  # storage discards what it received
+            raise
         return response.asset
 
     async def upload_file(
@@ -155,10 +172,9 @@ class AssetClient:
         call = self._stub.DownloadAsset(
             asset_service_pb2.DownloadAssetRequest(asset_id=asset_id, offset=offset, length=length),
             metadata=tenant_metadata(tenant),
-            timeout=self._timeout,
         )
         try:
-            first = await call.read()
+            first = await _step(call, call.read(), self._timeout)
             if first is grpc.aio.EOF:
                 raise DownloadError("the download ended before the asset's metadata")
             assert isinstance(first, asset_service_pb2.DownloadAssetResponse)
@@ -167,7 +183,7 @@ class AssetClient:
         except BaseException:
             call.cancel()
             raise
-        return AssetStream(first.asset, call)
+        return AssetStream(first.asset, call, self._timeout)
 
     async def download(
         self, asset_id: str, *, tenant: str, offset: int = 0, length: int = 0
@@ -206,9 +222,28 @@ class AssetClient:
         return stream.asset
 
 
+async def _step(call: grpc.aio.Call, step: Awaitable[T], seconds: float | None) -> T:
+    """One step of a stream, within `seconds`; past them the call is cancelled and the error is
+    the DEADLINE_EXCEEDED a unary call would have met."""
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await step
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        call.cancel()
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details=f"storage did not answer within {seconds} s",
+        ) from None
+
+
 async def _upload_requests(
     metadata: asset_service_pb2.UploadMetadata, data: bytes | AsyncIterable[bytes]
-) -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+) -> AsyncGenerator[asset_service_pb2.UploadAssetRequest, None]:
     yield asset_service_pb2.UploadAssetRequest(metadata=metadata)
     if isinstance(data, bytes | bytearray | memoryview):
         for chunk in _split(data):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.common.settings import DatabaseSettings
+from services.storage.limits import MAX_UPLOAD_BYTES
 
 
 class Settings(DatabaseSettings):
@@ -11,4 +12,4 @@ class Settings(DatabaseSettings):
     # Blob directory; empty means <data_dir>/blobs.
     storage_dir: str = ""
     # Largest upload accepted, in bytes.
-    storage_max_upload_bytes: int = 100 * 1024 * 1024
+    storage_max_upload_bytes: int = MAX_UPLOAD_BYTES

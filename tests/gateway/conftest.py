@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,10 +13,9 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.conftest import Database
-from tests.e2e.conftest import mesh  # noqa: F401  (a fixture, for test_feed)
+from tests.e2e.conftest import mesh  # noqa: F401  (a fixture, under every bridge)
 from tests.fakes.server import serving
-from tests.mesh import Mesh, running_mesh
+from tests.mesh import Mesh
 
 # The bridge as it runs: its lifespan, its own logging, uvicorn's default WebSocket stack.
 BRIDGE_SERVER: dict[str, Any] = {
@@ -34,20 +33,22 @@ class Bridge:
     http: httpx.AsyncClient
 
 
+@asynccontextmanager
+async def bridge_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A bridge with `settings` on a free port, and an HTTP client for it."""
+    async with (
+        serving(create_app(settings), **BRIDGE_SERVER) as url,
+        # trust_env=False: an inherited HTTP(S)_PROXY must not reroute loopback calls.
+        httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
+    ):
+        yield http
+
+
 @pytest.fixture
-async def bridge(
-    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
-) -> AsyncIterator[Bridge]:
-    async with running_mesh(
-        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path
-    ) as m:
-        settings = Settings.from_env(m.env)
-        async with (
-            serving(create_app(settings), **BRIDGE_SERVER) as url,
-            # trust_env=False: an inherited HTTP(S)_PROXY must not reroute loopback calls.
-            httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
-        ):
-            yield Bridge(m, settings, http)
+async def bridge(mesh: Mesh) -> AsyncIterator[Bridge]:  # noqa: F811  (the fixture above)
+    settings = Settings.from_env(mesh.env)
+    async with bridge_http(settings) as http:
+        yield Bridge(mesh, settings, http)
 
 
 async def submit(
