@@ -54,7 +54,7 @@ async def one_job(stub: generate_service_pb2_grpc.GenerateServiceStub) -> dict[s
     return marks
 
 
-async def run(router: str, jobs: int) -> None:
+async def run(router: str, jobs: int, slowest: int) -> None:
     async with grpc.aio.insecure_channel(router) as channel:
         stub = generate_service_pb2_grpc.GenerateServiceStub(channel)
         for _ in range(WARM_UP):
@@ -65,16 +65,23 @@ async def run(router: str, jobs: int) -> None:
         spans = sorted(s[end] - s[begin] for s in samples)
         p95 = spans[int(0.95 * (len(spans) - 1))]
         print(f"  {label:62s} {statistics.median(spans):6.2f} {p95:6.2f}")
+    if slowest:
+        # The tail: which stage a slow job lost its time in.
+        print(f"the {slowest} slowest jobs, each stage in ms (columns as the rows above)")
+        tail = sorted(samples, key=lambda s: s["COMPLETED received"])[-slowest:]
+        for marks in reversed(tail):
+            print("  " + " ".join(f"{marks[end] - marks[begin]:6.2f}" for _, begin, end in STAGES))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--router", default="127.0.0.1:50051")
     parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--slowest", type=int, default=0, help="also list the N slowest jobs")
     args = parser.parse_args(argv)
     if args.router.rpartition(":")[0].strip("[]") not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the stages need the mesh's clock: run this on its machine, on loopback")
-    uvloop.run(run(args.router, args.jobs))
+    uvloop.run(run(args.router, args.jobs, args.slowest))
 
 
 if __name__ == "__main__":
