@@ -9,8 +9,8 @@ batch until that request expires: up to a second for the first job after a quiet
 Here one pull request is open at a time, and each has its own reply subject, so a late
 status is recognised as belonging to an earlier request and ignored. A request stays
 open across `fetch` calls until the server ends it or fills it; messages are handed over
-as soon as they arrive. A reconnect ends the server's side of a request, so after one
-the next request goes out at once.
+as soon as they arrive. After a reconnect the next request goes out at once: a restarted
+server has forgotten the open one.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class PullConsumer:
         await self._nc.publish(self._next_subject, json.dumps(pull).encode(), reply=self._open)
 
     def _reconnected(self) -> bool:
-        # The server dropped the open request with the old connection: nothing comes of it.
+        # A restarted server has forgotten the open request. One that survived a mere
+        # reconnect still delivers; its messages are handed out beside the new request's.
         return self._nc.stats["reconnects"] != self._reconnects
 
     async def _on_message(self, msg: Msg) -> None:
