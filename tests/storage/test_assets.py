@@ -174,6 +174,21 @@ async def test_download_stream_can_stop_early(storage: Storage) -> None:
         break
     # The server is still healthy and serving after the abandoned stream.
     assert await storage.client.download(asset.id, tenant=TENANT) == data
+    # And it let go of the blob file: an abandoned stream leaks no descriptor.
+    await eventually(lambda: open_files_under(storage.blobs.root) == [])
+
+
+def open_files_under(root: Path) -> list[str]:
+    """Files under `root` this process (storage runs in it here) holds open."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(str(root)):
+            held.append(target)
+    return held
 
 
 async def test_over_limit_upload_keeps_nothing(storage: Storage) -> None:
