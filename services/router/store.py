@@ -267,13 +267,6 @@ class JobStore:
             ).first()
         return _job(row.body) if row else None
 
-    async def events_after(
-        self, job_id: str, after: int, upto: int | None = None
-    ) -> list[job_pb2.JobEvent]:
-        """Events with after < sequence (<= upto), oldest first."""
-        async with self._engine.connect() as conn:
-            return await events_after_in(conn, job_id, after, upto)
-
     async def replay(self, job_id: str, after: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
         """Every event after `after`, oldest first, read a page at a time."""
         while True:
@@ -540,17 +533,16 @@ class JobStore:
 
 
 async def events_after_in(
-    conn: DbConnection,
-    job_id: str,
-    after: int,
-    upto: int | None = None,
-    limit: int | None = None,
+    conn: DbConnection, job_id: str, after: int, limit: int | None = None
 ) -> list[job_pb2.JobEvent]:
-    """JobStore.events_after (the first `limit` of them) on a connection the caller holds."""
-    cond = [job_events.c.job_id == job_id, job_events.c.sequence > after]
-    if upto is not None:
-        cond.append(job_events.c.sequence <= upto)
-    query = select(job_events.c.body).where(*cond).order_by(job_events.c.sequence).limit(limit)
+    """A job's events after sequence `after` (the first `limit` of them), oldest first, on a
+    connection the caller holds."""
+    query = (
+        select(job_events.c.body)
+        .where(job_events.c.job_id == job_id, job_events.c.sequence > after)
+        .order_by(job_events.c.sequence)
+        .limit(limit)
+    )
     rows = await conn.execute(query)
     return [_event(r.body) for r in rows]
 

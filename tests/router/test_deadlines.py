@@ -102,7 +102,7 @@ async def test_sweeper_fails_overdue_jobs_once_and_stops_their_workers(
         assert (job.error.code, job.error.kind) == (DEADLINE_EXCEEDED, job_pb2.ERROR_KIND_FATAL)
         assert job.error.message == "the job's deadline passed: no worker started it in time"
         assert job.attempts[0].outcome == job_pb2.ATTEMPT_OUTCOME_FAILED
-        assert [e.state for e in await store.events_after("j_overdue", 0)] == [
+        assert [e.state async for e in store.replay("j_overdue", 0)] == [
             job_pb2.JOB_STATE_QUEUED,
             job_pb2.JOB_STATE_FAILED,
         ]

@@ -24,7 +24,7 @@ def message(seq: int, *labels: str) -> list[Incoming]:
 
 
 async def recorded(world: World) -> list[tuple[int, str]]:
-    events = await world.store.events_after("j_fallback", 0)
+    events = [e async for e in world.store.replay("j_fallback", 0)]
     return [(e.sequence, e.progress.message or job_pb2.JobState.Name(e.state)) for e in events]
 
 
