@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 
 from nats.js import JetStreamContext
 
@@ -16,8 +17,13 @@ LINGER = 0.02
 
 
 class EventPublisher:
-    """One per job delivery. Message ids are "<job>:<attempt>:<delivery>:<n>" for progress
-    and "<job>:<attempt>:end" for the outcome, so one attempt publishes at most one outcome.
+    """One per job delivery. Message ids are "<job>:<attempt>:<delivery_id>:<n>" for
+    progress and "<job>:<attempt>:end" for the outcome, so one attempt publishes at most one
+    outcome.
+
+    `delivery_id` is random rather than JetStream's delivery count: a re-run's progress
+    must never share an id with an earlier run's within the stream's duplicate window, and
+    that count has been seen to come back as 1 on a redelivery.
 
     Progress goes out in order without holding up the job: a background sender publishes
     what has gathered after `linger` seconds, one message at a time. An outcome takes
@@ -30,7 +36,6 @@ class EventPublisher:
         bus: Bus,
         job_id: str,
         attempt: int,
-        delivery: int,
         worker: str,
         linger: float = LINGER,
     ) -> None:
@@ -38,7 +43,7 @@ class EventPublisher:
         self._bus = bus
         self._job_id = job_id
         self._attempt = attempt
-        self._delivery = delivery
+        self.delivery_id = secrets.token_hex(6)
         self._worker = worker
         self._linger = linger
         self._count = 0
@@ -87,7 +92,7 @@ class EventPublisher:
         while self._pending and not self._ending:
             events, self._pending = self._pending, []
             self._count += 1
-            msg_id = f"{self._job_id}:{self._attempt}:{self._delivery}:{self._count}"
+            msg_id = f"{self._job_id}:{self._attempt}:{self.delivery_id}:{self._count}"
             await self._send(events, msg_id)
 
     async def _send(self, events: list[job_pb2.JobEvent], msg_id: str) -> None:

@@ -210,7 +210,6 @@ class ProviderWorker:
             shared.bus,
             job.id,
             attempt,
-            delivery,
             shared.worker_id,
             self._options.event_linger,
         )

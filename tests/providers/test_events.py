@@ -58,7 +58,7 @@ async def stored(js: JetStreamContext, bus: Bus) -> list[tuple[str, list[str]]]:
 
 
 def publisher(js: JetStreamContext, bus: Bus, linger: float) -> EventPublisher:
-    return EventPublisher(js, bus, "j1", 2, 1, "w", linger)
+    return EventPublisher(js, bus, "j1", 2, "w", linger)
 
 
 async def test_a_quick_jobs_progress_travels_with_its_outcome(
@@ -81,11 +81,12 @@ async def test_progress_goes_out_after_the_linger_without_waiting_for_the_outcom
         if await stored(js, bus):
             break
         await asyncio.sleep(0.02)
-    assert await stored(js, bus) == [("j1:2:1:1", ["started", "step 1"])]
+    first = f"j1:2:{events.delivery_id}:1"
+    assert await stored(js, bus) == [(first, ["started", "step 1"])]
     await events.publish(progress("step 2"))
     await events.publish(job_pb2.JobEvent(state=job_pb2.JOB_STATE_FAILED))
     assert await stored(js, bus) == [
-        ("j1:2:1:1", ["started", "step 1"]),
+        (first, ["started", "step 1"]),
         ("j1:2:end", ["step 2", "JOB_STATE_FAILED"]),
     ]
 
@@ -94,11 +95,24 @@ async def test_flush_publishes_held_progress_at_once(js: JetStreamContext, bus: 
     events = publisher(js, bus, linger=60.0)
     await events.publish(progress("retrying in 1.0s"))
     await events.flush()
-    assert await stored(js, bus) == [("j1:2:1:1", ["retrying in 1.0s"])]
+    prefix = f"j1:2:{events.delivery_id}"
+    assert await stored(js, bus) == [(f"{prefix}:1", ["retrying in 1.0s"])]
     # A later message of the same delivery gets the next id.
     await events.publish(progress("again"))
     await events.flush()
-    assert [msg_id for msg_id, _ in await stored(js, bus)] == ["j1:2:1:1", "j1:2:1:2"]
+    assert [msg_id for msg_id, _ in await stored(js, bus)] == [f"{prefix}:1", f"{prefix}:2"]
+
+
+async def test_a_rerun_of_the_same_attempt_has_its_progress_stored_too(
+    js: JetStreamContext, bus: Bus
+) -> None:
+    # Two deliveries of one attempt (a worker died mid-job): the second run's progress is
+    # news, not a repeat, whatever delivery count JetStream reported to either.
+    for run in ("first run", "second run"):
+        events = publisher(js, bus, linger=60.0)
+        await events.publish(progress(run))
+        await events.flush()
+    assert [labels for _, labels in await stored(js, bus)] == [["first run"], ["second run"]]
 
 
 async def test_an_outcome_published_twice_is_stored_once(js: JetStreamContext, bus: Bus) -> None:
