@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from genmesh_cli.up import nats_server_binary
+from genmesh_cli.supervisor import nats_server_binary
 
 # The local services on a machine of this kind; override to point elsewhere.
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"

