@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.infra import env_nats_url, env_postgres_url, private_nats_server, unique
+from tests.infra import env_nats_url, postgres_server, private_nats_server, unique
 
 
 @pytest.fixture(scope="session")
@@ -53,15 +53,23 @@ class Database:
         return {"GENMESH_DATABASE_URL": self.url, "GENMESH_DATABASE_SCHEMA": self.schema}
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    with postgres_server() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+async def database(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
+) -> AsyncIterator[Database]:
     """A fresh database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
     if request.param == "sqlite":
         yield Database(f"sqlite:///{tmp_path / 'test.db'}", "", "sqlite")
         return
-    url = env_postgres_url()
+    url = postgres_url
     if url is None:
-        pytest.skip("no PostgreSQL reachable (set GENMESH_TEST_POSTGRES_URL)")
+        pytest.skip("no PostgreSQL: set GENMESH_TEST_POSTGRES_URL, run one on 5432 or Docker")
     schema = unique("t_")
     yield Database(url, schema, "postgres")
     engine = create_async_engine(url)

