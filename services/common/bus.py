@@ -147,6 +147,17 @@ class Bus:
             ),
         )
 
+    @property
+    def routers_bucket(self) -> str:
+        return f"{self._upper}_routers"
+
+    async def routers_kv(self, js: JetStreamContext, ttl: float) -> KeyValue:
+        """Router replicas' heartbeats; a key not renewed within `ttl` is cleared away."""
+        return await _ensure_kv(
+            js,
+            KeyValueConfig(bucket=self.routers_bucket, history=1, ttl=ttl, replicas=self.replicas),
+        )
+
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
