@@ -32,7 +32,7 @@ from services.prompt.settings import Settings as PromptSettings
 from services.providers.app import Worker, running_worker
 from services.providers.runtime import ProviderWorker
 from services.providers.settings import Settings as WorkerSettings
-from services.router.app import running_router
+from services.router.app import Router, running_router
 from services.router.settings import Settings as RouterSettings
 from services.storage.app import running_storage
 from services.storage.client import AssetClient
@@ -51,6 +51,8 @@ class Mesh:
     storage_channel: grpc.aio.Channel
     workers: list[Worker] = field(default_factory=list)
     router_proc: subprocess.Popen[bytes] | None = None
+    # The router, when it runs in-process.
+    router: Router | None = None
 
     async def restart_router(self, sig: int = signal.SIGKILL) -> None:
         """Stop the subprocess router with `sig` and start a new one on the same address."""
@@ -189,6 +191,7 @@ async def running_mesh(
         )
         env["GENMESH_STORAGE_ADDR"] = storage.address
         env["GENMESH_PROMPT_ADDR"] = prompt.address
+        router: Router | None = None
         if router_in_process:
             router = await stack.enter_async_context(
                 running_router(RouterSettings.from_env({**env, "GENMESH_LISTEN": "127.0.0.1:0"}))
@@ -207,7 +210,7 @@ async def running_mesh(
         storage_channel = await stack.enter_async_context(
             grpc.aio.insecure_channel(storage.address)
         )
-        mesh = Mesh(env, data_dir, router_channel, storage_channel)
+        mesh = Mesh(env, data_dir, router_channel, storage_channel, router=router)
         if not router_in_process:
             mesh.router_proc = proc
 

@@ -3,6 +3,21 @@ wait in the router, highest priority first, instead of piling into JetStream in 
 
 A held job is already stored and not yet marked dispatched, so a router that dies while
 holding it loses nothing: the next start feeds it back through the gate.
+
+A provider's rate limit holds for the mesh, however many router replicas run: each replica's
+token bucket earns the rate divided by the replicas alive (services.router.replicas counts
+them from heartbeats in NATS KV and keeps the count in memory, so no job waits on NATS for
+it). The price of splitting evenly without talking per job:
+
+- Replicas that get unequal shares of a provider's jobs together send fewer than its rate: a
+  replica with no jobs for it leaves its share unused (one replica getting every job has 1/N
+  of the rate). A balancer that spreads requests evenly keeps this small.
+- A replica that dies still counts until its heartbeat lapses (GENMESH_ROUTER_LIVENESS;
+  at once for one that stops cleanly), so the others under-use the rate meanwhile.
+- A replica that starts counts the others at once; they count it when its first heartbeat
+  reaches them (milliseconds on a healthy NATS), sending a little over the rate until then.
+- Each bucket holds a second of its share but at least one token, so N replicas may burst
+  up to max(rate, N) jobs at once.
 """
 
 from __future__ import annotations
@@ -63,6 +78,13 @@ class TokenBucket:
     @property
     def burst(self) -> float:
         return max(1.0, self.rate)
+
+    def retune(self, rate: float) -> None:
+        """Earn `rate` a second from now on; what was earned so far at the old rate stays,
+        up to the new burst."""
+        self._fill()
+        self.rate = rate
+        self._tokens = min(self._tokens, self.burst)
 
     def take(self) -> bool:
         """Spend a token if one is there."""
@@ -151,8 +173,9 @@ class AdmissionGate:
     """Dispatches a job at once when its provider has nothing held, fewer than `backlog` jobs
     waiting in JetStream and a rate token; otherwise holds it until those are true.
 
-    Rate limits and held jobs are per router replica; the backlog is the shared JetStream
-    queue, so replicas together keep about `backlog` jobs queued per provider."""
+    Held jobs are per router replica; each replica's rate is its share of the provider's
+    (`replicas` says how many replicas share it); the backlog is the shared JetStream queue,
+    so replicas together keep about `backlog` jobs queued per provider."""
 
     def __init__(
         self,
@@ -162,6 +185,7 @@ class AdmissionGate:
         mark_done: Callable[[Sequence[str]], Awaitable[None]],
         unsent: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None,
         *,
+        replicas: Callable[[], int] = lambda: 1,
         backlog: int = 32,
         aging: float = 30.0,
         clock: Clock = time.monotonic,
@@ -172,6 +196,7 @@ class AdmissionGate:
         self._limits_of = limits_of
         self._mark_done = mark_done
         self._unsent = unsent
+        self._replicas = replicas
         self._backlog = max(1, backlog)
         self._aging = aging
         self._clock = clock
@@ -239,6 +264,13 @@ class AdmissionGate:
         found = self._by_id.pop(job_id, None)
         if found is not None:
             found[0].drop(found[1])
+
+    def rate(self, provider: str) -> float:
+        """Jobs a second this replica may send `provider` (0: no limit): the provider's
+        rate limit shared among the router replicas alive."""
+        limits = self._limits_of(provider)
+        rate = limits.rate_per_second if limits is not None else 0.0
+        return rate / max(1, self._replicas()) if rate > 0 else 0.0
 
     def queued(self, provider: str) -> int:
         """Jobs waiting for `provider`: held here plus the estimated JetStream backlog."""
@@ -330,15 +362,15 @@ class AdmissionGate:
         return self._backlog - (depth or 0)
 
     def _bucket(self, name: str) -> TokenBucket | None:
-        limits = self._limits_of(name)
-        rate = limits.rate_per_second if limits is not None else 0.0
+        rate = self.rate(name)
         if rate <= 0:
             self._buckets.pop(name, None)
             return None
         bucket = self._buckets.get(name)
         if bucket is None:
             bucket = self._buckets[name] = TokenBucket(rate, self._clock)
-        bucket.rate = rate
+        elif bucket.rate != rate:
+            bucket.retune(rate)
         return bucket
 
 

@@ -35,6 +35,7 @@ from services.router.hedging import Hedger
 from services.router.pipelines.app import start_pipelines
 from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
+from services.router.replicas import Replicas
 from services.router.selection import (
     LatencyTracker,
     SelectionConfig,
@@ -58,6 +59,8 @@ class Router:
     core: RouterCore
     server: RunningServer
     store: JobStore
+    admission: AdmissionGate
+    replicas: Replicas
 
 
 @asynccontextmanager
@@ -93,7 +96,14 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         dispatcher = Dispatcher(js, bus, store)
         queues = QueueDepths(js, bus)
         stack.push_async_callback(queues.stop)
-        admission = admission_gate(settings, dispatcher, queues, catalog, store)
+        # Rate limits are shared among the replicas alive; this one withdraws after its gate
+        # has stopped sending.
+        replicas = Replicas(
+            await bus.routers_kv(js, settings.router_liveness), settings.router_liveness
+        )
+        await replicas.start()
+        stack.push_async_callback(replicas.stop)
+        admission = admission_gate(settings, dispatcher, queues, catalog, store, replicas)
         # Jobs a dead router stored but never dispatched go back through the gate.
         await dispatcher.start(admission.admit)
         stack.push_async_callback(dispatcher.stop)
@@ -158,7 +168,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             )
         )
         log.info("router listening on %s", server.address)
-        yield Router(core, server, store)
+        yield Router(core, server, store, admission, replicas)
 
 
 def selection_config(settings: Settings) -> SelectionConfig:
@@ -177,6 +187,7 @@ def admission_gate(
     queues: QueueDepths,
     catalog: Catalog,
     store: JobStore,
+    replicas: Replicas,
 ) -> AdmissionGate:
     """The gate between persisting and dispatching, with the providers' published limits."""
 
@@ -190,6 +201,7 @@ def admission_gate(
         limits_of,
         store.mark_dispatched,
         store.unsent,
+        replicas=replicas.count,
         backlog=settings.admission_backlog,
         aging=settings.priority_aging,
     )

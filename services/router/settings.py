@@ -43,6 +43,10 @@ class Settings(BusSettings, DatabaseSettings):
     # Seconds a router's claim on driving a pipeline lasts unrenewed: after a router dies,
     # another (or it, restarted) adopts its pipelines within about twice this.
     pipeline_lease: float = 15.0
+    # Seconds without a heartbeat before another router replica stops counting toward the
+    # split of providers' rate limits (a replica that stops cleanly stops counting at once);
+    # heartbeats go out every third of it. Give every replica the same value.
+    router_liveness: float = 6.0
     # Jobs allowed to wait in a provider's JetStream queue before the router holds further
     # ones back in memory (already stored), releasing them highest priority first as the
     # queue drains; a small number keeps priorities meaningful, a large one saves a hop.

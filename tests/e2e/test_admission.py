@@ -1,5 +1,6 @@
 """Limits and priorities through the whole mesh: a sandbox instance with concurrency 1 (or a
-rate limit, or a queue bound) served by one worker, the router's gate in front of it."""
+rate limit, or a queue bound) served by one worker, the router's gate (or the gates of
+several router replicas) in front of it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -15,13 +16,16 @@ import pytest
 
 from genmesh.v1 import job_pb2, job_service_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
+from services.router.app import Router, running_router
+from services.router.settings import Settings as RouterSettings
 from tests.conftest import Database
 from tests.e2e.test_job_flow import submit
 from tests.e2e.test_resilience import state_of
-from tests.infra import eventually
-from tests.mesh import Mesh, running_mesh
+from tests.infra import eventually, free_port
+from tests.mesh import Mesh, running_mesh, start_process, stop_process, wait_serving
 
 LOW, NORMAL, HIGH = job_pb2.PRIORITY_LOW, job_pb2.PRIORITY_NORMAL, job_pb2.PRIORITY_HIGH
+QUEUED = job_pb2.JOB_STATE_QUEUED
 PROCESSING = job_pb2.JOB_STATE_PROCESSING
 COMPLETED = job_pb2.JOB_STATE_COMPLETED
 
@@ -36,19 +40,60 @@ async def limited_sandbox(
     *,
     backlog: int | None = 1,
     router_in_process: bool = True,
+    router_liveness: float | None = None,
 ) -> AsyncIterator[Mesh]:
     """One worker serving a `sandbox` instance with the given catalog limits; the router
     holds jobs back once `backlog` wait in JetStream (None: its default)."""
+    overrides = {} if backlog is None else {"GENMESH_ADMISSION_BACKLOG": str(backlog)}
+    if router_liveness is not None:
+        overrides["GENMESH_ROUTER_LIVENESS"] = str(router_liveness)
     async with running_mesh(
         nats_url=nats_url,
         prefix=prefix,
         database=database,
         data_dir=data_dir,
         catalog=f'[[providers]]\nname = "sandbox"\nfamily = "sandbox"\n{limits}\n',
-        router_overrides={} if backlog is None else {"GENMESH_ADMISSION_BACKLOG": str(backlog)},
+        router_overrides=overrides,
         router_in_process=router_in_process,
     ) as mesh:
         yield mesh
+
+
+def rate_limited(
+    nats_url: str,
+    prefix: str,
+    database: Database,
+    data_dir: Path,
+    rate: float,
+    router_liveness: float | None = None,
+) -> AbstractAsyncContextManager[Mesh]:
+    """The sandbox limited to `rate` jobs a second and nothing else (the default backlog)."""
+    return limited_sandbox(
+        nats_url,
+        prefix,
+        database,
+        data_dir,
+        f"rate_per_second = {rate}",
+        backlog=None,
+        router_liveness=router_liveness,
+    )
+
+
+@asynccontextmanager
+async def another_router(mesh: Mesh) -> AsyncIterator[tuple[Router, Mesh]]:
+    """A second router replica, in-process, on the mesh's NATS and database; and the mesh as
+    clients of that replica see it."""
+    settings = RouterSettings.from_env({**mesh.env, "GENMESH_LISTEN": "127.0.0.1:0"})
+    async with (
+        running_router(settings) as router,
+        grpc.aio.insecure_channel(router.server.address) as channel,
+    ):
+        yield router, Mesh(mesh.env, mesh.data_dir, channel, mesh.storage_channel, router=router)
+
+
+def in_process(mesh: Mesh) -> Router:
+    assert mesh.router is not None
+    return mesh.router
 
 
 def image(latency_ms: int = 0, priority: int = 0) -> job_pb2.JobSpec:
@@ -71,6 +116,28 @@ async def finish(mesh: Mesh, jobs: list[job_pb2.Job]) -> dict[str, list[job_pb2.
 def started(events: list[job_pb2.JobEvent]) -> float:
     """When the worker started the job (its first PROCESSING event), in seconds."""
     return next(e.time.ToNanoseconds() / 1e9 for e in events if e.state == PROCESSING)
+
+
+def left_queue(events: list[job_pb2.JobEvent]) -> float:
+    """When the job's first event after QUEUED happened, in seconds: after its dispatch.
+
+    Usually PROCESSING, but with two router replicas one may record a quick job's outcome
+    before the other records its PROCESSING message, which then no longer applies."""
+    return next(e.time.ToNanoseconds() / 1e9 for e in events if e.state != QUEUED)
+
+
+async def run_at_most(rate: float, meshes: list[Mesh], each: int) -> None:
+    """Submit `each` quick jobs through each of `meshes` (router replicas) at once; all
+    complete, and none leaves the queue sooner than a `rate`-per-second bucket of `rate`
+    tokens, full at the first submit, allows: the k-th (from 1) no earlier than (k - rate) /
+    rate seconds after it. (A bound on how many go, so slowness cannot break it.)"""
+    before = time.time()
+    jobs = await asyncio.gather(*(submit(m, image()) for _ in range(each) for m in meshes))
+    results = await finish(meshes[0], list(jobs))
+    assert all(events[-1].state == COMPLETED for events in results.values())
+    starts = sorted(left_queue(events) for events in results.values())
+    for k, start in enumerate(starts, 1):
+        assert start - before >= (k - rate) / rate - 0.01, (k, start - before)
 
 
 async def sandbox(mesh: Mesh) -> provider_service_pb2.Provider:
@@ -132,20 +199,52 @@ async def test_rate_limited_jobs_queue_and_all_complete(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
     rate = 4.0
-    async with limited_sandbox(
-        nats_url, nats_prefix, database, tmp_path, f"rate_per_second = {rate}", backlog=None
-    ) as mesh:
+    async with rate_limited(nats_url, nats_prefix, database, tmp_path, rate) as mesh:
         assert (await sandbox(mesh)).limits.rate_per_second == rate
-        before = time.time()
-        jobs = await asyncio.gather(*(submit(mesh, image()) for _ in range(12)))
-        results = await finish(mesh, list(jobs))
-    assert all(events[-1].state == COMPLETED for events in results.values())
-    starts = sorted(started(events) for events in results.values())
-    # The bucket holds `rate` tokens and earns `rate` a second, so the k-th start (from 1)
-    # cannot come before (k - rate) / rate seconds after the first submit.
-    for k, start in enumerate(starts, 1):
-        assert start - before >= (k - rate) / rate - 0.01, (k, start - before)
-    assert starts[-1] - before >= (12 - rate) / rate - 0.01
+        # Alone, the router has the whole rate.
+        assert in_process(mesh).replicas.count() == 1
+        assert in_process(mesh).admission.rate("sandbox") == rate
+        # The bucket holds `rate` tokens and earns `rate` a second.
+        await run_at_most(rate, [mesh], 12)
+
+
+async def test_router_replicas_share_the_rate_limit(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    """Two replicas each send half the rate (each alone would send all of it, the two
+    together twice); once one stops, the other has the whole rate again."""
+    rate = 4.0
+    # Far longer than the test waits: only the stopped replica's withdrawal counts.
+    async with rate_limited(nats_url, nats_prefix, database, tmp_path, rate, 120.0) as mesh:
+        first = in_process(mesh)
+        async with another_router(mesh) as (second, via_second):
+            await eventually(lambda: first.replicas.count() == second.replicas.count() == 2)
+            assert first.admission.rate("sandbox") == second.admission.rate("sandbox") == rate / 2
+            # Buckets of half the rate holding a second of it each: together, the rate.
+            await run_at_most(rate, [mesh, via_second], 12)
+
+        await eventually(lambda: first.replicas.count() == 1)
+        assert first.admission.rate("sandbox") == rate
+        await run_at_most(rate, [mesh], 8)
+
+
+async def test_a_killed_router_replica_stops_counting_when_its_heartbeats_lapse(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    rate, liveness = 4.0, 1.5
+    async with rate_limited(nats_url, nats_prefix, database, tmp_path, rate, liveness) as mesh:
+        first = in_process(mesh)
+        address = f"127.0.0.1:{free_port()}"
+        proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
+        try:
+            await wait_serving(address)
+            await eventually(lambda: first.replicas.count() == 2)
+            assert first.admission.rate("sandbox") == rate / 2
+            await stop_process(proc, signal.SIGKILL)
+            await eventually(lambda: first.replicas.count() == 1, within=liveness + 10)
+            assert first.admission.rate("sandbox") == rate
+        finally:
+            await stop_process(proc, signal.SIGKILL)
 
 
 async def test_resource_exhausted_at_the_queue_bound_writes_nothing(

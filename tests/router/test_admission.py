@@ -84,6 +84,7 @@ def gate(
     lim: provider_service_pb2.ProviderLimits,
     backlog: int = 2,
     unsent: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None,
+    replicas: Callable[[], int] = lambda: 1,
 ) -> tuple[AdmissionGate, Published, list[str]]:
     published = Published()
     marked: list[str] = []
@@ -97,6 +98,7 @@ def gate(
         lambda name: lim,
         mark,
         unsent,
+        replicas=replicas,
         backlog=backlog,
         aging=30.0,
         clock=clock,
@@ -217,6 +219,38 @@ async def test_rate_limit_spreads_dispatches_over_time() -> None:
     clock.now += 0.5
     assert await g.release() is None
     assert len(published.ids) == 6
+
+
+async def test_a_replica_gets_its_share_of_the_rate_as_replicas_come_and_go() -> None:
+    clock = Clock()
+    alive = [2]
+    g, published, _ = gate(
+        clock, Depths(0), limits(rate=4.0), backlog=100, replicas=lambda: alive[0]
+    )
+    assert g.rate("p") == 2.0
+    for i in range(8):
+        await g.dispatch(job(f"j{i}"))
+    # Half the rate: a one-second burst of two, then a job every half second.
+    assert len(published.ids) == 2
+    assert await g.release() == pytest.approx(0.5)
+    clock.now += 0.5
+    await g.release()
+    assert len(published.ids) == 3
+    # The other replica is gone: from now on this one earns the whole rate.
+    alive[0] = 1
+    assert g.rate("p") == 4.0
+    assert await g.release() == pytest.approx(0.25)
+    clock.now += 0.25
+    await g.release()
+    assert len(published.ids) == 4
+    # Two more replicas join: a quarter of the rate, and the tokens saved up meanwhile shrink
+    # to its burst (one).
+    clock.now += 10
+    alive[0] = 4
+    assert await g.release() == pytest.approx(1.0)
+    assert len(published.ids) == 5
+    # No limit is no limit, however many replicas run.
+    assert gate(clock, Depths(0), limits(), replicas=lambda: 3)[0].rate("p") == 0.0
 
 
 async def test_queue_bound_counts_held_and_queued_jobs() -> None:
