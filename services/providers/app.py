@@ -91,6 +91,8 @@ async def running_worker(
             drafts = Drafts.for_instance(adapter, config)
             stack.push_async_callback(drafts.aclose)
             workers.append(ProviderWorker(adapter, shared, _for_instance(options, config), drafts))
+        # Each instance's consumer exists before the worker says it is live.
+        await asyncio.gather(*(w.open() for w in workers))
         registration = Registration(await bus.providers_kv(js), workers, worker_id)
         await registration.announce()
         stack.push_async_callback(registration.withdraw)

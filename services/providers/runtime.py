@@ -93,6 +93,7 @@ class ProviderWorker:
         self._slots = asyncio.Semaphore(options.concurrency)
         self._active = 0
         self._stopping = asyncio.Event()
+        self._jobs: PullConsumer | None = None
         # Recent provider calls: True when the provider held up its side.
         self._outcomes: deque[bool] = deque(maxlen=RECENT_CALLS)
 
@@ -114,8 +115,10 @@ class ProviderWorker:
     def description(self) -> provider_service_pb2.Provider:
         return self._description
 
-    async def run(self) -> None:
-        """Fetch and start jobs until stop() is called."""
+    async def open(self) -> PullConsumer:
+        """Create the instance's durable consumer unless it exists. Done before the worker
+        announces itself: a router that finds a live worker but no consumer cannot tell how
+        many jobs wait, and lets them all through its admission gate."""
         bus = self._shared.bus
         name = self.adapter.name
         jobs = PullConsumer(
@@ -133,6 +136,12 @@ class ProviderWorker:
                 max_ack_pending=-1,
             ),
         )
+        self._jobs = jobs
+        return jobs
+
+    async def run(self) -> None:
+        """Fetch and start jobs until stop() is called."""
+        jobs = self._jobs or await self.open()
         try:
             while not self._stopping.is_set():
                 await self._slots.acquire()
