@@ -36,6 +36,8 @@ misses nothing; one that reads too slowly is told so (`RESOURCE_EXHAUSTED`, WebS
 4429) and resumes the same way.
 
 Errors are `{"error": {"code": <gRPC status name>, "message": …}}` with the mapped HTTP status.
+`RESOURCE_EXHAUSTED` is 413 when a body, upload or message is over a size limit (send less)
+and 429 when a queue or rate limit is reached (retry later).
 The `x-genmesh-tenant` header picks the tenant (default: `default`).
 """
 

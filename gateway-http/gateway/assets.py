@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import schema
-from gateway.bodies import BoundedBodyRoute
+from gateway.bodies import BoundedBodyRoute, fitting
 from gateway.convert import to_json, to_message
 from gateway.errors import bad_input, documented, error_body
 from gateway.forms import UploadForm
@@ -105,7 +105,7 @@ _UPLOAD_FORM: dict[str, Any] = {
     tags=["assets"],
     response_model=schema.Asset,
     response_model_exclude_none=True,
-    responses=documented(429),
+    responses=documented(413),
     openapi_extra=_UPLOAD_FORM,
 )
 async def upload_asset(request: Request, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
@@ -113,7 +113,7 @@ async def upload_asset(request: Request, clients: ClientsDep, tenant: TenantDep)
     arrives; `idempotency_key`, if sent, comes before `file`.
 
     The part's Content-Type becomes the asset's media type (storage sniffs it when absent);
-    429 when the file is over the size limit, as soon as that is known (nothing is kept)."""
+    413 when the file is over the size limit, as soon as that is known (nothing is kept)."""
     form = UploadForm(
         request, file_field="file", fields={"idempotency_key"}, max_file=clients.max_upload_bytes
     )
@@ -141,7 +141,7 @@ async def upload_asset(request: Request, clients: ClientsDep, tenant: TenantDep)
     tags=["assets"],
     response_model=schema.Asset,
     response_model_exclude_none=True,
-    responses=documented(429),
+    responses=documented(413),
 )
 async def put_asset(
     body: schema.PutAssetRequest,  # type: ignore[valid-type]
@@ -151,9 +151,9 @@ async def put_asset(
     """AssetService.PutAsset: a small asset's metadata and base64 `data` (at most 1 MiB) in one
     JSON body; the stored asset, as POST /v1/assets returns it.
 
-    400 for data over 1 MiB (POST /v1/assets takes more), no data or a bad media type; 429 over
+    400 for data over 1 MiB (POST /v1/assets takes more), no data or a bad media type; 413 over
     storage's size limit or for a body over the bridge's (nothing is kept)."""
-    request = to_message(body, asset_service_pb2.PutAssetRequest())
+    request = fitting(to_message(body, asset_service_pb2.PutAssetRequest()))
     return to_json(await clients.assets.put(request, tenant=tenant))
 
 
@@ -162,7 +162,7 @@ async def put_asset(
     tags=["assets"],
     response_model=schema.BatchPutAssetsResponse,
     response_model_exclude_none=True,
-    responses=documented(429),
+    responses=documented(413),
 )
 async def batch_put_assets(
     body: schema.BatchPutAssetsRequest,  # type: ignore[valid-type]
@@ -173,8 +173,9 @@ async def batch_put_assets(
     2 MiB of data in all; one result per item, in order: its asset, or its own error (`code` is
     the gRPC status number) while the others are stored, hence 200 rather than 201.
 
-    400 for no items, too many or too many bytes; 429 for a body over the bridge's limit."""
-    request = to_message(body, asset_service_pb2.BatchPutAssetsRequest())
+    400 for no items, too many or too many bytes; 413 for a body over the bridge's limit (an
+    item over storage's size limit is refused in its result, code 8, RESOURCE_EXHAUSTED)."""
+    request = fitting(to_message(body, asset_service_pb2.BatchPutAssetsRequest()))
     return to_json(await clients.assets.batch_put(request, tenant=tenant))
 
 

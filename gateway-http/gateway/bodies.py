@@ -1,21 +1,40 @@
 """Request bodies read under a size limit: JSON bodies before FastAPI parses them (it reads a
-body of any size into memory first), and any body as a bounded stream."""
+body of any size into memory first), and any body as a bounded stream; and the messages made
+of them, which must fit the gRPC services' limit too. Over a limit: TooLarge, a 413."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.routing import APIRoute
+from google.protobuf.message import Message
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.errors import BadRequest, TooLarge
 from services.common.grpc_server import MAX_MESSAGE_BYTES
 
-# The gRPC services refuse a message over this size (RESOURCE_EXHAUSTED); a JSON body is larger
-# than the message it carries, so one over it could not get through to them either.
+# The gRPC services refuse a message over this size (RESOURCE_EXHAUSTED); a JSON body is mostly
+# larger than the message it carries, so one over it could not get through to them either (and
+# fitting() checks the message itself).
 MAX_JSON_BODY = MAX_MESSAGE_BYTES
+
+M = TypeVar("M", bound=Message)
+
+
+def fitting(request: M) -> M:
+    """`request`, or TooLarge when it is over the size a gRPC service accepts. A JSON body under
+    MAX_JSON_BODY can still make a larger message (a Struct spends 11 bytes on the number a JSON
+    list holds in 2); sent, it would be refused by gRPC itself, with no reason to tell it from
+    a RESOURCE_EXHAUSTED that means "retry later"."""
+    size = request.ByteSize()
+    if size > MAX_MESSAGE_BYTES:
+        raise TooLarge(
+            f"the request comes to {size} bytes as a message, over the limit of "
+            f"{MAX_MESSAGE_BYTES} bytes"
+        )
+    return request
 
 
 async def bounded_stream(request: Request, limit: int, refusal: str) -> AsyncGenerator[bytes, None]:
@@ -50,7 +69,7 @@ class _BoundedRequest(Request):
 
 
 class BoundedBodyRoute(APIRoute):
-    """An APIRoute (as `route_class`) whose body is refused past MAX_JSON_BODY with 429."""
+    """An APIRoute (as `route_class`) whose body is refused past MAX_JSON_BODY with 413."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

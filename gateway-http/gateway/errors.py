@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.schema import ErrorBody
+from services.common.errors import TOO_LARGE, reason_of
 
 log = logging.getLogger("gateway")
 
@@ -27,6 +28,7 @@ STATUS_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.OUT_OF_RANGE: 416,
+    # Unless the refusal's reason says it was over a size limit: then 413 (rpc_http_status).
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.UNIMPLEMENTED: 501,
@@ -38,8 +40,11 @@ _DESCRIPTIONS: dict[int, str] = {
     400: "INVALID_ARGUMENT: the request is malformed or breaks a documented rule",
     404: "NOT_FOUND: no such job or asset for this tenant",
     409: "FAILED_PRECONDITION: the request conflicts with the resource's state",
+    413: "RESOURCE_EXHAUSTED: the body, upload or message is over a size limit; send less "
+    "(retrying the same request will not help); nothing was kept",
     416: "OUT_OF_RANGE: the requested byte range is outside the asset",
-    429: "RESOURCE_EXHAUSTED: a limit was reached (size, quota); retry later or send less",
+    429: "RESOURCE_EXHAUSTED: a rate or queue limit was reached (e.g. the provider's queue "
+    "bound); retry later",
     500: "INTERNAL: an unexpected error; details stay in the bridge's log",
     503: "UNAVAILABLE: the mesh cannot serve this right now; retry with backoff",
     504: "DEADLINE_EXCEEDED: the mesh did not answer in time",
@@ -71,8 +76,8 @@ def bad_input(what: str) -> Iterator[None]:
 
 
 class TooLarge(Exception):
-    """A request body over the bridge's limit; rendered as RESOURCE_EXHAUSTED, which is what a
-    gRPC server answers a message over its size limit."""
+    """A request body over one of the bridge's limits; rendered as RESOURCE_EXHAUSTED (what a
+    gRPC server answers a message over its size limit) with 413 Content Too Large."""
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -87,6 +92,16 @@ def http_status(code: grpc.StatusCode) -> int:
     return STATUS_TO_HTTP.get(code, 500)
 
 
+def rpc_http_status(error: grpc.aio.AioRpcError) -> int:
+    """The HTTP status of a failed mesh call: its code's, except that a RESOURCE_EXHAUSTED
+    whose reason (services.common.errors.reason_of) says the request was too large is a 413
+    rather than a 429, which would tell the client to send the same request again later."""
+    code = error.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_of(error) == TOO_LARGE:
+        return 413
+    return http_status(code)
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
@@ -97,7 +112,7 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, dict[str, str]]]:
     """The HTTP status and error body for a failed mesh call."""
-    status = http_status(error.code())
+    status = rpc_http_status(error)
     if status == 500:
         # The server's details for an unexpected code may carry internals; keep them in the log.
         log.error("mesh call failed: %s %s", error.code().name, error.details())
@@ -120,8 +135,7 @@ async def _on_bad_request(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_too_large(_: Request, exc: Exception) -> JSONResponse:
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    return error_response(http_status(code), code.name, str(exc))
+    return error_response(413, grpc.StatusCode.RESOURCE_EXHAUSTED.name, str(exc))
 
 
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 
 from gateway import schema
+from gateway.bodies import BoundedBodyRoute, fitting
 from gateway.convert import (
     CancelBody,
     JobSpecBody,
@@ -26,7 +27,8 @@ from genmesh.v1 import (
     provider_service_pb2,
 )
 
-router = APIRouter()
+# Bodies are JSON: refused past a limit before parsing.
+router = APIRouter(route_class=BoundedBodyRoute)
 
 
 @router.post(
@@ -35,15 +37,17 @@ router = APIRouter()
     tags=["jobs"],
     response_model=schema.Job,
     response_model_exclude_none=True,
-    responses=documented(404, 409),
+    responses=documented(404, 409, 413, 429),
 )
 async def submit_job(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
     """GenerateService.Submit: create a job; it comes back QUEUED.
 
     404 names an input asset that does not exist; 409 reuses an idempotency key with another
-    spec; 503 means no provider serves the task right now."""
+    spec; 413 for a body (or the message made of it) over the size limit; 429 when the chosen
+    provider's queue is at its bound (retry later); 503 means no provider serves the task right
+    now."""
     reply = await clients.generate.Submit(
-        generate_service_pb2.SubmitRequest(spec=body.to_proto()),
+        fitting(generate_service_pb2.SubmitRequest(spec=body.to_proto())),
         metadata=metadata(tenant),
         timeout=RPC_TIMEOUT,
     )
@@ -56,7 +60,7 @@ async def submit_job(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) 
     tags=["jobs"],
     response_model=schema.SubmitBatchResponse,
     response_model_exclude_none=True,
-    responses=documented(404, 409),
+    responses=documented(404, 409, 413, 429),
 )
 async def submit_batch(
     body: SubmitBatchBody, clients: ClientsDep, tenant: TenantDep
@@ -64,8 +68,9 @@ async def submit_batch(
     """GenerateService.SubmitBatch: one job per spec, all or none; the batch id and the jobs
     (QUEUED) in the order of the specs. A bad spec fails the whole call and its message names
     it (`specs[3]: …`); nothing is created then. Watch the batch with
-    GET /v1/batches/{batch_id}/events (or /ws); list its jobs with GET /v1/jobs?batch_id=…"""
-    request = generate_service_pb2.SubmitBatchRequest(specs=body.to_proto())
+    GET /v1/batches/{batch_id}/events (or /ws); list its jobs with GET /v1/jobs?batch_id=…
+    413 and 429 as POST /v1/jobs."""
+    request = fitting(generate_service_pb2.SubmitBatchRequest(specs=body.to_proto()))
     reply = await clients.generate.SubmitBatch(
         request, metadata=metadata(tenant), timeout=RPC_TIMEOUT
     )
@@ -125,7 +130,7 @@ async def get_job(job_id: JobId, clients: ClientsDep, tenant: TenantDep) -> dict
     tags=["jobs"],
     response_model=schema.Job,
     response_model_exclude_none=True,
-    responses=documented(404, 409),
+    responses=documented(404, 409, 413),
 )
 async def cancel_job(
     job_id: JobId,
@@ -133,11 +138,13 @@ async def cancel_job(
     tenant: TenantDep,
     body: Annotated[CancelBody | None, Body()] = None,
 ) -> dict[str, Any]:
-    """JobService.CancelJob: stop a queued or running job; 409 when it has already ended."""
+    """JobService.CancelJob: stop a queued or running job; 409 when it has already ended, 413
+    for a body over the size limit."""
     with bad_input("cancel request"):
         request = job_service_pb2.CancelJobRequest(
             job_id=job_id, reason=body.reason if body else ""
         )
+    request = fitting(request)
     reply = await clients.jobs.CancelJob(request, metadata=metadata(tenant), timeout=RPC_TIMEOUT)
     return to_json(reply.job)
 

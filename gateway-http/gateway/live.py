@@ -20,6 +20,7 @@ import grpc
 from fastapi import APIRouter, Header, Query, WebSocket
 from fastapi.responses import StreamingResponse
 
+from gateway.bodies import BoundedBodyRoute, fitting
 from gateway.convert import JobSpecBody, to_json
 from gateway.errors import BadRequest, bad_input, documented, error_body, rpc_error_body
 from gateway.ids import BatchId, JobId
@@ -28,7 +29,8 @@ from gateway.state import Clients, ClientsDep, TenantDep, metadata
 from genmesh.v1 import generate_service_pb2, job_service_pb2
 
 log = logging.getLogger("gateway.live")
-router = APIRouter()
+# POST /v1/jobs:generate's body is JSON: refused past a limit before parsing.
+router = APIRouter(route_class=BoundedBodyRoute)
 
 Message = dict[str, Any]
 Stream = AsyncIterator[Message]
@@ -266,14 +268,14 @@ async def batch_events(batch_id: BatchId, clients: ClientsDep, tenant: TenantDep
     "/v1/jobs:generate",
     tags=["live"],
     response_class=EventStream,
-    responses={**_SSE_DOC, **documented(404, 409)},
+    responses={**_SSE_DOC, **documented(404, 409, 413, 429)},
 )
 async def generate(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) -> EventStream:
     """GenerateService.Generate: submit a job and stream it as Server-Sent Events like
     GET /v1/jobs/{job_id}/events (`event: job` first, then each JobEvent with its sequence as
     id). Errors before the stream starts are as POST /v1/jobs; to resume a cut stream, GET
     /v1/jobs/{job_id}/events with the last sequence seen."""
-    request = generate_service_pb2.GenerateRequest(spec=body.to_proto())
+    request = fitting(generate_service_pb2.GenerateRequest(spec=body.to_proto()))
     messages = await _open(clients.generate.Generate(request, metadata=metadata(tenant)))
     return _event_stream(messages, clients.stream_buffer, Position(), feed=False)
 

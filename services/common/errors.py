@@ -12,11 +12,20 @@ log = logging.getLogger(__name__)
 # it and by the router that gave up on it, and never blamed on a provider.
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
+# Trailing metadata that says why a call failed where its code alone does not: a
+# RESOURCE_EXHAUSTED is either "too large" (send less; waiting will not help) or "too many,
+# too soon" (retry later), and HTTP answers them differently (413 and 429).
+REASON_KEY = "genmesh-reason"
+# The reason of a request, upload or message over a size limit.
+TOO_LARGE = "TOO_LARGE"
+
 
 class MeshError(Exception):
     """An error a caller should see, with the gRPC code it maps to."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # Sent as REASON_KEY when set; see reason_of().
+    reason: str = ""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -39,6 +48,12 @@ class ResourceExhausted(MeshError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooLarge(ResourceExhausted):
+    """Over a size limit: the same request will never fit, unlike one refused at a queue bound."""
+
+    reason = TOO_LARGE
+
+
 class Unavailable(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -54,3 +69,17 @@ def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
         return exc.code, exc.message
     log.error("unhandled error in %s", where, exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def reason_metadata(exc: Exception) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that carries `exc`'s reason, if it has one."""
+    reason = exc.reason if isinstance(exc, MeshError) else ""
+    return ((REASON_KEY, reason),) if reason else ()
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The reason a failed call's trailing metadata carries; "" when it carries none (gRPC's
+    own refusals, such as a message over the size limit, never do)."""
+    trailers = error.trailing_metadata()
+    reason = trailers.get(REASON_KEY) if trailers is not None else None
+    return reason if isinstance(reason, str) else ""

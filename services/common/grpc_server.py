@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import status_of
+from services.common.errors import reason_metadata, status_of
 
 # Servicer registration: (add_XServicer_to_server, servicer instance, full service name).
 Registration = tuple[Callable[[Any, grpc.aio.Server], None], object, str]
@@ -66,7 +66,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
-    await context.abort(*status_of(exc, method))
+    code, message = status_of(exc, method)
+    await context.abort(code, message, reason_metadata(exc))
 
 
 def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:

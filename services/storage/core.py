@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from genmesh.v1 import asset_pb2
 from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound, OutOfRange, ResourceExhausted
+from services.common.errors import InvalidArgument, NotFound, OutOfRange, TooLarge
 from services.common.group_commit import GroupCommit
 from services.storage.blobs import BlobStore, ThreadFile
 from services.storage.limits import PUT_LIMIT
@@ -128,8 +128,8 @@ class AssetStore:
     async def upload(self, tenant: str, meta: NewAsset, chunks: AsyncIterable[bytes]) -> Asset:
         """Store the streamed bytes as a new asset, or return the asset already under the key.
 
-        InvalidArgument for bad metadata or no bytes; ResourceExhausted past the size limit.
-        Nothing is kept from a failed upload.
+        InvalidArgument for bad metadata or no bytes; TooLarge (RESOURCE_EXHAUSTED, with its
+        reason) past the size limit. Nothing is kept from a failed upload.
         """
         media_type, key = _checked(tenant, meta)
         stream = aiter(chunks)
@@ -286,9 +286,7 @@ class AssetStore:
                 size += len(chunk)
                 # Checked as bytes arrive, so an oversized upload never fills the disk.
                 if size > self._max_upload_bytes:
-                    raise ResourceExhausted(
-                        f"upload is over the limit of {self._max_upload_bytes} bytes"
-                    )
+                    raise TooLarge(f"upload is over the limit of {self._max_upload_bytes} bytes")
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= WRITE_BLOCK:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from genmesh.v1 import job_pb2, job_service_pb2, provider_service_pb2
+from services.common.errors import reason_of
 from services.common.parameters import dict_to_struct
 from services.router.app import Router, running_router
 from services.router.settings import Settings as RouterSettings
@@ -265,6 +266,8 @@ async def test_resource_exhausted_at_the_queue_bound_writes_nothing(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await submit(mesh, image(priority=HIGH))
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Not too large, too soon: the bridge answers it 429, not 413.
+        assert reason_of(refused.value) == ""
         details = refused.value.details() or ""
         assert "sandbox" in details and "max_queue = 3" in details and "retry later" in details
         assert await job_count(mesh) == count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -60,6 +61,45 @@ async def submit(
     assert response.status_code == 201, response.text
     job: dict[str, object] = response.json()
     return job
+
+
+@dataclass
+class Answer:
+    """An HTTP answer read off a raw socket: its status, headers (lower-case) and JSON body."""
+
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+async def post_partly(
+    http: httpx.AsyncClient,
+    path: str,
+    headers: Mapping[str, str],
+    sent: bytes,
+    patience: float,
+) -> Answer:
+    """POST `path` on a raw connection, send `sent` of its body and no more (the client stalls,
+    never closing), and read the answer within `patience` seconds."""
+    url = http.base_url
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {url.host}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write("\r\n".join([*lines, "", ""]).encode() + sent)
+        await writer.drain()
+        async with asyncio.timeout(patience):
+            return await read_answer(reader)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer:
+    status_line, *header_lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines if line)
+    body = await reader.readexactly(int(headers["content-length"]))
+    return Answer(int(status_line.split()[1]), headers, json.loads(body))
 
 
 @dataclass

@@ -192,7 +192,7 @@ async def test_a_body_over_the_limit_is_refused_unread(bridge: Bridge) -> None:
     data = b"A" * (MAX_JSON_BODY // 4 * 3)  # base64 alone comes to MAX_JSON_BODY
     body = item(data)
     declared = await http.post("/v1/assets:put", json=body)
-    assert "limit" in assert_refused(declared, 429, "RESOURCE_EXHAUSTED")
+    assert "limit" in assert_refused(declared, 413, "RESOURCE_EXHAUSTED")
 
     async def chunks() -> AsyncIterator[bytes]:
         # No Content-Length: the limit holds as the bytes arrive.
@@ -203,7 +203,7 @@ async def test_a_body_over_the_limit_is_refused_unread(bridge: Bridge) -> None:
     streamed = await http.post(
         "/v1/assets:batchPut", content=chunks(), headers={"content-type": "application/json"}
     )
-    assert "limit" in assert_refused(streamed, 429, "RESOURCE_EXHAUSTED")
+    assert "limit" in assert_refused(streamed, 413, "RESOURCE_EXHAUSTED")
 
 
 async def test_a_client_gone_mid_body_is_no_bridge_error(

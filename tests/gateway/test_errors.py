@@ -1,5 +1,5 @@
 """gRPC status -> HTTP status and body, the one table, over real HTTP where the mesh can be
-made to refuse: an over-limit upload or put (429), a router or storage that is down (503), a bad
+made to refuse: an over-limit upload or put (413), a router or storage that is down (503), a bad
 tenant (400)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -17,13 +18,20 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.app import create_app
+from gateway.bodies import MAX_JSON_BODY
 from gateway.errors import rpc_error_response
 from gateway.settings import Settings
+from genmesh.v1 import generate_service_pb2, generate_service_pb2_grpc
+from services.common.errors import REASON_KEY, TOO_LARGE, ResourceExhausted
+from services.common.grpc_server import MAX_MESSAGE_BYTES, grpc_server
 from services.storage.app import running_storage
 from services.storage.settings import Settings as StorageSettings
 from tests.fakes.server import serving
-from tests.gateway.conftest import BRIDGE_SERVER
+from tests.gateway.conftest import BRIDGE_SERVER, bridge_http, post_partly
 from tests.infra import free_port
+
+# Generous: only reached when the bridge waits for a body that is never sent.
+PATIENCE = 30.0
 
 EXPECTED = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -58,6 +66,20 @@ def test_every_status_code_has_one_http_answer(code: grpc.StatusCode) -> None:
         # UNKNOWN, INTERNAL, DATA_LOSS: the server's details may hold internals; keep them out.
         assert response.status_code == 500
         assert body == {"error": {"code": "INTERNAL", "message": "internal error"}}
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"), [(TOO_LARGE, 413), ("", 429), ("QUEUE_FULL", 429)], ids=repr
+)
+def test_only_a_size_limit_makes_resource_exhausted_413(reason: str, status: int) -> None:
+    trailers = grpc.aio.Metadata((REASON_KEY, reason)) if reason else grpc.aio.Metadata()
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details="refused")
+    response = rpc_error_response(error)
+    assert response.status_code == status
+    assert json.loads(bytes(response.body)) == {
+        "error": {"code": "RESOURCE_EXHAUSTED", "message": "refused"}
+    }
 
 
 @dataclass
@@ -95,8 +117,9 @@ async def test_refusals_map_to_http_statuses(lonely: Lonely) -> None:
         assert response.json()["error"]["code"] == code
         assert response.json()["error"]["message"]
 
+    # Storage's refusal (the bridge's own limit is its default, far higher) says why.
     big = await http.post("/v1/assets", files={"file": ("big.bin", b"\x00" * 5000, "image/png")})
-    await expect(big, 429, "RESOURCE_EXHAUSTED")
+    await expect(big, 413, "RESOURCE_EXHAUSTED")
     empty = await http.post("/v1/assets", files={"file": ("empty.png", b"", "image/png")})
     await expect(empty, 400, "INVALID_ARGUMENT")
     await expect(await http.get("/v1/jobs"), 503, "UNAVAILABLE")
@@ -140,7 +163,7 @@ async def test_puts_refuse_as_uploads_do(lonely: Lonely) -> None:
     big = {"data": base64.b64encode(b"\x00" * 5000).decode()}
     upload = await http.post("/v1/assets", files={"file": ("big.bin", b"\x00" * 5000)})
     put = await http.post("/v1/assets:put", json=big)
-    assert upload.status_code == put.status_code == 429, put.text
+    assert upload.status_code == put.status_code == 413, put.text
     assert put.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
     assert "limit of 1000 bytes" in put.json()["error"]["message"]
 
@@ -169,3 +192,85 @@ async def test_puts_without_storage_are_unavailable() -> None:
     for response in (put, batch):
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "UNAVAILABLE"
+
+
+class _Crowded(generate_service_pb2_grpc.GenerateServiceServicer):
+    """A router whose provider's queue is always at its bound: Submit is refused as the
+    router's admission refuses it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _refuse(self) -> ResourceExhausted:
+        self.calls += 1
+        return ResourceExhausted("provider p has 3 job(s) waiting (max_queue = 3); retry later")
+
+    async def Submit(self, request: Any, context: Any) -> Any:
+        raise self._refuse()
+
+    async def SubmitBatch(self, request: Any, context: Any) -> Any:
+        raise self._refuse()
+
+    async def Generate(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        raise self._refuse()
+        yield  # a server stream, refused before its first message
+
+
+@pytest.fixture
+async def crowded() -> AsyncIterator[tuple[httpx.AsyncClient, _Crowded]]:
+    """A bridge in front of that router, served as the mesh serves (its error interceptor)."""
+    router = _Crowded()
+    name = generate_service_pb2.DESCRIPTOR.services_by_name["GenerateService"].full_name
+    add = generate_service_pb2_grpc.add_GenerateServiceServicer_to_server
+    async with grpc_server("127.0.0.1:0", [(add, router, name)], grace=1) as server:
+        settings = Settings(
+            router_addr=server.address,
+            storage_addr=f"127.0.0.1:{free_port()}",
+            shutdown_grace=1,
+        )
+        async with bridge_http(settings) as http:
+            yield http, router
+
+
+async def test_a_queue_bound_is_429_and_a_size_limit_413(
+    crowded: tuple[httpx.AsyncClient, _Crowded],
+) -> None:
+    http, router = crowded
+    spec = {"task": "text-to-image", "prompt": "a red fox in snow"}
+    for path, body in [
+        ("/v1/jobs", spec),
+        ("/v1/batches", {"specs": [spec]}),
+        ("/v1/jobs:generate", spec),
+    ]:
+        queued = await http.post(path, json=body)
+        assert queued.status_code == 429, (path, queued.text)
+        assert queued.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+        assert "retry later" in queued.json()["error"]["message"]
+    assert router.calls == 3
+
+    # Well under the JSON limit, but a Struct spends 11 bytes on each 2-byte JSON number: the
+    # message would be over gRPC's limit, and gRPC's own refusal says nothing but
+    # RESOURCE_EXHAUSTED. The bridge refuses it itself, and the router never sees it.
+    numbers = [0] * (MAX_MESSAGE_BYTES // 10)
+    large = await http.post("/v1/jobs", json={**spec, "parameters": {"n": numbers}})
+    assert len(large.request.content) < MAX_JSON_BODY
+    assert large.status_code == 413, large.text
+    assert large.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert f"limit of {MAX_MESSAGE_BYTES} bytes" in large.json()["error"]["message"]
+    batch = await http.post("/v1/batches", json={"specs": [{**spec, "parameters": {"n": numbers}}]})
+    assert batch.status_code == 413, batch.text
+    assert router.calls == 3
+
+
+async def test_a_job_body_over_the_limit_is_refused_unread(
+    crowded: tuple[httpx.AsyncClient, _Crowded],
+) -> None:
+    http, router = crowded
+    # Only the body's first bytes are ever sent: an answer at all shows the bridge went by
+    # Content-Length instead of reading (into memory) what it declares.
+    headers = {"Content-Type": "application/json", "Content-Length": str(MAX_JSON_BODY + 1)}
+    answer = await post_partly(http, "/v1/jobs", headers, b'{"task": "text-to-image", ', PATIENCE)
+    assert answer.status == 413, answer
+    assert answer.body["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert f"limit of {MAX_JSON_BODY} bytes" in answer.body["error"]["message"]
+    assert router.calls == 0

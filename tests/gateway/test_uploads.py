@@ -5,20 +5,16 @@ DEADLINE_EXCEEDED (504) instead of an HTTP request that hangs."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
 
 from gateway.forms import FORM_OVERHEAD
 from gateway.settings import Settings
-from tests.gateway.conftest import Bridge, bridge_http
+from tests.gateway.conftest import Answer, Bridge, bridge_http, post_partly
 from tests.mesh import Mesh
 
 # The bridge adds no storage logic of its own; SQLite keeps the run short.
@@ -54,32 +50,10 @@ def head(key: str = "", media_type: str = "application/octet-stream") -> bytes:
     return (field("idempotency_key", key) if key else b"") + file_part.encode()
 
 
-@dataclass
-class Answer:
-    status: int
-    body: dict[str, Any]
-
-
-async def post_partly(bridge: Bridge, headers: dict[str, str], sent: bytes) -> Answer:
+async def upload_partly(bridge: Bridge, headers: dict[str, str], sent: bytes) -> Answer:
     """POST /v1/assets, send `sent` of its body and no more, and read the answer."""
-    url = bridge.http.base_url
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        lines = ["POST /v1/assets HTTP/1.1", f"Host: {url.host}", f"Content-Type: {MULTIPART}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        writer.write("\r\n".join([*lines, "", ""]).encode() + sent)
-        await writer.drain()
-        return await asyncio.wait_for(read_answer(reader), PATIENCE)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
-async def read_answer(reader: asyncio.StreamReader) -> Answer:
-    status_line, *header_lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in header_lines if line)
-    body = await reader.readexactly(int(headers["content-length"]))
-    return Answer(int(status_line.split()[1]), json.loads(body))
+    headers = {"Content-Type": MULTIPART, **headers}
+    return await post_partly(bridge.http, "/v1/assets", headers, sent, PATIENCE)
 
 
 def chunked(data: bytes) -> bytes:
@@ -88,7 +62,7 @@ def chunked(data: bytes) -> bytes:
 
 
 def assert_over_limit(answer: Answer) -> None:
-    assert answer.status == 429, answer
+    assert answer.status == 413, answer
     assert answer.body["error"]["code"] == "RESOURCE_EXHAUSTED"
     assert f"limit of {LIMIT} bytes" in answer.body["error"]["message"]
 
@@ -107,7 +81,7 @@ async def test_a_declared_oversize_upload_is_refused_before_its_body(narrow: Bri
     # Content-Length says far more than the limit; only the first bytes are ever sent, so an
     # answer at all shows the bridge did not wait for (or spool) the rest.
     sent = head("declared") + b"\x00" * 1000
-    answer = await post_partly(narrow, {"Content-Length": str(LIMIT * 50)}, sent)
+    answer = await upload_partly(narrow, {"Content-Length": str(LIMIT * 50)}, sent)
     assert_over_limit(answer)
     await assert_key_unused(narrow.http, "declared")
 
@@ -116,7 +90,7 @@ async def test_a_chunked_upload_is_refused_once_past_the_limit(narrow: Bridge) -
     # No Content-Length: the bridge counts the file's bytes as they come. The body is left open
     # just past the limit, so the answer can only come from counting.
     body = chunked(head("chunked")) + chunked(os.urandom(LIMIT + 1000))
-    answer = await post_partly(narrow, {"Transfer-Encoding": "chunked"}, body)
+    answer = await upload_partly(narrow, {"Transfer-Encoding": "chunked"}, body)
     assert_over_limit(answer)
     await assert_key_unused(narrow.http, "chunked")
 
@@ -163,7 +137,7 @@ async def test_one_byte_over_the_limit_is_refused(narrow: Bridge) -> None:
         files={"file": ("over.bin", b"\x01" * (LIMIT + 1))},
     )
     assert int(response.request.headers["content-length"]) < LIMIT + FORM_OVERHEAD
-    assert response.status_code == 429, response.text
+    assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
     await assert_key_unused(narrow.http, "one-over")
 

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
+from services.common.errors import TOO_LARGE, reason_of
 from services.common.tenancy import tenant_metadata
 from services.storage.client import CHUNK_SIZE, AssetClient
 from services.storage.core import WRITE_BLOCK, NewAsset
@@ -193,10 +194,12 @@ def open_files_under(root: Path) -> list[str]:
 
 async def test_over_limit_upload_keeps_nothing(storage: Storage) -> None:
     data = os.urandom(MAX_UPLOAD_BYTES + 1)
-    await expect_code(
+    refused = await expect_code(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         storage.client.upload(data, tenant=TENANT, media_type="application/x-test"),
     )
+    # Said to be too large, not too soon: a client must send less, not retry.
+    assert reason_of(refused) == TOO_LARGE
     assert await storage.row_count() == 0
     assert storage.blob_files() == []
     assert storage.blobs.staged() == []

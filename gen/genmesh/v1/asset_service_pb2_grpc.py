@@ -69,7 +69,9 @@ class AssetServiceServicer:
     def UploadAsset(self, request_iterator, context):
         """Client-streaming: the first message carries metadata, the rest carry bytes.
         Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
-        RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
+        RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept); its
+        trailing metadata says `genmesh-reason: TOO_LARGE`, as every refusal over a size
+        limit does (HTTP 413, where one at a queue bound is 429).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,9 @@ class AssetServiceStub:
     UploadAsset: _grpc.StreamUnaryMultiCallable[_asset_service_pb2.UploadAssetRequest, _asset_service_pb2.UploadAssetResponse]
     """Client-streaming: the first message carries metadata, the rest carry bytes.
     Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
-            RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
+            RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept); its
+            trailing metadata says `genmesh-reason: TOO_LARGE`, as every refusal over a size
+            limit does (HTTP 413, where one at a queue bound is 429).
     """
     PutAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.PutAssetRequest, _asset_service_pb2.PutAssetResponse]
     """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
@@ -66,7 +68,9 @@ class AssetServiceAsyncStub(AssetServiceStub):
     UploadAsset: _aio.StreamUnaryMultiCallable[_asset_service_pb2.UploadAssetRequest, _asset_service_pb2.UploadAssetResponse]  # type: ignore[assignment]
     """Client-streaming: the first message carries metadata, the rest carry bytes.
     Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
-            RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
+            RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept); its
+            trailing metadata says `genmesh-reason: TOO_LARGE`, as every refusal over a size
+            limit does (HTTP 413, where one at a queue bound is 429).
     """
     PutAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.PutAssetRequest, _asset_service_pb2.PutAssetResponse]  # type: ignore[assignment]
     """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
@@ -99,7 +103,9 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_asset_service_pb2.UploadAssetResponse, _abc.Awaitable[_asset_service_pb2.UploadAssetResponse]]:
         """Client-streaming: the first message carries metadata, the rest carry bytes.
         Errors: INVALID_ARGUMENT no metadata first, empty upload or bad media type;
-                RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept).
+                RESOURCE_EXHAUSTED the upload is over the size limit (nothing is kept); its
+                trailing metadata says `genmesh-reason: TOO_LARGE`, as every refusal over a size
+                limit does (HTTP 413, where one at a queue bound is 429).
         """
 
     @_abc_1.abstractmethod
