@@ -105,7 +105,7 @@ _UPLOAD_FORM: dict[str, Any] = {
     tags=["assets"],
     response_model=schema.Asset,
     response_model_exclude_none=True,
-    responses=documented(413),
+    responses=documented(408, 413),
     openapi_extra=_UPLOAD_FORM,
 )
 async def upload_asset(request: Request, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
@@ -113,9 +113,14 @@ async def upload_asset(request: Request, clients: ClientsDep, tenant: TenantDep)
     arrives; `idempotency_key`, if sent, comes before `file`.
 
     The part's Content-Type becomes the asset's media type (storage sniffs it when absent);
-    413 when the file is over the size limit, as soon as that is known (nothing is kept)."""
+    413 when the file is over the size limit, as soon as that is known; 408 when the body stops
+    arriving (GENMESH_HTTP_BODY_TIMEOUT). Nothing is kept of either."""
     form = UploadForm(
-        request, file_field="file", fields={"idempotency_key"}, max_file=clients.max_upload_bytes
+        request,
+        file_field="file",
+        fields={"idempotency_key"},
+        max_file=clients.max_upload_bytes,
+        body_timeout=clients.body_timeout,
     )
     try:
         fields, part = await form.fields()
@@ -141,7 +146,7 @@ async def upload_asset(request: Request, clients: ClientsDep, tenant: TenantDep)
     tags=["assets"],
     response_model=schema.Asset,
     response_model_exclude_none=True,
-    responses=documented(413),
+    responses=documented(408, 413),
 )
 async def put_asset(
     body: schema.PutAssetRequest,  # type: ignore[valid-type]
@@ -162,7 +167,7 @@ async def put_asset(
     tags=["assets"],
     response_model=schema.BatchPutAssetsResponse,
     response_model_exclude_none=True,
-    responses=documented(413),
+    responses=documented(408, 413),
 )
 async def batch_put_assets(
     body: schema.BatchPutAssetsRequest,  # type: ignore[valid-type]

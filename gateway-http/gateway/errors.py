@@ -39,6 +39,8 @@ STATUS_TO_HTTP: dict[grpc.StatusCode, int] = {
 _DESCRIPTIONS: dict[int, str] = {
     400: "INVALID_ARGUMENT: the request is malformed or breaks a documented rule",
     404: "NOT_FOUND: no such job or asset for this tenant",
+    408: "DEADLINE_EXCEEDED: the request body stopped arriving for longer than the bridge "
+    "waits (GENMESH_HTTP_BODY_TIMEOUT); the connection closes and nothing was kept",
     409: "FAILED_PRECONDITION: the request conflicts with the resource's state",
     413: "RESOURCE_EXHAUSTED: the body, upload or message is over a size limit; send less "
     "(retrying the same request will not help); nothing was kept",
@@ -78,6 +80,11 @@ def bad_input(what: str) -> Iterator[None]:
 class TooLarge(Exception):
     """A request body over one of the bridge's limits; rendered as RESOURCE_EXHAUSTED (what a
     gRPC server answers a message over its size limit) with 413 Content Too Large."""
+
+
+class BodyTimeout(Exception):
+    """The client stopped sending its body; rendered as DEADLINE_EXCEEDED with 408 Request
+    Timeout, on a connection that then closes (what is left of the body is never read)."""
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -138,6 +145,13 @@ async def _on_too_large(_: Request, exc: Exception) -> JSONResponse:
     return error_response(413, grpc.StatusCode.RESOURCE_EXHAUSTED.name, str(exc))
 
 
+async def _on_body_timeout(_: Request, exc: Exception) -> JSONResponse:
+    response = error_response(408, grpc.StatusCode.DEADLINE_EXCEEDED.name, str(exc))
+    # The rest of the body may still come, and must not be read as the next request.
+    response.headers["Connection"] = "close"
+    return response
+
+
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
@@ -166,6 +180,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(grpc.aio.AioRpcError, _on_rpc_error)
     app.add_exception_handler(BadRequest, _on_bad_request)
     app.add_exception_handler(TooLarge, _on_too_large)
+    app.add_exception_handler(BodyTimeout, _on_body_timeout)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_unexpected)

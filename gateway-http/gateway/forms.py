@@ -44,11 +44,21 @@ class UploadForm:
     """A form whose `file_field` part is streamed: fields() reads up to that part, file() its
     bytes and then the rest of the body."""
 
-    def __init__(self, request: Request, *, file_field: str, fields: set[str], max_file: int):
+    def __init__(
+        self,
+        request: Request,
+        *,
+        file_field: str,
+        fields: set[str],
+        max_file: int,
+        body_timeout: float,
+    ):
         self._request = request
         self._file_field = file_field
         self._fields = fields
         self._max_file = max_file
+        # Seconds the body may leave the form waiting for its next bytes (BodyTimeout).
+        self._body_timeout = body_timeout
         self._refusal = f"upload is over the limit of {max_file} bytes"
         self._events = self._parse()
         self._file: AsyncGenerator[bytes, None] | None = None
@@ -109,7 +119,9 @@ class UploadForm:
         parsed = _Parsed()
         parser = MultipartParser(_boundary(self._request), _callbacks(parsed))
         # The file is bounded by max_file; the rest of the body by FORM_OVERHEAD.
-        body = bounded_stream(self._request, self._max_file + FORM_OVERHEAD, self._refusal)
+        body = bounded_stream(
+            self._request, self._max_file + FORM_OVERHEAD, self._refusal, self._body_timeout
+        )
         try:
             async for chunk in body:
                 parser.write(chunk)

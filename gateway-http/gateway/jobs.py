@@ -37,7 +37,7 @@ router = APIRouter(route_class=BoundedBodyRoute)
     tags=["jobs"],
     response_model=schema.Job,
     response_model_exclude_none=True,
-    responses=documented(404, 409, 413, 429),
+    responses=documented(404, 408, 409, 413, 429),
 )
 async def submit_job(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) -> dict[str, Any]:
     """GenerateService.Submit: create a job; it comes back QUEUED.
@@ -60,7 +60,7 @@ async def submit_job(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) 
     tags=["jobs"],
     response_model=schema.SubmitBatchResponse,
     response_model_exclude_none=True,
-    responses=documented(404, 409, 413, 429),
+    responses=documented(404, 408, 409, 413, 429),
 )
 async def submit_batch(
     body: SubmitBatchBody, clients: ClientsDep, tenant: TenantDep
@@ -130,7 +130,7 @@ async def get_job(job_id: JobId, clients: ClientsDep, tenant: TenantDep) -> dict
     tags=["jobs"],
     response_model=schema.Job,
     response_model_exclude_none=True,
-    responses=documented(404, 409, 413),
+    responses=documented(404, 408, 409, 413),
 )
 async def cancel_job(
     job_id: JobId,

@@ -268,7 +268,7 @@ async def batch_events(batch_id: BatchId, clients: ClientsDep, tenant: TenantDep
     "/v1/jobs:generate",
     tags=["live"],
     response_class=EventStream,
-    responses={**_SSE_DOC, **documented(404, 409, 413, 429)},
+    responses={**_SSE_DOC, **documented(404, 408, 409, 413, 429)},
 )
 async def generate(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) -> EventStream:
     """GenerateService.Generate: submit a job and stream it as Server-Sent Events like

@@ -36,6 +36,8 @@ class Clients:
     stream_buffer: int
     # The largest upload the bridge passes on (Settings.storage_max_upload_bytes).
     max_upload_bytes: int
+    # Seconds a request body may pause (Settings.http_body_timeout).
+    body_timeout: float
 
 
 class State(TypedDict):
@@ -57,10 +59,12 @@ async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
             assets=AssetClient(storage, timeout=settings.storage_timeout),
             stream_buffer=settings.stream_buffer,
             max_upload_bytes=settings.storage_max_upload_bytes,
+            body_timeout=settings.http_body_timeout,
         )
 
 
-def _clients(conn: HTTPConnection) -> Clients:
+def clients_of(conn: HTTPConnection) -> Clients:
+    """The clients in the lifespan state of a request or WebSocket."""
     clients = conn.state.clients
     assert isinstance(clients, Clients)
     return clients
@@ -79,7 +83,7 @@ def _tenant(
     return x_genmesh_tenant or DEFAULT_TENANT
 
 
-ClientsDep = Annotated[Clients, Depends(_clients)]
+ClientsDep = Annotated[Clients, Depends(clients_of)]
 TenantDep = Annotated[str, Depends(_tenant)]
 
 

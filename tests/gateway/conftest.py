@@ -45,11 +45,18 @@ async def bridge_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@pytest.fixture
-async def bridge(mesh: Mesh) -> AsyncIterator[Bridge]:  # noqa: F811  (the fixture above)
-    settings = Settings.from_env(mesh.env)
+@asynccontextmanager
+async def mesh_bridge(mesh: Mesh, **overrides: str) -> AsyncIterator[Bridge]:  # noqa: F811
+    """A bridge in front of `mesh`, with the mesh's settings and `overrides` (GENMESH_*)."""
+    settings = Settings.from_env({**mesh.env, **overrides})
     async with bridge_http(settings) as http:
         yield Bridge(mesh, settings, http)
+
+
+@pytest.fixture
+async def bridge(mesh: Mesh) -> AsyncIterator[Bridge]:  # noqa: F811  (the fixture above)
+    async with mesh_bridge(mesh) as bridge:
+        yield bridge
 
 
 async def submit(
@@ -80,7 +87,8 @@ async def post_partly(
     patience: float,
 ) -> Answer:
     """POST `path` on a raw connection, send `sent` of its body and no more (the client stalls,
-    never closing), and read the answer within `patience` seconds."""
+    never closing), and read the answer within `patience` seconds; when it says
+    `Connection: close`, the connection must then close within them too."""
     url = http.base_url
     reader, writer = await asyncio.open_connection(url.host, url.port)
     try:
@@ -89,7 +97,10 @@ async def post_partly(
         writer.write("\r\n".join([*lines, "", ""]).encode() + sent)
         await writer.drain()
         async with asyncio.timeout(patience):
-            return await read_answer(reader)
+            answer = await read_answer(reader)
+            if answer.headers.get("connection") == "close":
+                assert await reader.read() == b"", "more after an answer that closes"
+            return answer
     finally:
         writer.close()
         await writer.wait_closed()

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from gateway.forms import FORM_OVERHEAD
-from gateway.settings import Settings
-from tests.gateway.conftest import Answer, Bridge, bridge_http, post_partly
+from tests.gateway.conftest import Answer, Bridge, mesh_bridge, post_partly
 from tests.mesh import Mesh
 
 # The bridge adds no storage logic of its own; SQLite keeps the run short.
@@ -32,9 +31,8 @@ PATIENCE = 30.0
 @pytest.fixture
 async def narrow(mesh: Mesh) -> AsyncIterator[Bridge]:
     """A bridge whose upload limit is LIMIT, in front of a real mesh."""
-    settings = Settings.from_env({**mesh.env, "GENMESH_STORAGE_MAX_UPLOAD_BYTES": str(LIMIT)})
-    async with bridge_http(settings) as http:
-        yield Bridge(mesh, settings, http)
+    async with mesh_bridge(mesh, GENMESH_STORAGE_MAX_UPLOAD_BYTES=str(LIMIT)) as bridge:
+        yield bridge
 
 
 def field(name: str, value: str) -> bytes:
