@@ -19,7 +19,7 @@ from gateway.convert import (
 )
 from gateway.errors import bad_input, documented
 from gateway.ids import JobId
-from gateway.state import RPC_TIMEOUT, ClientsDep, TenantDep, metadata
+from gateway.state import ClientsDep, TenantDep, metadata
 from genmesh.v1 import (
     generate_service_pb2,
     job_pb2,
@@ -49,7 +49,7 @@ async def submit_job(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) 
     reply = await clients.generate.Submit(
         fitting(generate_service_pb2.SubmitRequest(spec=body.to_proto())),
         metadata=metadata(tenant),
-        timeout=RPC_TIMEOUT,
+        timeout=clients.router_timeout,
     )
     return to_json(reply.job)
 
@@ -72,7 +72,7 @@ async def submit_batch(
     413 and 429 as POST /v1/jobs."""
     request = fitting(generate_service_pb2.SubmitBatchRequest(specs=body.to_proto()))
     reply = await clients.generate.SubmitBatch(
-        request, metadata=metadata(tenant), timeout=RPC_TIMEOUT
+        request, metadata=metadata(tenant), timeout=clients.router_timeout
     )
     return to_json(reply)
 
@@ -106,7 +106,9 @@ async def list_jobs(
             task=kind,
             batch_id=batch_id,
         )
-    reply = await clients.jobs.ListJobs(request, metadata=metadata(tenant), timeout=RPC_TIMEOUT)
+    reply = await clients.jobs.ListJobs(
+        request, metadata=metadata(tenant), timeout=clients.router_timeout
+    )
     return to_json(reply)
 
 
@@ -121,7 +123,9 @@ async def get_job(job_id: JobId, clients: ClientsDep, tenant: TenantDep) -> dict
     """JobService.GetJob: the job as the router has recorded it."""
     with bad_input("job_id"):
         request = job_service_pb2.GetJobRequest(job_id=job_id)
-    reply = await clients.jobs.GetJob(request, metadata=metadata(tenant), timeout=RPC_TIMEOUT)
+    reply = await clients.jobs.GetJob(
+        request, metadata=metadata(tenant), timeout=clients.router_timeout
+    )
     return to_json(reply.job)
 
 
@@ -145,7 +149,9 @@ async def cancel_job(
             job_id=job_id, reason=body.reason if body else ""
         )
     request = fitting(request)
-    reply = await clients.jobs.CancelJob(request, metadata=metadata(tenant), timeout=RPC_TIMEOUT)
+    reply = await clients.jobs.CancelJob(
+        request, metadata=metadata(tenant), timeout=clients.router_timeout
+    )
     return to_json(reply.job)
 
 
@@ -164,5 +170,5 @@ async def list_providers(
     request = provider_service_pb2.ListProvidersRequest(
         task=parse_task(task) if task else job_pb2.TASK_UNSPECIFIED
     )
-    reply = await clients.providers.ListProviders(request, timeout=RPC_TIMEOUT)
+    reply = await clients.providers.ListProviders(request, timeout=clients.router_timeout)
     return to_json(reply)

@@ -27,6 +27,7 @@ from gateway.ids import BatchId, JobId
 from gateway.relay import FellBehind, ReadAhead
 from gateway.state import Clients, ClientsDep, TenantDep, metadata
 from genmesh.v1 import generate_service_pb2, job_service_pb2
+from services.common.channels import within
 
 log = logging.getLogger("gateway.live")
 # POST /v1/jobs:generate's body is JSON: refused past a limit before parsing.
@@ -96,10 +97,12 @@ class Position:
 # ---- mesh calls -----------------------------------------------------------------------------
 
 
-async def _open(call: Any) -> Stream:
-    """Wait for the first message, so a refused call becomes an HTTP error, not a broken stream."""
+async def _open(call: Any, seconds: float) -> Stream:
+    """Wait for the first message, so a refused call becomes an HTTP error, not a broken stream;
+    a router that sends none within `seconds` is DEADLINE_EXCEEDED (504). Later messages may be
+    as far apart as the job's progress makes them."""
     try:
-        first = await call.read()
+        first = await within(call, call.read(), seconds, "the router")
         if first is grpc.aio.EOF:
             raise RuntimeError("the mesh stream ended before its first message")
     except BaseException:
@@ -120,19 +123,22 @@ async def _messages(call: Any, first: Any) -> Stream:
 def _watch_job(clients: Clients, tenant: str, job_id: str, after: int) -> Awaitable[Stream]:
     with bad_input("job_id"):
         request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
-    return _open(clients.jobs.WatchJob(request, metadata=metadata(tenant)))
+    call = clients.jobs.WatchJob(request, metadata=metadata(tenant))
+    return _open(call, clients.router_timeout)
 
 
 def _watch_batch(clients: Clients, tenant: str, batch_id: str) -> Awaitable[Stream]:
     with bad_input("batch_id"):
         request = job_service_pb2.WatchBatchRequest(batch_id=batch_id)
-    return _open(clients.jobs.WatchBatch(request, metadata=metadata(tenant)))
+    call = clients.jobs.WatchBatch(request, metadata=metadata(tenant))
+    return _open(call, clients.router_timeout)
 
 
 def _watch_jobs(clients: Clients, tenant: str, cursor: str) -> Awaitable[Stream]:
     with bad_input("cursor"):
         request = job_service_pb2.WatchJobsRequest(cursor=cursor)
-    return _open(clients.jobs.WatchJobs(request, metadata=metadata(tenant)))
+    call = clients.jobs.WatchJobs(request, metadata=metadata(tenant))
+    return _open(call, clients.router_timeout)
 
 
 # ---- Server-Sent Events -----------------------------------------------------------------------
@@ -276,7 +282,8 @@ async def generate(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) ->
     id). Errors before the stream starts are as POST /v1/jobs; to resume a cut stream, GET
     /v1/jobs/{job_id}/events with the last sequence seen."""
     request = fitting(generate_service_pb2.GenerateRequest(spec=body.to_proto()))
-    messages = await _open(clients.generate.Generate(request, metadata=metadata(tenant)))
+    call = clients.generate.Generate(request, metadata=metadata(tenant))
+    messages = await _open(call, clients.router_timeout)
     return _event_stream(messages, clients.stream_buffer, Position(), feed=False)
 
 

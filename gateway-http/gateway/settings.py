@@ -1,6 +1,6 @@
 """The bridge's settings (GENMESH_LISTEN, GENMESH_ROUTER_ADDR, GENMESH_STORAGE_ADDR,
 GENMESH_STREAM_BUFFER, GENMESH_STORAGE_MAX_UPLOAD_BYTES, GENMESH_STORAGE_TIMEOUT,
-GENMESH_HTTP_BODY_TIMEOUT)."""
+GENMESH_ROUTER_TIMEOUT, GENMESH_HTTP_BODY_TIMEOUT)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class Settings(ServiceSettings):
     storage_max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     # Seconds storage may take over a unary call, or leave one step of a stream waiting.
     storage_timeout: float = Field(default=30.0, gt=0)
+    # Seconds the router may take over a unary call, or to open a stream (its first message);
+    # an open stream (a watch, Generate) runs as long as the job and the client need.
+    router_timeout: float = Field(default=30.0, gt=0)
     # Seconds a request body may leave the bridge waiting for its next bytes (the first counted
     # from when the route starts reading it); past it: 408 and the connection closes. Between
     # pieces, not in all, so a large upload on a slow link is fine and a stalled one is not.

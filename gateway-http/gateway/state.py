@@ -22,8 +22,6 @@ from services.storage.client import AssetClient
 
 # What gRPC metadata and the router's tenant column can carry.
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-# Deadline for unary calls; streams (watch, download) run as long as the client stays.
-RPC_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +30,9 @@ class Clients:
     jobs: job_service_pb2_grpc.JobServiceStub
     providers: provider_service_pb2_grpc.ProviderServiceStub
     assets: AssetClient
+    # Deadline of a unary router call, and of a router stream's first message
+    # (Settings.router_timeout); streams (watch, download) run as long as the client stays.
+    router_timeout: float
     # Messages a live connection may buffer for a slow client (Settings.stream_buffer).
     stream_buffer: int
     # The largest upload the bridge passes on (Settings.storage_max_upload_bytes).
@@ -57,6 +58,7 @@ async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
             jobs=job_service_pb2_grpc.JobServiceStub(router),
             providers=provider_service_pb2_grpc.ProviderServiceStub(router),
             assets=AssetClient(storage, timeout=settings.storage_timeout),
+            router_timeout=settings.router_timeout,
             stream_buffer=settings.stream_buffer,
             max_upload_bytes=settings.storage_max_upload_bytes,
             body_timeout=settings.http_body_timeout,

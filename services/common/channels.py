@@ -1,10 +1,16 @@
-"""One way to open a gRPC channel to another mesh service."""
+"""One way to open a gRPC channel to another mesh service, and to bound one step of a call."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import grpc
 
 from services.common.grpc_server import MAX_MESSAGE_BYTES
+
+T = TypeVar("T")
 
 
 def mesh_channel(address: str) -> grpc.aio.Channel:
@@ -20,3 +26,23 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
             ("grpc.enable_http_proxy", 0),
         ],
     )
+
+
+async def within(call: grpc.aio.Call, step: Awaitable[T], seconds: float | None, peer: str) -> T:
+    """One step of a streaming call (a message read or written, the answer) within `seconds`;
+    past them the call is cancelled and the error is the DEADLINE_EXCEEDED a unary call with
+    that deadline would have met. A stream's total time stays unbounded, as it must."""
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await step
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        call.cancel()
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details=f"{peer} did not answer within {seconds:g} s",
+        ) from None

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
+from services.common.channels import within
 from services.common.tenancy import tenant_metadata
 from services.storage.blobs import ThreadFile
 from services.storage.limits import PUT_LIMIT
@@ -223,22 +224,7 @@ class AssetClient:
 
 
 async def _step(call: grpc.aio.Call, step: Awaitable[T], seconds: float | None) -> T:
-    """One step of a stream, within `seconds`; past them the call is cancelled and the error is
-    the DEADLINE_EXCEEDED a unary call would have met."""
-    deadline = asyncio.timeout(seconds)
-    try:
-        async with deadline:
-            return await step
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        call.cancel()
-        raise grpc.aio.AioRpcError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.aio.Metadata(),
-            grpc.aio.Metadata(),
-            details=f"storage did not answer within {seconds} s",
-        ) from None
+    return await within(call, step, seconds, "storage")
 
 
 async def _upload_requests(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -43,6 +44,24 @@ async def bridge_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
     ):
         yield http
+
+
+@asynccontextmanager
+async def serving_grpc(
+    servicer: object, *adds: Callable[[Any, grpc.aio.Server], None]
+) -> AsyncIterator[str]:
+    """`servicer` as a gRPC server on a free loopback port (registered by each
+    add_XServicer_to_server in `adds`); its address. Stopped without grace, for fakes that
+    never answer."""
+    server = grpc.aio.server()
+    for add in adds:
+        add(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
 
 
 @asynccontextmanager

@@ -9,13 +9,12 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 
 from gateway.settings import Settings
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
-from tests.gateway.conftest import bridge_http
+from tests.gateway.conftest import bridge_http, serving_grpc
 from tests.infra import free_port
 
 # Generous: only reached when the bridge waits on storage with no deadline.
@@ -52,21 +51,13 @@ class _Hung(asset_service_pb2_grpc.AssetServiceServicer):
 async def hung_storage() -> AsyncIterator[httpx.AsyncClient]:
     """A bridge whose storage (on loopback) accepts every call and never answers; the bridge
     gives it 0.5 s a step."""
-    server = grpc.aio.server()
-    asset_service_pb2_grpc.add_AssetServiceServicer_to_server(_Hung(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        settings = Settings(
-            router_addr=f"127.0.0.1:{free_port()}",
-            storage_addr=f"127.0.0.1:{port}",
-            storage_timeout=0.5,
-            shutdown_grace=1,
-        )
+    async with serving_grpc(
+        _Hung(), asset_service_pb2_grpc.add_AssetServiceServicer_to_server
+    ) as at:
+        free = f"127.0.0.1:{free_port()}"
+        settings = Settings(router_addr=free, storage_addr=at, storage_timeout=0.5)
         async with bridge_http(settings) as http:
             yield http
-    finally:
-        await server.stop(0)
 
 
 async def test_a_hung_storage_is_a_deadline_not_a_hang(hung_storage: httpx.AsyncClient) -> None:
