@@ -4,10 +4,12 @@ earlier pull requests are still open on the server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
 import nats.js.errors
@@ -18,7 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from genmesh_cli.supervisor import nats_server_binary
 from services.common import pulling
 from services.common.pulling import PullConsumer
-from tests.infra import eventually, free_port, reachable
+from tests.infra import eventually, free_port, private_nats_server, reachable
 
 # Far below a pull request's lifetime, so a message held by a forgotten request shows.
 PROMPTLY = 0.5
@@ -206,3 +208,104 @@ async def test_after_the_server_restarts_the_next_request_goes_out_at_once(
             await nc.close()
         server.terminate()
         await asyncio.to_thread(server.wait, 10)
+
+
+class Proxy:
+    """A TCP relay on loopback to a NATS server; `cut` drops the connections through it
+    (the server sees its client go) while the server itself runs on."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 4222)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Proxy:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._writers += [client_w, server_w]
+        await asyncio.gather(_pipe(client_r, server_w), _pipe(server_r, client_w))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()
+
+
+@pytest.fixture(params=["private", "shared"])
+def upstream(request: pytest.FixtureRequest, nats_url: str) -> Iterator[str]:
+    """The packaged nats-server (private) and the local one, which may be older."""
+    if request.param == "shared":
+        yield nats_url
+        return
+    with private_nats_server() as url:
+        yield url
+
+
+async def test_a_request_that_outlives_a_reconnect_delivers_nothing_beside_the_next(
+    upstream: str, nats_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nats-server keeps a pull request while its reply subject has interest whenever it
+    # looks, not while the connection that sent it lives: a client that reconnects and
+    # subscribes the same reply subject again finds its old request still open (then all
+    # ten messages below go out, five to each request). The requests here outlive the
+    # test, so nothing but lost interest can end the old one.
+    monkeypatch.setattr(pulling, "EXPIRES", 60.0)
+    async with Proxy(upstream) as proxy:
+        nc = await nats.connect(proxy.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+        try:
+            js = nc.jetstream()
+            stream = stream_name(nats_prefix)
+            await js.add_stream(StreamConfig(name=stream, subjects=[f"{nats_prefix}.pull.>"]))
+            pull = await consumer(nc, nats_prefix)
+            assert await pull.fetch(5, wait=0.1) == []  # a request for five is open
+            proxy.cut()
+            await eventually(lambda: nc.stats["reconnects"] == 1 and nc.is_connected)
+            assert await pull.fetch(5, wait=0.3) == []  # and now the next request for five
+            sent = {b"job %d" % n for n in range(10)}
+            for data in sorted(sent):
+                await js.publish(f"{nats_prefix}.pull.jobs", data)
+
+            async def delivered() -> int:
+                return (await js.consumer_info(stream, "worker")).num_ack_pending
+
+            await eventually(delivered)
+            await asyncio.sleep(0.5)  # room for any delivery beyond the open request
+            info = await js.consumer_info(stream, "worker")
+            assert (info.num_ack_pending, info.num_pending) == (5, 5)
+            got = await pull.fetch(10, wait=1.0)
+            assert len(got) == 5
+            # Nothing lost: the other five go to the requests that follow, long before
+            # the 30 s ack_wait would bring back anything held and dropped.
+            deadline = time.monotonic() + 10
+            while len(got) < 10 and time.monotonic() < deadline:
+                got += await pull.fetch(5, wait=1.0)
+            for msg in got:
+                await msg.ack()
+            assert {m.data for m in got} == sent
+            await pull.close()
+        finally:
+            await nc.close()

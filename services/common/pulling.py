@@ -9,14 +9,27 @@ batch until that request expires: up to a second for the first job after a quiet
 Here one pull request is open at a time, and each has its own reply subject, so a late
 status is recognised as belonging to an earlier request and ignored. A request stays
 open across `fetch` calls until the server ends it or fills it; messages are handed over
-as soon as they arrive. After a reconnect the next request goes out at once: a restarted
-server has forgotten the open one.
+as soon as they arrive.
+
+A request whose end was not heard (the connection was lost, or it outlived its expiry)
+may still be open. nats-server keeps a waiting pull request while its reply subject has
+interest whenever it looks (before delivering to it, and when sweeping out expired
+requests), whichever connection that interest belongs to: a client that reconnects (a
+dropped TCP connection, a cluster client failing over) and subscribes the same subjects
+again revives it. A restarted server has forgotten it instead. Delivered messages carry
+their stream subject, not the reply subject, so what such a request brings beside the
+next one cannot be told apart on a shared subscription. So the next request goes out on
+a fresh inbox, and then the old inbox's subscription is drained: the server drops the
+old request when it next looks for interest, and what it sent before is nak'd (or, if it
+slips through the drain, redelivered after ack_wait). The consumer thus never holds more
+delivered messages than its open request asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections import deque
@@ -28,9 +41,9 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DEFAULT_PREFIX, ConsumerConfig, Header
 
-# Seconds a pull request stays open on the server. Short, because a request lost some
-# other way than a reconnect is only noticed when it should have ended: after this plus
-# GRACE.
+# Seconds a pull request stays open on the server. Short, because a request whose end
+# is lost some other way than a reconnect is only noticed when it should have ended:
+# after this plus GRACE.
 EXPIRES = 2.0
 GRACE = 1.0
 # Seconds between looks at the connection's reconnect count while waiting.
@@ -48,6 +61,8 @@ class PullConsumer:
         self._stream = stream
         self._durable = durable
         self._next_subject = f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        # Reply subjects are `<inbox>.<n>`, all on one subscription, made at the first
+        # request after the inbox changes.
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._ready: deque[Msg] = deque()
@@ -69,7 +84,6 @@ class PullConsumer:
             config.durable_name = config.name = self._durable
             config.filter_subject = subject
             await self._js.add_consumer(self._stream, config=config)
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_message)
 
     async def fetch(self, batch: int, wait: float) -> list[Msg]:
         """Up to `batch` delivered messages, as soon as there is one; [] after `wait`
@@ -87,12 +101,17 @@ class PullConsumer:
             # Cleared before any await, so an arrival during the request below still
             # wakes the wait.
             self._arrived.clear()
-            if not self._open or now > self._lapses or self._reconnected():
-                await self._request(batch)
+            wake = min(deadline, now + RECONNECT_CHECK)
+            # While reconnecting a request would only be buffered, and sent beside the
+            # one that the reconnect calls for.
+            if not self._nc.is_reconnecting:
+                if not self._open:
+                    await self._request(batch)
+                elif now > self._lapses or self._reconnected():
+                    await self._abandon(batch)
+                wake = min(wake, self._lapses)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(
-                    min(deadline, self._lapses, now + RECONNECT_CHECK) - now
-                ):
+                async with asyncio.timeout(wake - time.monotonic()):
                     await self._arrived.wait()
 
     async def close(self) -> None:
@@ -105,7 +124,31 @@ class PullConsumer:
             with contextlib.suppress(Exception):
                 await self._ready.popleft().nak()
 
+    async def _abandon(self, batch: int) -> None:
+        """Replace the open request, whose end was not heard, and its inbox."""
+        # From here on what the old subscription brings is nak'd (_on_message). The new
+        # request goes out before the old subscription's unsubscribe and those naks, so
+        # that the server finds it waiting when they arrive: nats-server before 2.10.16
+        # loses a nak'd message until ack_wait (before 2.10.14 also sending another one
+        # twice) when the only requests waiting then have no interest.
+        old, self._sub = self._sub, None
+        self._inbox = self._nc.new_inbox()
+        try:
+            await self._request(batch)
+        finally:
+            if old is not None:
+                # nats-py's drain writes its PING ahead of the UNSUB still in its buffer,
+                # so what the server sends between the two is dropped here and redelivered
+                # only after ack_wait: late, never handed out. A failed drain (a closed
+                # connection, no answer for 10 s) leaves nothing to renew: the old request
+                # has expired (EXPIRES) before a reconnect could subscribe its inbox again.
+                await old.drain()
+
     async def _request(self, batch: int) -> None:
+        if self._sub is None:
+            self._sub = await self._nc.subscribe(
+                f"{self._inbox}.*", cb=functools.partial(self._on_message, self._inbox)
+            )
         self._requests += 1
         self._open = f"{self._inbox}.{self._requests}"
         self._left = batch
@@ -115,17 +158,22 @@ class PullConsumer:
         await self._nc.publish(self._next_subject, json.dumps(pull).encode(), reply=self._open)
 
     def _reconnected(self) -> bool:
-        # A restarted server has forgotten the open request. One that survived a mere
-        # reconnect still delivers; its messages are handed out beside the new request's.
+        # A restarted server has forgotten the open request; one that was not restarted
+        # may still have it.
         return self._nc.stats["reconnects"] != self._reconnects
 
-    async def _on_message(self, msg: Msg) -> None:
+    async def _on_message(self, inbox: str, msg: Msg) -> None:
         status = msg.headers.get(Header.STATUS) if msg.headers else None
+        if inbox != self._inbox:
+            # From a request given up: back to the stream at once.
+            if status is None:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            return
         if status is None:
             self._ready.append(msg)
-            # A message keeps its own subject, so one an earlier request brings late cannot
-            # be told apart: it is counted against the open request too, which at worst
-            # makes the next request go out early.
+            # Every earlier request on this inbox was heard to end (or filled) before the
+            # open one went out, so this message is the open request's.
             self._left -= 1
             if self._left <= 0:
                 self._open = ""  # filled: the server sends no status for that
