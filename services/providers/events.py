@@ -23,7 +23,9 @@ class EventPublisher:
 
     `delivery_id` is random rather than JetStream's delivery count: a re-run's progress
     must never share an id with an earlier run's within the stream's duplicate window, and
-    that count has been seen to come back as 1 on a redelivery.
+    that count has been seen to come back as 1 on a redelivery. Every message carries it as
+    its run_id, with its index in this run (1, 2, ...), so the router can apply the run's
+    messages in the order they were published, whichever router replica gets which.
 
     Progress goes out in order without holding up the job: a background sender publishes
     what has gathered after `linger` seconds, one message at a time. An outcome takes
@@ -63,6 +65,7 @@ class EventPublisher:
             self._ending = True
             await self.flush()
             events, self._pending = [*self._pending, event], []
+            self._count += 1
             await self._send(events, f"{self._job_id}:{self._attempt}:end")
             return
         self._pending.append(event)
@@ -96,7 +99,13 @@ class EventPublisher:
             await self._send(events, msg_id)
 
     async def _send(self, events: list[job_pb2.JobEvent], msg_id: str) -> None:
-        wrapper = bus_pb2.WorkerEvent(events=events, attempt=self._attempt, worker_id=self._worker)
+        wrapper = bus_pb2.WorkerEvent(
+            events=events,
+            attempt=self._attempt,
+            worker_id=self._worker,
+            run_id=self.delivery_id,
+            index=self._count,
+        )
         await self._js.publish(
             self._bus.events_subject(self._job_id),
             wrapper.SerializeToString(),

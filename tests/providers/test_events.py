@@ -115,6 +115,34 @@ async def test_a_rerun_of_the_same_attempt_has_its_progress_stored_too(
     assert [labels for _, labels in await stored(js, bus)] == [["first run"], ["second run"]]
 
 
+async def test_every_message_names_its_run_and_its_place_in_it(
+    js: JetStreamContext, bus: Bus
+) -> None:
+    # The router applies a run's messages by these numbers, whichever replica gets which.
+    first = publisher(js, bus, linger=60.0)
+    await first.publish(progress("started"))
+    await first.flush()
+    await first.publish(progress("half way"))
+    await first.flush()
+    await first.publish(job_pb2.JobEvent(state=job_pb2.JOB_STATE_FAILED))
+    second = publisher(js, bus, linger=60.0)  # a re-run numbers its messages afresh
+    await second.publish(progress("restarted"))
+    await second.flush()
+    info = await js.stream_info(bus.events_stream)
+    places = []
+    for seq in range(1, info.state.last_seq + 1):
+        raw = await js.get_msg(bus.events_stream, seq)
+        wrapper = bus_pb2.WorkerEvent.FromString(raw.data or b"")
+        places.append((wrapper.run_id, wrapper.index))
+    assert places == [
+        (first.delivery_id, 1),
+        (first.delivery_id, 2),
+        (first.delivery_id, 3),
+        (second.delivery_id, 1),
+    ]
+    assert first.delivery_id != second.delivery_id
+
+
 async def test_an_outcome_published_twice_is_stored_once(js: JetStreamContext, bus: Bus) -> None:
     # A redelivered job whose first delivery published its outcome but died before acking.
     for _ in range(2):

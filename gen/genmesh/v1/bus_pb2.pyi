@@ -51,8 +51,9 @@ Global___JobDispatch: _TypeAlias = JobDispatch  # noqa: Y015
 
 @_typing.final
 class WorkerEvent(_message.Message):
-    """Published by a worker on <prefix>.events.<job_id> (JetStream stream).
-    The router's recorder assigns the sequences when it applies the events.
+    """Published by a worker on <prefix>.events.<job_id> (JetStream stream), one message at a
+    time, each stored before the next is sent. The router's recorder assigns the sequences
+    when it applies the events.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -61,8 +62,19 @@ class WorkerEvent(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     worker_id: _builtins.str
+    run_id: _builtins.str
+    """The run that published this message: one delivery of the job to a worker, named at
+    random by the worker. Empty from workers that predate run_id.
+    """
+    index: _builtins.int
+    """This message's place among its run's messages, counting from 1. Router replicas share
+    the events consumer, so one job's messages can reach them out of order; the router
+    applies a run's messages in this order. 0 with an empty run_id.
+    """
     @_builtins.property
     def event(self) -> _job_pb2.JobEvent:
         """One event, as workers before `events` existed sent it; still read, no longer sent."""
@@ -80,10 +92,12 @@ class WorkerEvent(_message.Message):
         attempt: _builtins.int = ...,
         worker_id: _builtins.str = ...,
         events: _abc.Iterable[_job_pb2.JobEvent] | None = ...,
+        run_id: _builtins.str = ...,
+        index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "index", b"index", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
