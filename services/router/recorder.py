@@ -16,6 +16,7 @@ from services.common.bus import Bus
 from services.common.pulling import PullConsumer
 from services.router.fallback import Fallback
 from services.router.hedging import Hedger
+from services.router.ordering import defer_delay
 from services.router.queues import QueueDepths
 from services.router.store import Incoming, JobStore
 from services.router.watch import WatchHub
@@ -23,6 +24,8 @@ from services.router.watch import WatchHub
 log = logging.getLogger(__name__)
 
 BATCH = 512
+# Seconds a fetched event may go unacknowledged before JetStream sends it again.
+ACK_WAIT = 30.0
 
 
 class Recorder:
@@ -30,6 +33,11 @@ class Recorder:
 
     A batch is applied in one transaction and acked only after it commits, so a router
     that dies mid-batch leaves the events to be redelivered; the store drops repeats.
+
+    Replicas take a job's messages in any order, so the store applies each worker run's
+    messages in the order they were published (see ordering). One that came before its
+    predecessor is not applied but nakked, to come again after another replica (or this
+    one) has applied the predecessor.
     """
 
     def __init__(
@@ -52,7 +60,8 @@ class Recorder:
         self._fallback = fallback
         self._hedger = hedger
 
-    async def run(self) -> None:
+    async def consumer(self) -> PullConsumer:
+        """The shared recorder consumer (created if missing), ready to fetch from."""
         events = PullConsumer(
             self._nc, self._js, self._bus.events_stream, self._bus.recorder_consumer
         )
@@ -61,10 +70,15 @@ class Recorder:
             ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30.0,
+                ack_wait=ACK_WAIT,
+                # No max_deliver: a deferred message comes back as often as it must.
                 max_ack_pending=50_000,
             ),
         )
+        return events
+
+    async def run(self) -> None:
+        events = await self.consumer()
         try:
             while True:
                 try:
@@ -79,7 +93,7 @@ class Recorder:
                 if not msgs:
                     continue
                 try:
-                    await self._record(msgs)
+                    await self.record(msgs)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -89,7 +103,9 @@ class Recorder:
         finally:
             await events.close()
 
-    async def _record(self, msgs: list[Msg]) -> None:
+    async def record(self, msgs: list[Msg]) -> None:
+        """Apply fetched messages in one transaction; then ack them, or nak those deferred,
+        and tell the watchers."""
         batch: list[Incoming] = []
         good = []
         for msg in msgs:
@@ -100,10 +116,23 @@ class Recorder:
                 log.warning("dropping undecodable event on %s", msg.subject)
                 await msg.term()
                 continue
-            seq = msg.metadata.sequence.stream
+            meta = msg.metadata
+            seq = meta.sequence.stream
             attempt = wrapper.attempt or None
             events = wrapper.events or [wrapper.event]
-            batch.extend(Incoming(e.job_id, e, seq, attempt, part) for part, e in enumerate(events))
+            batch.extend(
+                Incoming(
+                    e.job_id,
+                    e,
+                    seq,
+                    attempt,
+                    part,
+                    run=wrapper.run_id,
+                    index=wrapper.index,
+                    deliveries=meta.num_delivered or 1,
+                )
+                for part, e in enumerate(events)
+            )
             good.append(msg)
         # Rerouted jobs are dispatched before the events are acked: a router dying in
         # between leaves them marked undispatched, and the next start publishes them.
@@ -111,6 +140,10 @@ class Recorder:
         await self._fallback.settle(routed)
         await self._hedger.settle(routed)
         for msg in good:
-            await msg.ack()
+            meta = msg.metadata
+            if meta.sequence.stream in routed.deferred:
+                await msg.nak(delay=defer_delay(meta.num_delivered or 1))
+            else:
+                await msg.ack()
         self._queues.observe(routed.events)
         await self._hub.publish(routed.events)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     Update,
     and_,
@@ -35,7 +36,7 @@ from genmesh.v1 import job_pb2
 from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
-from services.router import attempts
+from services.router import attempts, ordering
 from services.router.transitions import TERMINAL, accepts, fold
 
 _T = TypeVar("_T")
@@ -54,8 +55,11 @@ jobs = Table(
     Column("idempotency_key", String(200), nullable=True),
     Column("spec_hash", String(64), nullable=False),
     Column("last_sequence", Integer, nullable=False),
-    # Newest events-stream sequence applied; a redelivered event at or below it is a repeat.
+    # Highest events-stream sequence applied; a message without a run (from a worker before
+    # runs) at or below it is a repeat.
     Column("applied_stream_seq", Integer, nullable=False, default=0),
+    # Where each run of the job's workers has got to (ordering.Runs); NULL: none heard yet.
+    Column("runs", Text, nullable=True),
     Column("attempt", Integer, nullable=False, default=1),
     Column("dispatched", Boolean, nullable=False, default=False),
     Column("create_time", Double, nullable=False),
@@ -93,7 +97,7 @@ class DuplicateIdempotencyKey(Exception):
 class Incoming:
     """An event to apply; stream_seq is its events-stream sequence and attempt the attempt a
     worker reported it for (both None for the router's own events). The events of one
-    message share its stream_seq and are applied in one batch."""
+    message share its stream_seq, run, index and deliveries, and are applied in one batch."""
 
     job_id: str
     event: job_pb2.JobEvent
@@ -101,6 +105,12 @@ class Incoming:
     attempt: int | None = None
     # Its place among the events of its message.
     part: int = 0
+    # The worker's run that published the message and the message's index in it (see
+    # ordering); "" and 0 from a worker before runs.
+    run: str = ""
+    index: int = 0
+    # How often JetStream has delivered the message, this time included.
+    deliveries: int = 1
 
 
 _WHOLE = 1 << 30
@@ -122,6 +132,9 @@ class Routed:
     redispatch: list[job_pb2.Job] = field(default_factory=list)
     # (job id, why) for jobs completed while other attempts ran: their workers must stop.
     stop: list[tuple[str, str]] = field(default_factory=list)
+    # Stream sequences of messages that came before their predecessor in their run: not
+    # applied, to be handed back to come again.
+    deferred: set[int] = field(default_factory=set)
 
 
 # A new job's row and its first event's row, written together.
@@ -135,7 +148,62 @@ class _Row:
     job: job_pb2.Job
     stream_seq: int
     attempt: int
+    runs: ordering.Runs
     rerouted: bool = False
+
+
+class _Marks:
+    """Which of a batch's worker events are news, kept across the batch."""
+
+    def __init__(self) -> None:
+        # Per job: the last part applied of the message at row.stream_seq, for messages
+        # without a run this batch applied; a stored stream_seq's message was applied whole.
+        self._parts: dict[str, int] = {}
+        # Per job: the stream sequence of the message with a run last judged in this batch,
+        # and whether it applies; its other parts follow its first.
+        self._judged: dict[str, tuple[int, bool]] = {}
+
+    def fresh(self, row: _Row, item: Incoming, deferred: set[int]) -> bool:
+        """Whether a worker's event goes on to the state machine; notes it on the row, and
+        its message's stream sequence in `deferred` when it came early."""
+        seq = item.stream_seq
+        assert seq is not None
+        if not item.run:
+            # From a worker before runs: news when past the newest message applied.
+            if (seq, item.part) <= (row.stream_seq, self._parts.get(item.job_id, _WHOLE)):
+                return False  # a redelivery
+            row.stream_seq = seq
+            self._parts[item.job_id] = item.part
+            return True
+        if item.part:
+            return self._judged.get(item.job_id) == (seq, True)
+        fresh = self._judge(row, item, seq, deferred)
+        self._judged[item.job_id] = (seq, fresh)
+        if fresh and seq > row.stream_seq:
+            row.stream_seq = seq
+            self._parts.pop(item.job_id, None)
+        return fresh
+
+    @staticmethod
+    def _judge(row: _Row, item: Incoming, seq: int, deferred: set[int]) -> bool:
+        job = row.job
+        if job.state in TERMINAL or (
+            item.attempt is not None and not attempts.accepts_from(job, item.attempt, row.attempt)
+        ):
+            # Nothing from it can apply, now or later: no need to wait for its turn.
+            return False
+        verdict = row.runs.place(
+            item.run,
+            item.attempt or 0,
+            item.index,
+            seq,
+            overdue=ordering.overdue(item.deliveries),
+        )
+        if verdict is ordering.Verdict.EARLY:
+            deferred.add(seq)
+        if verdict is ordering.Verdict.OVERDUE:
+            return seq > row.stream_seq
+        return verdict is ordering.Verdict.NEXT
 
 
 @dataclass(frozen=True)
@@ -348,20 +416,18 @@ class JobStore:
         async with self._engine.begin() as conn:
             rows = await self._lock_jobs(conn, ids)
             touched: dict[str, _Row] = {}
-            # The last part applied of the message at row.stream_seq, for jobs this batch
-            # moved on; a stored stream_seq's message was applied whole.
-            parts: dict[str, int] = {}
+            marks = _Marks()
             for item in batch:
                 row = touched.get(item.job_id) or rows.get(item.job_id)
                 if row is None:
                     continue
                 job = row.job
                 if item.stream_seq is not None:
-                    applied = (row.stream_seq, parts.get(item.job_id, _WHOLE))
-                    if (item.stream_seq, item.part) <= applied:
-                        continue  # a redelivery
-                    row.stream_seq = item.stream_seq
-                    parts[item.job_id] = item.part
+                    fresh = marks.fresh(row, item, routed.deferred)
+                    if row.runs.changed:
+                        touched[item.job_id] = row
+                    if not fresh:
+                        continue
                 touched[item.job_id] = row
                 if item.attempt is not None and not attempts.accepts_from(
                     job, item.attempt, row.attempt
@@ -408,6 +474,7 @@ class JobStore:
                     "provider": row.job.provider,
                     "last_sequence": row.job.last_sequence,
                     "applied_stream_seq": row.stream_seq,
+                    "runs": row.runs.dump(),
                     "update_time": now,
                     "body": row.job.SerializeToString(),
                 }
@@ -464,7 +531,10 @@ class JobStore:
         # Router replicas share the recorder consumer; the row lock serialises one job's events.
         query = _LOCK_JOBS_FOR_UPDATE if self._locking else _LOCK_JOBS
         rows = await conn.execute(query, {"ids": ids})
-        return {r.id: _Row(_job(r.body), r.applied_stream_seq, r.attempt) for r in rows}
+        return {
+            r.id: _Row(_job(r.body), r.applied_stream_seq, r.attempt, ordering.Runs.load(r.runs))
+            for r in rows
+        }
 
     async def mark_dispatched(self, ids: Sequence[str]) -> None:
         if not ids:
@@ -553,9 +623,9 @@ _INSERT_EVENTS = insert(job_events)
 _MARK_DISPATCHED = (
     update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(dispatched=True)
 )
-_LOCK_JOBS = select(jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq, jobs.c.attempt).where(
-    jobs.c.id.in_(bindparam("ids", expanding=True))
-)
+_LOCK_JOBS = select(
+    jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq, jobs.c.attempt, jobs.c.runs
+).where(jobs.c.id.in_(bindparam("ids", expanding=True)))
 _LOCK_JOBS_FOR_UPDATE = _LOCK_JOBS.with_for_update()
 
 
@@ -597,6 +667,7 @@ def _job_row(job: job_pb2.Job, spec_hash: str, *, dispatched: bool = False) -> d
         "spec_hash": spec_hash,
         "last_sequence": job.last_sequence,
         "applied_stream_seq": 0,
+        "runs": None,
         "attempt": 1,
         "dispatched": dispatched,
         "create_time": job.create_time.ToNanoseconds() / 1e9,

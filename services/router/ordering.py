@@ -1,0 +1,127 @@
+"""Putting a job's worker messages back in the order they were published.
+
+Every router replica fetches from the one recorder consumer, so two messages of one job can
+reach two replicas and be applied in either order. Applied in the wrong order, the earlier
+message would look like a repeat or a step backwards and be lost, with its progress.
+
+A worker numbers the messages of each run (one delivery of the job to it, named at random)
+from 1, and stores each before it sends the next. A job's row keeps where each of its runs
+has got to, and the store takes a message from run r with index i at stream sequence s as:
+
+- a repeat, dropped: i is at or below r's last index;
+- stale, dropped: a later run of the same attempt began after s, so r was given up on (the
+  job was redelivered) before it published this; stream order would have dropped it too;
+- next, applied: i follows r's last index, or is 1 for a run not seen before;
+- early, deferred: anything else. Its predecessor is on its way, maybe through another
+  replica; the recorder hands the message back to JetStream to come again shortly.
+
+A message counts as handled once it is judged, whatever the state machine then makes of it,
+so nothing waits for a message that was dropped. Runs are kept per attempt: a hedged job
+has two attempts publishing at once, and neither supersedes the other.
+
+A message that has waited DEFER_FOR seconds (counted by its deliveries) waits no more and
+is judged by stream sequence alone, as messages without a run are: its predecessor is not
+coming (it left the stream, or its run was forgotten). DEFER_FOR outlasts the recorder's
+ack wait, so a predecessor held by a replica that died comes back first.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+
+# Seconds before a deferred message comes again: doubling from FIRST_DELAY up to MAX_DELAY.
+FIRST_DELAY = 0.05
+MAX_DELAY = 2.0
+# Seconds a message waits for its predecessor before stream order decides.
+DEFER_FOR = 45.0
+# Runs remembered per attempt, the latest begun; an attempt has one per delivery of the job.
+KEEP = 4
+
+
+class Verdict(enum.Enum):
+    NEXT = "next"  # apply it
+    REPEAT = "repeat"  # drop it
+    STALE = "stale"  # drop it
+    EARLY = "early"  # defer it
+    OVERDUE = "overdue"  # early, but waited long enough: apply it if stream order allows
+
+
+@dataclass
+class _Run:
+    attempt: int
+    last: int  # the highest index handled
+    start: int  # stream sequence of its message 1; 0 until that is handled
+
+
+class Runs:
+    """Where each of a job's runs has got to, as kept in its row (jobs.runs)."""
+
+    def __init__(self, runs: dict[str, _Run] | None = None) -> None:
+        self._runs = runs or {}
+        self.changed = False
+
+    @classmethod
+    def load(cls, stored: str | None) -> Runs:
+        if not stored:
+            return cls()
+        return cls({r: _Run(a, last, start) for r, a, last, start in json.loads(stored)})
+
+    def dump(self) -> str | None:
+        if not self._runs:
+            return None
+        return json.dumps([[r, x.attempt, x.last, x.start] for r, x in self._runs.items()])
+
+    def place(self, run: str, attempt: int, index: int, seq: int, *, overdue: bool) -> Verdict:
+        """Judge message `index` of `run` (of `attempt`), at stream sequence `seq`; a
+        message judged anything but EARLY is noted as handled."""
+        known = self._runs.get(run)
+        if known is not None and index <= known.last:
+            return Verdict.REPEAT
+        if any(r.attempt == attempt and r.start > seq for r in self._runs.values()):
+            verdict = Verdict.STALE
+        elif index == (known.last if known is not None else 0) + 1:
+            verdict = Verdict.NEXT
+        elif overdue:
+            verdict = Verdict.OVERDUE
+        else:
+            return Verdict.EARLY
+        if known is None:
+            known = self._runs[run] = _Run(attempt, 0, 0)
+            self._forget_old(attempt, run)
+        known.last = index
+        if index == 1:
+            known.start = seq
+        self.changed = True
+        return verdict
+
+    def _forget_old(self, attempt: int, keep: str) -> None:
+        """Forget the attempt's earliest begun runs beyond KEEP, never `keep`. What a
+        forgotten run still sends is stale if published before a later run began, and
+        otherwise waits until overdue."""
+        ours = sorted((r.start, name) for name, r in self._runs.items() if r.attempt == attempt)
+        for _, name in [o for o in ours if o[1] != keep][: max(len(ours) - KEEP, 0)]:
+            del self._runs[name]
+
+
+def defer_delay(deliveries: int) -> float:
+    """Seconds until a message deferred at its `deliveries`-th delivery comes again."""
+    return min(FIRST_DELAY * 2 ** min(deliveries - 1, 30), MAX_DELAY)
+
+
+def _first_overdue() -> int:
+    waited, deliveries = 0.0, 1
+    while waited < DEFER_FOR:
+        waited += defer_delay(deliveries)
+        deliveries += 1
+    return deliveries
+
+
+# The delivery at which a message deferred each time before has waited DEFER_FOR seconds.
+OVERDUE_AT = _first_overdue()
+
+
+def overdue(deliveries: int) -> bool:
+    """Whether a message delivered this often has waited long enough for its predecessor."""
+    return deliveries >= OVERDUE_AT
