@@ -37,7 +37,7 @@ from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
 from services.router import attempts, ordering
-from services.router.transitions import TERMINAL, accepts, fold
+from services.router.transitions import TERMINAL, applied_state, fold
 
 _T = TypeVar("_T")
 
@@ -433,10 +433,12 @@ class JobStore:
                     job, item.attempt, row.attempt
                 ):
                     continue  # a late word from a provider the job has moved on from
-                if not accepts(job.state, item.event.state):
+                state = applied_state(job.state, item.event.state)
+                if state is None:
                     continue
                 event = job_pb2.JobEvent()
                 event.CopyFrom(item.event)
+                event.state = state
                 if not event.HasField("time"):
                     event.time.GetCurrentTime()
                 running = attempts.running(job)

@@ -31,6 +31,17 @@ def accepts(current: job_pb2.JobState.ValueType, new: job_pb2.JobState.ValueType
     return _RANK[new] > _RANK[current]
 
 
+def applied_state(
+    current: job_pb2.JobState.ValueType, new: job_pb2.JobState.ValueType
+) -> job_pb2.JobState.ValueType | None:
+    """The state an event in state `new` leaves a job in `current` in; None when it does not
+    apply. Progress reported after a preview (PROCESSING) is still progress: the job stays
+    PREVIEW_READY, keeping its preview, rather than losing the report as a step backwards."""
+    if current == job_pb2.JOB_STATE_PREVIEW_READY and new == job_pb2.JOB_STATE_PROCESSING:
+        return current
+    return new if accepts(current, new) else None
+
+
 def fold(job: job_pb2.Job, event: job_pb2.JobEvent) -> None:
     """Apply an accepted, sequenced event to the job snapshot."""
     job.state = event.state

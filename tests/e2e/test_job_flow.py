@@ -231,3 +231,17 @@ async def test_jobs_are_scoped_to_their_tenant(mesh: Mesh) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(), metadata=other)
     assert list(listed.jobs) == []
+
+
+async def test_progress_after_the_preview_reaches_the_watcher(mesh: Mesh) -> None:
+    # The sandbox shows its preview half way, then reports the rest of its steps.
+    job = await submit(mesh, spec(latency_ms=400, steps=4, width=32, height=32, preview=True))
+    events = await mesh.watch(job.id)
+    steps = [(e.state, e.progress.message) for e in events if e.progress.message.startswith("step")]
+    assert steps == [
+        (P, "step 1/4"),
+        (P, "step 2/4"),
+        (PR, "step 3/4"),
+        (PR, "step 4/4"),
+    ]
+    assert collapse([e.state for e in events]) == [Q, P, PR, C]

@@ -139,7 +139,7 @@ def sent(
     deliveries: int = 1,
 ) -> list[Incoming]:
     """Message `index` of worker run `run`, at stream sequence `seq`: progress events by
-    their message ("preview" shows one, "done" completes)."""
+    their message ("preview" shows one, "queued" steps back to QUEUED, "done" completes)."""
     parts = []
     for part, label in enumerate(labels):
         event = job_pb2.JobEvent(job_id=JOB, state=PROCESSING)
@@ -148,6 +148,8 @@ def sent(
         else:
             if label == "preview":
                 event.state = PREVIEW_READY
+            elif label == "queued":
+                event.state = job_pb2.JOB_STATE_QUEUED
             event.progress.message = label
         parts.append(
             Incoming(
@@ -225,7 +227,7 @@ async def test_a_message_the_state_machine_drops_still_takes_its_turn(world: Wor
     await created(world.store)
     assert labels(await apply(world, sent(5, "r", 1, "preview"))) == ["preview"]
     # A step backwards: dropped, but handled, so the message after it need not wait.
-    backwards = await apply(world, sent(6, "r", 2, "behind"))
+    backwards = await apply(world, sent(6, "r", 2, "queued"))
     assert (backwards.events, backwards.deferred) == ([], set())
     assert labels(await apply(world, sent(7, "r", 3, "preview"))) == ["preview"]
 

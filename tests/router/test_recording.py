@@ -61,3 +61,32 @@ async def test_a_redelivered_message_applies_nothing(world: World) -> None:
         "step 1",
         "step 2",
     ]
+
+
+async def test_progress_after_a_preview_is_kept_and_the_job_stays_preview_ready(
+    world: World,
+) -> None:
+    await created(world.store)
+    await world.store.apply(message(5, "started"))
+    preview = job_pb2.JobEvent(job_id="j_fallback", state=job_pb2.JOB_STATE_PREVIEW_READY)
+    preview.preview.id = "a_preview"
+    await world.store.apply([Incoming("j_fallback", preview, stream_seq=6, attempt=1)])
+    # A provider keeps reporting progress (as PROCESSING) while it finishes the full image.
+    applied = await world.store.apply(message(7, "step 3/4", "step 4/4"))
+    assert [(e.state, e.progress.message) for e in applied] == [
+        (job_pb2.JOB_STATE_PREVIEW_READY, "step 3/4"),
+        (job_pb2.JOB_STATE_PREVIEW_READY, "step 4/4"),
+    ]
+    job = await world.store.get("t", "j_fallback")
+    assert job is not None
+    assert job.state == job_pb2.JOB_STATE_PREVIEW_READY and job.preview.id == "a_preview"
+    assert job.progress.message == "step 4/4"
+    await world.store.apply(message(8, "done"))
+    assert [label for _, label in await recorded(world)] == [
+        "JOB_STATE_QUEUED",
+        "started",
+        "JOB_STATE_PREVIEW_READY",
+        "step 3/4",
+        "step 4/4",
+        "JOB_STATE_COMPLETED",
+    ]
