@@ -60,14 +60,13 @@ def postgres_url() -> Iterator[str | None]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None
-) -> AsyncIterator[Database]:
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """A fresh database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
     if request.param == "sqlite":
         yield Database(f"sqlite:///{tmp_path / 'test.db'}", "", "sqlite")
         return
-    url = postgres_url
+    # Asked for here only: a SQLite run needs no PostgreSQL found or started.
+    url: str | None = request.getfixturevalue("postgres_url")
     if url is None:
         pytest.skip("no PostgreSQL: set GENMESH_TEST_POSTGRES_URL, run one on 5432 or Docker")
     schema = unique("t_")

@@ -36,5 +36,10 @@ async def follow(kv: KeyValue, apply: Callable[[KeyValue.Entry], None]) -> async
                 await watcher.stop()
 
     task = asyncio.create_task(run())
-    await loaded
+    try:
+        await loaded
+    except BaseException:
+        # Cancelled while loading: the caller never gets the task to cancel it.
+        task.cancel()
+        raise
     return task

@@ -137,12 +137,22 @@ class PullConsumer:
             await self._request(batch)
         finally:
             if old is not None:
-                # nats-py's drain writes its PING ahead of the UNSUB still in its buffer,
-                # so what the server sends between the two is dropped here and redelivered
-                # only after ack_wait: late, never handed out. A failed drain (a closed
-                # connection, no answer for 10 s) leaves nothing to renew: the old request
-                # has expired (EXPIRES) before a reconnect could subscribe its inbox again.
-                await old.drain()
+                await self._let_go(old)
+
+    async def _let_go(self, old: Subscription) -> None:
+        """Unsubscribe an abandoned inbox, letting what is already on its way be nak'd."""
+        # nats-py's drain writes its PING ahead of the UNSUB still in its buffer, so what
+        # the server sends between the two is dropped here and redelivered only after
+        # ack_wait: late, never handed out.
+        try:
+            await old.drain()
+        except BaseException:
+            # A drain that failed or was cut short (a closed connection, no answer for
+            # 10 s, cancellation) may leave the subscription registered, to be subscribed
+            # again on the next reconnect and revive the old request: remove it outright.
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+            raise
 
     async def _request(self, batch: int) -> None:
         if self._sub is None:

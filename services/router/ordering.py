@@ -10,7 +10,9 @@ has got to, and the store takes a message from run r with index i at stream sequ
 
 - a repeat, dropped: i is at or below r's last index;
 - stale, dropped: a later run of the same attempt began after s, so r was given up on (the
-  job was redelivered) before it published this; stream order would have dropped it too;
+  job was redelivered) before it published this. Never an outcome: an attempt stores one
+  outcome at most (its message id is the attempt's), so a later run's would be discarded
+  by JetStream as a repeat, and dropping this one would leave the job without any;
 - next, applied: i follows r's last index, or is 1 for a run not seen before;
 - early, deferred: anything else. Its predecessor is on its way, maybe through another
   replica; the recorder hands the message back to JetStream to come again shortly.
@@ -19,10 +21,14 @@ A message counts as handled once it is judged, whatever the state machine then m
 so nothing waits for a message that was dropped. Runs are kept per attempt: a hedged job
 has two attempts publishing at once, and neither supersedes the other.
 
-A message that has waited DEFER_FOR seconds (counted by its deliveries) waits no more and
-is judged by stream sequence alone, as messages without a run are: its predecessor is not
-coming (it left the stream, or its run was forgotten). DEFER_FOR outlasts the recorder's
-ack wait, so a predecessor held by a replica that died comes back first.
+A message that has waited DEFER_FOR seconds waits no more and is judged by stream sequence
+alone, as messages without a run are (an outcome is applied): its predecessor is not
+coming (it left the stream, or its run was forgotten). Waiting means both: it is DEFER_FOR
+seconds old (from the stream's timestamp) and was delivered as often as deferrals that
+long take, so neither an old backlog nor a burst of redeliveries after a failed batch
+cuts the wait short; past GIVE_UP seconds its age alone decides, so nothing is handed back
+forever should its delivery count be reset. DEFER_FOR outlasts the recorder's ack wait,
+so a predecessor held by a replica that died comes back first.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ FIRST_DELAY = 0.05
 MAX_DELAY = 2.0
 # Seconds a message waits for its predecessor before stream order decides.
 DEFER_FOR = 45.0
+# Seconds after which a message's age alone makes it overdue.
+GIVE_UP = 4 * DEFER_FOR
 # Runs remembered per attempt, the latest begun; an attempt has one per delivery of the job.
 KEEP = 4
 
@@ -73,15 +81,26 @@ class Runs:
             return None
         return json.dumps([[r, x.attempt, x.last, x.start] for r, x in self._runs.items()])
 
-    def place(self, run: str, attempt: int, index: int, seq: int, *, overdue: bool) -> Verdict:
-        """Judge message `index` of `run` (of `attempt`), at stream sequence `seq`; a
-        message judged anything but EARLY is noted as handled."""
+    def place(
+        self,
+        run: str,
+        attempt: int,
+        index: int,
+        seq: int,
+        *,
+        overdue: bool,
+        outcome: bool = False,
+    ) -> Verdict:
+        """Judge message `index` of `run` (of `attempt`), at stream sequence `seq`, which
+        carries the attempt's `outcome` or not; a message judged anything but EARLY is noted
+        as handled."""
         known = self._runs.get(run)
         if known is not None and index <= known.last:
             return Verdict.REPEAT
-        if any(r.attempt == attempt and r.start > seq for r in self._runs.values()):
+        superseded = any(r.attempt == attempt and r.start > seq for r in self._runs.values())
+        if superseded and not outcome:
             verdict = Verdict.STALE
-        elif index == (known.last if known is not None else 0) + 1:
+        elif superseded or index == (known.last if known is not None else 0) + 1:
             verdict = Verdict.NEXT
         elif overdue:
             verdict = Verdict.OVERDUE
@@ -122,6 +141,7 @@ def _first_overdue() -> int:
 OVERDUE_AT = _first_overdue()
 
 
-def overdue(deliveries: int) -> bool:
-    """Whether a message delivered this often has waited long enough for its predecessor."""
-    return deliveries >= OVERDUE_AT
+def overdue(deliveries: int, age: float) -> bool:
+    """Whether a message delivered this often, `age` seconds after it was stored, has
+    waited long enough for its predecessor."""
+    return (deliveries >= OVERDUE_AT and age >= DEFER_FOR) or age >= GIVE_UP

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import nats.errors
 from nats.aio.client import Client
@@ -19,6 +20,7 @@ from services.router.hedging import Hedger
 from services.router.ordering import defer_delay
 from services.router.queues import QueueDepths
 from services.router.store import Incoming, JobStore
+from services.router.transitions import TERMINAL
 from services.router.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class Recorder:
             seq = meta.sequence.stream
             attempt = wrapper.attempt or None
             events = wrapper.events or [wrapper.event]
+            age = max(0.0, time.time() - meta.timestamp.timestamp())
             batch.extend(
                 Incoming(
                     e.job_id,
@@ -130,6 +133,8 @@ class Recorder:
                     run=wrapper.run_id,
                     index=wrapper.index,
                     deliveries=meta.num_delivered or 1,
+                    age=age,
+                    outcome=events[-1].state in TERMINAL,
                 )
                 for part, e in enumerate(events)
             )

@@ -78,6 +78,10 @@ class Replicas:
         now = self._clock()
         if not self._current(now):
             return self._count
+        # Keys of replicas long dead (expired by TTL: no watcher hears of that on every
+        # server version) are forgotten, so the map does not grow with every crash.
+        for key in [k for k, heard in self._heard.items() if now - heard > 2 * self._liveness]:
+            del self._heard[key]
         live = sum(1 for heard in self._heard.values() if now - heard <= self._liveness)
         self._count = max(1, live)
         return self._count

@@ -109,8 +109,12 @@ class Incoming:
     # ordering); "" and 0 from a worker before runs.
     run: str = ""
     index: int = 0
-    # How often JetStream has delivered the message, this time included.
+    # How often JetStream has delivered the message, this time included, and seconds since
+    # it was stored.
     deliveries: int = 1
+    age: float = 0.0
+    # Whether the message carries its attempt's outcome.
+    outcome: bool = False
 
 
 _WHOLE = 1 << 30
@@ -197,12 +201,13 @@ class _Marks:
             item.attempt or 0,
             item.index,
             seq,
-            overdue=ordering.overdue(item.deliveries),
+            overdue=ordering.overdue(item.deliveries, item.age),
+            outcome=item.outcome,
         )
         if verdict is ordering.Verdict.EARLY:
             deferred.add(seq)
         if verdict is ordering.Verdict.OVERDUE:
-            return seq > row.stream_seq
+            return item.outcome or seq > row.stream_seq
         return verdict is ordering.Verdict.NEXT
 
 

@@ -120,10 +120,7 @@ def started(events: list[job_pb2.JobEvent]) -> float:
 
 
 def left_queue(events: list[job_pb2.JobEvent]) -> float:
-    """When the job's first event after QUEUED happened, in seconds: after its dispatch.
-
-    Usually PROCESSING, but with two router replicas one may record a quick job's outcome
-    before the other records its PROCESSING message, which then no longer applies."""
+    """When the job's first event after QUEUED happened, in seconds: after its dispatch."""
     return next(e.time.ToNanoseconds() / 1e9 for e in events if e.state != QUEUED)
 
 

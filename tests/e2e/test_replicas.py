@@ -37,7 +37,7 @@ async def test_two_replicas_record_every_jobs_whole_history(
                 task=job_pb2.TASK_TEXT_TO_IMAGE,
                 prompt="a red fox in snow",
                 # Longer than the worker's linger, so progress travels in several messages;
-                # no preview, as progress after one is dropped (states only move forward).
+                # no preview, so each job's history is its progress steps alone.
                 parameters=dict_to_struct(
                     {"latency_ms": 120, "steps": STEPS, "preview": False, "width": 32}
                 ),

@@ -27,7 +27,7 @@ from tests.gateway.conftest import bridge_http, read_sse, serving_grpc
 from tests.infra import free_port
 
 # The bridge's router timeout here, in seconds.
-TIMEOUT = 0.5
+TIMEOUT = 1.0
 # Generous, yet well short of the 30 s the bridge used to allow whatever its settings.
 PATIENCE = 10.0
 SPEC = {"task": "text-to-image", "prompt": "a red fox in snow"}
@@ -84,7 +84,7 @@ class _Hung(
         job = job_pb2.Job(id="slow", state=job_pb2.JOB_STATE_PROCESSING, last_sequence=1)
         yield job_service_pb2.WatchJobResponse(job=job)
         # Longer than the timeout between two messages of a stream that has begun.
-        await asyncio.sleep(4 * TIMEOUT)
+        await asyncio.sleep(2.5 * TIMEOUT)
         done = job_pb2.JobEvent(job_id="slow", sequence=2, state=job_pb2.JOB_STATE_COMPLETED)
         yield job_service_pb2.WatchJobResponse(event=done)
 
@@ -128,7 +128,7 @@ async def test_a_hung_router_is_a_deadline_not_a_hang(
         assert_deadline(await asyncio.wait_for(call, PATIENCE), name)
         # The router was given the setting, not a constant of the bridge's (the deadline
         # travels as a header, rounded up: about TIMEOUT, not exactly).
-        remaining = router.remaining[name]
+        remaining = router.remaining.get(name)
         assert remaining is not None and remaining < 2 * TIMEOUT, (name, remaining)
 
 

@@ -26,6 +26,8 @@ from services.router.watch import Listener, WatchHub
 from tests.router.helpers import World, created
 
 JOB = "j_fallback"
+# Seconds a message has waited once it has been deferred long enough.
+WAITED = ordering.DEFER_FOR
 QUEUED = job_pb2.JOB_STATE_QUEUED
 PROCESSING = job_pb2.JOB_STATE_PROCESSING
 PREVIEW_READY = job_pb2.JOB_STATE_PREVIEW_READY
@@ -137,6 +139,7 @@ def sent(
     *labels: str,
     attempt: int = 1,
     deliveries: int = 1,
+    age: float = 0.0,
 ) -> list[Incoming]:
     """Message `index` of worker run `run`, at stream sequence `seq`: progress events by
     their message ("preview" shows one, "queued" steps back to QUEUED, "done" completes)."""
@@ -161,6 +164,8 @@ def sent(
                 run=run,
                 index=index,
                 deliveries=deliveries,
+                age=age,
+                outcome=labels[-1] == "done",
             )
         )
     return parts
@@ -236,9 +241,11 @@ async def test_a_message_deferred_long_enough_applies_by_stream_order(world: Wor
     await created(world.store)
     assert labels(await apply(world, sent(5, "r", 1, "started"))) == ["started"]
     # Message 2 never comes (it left the stream): message 3 waits, then stops waiting.
-    waiting = await apply(world, sent(7, "r", 3, "on", deliveries=ordering.OVERDUE_AT - 1))
+    waiting = await apply(
+        world, sent(7, "r", 3, "on", deliveries=ordering.OVERDUE_AT - 1, age=WAITED)
+    )
     assert (waiting.events, waiting.deferred) == ([], {7})
-    late = await apply(world, sent(7, "r", 3, "on", deliveries=ordering.OVERDUE_AT))
+    late = await apply(world, sent(7, "r", 3, "on", deliveries=ordering.OVERDUE_AT, age=WAITED))
     assert (labels(late), late.deferred) == (["on"], set())
     # Should message 2 turn up after all, it is behind: dropped, and nothing waits.
     behind = await apply(world, sent(6, "r", 2, "lost"))
@@ -251,7 +258,9 @@ async def test_an_overdue_message_stream_order_has_passed_is_dropped(world: Worl
     await apply(world, sent(5, "r1", 1, "started"))
     await apply(world, sent(9, "r2", 1, "elsewhere"), sent(10, "r2", 2, "on"))
     # An unknown run's message, not message 1, published before what has been applied.
-    overdue = await apply(world, sent(8, "r9", 4, "old", deliveries=ordering.OVERDUE_AT))
+    overdue = await apply(
+        world, sent(8, "r9", 4, "old", deliveries=ordering.OVERDUE_AT, age=WAITED)
+    )
     assert (overdue.events, overdue.deferred) == ([], set())
 
 
@@ -311,5 +320,27 @@ def test_a_deferred_message_waits_longer_than_a_dead_replica_holds_its_predecess
     assert sum(delays) >= ordering.DEFER_FOR > ACK_WAIT
     assert sum(delays[:-1]) < ordering.DEFER_FOR
     assert delays[0] == ordering.FIRST_DELAY and max(delays) == ordering.MAX_DELAY
-    assert not ordering.overdue(ordering.OVERDUE_AT - 1)
-    assert ordering.overdue(ordering.OVERDUE_AT)
+    assert not ordering.overdue(ordering.OVERDUE_AT - 1, WAITED)
+    assert ordering.overdue(ordering.OVERDUE_AT, WAITED)
+
+
+def test_waiting_takes_both_time_and_deferrals() -> None:
+    # Redelivered often within seconds (batches failing while the database was away): not
+    # a wait for a predecessor.
+    assert not ordering.overdue(ordering.OVERDUE_AT * 3, 5.0)
+    # Old but delivered once (a backlog after an outage): not a wait either.
+    assert not ordering.overdue(1, ordering.DEFER_FOR * 2)
+    # Old enough, whatever its delivery count says (JetStream has reported 1 on a
+    # redelivery): nothing is handed back forever.
+    assert ordering.overdue(1, ordering.GIVE_UP)
+
+
+async def test_an_outcome_is_applied_even_from_a_run_given_up_on(world: World) -> None:
+    await created(world.store)
+    assert labels(await apply(world, sent(5, "a", 1, "started"))) == ["started"]
+    # The job was redelivered; the new run began at 60. The first run had stored its
+    # outcome at 50 before its worker died, and that message comes last.
+    assert labels(await apply(world, sent(60, "b", 1, "again"))) == ["again"]
+    assert labels(await apply(world, sent(40, "a", 2, "old news"))) == []
+    # The attempt's one outcome (a later one would be discarded as a repeat by JetStream).
+    assert labels(await apply(world, sent(50, "a", 3, "done"))) == ["JOB_STATE_COMPLETED"]

@@ -902,7 +902,9 @@ class JobEvent(_message.Message):
     def progress(self) -> Global___Progress: ...
     @_builtins.property
     def preview(self) -> _asset_pb2.Asset:
-        """Set on PREVIEW_READY."""
+        """Set on a PREVIEW_READY event that brings a new preview; progress reported after a
+        preview arrives as PREVIEW_READY events without one (the job keeps its preview).
+        """
 
     @_builtins.property
     def assets(self) -> _containers.RepeatedCompositeFieldContainer[_asset_pb2.Asset]:
