@@ -87,17 +87,12 @@ async def storage(port: int) -> None:
             response.results.add().asset.CopyFrom(asset)
         return response
 
-    handler = grpc.method_handlers_generic_handler(
-        "floor.Storage",
-        {
-            "BatchPutAssets": grpc.unary_unary_rpc_method_handler(
-                put,
-                request_deserializer=asset_service_pb2.BatchPutAssetsRequest.FromString,
-                response_serializer=asset_service_pb2.BatchPutAssetsResponse.SerializeToString,
-            )
-        },
+    handler = grpc.unary_unary_rpc_method_handler(
+        put,
+        request_deserializer=asset_service_pb2.BatchPutAssetsRequest.FromString,
+        response_serializer=asset_service_pb2.BatchPutAssetsResponse.SerializeToString,
     )
-    await serve(handler, port)
+    await serve(PUT, handler, port)
 
 
 # --------------------------------------------------------------------------- router
@@ -149,18 +144,13 @@ async def router(port: int, nats_url: str) -> None:
             del waiting[job.id]
 
     recording = asyncio.create_task(record())
-    handler = grpc.method_handlers_generic_handler(
-        "floor.Router",
-        {
-            "Generate": grpc.unary_stream_rpc_method_handler(
-                generate,
-                request_deserializer=generate_service_pb2.GenerateRequest.FromString,
-                response_serializer=generate_service_pb2.GenerateResponse.SerializeToString,
-            )
-        },
+    handler = grpc.unary_stream_rpc_method_handler(
+        generate,
+        request_deserializer=generate_service_pb2.GenerateRequest.FromString,
+        response_serializer=generate_service_pb2.GenerateResponse.SerializeToString,
     )
     try:
-        await serve(handler, port)
+        await serve(GENERATE, handler, port)
     finally:
         recording.cancel()
 
@@ -224,9 +214,13 @@ async def worker(nats_url: str, storage_addr: str) -> None:
 # --------------------------------------------------------------------------- plumbing
 
 
-async def serve(handler: grpc.GenericRpcHandler, port: int) -> None:
+async def serve(path: str, handler: grpc.RpcMethodHandler, port: int) -> None:
+    """Serve one method, `path` being "/<service>/<method>", until stopped."""
+    service, method = path.strip("/").split("/")
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {method: handler}),)
+    )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()

@@ -78,10 +78,6 @@ class Replicas:
         now = self._clock()
         if not self._current(now):
             return self._count
-        # Keys of replicas long dead (expired by TTL: no watcher hears of that on every
-        # server version) are forgotten, so the map does not grow with every crash.
-        for key in [k for k, heard in self._heard.items() if now - heard > 2 * self._liveness]:
-            del self._heard[key]
         live = sum(1 for heard in self._heard.values() if now - heard <= self._liveness)
         self._count = max(1, live)
         return self._count
@@ -103,11 +99,21 @@ class Replicas:
             await asyncio.sleep(self._liveness / 3)
             try:
                 await self._beat()
-                if not self._current(self._clock()):
+                now = self._clock()
+                if not self._current(now):
                     await self._follow_again()
+                else:
+                    self._forget_dead(now)
             except Exception:
                 # A NATS hiccup: the next tick tries again.
                 log.warning("router replica heartbeat failed", exc_info=True)
+
+    def _forget_dead(self, now: float) -> None:
+        # Keys of replicas long dead (expired by TTL: no watcher hears of that on every
+        # server version) go, so the map does not grow with every crash. Done here, not in
+        # count(), which every rate-limited dispatch calls.
+        for key in [k for k, heard in self._heard.items() if now - heard > 2 * self._liveness]:
+            del self._heard[key]
 
     async def _follow_again(self) -> None:
         log.warning("router replica %s stopped hearing its own heartbeats; re-reading", self.name)
