@@ -107,7 +107,7 @@ class Hedger:
     async def run(self) -> None:
         """Rebuild the watch list from the store, then hedge jobs as they fall silent."""
         try:
-            for job in await self._store.unfinished():
+            async for job in self._store.unfinished():
                 self.track(job)
         except Exception:
             # Only the jobs created from now on are watched; the rest run unhedged.

@@ -6,7 +6,7 @@ import base64
 import functools
 import json
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -596,17 +596,33 @@ class JobStore:
             return [_job(r.body) for r in rows]
 
     async def unfinished(
-        self, limit: int = 10_000, *, pipelines: bool = False
-    ) -> list[job_pb2.Job]:
-        """Jobs that have not ended, oldest first; with `pipelines`, only pipeline jobs (the
-        only jobs without a task). Scans the jobs table, so it is meant for start-up and
-        slow sweeps, not for a request."""
-        query = select(jobs.c.body).where(jobs.c.state.in_(UNFINISHED))
+        self, *, pipelines: bool = False, page: int = 1000
+    ) -> AsyncIterator[job_pb2.Job]:
+        """Every job that has not ended, oldest first, read `page` rows at a time; with
+        `pipelines`, only pipeline jobs (the only jobs without a task). Scans the jobs table,
+        so it is meant for start-up and slow sweeps, not for a request."""
+        query = select(jobs.c.body, jobs.c.create_time, jobs.c.id).where(
+            jobs.c.state.in_(UNFINISHED)
+        )
         if pipelines:
             query = query.where(jobs.c.task == job_pb2.TASK_UNSPECIFIED)
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(query.order_by(jobs.c.create_time).limit(limit))
-            return [_job(r.body) for r in rows]
+        query = query.order_by(jobs.c.create_time, jobs.c.id).limit(page)
+        paged = query
+        while True:
+            # Keyset paging: each read is one short page, however many jobs are unfinished.
+            async with self._engine.connect() as conn:
+                rows = list(await conn.execute(paged))
+            for r in rows:
+                yield _job(r.body)
+            if len(rows) < page:
+                return
+            created, last_id = rows[-1].create_time, rows[-1].id
+            paged = query.where(
+                or_(
+                    jobs.c.create_time > created,
+                    and_(jobs.c.create_time == created, jobs.c.id > last_id),
+                )
+            )
 
 
 async def events_after_in(

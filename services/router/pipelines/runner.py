@@ -138,7 +138,7 @@ class Pipelines:
     async def _adopt(self) -> None:
         while True:
             try:
-                for job in await self._store.unfinished(1000, pipelines=True):
+                async for job in self._store.unfinished(pipelines=True):
                     self._launch(job.tenant_id, job.id)
             except Exception:
                 log.warning("scanning for unfinished pipelines failed", exc_info=True)
