@@ -18,6 +18,8 @@ DEADLINE_EXCEEDED = "deadline_exceeded"
 REASON_KEY = "genmesh-reason"
 # The reason of a request, upload or message over a size limit.
 TOO_LARGE = "TOO_LARGE"
+# A status message's most bytes (see clipped); non-ASCII bytes travel percent-encoded, as 3.
+MAX_DETAIL_BYTES = 1024
 
 
 class MeshError(Exception):
@@ -66,9 +68,19 @@ def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller sees for `exc`: a MeshError's own, else INTERNAL (the
     traceback goes to the log, never to the caller)."""
     if isinstance(exc, MeshError):
-        return exc.code, exc.message
+        return exc.code, clipped(exc.message)
     log.error("unhandled error in %s", where, exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def clipped(message: str) -> str:
+    """`message` cut to MAX_DETAIL_BYTES of UTF-8. A status message travels in a header,
+    and one that echoes a huge value would pass a client's metadata limit (16 KiB by
+    default): the caller would get an unrelated RESOURCE_EXHAUSTED instead."""
+    encoded = message.encode()
+    if len(encoded) <= MAX_DETAIL_BYTES:
+        return message
+    return encoded[:MAX_DETAIL_BYTES].decode(errors="ignore") + " …"
 
 
 def reason_metadata(exc: Exception) -> tuple[tuple[str, str], ...]:

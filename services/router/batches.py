@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from genmesh.v1 import job_pb2, job_service_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound
-from services.router import records
+from services.router import limits, records
 from services.router.core import RouterCore
 from services.router.store import DuplicateIdempotencyKey, JobStore
 from services.router.transitions import TERMINAL
@@ -101,6 +101,7 @@ class Batches:
         )
         for index, spec in enumerate(specs):
             with _naming(index):
+                limits.check_spec(spec)
                 spec_hash = records.spec_hash(spec)
                 key = spec.idempotency_key
                 if key in keys:
@@ -124,6 +125,10 @@ class Batches:
         for index, same in repeats:
             # A key repeated within the batch: one job, listed for each of its specs.
             jobs[index] = same.job
+        # Checked before anything is stored: a reply too large to send would leave the jobs
+        # created but the caller told the call failed.
+        reply = [job for job in jobs if job is not None] + [item.job for item in new]
+        limits.check_reply(reply, "the batch")
         return new
 
     async def _store_and_dispatch(self, new: Sequence[_New]) -> None:

@@ -29,7 +29,7 @@ from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
-from services.router import records
+from services.router import limits, records
 from services.router.admission import AdmissionGate
 from services.router.attempts import open_attempt
 from services.router.breakers import Breakers
@@ -125,6 +125,7 @@ class RouterCore:
         parent_job_id: str = "",
         step: str = "",
     ) -> job_pb2.Job:
+        limits.check_spec(spec)
         if spec.HasField("pipeline") and self.pipelines is not None:
             return await self.pipelines.create(tenant, spec, job_id, call_remaining)
 

@@ -36,7 +36,7 @@ from genmesh.v1 import job_pb2
 from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
-from services.router import attempts, ordering
+from services.router import attempts, limits, ordering
 from services.router.transitions import TERMINAL, applied_state, fold
 
 _T = TypeVar("_T")
@@ -218,6 +218,8 @@ class Page:
 
 
 MAX_PAGE = 500
+# Room in a ListJobs reply for its token and framing, besides the jobs.
+PAGE_MARGIN = 1024
 UNFINISHED = sorted(set(job_pb2.JobState.values()) - TERMINAL - {job_pb2.JOB_STATE_UNSPECIFIED})
 # Values per IN (...) query.
 CHUNK = 500
@@ -397,6 +399,13 @@ class JobStore:
             rows = list(await conn.execute(query))
         more = len(rows) > size
         rows = rows[:size]
+        # A page ends early rather than make a reply a client cannot receive.
+        budget = limits.MAX_REPLY_BYTES - PAGE_MARGIN
+        for n, row in enumerate(rows):
+            budget -= len(row.body) + 8
+            if budget < 0 and n > 0:
+                rows, more = rows[:n], True
+                break
         token = encode_page_token(rows[-1].create_time, rows[-1].id) if more and rows else ""
         return Page([_job(r.body) for r in rows], token)
 

@@ -61,11 +61,14 @@ class GenerateServiceServicer:
         Errors:
         INVALID_ARGUMENT     task unspecified or unknown; prompt empty or over 10,000
         characters; unknown provider; provider does not serve the task;
-        missing required input asset; bad parameter.
+        missing required input asset; bad parameter; idempotency
+        key over 200 characters.
         NOT_FOUND            an input asset id that does not exist for this tenant.
         FAILED_PRECONDITION  idempotency key reused with a different spec.
         UNAVAILABLE          no provider serves the task right now; the bus or store is down.
-        RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
+        RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound; or,
+        with trailing metadata genmesh-reason: TOO_LARGE, the spec is
+        over 256 KiB besides its prompt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,7 +87,8 @@ class GenerateServiceServicer:
         """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
         index, and nothing is created. Watch the jobs with JobService.WatchBatch.
         Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
-        RESOURCE_EXHAUSTED a provider's queue bound would be passed.
+        RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
+        jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,11 +38,14 @@ class GenerateServiceStub:
     Errors:
       INVALID_ARGUMENT     task unspecified or unknown; prompt empty or over 10,000
                            characters; unknown provider; provider does not serve the task;
-                           missing required input asset; bad parameter.
+                           missing required input asset; bad parameter; idempotency
+                           key over 200 characters.
       NOT_FOUND            an input asset id that does not exist for this tenant.
       FAILED_PRECONDITION  idempotency key reused with a different spec.
       UNAVAILABLE          no provider serves the task right now; the bus or store is down.
-      RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
+      RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound; or,
+                           with trailing metadata genmesh-reason: TOO_LARGE, the spec is
+                           over 256 KiB besides its prompt.
     """
     Generate: _grpc.UnaryStreamMultiCallable[_generate_service_pb2.GenerateRequest, _generate_service_pb2.GenerateResponse]
     """Submits like Submit, then streams the job's events until it ends.
@@ -53,7 +56,8 @@ class GenerateServiceStub:
     """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
     index, and nothing is created. Watch the jobs with JobService.WatchBatch.
     Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
-    RESOURCE_EXHAUSTED a provider's queue bound would be passed.
+    RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
+    jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
     """
 
 @_typing.type_check_only
@@ -66,11 +70,14 @@ class GenerateServiceAsyncStub(GenerateServiceStub):
     Errors:
       INVALID_ARGUMENT     task unspecified or unknown; prompt empty or over 10,000
                            characters; unknown provider; provider does not serve the task;
-                           missing required input asset; bad parameter.
+                           missing required input asset; bad parameter; idempotency
+                           key over 200 characters.
       NOT_FOUND            an input asset id that does not exist for this tenant.
       FAILED_PRECONDITION  idempotency key reused with a different spec.
       UNAVAILABLE          no provider serves the task right now; the bus or store is down.
-      RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
+      RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound; or,
+                           with trailing metadata genmesh-reason: TOO_LARGE, the spec is
+                           over 256 KiB besides its prompt.
     """
     Generate: _aio.UnaryStreamMultiCallable[_generate_service_pb2.GenerateRequest, _generate_service_pb2.GenerateResponse]  # type: ignore[assignment]
     """Submits like Submit, then streams the job's events until it ends.
@@ -81,7 +88,8 @@ class GenerateServiceAsyncStub(GenerateServiceStub):
     """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
     index, and nothing is created. Watch the jobs with JobService.WatchBatch.
     Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
-    RESOURCE_EXHAUSTED a provider's queue bound would be passed.
+    RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
+    jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
     """
 
 class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -97,11 +105,14 @@ class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
           INVALID_ARGUMENT     task unspecified or unknown; prompt empty or over 10,000
                                characters; unknown provider; provider does not serve the task;
-                               missing required input asset; bad parameter.
+                               missing required input asset; bad parameter; idempotency
+                               key over 200 characters.
           NOT_FOUND            an input asset id that does not exist for this tenant.
           FAILED_PRECONDITION  idempotency key reused with a different spec.
           UNAVAILABLE          no provider serves the task right now; the bus or store is down.
-          RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound.
+          RESOURCE_EXHAUSTED   the chosen provider's queue is at its configured bound; or,
+                               with trailing metadata genmesh-reason: TOO_LARGE, the spec is
+                               over 256 KiB besides its prompt.
         """
 
     @_abc_1.abstractmethod
@@ -124,7 +135,8 @@ class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
         index, and nothing is created. Watch the jobs with JobService.WatchBatch.
         Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
-        RESOURCE_EXHAUSTED a provider's queue bound would be passed.
+        RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
+        jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
         """
 
 def add_GenerateServiceServicer_to_server(servicer: GenerateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

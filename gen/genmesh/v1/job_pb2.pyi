@@ -440,7 +440,9 @@ class JobSpec(_message.Message):
     provider: _builtins.str
     """Provider to use; empty lets the router choose."""
     idempotency_key: _builtins.str
-    """The same key with the same spec returns the same job; with another spec it is an error."""
+    """The same key with the same spec returns the same job; with another spec it is an error.
+    At most 200 characters.
+    """
     provider_preference: Global___ProviderPreference.ValueType
     """Whether `provider` is a requirement (STRICT, the default) or a preference (SOFT: the
     router starts there and falls back to other candidates when it fails).

@@ -158,7 +158,9 @@ class ListJobsRequest(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1..500; 0 means 50."""
+    """1..500; 0 means 50. A page holds fewer when its jobs would pass 4 MiB (a client's
+    default receive limit); next_page_token then continues after the last one.
+    """
     page_token: _builtins.str
     """From a previous ListJobsResponse; empty for the first page."""
     task: _job_pb2.Task.ValueType

@@ -1,0 +1,59 @@
+"""Size limits on what a caller sends, so that every job the router stores fits each message
+it must later travel in: the NATS message to its worker (1 MiB by default), and replies to
+clients, which receive at most 4 MiB by default."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from genmesh.v1 import job_pb2
+from services.common.errors import InvalidArgument, TooLarge
+
+# A spec's encoded size, leaving out its prompt (which has its own limit in characters). A
+# job carries its spec and a copy of the requested parameters, so it stays well under NATS's
+# default max_payload of 1 MiB.
+MAX_SPEC_BYTES = 256 * 1024
+# The jobs table's column width.
+MAX_IDEMPOTENCY_KEY = 200
+# What a reply may hold: a gRPC client's default receive limit.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+
+
+def check_spec(spec: job_pb2.JobSpec) -> None:
+    """InvalidArgument for an over-long idempotency key; TooLarge for a spec that, apart
+    from its prompt, is over MAX_SPEC_BYTES."""
+    if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument(
+            f"idempotency_key is {len(spec.idempotency_key):,} characters; "
+            f"at most {MAX_IDEMPOTENCY_KEY}"
+        )
+    size = spec.ByteSize() - len(spec.prompt.encode())
+    if size > MAX_SPEC_BYTES:
+        raise TooLarge(
+            f"the job spec is {size:,} bytes besides its prompt (largest: {_largest(spec)}); "
+            f"at most {MAX_SPEC_BYTES:,}"
+        )
+
+
+def check_reply(jobs: Iterable[job_pb2.Job], what: str) -> None:
+    """TooLarge when `jobs` together would make a reply over MAX_REPLY_BYTES."""
+    # Each repeated entry adds a tag and a length prefix: a few bytes, counted generously.
+    size = sum(job.ByteSize() + 8 for job in jobs)
+    if size > MAX_REPLY_BYTES:
+        raise TooLarge(
+            f"{what}'s jobs come to {size:,} bytes, over the {MAX_REPLY_BYTES:,} a reply may "
+            "hold (a gRPC client's default receive limit): send fewer per call"
+        )
+
+
+def _largest(spec: job_pb2.JobSpec) -> str:
+    names = [field.name for field, _ in spec.ListFields() if field.name != "prompt"]
+    name = max(names, key=lambda n: _field_size(spec, n))
+    return f"{name}, {_field_size(spec, name):,} bytes"
+
+
+def _field_size(spec: job_pb2.JobSpec, name: str) -> int:
+    without = job_pb2.JobSpec()
+    without.CopyFrom(spec)
+    without.ClearField(name)  # type: ignore[arg-type]  # a name from the descriptor
+    return spec.ByteSize() - without.ByteSize()
