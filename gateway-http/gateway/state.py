@@ -17,11 +17,13 @@ from genmesh.v1 import (
     provider_service_pb2_grpc,
 )
 from services.common.channels import mesh_channel
-from services.common.tenancy import DEFAULT_TENANT, TENANT_HEADER, tenant_metadata
+from services.common.tenancy import (
+    DEFAULT_TENANT,
+    TENANT_HEADER,
+    TENANT_PATTERN,
+    tenant_metadata,
+)
 from services.storage.client import AssetClient
-
-# What gRPC metadata and the router's tenant column can carry.
-TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 @dataclass(frozen=True)

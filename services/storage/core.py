@@ -29,6 +29,7 @@ from genmesh.v1 import asset_pb2
 from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound, OutOfRange, TooLarge
 from services.common.group_commit import GroupCommit
+from services.common.tenancy import MAX_TENANT
 from services.storage.blobs import BlobStore, ThreadFile
 from services.storage.limits import PUT_LIMIT
 from services.storage.probe import MediaInfo, normalize_media_type, probe_file
@@ -46,7 +47,7 @@ SMALL_UPLOAD = PUT_LIMIT
 # In-memory bytes up to this size are hashed and probed on the event loop; larger ones in a
 # thread, so a big image does not stall every other call.
 INLINE_MEASURE = 64 * 1024
-MAX_TENANT = 128
+
 MAX_FILENAME = 1024
 MAX_JOB_ID = 128
 MAX_IDEMPOTENCY_KEY = 256

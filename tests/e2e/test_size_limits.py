@@ -1,7 +1,8 @@
 """Size limits on jobs: whatever the router accepts fits every message the job later travels
 in (the NATS message to its worker, replies to clients with default limits), and whatever
 it refuses leaves nothing behind. Before these limits a 5 MiB idempotency key stored a job
-that could never be dispatched and answered INTERNAL."""
+that could never be dispatched and answered INTERNAL, and on PostgreSQL a 65-character
+tenant name was an INTERNAL error."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.errors import TOO_LARGE, reason_of
 from services.common.parameters import dict_to_struct
+from services.common.tenancy import MAX_TENANT, TENANT_HEADER, tenant_metadata
 from services.router import limits
 from tests.mesh import Mesh
 
@@ -154,3 +156,34 @@ async def test_job_pages_end_early_rather_than_pass_the_reply_limit(
     # Every job once, newest first (a batch's jobs share a create time, ordered by id).
     assert sorted(listed) == sorted(submitted)
     assert len(set(listed)) == len(listed)
+
+
+@pytest.mark.parametrize("tenant", ["t" * 65, "no spaces", "-leading-dash"], ids=repr)
+async def test_a_tenant_name_outside_the_pattern_is_invalid_everywhere(
+    mesh: Mesh, tenant: str
+) -> None:
+    metadata = tenant_metadata(tenant)
+    with pytest.raises(grpc.aio.AioRpcError) as submitted:
+        await mesh.generate.Submit(
+            generate_service_pb2.SubmitRequest(spec=spec()), metadata=metadata
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as listed:
+        await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(), metadata=metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as uploaded:
+        await mesh.assets.upload(b"abc", tenant=tenant, media_type="text/plain")
+    for err in (submitted.value, listed.value, uploaded.value):
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert TENANT_HEADER in (err.details() or "")
+    await no_jobs(mesh)
+
+
+async def test_the_longest_tenant_name_is_stored_and_scoped(mesh: Mesh) -> None:
+    # 64 characters: the router's column on PostgreSQL, which refuses longer values outright.
+    metadata = tenant_metadata("t" * MAX_TENANT)
+    reply = await mesh.generate.Submit(
+        generate_service_pb2.SubmitRequest(spec=spec()), metadata=metadata
+    )
+    assert reply.job.tenant_id == "t" * MAX_TENANT
+    mine = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(), metadata=metadata)
+    assert [job.id for job in mine.jobs] == [reply.job.id]
+    await no_jobs(mesh)  # the default tenant sees none of it
