@@ -19,7 +19,12 @@ _TYPE_NAMES = {
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct) if struct.fields else {}
+    """The struct as plain values; InvalidArgument for a number JSON cannot carry (NaN or
+    infinity), which a Struct holds but nothing downstream can read."""
+    try:
+        return json_format.MessageToDict(struct) if struct.fields else {}
+    except ValueError as exc:
+        raise InvalidArgument(f"parameters must be JSON: {exc}") from exc
 
 
 def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:

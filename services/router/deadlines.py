@@ -13,6 +13,9 @@ from google.protobuf import timestamp_pb2
 from genmesh.v1 import job_pb2
 from services.common.errors import DEADLINE_EXCEEDED, InvalidArgument
 
+# The latest time a Timestamp holds (9999-12-31T23:59:59Z), in seconds since the epoch.
+LAST_DEADLINE = 253_402_300_799
+
 
 def job_deadline(
     spec: job_pb2.JobSpec, call_remaining: float | None = None, now: float | None = None
@@ -31,8 +34,13 @@ def job_deadline(
         budgets.append(max(call_remaining, 0.0))
     if not budgets:
         return None
+    at = (time.time() if now is None else now) + min(budgets)
+    if at > LAST_DEADLINE:
+        raise InvalidArgument(
+            f"timeout {min(budgets):g}s is too long: the deadline would fall after year 9999"
+        )
     deadline = timestamp_pb2.Timestamp()
-    deadline.FromNanoseconds(round(((time.time() if now is None else now) + min(budgets)) * 1e9))
+    deadline.FromNanoseconds(round(at * 1e9))
     return deadline
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
@@ -56,6 +59,35 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
             "INVALID_ARGUMENT",
             "colour",
         ),
+        # A Struct carries NaN and infinity, JSON does not: reading them was INTERNAL.
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                parameters=dict_to_struct({"seed": math.inf}),
+            ),
+            "INVALID_ARGUMENT",
+            "parameters",
+        ),
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                parameters=dict_to_struct({"width": [math.nan]}),
+            ),
+            "INVALID_ARGUMENT",
+            "parameters",
+        ),
+        # A deadline past year 9999 cannot be a Timestamp: it was INTERNAL.
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                timeout=duration_pb2.Duration(seconds=315_576_000_000),
+            ),
+            "INVALID_ARGUMENT",
+            "timeout",
+        ),
     ],
     ids=[
         "empty",
@@ -67,6 +99,9 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
         "missing-asset",
         "param-range",
         "unknown-param",
+        "infinite-param",
+        "nan-param",
+        "endless-timeout",
     ],
 )
 async def test_rejected_and_nothing_written(

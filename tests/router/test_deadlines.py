@@ -45,6 +45,9 @@ def test_deadline_is_the_sooner_of_the_timeout_and_the_call() -> None:
     for bad in (0.0, -3.0):
         with pytest.raises(InvalidArgument, match="timeout must be positive"):
             job_deadline(timeout(bad), None, now)
+    # The deadline must fit a Timestamp; past year 9999 it was a ValueError (INTERNAL).
+    with pytest.raises(InvalidArgument, match="after year 9999"):
+        job_deadline(timeout(315_576_000_000), None, now)
 
 
 async def make_job(store: JobStore, job_id: str, deadline_in: float | None) -> None:
