@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from genmesh.v1 import job_pb2, job_service_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound
+from services.common.text import findable
 from services.router import limits, records
 from services.router.core import RouterCore
 from services.router.store import DuplicateIdempotencyKey, JobStore
@@ -96,8 +97,14 @@ class Batches:
         new: list[_New] = []
         keys: dict[str, _New] = {}
         repeats: list[tuple[int, _New]] = []
+        # Only keys that could be stored are looked up; check_spec refuses the others below.
         known = await self._store.by_idempotency_keys(
-            tenant, [spec.idempotency_key for spec in specs if spec.idempotency_key]
+            tenant,
+            [
+                spec.idempotency_key
+                for spec in specs
+                if findable(spec.idempotency_key, limits.MAX_IDEMPOTENCY_KEY)
+            ],
         )
         for index, spec in enumerate(specs):
             with _naming(index):
@@ -169,9 +176,13 @@ class Batches:
         jobs (each once, in sequence order per job) with a summary after each job ends."""
         if not batch_id:
             raise NotFound("batch_id is required; pass the one SubmitBatch returned")
-        ids = await self._store.batch_job_ids(tenant, batch_id)
+        ids = (
+            await self._store.batch_job_ids(tenant, batch_id)
+            if findable(batch_id, limits.MAX_ID)
+            else []
+        )
         if not ids:
-            raise NotFound(f"batch {batch_id!r} not found")
+            raise NotFound(f"batch {batch_id[: limits.MAX_ID]!r} not found")
         with ExitStack() as stack:
             # Listening before the snapshot is read, so no event falls between the two.
             listeners = {job_id: stack.enter_context(self._hub.listen(job_id)) for job_id in ids}

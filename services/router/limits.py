@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument, TooLarge
+from services.common.text import has_control
 
 # A spec's encoded size, leaving out its prompt (which has its own limit in characters). A
 # job carries its spec and a copy of the requested parameters, so it stays well under NATS's
@@ -15,18 +16,23 @@ from services.common.errors import InvalidArgument, TooLarge
 MAX_SPEC_BYTES = 256 * 1024
 # The jobs table's column width.
 MAX_IDEMPOTENCY_KEY = 200
+# The width of the jobs table's id and batch_id columns.
+MAX_ID = 40
 # What a reply may hold: a gRPC client's default receive limit.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 
 def check_spec(spec: job_pb2.JobSpec) -> None:
-    """InvalidArgument for an over-long idempotency key; TooLarge for a spec that, apart
-    from its prompt, is over MAX_SPEC_BYTES."""
+    """InvalidArgument for an over-long idempotency key or one with control characters;
+    TooLarge for a spec that, apart from its prompt, is over MAX_SPEC_BYTES."""
     if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY:
         raise InvalidArgument(
             f"idempotency_key is {len(spec.idempotency_key):,} characters; "
             f"at most {MAX_IDEMPOTENCY_KEY}"
         )
+    if has_control(spec.idempotency_key):
+        # PostgreSQL refuses a NUL in text: the key could be neither stored nor looked up.
+        raise InvalidArgument("idempotency_key contains control characters")
     size = spec.ByteSize() - len(spec.prompt.encode())
     if size > MAX_SPEC_BYTES:
         raise TooLarge(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from genmesh.v1 import job_pb2
 from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
+from services.common.text import findable
 from services.router import attempts, limits, ordering
 from services.router.transitions import TERMINAL, applied_state, fold
 
@@ -394,6 +396,9 @@ class JobStore:
                     and_(jobs.c.create_time == created, jobs.c.id < last_id),
                 )
             )
+        if batch_id and not findable(batch_id, limits.MAX_ID):
+            # No batch has such an id, and PostgreSQL would refuse one holding a NUL.
+            return Page([], "")
         query = query.order_by(jobs.c.create_time.desc(), jobs.c.id.desc()).limit(size + 1)
         async with self._engine.connect() as conn:
             rows = list(await conn.execute(query))
@@ -732,6 +737,10 @@ def decode_page_token(token: str) -> tuple[float, str]:
         created, job_id = json.loads(raw)
         if not isinstance(created, int | float) or not isinstance(job_id, str):
             raise ValueError
+        # float() of a huge integer overflows; a NUL in the id is refused by PostgreSQL.
+        if not math.isfinite(float(created)) or not findable(job_id, limits.MAX_ID):
+            raise ValueError
         return float(created), job_id
-    except (ValueError, TypeError) as exc:
+    # RecursionError: JSON nested deeper than the parser goes.
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise InvalidArgument("malformed page_token; pass one from a ListJobs response") from exc

@@ -30,6 +30,7 @@ from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound, OutOfRange, TooLarge
 from services.common.group_commit import GroupCommit
 from services.common.tenancy import MAX_TENANT
+from services.common.text import check_text, findable
 from services.storage.blobs import BlobStore, ThreadFile
 from services.storage.limits import PUT_LIMIT
 from services.storage.probe import MediaInfo, normalize_media_type, probe_file
@@ -246,7 +247,7 @@ class AssetStore:
 
     async def get(self, tenant: str, asset_id: str) -> Asset:
         """The asset, or NotFound when it does not exist or belongs to another tenant."""
-        if asset_id and len(asset_id) <= MAX_ASSET_ID:
+        if findable(asset_id, MAX_ASSET_ID):
             async with self._engine.connect() as conn:
                 result = await conn.execute(
                     select(assets).where(assets.c.id == asset_id, assets.c.tenant_id == tenant)
@@ -348,11 +349,11 @@ async def _chain(
 def _checked(tenant: str, meta: NewAsset) -> tuple[str, str | None]:
     """The normalized media type and the idempotency key (None when absent) of valid metadata;
     InvalidArgument otherwise."""
-    _check_text("tenant", tenant, MAX_TENANT, required=True)
+    check_text("tenant", tenant, MAX_TENANT, required=True)
     media_type = normalize_media_type(meta.media_type)
-    _check_text("filename", meta.filename, MAX_FILENAME)
-    _check_text("job_id", meta.job_id, MAX_JOB_ID)
-    _check_text("idempotency_key", meta.idempotency_key, MAX_IDEMPOTENCY_KEY)
+    check_text("filename", meta.filename, MAX_FILENAME)
+    check_text("job_id", meta.job_id, MAX_JOB_ID)
+    check_text("idempotency_key", meta.idempotency_key, MAX_IDEMPOTENCY_KEY)
     if meta.role not in _ROLES:
         raise InvalidArgument(f"unknown asset role {meta.role}")
     return media_type, meta.idempotency_key or None
@@ -360,16 +361,6 @@ def _checked(tenant: str, meta: NewAsset) -> tuple[str, str | None]:
 
 def _measure(data: bytes, media_type: str) -> tuple[str, MediaInfo]:
     return hashlib.sha256(data).hexdigest(), probe_file(data, media_type)
-
-
-def _check_text(name: str, value: str, limit: int, *, required: bool = False) -> None:
-    if required and not value:
-        raise InvalidArgument(f"{name} is required")
-    if len(value) > limit:
-        raise InvalidArgument(f"{name} is longer than {limit} characters")
-    # PostgreSQL rejects NUL in text, and control characters only make trouble downstream.
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise InvalidArgument(f"{name} contains control characters")
 
 
 def _write(digest: Any, pending: list[bytes], f: BinaryIO) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 
 import grpc
@@ -78,6 +80,12 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
             "INVALID_ARGUMENT",
             "parameters",
         ),
+        # PostgreSQL refuses a NUL in text: the key was an INTERNAL error there.
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="fox", idempotency_key="k\x00"),
+            "INVALID_ARGUMENT",
+            "idempotency_key",
+        ),
         # A deadline past year 9999 cannot be a Timestamp: it was INTERNAL.
         (
             job_pb2.JobSpec(
@@ -101,6 +109,7 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
         "unknown-param",
         "infinite-param",
         "nan-param",
+        "nul-key",
         "endless-timeout",
     ],
 )
@@ -131,7 +140,22 @@ async def test_wrong_input_media_type(mesh: Mesh) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "text/plain" in (err.details() or "")
 
 
-@pytest.mark.parametrize("token", ["garbage!!", "bm90IGpzb24", "WzEsMl0"])
+def token(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage!!",
+        "bm90IGpzb24",
+        "WzEsMl0",
+        # Each was INTERNAL: float() overflowed, json recursed too deep, PostgreSQL refused NUL.
+        token(json.dumps([10**400, "j_1"])),
+        token("[" * 100_000),
+        token(json.dumps([1.0, "j_\x00"])),
+    ],
+)
 async def test_malformed_page_token(mesh: Mesh, token: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(page_token=token))
@@ -139,18 +163,36 @@ async def test_malformed_page_token(mesh: Mesh, token: str) -> None:
     assert "page_token" in (err.value.details() or "")
 
 
-async def test_unknown_job(mesh: Mesh) -> None:
+# A NUL among them: PostgreSQL refuses one in text, and each lookup was an INTERNAL error there.
+@pytest.mark.parametrize("job_id", ["j_nope", "j_\x00"], ids=["unknown", "nul"])
+async def test_unknown_job(mesh: Mesh, job_id: str) -> None:
     for call in (
-        mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id="j_nope")),
-        mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id="j_nope")),
+        mesh.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id)),
+        mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job_id)),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    for stream in (
+        mesh.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id)),
+        mesh.jobs.WatchBatch(job_service_pb2.WatchBatchRequest(batch_id=job_id)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stream:
+                pass
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(batch_id=job_id))
+    assert list(listed.jobs) == []
+
+
+async def test_a_batch_key_with_nul_is_invalid_and_nothing_written(mesh: Mesh) -> None:
+    # Looked up before the spec's own checks, the key was an INTERNAL error on PostgreSQL.
+    spec = job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_TEXT, prompt="fox", idempotency_key="k\x00")
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in mesh.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id="j_nope")):
-            pass
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        await mesh.generate.SubmitBatch(generate_service_pb2.SubmitBatchRequest(specs=[spec]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("specs[0]: idempotency_key")
+    assert list((await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs) == []
 
 
 async def test_negative_after_sequence(mesh: Mesh) -> None:
