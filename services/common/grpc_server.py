@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import reason_metadata, status_of
+from services.common.errors import InvalidArgument, reason_metadata, status_of
 
 # Servicer registration: (add_XServicer_to_server, servicer instance, full service name).
 Registration = tuple[Callable[[Any, grpc.aio.Server], None], object, str]
@@ -27,7 +28,8 @@ STOP_SLACK = 5.0
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns MeshError into its status code; anything else is INTERNAL with a logged traceback."""
+    """Turns MeshError into its status code; anything else is INTERNAL with a logged traceback.
+    A request protobuf cannot parse (nested past its depth limit) is INVALID_ARGUMENT."""
 
     async def intercept_service(
         self,
@@ -38,31 +40,65 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        parse = _lenient(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, method, _parsed),
+                parse,
                 handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                handler.request_deserializer,
+                _wrap_unary(handler.stream_unary, method, _parsed_stream),
+                parse,
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, method, _parsed),
+                parse,
                 handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method),
-                handler.request_deserializer,
+                _wrap_stream(handler.stream_stream, method, _parsed_stream),
+                parse,
                 handler.response_serializer,
             )
         return handler
+
+
+@dataclass(frozen=True)
+class _Unparsed:
+    """A request message protobuf refused, passed on so the handler's error mapping sees it."""
+
+    error: DecodeError
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer` that returns _Unparsed instead of raising: gRPC would answer a raised
+    DecodeError with UNKNOWN and the exception's text."""
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Unparsed(exc)
+
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    if isinstance(request, _Unparsed):
+        raise InvalidArgument(f"the request cannot be parsed: {request.error}")
+    return request
+
+
+async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _parsed(request)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
@@ -70,10 +106,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(code, message, reason_metadata(exc))
 
 
-def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_unary(
+    fn: Callable[..., Any], method: str, parsed: Callable[[Any], Any]
+) -> Callable[..., Any]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(request, context)
+            return await fn(parsed(request), context)
         except Exception as exc:
             if _is_abort(exc):
                 raise
@@ -82,10 +120,12 @@ def _wrap_unary(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
     return call
 
 
-def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_stream(
+    fn: Callable[..., Any], method: str, parsed: Callable[[Any], Any]
+) -> Callable[..., Any]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in fn(request, context):
+            async for item in fn(parsed(request), context):
                 yield item
         except Exception as exc:
             if _is_abort(exc):

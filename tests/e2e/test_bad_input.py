@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from typing import Any
 
 import grpc
 import pytest
@@ -201,4 +202,27 @@ async def test_negative_after_sequence(mesh: Mesh) -> None:
             job_service_pb2.WatchJobRequest(job_id="j_x", after_sequence=-1)
         ):
             pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_request_protobuf_cannot_parse_is_invalid_argument(mesh: Mesh) -> None:
+    # Each was UNKNOWN with the DecodeError's text: gRPC answers so for a raising deserializer.
+    deep: Any = "fox"
+    for _ in range(60):  # a Value per list level: past protobuf's parse depth of 100
+        deep = [deep]
+    request = generate_service_pb2.SubmitRequest()
+    request.spec.task = job_pb2.TASK_TEXT_TO_IMAGE
+    request.spec.prompt = "fox"
+    request.spec.parameters.update({"seed": deep})
+    submit = mesh.router_channel.unary_unary("/genmesh.v1.GenerateService/Submit")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(request.SerializeToString())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot be parsed" in (err.value.details() or "")
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())
+    assert list(listed.jobs) == []
+    # A client stream: UploadAsset's metadata with a filename that is not UTF-8.
+    upload = mesh.storage_channel.stream_unary("/genmesh.v1.AssetService/UploadAsset")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await upload(iter([b"\x0a\x03\x12\x01\xff", b"\x12\x01x"]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
