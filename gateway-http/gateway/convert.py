@@ -12,6 +12,7 @@ from gateway.errors import BadRequest, bad_input
 from gateway.schema import Duration
 from genmesh.v1 import job_pb2
 from services.common.tasks import task_from_name, task_names
+from services.router.limits import MAX_REASON
 
 _STATE_PREFIX = "JOB_STATE_"
 
@@ -107,7 +108,11 @@ class SubmitBatchBody(BaseModel):
 
 
 class CancelBody(BaseModel):
-    reason: str = Field(default="", description="Recorded in the job's error message")
+    reason: str = Field(
+        default="",
+        max_length=MAX_REASON,
+        description="Recorded in the job's error message; at most 1,000 characters",
+    )
 
 
 def parse_task(name: str) -> job_pb2.Task.ValueType:

@@ -18,6 +18,9 @@ MAX_SPEC_BYTES = 256 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 # The width of the jobs table's id and batch_id columns.
 MAX_ID = 40
+# A cancellation's reason, in characters: it travels in the job's events and in the message
+# that stops its worker, which NATS caps at 1 MiB.
+MAX_REASON = 1000
 # What a reply may hold: a gRPC client's default receive limit.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 

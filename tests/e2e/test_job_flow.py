@@ -141,6 +141,23 @@ async def test_cancel_queued_job_is_skipped_by_worker(mesh: Mesh) -> None:
     assert [e.state for e in events] == [Q, job_pb2.JOB_STATE_CANCELLED]
 
 
+async def test_an_oversize_cancel_reason_is_invalid_and_the_job_runs_on(mesh: Mesh) -> None:
+    # 1.2 MB of reason passed NATS's 1 MiB limit on the stop message: the call was INTERNAL
+    # and the job was left cancelled anyway.
+    job = await submit(mesh, spec(latency_ms=60_000))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.jobs.CancelJob(
+            job_service_pb2.CancelJobRequest(job_id=job.id, reason="🦊" * 300_000)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1,000" in (err.value.details() or "")
+    assert (await mesh.get_job(job.id)).state != job_pb2.JOB_STATE_CANCELLED
+    reply = await mesh.jobs.CancelJob(
+        job_service_pb2.CancelJobRequest(job_id=job.id, reason="🦊" * 1000)
+    )
+    assert reply.job.state == job_pb2.JOB_STATE_CANCELLED
+
+
 async def test_failure_is_explained(mesh: Mesh) -> None:
     job = await submit(mesh, spec(fail_rate=1.0, fail_kind="invalid_input"))
     events = await mesh.watch(job.id)

@@ -220,6 +220,7 @@ class CancelJobRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     reason: _builtins.str
+    """Becomes the job's error message; at most 1,000 characters."""
     def __init__(
         self,
         *,

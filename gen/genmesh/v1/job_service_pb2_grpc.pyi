@@ -39,7 +39,8 @@ class JobServiceStub:
     """Newest first. Errors: INVALID_ARGUMENT malformed page_token or page_size out of range."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """Stops a queued or running job; it ends CANCELLED.
-    Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended.
+    Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended;
+    INVALID_ARGUMENT reason over 1,000 characters.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
     """First sends the job as it is now, then every event with a sequence above
@@ -73,7 +74,8 @@ class JobServiceAsyncStub(JobServiceStub):
     """Newest first. Errors: INVALID_ARGUMENT malformed page_token or page_size out of range."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Stops a queued or running job; it ends CANCELLED.
-    Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended.
+    Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended;
+    INVALID_ARGUMENT reason over 1,000 characters.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """First sends the job as it is now, then every event with a sequence above
@@ -122,7 +124,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
         """Stops a queued or running job; it ends CANCELLED.
-        Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended.
+        Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended;
+        INVALID_ARGUMENT reason over 1,000 characters.
         """
 
     @_abc_1.abstractmethod
