@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +125,12 @@ def _wrap_stream(
 ) -> Callable[..., Any]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in fn(parsed(request), context):
-                yield item
+            # aclosing: when the caller hangs up, the servicer's generator is closed with this
+            # one, releasing what it holds (a blob file) now rather than whenever it is
+            # collected, which may be after the loop has closed.
+            async with aclosing(fn(parsed(request), context)) as items:
+                async for item in items:
+                    yield item
         except Exception as exc:
             if _is_abort(exc):
                 raise
