@@ -54,6 +54,8 @@ ALLOWED = frozenset(
 ANSWER_WITHIN = 20.0
 # Stand-ins for ids the test creates before fuzzing, replaced when a request is sent.
 REAL_JOB, REAL_ASSET, REAL_BATCH = "\x1bjob", "\x1basset", "\x1bbatch"
+# A stand-in for a job still running, created under the call's tenant just before the call.
+RUNNING_JOB = "\x1brunning"
 
 FUZZ = settings(
     derandomize=True,
@@ -98,7 +100,9 @@ texts = st.one_of(
         lambda c, n: c * n, st.sampled_from(["x", "é", "🦊", "\x00"]), st.sampled_from(SIZES)
     ),
 )
-ids = st.one_of(st.sampled_from([REAL_JOB, REAL_ASSET, REAL_BATCH]), texts)
+# Past NATS's 1 MiB message limit, within gRPC's 8 MiB: drawn often for free-text fields.
+free_texts = st.one_of(st.sampled_from(["x" * 1_100_000, "🦊" * 300_000]), texts)
+ids = st.one_of(st.sampled_from([REAL_JOB, REAL_ASSET, REAL_BATCH, RUNNING_JOB]), texts)
 int32s = st.one_of(
     st.sampled_from([0, 1, -1, 2**31 - 1, -(2**31)]), st.integers(-(2**31), 2**31 - 1)
 )
@@ -208,7 +212,7 @@ specs = messages(
     },
     {
         "task": tasks,
-        "prompt": texts,
+        "prompt": free_texts,
         "input_asset_ids": st.one_of(st.lists(ids, max_size=3), st.just([REAL_ASSET] * 2000)),
         "provider": texts,
         "parameters": structs(),
@@ -311,6 +315,9 @@ def calls(rpcs: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Call]:
     )
 
 
+# A running job half the time, so calls get past "not found".
+job_ids = st.one_of(st.just(RUNNING_JOB), ids)
+
 ROUTER_RPCS: dict[str, st.SearchStrategy[Any]] = {
     "Submit": st.builds(generate_service_pb2.SubmitRequest, spec=specs),
     "Generate": st.builds(generate_service_pb2.GenerateRequest, spec=specs),
@@ -322,7 +329,7 @@ ROUTER_RPCS: dict[str, st.SearchStrategy[Any]] = {
             st.just([job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_TEXT, prompt="x")] * 1001),
         ),
     ),
-    "GetJob": st.builds(job_service_pb2.GetJobRequest, job_id=ids),
+    "GetJob": st.builds(job_service_pb2.GetJobRequest, job_id=job_ids),
     "ListJobs": messages(
         job_service_pb2.ListJobsRequest,
         {"page_size": st.sampled_from([0, 1, 500])},
@@ -334,8 +341,12 @@ ROUTER_RPCS: dict[str, st.SearchStrategy[Any]] = {
             "batch_id": ids,
         },
     ),
-    "CancelJob": st.builds(job_service_pb2.CancelJobRequest, job_id=ids, reason=texts),
-    "WatchJob": st.builds(job_service_pb2.WatchJobRequest, job_id=ids, after_sequence=int64s),
+    "CancelJob": messages(
+        job_service_pb2.CancelJobRequest,
+        {"job_id": st.just(RUNNING_JOB), "reason": st.just("changed my mind")},
+        {"job_id": ids, "reason": free_texts},
+    ),
+    "WatchJob": st.builds(job_service_pb2.WatchJobRequest, job_id=job_ids, after_sequence=int64s),
     "WatchJobs": st.builds(
         job_service_pb2.WatchJobsRequest,
         cursor=st.one_of(texts, st.sampled_from(["0", "-1", "99999999999999999999", "1.5"])),
@@ -399,19 +410,32 @@ class Real:
     asset_id: str
     batch_id: str
 
-    def substitute(self, message: Message) -> None:
-        """Replace the stand-ins in `message`'s string fields, however deep, by real ids."""
-        real = {REAL_JOB: self.job_id, REAL_ASSET: self.asset_id, REAL_BATCH: self.batch_id}
-        for field, value in message.ListFields():
-            if field.type == field.TYPE_STRING and field.is_repeated:
-                value[:] = [real.get(v, v) for v in value]
-            elif field.type == field.TYPE_STRING:
-                setattr(message, field.name, real.get(value, value))
-            elif field.type == field.TYPE_MESSAGE and field.message_type is not None:
-                if field.message_type.GetOptions().map_entry:
-                    continue  # a Struct's fields: nothing of ours in there
-                for item in value if field.is_repeated else [value]:
-                    self.substitute(item)
+    def ids(self) -> dict[str, str]:
+        return {REAL_JOB: self.job_id, REAL_ASSET: self.asset_id, REAL_BATCH: self.batch_id}
+
+
+def substitute(message: Message, replace: Callable[[str], str]) -> None:
+    """Apply `replace` to every string field of `message`, however deep."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING and field.is_repeated:
+            value[:] = [replace(v) for v in value]
+        elif field.type == field.TYPE_STRING:
+            setattr(message, field.name, replace(value))
+        elif field.type == field.TYPE_MESSAGE and field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                continue  # a Struct's fields: nothing of ours in there
+            for item in value if field.is_repeated else [value]:
+                substitute(item, replace)
+
+
+async def running_job(mesh: Mesh, metadata: tuple[tuple[str, str], ...]) -> str:
+    """A new job of the tenant that runs for a minute: cancels and watches reach it."""
+    spec = job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_TEXT, prompt="a slow fox")
+    spec.parameters["latency_ms"] = 60_000
+    reply = await mesh.generate.Submit(
+        generate_service_pb2.SubmitRequest(spec=spec), metadata=metadata
+    )
+    return reply.job.id
 
 
 @pytest.fixture
@@ -473,15 +497,26 @@ async def check(mesh: Mesh, real: Real, channel: grpc.aio.Channel, call: Call) -
     tenant = f"fuzz-{next(_tenants)}" if call.tenant is None else call.tenant
     metadata = tenant_metadata(tenant) if tenant else ((TENANT_HEADER, ""),)
     requests = call.request if isinstance(call.request, list) else [call.request]
+    valid = re.match(TENANT_PATTERN, tenant) is not None
+    ids = real.ids()
+    used: set[str] = set()
+
+    def note(value: str) -> str:
+        used.add(value)
+        return value
+
+    for request in requests:
+        substitute(request, note)
+    if RUNNING_JOB in used and valid:
+        ids[RUNNING_JOB] = await running_job(mesh, metadata)
     sent = []
     for request in requests:
         copy = type(request)()
         copy.CopyFrom(request)
-        real.substitute(copy)
+        substitute(copy, lambda value: ids.get(value, value))
         sent.append(copy)
     method = getattr(stub_for(call.rpc, channel), call.rpc)
-    valid = re.match(TENANT_PATTERN, tenant) is not None
-    before = await newest_job(mesh, metadata) if valid and call.tenant is not None else ""
+    before = await newest_job(mesh, metadata) if valid else ""
     if isinstance(call.request, list):
         result = await outcome_of(lambda: method(iter(sent), metadata=metadata))
     else:
