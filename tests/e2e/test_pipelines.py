@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import signal
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,17 @@ async def test_failing_step_fails_the_job_and_keeps_earlier_assets(mesh: Mesh) -
     assert kept.media_type == "image/png"
     data = await mesh.assets.download(kept.id, tenant=TENANT)
     assert len(data) == kept.size_bytes
+
+
+async def test_a_step_parameter_json_cannot_carry_fails_the_pipeline(mesh: Mesh) -> None:
+    # A NaN made reading the step's parameters raise ValueError where a step's rejection was
+    # expected: the driver failed and was resumed over and over, the job QUEUED for good.
+    steps = (step("caption", job_pb2.TASK_TEXT_TO_TEXT, "{prompt}", seed=math.nan),)
+    job = await submit(mesh, pipeline_spec(steps=steps, prompt="a kite"))
+    events = await asyncio.wait_for(mesh.watch(job.id), 30)
+    final = events[-1]
+    assert final.state == F and final.error.code == "step_rejected"
+    assert "parameters must be JSON" in final.error.message
 
 
 async def test_the_pipeline_timeout_bounds_the_pipeline_and_its_steps(mesh: Mesh) -> None:
