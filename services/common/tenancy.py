@@ -12,7 +12,8 @@ TENANT_HEADER = "x-genmesh-tenant"
 DEFAULT_TENANT = "default"
 # The narrowest tenant column any service stores (the router's jobs table).
 MAX_TENANT = 64
-# What every service and the bridge accept as a tenant name.
+# What every service and the bridge accept as a tenant name (matched whole: "$" alone
+# would also pass a trailing newline).
 TENANT_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_TENANT - 1}}}$"
 _TENANT = re.compile(TENANT_PATTERN)
 
@@ -22,7 +23,7 @@ def tenant_of(context: grpc.aio.ServicerContext) -> str:
     InvalidArgument for a name outside TENANT_PATTERN."""
     for key, value in context.invocation_metadata() or ():
         if key == TENANT_HEADER and isinstance(value, str) and value:
-            if not _TENANT.match(value):
+            if not _TENANT.fullmatch(value):
                 raise InvalidArgument(
                     f"{TENANT_HEADER} must be 1 to {MAX_TENANT} letters, digits, '.', '_' or "
                     "'-', starting with a letter or digit"
