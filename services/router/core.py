@@ -318,13 +318,8 @@ class RouterCore:
     # ---- cancel -----------------------------------------------------------------------
 
     async def cancel(self, tenant: str, job_id: str, reason: str) -> job_pb2.Job:
-        """Record CANCELLED, then tell workers: the running one stops, a later one skips it."""
-        if len(reason) > limits.MAX_REASON:
-            # Checked before anything is recorded: one too large for the stop message left the
-            # job cancelled and the call failed.
-            raise InvalidArgument(
-                f"reason is {len(reason):,} characters; at most {limits.MAX_REASON:,}"
-            )
+        """Record CANCELLED, then tell workers: the running one stops, a later one skips it.
+        A caller's reason is limited (limits.check_reason) before it gets here."""
         job = await self.get(tenant, job_id)
         if job.state in TERMINAL:
             raise FailedPrecondition(

@@ -36,12 +36,23 @@ def check_spec(spec: job_pb2.JobSpec) -> None:
     if has_control(spec.idempotency_key):
         # PostgreSQL refuses a NUL in text: the key could be neither stored nor looked up.
         raise InvalidArgument("idempotency_key contains control characters")
-    size = spec.ByteSize() - len(spec.prompt.encode())
+    # Prompts have their own limit in characters, the steps' included; a pipeline job never
+    # travels to a worker whole.
+    prompts = [spec.prompt, *(step.prompt for step in spec.pipeline.steps)]
+    size = spec.ByteSize() - sum(len(prompt.encode()) for prompt in prompts)
     if size > MAX_SPEC_BYTES:
         raise TooLarge(
             f"the job spec is {size:,} bytes besides its prompt (largest: {_largest(spec)}); "
             f"at most {MAX_SPEC_BYTES:,}"
         )
+
+
+def check_reason(reason: str) -> None:
+    """InvalidArgument for a caller's cancel reason over MAX_REASON characters. Checked before
+    anything is recorded, and only on the public call: the router's own reasons add a short
+    prefix to it (a pipeline cancelling its steps)."""
+    if len(reason) > MAX_REASON:
+        raise InvalidArgument(f"reason is {len(reason):,} characters; at most {MAX_REASON:,}")
 
 
 def check_reply(jobs: Iterable[job_pb2.Job], what: str) -> None:
@@ -57,8 +68,19 @@ def check_reply(jobs: Iterable[job_pb2.Job], what: str) -> None:
 
 def _largest(spec: job_pb2.JobSpec) -> str:
     names = [field.name for field, _ in spec.ListFields() if field.name != "prompt"]
-    name = max(names, key=lambda n: _field_size(spec, n))
+    name = max(names, key=lambda n: _field_size(spec, n), default=None)
+    unknown = spec.ByteSize() - _known_size(spec)
+    if name is None or unknown > _field_size(spec, name):
+        # Fields this version of the contract does not know (a newer client's, or junk).
+        return f"unknown fields, {unknown:,} bytes"
     return f"{name}, {_field_size(spec, name):,} bytes"
+
+
+def _known_size(spec: job_pb2.JobSpec) -> int:
+    known = job_pb2.JobSpec()
+    known.CopyFrom(spec)
+    known.DiscardUnknownFields()
+    return known.ByteSize()
 
 
 def _field_size(spec: job_pb2.JobSpec, name: str) -> int:

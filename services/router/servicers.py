@@ -16,6 +16,7 @@ from genmesh.v1 import (
     provider_service_pb2_grpc,
 )
 from services.common.tenancy import tenant_of
+from services.router import limits
 from services.router.batches import Batches
 from services.router.core import RouterCore
 from services.router.feed import FeedHub
@@ -75,6 +76,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> job_service_pb2.CancelJobResponse:
+        limits.check_reason(request.reason)
         job = await self._core.cancel(tenant_of(context), request.job_id, request.reason)
         return job_service_pb2.CancelJobResponse(job=job)
 

@@ -187,3 +187,33 @@ async def test_the_longest_tenant_name_is_stored_and_scoped(mesh: Mesh) -> None:
     mine = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(), metadata=metadata)
     assert [job.id for job in mine.jobs] == [reply.job.id]
     await no_jobs(mesh)  # the default tenant sees none of it
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes([*out, n])
+
+
+def _with_unknown_field(job_spec: job_pb2.JobSpec, size: int) -> job_pb2.JobSpec:
+    # Field 99, length-delimited, as a newer client might send it: unknown to this contract.
+    job_spec.MergeFromString(_varint(99 << 3 | 2) + _varint(size) + b"u" * size)
+    return job_spec
+
+
+async def test_an_oversize_spec_of_unknown_fields_is_too_large_not_internal(mesh: Mesh) -> None:
+    err = await submit_error(mesh, _with_unknown_field(spec(), 300_000))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+    assert "unknown fields" in (err.details() or "")
+    await no_jobs(mesh)
+
+
+def test_step_prompts_count_against_their_own_limit_not_the_spec_size() -> None:
+    # 20 steps of 9,000 three-byte characters: 540 KB of prompts, each within its limit.
+    steps = [
+        job_pb2.PipelineStep(name=f"s{n}", task=job_pb2.TASK_TEXT_TO_TEXT, prompt="字" * 9_000)
+        for n in range(20)
+    ]
+    limits.check_spec(job_pb2.JobSpec(prompt="x", pipeline=job_pb2.PipelineSpec(steps=steps)))

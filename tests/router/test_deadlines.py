@@ -13,7 +13,7 @@ from nats.js.errors import KeyNotFoundError
 from genmesh.v1 import bus_pb2, job_pb2, provider_service_pb2
 from services.common.errors import InvalidArgument
 from services.router.attempts import open_attempt
-from services.router.deadlines import DEADLINE_EXCEEDED, job_deadline
+from services.router.deadlines import DEADLINE_EXCEEDED, LAST_DEADLINE, job_deadline
 from services.router.queues import QueueDepths
 from services.router.stopping import WorkerStopper
 from services.router.store import Incoming, JobStore
@@ -48,6 +48,14 @@ def test_deadline_is_the_sooner_of_the_timeout_and_the_call() -> None:
     # The deadline must fit a Timestamp; past year 9999 it was a ValueError (INTERNAL).
     with pytest.raises(InvalidArgument, match="after year 9999"):
         job_deadline(timeout(315_576_000_000), None, now)
+    # Only the caller's call deadline that far off is no fault of the spec: the latest time
+    # a Timestamp holds, rather than an error about a timeout the spec does not have.
+    latest = job_deadline(job_pb2.JobSpec(), 1e12, now)
+    assert latest is not None and latest.seconds == LAST_DEADLINE
+    with pytest.raises(InvalidArgument, match="after year 9999"):
+        job_deadline(timeout(1e12), 1e12, now)
+    sooner = job_deadline(timeout(30), 1e12, now)
+    assert sooner is not None and sooner.ToNanoseconds() == 1_030 * 10**9
 
 
 async def make_job(store: JobStore, job_id: str, deadline_in: float | None) -> None:

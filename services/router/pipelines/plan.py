@@ -96,6 +96,11 @@ def _check_step(
         raise InvalidArgument(f"{where}: another step already has this name")
     if step.task not in job_pb2.Task.values() or step.task == job_pb2.TASK_UNSPECIFIED:
         raise InvalidArgument(f"{where}: task is required; e.g. TASK_TEXT_TO_IMAGE")
+    try:
+        # Numbers JSON cannot carry (NaN, infinity) are refused now, not when the step starts.
+        struct_to_dict(step.parameters)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{where}: {exc.message}") from exc
     accepted = INPUT_MEDIA.get(step.task)
     task = task_name(step.task)
     if accepted is None and step.inputs:
