@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 import zlib
 from collections import OrderedDict
@@ -27,6 +28,8 @@ from genmesh.v1 import job_pb2
 from services.common.cancelling import cancel_task
 from services.common.db import Database
 from services.common.errors import InvalidArgument
+from services.common.text import findable
+from services.router.limits import MAX_ID
 from services.router.store import UNFINISHED, chunks, events_after_in, jobs
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -45,6 +48,8 @@ ROUTE_BUFFER = 65_536
 # Jobs whose tenant is remembered, so routing an event rarely needs the store.
 TENANT_CACHE = 100_000
 _CURSOR_VERSION = 1
+# A cursor's JSON, inflated, is at most this long (about 400,000 followed jobs).
+MAX_CURSOR_JSON = 16 * 1024 * 1024
 
 Update = job_pb2.JobEvent | str
 
@@ -65,14 +70,25 @@ class Position:
         """The position a cursor names; InvalidArgument if it is not one of ours."""
         try:
             packed = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-            version, mark, sent = json.loads(zlib.decompress(packed))
+            # Bounded: a crafted cursor of a few MiB could otherwise inflate to gigabytes.
+            inflate = zlib.decompressobj()
+            raw = inflate.decompress(packed, MAX_CURSOR_JSON)
+            if not inflate.eof:
+                raise ValueError
+            version, mark, sent = json.loads(raw)
             if version != _CURSOR_VERSION or not isinstance(mark, int | float):
                 raise ValueError
+            # float() of a huge integer overflows; an id no job has (a NUL, say, which
+            # PostgreSQL refuses outright) must not reach a query.
+            if not math.isfinite(float(mark)):
+                raise ValueError
             if not isinstance(sent, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in sent.items()
+                isinstance(k, str) and findable(k, MAX_ID) and isinstance(v, int) and v >= 0
+                for k, v in sent.items()
             ):
                 raise ValueError
-        except (ValueError, TypeError, zlib.error) as exc:
+        # RecursionError: JSON nested deeper than the parser goes.
+        except (ValueError, TypeError, OverflowError, RecursionError, zlib.error) as exc:
             raise InvalidArgument("malformed cursor; pass one from a WatchJobs response") from exc
         return cls(float(mark), dict(sent))
 

@@ -13,8 +13,10 @@ import grpc
 import pytest
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
+from services.common.errors import InvalidArgument
 from services.common.parameters import dict_to_struct
 from services.common.tenancy import tenant_metadata
+from services.router.feed import Position
 from services.router.transitions import TERMINAL
 from tests.mesh import Mesh
 
@@ -113,10 +115,36 @@ async def test_feed_starts_now_and_keeps_tenants_apart(mesh: Mesh) -> None:
         assert set(by_job(await read_until_done(theirs, {other}))) == {other}
 
 
-@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def packed(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode()
+
+
+# Each was INTERNAL: an overflowing mark, JSON nested past the parser's depth, and (on
+# PostgreSQL, which refuses NUL in text) an id with a NUL in it.
+CRAFTED = [
+    packed(b"[1," + b"9" * 400 + b",{}]"),
+    packed(b"[" * 100_000),
+    packed(rb'[1,0,{"j_\u0000":1}]'),
+]
+
+
+def test_a_cursor_that_would_inflate_past_its_limit_is_refused_unread() -> None:
+    # 64 MiB of spaces packs into about 64 KiB: inflated whole, a few MiB of cursor would
+    # cost the router gigabytes.
+    bomb = packed(b"[1,0,{}" + b" " * (64 << 20) + b"]")
+    assert len(bomb) < 100_000
+    with pytest.raises(InvalidArgument, match="malformed cursor"):
+        Position.decode(bomb)
+    for cursor in CRAFTED:
+        with pytest.raises(InvalidArgument, match="malformed cursor"):
+            Position.decode(cursor)
+    position = Position(12.5, {"j_1": 3})
+    assert Position.decode(position.encode()) == position
+
+
 async def test_malformed_cursor_is_invalid_argument(mesh: Mesh) -> None:
     wrong_version = base64.urlsafe_b64encode(zlib.compress(b"[99,0,{}]")).decode()
-    for cursor in ["not-a-cursor", wrong_version]:
+    for cursor in ["not-a-cursor", wrong_version, *CRAFTED]:
         async with feed(mesh, cursor) as call:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await call.read()
