@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -128,7 +129,13 @@ def _wrap_stream(
             # aclosing: when the caller hangs up, the servicer's generator is closed with this
             # one, releasing what it holds (a blob file) now rather than whenever it is
             # collected, which may be after the loop has closed.
-            async with aclosing(fn(parsed(request), context)) as items:
+            items = fn(parsed(request), context)
+            if inspect.isawaitable(items):
+                # A handler that writes with context.write (grpc_health's Watch) returns a
+                # coroutine rather than a generator.
+                await items
+                return
+            async with aclosing(items):
                 async for item in items:
                     yield item
         except Exception as exc:
