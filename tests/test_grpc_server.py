@@ -33,12 +33,14 @@ async def test_closing_the_wrapped_stream_closes_the_handlers_generator() -> Non
 async def test_health_watch_streams_through_the_interceptor() -> None:
     # grpc_health's Watch is a coroutine that writes with context.write, not a generator:
     # the interceptor's wrapping once answered it INTERNAL.
-    async with grpc_server("127.0.0.1:0", []) as running:
-        async with grpc.aio.insecure_channel(running.address) as channel:
-            call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-            first = await asyncio.wait_for(call.read(), 10)
-            assert first.status == health_pb2.HealthCheckResponse.SERVING
-            await running.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-            second = await asyncio.wait_for(call.read(), 10)
-            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            call.cancel()
+    async with (
+        grpc_server("127.0.0.1:0", []) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        first = await asyncio.wait_for(call.read(), 10)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        await running.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        second = await asyncio.wait_for(call.read(), 10)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        call.cancel()
