@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
+from nats.js.api import StreamConfig
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.infra import env_nats_url, postgres_server, private_nats_server, unique
+
+ANCHOR_STREAM = "GENMESH_TEST_ANCHOR"
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +25,26 @@ def nats_url() -> Iterator[str]:
     """The local NATS (JetStream) server, or a private one started from the package."""
     url = env_nats_url()
     if url:
+        asyncio.run(_anchor(url))
         yield url
         return
     with private_nats_server() as url:
+        asyncio.run(_anchor(url))
         yield url
+
+
+async def _anchor(url: str) -> None:
+    # nats-server 2.9 removes its streams directory when the last stream is deleted, and a
+    # stream created at that moment fails ("error creating store for stream", 10049). Test
+    # workers running side by side delete and create streams all the time; one stream that
+    # is never deleted keeps the directory.
+    nc = await nats.connect(url)
+    try:
+        config = StreamConfig(name=ANCHOR_STREAM, subjects=[ANCHOR_STREAM.lower()], max_bytes=4096)
+        with contextlib.suppress(nats.js.errors.BadRequestError):  # made by another worker
+            await nc.jetstream().add_stream(config)
+    finally:
+        await nc.close()
 
 
 @pytest.fixture
