@@ -27,7 +27,6 @@ from services.common.errors import (
 from services.common.parameters import dict_to_struct, struct_to_dict
 from services.common.tasks import INPUT_MEDIA, task_name
 from services.common.tenancy import tenant_metadata
-from services.common.text import findable
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
 from services.router import limits, records
@@ -287,7 +286,7 @@ class RouterCore:
     async def get(self, tenant: str, job_id: str) -> job_pb2.Job:
         if not job_id:
             raise InvalidArgument("job_id is required")
-        job = await self._store.get(tenant, job_id) if findable(job_id, limits.MAX_ID) else None
+        job = await self._store.get(tenant, job_id) if limits.known_id(job_id) else None
         if job is None:
             raise NotFound(f"job {job_id[: limits.MAX_ID]!r} not found")
         return job

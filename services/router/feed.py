@@ -28,8 +28,7 @@ from genmesh.v1 import job_pb2
 from services.common.cancelling import cancel_task
 from services.common.db import Database
 from services.common.errors import InvalidArgument
-from services.common.text import findable
-from services.router.limits import MAX_ID
+from services.router.limits import known_id
 from services.router.store import UNFINISHED, chunks, events_after_in, jobs
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -83,7 +82,7 @@ class Position:
             if not math.isfinite(float(mark)):
                 raise ValueError
             if not isinstance(sent, dict) or not all(
-                isinstance(k, str) and findable(k, MAX_ID) and isinstance(v, int) and v >= 0
+                isinstance(k, str) and known_id(k) and isinstance(v, int) and v >= 0
                 for k, v in sent.items()
             ):
                 raise ValueError

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument, TooLarge
-from services.common.text import has_control
+from services.common.text import check_text, findable
 
 # A spec's encoded size, leaving out its prompt (which has its own limit in characters). A
 # job carries its spec and a copy of the requested parameters, so it stays well under NATS's
@@ -26,16 +26,9 @@ MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 
 def check_spec(spec: job_pb2.JobSpec) -> None:
-    """InvalidArgument for an over-long idempotency key or one with control characters;
-    TooLarge for a spec that, apart from its prompt, is over MAX_SPEC_BYTES."""
-    if len(spec.idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidArgument(
-            f"idempotency_key is {len(spec.idempotency_key):,} characters; "
-            f"at most {MAX_IDEMPOTENCY_KEY}"
-        )
-    if has_control(spec.idempotency_key):
-        # PostgreSQL refuses a NUL in text: the key could be neither stored nor looked up.
-        raise InvalidArgument("idempotency_key contains control characters")
+    """InvalidArgument for an idempotency key no row can hold (too long, or with control
+    characters); TooLarge for a spec that, apart from its prompts, is over MAX_SPEC_BYTES."""
+    check_text("idempotency_key", spec.idempotency_key, MAX_IDEMPOTENCY_KEY)
     # Prompts have their own limit in characters, the steps' included; a pipeline job never
     # travels to a worker whole.
     prompts = [spec.prompt, *(step.prompt for step in spec.pipeline.steps)]
@@ -45,6 +38,11 @@ def check_spec(spec: job_pb2.JobSpec) -> None:
             f"the job spec is {size:,} bytes besides its prompt (largest: {_largest(spec)}); "
             f"at most {MAX_SPEC_BYTES:,}"
         )
+
+
+def known_id(value: str) -> bool:
+    """Whether a job or batch could have id `value`; look up nothing else (see findable)."""
+    return findable(value, MAX_ID)
 
 
 def check_reason(reason: str) -> None:

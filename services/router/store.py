@@ -37,7 +37,6 @@ from genmesh.v1 import job_pb2
 from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
-from services.common.text import findable
 from services.router import attempts, limits, ordering
 from services.router.transitions import TERMINAL, applied_state, fold
 
@@ -396,7 +395,7 @@ class JobStore:
                     and_(jobs.c.create_time == created, jobs.c.id < last_id),
                 )
             )
-        if batch_id and not findable(batch_id, limits.MAX_ID):
+        if batch_id and not limits.known_id(batch_id):
             # No batch has such an id, and PostgreSQL would refuse one holding a NUL.
             return Page([], "")
         query = query.order_by(jobs.c.create_time.desc(), jobs.c.id.desc()).limit(size + 1)
@@ -738,7 +737,7 @@ def decode_page_token(token: str) -> tuple[float, str]:
         if not isinstance(created, int | float) or not isinstance(job_id, str):
             raise ValueError
         # float() of a huge integer overflows; a NUL in the id is refused by PostgreSQL.
-        if not math.isfinite(float(created)) or not findable(job_id, limits.MAX_ID):
+        if not math.isfinite(float(created)) or not limits.known_id(job_id):
             raise ValueError
         return float(created), job_id
     # RecursionError: JSON nested deeper than the parser goes.
