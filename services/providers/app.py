@@ -63,6 +63,7 @@ async def running_worker(
         max_deliver=settings.worker_max_deliver,
         drain_timeout=settings.worker_drain_timeout,
         event_linger=settings.worker_event_linger,
+        progress_linger=settings.worker_progress_linger,
     )
     async with AsyncExitStack() as stack:
         for adapter in adapters:

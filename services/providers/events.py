@@ -11,9 +11,15 @@ from nats.js import JetStreamContext
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
 
-# Seconds progress is held back before it is published, so a job that ends within it
-# sends its progress and outcome as one message: one publish, one delivery, one apply.
+# Seconds a change of state (PROCESSING, PREVIEW_READY) is held back before it is
+# published, so a job that ends within it sends it and its outcome as one message: one
+# publish, one delivery, one apply.
 LINGER = 0.02
+# Seconds progress that changes no state is held back: a provider reporting every few
+# milliseconds sends a message a quarter second, not one per report. Every report still
+# reaches the watchers, in order; they see them in bunches. Per-message costs (publish,
+# store, fetch, ack, lock) are most of what an event costs the mesh.
+PROGRESS_LINGER = 0.25
 
 
 class EventPublisher:
@@ -28,8 +34,9 @@ class EventPublisher:
     messages in the order they were published, whichever router replica gets which.
 
     Progress goes out in order without holding up the job: a background sender publishes
-    what has gathered after `linger` seconds, one message at a time. An outcome takes
-    whatever progress is still unsent along with it.
+    what has gathered after `linger` seconds when it changes the job's state, else after
+    `progress_linger`, one message at a time. An outcome takes whatever progress is still
+    unsent along with it.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class EventPublisher:
         attempt: int,
         worker: str,
         linger: float = LINGER,
+        progress_linger: float = PROGRESS_LINGER,
     ) -> None:
         self._js = js
         self._bus = bus
@@ -48,6 +56,9 @@ class EventPublisher:
         self.delivery_id = secrets.token_hex(6)
         self._worker = worker
         self._linger = linger
+        self._progress_linger = max(linger, progress_linger)
+        # The state of the newest event handed in: one in another state is a change.
+        self._state: job_pb2.JobState.ValueType = job_pb2.JOB_STATE_UNSPECIFIED
         self._count = 0
         self._pending: list[job_pb2.JobEvent] = []
         self._sender: asyncio.Task[None] | None = None
@@ -69,6 +80,11 @@ class EventPublisher:
             await self._send(events, f"{self._job_id}:{self._attempt}:end")
             return
         self._pending.append(event)
+        if event.state != self._state or event.HasField("preview"):
+            self._state = event.state
+            # Hurried after the short linger, whichever linger the sender is waiting out; a
+            # hurry left over for a later sender only sends its progress early.
+            asyncio.get_running_loop().call_later(self._linger, self._hurry.set)
         sender = self._sender
         if sender is None or (sender.done() and (sender.cancelled() or not sender.exception())):
             # A failed sender is kept, so flush() raises its error; what gathers meanwhile
@@ -90,7 +106,7 @@ class EventPublisher:
     async def _send_later(self) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._linger):
+            async with asyncio.timeout(self._progress_linger):
                 await self._hurry.wait()
         while self._pending and not self._ending:
             events, self._pending = self._pending, []

@@ -33,7 +33,7 @@ from services.providers.budget import Budget, DeadlineExceeded, declare_limits, 
 from services.providers.cancelled import CancelledJobs
 from services.providers.context import RunContext
 from services.providers.drafts import Drafts
-from services.providers.events import LINGER, EventPublisher
+from services.providers.events import LINGER, PROGRESS_LINGER, EventPublisher
 from services.storage.client import AssetClient
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ class WorkerOptions:
     drain_timeout: float = 10.0
     # Seconds one attempt may take unless the job sets its own; 0: no limit.
     attempt_timeout: float = 0.0
-    # Seconds progress events are held back to travel together (see EventPublisher).
+    # Seconds events are held back to travel together (see EventPublisher): a change of
+    # state, and progress that changes none.
     event_linger: float = LINGER
+    progress_linger: float = PROGRESS_LINGER
 
 
 @dataclass
@@ -221,6 +223,7 @@ class ProviderWorker:
             attempt,
             shared.worker_id,
             self._options.event_linger,
+            self._options.progress_linger,
         )
         if job.id in self._shared.cancelled:
             await msg.ack()

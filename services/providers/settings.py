@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.common.settings import BusSettings
-from services.providers.events import LINGER
+from services.providers.events import LINGER, PROGRESS_LINGER
 
 
 class Settings(BusSettings):
@@ -27,6 +27,9 @@ class Settings(BusSettings):
     # Seconds a stopping worker waits for running jobs before cancelling them (they are
     # redelivered to another worker).
     worker_drain_timeout: float = 10.0
-    # Seconds a job's progress events are held back so that they travel together, and
-    # with the outcome when the job ends by then; 0 sends them without waiting.
+    # Seconds a job's events are held back so that they travel together, and with the
+    # outcome when the job ends by then; 0 sends them without waiting. A change of state
+    # (PROCESSING, PREVIEW_READY) waits worker_event_linger, progress that changes none
+    # worker_progress_linger.
     worker_event_linger: float = LINGER
+    worker_progress_linger: float = PROGRESS_LINGER

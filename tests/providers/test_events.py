@@ -57,8 +57,22 @@ async def stored(js: JetStreamContext, bus: Bus) -> list[tuple[str, list[str]]]:
     return out
 
 
-def publisher(js: JetStreamContext, bus: Bus, linger: float) -> EventPublisher:
-    return EventPublisher(js, bus, "j1", 2, "w", linger)
+def publisher(
+    js: JetStreamContext, bus: Bus, linger: float, progress_linger: float | None = None
+) -> EventPublisher:
+    return EventPublisher(
+        js, bus, "j1", 2, "w", linger, linger if progress_linger is None else progress_linger
+    )
+
+
+async def stored_soon(js: JetStreamContext, bus: Bus, count: int) -> list[tuple[str, list[str]]]:
+    """The stream's messages once there are `count` of them (or after 10 s)."""
+    for _ in range(500):
+        found = await stored(js, bus)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.02)
+    return await stored(js, bus)
 
 
 async def test_a_quick_jobs_progress_travels_with_its_outcome(
@@ -89,6 +103,30 @@ async def test_progress_goes_out_after_the_linger_without_waiting_for_the_outcom
         (first, ["started", "step 1"]),
         ("j1:2:end", ["step 2", "JOB_STATE_FAILED"]),
     ]
+
+
+async def test_a_change_of_state_goes_out_soon_and_progress_waits_its_longer_linger(
+    js: JetStreamContext, bus: Bus
+) -> None:
+    events = publisher(js, bus, linger=0.02, progress_linger=60.0)
+    await events.publish(progress("started"))  # QUEUED -> PROCESSING: a change
+    run = f"j1:2:{events.delivery_id}"
+    assert await stored_soon(js, bus, 1) == [(f"{run}:1", ["started"])]
+    await events.publish(progress("step 1"))
+    await events.publish(progress("step 2"))
+    await asyncio.sleep(0.5)  # far past the short linger: progress alone is held
+    assert len(await stored(js, bus)) == 1
+    preview = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PREVIEW_READY)
+    preview.preview.id = "a1"
+    await events.publish(preview)  # another change: takes the held progress along
+    assert (await stored_soon(js, bus, 2))[1] == (
+        f"{run}:2",
+        ["step 1", "step 2", "JOB_STATE_PREVIEW_READY"],
+    )
+    later = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PREVIEW_READY)
+    later.preview.id = "a2"  # a new preview in the same state is news too
+    await events.publish(later)
+    assert len(await stored_soon(js, bus, 3)) == 3
 
 
 async def test_flush_publishes_held_progress_at_once(js: JetStreamContext, bus: Bus) -> None:
