@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -203,6 +204,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # one request in a few hundred would wait on the event loop while pages are copied
     # and the file synced. WalCheckpointer does it on its own thread instead.
     cur.execute("PRAGMA wal_autocheckpoint=0")
+    # When the log starts over, the file is cut back to this; see WalCheckpointer.
+    cur.execute(f"PRAGMA journal_size_limit={WalCheckpointer.LIMIT}")
     cur.close()
 
 
@@ -210,13 +213,24 @@ class WalCheckpointer:
     """Copies a SQLite file's write-ahead log into the database from a thread of its own.
 
     PASSIVE checkpoints neither block the writer nor wait for readers; sqlite3 releases the
-    GIL while one runs, so the event loop carries on meanwhile."""
+    GIL while one runs, so the event loop carries on meanwhile.
+
+    The log starts over from its beginning only when a transaction begins with every frame
+    in it copied. Under steady writes one checkpoint never catches the last frames, and the
+    log grew by hundreds of MB a minute. So past LIMIT the thread checkpoints again and
+    again, each pass copying what came since the last, until one transaction starts in a
+    caught-up moment and the log restarts, cut back to LIMIT. The stronger RESTART mode is
+    no use here: it holds the write lock, and a transaction that read first and then
+    writes would fail with "database is locked" rather than wait.
+    """
 
     INTERVAL = 0.5  # seconds between checkpoints: bounds the log to what is written in it
+    LIMIT = 64 << 20  # bytes of log past which the thread chases a restart
+    CHASE = 0.002  # seconds between chasing passes
+    CHASE_FOR = 2.0  # seconds one chase may last before the next round tries again
 
-    def __init__(self, path: str | None, interval: float = INTERVAL) -> None:
+    def __init__(self, path: str | None) -> None:
         self._path = path
-        self._interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # completed, for tests and curiosity
@@ -244,14 +258,27 @@ class WalCheckpointer:
 
     def _run(self, path: str) -> None:
         conn = sqlite3.connect(path, check_same_thread=False)
+        log_file = Path(path + "-wal")
         try:
-            while not self._stop.wait(self._interval):
+            while not self._stop.wait(self.INTERVAL):
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                    give_up = time.monotonic() + self.CHASE_FOR
+                    while _size(log_file) > self.LIMIT and time.monotonic() < give_up:
+                        if self._stop.wait(self.CHASE):
+                            return
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        self.checkpoints += 1
                 except sqlite3.Error:
                     # Transient (the file busy, the disk full): the next round tries again.
                     log.warning("checkpointing %s failed", path, exc_info=True)
-                else:
-                    self.checkpoints += 1
         finally:
             conn.close()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
