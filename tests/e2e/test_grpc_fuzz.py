@@ -50,7 +50,7 @@ ALLOWED = frozenset(
         Code.UNAVAILABLE,
     }
 )
-# What gRPC's core, not a service, answers a refused client stream now and then.
+# What grpc.aio's client, not a service, reports for a refused client stream now and then.
 CORE_RACE = "Internal error from Core"
 # Seconds a call may take to answer (a stream: its first message or its end).
 ANSWER_WITHIN = 20.0
@@ -549,9 +549,13 @@ async def check(mesh: Mesh, real: Real, channel: grpc.aio.Channel, call: Call) -
     event(f"{call.rpc}: {result.code.name}")
     said = f"{call.rpc} (tenant {tenant!r}) answered {result.code.name}: {result.details}"
     if isinstance(call.request, list) and result.details == CORE_RACE:
-        # Not the service's answer (its own INTERNAL says "internal error"): gRPC's core
-        # reports this, about 1 run in 10, when a client-streaming call it is still
-        # writing is refused mid-stream. Unexplained so far; counted, not failed.
+        # Not the service's answer (its own INTERNAL says "internal error") but the client
+        # library's: when the server ends a client stream while grpc.aio is still writing
+        # it, the failed write sets the call's status to this INTERNAL (grpc/aio/_call.py,
+        # _write -> set_internal_error) before the server's status is read, and the real
+        # one is lost. Storage now reads the rest of a refused upload (up to 4 MiB) before
+        # refusing, which ended it in tests/storage; counted here, not failed, in case a
+        # request past that still meets it.
         event(f"{call.rpc}: gRPC core race")
         return
     assert result.code in ALLOWED, f"{said}\nrequest: {described(sent)}"
