@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -89,3 +90,36 @@ async def test_the_log_starts_over_under_steady_writes(
             await asyncio.sleep(0.001)
     # Without the chase it reaches all 60 MB; with it a few MiB, now and then more.
     assert largest <= 30 << 20
+
+
+async def test_a_large_idle_log_is_not_chased_and_the_next_write_cuts_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(WalCheckpointer, "INTERVAL", 0.05)
+    monkeypatch.setattr(WalCheckpointer, "LIMIT", 64 << 10)
+    passes = 0
+    checkpoint = WalCheckpointer._checkpoint
+
+    def counted(self: WalCheckpointer, conn: sqlite3.Connection) -> int | None:
+        nonlocal passes
+        passes += 1
+        return checkpoint(self, conn)
+
+    monkeypatch.setattr(WalCheckpointer, "_checkpoint", counted)
+    path = tmp_path / "idle.db"
+    log_file = tmp_path / "idle.db-wal"
+    table = _blobs()
+    async with open_database(f"sqlite:///{path}", table.metadata) as db:
+        async with db.begin() as conn:
+            await conn.execute(
+                insert(table), [{"id": n, "body": bytes(10_000)} for n in range(100)]
+            )
+        await asyncio.sleep(0.3)
+        assert log_file.stat().st_size > 1_000_000
+        before = passes
+        await asyncio.sleep(1.0)
+        # Two passes a round (20 rounds a second); chasing every 2 ms would be hundreds.
+        assert passes - before < 100
+        async with db.begin() as conn:
+            await conn.execute(insert(table), [{"id": 100, "body": b"x"}])
+        assert log_file.stat().st_size <= 64 << 10

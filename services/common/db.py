@@ -262,19 +262,27 @@ class WalCheckpointer:
         try:
             while not self._stop.wait(self.INTERVAL):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
+                    frames = self._checkpoint(conn)
                     give_up = time.monotonic() + self.CHASE_FOR
                     while _size(log_file) > self.LIMIT and time.monotonic() < give_up:
                         if self._stop.wait(self.CHASE):
                             return
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                        self.checkpoints += 1
+                        before, frames = frames, self._checkpoint(conn)
+                        if frames is not None and frames == before:
+                            # Caught up, and nothing written since: the next write restarts
+                            # the log, and chasing an idle one would only spin.
+                            break
                 except sqlite3.Error:
                     # Transient (the file busy, the disk full): the next round tries again.
                     log.warning("checkpointing %s failed", path, exc_info=True)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> int | None:
+        """One PASSIVE checkpoint: the log's frames when it copied them all, else None."""
+        _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.checkpoints += 1
+        return int(frames) if frames == copied else None
 
 
 def _size(path: Path) -> int:
