@@ -110,8 +110,8 @@ class AssetClient:
                 async for request in requests:
                     if call.done():
                         break  # storage has answered already (a refusal): awaiting it raises it
-                    await _step(call, call.write(request), self._timeout)
-            await _step(call, call.done_writing(), self._timeout)
+                    await _written(call, call.write(request), self._timeout)
+            await _written(call, call.done_writing(), self._timeout)
             response = await _step(call, call, self._timeout)
         except BaseException:
             call.cancel()  # storage discards what it received
@@ -225,6 +225,21 @@ class AssetClient:
 
 async def _step(call: grpc.aio.Call, step: Awaitable[T], seconds: float | None) -> T:
     return await within(call, step, seconds, "storage")
+
+
+async def _written(
+    call: grpc.aio.StreamUnaryCall, write: Awaitable[None], seconds: float | None
+) -> None:
+    """A write of an upload; when it fails because storage has ended the call, storage's
+    own answer rather than the write's error. grpc.aio reports such a write as INTERNAL
+    "Internal error from Core", which would turn a refusal into an internal error."""
+    try:
+        await _step(call, write, seconds)
+    except grpc.aio.AioRpcError as failed:
+        if failed.code() != grpc.StatusCode.INTERNAL:
+            raise
+        await _step(call, call, seconds)  # raises the answer, whatever it is
+        raise  # the call succeeded after all: the failed write is the truth
 
 
 async def _upload_requests(

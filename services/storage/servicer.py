@@ -17,9 +17,10 @@ from services.storage.core import Asset, AssetStore, NewAsset
 from services.storage.limits import BATCH_PUT_BYTES, BATCH_PUT_ITEMS, PUT_LIMIT
 
 SERVICE_NAME = asset_service_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name
-# How much of a refused upload is still read before the refusal goes out (see _drain).
-DRAIN_BYTES = 4 * 1024 * 1024
-DRAIN_SECONDS = 1.0
+# Seconds the rest of a refused upload is still read before the refusal goes out (see
+# _drain). Not bounded in bytes: what is read is discarded as it comes, and flow control
+# keeps the memory it takes small.
+DRAIN_SECONDS = 2.0
 
 
 class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
@@ -100,16 +101,14 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
 
 
 async def _drain(requests: AsyncIterator[asset_service_pb2.UploadAssetRequest]) -> None:
-    """Read what the client still sends of a refused upload, up to DRAIN_BYTES within
-    DRAIN_SECONDS. A grpc.aio client still writing when its call ends reports INTERNAL
-    "Internal error from Core" instead of the call's status (about 1 refusal in 500)."""
-    left = DRAIN_BYTES
+    """Read and discard what the client still sends of a refused upload, for at most
+    DRAIN_SECONDS. A grpc.aio client whose write fails because the call has ended reports
+    INTERNAL "Internal error from Core" instead of the call's status: for a refusal that
+    leaves the client megabytes to send, nearly always."""
     with contextlib.suppress(Exception):  # TimeoutError, or the stream's own failure
         async with asyncio.timeout(DRAIN_SECONDS):
-            async for request in requests:
-                left -= request.ByteSize()
-                if left < 0:
-                    return
+            async for _ in requests:
+                pass
 
 
 async def _chunks(

@@ -553,9 +553,9 @@ async def check(mesh: Mesh, real: Real, channel: grpc.aio.Channel, call: Call) -
         # library's: when the server ends a client stream while grpc.aio is still writing
         # it, the failed write sets the call's status to this INTERNAL (grpc/aio/_call.py,
         # _write -> set_internal_error) before the server's status is read, and the real
-        # one is lost. Storage now reads the rest of a refused upload (up to 4 MiB) before
-        # refusing, which ended it in tests/storage; counted here, not failed, in case a
-        # request past that still meets it.
+        # one is lost. Storage now reads the rest of a refused upload (for up to 2 s)
+        # before refusing, which ended it in tests/storage; counted here, not failed, as
+        # nothing makes a raw stub's writes wait for that.
         event(f"{call.rpc}: gRPC core race")
         return
     assert result.code in ALLOWED, f"{said}\nrequest: {described(sent)}"

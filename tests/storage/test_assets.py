@@ -378,7 +378,7 @@ async def test_upload_without_metadata_first_is_invalid(storage: Storage) -> Non
 async def test_a_refusal_reaches_a_client_still_writing(storage: Storage) -> None:
     # grpc.aio's client reports INTERNAL "Internal error from Core" instead of the status
     # when a write of its fails because the call has ended: storage reads the rest of a
-    # refused upload first. Without that, about 1 such call in 500 lost its status.
+    # refused upload first. Without that, about 1 such small call in 500 lost its status.
     stub = asset_service_pb2_grpc.AssetServiceStub(storage.channel)
     requests = [asset_service_pb2.UploadAssetRequest(chunk=bytes(1000))] * 4
     codes: Counter[str] = Counter()
@@ -390,6 +390,27 @@ async def test_a_refusal_reaches_a_client_still_writing(storage: Storage) -> Non
     assert codes == {
         "INVALID_ARGUMENT: the first message of an upload must carry its metadata": 1500
     }
+
+
+async def test_a_refusal_with_megabytes_left_to_send_keeps_its_status(storage: Storage) -> None:
+    # Refused early, with far more still to write: every such upload answered INTERNAL
+    # before, whether over the limit or with bad metadata, and the HTTP bridge made 500s of
+    # what should be 413s and 400s.
+    data = bytes(8 * MAX_UPLOAD_BYTES)
+    for _ in range(10):
+        refused = await expect_code(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            storage.client.upload(data, tenant=TENANT, media_type="application/x-test"),
+        )
+        assert reason_of(refused) == TOO_LARGE
+        await expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            storage.client.upload(
+                data, tenant=TENANT, media_type="application/x-test", filename="x" * 5000
+            ),
+        )
+    assert await storage.row_count() == 0
+    assert storage.blobs.staged() == []
 
 
 @pytest.mark.parametrize(
