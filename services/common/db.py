@@ -262,15 +262,16 @@ class WalCheckpointer:
         try:
             while not self._stop.wait(self.INTERVAL):
                 try:
-                    frames = self._checkpoint(conn)
+                    done = self._checkpoint(conn)
                     give_up = time.monotonic() + self.CHASE_FOR
                     while _size(log_file) > self.LIMIT and time.monotonic() < give_up:
                         if self._stop.wait(self.CHASE):
                             return
-                        before, frames = frames, self._checkpoint(conn)
-                        if frames is not None and frames == before:
-                            # Caught up, and nothing written since: the next write restarts
-                            # the log, and chasing an idle one would only spin.
+                        before, done = done, self._checkpoint(conn)
+                        if done == before:
+                            # Nothing written and nothing more copied since the last pass:
+                            # the log is caught up (the next write restarts it) or a reader
+                            # holds it back. Chasing either would only spin.
                             break
                 except sqlite3.Error:
                     # Transient (the file busy, the disk full): the next round tries again.
@@ -278,15 +279,15 @@ class WalCheckpointer:
         finally:
             conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> int | None:
-        """One PASSIVE checkpoint: the log's frames when it copied them all, else None."""
+    def _checkpoint(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """One PASSIVE checkpoint: the frames in the log, and how many of them are copied."""
         _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
-        return int(frames) if frames == copied else None
+        return int(frames), int(copied)
 
 
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except FileNotFoundError:
+    except OSError:  # no log yet; anything else, the next round looks again
         return 0
