@@ -184,13 +184,17 @@ async def worker(nats_url: str, storage_addr: str) -> None:
         job = bus_pb2.JobDispatch.FromString(msg.data).job
         processing = job_pb2.JobEvent(job_id=job.id, state=job_pb2.JOB_STATE_PROCESSING)
         processing.time.GetCurrentTime()
-        # Row (d)'s jobs report progress every 60 ms; like the mesh's workers, the reports
-        # gathered over PROGRESS_LINGER travel as one message, the rest with the outcome.
+        # Row (d)'s jobs report progress every 60 ms. Like the mesh's workers: PROCESSING
+        # goes out alone, then the reports gathered within PROGRESS_LINGER of the first
+        # held one travel together (five of them), the rest with the outcome.
         steps = int(job.spec.parameters.fields["steps"].number_value)
+        every = job.spec.parameters.fields["latency_s"].number_value / max(steps, 1)
+        if steps:
+            await publish(bus_pb2.WorkerEvent(events=[processing], attempt=1), f"{job.id}:1:p")
         held: list[job_pb2.JobEvent] = []
         since = 0.0
         for step in range(steps):
-            await asyncio.sleep(job.spec.parameters.fields["latency_s"].number_value / steps)
+            await asyncio.sleep(every)
             progress = job_pb2.JobEvent(job_id=job.id, state=job_pb2.JOB_STATE_PROCESSING)
             progress.progress.percent = 100 * (step + 1) / steps
             progress.progress.message = f"step {step + 1}/{steps}"
@@ -198,7 +202,7 @@ async def worker(nats_url: str, storage_addr: str) -> None:
             now = time.monotonic()
             since = since if held else now
             held.append(progress)
-            if now - since >= PROGRESS_LINGER:
+            if now + every - since > PROGRESS_LINGER:  # the next would come after the linger
                 await publish(bus_pb2.WorkerEvent(events=held, attempt=1), f"{job.id}:1:{step}")
                 held = []
         request = asset_service_pb2.BatchPutAssetsRequest()
@@ -208,9 +212,8 @@ async def worker(nats_url: str, storage_addr: str) -> None:
         completed = job_pb2.JobEvent(job_id=job.id, state=job_pb2.JOB_STATE_COMPLETED)
         completed.assets.add().CopyFrom(stored.results[0].asset)
         completed.time.GetCurrentTime()
-        wrapper = bus_pb2.WorkerEvent(
-            events=[processing, *held, completed], attempt=1, worker_id="w"
-        )
+        first = [] if steps else [processing]
+        wrapper = bus_pb2.WorkerEvent(events=[*first, *held, completed], attempt=1, worker_id="w")
         await publish(wrapper, f"{job.id}:1:end")
         await msg.ack()
 

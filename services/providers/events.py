@@ -80,6 +80,8 @@ class EventPublisher:
             await self._send(events, f"{self._job_id}:{self._attempt}:end")
             return
         self._pending.append(event)
+        # A new state (PROCESSING, PREVIEW_READY) or a new preview is news for watchers;
+        # PREVIEW_READY back to PROCESSING counts too, though the job stays PREVIEW_READY.
         if event.state != self._state or event.HasField("preview"):
             self._state = event.state
             # Hurried after the short linger, whichever linger the sender is waiting out; a

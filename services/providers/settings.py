@@ -28,8 +28,8 @@ class Settings(BusSettings):
     # redelivered to another worker).
     worker_drain_timeout: float = 10.0
     # Seconds a job's events are held back so that they travel together, and with the
-    # outcome when the job ends by then; 0 sends them without waiting. A change of state
-    # (PROCESSING, PREVIEW_READY) waits worker_event_linger, progress that changes none
-    # worker_progress_linger.
+    # outcome when the job ends by then; 0 sends them without waiting. An event in a new
+    # state, or with a new preview, waits worker_event_linger; other progress waits
+    # worker_progress_linger (at least worker_event_linger).
     worker_event_linger: float = LINGER
     worker_progress_linger: float = PROGRESS_LINGER
