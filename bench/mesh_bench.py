@@ -62,7 +62,11 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 class Channels:
     """A few independent channels (separate TCP connections), handed out round-robin."""
 
-    def __init__(self, target: str, count: int) -> None:
+    def __init__(self, target: str, count: int, unique_outputs: bool = False) -> None:
+        # Give every generated job its own seed, so storage writes (and fsyncs) a new blob
+        # for each instead of finding the one every other job rendered already.
+        self.unique_outputs = unique_outputs
+        self._seeds = itertools.count(1)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -73,6 +77,9 @@ class Channels:
         self._generate = [generate_service_pb2_grpc.GenerateServiceStub(c) for c in self.channels]
         self._jobs = [job_service_pb2_grpc.JobServiceStub(c) for c in self.channels]
         self._next: Iterator[int] = itertools.cycle(range(count))
+
+    def next_seed(self) -> int:
+        return next(self._seeds)
 
     def generate(self) -> generate_service_pb2_grpc.GenerateServiceStub:
         return self._generate[next(self._next)]
@@ -128,6 +135,11 @@ def state_name(state: job_pb2.JobState.ValueType) -> str:
 
 async def generate_once(chans: Channels, job_spec: job_pb2.JobSpec) -> Outcome:
     """Generate one job; latency = call start to its terminal event."""
+    if chans.unique_outputs:
+        seeded = job_pb2.JobSpec()
+        seeded.CopyFrom(job_spec)
+        seeded.parameters.update({"seed": chans.next_seed()})
+        job_spec = seeded
     start = time.perf_counter()
     call = chans.generate().Generate(
         generate_service_pb2.GenerateRequest(spec=job_spec), timeout=CALL_TIMEOUT_S
@@ -429,6 +441,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--channels", type=int, default=4, help="gRPC channels [%(default)s]")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument(
+        "--unique-outputs",
+        action="store_true",
+        help="a seed per generated job, so each output is a new blob (by default every job "
+        "renders the same PNG, which storage then already holds)",
+    )
     args = parser.parse_args(argv)
     host = args.router.rpartition(":")[0].strip("[]")
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -443,7 +461,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
     scale = 10 if args.quick else 1
     only = set(args.only.split(","))
     pid: int | None = args.worker_pid
-    chans = Channels(args.router, args.channels)
+    chans = Channels(args.router, args.channels, args.unique_outputs)
     rows: list[Row] = []
     try:
         await chans.ready()
