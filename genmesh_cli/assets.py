@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import mimetypes
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -15,6 +15,8 @@ import grpc
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
 from genmesh_cli.client import CliError
+from services.common.tenancy import DEFAULT_TENANT
+from services.storage.client import AssetClient
 
 CHUNK_BYTES = 256 * 1024
 DOWNLOAD_ATTEMPTS = 4
@@ -78,22 +80,12 @@ def check_inputs(paths: list[Path]) -> None:
             raise CliError(f"input file not found: {path}", exit_code=2)
 
 
-async def upload(stub: asset_service_pb2_grpc.AssetServiceStub, path: Path) -> asset_pb2.Asset:
-    """Upload a job input: metadata first, then the bytes in chunks."""
-
-    async def requests() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
-        yield asset_service_pb2.UploadAssetRequest(
-            metadata=asset_service_pb2.UploadMetadata(
-                media_type=media_type_of(path),
-                filename=path.name,
-                role=asset_pb2.ASSET_ROLE_INPUT,
-            )
-        )
-        for chunk in _read_chunks(path):
-            yield asset_service_pb2.UploadAssetRequest(chunk=chunk)
-
-    response = await stub.UploadAsset(requests())
-    return response.asset
+async def upload(channel: grpc.aio.Channel, path: Path) -> asset_pb2.Asset:
+    """Upload a job input, streamed from disk. Through AssetClient, so that a refusal arrives
+    as storage's own status even while the file is still being sent."""
+    return await AssetClient(channel).upload_file(
+        path, tenant=DEFAULT_TENANT, media_type=media_type_of(path)
+    )
 
 
 def _open_part(path: Path, offset: int) -> BinaryIO:

@@ -224,7 +224,7 @@ async def _run(args: argparse.Namespace) -> int:
         input_ids: list[str] = []
         for path in args.inputs:
             try:
-                asset = await assets.upload(storage, path)
+                asset = await assets.upload(storage_channel, path)
             except grpc.aio.AioRpcError as error:
                 raise CliError(
                     f"upload of {path}: {format_rpc_error(error, args.storage)}"
