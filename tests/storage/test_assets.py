@@ -396,7 +396,7 @@ async def test_a_refusal_with_megabytes_left_to_send_keeps_its_status(storage: S
     # Refused early, with far more still to write: every such upload answered INTERNAL
     # before, whether over the limit or with bad metadata, and the HTTP bridge made 500s of
     # what should be 413s and 400s.
-    data = bytes(8 * MAX_UPLOAD_BYTES)
+    data = bytes(16 * MAX_UPLOAD_BYTES)
     for _ in range(10):
         refused = await expect_code(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -493,6 +493,25 @@ async def test_idempotency_key_returns_the_first_asset(storage: Storage) -> None
     b = await client.upload(b"first", tenant=TENANT, media_type="text/plain")
     assert len({first.id, other.id, a.id, b.id}) == 4
     assert await storage.row_count() == 4
+
+
+async def test_a_repeat_answered_before_its_bytes_are_sent_is_a_success(storage: Storage) -> None:
+    # Storage answers a streamed repeat of a known key at once, with megabytes still to
+    # come; the writes that then fail must not turn that answer into an error. (A worker's
+    # redelivered job re-uploads its outputs under their keys: every redelivery of a job
+    # with an output over 1 MiB failed.)
+    first = await storage.client.upload(
+        b"first", tenant=TENANT, media_type="text/plain", idempotency_key="job-9/out-0"
+    )
+    for _ in range(20):
+        again = await storage.client.upload(
+            bytes(16 * MAX_UPLOAD_BYTES),
+            tenant=TENANT,
+            media_type="text/plain",
+            idempotency_key="job-9/out-0",
+        )
+        assert again == first
+    assert await storage.row_count() == 1
 
 
 async def test_concurrent_uploads_with_one_key_make_one_asset(storage: Storage) -> None:
