@@ -229,6 +229,8 @@ async def _run(args: argparse.Namespace) -> int:
                 raise CliError(
                     f"upload of {path}: {format_rpc_error(error, args.storage)}"
                 ) from None
+            except OSError as error:  # readable when checked, not when read
+                raise CliError(f"upload of {path}: {error.strerror or error}") from None
             input_ids.append(asset.id)
             if not args.json:
                 out.print(f"uploaded {path} as asset {asset.id} ({asset.media_type})")
