@@ -268,10 +268,10 @@ class WalCheckpointer:
                         if self._stop.wait(self.CHASE):
                             return
                         before, done = done, self._checkpoint(conn)
-                        if done == before:
-                            # Nothing written and nothing more copied since the last pass:
-                            # the log is caught up (the next write restarts it) or a reader
-                            # holds it back. Chasing either would only spin.
+                        if done[1] == before[1]:
+                            # Nothing more copied since the last pass: the log is caught up
+                            # (the next write restarts it) or a reader holds it back, writes
+                            # or none. Chasing either would only spin.
                             break
                 except sqlite3.Error:
                     # Transient (the file busy, the disk full): the next round tries again.
