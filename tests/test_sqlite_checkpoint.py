@@ -155,7 +155,8 @@ async def test_a_log_a_reader_holds_back_is_not_chased(
                     await conn.execute(insert(table), [{"id": n, "body": bytes(1_000)}])
                 n += 1
                 await asyncio.sleep(0.0005)
-            # No pass can copy past the reader's snapshot; chasing would be hundreds.
-            assert passes[0] - before < 100
+            # No pass can copy past the reader's snapshot: a round gives up after a few
+            # (about 120 a second); chasing throughout would be near 500.
+            assert passes[0] - before < 250
         finally:
             reader.close()

@@ -228,6 +228,7 @@ class WalCheckpointer:
     LIMIT = 64 << 20  # bytes of log past which the thread chases a restart
     CHASE = 0.002  # seconds between chasing passes
     CHASE_FOR = 2.0  # seconds one chase may last before the next round tries again
+    STALLED = 5  # passes in a row that copy nothing more before a chase gives up
 
     def __init__(self, path: str | None) -> None:
         self._path = path
@@ -264,14 +265,17 @@ class WalCheckpointer:
                 try:
                     done = self._checkpoint(conn)
                     give_up = time.monotonic() + self.CHASE_FOR
+                    stalled = 0
                     while _size(log_file) > self.LIMIT and time.monotonic() < give_up:
                         if self._stop.wait(self.CHASE):
                             return
                         before, done = done, self._checkpoint(conn)
-                        if done[1] == before[1]:
-                            # Nothing more copied since the last pass: the log is caught up
-                            # (the next write restarts it) or a reader holds it back, writes
-                            # or none. Chasing either would only spin.
+                        stalled = stalled + 1 if done[1] == before[1] else 0
+                        if done == before or stalled == self.STALLED:
+                            # Caught up with nothing written since (the next write restarts
+                            # the log), or a reader holding it back for pass after pass:
+                            # chasing either would only spin. One short read can stall a
+                            # pass or two without ending the chase.
                             break
                 except sqlite3.Error:
                     # Transient (the file busy, the disk full): the next round tries again.

@@ -17,9 +17,9 @@ from services.storage.core import Asset, AssetStore, NewAsset
 from services.storage.limits import BATCH_PUT_BYTES, BATCH_PUT_ITEMS, PUT_LIMIT
 
 SERVICE_NAME = asset_service_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name
-# Seconds the unread rest of an upload is still read before storage answers (see _drain).
-# Not bounded in bytes: what is read is discarded as it comes, and flow control keeps the
-# memory small. A refusal of a large upload may so come up to this much later.
+# Seconds the unread rest of a refused upload is still read before the refusal goes out
+# (see _drain). Not bounded in bytes: what is read is discarded as it comes, and flow
+# control keeps the memory small. A refusal of a large upload may so come this much later.
 DRAIN_SECONDS = 2.0
 
 
@@ -44,8 +44,6 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
         except Exception:
             await _drain(request_iterator)
             raise
-        # A repeat of a known key is answered before its bytes are read: read them as well.
-        await _drain(request_iterator)
         return asset_service_pb2.UploadAssetResponse(asset=to_proto(asset))
 
     async def PutAsset(
@@ -103,11 +101,10 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
 
 
 async def _drain(requests: AsyncIterator[asset_service_pb2.UploadAssetRequest]) -> None:
-    """Read and discard what the client still sends of an upload storage has its answer to,
-    for at most DRAIN_SECONDS; nothing when the client has sent it all. A grpc.aio client
-    whose write fails because the call has ended reports INTERNAL "Internal error from
-    Core" instead of the call's answer, success or refusal (about 1 small refusal in 500,
-    and nearly every answer that leaves megabytes unsent)."""
+    """Read and discard what the client still sends of a refused upload, for at most
+    DRAIN_SECONDS. A grpc.aio client whose write fails because the call has ended reports
+    INTERNAL "Internal error from Core" instead of the refusal (about 1 small refusal in
+    500, and nearly every one that leaves megabytes unsent)."""
     with contextlib.suppress(Exception):  # TimeoutError, or the stream's own failure
         async with asyncio.timeout(DRAIN_SECONDS):
             async for _ in requests:

@@ -495,21 +495,35 @@ async def test_idempotency_key_returns_the_first_asset(storage: Storage) -> None
     assert await storage.row_count() == 4
 
 
-async def test_a_repeat_answered_before_its_bytes_are_sent_is_a_success(storage: Storage) -> None:
+@pytest.mark.parametrize("client", ["AssetClient", "raw stub"])
+async def test_a_repeat_answered_before_its_bytes_are_sent_is_a_success(
+    storage: Storage, client: str
+) -> None:
     # Storage answers a streamed repeat of a known key at once, with megabytes still to
-    # come; the writes that then fail must not turn that answer into an error. (A worker's
-    # redelivered job re-uploads its outputs under their keys: every redelivery of a job
-    # with an output over 1 MiB failed.)
+    # come; a write that then fails must not turn that answer into an error. AssetClient
+    # did (a worker's redelivered job re-uploads its outputs under their keys: every
+    # redelivery of a job with an output over 1 MiB failed). A raw stub handed an
+    # iterator keeps the answer already.
+    key = "job-9/out-0"
     first = await storage.client.upload(
-        b"first", tenant=TENANT, media_type="text/plain", idempotency_key="job-9/out-0"
+        b"first", tenant=TENANT, media_type="text/plain", idempotency_key=key
     )
+    stub = asset_service_pb2_grpc.AssetServiceStub(storage.channel)
+    meta = asset_service_pb2.UploadMetadata(media_type="text/plain", idempotency_key=key)
+    chunk = asset_service_pb2.UploadAssetRequest(chunk=bytes(CHUNK_SIZE))
+    requests = [asset_service_pb2.UploadAssetRequest(metadata=meta)]
+    requests += [chunk] * (16 * MAX_UPLOAD_BYTES // CHUNK_SIZE)
     for _ in range(20):
-        again = await storage.client.upload(
-            bytes(16 * MAX_UPLOAD_BYTES),
-            tenant=TENANT,
-            media_type="text/plain",
-            idempotency_key="job-9/out-0",
-        )
+        if client == "raw stub":
+            answer = await stub.UploadAsset(iter(requests), metadata=tenant_metadata(TENANT))
+            again = answer.asset
+        else:
+            again = await storage.client.upload(
+                bytes(16 * MAX_UPLOAD_BYTES),
+                tenant=TENANT,
+                media_type="text/plain",
+                idempotency_key=key,
+            )
         assert again == first
     assert await storage.row_count() == 1
 
