@@ -125,6 +125,23 @@ async def test_up_serves_offline_providers_with_no_keys(up: Up, tmp_path: Path) 
     with Image.open(styled["path"]) as image:
         assert image.format == "PNG" and image.size == (160, 160)
 
+    # An input that is there but cannot be read: one line saying so, no traceback.
+    code, stdout, stderr = await run_cli(
+        "generate",
+        "-t",
+        "image-to-image",
+        "in sepia",
+        "--input",
+        "/proc/self/mem",  # a file, whose first bytes are unmapped memory: EIO
+        "--router",
+        up.router,
+        "--storage",
+        up.storage,
+        cwd=tmp_path,
+    )
+    assert code != 0 and "upload of /proc/self/mem: Input/output error" in stderr, stderr
+    assert "Traceback" not in stderr
+
     # Every offline provider is listed with a live worker and no reason against it.
     code, stdout, stderr = await run_cli("providers", "--router", up.router, "--json", cwd=tmp_path)
     assert code == 0, stderr
