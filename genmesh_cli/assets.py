@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import mimetypes
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +17,6 @@ from genmesh_cli.client import CliError
 from services.common.tenancy import DEFAULT_TENANT
 from services.storage.client import AssetClient
 
-CHUNK_BYTES = 256 * 1024
 DOWNLOAD_ATTEMPTS = 4
 
 # Types the platform's mimetypes tables may not know, or know only by an x- alias.
@@ -67,12 +65,6 @@ def file_name(asset: asset_pb2.Asset) -> str:
     return name
 
 
-def _read_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            yield chunk
-
-
 def check_inputs(paths: list[Path]) -> None:
     """Fail before any network call when an input file cannot be read."""
     for path in paths:
@@ -97,10 +89,8 @@ def _open_part(path: Path, offset: int) -> BinaryIO:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    for chunk in _read_chunks(path):
-        digest.update(chunk)
-    return digest.hexdigest()
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def unique_path(directory: Path, name: str, taken: set[Path]) -> Path:
