@@ -15,11 +15,12 @@ import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from genmesh_cli.supervisor import nats_server_binary
 from services.common import pulling
-from services.common.pulling import PullConsumer
+from services.common.pulling import PullConsumer, worked_on
 from tests.infra import eventually, free_port, private_nats_server, reachable
 
 # Far below a pull request's lifetime, so a message held by a forgotten request shows.
@@ -151,6 +152,60 @@ async def test_closing_hands_back_what_was_delivered_but_not_taken(
         assert got == sent
     finally:
         await second.close()
+
+
+async def test_starting_with_another_ack_wait_changes_the_existing_consumers(
+    nc: Client, nats_prefix: str
+) -> None:
+    stream = stream_name(nats_prefix)
+    first = await consumer(nc, nats_prefix)
+    await first.close()
+    # A later start with a changed setting: workers heartbeat by their own ack_wait, so
+    # the server must redeliver by the same one.
+    later = PullConsumer(nc, nc.jetstream(), stream, "worker")
+    await later.start(
+        f"{nats_prefix}.pull.jobs", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=2.0)
+    )
+    try:
+        info = await nc.jetstream().consumer_info(stream, "worker")
+        assert info.config.ack_wait == 2.0
+        assert info.config.filter_subject == f"{nats_prefix}.pull.jobs"
+        await nc.jetstream().publish(f"{nats_prefix}.pull.jobs", b"job")
+        held = await later.fetch(1, wait=5.0)
+        assert [m.data for m in held] == [b"job"]
+        # Not acked: it comes again after the new 2 s, not the first start's 30 s.
+        sent = time.monotonic()
+        again: list[Msg] = []
+        while not again and time.monotonic() - sent < 10:
+            again = await later.fetch(1, wait=1.0)
+        assert [m.data for m in again] == [b"job"]
+        assert again[0].metadata.num_delivered == 2
+    finally:
+        await later.close()
+
+
+async def test_messages_worked_on_past_the_ack_wait_are_not_sent_again(
+    nc: Client, nats_prefix: str
+) -> None:
+    pull = PullConsumer(nc, nc.jetstream(), stream_name(nats_prefix), "recorder")
+    await pull.start(
+        f"{nats_prefix}.pull.jobs", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=1.0)
+    )
+    try:
+        for data in (b"one", b"two"):
+            await nc.jetstream().publish(f"{nats_prefix}.pull.jobs", data)
+        held: list[Msg] = []
+        while len(held) < 2:
+            held += await pull.fetch(2, wait=1.0)
+        async with worked_on(held, ack_wait=1.0):
+            # Three ack waits of work: without the heartbeat both would come again.
+            assert await pull.fetch(2, wait=3.0) == []
+        for msg in held:
+            await msg.ack()
+        info = await nc.jetstream().consumer_info(stream_name(nats_prefix), "recorder")
+        assert info.num_redelivered == 0
+    finally:
+        await pull.close()
 
 
 async def test_a_deleted_consumer_is_reported_by_fetch(nc: Client, nats_prefix: str) -> None:

@@ -33,6 +33,7 @@ import functools
 import json
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Sequence
 
 import nats.js.errors
 from nats.aio.client import Client
@@ -77,13 +78,21 @@ class PullConsumer:
         self._failure: nats.js.errors.APIError | None = None
 
     async def start(self, subject: str, config: ConsumerConfig) -> None:
-        """Create the consumer unless it exists (an existing one keeps its config)."""
+        """Create the consumer unless it exists; an existing one keeps its config but takes
+        this one's ack_wait, so a changed setting applies to messages from now on."""
         try:
-            await self._js.consumer_info(self._stream, self._durable)
+            info = await self._js.consumer_info(self._stream, self._durable)
         except nats.js.errors.NotFoundError:
             config.durable_name = config.name = self._durable
             config.filter_subject = subject
             await self._js.add_consumer(self._stream, config=config)
+            return
+        # Whoever heartbeats a message does so by their own ack_wait: left at an older,
+        # shorter value, the server would redeliver messages still being worked on.
+        if config.ack_wait is not None and info.config.ack_wait != config.ack_wait:
+            await self._js.add_consumer(
+                self._stream, config=info.config.evolve(ack_wait=config.ack_wait)
+            )
 
     async def fetch(self, batch: int, wait: float) -> list[Msg]:
         """Up to `batch` delivered messages, as soon as there is one; [] after `wait`
@@ -197,3 +206,28 @@ class PullConsumer:
             description = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
             self._failure = nats.js.errors.APIError(code=int(status), description=description)
         self._arrived.set()
+
+
+@contextlib.asynccontextmanager
+async def worked_on(msgs: Sequence[Msg], ack_wait: float) -> AsyncIterator[None]:
+    """Tell the server every third of `ack_wait` that `msgs` are still being worked on,
+    so a short ack_wait (quick redelivery after a consumer dies) spares slow work."""
+    every = ack_wait / 3
+
+    async def beat() -> None:
+        while True:
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+            await asyncio.sleep(every)
+
+    beating: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
+    # A timer, not a task: most work ends long before the first beat is due.
+    due = loop.call_later(every, lambda: beating.append(loop.create_task(beat())))
+    try:
+        yield
+    finally:
+        due.cancel()
+        for task in beating:
+            task.cancel()

@@ -133,7 +133,9 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         batches = Batches(core, store, hub)
         await start_pipelines(stack, core, settings, bus, js, store, hub)
-        recorder = Recorder(nc, js, bus, store, hub, queues, fallback, hedger)
+        recorder = Recorder(
+            nc, js, bus, store, hub, queues, fallback, hedger, settings.recorder_ack_wait
+        )
         sweeper = DeadlineSweeper(
             store, hub, stopper, fallback, queues, settings.deadline_sweep_interval
         )

@@ -27,8 +27,8 @@ coming (it left the stream, or its run was forgotten). Waiting means both: it is
 seconds old (from the stream's timestamp) and was delivered as often as deferrals that
 long take, so neither an old backlog nor a burst of redeliveries after a failed batch
 cuts the wait short; past GIVE_UP seconds its age alone decides, so nothing is handed back
-forever should its delivery count be reset. DEFER_FOR outlasts the recorder's ack wait,
-so a predecessor held by a replica that died comes back first.
+forever should its delivery count be reset. DEFER_FOR outlasts the recorder's ack wait (at
+most LONGEST_ACK_WAIT), so a predecessor held by a replica that died comes back first.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ FIRST_DELAY = 0.05
 MAX_DELAY = 2.0
 # Seconds a message waits for its predecessor before stream order decides.
 DEFER_FOR = 45.0
+# The longest ack wait the recorder may be given (GENMESH_RECORDER_ACK_WAIT).
+LONGEST_ACK_WAIT = 30.0
 # Seconds after which a message's age alone makes it overdue.
 GIVE_UP = 4 * DEFER_FOR
 # Runs remembered per attempt, the latest begun; an attempt has one per delivery of the job.

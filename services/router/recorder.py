@@ -14,7 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from genmesh.v1 import bus_pb2
 from services.common.bus import Bus
-from services.common.pulling import PullConsumer
+from services.common.pulling import PullConsumer, worked_on
 from services.router.fallback import Fallback
 from services.router.hedging import Hedger
 from services.router.ordering import defer_delay
@@ -26,8 +26,6 @@ from services.router.watch import WatchHub
 log = logging.getLogger(__name__)
 
 BATCH = 512
-# Seconds a fetched event may go unacknowledged before JetStream sends it again.
-ACK_WAIT = 30.0
 
 
 class Recorder:
@@ -52,7 +50,12 @@ class Recorder:
         queues: QueueDepths,
         fallback: Fallback,
         hedger: Hedger,
+        ack_wait: float = 5.0,
     ) -> None:
+        # Seconds a fetched event may go unacknowledged before JetStream sends it again:
+        # how long the events a dead replica held (and each of their jobs' later events,
+        # which wait behind them) are stalled. A slow batch is heartbeated meanwhile.
+        self._ack_wait = ack_wait
         self._nc = nc
         self._js = js
         self._bus = bus
@@ -72,7 +75,7 @@ class Recorder:
             ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=ACK_WAIT,
+                ack_wait=self._ack_wait,
                 # No max_deliver: a deferred message comes back as often as it must.
                 max_ack_pending=50_000,
             ),
@@ -95,7 +98,8 @@ class Recorder:
                 if not msgs:
                     continue
                 try:
-                    await self.record(msgs)
+                    async with worked_on(msgs, self._ack_wait):
+                        await self.record(msgs)
                 except asyncio.CancelledError:
                     raise
                 except Exception:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from services.common.settings import BusSettings, DatabaseSettings
+from services.router.ordering import LONGEST_ACK_WAIT
 
 
 class Settings(BusSettings, DatabaseSettings):
@@ -15,6 +18,11 @@ class Settings(BusSettings, DatabaseSettings):
     # Longest prompt accepted, in characters; checked in the router itself (the same rules
     # as PromptService.ValidatePrompt), so a submit costs no extra hop.
     prompt_max_length: int = 10_000
+    # Seconds a worker's event fetched by a router replica may stay unacknowledged before
+    # another replica (or this one, restarted) gets it again: after a replica dies, how long
+    # the events it held, and their jobs' later events, wait. Give every replica the same;
+    # at most 30, which a job's later events outwait before they are applied regardless.
+    recorder_ack_wait: float = Field(5.0, gt=0, le=LONGEST_ACK_WAIT)
     # Seconds without a heartbeat before a provider's worker counts as gone.
     provider_liveness: float = 15.0
     # Seconds a gone worker's registration is kept (it shows as not live) before deletion.

@@ -159,3 +159,43 @@ async def test_concurrency_is_bounded_by_the_setting(
         results, peak = await mesh.watch_all_with_peak(jobs, worker)
         assert all(events[-1].state == job_pb2.JOB_STATE_COMPLETED for events in results)
         assert peak == 10
+
+
+async def test_events_held_by_a_killed_router_come_back_within_the_ack_wait(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with running_mesh(
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        router_in_process=False,
+        router_overrides={"GENMESH_RECORDER_ACK_WAIT": "2"},
+    ) as mesh:
+        steps = 30
+        jobs = [
+            await submit(mesh, spec(latency_ms=3000, steps=steps, preview=False, width=32))
+            for _ in range(8)
+        ]
+
+        async def all_processing() -> bool:
+            return {await state_of(mesh, j.id) for j in jobs} == {job_pb2.JOB_STATE_PROCESSING}
+
+        await eventually(all_processing, within=15)
+        # Frozen, the router keeps its pull request open: the worker's progress is delivered
+        # to it and held unacknowledged, as by a router that dies in the middle of a batch.
+        assert mesh.router_proc is not None
+        mesh.router_proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(1.5)
+        await mesh.restart_router(signal.SIGKILL)
+        restarted = asyncio.get_running_loop().time()
+
+        results = await asyncio.wait_for(asyncio.gather(*(mesh.watch(j.id) for j in jobs)), 60)
+        # The held events come back after the 2 s ack wait, not JetStream's 30 s default;
+        # until they do, each job's later events wait behind them.
+        assert asyncio.get_running_loop().time() - restarted < 15
+        for events in results:
+            assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+            assert events[-1].state == job_pb2.JOB_STATE_COMPLETED
+            steps_seen = [e.progress.message for e in events if "step" in e.progress.message]
+            assert steps_seen == [f"step {i}/{steps}" for i in range(1, steps + 1)]

@@ -20,7 +20,7 @@ from services.router import ordering
 from services.router.hedging import Hedger
 from services.router.ordering import Runs, Verdict
 from services.router.queues import QueueDepths
-from services.router.recorder import ACK_WAIT, Recorder
+from services.router.recorder import Recorder
 from services.router.store import Incoming, Routed
 from services.router.watch import Listener, WatchHub
 from tests.router.helpers import World, created
@@ -317,7 +317,7 @@ def test_an_attempt_remembers_its_latest_runs() -> None:
 def test_a_deferred_message_waits_longer_than_a_dead_replica_holds_its_predecessor() -> None:
     # A replica that dies holding a message leaves it to come again after the ack wait.
     delays = [ordering.defer_delay(n) for n in range(1, ordering.OVERDUE_AT)]
-    assert sum(delays) >= ordering.DEFER_FOR > ACK_WAIT
+    assert sum(delays) >= ordering.DEFER_FOR > ordering.LONGEST_ACK_WAIT
     assert sum(delays[:-1]) < ordering.DEFER_FOR
     assert delays[0] == ordering.FIRST_DELAY and max(delays) == ordering.MAX_DELAY
     assert not ordering.overdue(ordering.OVERDUE_AT - 1, WAITED)
