@@ -80,10 +80,14 @@ class EventPublisher:
             await self._send(events, f"{self._job_id}:{self._attempt}:end")
             return
         self._pending.append(event)
-        # A new state (PROCESSING, PREVIEW_READY) or a new preview is news for watchers;
-        # PREVIEW_READY back to PROCESSING counts too, though the job stays PREVIEW_READY.
-        if event.state != self._state or event.HasField("preview"):
-            self._state = event.state
+        # Progress reported after a preview leaves the job PREVIEW_READY (as the router
+        # applies it), so it is only progress.
+        state = event.state
+        if state == job_pb2.JOB_STATE_PROCESSING and self._state == job_pb2.JOB_STATE_PREVIEW_READY:
+            state = self._state
+        # A new state (PROCESSING, PREVIEW_READY) or a new preview is news for watchers.
+        if state != self._state or event.HasField("preview"):
+            self._state = state
             # Hurried after the short linger, whichever linger the sender is waiting out; a
             # hurry left over for a later sender only sends its progress early.
             asyncio.get_running_loop().call_later(self._linger, self._hurry.set)

@@ -123,10 +123,17 @@ async def test_a_change_of_state_goes_out_soon_and_progress_waits_its_longer_lin
         f"{run}:2",
         ["step 1", "step 2", "JOB_STATE_PREVIEW_READY"],
     )
+    # Progress after a preview leaves the job PREVIEW_READY: no change, so it is held.
+    await events.publish(progress("step 3"))
+    await asyncio.sleep(0.5)
+    assert len(await stored(js, bus)) == 2
     later = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PREVIEW_READY)
     later.preview.id = "a2"  # a new preview in the same state is news too
     await events.publish(later)
-    assert len(await stored_soon(js, bus, 3)) == 3
+    assert (await stored_soon(js, bus, 3))[2] == (
+        f"{run}:3",
+        ["step 3", "JOB_STATE_PREVIEW_READY"],
+    )
 
 
 async def test_flush_publishes_held_progress_at_once(js: JetStreamContext, bus: Bus) -> None:
