@@ -68,6 +68,8 @@ def file_name(asset: asset_pb2.Asset) -> str:
 def check_inputs(paths: list[Path]) -> None:
     """Fail before any network call when an input file cannot be read."""
     for path in paths:
+        if path.is_dir():
+            raise CliError(f"input is a directory, not a file: {path}", exit_code=2)
         if not path.is_file():
             raise CliError(f"input file not found: {path}", exit_code=2)
 

@@ -85,7 +85,10 @@ class JobPanel:
             fold_step(self.pipeline, event, event.state in TERMINAL_STATES)
         self._progress(event.state, event.progress)
         if event.state in TERMINAL_STATES:
-            self.ended = time.time()
+            # The event's own time: a re-attach to a finished job replays it long after.
+            self.ended = (
+                event.time.ToMicroseconds() / 1e6 if event.HasField("time") else time.time()
+            )
             if event.state == job_pb2.JOB_STATE_COMPLETED:
                 self.percent = 100.0
 

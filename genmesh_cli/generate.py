@@ -251,11 +251,14 @@ async def _run(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             # Ctrl-C detaches; the job itself keeps running in the mesh.
             if follower.job_id:
-                out.print(
+                # On stderr, unwrapped: stdout may be JSON lines, and the commands must
+                # stay copyable.
+                console(stderr=True).print(
                     f"detached from job {follower.job_id}; it keeps running. "
                     f"Re-attach: genmesh generate --watch {follower.job_id}  "
                     f"Stop it: genmesh cancel {follower.job_id}",
                     style="yellow",
+                    soft_wrap=True,
                 )
             raise
         return await _report(args, outcome, storage, out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import signal
 import struct
@@ -176,6 +177,7 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["generate", "--watch", "j1", "--task", "text-to-image"], "it takes no --task"),
         (["generate", "--watch", "j1", "a fox"], "it takes no a prompt"),
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
+        (["generate", "-t", "image-to-image", "-i", "/tmp"], "input is a directory, not a file"),
     ],
 )
 def test_argument_combinations(
@@ -270,6 +272,20 @@ def test_panel_shows_the_latest_state() -> None:
     panel.event(event(3, job_pb2.JOB_STATE_COMPLETED))
     text = render(panel)
     assert "completed" in text and "100%" in text
+
+
+def test_a_finished_jobs_elapsed_time_is_its_own_on_every_re_attach() -> None:
+    created = job_pb2.Job(id="job-1", state=job_pb2.JOB_STATE_COMPLETED, last_sequence=2)
+    created.create_time.FromSeconds(1_000_000)
+    created.update_time.FromSeconds(1_000_002)
+    done = event(2, job_pb2.JOB_STATE_COMPLETED)
+    done.time.FromSeconds(1_000_002)
+    panel = JobPanel()
+    # Attaching to a finished job: the job now, then its events replayed.
+    panel.job(created)
+    panel.event(event(1, job_pb2.JOB_STATE_QUEUED))
+    panel.event(done)
+    assert panel.elapsed() == 2.0
 
 
 def test_panel_shows_each_pipeline_step() -> None:
@@ -369,6 +385,8 @@ class ScriptedMesh(
     events: list[job_pb2.JobEvent]
     # Generate sends this many events, then the stream breaks (None: it does not break).
     break_after: int | None = None
+    # Generate keeps the stream open after its events, as for a job still running.
+    hang: bool = False
     # Generate refuses with this status before doing anything.
     refuse: tuple[grpc.StatusCode, str] | None = None
     blob: bytes = b""
@@ -389,6 +407,8 @@ class ScriptedMesh(
             yield generate_service_pb2.GenerateResponse(event=ev)
         if self.break_after is not None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "router restarting")
+        if self.hang:
+            await asyncio.Event().wait()
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
@@ -560,6 +580,33 @@ async def test_generate_json_lines(scripted: tuple[ScriptedMesh, str], tmp_path:
     assert lines[0].startswith('{"job":')
     assert [line.startswith('{"event":') for line in lines[1:]] == [True] * 4
     assert not (tmp_path / "genmesh-output").exists()
+
+
+async def test_ctrl_c_detaches_with_stdout_still_json_lines(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    mesh, address = scripted
+    mesh.events, mesh.hang = mesh.events[:2], True
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    argv = ["generate", "-t", "text-to-image", "fox", "--router", address, "--json"]
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "genmesh_cli", *argv],
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    lines = [await asyncio.wait_for(process.stdout.readline(), 30) for _ in range(3)]
+    process.send_signal(signal.SIGINT)
+    rest, err = await asyncio.wait_for(process.communicate(), 30)
+    lines += rest.splitlines()
+    assert all(json.loads(line) for line in lines if line.strip())
+    assert (
+        "detached from job job-1; it keeps running. Re-attach: genmesh generate --watch job-1"
+        in err.decode().splitlines()[-1]
+    )
 
 
 @pytest.mark.parametrize(

@@ -423,8 +423,9 @@ async def test_output_formats(photo: bytes, fmt: str, pil: str) -> None:
 
 
 async def test_pillow_rejects_bad_input(photo: bytes) -> None:
-    with pytest.raises(InvalidInput, match="not a readable image"):
+    with pytest.raises(InvalidInput, match="not a readable image") as refused:
         await restyle(b"\x89PNG but not really")
+    assert "BytesIO" not in str(refused.value)
     bad_style = re.escape("style must be a string (one of sketch, sepia")
     with pytest.raises(InvalidInput, match=bad_style):
         await restyle(photo, style="impressionist")

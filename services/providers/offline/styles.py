@@ -47,7 +47,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         if width * height > max_pixels:
             raise ImageError(f"image is {width}x{height}; at most {max_pixels} pixels")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        # Pillow's own message names the BytesIO object, which tells the caller nothing.
+        raise ImageError("not a readable image (not a format the provider can decode)") from exc
+    except (OSError, Image.DecompressionBombError) as exc:
         raise ImageError(f"not a readable image ({exc})") from exc
     upright = ImageOps.exif_transpose(image)
     return upright if upright is not None else image
