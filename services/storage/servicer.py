@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
-from services.common.errors import InvalidArgument, status_of
+from services.common.errors import InvalidArgument, MeshError, TooLarge, status_of
 from services.common.tenancy import tenant_of
 from services.storage.core import Asset, AssetStore, NewAsset
 from services.storage.limits import BATCH_PUT_BYTES, BATCH_PUT_ITEMS, PUT_LIMIT
@@ -60,7 +60,7 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
             raise InvalidArgument(f"a batch holds 1 to {BATCH_PUT_ITEMS} items, not {len(items)}")
         size = sum(len(item.data) for item in items)
         if size > BATCH_PUT_BYTES:
-            raise InvalidArgument(f"a batch carries at most {BATCH_PUT_BYTES} bytes, not {size}")
+            raise TooLarge(f"a batch carries at most {BATCH_PUT_BYTES:,} bytes, not {size:,}")
         tenant = tenant_of(context)
         # Together, so their rows share one group commit.
         outcomes = await asyncio.gather(
@@ -74,9 +74,9 @@ class AssetServicer(asset_service_pb2_grpc.AssetServiceServicer):
         self, tenant: str, request: asset_service_pb2.PutAssetRequest
     ) -> asset_pb2.Asset:
         if len(request.data) > PUT_LIMIT:
-            raise InvalidArgument(
-                f"PutAsset takes at most {PUT_LIMIT} bytes; upload {len(request.data)} bytes "
-                "with UploadAsset"
+            raise TooLarge(
+                f"PutAsset takes at most {PUT_LIMIT:,} bytes, not {len(request.data):,}: "
+                "send larger assets with UploadAsset (over HTTP, POST /v1/assets)"
             )
         asset = await self._store.upload_bytes(tenant, _new_asset(request.metadata), request.data)
         return to_proto(asset)
@@ -127,7 +127,8 @@ def _result(outcome: asset_pb2.Asset | BaseException) -> asset_service_pb2.PutAs
     if not isinstance(outcome, Exception):
         raise outcome  # cancellation: the whole call is going away
     code, message = status_of(outcome, "a BatchPutAssets item")
-    error = asset_service_pb2.PutAssetError(code=code.value[0], message=message)
+    reason = outcome.reason if isinstance(outcome, MeshError) else ""
+    error = asset_service_pb2.PutAssetError(code=code.value[0], message=message, reason=reason)
     return asset_service_pb2.PutAssetResult(error=error)
 
 

@@ -176,7 +176,11 @@ async def test_a_refused_batch_stores_nothing(bridge: Bridge) -> None:
 async def test_contract_limits_are_storage_refusals(bridge: Bridge) -> None:
     http = bridge.http
     over = await http.post("/v1/assets:put", json=item(b"\x00" * (PUT_LIMIT + 1)))
-    assert "UploadAsset" in assert_refused(over, 400, "INVALID_ARGUMENT")
+    assert "POST /v1/assets" in assert_refused(over, 413, "RESOURCE_EXHAUSTED")
+    heavy = await http.post(
+        "/v1/assets:batchPut", json={"requests": [item(b"\x00" * (PUT_LIMIT // 2 + 1))] * 4}
+    )
+    assert "at most" in assert_refused(heavy, 413, "RESOURCE_EXHAUSTED")
     empty = await http.post("/v1/assets:put", json=item(b""))
     assert "no bytes" in assert_refused(empty, 400, "INVALID_ARGUMENT")
     none = await http.post("/v1/assets:batchPut", json={"requests": []})

@@ -32,6 +32,8 @@ from services.storage.put_batcher import PutBatcher
 from tests.infra import eventually
 from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage
 
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
 REPO = Path(__file__).resolve().parents[2]
 TENANT = "acme"
 
@@ -231,15 +233,18 @@ async def test_put_asset_is_one_message_with_the_same_checks(storage: Storage) -
         metadata=tenant_metadata(TENANT),
     )
     assert again.asset == asset
-    for request, says in (
-        (asset_service_pb2.PutAssetRequest(metadata=meta), "no bytes"),
-        (asset_service_pb2.PutAssetRequest(data=os.urandom(PUT_LIMIT + 1)), "UploadAsset"),
+    for request, code, reason, says in (
+        (asset_service_pb2.PutAssetRequest(metadata=meta), INVALID, "", "no bytes"),
+        (
+            asset_service_pb2.PutAssetRequest(data=os.urandom(PUT_LIMIT + 1)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            TOO_LARGE,
+            "UploadAsset",
+        ),
     ):
-        error = await expect_code(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            stub.PutAsset(request, metadata=tenant_metadata(TENANT)),
-        )
+        error = await expect_code(code, stub.PutAsset(request, metadata=tenant_metadata(TENANT)))
         assert says in (error.details() or "")
+        assert reason_of(error) == reason
     assert await storage.row_count() == 1
 
 
@@ -261,9 +266,14 @@ async def test_batch_put_stores_each_item_and_answers_each_error(storage: Storag
     )
     kinds = [r.WhichOneof("outcome") for r in reply.results]
     assert kinds == ["asset", "error", "asset", "asset", "error"]
-    errors = [r.error for r in reply.results if r.HasField("error")]
-    assert {e.code for e in errors} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
-    assert "no bytes" in errors[0].message and "UploadAsset" in errors[1].message
+    errors = [(r.error.code, r.error.reason) for r in reply.results if r.HasField("error")]
+    # What PutAsset would answer, reason included: an item over 1 MiB is too large.
+    assert errors == [
+        (INVALID.value[0], ""),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], TOO_LARGE),
+    ]
+    messages = [r.error.message for r in reply.results if r.HasField("error")]
+    assert "no bytes" in messages[0] and "UploadAsset" in messages[1]
     stored = [r.asset for r in reply.results if r.HasField("asset")]
     assert [a.width for a in stored] == [8, 9, 10]
     for asset, data in zip(stored, good, strict=True):
@@ -277,6 +287,15 @@ async def test_batch_put_stores_each_item_and_answers_each_error(storage: Storag
                 metadata=tenant_metadata(TENANT),
             ),
         )
+    half = asset_service_pb2.PutAssetRequest(data=os.urandom(PUT_LIMIT // 2 + 1))
+    heavy = await expect_code(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        stub.BatchPutAssets(
+            asset_service_pb2.BatchPutAssetsRequest(requests=[half] * 4),
+            metadata=tenant_metadata(TENANT),
+        ),
+    )
+    assert reason_of(heavy) == TOO_LARGE
     assert await storage.row_count() == 3
 
 

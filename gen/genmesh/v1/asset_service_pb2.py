@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from genmesh.v1 import asset_pb2 as genmesh_dot_v1_dot_asset__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egenmesh/v1/asset_service.proto\x12\ngenmesh.v1\x1a\x16genmesh/v1/asset.proto\"\x84\x01\n\x0eUploadMetadata\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.genmesh.v1.AssetRole\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"]\n\x12UploadAssetRequest\x12.\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.genmesh.v1.UploadMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"7\n\x13UploadAssetResponse\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.Asset\"M\n\x0fPutAssetRequest\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.genmesh.v1.UploadMetadata\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"4\n\x10PutAssetResponse\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.Asset\"F\n\x15\x42\x61tchPutAssetsRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.genmesh.v1.PutAssetRequest\"E\n\x16\x42\x61tchPutAssetsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.genmesh.v1.PutAssetResult\"k\n\x0ePutAssetResult\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.AssetH\x00\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x19.genmesh.v1.PutAssetErrorH\x00\x42\t\n\x07outcome\".\n\rPutAssetError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"#\n\x0fGetAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\"4\n\x10GetAssetResponse\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.Asset\"H\n\x14\x44ownloadAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"T\n\x15\x44ownloadAssetResponse\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.AssetH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\x9f\x03\n\x0c\x41ssetService\x12P\n\x0bUploadAsset\x12\x1e.genmesh.v1.UploadAssetRequest\x1a\x1f.genmesh.v1.UploadAssetResponse(\x01\x12\x45\n\x08PutAsset\x12\x1b.genmesh.v1.PutAssetRequest\x1a\x1c.genmesh.v1.PutAssetResponse\x12W\n\x0e\x42\x61tchPutAssets\x12!.genmesh.v1.BatchPutAssetsRequest\x1a\".genmesh.v1.BatchPutAssetsResponse\x12\x45\n\x08GetAsset\x12\x1b.genmesh.v1.GetAssetRequest\x1a\x1c.genmesh.v1.GetAssetResponse\x12V\n\rDownloadAsset\x12 .genmesh.v1.DownloadAssetRequest\x1a!.genmesh.v1.DownloadAssetResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egenmesh/v1/asset_service.proto\x12\ngenmesh.v1\x1a\x16genmesh/v1/asset.proto\"\x84\x01\n\x0eUploadMetadata\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12#\n\x04role\x18\x03 \x01(\x0e\x32\x15.genmesh.v1.AssetRole\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"]\n\x12UploadAssetRequest\x12.\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.genmesh.v1.UploadMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"7\n\x13UploadAssetResponse\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.Asset\"M\n\x0fPutAssetRequest\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x1a.genmesh.v1.UploadMetadata\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"4\n\x10PutAssetResponse\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.Asset\"F\n\x15\x42\x61tchPutAssetsRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.genmesh.v1.PutAssetRequest\"E\n\x16\x42\x61tchPutAssetsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.genmesh.v1.PutAssetResult\"k\n\x0ePutAssetResult\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.AssetH\x00\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x19.genmesh.v1.PutAssetErrorH\x00\x42\t\n\x07outcome\">\n\rPutAssetError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"#\n\x0fGetAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\"4\n\x10GetAssetResponse\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.Asset\"H\n\x14\x44ownloadAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"T\n\x15\x44ownloadAssetResponse\x12\"\n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.genmesh.v1.AssetH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\x9f\x03\n\x0c\x41ssetService\x12P\n\x0bUploadAsset\x12\x1e.genmesh.v1.UploadAssetRequest\x1a\x1f.genmesh.v1.UploadAssetResponse(\x01\x12\x45\n\x08PutAsset\x12\x1b.genmesh.v1.PutAssetRequest\x1a\x1c.genmesh.v1.PutAssetResponse\x12W\n\x0e\x42\x61tchPutAssets\x12!.genmesh.v1.BatchPutAssetsRequest\x1a\".genmesh.v1.BatchPutAssetsResponse\x12\x45\n\x08GetAsset\x12\x1b.genmesh.v1.GetAssetRequest\x1a\x1c.genmesh.v1.GetAssetResponse\x12V\n\rDownloadAsset\x12 .genmesh.v1.DownloadAssetRequest\x1a!.genmesh.v1.DownloadAssetResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,15 +49,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTASSETRESULT']._serialized_start=633
   _globals['_PUTASSETRESULT']._serialized_end=740
   _globals['_PUTASSETERROR']._serialized_start=742
-  _globals['_PUTASSETERROR']._serialized_end=788
-  _globals['_GETASSETREQUEST']._serialized_start=790
-  _globals['_GETASSETREQUEST']._serialized_end=825
-  _globals['_GETASSETRESPONSE']._serialized_start=827
-  _globals['_GETASSETRESPONSE']._serialized_end=879
-  _globals['_DOWNLOADASSETREQUEST']._serialized_start=881
-  _globals['_DOWNLOADASSETREQUEST']._serialized_end=953
-  _globals['_DOWNLOADASSETRESPONSE']._serialized_start=955
-  _globals['_DOWNLOADASSETRESPONSE']._serialized_end=1039
-  _globals['_ASSETSERVICE']._serialized_start=1042
-  _globals['_ASSETSERVICE']._serialized_end=1457
+  _globals['_PUTASSETERROR']._serialized_end=804
+  _globals['_GETASSETREQUEST']._serialized_start=806
+  _globals['_GETASSETREQUEST']._serialized_end=841
+  _globals['_GETASSETRESPONSE']._serialized_start=843
+  _globals['_GETASSETRESPONSE']._serialized_end=895
+  _globals['_DOWNLOADASSETREQUEST']._serialized_start=897
+  _globals['_DOWNLOADASSETREQUEST']._serialized_end=969
+  _globals['_DOWNLOADASSETRESPONSE']._serialized_start=971
+  _globals['_DOWNLOADASSETRESPONSE']._serialized_end=1055
+  _globals['_ASSETSERVICE']._serialized_start=1058
+  _globals['_ASSETSERVICE']._serialized_end=1473
 # @@protoc_insertion_point(module_scope)

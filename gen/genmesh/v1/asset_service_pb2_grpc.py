@@ -81,7 +81,7 @@ class AssetServiceServicer:
         """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
         call costs both sides far less than a stream; larger ones use UploadAsset). Same
         checks, limits and idempotency as UploadAsset.
-        Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
+        Errors: as UploadAsset; RESOURCE_EXHAUSTED (TOO_LARGE) data over 1 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,7 +92,8 @@ class AssetServiceServicer:
         of data), each stored exactly as PutAsset would store it. An item that fails carries
         its own error; the others are stored. A worker's uploader gathers concurrent outputs
         into one call, which costs both sides a fraction of one call per asset.
-        Errors: INVALID_ARGUMENT no items, too many, or too many bytes.
+        Errors: INVALID_ARGUMENT no items or too many; RESOURCE_EXHAUSTED (TOO_LARGE) over
+        2 MiB of data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

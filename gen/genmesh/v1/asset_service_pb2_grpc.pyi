@@ -44,14 +44,15 @@ class AssetServiceStub:
     """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
     call costs both sides far less than a stream; larger ones use UploadAsset). Same
     checks, limits and idempotency as UploadAsset.
-    Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
+    Errors: as UploadAsset; RESOURCE_EXHAUSTED (TOO_LARGE) data over 1 MiB.
     """
     BatchPutAssets: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.BatchPutAssetsRequest, _asset_service_pb2.BatchPutAssetsResponse]
     """Several small assets of the caller's tenant in one call (at most 64 items and 2 MiB
     of data), each stored exactly as PutAsset would store it. An item that fails carries
     its own error; the others are stored. A worker's uploader gathers concurrent outputs
     into one call, which costs both sides a fraction of one call per asset.
-    Errors: INVALID_ARGUMENT no items, too many, or too many bytes.
+    Errors: INVALID_ARGUMENT no items or too many; RESOURCE_EXHAUSTED (TOO_LARGE) over
+    2 MiB of data.
     """
     GetAsset: _grpc.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]
     """Errors: NOT_FOUND no such asset for this tenant."""
@@ -76,14 +77,15 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
     call costs both sides far less than a stream; larger ones use UploadAsset). Same
     checks, limits and idempotency as UploadAsset.
-    Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
+    Errors: as UploadAsset; RESOURCE_EXHAUSTED (TOO_LARGE) data over 1 MiB.
     """
     BatchPutAssets: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.BatchPutAssetsRequest, _asset_service_pb2.BatchPutAssetsResponse]  # type: ignore[assignment]
     """Several small assets of the caller's tenant in one call (at most 64 items and 2 MiB
     of data), each stored exactly as PutAsset would store it. An item that fails carries
     its own error; the others are stored. A worker's uploader gathers concurrent outputs
     into one call, which costs both sides a fraction of one call per asset.
-    Errors: INVALID_ARGUMENT no items, too many, or too many bytes.
+    Errors: INVALID_ARGUMENT no items or too many; RESOURCE_EXHAUSTED (TOO_LARGE) over
+    2 MiB of data.
     """
     GetAsset: _aio.UnaryUnaryMultiCallable[_asset_service_pb2.GetAssetRequest, _asset_service_pb2.GetAssetResponse]  # type: ignore[assignment]
     """Errors: NOT_FOUND no such asset for this tenant."""
@@ -117,7 +119,7 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         """Metadata and bytes in one message, for small assets (at most 1 MiB of data: a unary
         call costs both sides far less than a stream; larger ones use UploadAsset). Same
         checks, limits and idempotency as UploadAsset.
-        Errors: as UploadAsset; INVALID_ARGUMENT data over 1 MiB.
+        Errors: as UploadAsset; RESOURCE_EXHAUSTED (TOO_LARGE) data over 1 MiB.
         """
 
     @_abc_1.abstractmethod
@@ -130,7 +132,8 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         of data), each stored exactly as PutAsset would store it. An item that fails carries
         its own error; the others are stored. A worker's uploader gathers concurrent outputs
         into one call, which costs both sides a fraction of one call per asset.
-        Errors: INVALID_ARGUMENT no items, too many, or too many bytes.
+        Errors: INVALID_ARGUMENT no items or too many; RESOURCE_EXHAUSTED (TOO_LARGE) over
+        2 MiB of data.
         """
 
     @_abc_1.abstractmethod
