@@ -7,15 +7,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.grpc_server import _parsed, _wrap_stream, grpc_server
 
 
-async def test_closing_the_wrapped_stream_closes_the_handlers_generator() -> None:
-    # A caller that hangs up closes the wrapper; the handler's generator (which holds a blob
-    # file in DownloadAsset) was left to the garbage collector, sometimes after the loop closed.
+async def test_a_call_cancelled_mid_write_closes_the_handlers_generator() -> None:
+    # gRPC's own loop over a yielded stream drops it unclosed when the call is cancelled while
+    # a write waits (client gone, server stopping): the handler's generator (which holds a
+    # blob file in DownloadAsset) was left to the garbage collector.
     closed = []
+    writing = asyncio.Event()
+
+    class StalledContext:
+        async def write(self, item: int) -> None:
+            writing.set()
+            await asyncio.Event().wait()  # a client that stopped reading
 
     async def handler(request: Any, context: Any) -> AsyncIterator[int]:
         try:
@@ -24,10 +32,16 @@ async def test_closing_the_wrapped_stream_closes_the_handlers_generator() -> Non
         finally:
             closed.append(True)
 
-    stream = _wrap_stream(handler, "/test/Stream", _parsed)(object(), None)
-    assert await anext(stream) == 1
-    await stream.aclose()
+    running: set[asyncio.Task[Any]] = set()
+    call = _wrap_stream(handler, "/test/Stream", _parsed, running)
+    task = asyncio.create_task(call(object(), StalledContext()))
+    await writing.wait()
+    assert running == {task}
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     assert closed == [True]
+    assert running == set()
 
 
 async def test_health_watch_streams_through_the_interceptor() -> None:

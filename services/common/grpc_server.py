@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns MeshError into its status code; anything else is INTERNAL with a logged traceback.
     A request protobuf cannot parse (nested past its depth limit) is INVALID_ARGUMENT."""
 
+    def __init__(self) -> None:
+        # The tasks of handlers still running, so a stopping server can wait for them.
+        self.running: set[asyncio.Task[Any]] = set()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -44,25 +48,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         parse = _lenient(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, _parsed),
+                _wrap_unary(handler.unary_unary, method, _parsed, self.running),
                 parse,
                 handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, _parsed_stream),
+                _wrap_unary(handler.stream_unary, method, _parsed_stream, self.running),
                 parse,
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, _parsed),
+                _wrap_stream(handler.unary_stream, method, _parsed, self.running),
                 parse,
                 handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream, method, _parsed_stream),
+                _wrap_stream(handler.stream_stream, method, _parsed_stream, self.running),
                 parse,
                 handler.response_serializer,
             )
@@ -107,28 +111,47 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(code, message, reason_metadata(exc))
 
 
+@contextmanager
+def _tracked(running: set[asyncio.Task[Any]]) -> Iterator[None]:
+    """Hold the current task in `running` for the duration of the block."""
+    task = asyncio.current_task()
+    assert task is not None
+    running.add(task)
+    try:
+        yield
+    finally:
+        running.discard(task)
+
+
 def _wrap_unary(
-    fn: Callable[..., Any], method: str, parsed: Callable[[Any], Any]
+    fn: Callable[..., Any],
+    method: str,
+    parsed: Callable[[Any], Any],
+    running: set[asyncio.Task[Any]],
 ) -> Callable[..., Any]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(parsed(request), context)
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            await _abort(context, exc, method)
+        with _tracked(running):
+            try:
+                return await fn(parsed(request), context)
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                await _abort(context, exc, method)
 
     return call
 
 
 def _wrap_stream(
-    fn: Callable[..., Any], method: str, parsed: Callable[[Any], Any]
+    fn: Callable[..., Any],
+    method: str,
+    parsed: Callable[[Any], Any],
+    running: set[asyncio.Task[Any]],
 ) -> Callable[..., Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
         try:
-            # aclosing: when the caller hangs up, the servicer's generator is closed with this
-            # one, releasing what it holds (a blob file) now rather than whenever it is
-            # collected, which may be after the loop has closed.
+            # aclosing: closing this generator closes the servicer's, releasing what it holds
+            # (a blob file) now rather than whenever it is collected, which may be after the
+            # loop has closed.
             items = fn(parsed(request), context)
             if inspect.isawaitable(items):
                 # A handler that writes with context.write (grpc_health's Watch) returns a
@@ -142,6 +165,16 @@ def _wrap_stream(
             if _is_abort(exc):
                 raise
             await _abort(context, exc, method)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> None:
+        # Written here rather than yielded to gRPC: a call cancelled while a write waits (the
+        # client gone, the server stopping) unwinds through aclosing here, whereas gRPC's own
+        # loop over a yielded stream drops the generator unclosed.
+        items = stream(request, context)
+        with _tracked(running):
+            async with aclosing(items):
+                async for item in items:
+                    await context.write(item)
 
     return call
 
@@ -173,8 +206,9 @@ async def grpc_server(
 
     On exit: health goes NOT_SERVING, then the server stops with `grace` seconds for calls.
     """
+    interceptor = ErrorInterceptor()
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -211,6 +245,10 @@ async def grpc_server(
             # grace period and some slack the server is left behind.
             async with asyncio.timeout(grace + STOP_SLACK):
                 await server.stop(grace)
+                # stop() returns before the handlers it cancelled have unwound: what they hold
+                # (a blob file) must be released before the service closes the rest and goes.
+                if interceptor.running:
+                    await asyncio.wait(set(interceptor.running))
         except TimeoutError:
             log.warning(
                 "gRPC server on %s did not stop within %.0fs; leaving it",
