@@ -368,6 +368,20 @@ async def test_every_style_gives_a_different_image_of_the_size_asked_preview_fir
                 assert np.abs(results[a] - results[b]).mean() > 3, (a, b)
 
 
+@pytest.mark.parametrize(
+    ("prompt", "style"),
+    [("in Sepia, please", "sepia"), ("make it a cartoon, not a sketch", "cartoon"), ("", "sketch")],
+)
+async def test_without_a_style_the_prompt_names_it(photo: bytes, prompt: str, style: str) -> None:
+    ctx = FakeContext(I2I, prompt, {}, [photo], provider="pillow")
+    [output] = (await pillow().run(ctx)).outputs
+    assert output.filename == f"{style}.png"
+    # A style set as a parameter wins over the prompt.
+    ctx = FakeContext(I2I, prompt, {"style": "blur"}, [photo], provider="pillow")
+    [output] = (await pillow().run(ctx)).outputs
+    assert output.filename == "blur.png"
+
+
 async def test_styles_do_what_they_say(photo: bytes) -> None:
     async def pixels(**params: object) -> npt.NDArray[np.int16]:
         output, _ = await restyle(photo, **params)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +31,9 @@ class PillowAdapter(ConfiguredAdapter):
             "style",
             STR,
             "The look: sketch (pencil), sepia, posterize, cartoon (flat colours, outlines), "
-            "blur, or resize (the geometry alone).",
-            "sketch",
+            "blur, or resize (the geometry alone). Unset: the first of these the prompt names "
+            '("in sepia"), else sketch.',
+            None,
             allowed=styles.STYLES,
             tasks=(I2I,),
         ),
@@ -89,7 +91,7 @@ class PillowAdapter(ConfiguredAdapter):
         if not ctx.job.spec.input_asset_ids:
             raise InvalidInput("missing_input", "image-to-image needs one input image")
         _, data = await ctx.read_input(0)
-        look = styles.Look(**p)
+        look = styles.Look(**{**p, "style": p["style"] or _named_style(ctx.job.spec.prompt)})
         try:
             image = await asyncio.to_thread(styles.open_image, data, self._max_pixels)
         except styles.ImageError as exc:
@@ -102,3 +104,10 @@ class PillowAdapter(ConfiguredAdapter):
         full = await asyncio.to_thread(styles.render, image, look)
         name = f"{look.style}.{'jpg' if look.format == 'jpeg' else look.format}"
         return Result([Output(full, styles.FORMATS[look.format], name)])
+
+
+def _named_style(prompt: str) -> str:
+    """The first style the prompt names, else sketch: the prompt is all a caller who set no
+    parameters said about the look they want."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    return next((word for word in words if word in styles.STYLES), "sketch")
