@@ -248,6 +248,13 @@ class RouterCore:
         if violations:
             raise InvalidArgument("; ".join(v.message for v in violations))
 
+    def check_route(self, spec: job_pb2.JobSpec) -> None:
+        """InvalidArgument where selection would refuse `spec`'s provider or parameters, for a
+        job made later: nothing is chosen or reserved now."""
+        # The prompt a provider receives is prepared when the job is made; its limit waits.
+        request = selection_request(spec, struct_to_dict(spec.parameters), prompt="")
+        self._selector.check(request)
+
     async def check_inputs(self, tenant: str, spec: job_pb2.JobSpec) -> None:
         """InvalidArgument or NotFound unless the spec's input assets suit its task."""
         accepted = INPUT_MEDIA.get(spec.task)

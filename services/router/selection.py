@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from genmesh.v1 import job_pb2, provider_service_pb2
@@ -180,6 +181,13 @@ class Selector:
                 ranked[0].excluded
             )
         return self._choice(ranked[0], policy, candidates, ranked, reason)
+
+    def check(self, request: Request) -> None:
+        """InvalidArgument where choose would refuse the job as asked, for a job made later;
+        no provider serving its task yet is left to then."""
+        # Ranked by priority, so the weighted policy's random draws are not spent on it.
+        with contextlib.suppress(Unavailable):
+            self.choose(replace(request, policy=job_pb2.ROUTING_POLICY_PRIORITY))
 
     def fallback(self, request: Request, tried: Collection[str]) -> Choice | None:
         """The next provider after `tried` failed, or None when no eligible one is left."""

@@ -40,10 +40,16 @@ def step(
     task: job_pb2.Task.ValueType,
     prompt: str = "",
     inputs: tuple[str, ...] = (),
+    provider: str = "",
     **params: Any,
 ):
     return job_pb2.PipelineStep(
-        name=name, task=task, prompt=prompt, inputs=inputs, parameters=dict_to_struct(params)
+        name=name,
+        task=task,
+        prompt=prompt,
+        inputs=inputs,
+        provider=provider,
+        parameters=dict_to_struct(params),
     )
 
 
@@ -284,6 +290,90 @@ async def test_invalid_specs_are_rejected_and_nothing_is_written(mesh: Mesh) -> 
         assert message in (caught.value.details() or ""), caught.value.details()
     listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())
     assert not listed.jobs
+
+
+async def test_a_placeholder_naming_no_step_is_refused_and_other_braces_stay(
+    mesh: Mesh,
+) -> None:
+    refused = pipeline_spec(
+        steps=(
+            step("a", job_pb2.TASK_TEXT_TO_TEXT, "{prompt}"),
+            step("b", job_pb2.TASK_TEXT_TO_TEXT, "{a} and {nope}"),
+        ),
+        prompt="x",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await submit(mesh, refused)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pipeline step 'b' uses {nope}" in (caught.value.details() or "")
+    assert not (await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs
+
+    # Braces around anything but a lowercase name are no placeholder: they reach the provider.
+    literal = '{prompt}: {"k": 1} {Nope} {two words}'
+    job = await submit(
+        mesh, pipeline_spec(steps=(step("a", job_pb2.TASK_TEXT_TO_TEXT, literal),), prompt="x")
+    )
+    events = await mesh.watch(job.id)
+    assert events[-1].state == C
+    assert '{"k": 1} {Nope} {two words}' in events[-1].output_text
+
+
+async def test_steps_no_provider_can_run_are_rejected_and_nothing_is_written(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    catalog = """
+[[providers]]
+name = "sandbox"
+family = "sandbox"
+
+[[providers]]
+name = "pillow"
+family = "pillow"
+"""
+    async with running_mesh(
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        catalog=catalog,
+        providers=("sandbox", "pillow"),
+    ) as mesh:
+        photo = await upload_png(mesh)
+        words = step("words", job_pb2.TASK_TEXT_TO_TEXT, "{prompt}")
+        image = job_pb2.TASK_TEXT_TO_IMAGE
+        cases = [
+            (
+                (step("a", image, "{prompt}", provider="pillow"),),
+                "pipeline step 1 ('a'): provider 'pillow' does not serve text-to-image",
+            ),
+            (
+                (words, step("b", image, "{words}", provider="nosuch")),
+                "pipeline step 2 ('b'): unknown provider 'nosuch'",
+            ),
+            (
+                (words, step("b", image, "{words}", provider="sandbox", width=99999)),
+                "pipeline step 2 ('b'): parameter 'width' is 99999",
+            ),
+            (
+                # No provider named: pillow does not serve the task, sandbox refuses the width.
+                (step("a", image, "{prompt}", width=99999),),
+                "pipeline step 1 ('a'): parameter 'width' is 99999",
+            ),
+        ]
+        for steps, message in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await submit(mesh, pipeline_spec(steps=steps, prompt="a kite"))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (caught.value.details() or ""), caught.value.details()
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await submit(mesh, pipeline_spec("speech-to-image", input_asset_ids=[photo]))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith(
+            f"pipeline step 1 ('transcribe'): input asset '{photo}' is image/png"
+        ), caught.value.details()
+
+        assert not (await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs
 
 
 async def test_cancel_mid_pipeline_cancels_the_running_step(mesh: Mesh) -> None:

@@ -273,3 +273,26 @@ def test_settings_parse() -> None:
     for bad in ("a", "a=x", "a=-1", "=2"):
         with pytest.raises(ValueError, match="routing weight"):
             parse_weights(bad)
+
+
+def test_a_check_refuses_what_choose_would_yet_spends_no_weighted_draw() -> None:
+    """Checking a job made later refuses its mistakes as choose does, and leaves the weighted
+    draws of the jobs actually chosen as they would have been."""
+
+    def world() -> World:
+        return World(
+            [provider("a", max_width=256), provider("b")],
+            default_policy=job_pb2.ROUTING_POLICY_WEIGHTED,
+        )
+
+    checked, unchecked = world(), world()
+    for _ in range(20):
+        checked.selector.check(request_for())
+    assert [checked.choose() for _ in range(20)] == [unchecked.choose() for _ in range(20)]
+    with pytest.raises(InvalidArgument, match="unknown provider 'zz'"):
+        checked.selector.check(request_for(provider="zz"))
+    with pytest.raises(InvalidArgument, match="'a' does not serve text-to-speech"):
+        checked.selector.check(request_for(task=SPEECH, provider="a"))
+    with pytest.raises(InvalidArgument, match="parameter 'width' is 4096"):
+        checked.selector.check(request_for(parameters={"width": 4096}))
+    checked.selector.check(request_for(task=SPEECH))  # no provider serves it yet: left to then

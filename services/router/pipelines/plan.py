@@ -147,7 +147,7 @@ def _check_prompt(
 ) -> None:
     for name in _PLACEHOLDER.findall(step.prompt):
         if name == "prompt" or (name not in earlier and name not in names):
-            continue  # the pipeline's prompt, or literal text in braces
+            continue  # the pipeline's prompt, or a name no step has (see check_placeholders)
         _check_reference(where, name, earlier, names)
         if earlier[name] not in _TEXT_OUT:
             raise InvalidArgument(
@@ -159,6 +159,22 @@ def _check_prompt(
     violations = prompt_rules.validate(sample, step.task, max_length)
     if violations:
         raise InvalidArgument(f"{where}: " + "; ".join(v.message for v in violations))
+
+
+def check_placeholders(checked: Plan) -> None:
+    """InvalidArgument naming the first step whose prompt has a placeholder that is neither
+    {prompt} nor an earlier step's name."""
+    # Checked on submit only, not in plan(): pipelines stored before it was checked render
+    # such a placeholder as written, and resuming them must not start failing.
+    known = {"prompt"}
+    for step in checked.steps:
+        for name in _PLACEHOLDER.findall(step.prompt):
+            if name not in known:
+                raise InvalidArgument(
+                    f"pipeline step {step.name!r} uses {{{name}}}, which is neither {{prompt}} "
+                    "nor an earlier step's name"
+                )
+        known.add(step.name)
 
 
 def render(template: str, prompt: str, text_of: Callable[[str], str | None]) -> str:

@@ -20,12 +20,24 @@ from typing import TYPE_CHECKING, Any, cast
 
 from genmesh.v1 import job_pb2
 from services.common.cancelling import cancel_tasks
-from services.common.errors import FailedPrecondition, MeshError, NotFound, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MeshError,
+    NotFound,
+    Unavailable,
+)
 from services.common.tasks import task_name
 from services.router import attempts
 from services.router.deadlines import job_deadline
 from services.router.pipelines.leases import Lease, LeaseLost, Leases
-from services.router.pipelines.plan import Plan, plan, step_spec, wants_json
+from services.router.pipelines.plan import (
+    Plan,
+    check_placeholders,
+    plan,
+    step_spec,
+    wants_json,
+)
 from services.router.pipelines.status import new_run
 from services.router.records import queued_event
 from services.router.store import Incoming, JobStore
@@ -98,10 +110,9 @@ class Pipelines:
         self, tenant: str, spec: job_pb2.JobSpec, job_id: str, call_remaining: float | None
     ) -> job_pb2.Job:
         checked = plan(spec, self._prompt_max_length)
-        for step in checked.steps:
-            if "input" in step.inputs:
-                source = job_pb2.JobSpec(task=step.task, input_asset_ids=spec.input_asset_ids[:1])
-                await self.core.check_inputs(tenant, source)
+        check_placeholders(checked)
+        for number, step in enumerate(checked.steps, 1):
+            await self._check_step(tenant, spec, step, f"pipeline step {number} ({step.name!r})")
         job = job_pb2.Job(id=job_id, tenant_id=tenant, state=job_pb2.JOB_STATE_QUEUED)
         job.spec.CopyFrom(spec)
         job.pipeline.CopyFrom(new_run(checked.name, list(checked.steps)))
@@ -114,6 +125,20 @@ class Pipelines:
         steps = ", ".join(s.name for s in checked.steps)
         job.progress.message = f"pipeline {checked.name or 'custom'}: {steps}"
         return job
+
+    async def _check_step(
+        self, tenant: str, spec: job_pb2.JobSpec, step: job_pb2.PipelineStep, where: str
+    ) -> None:
+        """What can be known now of the step's job: whether selection takes its provider and
+        parameters, and whether the pipeline's input suits it when it reads that."""
+        job = job_pb2.JobSpec(task=step.task, provider=step.provider, parameters=step.parameters)
+        try:
+            self.core.check_route(job)
+            if "input" in step.inputs:
+                job.input_asset_ids.append(spec.input_asset_ids[0])
+                await self.core.check_inputs(tenant, job)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: {exc.message}") from exc
 
     async def _persist_and_start(self, job: job_pb2.Job, digest: str) -> None:
         first = queued_event(job)
