@@ -81,6 +81,23 @@ def gateway_available() -> bool:
         return False
 
 
+# Seconds a stopping worker needs besides waiting for its jobs: to stop fetching (up to a
+# second), hand unfinished jobs back and close its connections.
+WORKER_STOP_MARGIN = 4.0
+
+
+def worker_drain_timeout(stop_timeout: float, env: Mapping[str, str]) -> str:
+    """GENMESH_WORKER_DRAIN_TIMEOUT for up's worker: the one set (10 s by default), cut so the
+    worker stops by itself within `stop_timeout`. Killed instead, it hands nothing back, and
+    its jobs wait out the ack wait (30 s) after the next start."""
+    fits = max(0.0, stop_timeout - WORKER_STOP_MARGIN)
+    try:
+        wanted = float(env.get("GENMESH_WORKER_DRAIN_TIMEOUT", "10"))
+    except ValueError:
+        return env["GENMESH_WORKER_DRAIN_TIMEOUT"]  # the worker's own start-up says what is wrong
+    return f"{min(wanted, fits):g}"
+
+
 def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
     """Decide addresses, ports and environment for every child from the flags and `env`."""
     host = args.host.strip("[]")
@@ -139,6 +156,7 @@ def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
             # Logs reach the file as they happen, so a crash's last words are in the tail.
             "PYTHONUNBUFFERED": "1",
             "GENMESH_WORKER_PROVIDERS": providers,
+            "GENMESH_WORKER_DRAIN_TIMEOUT": worker_drain_timeout(args.stop_timeout, env),
         }
     )
     return Plan(data_dir, services, child_env, external, nats_port)

@@ -338,6 +338,22 @@ def test_up_plan_wires_addresses(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "drain"),
+    [
+        ((), {}, "6"),  # the worker's 10 s cut to fit up's 10 s stop timeout
+        (("--stop-timeout", "30"), {}, "10"),
+        ((), {"GENMESH_WORKER_DRAIN_TIMEOUT": "2.5"}, "2.5"),
+        (("--stop-timeout", "3"), {"GENMESH_WORKER_DRAIN_TIMEOUT": "60"}, "0"),
+    ],
+)
+def test_up_fits_the_workers_drain_into_its_stop_timeout(
+    tmp_path: Path, argv: tuple[str, ...], env: dict[str, str], drain: str
+) -> None:
+    plan = make_plan(_up_args("--data-dir", str(tmp_path), *argv), env)
+    assert plan.env["GENMESH_WORKER_DRAIN_TIMEOUT"] == drain
+
+
 def test_up_uses_external_nats_when_set(tmp_path: Path) -> None:
     plan = make_plan(_up_args("--data-dir", str(tmp_path)), {"GENMESH_NATS_URL": "nats://n:4222"})
     assert plan.external_nats_url == "nats://n:4222"

@@ -12,13 +12,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
 
+from genmesh.v1 import (
+    generate_service_pb2,
+    generate_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+from services.common.parameters import dict_to_struct
 from services.providers.config import load_catalog
 from services.providers.sandbox import media
 from tests.cli.test_cli import Up, alive, genmesh_up, log_tails, run_cli
+from tests.infra import eventually
 
 
 def offline_env(data_dir: Path) -> dict[str, str]:
@@ -150,3 +160,47 @@ async def test_up_serves_offline_providers_with_no_keys(up: Up, tmp_path: Path) 
         health = listed[name]["health"]
         assert health["status"] == "PROVIDER_STATUS_AVAILABLE", (name, health)
         assert health["liveWorkers"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_ctrl_c_hands_a_running_job_back_to_the_next_start(tmp_path: Path) -> None:
+    env = offline_env(tmp_path / "data")
+    spec = job_pb2.JobSpec(
+        task=job_pb2.TASK_TEXT_TO_IMAGE,
+        prompt="a long one",
+        provider="sandbox",
+        parameters=dict_to_struct({"latency_ms": 120_000, "steps": 100}),
+    )
+    async with genmesh_up(tmp_path, env) as up:
+        async with grpc.aio.insecure_channel(up.router) as channel:
+            submitted = await generate_service_pb2_grpc.GenerateServiceStub(channel).Submit(
+                generate_service_pb2.SubmitRequest(spec=spec)
+            )
+            job_id = submitted.job.id
+            jobs = job_service_pb2_grpc.JobServiceStub(channel)
+
+            async def running() -> bool:
+                reply = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))
+                return reply.job.state == job_pb2.JOB_STATE_PROCESSING
+
+            await eventually(running, within=30)
+        up.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(up.process.wait(), 60) == 0
+        # The worker stopped by itself, within up's stop timeout: it waited for the job as
+        # long as that allows, then handed it back.
+        assert "did not stop" not in up.errors.read_text(), up.errors.read_text()
+
+    async with genmesh_up(tmp_path, env) as again, grpc.aio.insecure_channel(again.router) as ch:
+        jobs = job_service_pb2_grpc.JobServiceStub(ch)
+
+        async def redelivered() -> bool:
+            reply = await jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id))
+            return reply.job.progress.message.startswith("restarted (delivery 2)")
+
+        # Handed back, it starts again at once; a killed worker's job would wait out the
+        # 30 s ack wait first.
+        await eventually(redelivered, within=20)
+        await jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job_id))
+        again.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(again.process.wait(), 60) == 0
