@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -296,11 +297,14 @@ def _chain(awaitable: object) -> list[str]:
     return lines
 
 
-def start_process(module: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """`python -m module` with exactly these GENMESH_* settings over the current environment."""
+def start_process(
+    module: str, env: Mapping[str, str], stderr: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m module` with exactly these GENMESH_* settings over the current environment;
+    its log (stderr) goes to `stderr` when given, else to the test's."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
     full.update(env)
-    return subprocess.Popen([sys.executable, "-m", module], env=full, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-m", module], env=full, cwd=ROOT, stderr=stderr)
 
 
 async def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,14 +14,27 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from gateway.stopping import LiveStreams
 from services.common.logs import setup_logging
 
 log = logging.getLogger("gateway")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, except a graceful stop on a signal exits 0 like the gRPC services
-    (uvicorn re-raises the signal afterwards, so supervisors would see 143)."""
+    """uvicorn's server, except that stopping first ends the live streams cleanly, and a
+    graceful stop on a signal exits 0 like the gRPC services (uvicorn re-raises the signal
+    afterwards, so supervisors would see 143)."""
+
+    def __init__(self, config: uvicorn.Config, streams: LiveStreams) -> None:
+        super().__init__(config)
+        self.streams = streams
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before uvicorn's own shutdown: it would close WebSockets 1012 at once, then wait out
+        # the graceful timeout for the SSE streams, which never end on their own, and cancel
+        # them mid-response. Ended first, each stream finishes cleanly (see gateway.stopping).
+        await self.streams.stop(within=self.config.timeout_graceful_shutdown)
+        await super().shutdown(sockets)
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -37,8 +51,9 @@ def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "gateway")
     host, port = settings.host_port()
+    streams = LiveStreams()
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, streams),
         host=host,
         port=port,
         log_config=None,  # keep setup_logging's format
@@ -48,7 +63,7 @@ def main() -> None:
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace)),
         proxy_headers=False,
     )
-    asyncio.run(_Server(config).serve())
+    asyncio.run(_Server(config, streams).serve())
     log.info("gateway stopped")
 
 

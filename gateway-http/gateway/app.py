@@ -19,6 +19,7 @@ from gateway import assets, errors, jobs, live
 from gateway.schema import ErrorBody
 from gateway.settings import Settings
 from gateway.state import State, open_clients
+from gateway.stopping import LiveStreams
 
 STATIC = Path(__file__).parent / "static"
 
@@ -43,13 +44,15 @@ The `x-genmesh-tenant` header picks the tenant (default: `default`).
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The bridge; its gRPC channels open in the lifespan, never at import or construction."""
+def create_app(settings: Settings, streams: LiveStreams | None = None) -> FastAPI:
+    """The bridge; its gRPC channels open in the lifespan, never at import or construction.
+    Its live streams end when the server calls `streams.stop()`."""
+    live_streams = streams or LiveStreams()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         async with open_clients(settings) as clients:
-            yield {"clients": clients}
+            yield {"clients": clients, "streams": live_streams}
 
     app = FastAPI(
         title="genmesh",

@@ -25,7 +25,8 @@ from gateway.convert import JobSpecBody, to_json
 from gateway.errors import BadRequest, bad_input, documented, error_body, rpc_error_body
 from gateway.ids import BatchId, JobId
 from gateway.relay import FellBehind, ReadAhead
-from gateway.state import Clients, ClientsDep, TenantDep, metadata
+from gateway.state import Clients, ClientsDep, StreamsDep, TenantDep, metadata
+from gateway.stopping import LiveStreams
 from genmesh.v1 import generate_service_pb2, job_service_pb2
 from services.common.channels import within
 
@@ -168,17 +169,22 @@ def _fell_behind(position: Position) -> Message:
     return {**error_body("RESOURCE_EXHAUSTED", notice), "resume": position.resume()}
 
 
-def _event_stream(messages: Stream, limit: int, position: Position, feed: bool) -> EventStream:
+def _event_stream(
+    messages: Stream, limit: int, position: Position, feed: bool, streams: LiveStreams
+) -> EventStream:
     async def body() -> AsyncIterator[str]:
         # Starlette cancels this generator when the client goes away; the relay ends the call.
+        # When the bridge stops, the relay ends and so does the response, complete: the
+        # client reconnects with Last-Event-ID as after any other end.
         try:
-            async with ReadAhead(messages, limit) as ahead:
-                async for message in ahead:
-                    if feed and "event" in message:
-                        yield _sse(message["event"])  # no id: Last-Event-ID stays the cursor
-                    else:
-                        yield _sse_frame(message)
-                    position.saw(message)
+            with streams.open() as stopping:
+                async with ReadAhead(messages, limit, until=stopping) as ahead:
+                    async for message in ahead:
+                        if feed and "event" in message:
+                            yield _sse(message["event"])  # no id: Last-Event-ID stays the cursor
+                        else:
+                            yield _sse_frame(message)
+                        position.saw(message)
         except FellBehind:
             yield _sse(_fell_behind(position), event="error")
         except grpc.aio.AioRpcError as e:
@@ -210,6 +216,7 @@ async def job_events(
     job_id: JobId,
     clients: ClientsDep,
     tenant: TenantDep,
+    streams: StreamsDep,
     after_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventStream:
@@ -222,7 +229,7 @@ async def job_events(
     errors arrive as `{"error": …}` and close with 4000 + the HTTP status (4404, 4429, …)."""
     after = _last_event_id(last_event_id, after_sequence)
     messages = await _watch_job(clients, tenant, job_id, after)
-    return _event_stream(messages, clients.stream_buffer, Position(after), feed=False)
+    return _event_stream(messages, clients.stream_buffer, Position(after), False, streams)
 
 
 @router.get(
@@ -234,6 +241,7 @@ async def job_events(
 async def watch_jobs_events(
     clients: ClientsDep,
     tenant: TenantDep,
+    streams: StreamsDep,
     cursor: Annotated[str, Query(description="From an earlier `cursor` event")] = "",
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventStream:
@@ -247,7 +255,7 @@ async def watch_jobs_events(
     `{"cursor": …}` and `{"event": …}` messages."""
     cursor = last_event_id or cursor
     messages = await _watch_jobs(clients, tenant, cursor)
-    return _event_stream(messages, clients.stream_buffer, Position(cursor=cursor), feed=True)
+    return _event_stream(messages, clients.stream_buffer, Position(cursor=cursor), True, streams)
 
 
 @router.get(
@@ -256,7 +264,9 @@ async def watch_jobs_events(
     response_class=EventStream,
     responses={**_SSE_DOC, **documented(404)},
 )
-async def batch_events(batch_id: BatchId, clients: ClientsDep, tenant: TenantDep) -> EventStream:
+async def batch_events(
+    batch_id: BatchId, clients: ClientsDep, tenant: TenantDep, streams: StreamsDep
+) -> EventStream:
     """JobService.WatchBatch as Server-Sent Events: `event: summary` (a BatchSummary: how many
     of the batch's jobs are queued, running, completed, failed, cancelled), `event: job` for
     each job as it is now, then every later JobEvent of its jobs as a plain message (each
@@ -267,7 +277,7 @@ async def batch_events(batch_id: BatchId, clients: ClientsDep, tenant: TenantDep
     The same stream as a WebSocket: `GET /v1/batches/{batch_id}/ws` sends `{"summary": …}`,
     `{"job": …}` and `{"event": …}` messages and closes with 1000 after the last job ends."""
     messages = await _watch_batch(clients, tenant, batch_id)
-    return _event_stream(messages, clients.stream_buffer, Position(batch=True), feed=True)
+    return _event_stream(messages, clients.stream_buffer, Position(batch=True), True, streams)
 
 
 @router.post(
@@ -276,7 +286,9 @@ async def batch_events(batch_id: BatchId, clients: ClientsDep, tenant: TenantDep
     response_class=EventStream,
     responses={**_SSE_DOC, **documented(404, 408, 409, 413, 429)},
 )
-async def generate(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) -> EventStream:
+async def generate(
+    body: JobSpecBody, clients: ClientsDep, tenant: TenantDep, streams: StreamsDep
+) -> EventStream:
     """GenerateService.Generate: submit a job and stream it as Server-Sent Events like
     GET /v1/jobs/{job_id}/events (`event: job` first, then each JobEvent with its sequence as
     id). Errors before the stream starts are as POST /v1/jobs; to resume a cut stream, GET
@@ -284,7 +296,7 @@ async def generate(body: JobSpecBody, clients: ClientsDep, tenant: TenantDep) ->
     request = fitting(generate_service_pb2.GenerateRequest(spec=body.to_proto()))
     call = clients.generate.Generate(request, metadata=metadata(tenant))
     messages = await _open(call, clients.router_timeout)
-    return _event_stream(messages, clients.stream_buffer, Position(), feed=False)
+    return _event_stream(messages, clients.stream_buffer, Position(), False, streams)
 
 
 # ---- WebSockets ----------------------------------------------------------------------------
@@ -296,6 +308,7 @@ async def job_socket(
     job_id: JobId,
     clients: ClientsDep,
     tenant: TenantDep,
+    streams: StreamsDep,
     after_sequence: Annotated[int, Query(ge=0, le=MAX_SEQUENCE)] = 0,
 ) -> None:
     """WatchJob over a WebSocket (see GET /v1/jobs/{job_id}/events)."""
@@ -304,6 +317,7 @@ async def job_socket(
         lambda: _watch_job(clients, tenant, job_id, after_sequence),
         clients.stream_buffer,
         Position(after_sequence),
+        streams,
     )
 
 
@@ -312,6 +326,7 @@ async def jobs_socket(
     websocket: WebSocket,
     clients: ClientsDep,
     tenant: TenantDep,
+    streams: StreamsDep,
     cursor: str = "",
 ) -> None:
     """WatchJobs over a WebSocket (see GET /v1/jobs:watch)."""
@@ -320,12 +335,17 @@ async def jobs_socket(
         lambda: _watch_jobs(clients, tenant, cursor),
         clients.stream_buffer,
         Position(cursor=cursor),
+        streams,
     )
 
 
 @router.websocket("/v1/batches/{batch_id:id}/ws")
 async def batch_socket(
-    websocket: WebSocket, batch_id: BatchId, clients: ClientsDep, tenant: TenantDep
+    websocket: WebSocket,
+    batch_id: BatchId,
+    clients: ClientsDep,
+    tenant: TenantDep,
+    streams: StreamsDep,
 ) -> None:
     """WatchBatch over a WebSocket (see GET /v1/batches/{batch_id}/events)."""
     await _serve_socket(
@@ -333,6 +353,7 @@ async def batch_socket(
         lambda: _watch_batch(clients, tenant, batch_id),
         clients.stream_buffer,
         Position(batch=True),
+        streams,
     )
 
 
@@ -341,9 +362,21 @@ async def _serve_socket(
     open_stream: Callable[[], Awaitable[Stream]],
     limit: int,
     position: Position,
+    streams: LiveStreams,
 ) -> None:
-    """Relay a mesh stream to a WebSocket until either side ends; errors close it 4000 + HTTP
-    status after an {"error": …} message."""
+    """Relay a mesh stream to a WebSocket until either side ends or the bridge stops (close
+    1001, going away); errors close it 4000 + HTTP status after an {"error": …} message."""
+    with streams.open() as stopping:
+        await _relay(websocket, open_stream, limit, position, stopping)
+
+
+async def _relay(
+    websocket: WebSocket,
+    open_stream: Callable[[], Awaitable[Stream]],
+    limit: int,
+    position: Position,
+    stopping: asyncio.Event,
+) -> None:
     await websocket.accept()
     try:
         messages = await open_stream()
@@ -355,7 +388,7 @@ async def _serve_socket(
         return
 
     async def forward() -> None:
-        async with ReadAhead(messages, limit) as ahead:
+        async with ReadAhead(messages, limit, until=stopping) as ahead:
             async for message in ahead:
                 await websocket.send_json(message)
                 position.saw(message)
@@ -377,7 +410,8 @@ async def _serve_socket(
         return  # the client left
     error = sender.exception()
     if error is None:
-        await websocket.close(code=1000)
+        # 1000: the stream is over; 1001: the bridge is stopping, so reconnect and resume.
+        await websocket.close(code=1001 if stopping.is_set() else 1000)
     elif isinstance(error, FellBehind):
         await _close(websocket, 429, _fell_behind(position))
     elif isinstance(error, grpc.aio.AioRpcError):

@@ -37,19 +37,28 @@ class _Lagged:
 
 class ReadAhead(Generic[T]):
     """Iterates `source` through a buffer of `limit` items; raises FellBehind on overflow and
-    re-raises what `source` raised. Use as an async context manager so the reader stops."""
+    re-raises what `source` raised. Once `until` is set, reading stops and the iteration ends
+    as if `source` had (after what is already buffered). Use as an async context manager so
+    the reader stops."""
 
-    def __init__(self, source: AsyncIterator[T], limit: int) -> None:
+    def __init__(
+        self, source: AsyncIterator[T], limit: int, until: asyncio.Event | None = None
+    ) -> None:
         self._source = source
         self._limit = limit
+        self._until = until
         self._queue: asyncio.Queue[T | _End | _Failed | _Lagged] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._stopper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReadAhead[T]:
         self._task = asyncio.create_task(self._read())
+        if self._until is not None:
+            self._stopper = asyncio.create_task(self._end_when(self._until))
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        await cancel_task(self._stopper)
         await cancel_task(self._task)
 
     def __aiter__(self) -> AsyncIterator[T]:
@@ -65,6 +74,12 @@ class ReadAhead(Generic[T]):
             if isinstance(item, _Failed):
                 raise item.error
             yield item
+
+    async def _end_when(self, until: asyncio.Event) -> None:
+        await until.wait()
+        assert self._task is not None
+        self._task.cancel()  # its `finally` ends the mesh call
+        self._queue.put_nowait(_End())
 
     async def _read(self) -> None:
         try:

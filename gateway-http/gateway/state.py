@@ -11,6 +11,7 @@ from fastapi import Depends, Header
 from starlette.requests import HTTPConnection
 
 from gateway.settings import Settings
+from gateway.stopping import LiveStreams
 from genmesh.v1 import (
     generate_service_pb2_grpc,
     job_service_pb2_grpc,
@@ -47,6 +48,7 @@ class State(TypedDict):
     """Lifespan state; Starlette copies it into every request's `state`."""
 
     clients: Clients
+    streams: LiveStreams
 
 
 @asynccontextmanager
@@ -74,6 +76,13 @@ def clients_of(conn: HTTPConnection) -> Clients:
     return clients
 
 
+def streams_of(conn: HTTPConnection) -> LiveStreams:
+    """The live streams in the lifespan state, which a stopping server tells to end."""
+    streams = conn.state.streams
+    assert isinstance(streams, LiveStreams)
+    return streams
+
+
 def _tenant(
     x_genmesh_tenant: Annotated[
         str,
@@ -88,6 +97,7 @@ def _tenant(
 
 
 ClientsDep = Annotated[Clients, Depends(clients_of)]
+StreamsDep = Annotated[LiveStreams, Depends(streams_of)]
 TenantDep = Annotated[str, Depends(_tenant)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -69,3 +70,24 @@ async def test_leaving_early_closes_the_source() -> None:
         async for _ in ahead:
             break
     assert source.closed.is_set()
+
+
+async def test_until_ends_the_iteration_and_closes_the_source() -> None:
+    async def endless() -> AsyncIterator[int]:
+        try:
+            for i in itertools.count(1):
+                yield i
+                await asyncio.sleep(0.01)
+        finally:
+            closed.set()
+
+    closed = asyncio.Event()
+    until = asyncio.Event()
+    async with ReadAhead(endless(), limit=1000, until=until) as ahead:
+        got = []
+        async for item in ahead:
+            got.append(item)
+            if item == 3:
+                until.set()  # the bridge stops: the iteration ends like a finished stream
+    assert got[:3] == [1, 2, 3] and got == list(range(1, len(got) + 1))
+    assert closed.is_set()
