@@ -32,7 +32,7 @@ from genmesh_cli.client import (
 )
 from genmesh_cli.display import JobPanel, JsonView, LiveView, console
 from genmesh_cli.follow import Follower, Outcome, StreamStalled, View
-from services.common.tasks import task_from_name
+from services.common.tasks import INPUT_MEDIA, task_from_name, task_name
 from services.router.pipelines.builtin import BUILTINS
 
 EXIT_FAILED = 1
@@ -199,7 +199,7 @@ def check_args(args: argparse.Namespace) -> None:
             if given
         ]
         if extra:
-            raise CliError(f"--watch re-attaches to a job; it takes no {', '.join(extra)}", 2)
+            raise CliError(f"--watch re-attaches to a job; drop {', '.join(extra)}", 2)
     elif args.task and args.pipeline:
         raise CliError(
             "give --task or --pipeline, not both: a pipeline's steps have their tasks", 2
@@ -209,6 +209,10 @@ def check_args(args: argparse.Namespace) -> None:
             "--task is required (e.g. --task text-to-image), or --pipeline NAME, or --watch JOB_ID",
             2,
         )
+    needs = INPUT_MEDIA.get(args.task) if args.task and not args.watch else None
+    if needs and not args.inputs:
+        kinds = "/".join(f"{kind}*" for kind in needs)
+        raise CliError(f"{task_name(args.task)} needs an input file ({kinds}): --input FILE", 2)
     assets.check_inputs(args.inputs)
 
 

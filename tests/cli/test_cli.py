@@ -173,9 +173,10 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     [
         (["generate", "a fox"], "--task is required"),
         (["generate", "-t", "text-to-image", "--pipeline", "text-to-video"], "not both"),
-        (["generate", "--watch", "j1", "--pipeline", "text-to-video"], "takes no --pipeline"),
-        (["generate", "--watch", "j1", "--task", "text-to-image"], "it takes no --task"),
-        (["generate", "--watch", "j1", "a fox"], "it takes no a prompt"),
+        (["generate", "--watch", "j1", "--pipeline", "text-to-video"], "drop --pipeline"),
+        (["generate", "--watch", "j1", "--task", "text-to-image"], "drop --task"),
+        (["generate", "--watch", "j1", "a fox"], "drop a prompt"),
+        (["generate", "-t", "image-to-image", "sepia"], "needs an input file (image/*): --input"),
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
         (["generate", "-t", "image-to-image", "-i", "/tmp"], "input is a directory, not a file"),
     ],
