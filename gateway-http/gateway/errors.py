@@ -154,11 +154,26 @@ async def _on_body_timeout(_: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    parts = [_problem(err) for err in exc.errors()]
     return error_response(400, "INVALID_ARGUMENT", "; ".join(parts) or "invalid request")
+
+
+def _problem(err: Any) -> str:
+    """One validation error in the caller's terms: FastAPI's own wording for a body that is not
+    JSON, or not an object, names neither the body nor what was wrong with it."""
+    loc = tuple(err.get("loc", ()))
+    kind = err.get("type")
+    if kind == "json_invalid":
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"the body is not valid JSON: {err.get('ctx', {}).get('error', 'cannot parse')}{at}"
+    if loc == ("body",):
+        if kind == "missing":
+            return "a JSON body is required"
+        if isinstance(err.get("input"), bytes | str):
+            return "the body must be JSON, sent with content-type: application/json"
+        return "the body must be a JSON object"
+    where = ".".join(str(p) for p in loc if p != "body")
+    return f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg"))
 
 
 async def _on_http(_: Request, exc: Exception) -> JSONResponse:

@@ -127,7 +127,7 @@ async def test_batch_put_stores_each_item_or_says_why_not(bridge: Bridge) -> Non
     ("body", "says"),
     [
         (b'{"data": "aGVsbG8="', "JSON"),
-        (b'["aGVsbG8="]', "valid dictionary"),
+        (b'["aGVsbG8="]', "object"),
         (b'{"data": "aGVs bG8="}', "base64"),
         (b'{"data": "aGVs*bG8="}', "base64"),
         (b'{"data": "aGVsbG8=A"}', "base64"),

@@ -109,6 +109,27 @@ async def lonely(tmp_path: Path) -> AsyncIterator[Lonely]:
             yield Lonely(http, url)
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "says"),
+    [
+        (b'{"task": "text-to-text"', "application/json", "not valid JSON: Expecting"),
+        (b'["a prompt"]', "application/json", "the body must be a JSON object"),
+        (b"", "application/json", "a JSON body is required"),
+        (b'{"prompt": "hi"}', "text/plain", "content-type: application/json"),
+    ],
+    ids=["unclosed", "array", "empty", "not-json-content-type"],
+)
+async def test_a_body_that_is_no_json_object_is_told_so(
+    lonely: Lonely, body: bytes, content_type: str, says: str
+) -> None:
+    # Refused by the bridge itself, before the (absent) router is called.
+    response = await lonely.http.post(
+        "/v1/jobs", content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code == 400, response.text
+    assert says in response.json()["error"]["message"]
+
+
 async def test_refusals_map_to_http_statuses(lonely: Lonely) -> None:
     http = lonely.http
 
