@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import grpc
@@ -69,6 +70,10 @@ def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
     traceback goes to the log, never to the caller)."""
     if isinstance(exc, MeshError):
         return exc.code, clipped(exc.message)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        # Not the caller's fault, and may pass: a worker storing an output retries it.
+        log.error("no space left on the disk, in %s", where)
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "the service's disk is full; try again later"
     log.error("unhandled error in %s", where, exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error"
 

@@ -27,6 +27,9 @@ from services.storage.client import AssetClient
 
 log = logging.getLogger(__name__)
 
+# Seconds one storage call, or one step of a streamed upload or download, may take.
+STORAGE_STEP_TIMEOUT = 30.0
+
 
 @dataclass
 class Worker:
@@ -81,7 +84,9 @@ async def running_worker(
             nc=nc,
             js=js,
             bus=bus,
-            assets=AssetClient(channel),
+            # Each call (and each step of a stream) bounded, so a storage that hangs is
+            # retried like one that is down (services.providers.storage_calls).
+            assets=AssetClient(channel, timeout=STORAGE_STEP_TIMEOUT),
             cancelled=cancelled,
             requests=await bus.requests_kv(js),
             worker_id=worker_id,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.errors import DEADLINE_EXCEEDED
 from services.providers.adapter import Fatal, ProviderError, Retryable
+from services.providers.storage_calls import STORAGE_UNAVAILABLE
 
 TIMEOUT = "timeout"
 
@@ -70,10 +71,13 @@ class Budget:
             ) from None
 
 
+_NOT_THE_PROVIDERS = frozenset({DEADLINE_EXCEEDED, STORAGE_UNAVAILABLE})
+
+
 def provider_at_fault(exc: ProviderError) -> bool:
     """Whether a failure counts against the provider's health (not the caller's input, not
-    the job's own deadline)."""
-    return exc.kind != job_pb2.ERROR_KIND_INVALID_INPUT and exc.code != DEADLINE_EXCEEDED
+    the job's own deadline, not storage out of reach)."""
+    return exc.kind != job_pb2.ERROR_KIND_INVALID_INPUT and exc.code not in _NOT_THE_PROVIDERS
 
 
 def declare_limits(

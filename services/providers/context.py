@@ -11,6 +11,7 @@ from nats.js.kv import KeyValue
 from genmesh.v1 import asset_pb2, job_pb2
 from services.providers.adapter import InvalidInput, Output, Result
 from services.providers.events import EventPublisher
+from services.providers.storage_calls import with_storage
 from services.storage.client import AssetClient
 
 
@@ -57,8 +58,10 @@ class RunContext:
         if index >= len(ids):
             raise InvalidInput("missing_input", f"this task needs input asset #{index + 1}")
         tenant = self._job.tenant_id
-        asset = await self._assets.get(ids[index], tenant=tenant)
-        return asset, await self._assets.download(ids[index], tenant=tenant)
+        what = f"read input asset {ids[index]!r}"
+        asset = await with_storage(what, lambda: self._assets.get(ids[index], tenant=tenant))
+        data = await with_storage(what, lambda: self._assets.download(ids[index], tenant=tenant))
+        return asset, data
 
     async def progress(self, percent: float | None = None, message: str = "") -> None:
         event = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=self._job.provider)
@@ -100,14 +103,17 @@ class RunContext:
     async def _store(
         self, output: Output, role: asset_pb2.AssetRole.ValueType, key: str
     ) -> asset_pb2.Asset:
-        # The key is stable across deliveries, so a redelivered job reuses what an
-        # earlier delivery already stored instead of storing it twice.
-        return await self._assets.upload(
-            output.data,
-            tenant=self._job.tenant_id,
-            media_type=output.media_type,
-            filename=output.filename,
-            role=role,
-            job_id=self._job.id,
-            idempotency_key=f"{self._job.id}:{self._attempt}:{key}",
+        # The key is stable across deliveries (and retries), so a redelivered job reuses
+        # what an earlier delivery already stored instead of storing it twice.
+        return await with_storage(
+            f"store {output.filename or key}",
+            lambda: self._assets.upload(
+                output.data,
+                tenant=self._job.tenant_id,
+                media_type=output.media_type,
+                filename=output.filename,
+                role=role,
+                job_id=self._job.id,
+                idempotency_key=f"{self._job.id}:{self._attempt}:{key}",
+            ),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,11 @@ from services.common.db import open_database
 from services.common.parameters import dict_to_struct
 from services.providers.app import running_worker
 from services.providers.settings import Settings as WorkerSettings
+from services.storage.app import running_storage
 from services.storage.schema import assets, metadata
+from services.storage.settings import Settings as StorageSettings
 from tests.conftest import Database
-from tests.infra import eventually
+from tests.infra import eventually, free_port
 from tests.mesh import Mesh, running_mesh, start_process, stop_process
 
 
@@ -199,3 +202,54 @@ async def test_events_held_by_a_killed_router_come_back_within_the_ack_wait(
             assert events[-1].state == job_pb2.JOB_STATE_COMPLETED
             steps_seen = [e.progress.message for e in events if "step" in e.progress.message]
             assert steps_seen == [f"step {i}/{steps}" for i in range(1, steps + 1)]
+
+
+# The restarted storage keeps its own SQLite file and blobs beside the mesh's database.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_storage_restart_does_not_fail_the_jobs_that_were_running(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    own = StorageSettings.from_env(
+        {
+            "GENMESH_LISTEN": address,
+            "GENMESH_DATA_DIR": str(tmp_path / "storage"),
+            "GENMESH_SHUTDOWN_GRACE": "0.2",
+        }
+    )
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "mesh").mkdir()
+    first: AbstractAsyncContextManager[object] = running_storage(own)
+    await first.__aenter__()
+    stopped = False
+    try:
+        async with running_mesh(
+            nats_url=nats_url,
+            prefix=nats_prefix,
+            database=database,
+            data_dir=tmp_path / "mesh",
+            worker_overrides={"GENMESH_STORAGE_ADDR": address},
+        ) as mesh:
+            jobs = [
+                await submit(mesh, spec(latency_ms=1500, preview=False, width=32)) for _ in range(6)
+            ]
+
+            async def all_processing() -> bool:
+                states = {await state_of(mesh, j.id) for j in jobs}
+                return states == {job_pb2.JOB_STATE_PROCESSING}
+
+            await eventually(all_processing, within=15)
+            watching = asyncio.gather(*(mesh.watch(j.id) for j in jobs))
+            # Down while the jobs end and store their outputs; back two seconds later.
+            stopped = True
+            await first.__aexit__(None, None, None)
+            await asyncio.sleep(2.0)
+            async with running_storage(own):
+                results = await asyncio.wait_for(watching, 60)
+    finally:
+        if not stopped:
+            await first.__aexit__(None, None, None)
+    for events in results:
+        assert events[-1].state == job_pb2.JOB_STATE_COMPLETED, events[-1]
+        # Stored by the first delivery, which waited for storage: not run a second time.
+        assert not [e for e in events if "restarted" in e.progress.message]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import logging
@@ -720,3 +721,20 @@ async def _listening_address(stream: asyncio.StreamReader, lines: list[str]) -> 
         if match := re.search(r"listening on (\S+:\d+)", line):
             return match[1]
     raise AssertionError("storage exited before listening:\n" + "\n".join(lines))
+
+
+async def test_a_full_disk_is_resource_exhausted_not_an_internal_error(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.blobs, "put_bytes", full)
+    refused = await expect_code(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        storage.client.upload(b"any bytes", tenant=TENANT, media_type="text/plain"),
+    )
+    # Retryable, unlike a size limit: a worker storing an output waits and tries again.
+    assert reason_of(refused) != TOO_LARGE
+    assert "disk is full" in (refused.details() or "")
+    assert await storage.row_count() == 0
