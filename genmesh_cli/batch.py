@@ -40,8 +40,9 @@ from genmesh_cli.display import STATE_STYLE, console
 from genmesh_cli.follow import Outcome, retry_broken
 from genmesh_cli.generate import add_job_options, build_spec, download_outputs, task_arg
 
-# How long to retry SubmitBatch and re-attach to the batch while the router is unreachable.
-RETRY_FOR = 30.0
+# How long to retry SubmitBatch and re-attach to the batch while the router is unreachable:
+# as long as `genmesh generate` waits, so a mesh restart is outlasted.
+RETRY_FOR = 60.0
 
 
 def add_parser(subparsers: Any, addresses: Addresses) -> None:
@@ -154,11 +155,16 @@ async def _run(args: argparse.Namespace, prompts: list[str]) -> int:
             with Live(panel, console=out, refresh_per_second=8, transient=True):
                 await _follow(jobs, panel)
         except grpc.aio.AioRpcError as error:
-            raise CliError(format_rpc_error(error, args.router)) from None
+            raise CliError(
+                f"{format_rpc_error(error, args.router)}; batch {panel.batch_id} keeps "
+                f"running: genmesh jobs --batch {panel.batch_id}"
+            ) from None
         except asyncio.CancelledError:
-            out.print(
-                f"detached from batch {panel.batch_id}; its jobs keep running",
+            console(stderr=True).print(
+                f"detached from batch {panel.batch_id}; its jobs keep running. "
+                f"See them: genmesh jobs --batch {panel.batch_id}",
                 style="yellow",
+                soft_wrap=True,
             )
             raise
         finally:

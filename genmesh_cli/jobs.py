@@ -41,6 +41,7 @@ def add_parsers(subparsers: Any, addresses: Addresses) -> None:
         "--state", dest="states", type=state_arg, action="append", default=[], metavar="STATE"
     )
     jobs.add_argument("--task", "-t", type=task_arg, default=job_pb2.TASK_UNSPECIFIED)
+    jobs.add_argument("--batch", default="", help="only the jobs of this batch (genmesh batch)")
     jobs.add_argument("--limit", "-n", type=int, default=20, help="at most this many [20]")
     jobs.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
     jobs.add_argument("--json", action="store_true", help="print jobs as JSON lines")
@@ -74,6 +75,7 @@ async def _jobs(args: argparse.Namespace) -> int:
                         page_token=token,
                         states=args.states,
                         task=args.task,
+                        batch_id=args.batch,
                     )
                 )
                 found.extend(response.jobs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -63,6 +64,19 @@ async def test_batch_runs_one_job_per_line_and_saves_the_outputs(
         with Image.open(png) as image:
             assert image.size == (32, 32)
     assert f"outputs in {(tmp_path / 'out').resolve()}" in out
+
+    # `genmesh jobs --batch` finds them again: what a detached batch points to.
+    code, out, err = await run_cli(
+        "jobs",
+        "--batch",
+        found.group(1),
+        "--json",
+        "--router",
+        mesh.env["GENMESH_ROUTER_ADDR"],
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    assert sorted(json.loads(line)["id"] for line in out.splitlines()) == sorted(jobs)
 
 
 async def test_batch_exit_code_and_errors(mesh: Mesh, tmp_path: Path) -> None:

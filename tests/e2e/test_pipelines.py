@@ -153,6 +153,8 @@ async def test_text_to_video_yields_a_video(mesh: Mesh) -> None:
     previews = [e for e in events if e.HasField("preview")]
     assert {e.step for e in previews} == {"image", "video"}
     assert all(e.state == PR and e.preview.media_type == "image/png" for e in previews)
+    # A step's report without words of its own shows its state as words.
+    assert "image: preview ready" in [e.progress.message for e in previews]
     final = events[-1]
     assert final.state == C and [a.media_type for a in final.assets] == ["image/gif"]
     gif = Image.open(io.BytesIO(await mesh.assets.download(final.assets[0].id, tenant=TENANT)))

@@ -298,7 +298,11 @@ class _Run:
                     event.preview.CopyFrom(update.preview)
                 event.progress.CopyFrom(update.progress)
                 event.progress.message = f"{name}: " + (
-                    update.progress.message or job_pb2.JobState.Name(update.state).lower()
+                    update.progress.message
+                    or job_pb2.JobState.Name(update.state)
+                    .removeprefix("JOB_STATE_")
+                    .lower()
+                    .replace("_", " ")
                 )
                 if not await self._owner.record(self.job, event):
                     await self._abandon(child_id)
