@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
 from genmesh_cli.supervisor import nats_server_binary
 from services.common import pulling
+from services.common.bus import connect
 from services.common.pulling import PullConsumer, worked_on
 from tests.infra import eventually, free_port, private_nats_server, reachable
 
@@ -364,3 +365,30 @@ async def test_a_request_that_outlives_a_reconnect_delivers_nothing_beside_the_n
             await pull.close()
         finally:
             await nc.close()
+
+
+async def test_an_outage_is_logged_once_each_way_without_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    server = start_nats(port, tmp_path)
+    try:
+        await eventually(lambda: reachable("127.0.0.1", port), within=10)
+        async with connect(f"nats://127.0.0.1:{port}", "outage-test") as nc:
+            caplog.clear()
+            server.kill()
+            server.wait()
+            await eventually(lambda: nc.is_reconnecting, within=10)
+            await asyncio.sleep(2.0)  # four reconnect attempts, each refused
+            server = start_nats(port, tmp_path)
+            await eventually(lambda: nc.is_connected, within=15)
+    finally:
+        server.kill()
+        server.wait()
+    said = [r.getMessage() for r in caplog.records if r.name.startswith(("nats", "services"))]
+    # The lost connection (nats-py's word for it, then ours), its return, and nothing else:
+    # not a line per refused attempt, no traceback, nothing for the deliberate close.
+    assert "disconnected; reconnecting" in said[-2]
+    assert said[-1].startswith("nats (outage-test): reconnected after")
+    assert len(said) <= 3, said
+    assert not [r for r in caplog.records if r.exc_info]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,21 +178,53 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
         return await js.create_key_value(config)
 
 
+class _ConnectionLog:
+    """One line when the connection goes down and one when it is back, rather than nats-py's
+    error and traceback for every reconnect attempt (two a second for as long as it lasts)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._down_since: float | None = None
+        # Set once connected: a disconnect while it drains or closes is our own doing.
+        self.nc: Client | None = None
+
+    async def error(self, exc: Exception) -> None:
+        if self._down_since is None:
+            log.warning("nats (%s): %s", self._name, str(exc) or type(exc).__name__)
+
+    async def disconnected(self) -> None:
+        leaving = self.nc is None or self.nc.is_closed or self.nc.is_draining
+        if self._down_since is None and not leaving:
+            self._down_since = time.monotonic()
+            log.warning("nats (%s): disconnected; reconnecting", self._name)
+
+    async def reconnected(self) -> None:
+        if self._down_since is not None:
+            down = time.monotonic() - self._down_since
+            self._down_since = None
+            log.warning("nats (%s): reconnected after %.1f s", self._name, down)
+
+
 @asynccontextmanager
 async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterator[Client]:
     """A NATS connection that drains on exit, so nothing published is left behind.
 
     With `no_echo`, its own subscriptions never hear what it publishes itself."""
+    said = _ConnectionLog(name)
     nc = await nats.connect(
         url,
         name=name,
         no_echo=no_echo,
+        error_cb=said.error,
+        disconnected_cb=said.disconnected,
+        reconnected_cb=said.reconnected,
         # A subscription left with unread messages holds drain() this long, not 30 s.
         drain_timeout=5,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
     )
+    said.nc = nc
     try:
         yield nc
     finally:
