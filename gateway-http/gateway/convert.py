@@ -128,7 +128,12 @@ def parse_state(name: str) -> job_pb2.JobState.ValueType:
     if not key.startswith(_STATE_PREFIX):
         key = _STATE_PREFIX + key
     if key == "JOB_STATE_UNSPECIFIED" or key not in set(job_pb2.JobState.keys()):
-        raise BadRequest(f"unknown job state {name!r}")
+        known = ", ".join(
+            v.name.removeprefix(_STATE_PREFIX).lower().replace("_", "-")
+            for v in job_pb2.JobState.DESCRIPTOR.values
+            if v.number
+        )
+        raise BadRequest(f"unknown job state {name!r}; one of {known}")
     return job_pb2.JobState.Value(key)
 
 

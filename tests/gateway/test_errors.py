@@ -130,6 +130,13 @@ async def test_a_body_that_is_no_json_object_is_told_so(
     assert says in response.json()["error"]["message"]
 
 
+async def test_an_unknown_state_filter_lists_the_known_ones(lonely: Lonely) -> None:
+    response = await lonely.http.get("/v1/jobs", params={"state": "bogus"})
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "unknown job state 'bogus'; one of queued, processing, preview-ready" in message
+
+
 async def test_refusals_map_to_http_statuses(lonely: Lonely) -> None:
     http = lonely.http
 
