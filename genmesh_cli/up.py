@@ -63,23 +63,26 @@ def port_arg(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args, args.env)
     plan.log_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(plan.data_dir / "up.lock"):
+    with _exclusive(plan.data_dir / "up.lock") as lock_fd:
         _check_ports(plan)
-        supervisor = Supervisor(plan, args.start_timeout, args.stop_timeout)
+        supervisor = Supervisor(plan, args.start_timeout, args.stop_timeout, lock_fd)
         return asyncio.run(supervisor.run())
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold a lock on the data dir: two meshes on one SQLite store and NATS dir corrupt both."""
+def _exclusive(path: Path) -> Iterator[int]:
+    """Hold a lock on the data dir: two meshes on one SQLite store and NATS dir corrupt both.
+    Yields the locked fd, for the children to inherit: the lock is held until the last of
+    them has exited, should the supervisor die first."""
     with path.open("a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CliError(
-                f"another `genmesh up` is using {path.parent}; stop it or set --data-dir"
+                f"another `genmesh up` (or a process it started) is using {path.parent}; "
+                "stop it or set --data-dir"
             ) from None
-        yield
+        yield f.fileno()
 
 
 def _check_ports(plan: Plan) -> None:

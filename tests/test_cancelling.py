@@ -80,3 +80,15 @@ async def test_the_callers_own_cancellation_is_not_swallowed() -> None:
     stubborn.cancel()
     with pytest.raises(asyncio.CancelledError):
         await stubborn
+
+
+async def test_a_cancelled_gather_is_not_reported_as_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A cancelled gather() ends with CancelledError as its exception, not as cancelled.
+    gathered = asyncio.ensure_future(asyncio.gather(asyncio.sleep(60), asyncio.sleep(60)))
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="services.common.cancelling"):
+        await cancel_task(gathered)
+    assert gathered.done()
+    assert caplog.text == ""

@@ -35,5 +35,10 @@ async def cancel_tasks(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
     for task in stopping:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("a task failed as it was stopped", exc_info=task.exception())
+        if task.cancelled():
+            continue
+        error = task.exception()
+        # A gather() future cancelled while its children run ends with CancelledError as
+        # its exception rather than cancelled (CPython 3.11): stopped as asked all the same.
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            log.warning("a task failed as it was stopped", exc_info=error)

@@ -48,7 +48,7 @@ from genmesh_cli.generate import build_spec
 from genmesh_cli.main import build_parser
 from genmesh_cli.main import run as cli
 from genmesh_cli.plan import make_plan
-from tests.infra import free_port
+from tests.infra import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -732,21 +732,43 @@ class Up:
     errors: Path
 
 
+UP_PORT_FLAGS = ("--grpc-port", "--storage-port", "--prompt-port", "--http-port", "--worker-port")
+
+
+def up_ports() -> dict[str, int]:
+    return {flag: free_port() for flag in UP_PORT_FLAGS}
+
+
+def up_command(ports: dict[str, int]) -> list[str]:
+    """`genmesh up` on `ports`, as a user runs it."""
+    flags = [str(x) for pair in ports.items() for x in pair]
+    return [sys.executable, "-m", "genmesh_cli", "up", *flags]
+
+
+def clean_env(data_dir: Path) -> dict[str, str]:
+    """This environment without GENMESH_* settings (so `up` starts its own nats-server)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env["GENMESH_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 @asynccontextmanager
 async def genmesh_up(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Up]:
     """`genmesh up` on free ports in `env`, once its banner says it is ready; stopped on the
     way out if the caller has not stopped it."""
     data_dir = Path(env["GENMESH_DATA_DIR"])
-    flags = ("--grpc-port", "--storage-port", "--prompt-port", "--http-port", "--worker-port")
-    ports = {flag: free_port() for flag in flags}
+    ports = up_ports()
     errors = tmp_path / "up.err"
     with errors.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "genmesh_cli",
-            "up",
-            *(str(x) for pair in ports.items() for x in pair),
+            *up_command(ports),
             cwd=tmp_path,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -841,3 +863,118 @@ async def test_providers_table_shows_each_circuit(
     assert "circuit" in rows["provider"]
     assert rows["steady"][3] == "closed"
     assert rows["flaky"][3] == "open"
+
+
+UPLOAD_BYTES = 2 * 1024 * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_children_of_a_killed_up_exit_and_hold_the_data_dir_until_they_have(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    env = clean_env(data_dir)
+    # A stopping server waits this long for calls still running: storage, serving the
+    # upload below, stands for a child that takes its time to stop.
+    env["GENMESH_SHUTDOWN_GRACE"] = "120"
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    async with (
+        genmesh_up(tmp_path / "first", env) as up,
+        grpc.aio.insecure_channel(up.storage) as channel,
+    ):
+        pids = up.pids
+        [storage] = [pid for pid in pids if "services.storage" in command_line(pid)]
+        finish = asyncio.Event()
+
+        async def parts() -> AsyncIterator[asset_service_pb2.UploadAssetRequest]:
+            metadata = asset_service_pb2.UploadMetadata(media_type="application/octet-stream")
+            yield asset_service_pb2.UploadAssetRequest(metadata=metadata)
+            yield asset_service_pb2.UploadAssetRequest(chunk=bytes(UPLOAD_BYTES))
+            await finish.wait()
+
+        upload = asset_service_pb2_grpc.AssetServiceStub(channel).UploadAsset(parts())
+        try:
+            staging = data_dir / "blobs" / "tmp"
+            # Past what storage keeps in memory: it is spooling the upload to a file.
+            await eventually(lambda: staging.is_dir() and any(staging.iterdir()), within=30)
+            up.process.kill()
+            await up.process.wait()
+
+            # Every other child goes with the supervisor (they used to live on, orphaned).
+            def only_storage_left() -> bool:
+                return [pid for pid in pids if alive(pid)] == [storage]
+
+            await eventually(only_storage_left, within=60)
+            # A second mesh cannot start on the data dir while that child still uses it, and
+            # leaves its logs alone.
+            code, err = await up_once(tmp_path / "second", env)
+            assert code == 1, err
+            assert "another `genmesh up` (or a process it started) is using" in err, err
+            assert not (data_dir / "logs" / "storage.log.1").exists()
+
+            finish.set()
+            assert (await upload).asset.size_bytes == UPLOAD_BYTES
+            await eventually(lambda: not any(alive(pid) for pid in pids), within=60)
+        finally:
+            upload.cancel()
+            for pid in pids:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+    # Once they are gone, the next `genmesh up` on that data dir starts.
+    async with genmesh_up(tmp_path / "second", env) as again:
+        again.process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(again.process.wait(), 30) == 0, again.errors.read_text()
+        assert [pid for pid in again.pids if alive(pid)] == []
+
+
+async def up_once(cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """`genmesh up` expected to give up at once: its exit code and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *up_command(up_ports()),
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+            await asyncio.wait_for(process.wait(), 30)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_ctrl_c_while_up_is_starting_stops_it_without_a_traceback(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    errors = tmp_path / "up.err"
+    with errors.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            *up_command(up_ports()),
+            cwd=tmp_path,
+            env=clean_env(data_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        # The first tier is being started, and waited for.
+        await eventually(lambda: (data_dir / "logs" / "storage.log").exists(), within=60)
+        pids = children_of(process.pid)
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 60) == 0, errors.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    stderr = errors.read_text()
+    assert "genmesh stopped" in stderr
+    assert "Traceback" not in stderr and "failed" not in stderr, stderr
+    assert [pid for pid in pids if alive(pid)] == []
