@@ -1,4 +1,4 @@
-"""The error interceptor's wrapping of server-streaming handlers."""
+"""The error interceptor's wrapping of server-streaming handlers, and the status errors map to."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import nats.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from services.common.errors import status_of
 from services.common.grpc_server import _parsed, _wrap_stream, grpc_server
+from tests.infra import free_port
 
 
 async def test_a_call_cancelled_mid_write_closes_the_handlers_generator() -> None:
@@ -58,3 +63,24 @@ async def test_health_watch_streams_through_the_interceptor() -> None:
         second = await asyncio.wait_for(call.read(), 10)
         assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
         call.cancel()
+
+
+async def test_a_database_or_bus_out_of_reach_is_unavailable_not_internal() -> None:
+    # What the router's store raises while PostgreSQL is down: the caller may retry.
+    engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    try:
+        with pytest.raises(OSError) as refused:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    broken = OperationalError(
+        "SELECT 1", {}, Exception("connection closed"), connection_invalidated=True
+    )
+    for exc in (refused.value, broken, nats.errors.TimeoutError()):
+        code, message = status_of(exc, "/test/Call")
+        assert code == grpc.StatusCode.UNAVAILABLE, exc
+        assert "retry" in message
+    # Anything else stays an internal error, its details in the log only.
+    failed = OperationalError("SELECT 1", {}, Exception("no such table: jobs"))
+    assert status_of(failed, "/test/Call") == (grpc.StatusCode.INTERNAL, "internal error")

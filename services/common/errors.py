@@ -66,16 +66,33 @@ class OutOfRange(MeshError):
 
 
 def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
-    """The status and message a caller sees for `exc`: a MeshError's own, else INTERNAL (the
-    traceback goes to the log, never to the caller)."""
+    """The status and message a caller sees for `exc`: a MeshError's own; RESOURCE_EXHAUSTED
+    for a full disk; UNAVAILABLE when something the call needs did not answer (see
+    unreachable); else INTERNAL. The traceback goes to the log, never to the caller."""
     if isinstance(exc, MeshError):
         return exc.code, clipped(exc.message)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         # Not the caller's fault, and may pass: a worker storing an output retries it.
         log.error("no space left on the disk, in %s", where)
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the service's disk is full; try again later"
+    if unreachable(exc):
+        log.warning("%s failed: a service it needs did not answer", where, exc_info=exc)
+        return grpc.StatusCode.UNAVAILABLE, UNREACHABLE
     log.error("unhandled error in %s", where, exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+UNREACHABLE = "a service this call needs (database or message bus) did not answer; retry later"
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says a service was out of reach (refused, reset, timed out: the database,
+    NATS), so the same call may succeed later."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    # SQLAlchemy's DBAPIError for a database connection that broke; read by attribute so that
+    # services without a database do not import SQLAlchemy for it.
+    return getattr(exc, "connection_invalidated", False) is True
 
 
 def clipped(message: str) -> str:

@@ -4,6 +4,12 @@ wait in the router, highest priority first, instead of piling into JetStream in 
 A held job is already stored and not yet marked dispatched, so a router that dies while
 holding it loses nothing: the next start feeds it back through the gate.
 
+A job whose publish NATS cannot confirm (the server down, stalled or reconnecting) is held
+too, rather than failing a call whose job is already stored: the release loop sends it again,
+backing off, once NATS answers. If the first copy got through after all, JetStream drops the
+second by its Nats-Msg-Id; the backoff stays far inside the stream's duplicate window (two
+minutes), so a copy that arrives late is still recognised.
+
 A provider's rate limit holds for the mesh, however many router replicas run: each replica's
 token bucket earns the rate divided by the replicas alive (services.router.replicas counts
 them from heartbeats in NATS KV and keeps the count in memory, so no job waits on NATS for
@@ -31,6 +37,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import nats.errors
+import nats.js.errors
+
 from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.cancelling import cancel_task
 from services.common.errors import ResourceExhausted
@@ -42,6 +51,27 @@ log = logging.getLogger(__name__)
 LOW, NORMAL, HIGH = job_pb2.PRIORITY_LOW, job_pb2.PRIORITY_NORMAL, job_pb2.PRIORITY_HIGH
 # Seconds between looks at the queues while jobs are held (sooner when jobs are seen leaving).
 POLL = 0.05
+# Seconds before held jobs are sent again after a failed try, doubling per failed try up to
+# RETRY_MAX: far inside JetStream's duplicate window, so that a copy which got through
+# unconfirmed (or was buffered by the client until it reconnected) is dropped as a duplicate.
+RETRY_FIRST = 0.5
+RETRY_MAX = 5.0
+# A publish NATS did not confirm because it is out of reach for now: no connection, a
+# stalled or restarting server, no JetStream answer in time. The message may still arrive;
+# its Nats-Msg-Id makes a second copy harmless. (A message NATS refuses for good, such as one
+# over its size limit, is not among them: holding it would only retry it forever.)
+UNCONFIRMED: tuple[type[Exception], ...] = (
+    TimeoutError,  # nats.errors.TimeoutError among them
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 Clock = Callable[[], float]
 Limits = provider_service_pb2.ProviderLimits
@@ -113,6 +143,8 @@ class Held:
     # Clock time the job started waiting.
     since: float
     dropped: bool = False
+    # In its queue, as opposed to taken out by HeldJobs.pop() (being published).
+    waiting: bool = False
 
 
 class HeldJobs:
@@ -137,11 +169,16 @@ class HeldJobs:
         return min(HIGH, held.priority + int((now - held.since) // self._aging))
 
     def push(self, held: Held) -> None:
+        held.waiting = True
         self._classes[held.priority].append(held)
         self._count += 1
 
     def push_back_first(self, held: Held) -> None:
-        """Return a job taken by pop() to the front of its class (its publish failed)."""
+        """Return a job taken by pop() to the front of its class (its publish failed),
+        unless it was dropped meanwhile."""
+        if held.dropped:
+            return
+        held.waiting = True
         self._classes[held.priority].appendleft(held)
         self._count += 1
 
@@ -149,7 +186,8 @@ class HeldJobs:
         """Forget a held job (cancelled); it is skipped when its turn comes."""
         if not held.dropped:
             held.dropped = True
-            self._count -= 1
+            if held.waiting:
+                self._count -= 1
 
     def pop(self) -> Held | None:
         now = self._clock()
@@ -166,7 +204,9 @@ class HeldJobs:
         if best is None:
             return None
         self._count -= 1
-        return best.popleft()
+        entry = best.popleft()
+        entry.waiting = False
+        return entry
 
 
 class AdmissionGate:
@@ -206,6 +246,8 @@ class AdmissionGate:
         self._by_id: dict[str, tuple[HeldJobs, Held]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Tries in a row that failed to send held jobs (0: the last one did not fail).
+        self._failures = 0
         depths.on_drain(self._wake.set)
 
     async def start(self) -> None:
@@ -235,13 +277,25 @@ class AdmissionGate:
         return waiting + 1
 
     async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> None:
-        """Publish the stored job now if its provider has room, else hold it."""
+        """Publish the stored job now if its provider has room, else hold it.
+
+        A publish NATS does not confirm holds the job as well, and so does a job that comes
+        while held jobs cannot be sent: the job is stored, so it counts as accepted, and it
+        goes out once NATS answers."""
         name = job.provider
-        if not self._held.get(name) and self._room(self._depths.cached(name)) > 0:
+        if (
+            not self._failures
+            and not self._held.get(name)
+            and self._room(self._depths.cached(name)) > 0
+        ):
             bucket = self._bucket(name)
             if bucket is None or bucket.take():
-                await self._publish(job, attempt)
-                return
+                try:
+                    await self._publish(job, attempt)
+                    return
+                except UNCONFIRMED as exc:
+                    log.warning("could not publish job %s (%r); holding it to retry", job.id, exc)
+                    self._failures = max(self._failures, 1)
         self._hold(job, attempt, self._clock())
 
     async def admit(self, jobs: list[job_pb2.Job]) -> None:
@@ -280,8 +334,10 @@ class AdmissionGate:
 
     async def release(self) -> float | None:
         """Publish what each provider has room and tokens for; returns seconds until it is
-        worth looking again (None: nothing held)."""
+        worth looking again (None: nothing held; 0 after a failed try, which the release
+        loop follows with its backoff)."""
         soonest: float | None = None
+        failed = False
         for name, held in list(self._held.items()):
             if not held:
                 del self._held[name]
@@ -304,9 +360,14 @@ class AdmissionGate:
             if unpublished:
                 for entry in reversed(unpublished):
                     held.push_back_first(entry)
-                log.warning("could not publish held jobs of %s; will retry", name)
-                soonest = _min(soonest, 1.0)
+                failed = True
+                soonest = 0.0
+        self._failures = self._failures + 1 if failed else 0
         return soonest
+
+    def retry_delay(self) -> float:
+        """Seconds to wait before trying again after the failed tries so far (0: none)."""
+        return _backoff(self._failures)
 
     async def _release_loop(self) -> None:
         wait: float | None = 0.0
@@ -315,12 +376,16 @@ class AdmissionGate:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
+            if self._failures:
+                # Sending failed (NATS down or stalled?): back off, however often woken.
+                await asyncio.sleep(self.retry_delay())
             self._wake.clear()
             try:
                 wait = await self.release()
             except Exception:
                 log.exception("releasing held jobs failed; retrying")
-                wait = 1.0
+                self._failures += 1
+                wait = 0.0
 
     async def _send(self, taken: list[Held]) -> list[Held]:
         """Publish taken jobs in order, skipping any another router replica has sent
@@ -331,13 +396,21 @@ class AdmissionGate:
         try:
             ids = [e.job.id for e in taken]
             unsent = set(ids) if self._unsent is None else await self._unsent(ids)
-        except Exception:
+        except Exception as exc:
+            log.warning("could not check which held jobs are unsent (%r); will retry", exc)
             return taken
         for i, entry in enumerate(taken):
-            if entry.job.id in unsent:
+            if entry.job.id in unsent and not entry.dropped:
                 try:
                     await self._publish(entry.job, entry.attempt)
-                except Exception:
+                except Exception as exc:
+                    log.warning(
+                        "could not publish held job %s to %s (%r); will retry in %.1f s",
+                        entry.job.id,
+                        entry.job.provider,
+                        exc,
+                        _backoff(self._failures + 1),
+                    )
                     return taken[i:]
             self._by_id.pop(entry.job.id, None)
         return []
@@ -372,6 +445,13 @@ class AdmissionGate:
         elif bucket.rate != rate:
             bucket.retune(rate)
         return bucket
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait after `failures` failed tries in a row."""
+    if failures <= 0:
+        return 0.0
+    return min(RETRY_MAX, RETRY_FIRST * 2 ** min(failures - 1, 16))
 
 
 def _min(a: float | None, b: float) -> float:

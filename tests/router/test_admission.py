@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
+import nats.errors
 import pytest
 
 from genmesh.v1 import job_pb2, provider_service_pb2
@@ -15,6 +16,7 @@ from services.router.admission import (
     HIGH,
     LOW,
     NORMAL,
+    RETRY_MAX,
     AdmissionGate,
     Held,
     HeldJobs,
@@ -315,3 +317,101 @@ async def test_a_job_another_replica_sent_meanwhile_is_not_sent_again() -> None:
     assert sent_by_b.ids == []
     # Nothing is left held on either side.
     assert a.queued("p") == b.queued("p") == 0
+
+
+class Flaky(Published):
+    """A publisher whose NATS may be out of reach: then every publish times out, unsent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.during: Callable[[], None] = lambda: None
+
+    async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> object:
+        self.during()
+        if self.down:
+            raise nats.errors.TimeoutError
+        return await super().dispatch(job, attempt)
+
+
+def flaky_gate(clock: Clock, backlog: int = 10) -> tuple[AdmissionGate, Flaky]:
+    """A gate on a Flaky publisher; no queue depth is known, so queued() counts held jobs."""
+    publisher = Flaky()
+
+    async def mark(ids: Sequence[str]) -> None:
+        pass
+
+    g = AdmissionGate(
+        publisher, Depths(None), lambda name: limits(), mark, backlog=backlog, clock=clock
+    )
+    return g, publisher
+
+
+async def test_a_job_nats_does_not_confirm_is_held_and_sent_once_nats_answers() -> None:
+    clock = Clock()
+    g, publisher = flaky_gate(clock)
+    publisher.down = True
+    # Stored before it is dispatched: the caller is told it is queued, not an error.
+    await g.dispatch(job("a"))
+    assert publisher.ids == [] and g.queued("p") == 1
+    # While sending fails, later jobs (for any provider) join the held ones at once.
+    await g.dispatch(job("b"))
+    await g.dispatch(job("other", provider="q"))
+    assert g.queued("p") == 2 and g.queued("q") == 1
+    # Each failed try waits longer before the next, up to a few seconds: far inside
+    # JetStream's two-minute duplicate window.
+    delays = [g.retry_delay()]
+    for _ in range(6):
+        assert await g.release() == 0.0
+        delays.append(g.retry_delay())
+    assert delays == [0.5, 1.0, 2.0, 4.0, RETRY_MAX, RETRY_MAX, RETRY_MAX]
+    assert publisher.ids == []
+    publisher.down = False
+    assert await g.release() is None
+    assert sorted(publisher.ids) == ["a", "b", "other"]
+    assert g.retry_delay() == 0.0
+    assert g.queued("p") == g.queued("q") == 0
+    # Back to publishing at once.
+    await g.dispatch(job("c"))
+    assert publisher.ids[-1] == "c"
+
+
+async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> None:
+    clock = Clock()
+    g, publisher = flaky_gate(clock)
+    publisher.down = True
+    await g.dispatch(job("a"))
+    await g.dispatch(job("b"))
+    # Cancelled while the gate is trying to send it.
+    publisher.during = lambda: g.drop("a")
+    await g.release()
+    publisher.during = lambda: None
+    assert g.queued("p") == 1
+    publisher.down = False
+    assert await g.release() is None
+    assert publisher.ids == ["b"]
+    assert g.queued("p") == 0
+    # Cancelled while a publish that gets through is under way: it counts as held no more.
+    await g.dispatch(job("c"))  # goes out at once
+    publisher.down = True
+    for name in ("d", "e"):
+        await g.dispatch(job(name))
+    publisher.down = False
+    publisher.during = lambda: g.drop("d")
+    assert await g.release() is None
+    assert g.queued("p") == 0
+    assert publisher.ids[-1] == "e"
+
+
+async def test_a_publish_nats_refuses_for_good_still_fails_the_call() -> None:
+    class Refusing(Published):
+        async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> object:
+            raise nats.errors.MaxPayloadError
+
+    async def mark(ids: Sequence[str]) -> None:
+        pass
+
+    g = AdmissionGate(Refusing(), Depths(0), lambda name: limits(), mark, clock=Clock())
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await g.dispatch(job("a"))
+    assert g.queued("p") == 0

@@ -1,0 +1,180 @@
+"""NATS out of reach while jobs are submitted: the caller is told the stored job is QUEUED
+(not INTERNAL, which invited a retry that ran the job twice), and once NATS answers again each
+job runs exactly once, without a router restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nats
+import pytest
+
+from genmesh.v1 import generate_service_pb2, job_pb2
+from genmesh_cli.supervisor import nats_server_binary
+from services.common.bus import Bus
+from services.common.parameters import dict_to_struct
+from tests.conftest import Database
+from tests.infra import eventually, free_port, reachable, unique
+from tests.mesh import Mesh, running_mesh
+
+
+class PrivateNats:
+    """A nats-server of the test's own, which it may stall, kill and start again on the same
+    port and store (the shared one on 4222 is never touched)."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._store = store
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stalled = False
+
+    async def start(self) -> None:
+        self._proc = self._launch()
+        await eventually(lambda: reachable("127.0.0.1", self.port))
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.Popen(
+            [*command, "-sd", str(self._store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stall(self) -> None:
+        """Stopped, not dead: connections stay open and nothing is answered."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        self._stalled = True
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
+        self._stalled = False
+
+    async def kill(self) -> None:
+        assert self._proc is not None
+        self._proc.kill()
+        await asyncio.to_thread(self._proc.wait, 10)
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        if self._stalled:
+            self.resume()
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+@contextmanager
+def private_nats(store: Path) -> Iterator[PrivateNats]:
+    server = PrivateNats(store)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def spec() -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(
+        task=job_pb2.TASK_TEXT_TO_IMAGE,
+        prompt="a red fox in snow",
+        parameters=dict_to_struct({"width": 32, "height": 32}),
+    )
+
+
+async def generate(mesh: Mesh, first: asyncio.Future[job_pb2.Job]) -> list[job_pb2.JobEvent]:
+    """A Generate call's events to the end; the job it answers with first goes to `first`."""
+    events = []
+    try:
+        call = mesh.generate.Generate(generate_service_pb2.GenerateRequest(spec=spec()))
+        async for reply in call:
+            if reply.HasField("job"):
+                first.set_result(reply.job)
+            else:
+                events.append(reply.event)
+    except Exception as exc:
+        if first.done():
+            raise
+        first.set_exception(exc)
+    return events
+
+
+async def submit_all(mesh: Mesh) -> tuple[list[job_pb2.Job], asyncio.Task[list[job_pb2.JobEvent]]]:
+    """Submit, Generate and SubmitBatch, each storing jobs it cannot publish yet; the jobs
+    they answer with, and the Generate call reading on."""
+    streamed: asyncio.Future[job_pb2.Job] = asyncio.get_running_loop().create_future()
+    streaming = asyncio.create_task(generate(mesh, streamed))
+    try:
+        submitted, batch = await asyncio.wait_for(
+            asyncio.gather(
+                mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec())),
+                mesh.generate.SubmitBatch(
+                    generate_service_pb2.SubmitBatchRequest(specs=[spec(), spec()])
+                ),
+            ),
+            30,
+        )
+        first = await asyncio.wait_for(asyncio.shield(streamed), 30)
+    except BaseException:
+        streaming.cancel()
+        raise
+    jobs = [submitted.job, first, *batch.jobs]
+    assert [j.state for j in jobs] == [job_pb2.JOB_STATE_QUEUED] * 4
+    # Still out of reach: nothing has run.
+    for job in jobs:
+        assert (await mesh.get_job(job.id)).state == job_pb2.JOB_STATE_QUEUED
+    return jobs, streaming
+
+
+def ran_once(events: list[job_pb2.JobEvent]) -> bool:
+    states = [e.state for e in events]
+    return states[-1] == job_pb2.JOB_STATE_COMPLETED and states.count(states[-1]) == 1
+
+
+# The outage does not depend on the router's database.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("outage", ["stalled", "restarted"])
+async def test_jobs_submitted_while_nats_is_out_of_reach_are_queued_then_run_once(
+    outage: str, database: Database, tmp_path: Path
+) -> None:
+    prefix = unique("t")
+    with private_nats(tmp_path / "nats") as server:
+        await server.start()
+        async with running_mesh(
+            nats_url=server.url, prefix=prefix, database=database, data_dir=tmp_path
+        ) as mesh:
+            if outage == "stalled":
+                server.stall()
+            else:
+                await server.kill()
+            try:
+                jobs, streaming = await submit_all(mesh)
+            finally:
+                # Back before anything else, so a failure here does not hang the mesh's stop.
+                if outage == "stalled":
+                    server.resume()
+                else:
+                    await server.start()
+            results = await asyncio.wait_for(
+                asyncio.gather(*(mesh.finished(j.id) for j in jobs)), 60
+            )
+            assert ran_once(await asyncio.wait_for(streaming, 30))
+            for job, events in results:
+                assert ran_once(events), [job_pb2.JobState.Name(e.state) for e in events]
+                assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+                assert len(job.attempts) == 1
+            # Each job went into its provider's queue once: the copies sent again while NATS
+            # did not answer were dropped by their message ids.
+            nc = await nats.connect(server.url)
+            try:
+                info = await nc.jetstream().stream_info(Bus(prefix).jobs_stream)
+            finally:
+                await nc.close()
+            assert info.state.last_seq == len(jobs)
