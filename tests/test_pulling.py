@@ -179,8 +179,9 @@ async def test_starting_with_another_ack_wait_changes_the_existing_consumers(
         again: list[Msg] = []
         while not again and time.monotonic() - sent < 10:
             again = await later.fetch(1, wait=1.0)
+        # (Its delivery count is no evidence: nats-server has been seen to give 1 again.)
         assert [m.data for m in again] == [b"job"]
-        assert again[0].metadata.num_delivered == 2
+        assert again[0].metadata.sequence.consumer > held[0].metadata.sequence.consumer
     finally:
         await later.close()
 
@@ -190,7 +191,7 @@ async def test_messages_worked_on_past_the_ack_wait_are_not_sent_again(
 ) -> None:
     pull = PullConsumer(nc, nc.jetstream(), stream_name(nats_prefix), "recorder")
     await pull.start(
-        f"{nats_prefix}.pull.jobs", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=1.0)
+        f"{nats_prefix}.pull.jobs", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=2.0)
     )
     try:
         for data in (b"one", b"two"):
@@ -198,9 +199,9 @@ async def test_messages_worked_on_past_the_ack_wait_are_not_sent_again(
         held: list[Msg] = []
         while len(held) < 2:
             held += await pull.fetch(2, wait=1.0)
-        async with worked_on(held, ack_wait=1.0):
-            # Three ack waits of work: without the heartbeat both would come again.
-            assert await pull.fetch(2, wait=3.0) == []
+        async with worked_on(held, ack_wait=2.0):
+            # Over two ack waits of work: without the heartbeat both would come again.
+            assert await pull.fetch(2, wait=4.5) == []
         for msg in held:
             await msg.ack()
         info = await nc.jetstream().consumer_info(stream_name(nats_prefix), "recorder")

@@ -764,35 +764,35 @@ async def genmesh_up(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Up]:
     """`genmesh up` on free ports in `env`, once its banner says it is ready; stopped on the
     way out if the caller has not stopped it."""
     data_dir = Path(env["GENMESH_DATA_DIR"])
-    ports = up_ports()
     errors = tmp_path / "up.err"
-    with errors.open("wb") as err:
-        process = await asyncio.create_subprocess_exec(
-            *up_command(ports),
-            cwd=tmp_path,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-        )
-    banner: list[str] = []
-
-    async def read_banner() -> None:
-        assert process.stdout is not None
-        while line := (await process.stdout.readline()).decode():
-            banner.append(line)
-            if line.startswith("Ctrl-C"):
-                return
-        raise AssertionError("genmesh up exited before it was ready")
-
-    try:
+    for attempt in range(PORT_RACE_ATTEMPTS):
+        ports = up_ports()
+        with errors.open("wb") as err:
+            process = await asyncio.create_subprocess_exec(
+                *up_command(ports),
+                cwd=tmp_path,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+            )
+        banner: list[str] = []
         try:
-            await asyncio.wait_for(read_banner(), 120)
+            await asyncio.wait_for(_read_banner(process, banner), 120)
+            break
         except (AssertionError, TimeoutError) as error:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            said = errors.read_text()
+            # A free port picked here can be taken by another test's process before the
+            # service binds it; new ports then, rather than a failure that is not the test's.
+            if attempt + 1 < PORT_RACE_ATTEMPTS and any(race in said for race in PORT_RACES):
+                continue
             raise AssertionError(
-                f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n{errors.read_text()}\n"
-                f"{log_tails(data_dir)}"
+                f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n{said}\n{log_tails(data_dir)}"
             ) from None
+    try:
         yield Up(
             router=f"127.0.0.1:{ports['--grpc-port']}",
             storage=f"127.0.0.1:{ports['--storage-port']}",
@@ -810,6 +810,19 @@ async def genmesh_up(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Up]:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+PORT_RACE_ATTEMPTS = 3
+PORT_RACES = ("Failed to bind to address", "is in use", "address already in use")
+
+
+async def _read_banner(process: asyncio.subprocess.Process, banner: list[str]) -> None:
+    assert process.stdout is not None
+    while line := (await process.stdout.readline()).decode():
+        banner.append(line)
+        if line.startswith("Ctrl-C"):
+            return
+    raise AssertionError("genmesh up exited before it was ready")
 
 
 @pytest.mark.slow
