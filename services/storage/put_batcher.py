@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
+from services.common.errors import REASON_KEY
 from services.common.tenancy import tenant_metadata
 from services.storage.limits import BATCH_PUT_BYTES, BATCH_PUT_ITEMS
 
@@ -95,8 +96,10 @@ class PutBatcher:
                 put.done.set_result(result.asset)
             else:
                 code = _CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
-                put.done.set_exception(_rpc_error(code, result.error.message))
+                put.done.set_exception(_rpc_error(code, result.error.message, result.error.reason))
 
 
-def _rpc_error(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=message)
+def _rpc_error(code: grpc.StatusCode, message: str, reason: str = "") -> grpc.aio.AioRpcError:
+    """The error PutAsset would have raised, its reason in the trailers as PutAsset sends it."""
+    trailers = grpc.aio.Metadata((REASON_KEY, reason)) if reason else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details=message)

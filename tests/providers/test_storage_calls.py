@@ -4,6 +4,7 @@ of reach, then classified so the job is handed back, refused or failed with a cl
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +14,9 @@ from services.providers import storage_calls
 from services.providers.adapter import ProviderError
 from services.providers.budget import provider_at_fault
 from services.providers.storage_calls import STORAGE_UNAVAILABLE, with_storage
+from services.storage.app import running_storage
 from services.storage.client import AssetClient
+from services.storage.settings import Settings as StorageSettings
 from tests.infra import free_port
 from tests.storage.conftest import MAX_UPLOAD_BYTES, Storage
 
@@ -61,3 +64,29 @@ async def test_refusals_are_not_retried_and_say_what_was_refused(storage: Storag
         await with_storage("read input asset 'a_x'", lambda: storage.client.get("a_x", tenant="t"))
     assert missing.value.kind == job_pb2.ERROR_KIND_INVALID_INPUT
     assert missing.value.code == "input_not_found"
+
+
+async def test_a_batched_put_over_storages_limit_is_refused_at_once(tmp_path: Path) -> None:
+    # Under 1 MiB, so it goes in a BatchPutAssets call, whose item error carries the reason.
+    env = {
+        "GENMESH_LISTEN": "127.0.0.1:0",
+        "GENMESH_DATA_DIR": str(tmp_path),
+        "GENMESH_STORAGE_MAX_UPLOAD_BYTES": "1000",
+        "GENMESH_SHUTDOWN_GRACE": "1",
+    }
+    calls = 0
+    async with (
+        running_storage(StorageSettings.from_env(env)) as storage,
+        grpc.aio.insecure_channel(storage.address) as channel,
+    ):
+        client = AssetClient(channel)
+
+        async def put() -> object:
+            nonlocal calls
+            calls += 1
+            return await client.upload(b"x" * 5000, tenant="t", media_type="application/x-test")
+
+        with pytest.raises(ProviderError) as refused:
+            await with_storage("store big.bin", put)
+    assert calls == 1
+    assert (refused.value.kind, refused.value.code) == (job_pb2.ERROR_KIND_FATAL, "storage_refused")
