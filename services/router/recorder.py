@@ -98,8 +98,7 @@ class Recorder:
                 if not msgs:
                     continue
                 try:
-                    async with worked_on(msgs, self._ack_wait):
-                        await self.record(msgs)
+                    await self.record(msgs)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -143,11 +142,14 @@ class Recorder:
                 for part, e in enumerate(events)
             )
             good.append(msg)
-        # Rerouted jobs are dispatched before the events are acked: a router dying in
-        # between leaves them marked undispatched, and the next start publishes them.
-        routed = await self._store.apply_routed(batch, self._fallback.reroute)
-        await self._fallback.settle(routed)
-        await self._hedger.settle(routed)
+        # Heartbeated while applied, not after: a heartbeat following a delayed nak would
+        # undo the delay.
+        async with worked_on(msgs, self._ack_wait):
+            # Rerouted jobs are dispatched before the events are acked: a router dying in
+            # between leaves them marked undispatched, and the next start publishes them.
+            routed = await self._store.apply_routed(batch, self._fallback.reroute)
+            await self._fallback.settle(routed)
+            await self._hedger.settle(routed)
         for msg in good:
             meta = msg.metadata
             if meta.sequence.stream in routed.deferred:
