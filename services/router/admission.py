@@ -6,9 +6,11 @@ holding it loses nothing: the next start feeds it back through the gate.
 
 A job whose publish NATS cannot confirm (the server down, stalled or reconnecting) is held
 too, rather than failing a call whose job is already stored: the release loop sends it again,
-backing off, once NATS answers. If the first copy got through after all, JetStream drops the
-second by its Nats-Msg-Id; the backoff stays far inside the stream's duplicate window (two
-minutes), so a copy that arrives late is still recognised.
+backing off, once NATS answers, ahead of the other held jobs and whatever the queue's room or
+rate tokens (it had both). If the first copy got through after all, JetStream drops the second
+by its Nats-Msg-Id; the backoff stays far inside the stream's duplicate window (two minutes),
+so a copy that arrives late is still recognised. (A NATS outage longer than that, with the
+database out of reach as well once NATS is back, could still let a second copy through.)
 
 A provider's rate limit holds for the mesh, however many router replicas run: each replica's
 token bucket earns the rate divided by the replicas alive (services.router.replicas counts
@@ -145,6 +147,8 @@ class Held:
     dropped: bool = False
     # In its queue, as opposed to taken out by HeldJobs.pop() (being published).
     waiting: bool = False
+    # Published without NATS confirming it: a copy may be in JetStream already.
+    unconfirmed: bool = False
 
 
 class HeldJobs:
@@ -158,6 +162,9 @@ class HeldJobs:
         self._clock = clock
         # Within a class, arrival order is waiting order, so each head is its class's best.
         self._classes: dict[int, deque[Held]] = {HIGH: deque(), NORMAL: deque(), LOW: deque()}
+        # Jobs to send again: they had their room and token, and JetStream recognises a copy
+        # that got through only within its duplicate window, so they wait for neither.
+        self._unconfirmed: deque[Held] = deque()
         self._count = 0
 
     def __len__(self) -> int:
@@ -170,7 +177,7 @@ class HeldJobs:
 
     def push(self, held: Held) -> None:
         held.waiting = True
-        self._classes[held.priority].append(held)
+        (self._unconfirmed if held.unconfirmed else self._classes[held.priority]).append(held)
         self._count += 1
 
     def push_back_first(self, held: Held) -> None:
@@ -179,8 +186,17 @@ class HeldJobs:
         if held.dropped:
             return
         held.waiting = True
-        self._classes[held.priority].appendleft(held)
+        (self._unconfirmed if held.unconfirmed else self._classes[held.priority]).appendleft(held)
         self._count += 1
+
+    def take_unconfirmed(self) -> list[Held]:
+        """Every job whose publish was not confirmed, to send again now."""
+        taken = [held for held in self._unconfirmed if not held.dropped]
+        self._unconfirmed.clear()
+        for held in taken:
+            held.waiting = False
+        self._count -= len(taken)
+        return taken
 
     def drop(self, held: Held) -> None:
         """Forget a held job (cancelled); it is skipped when its turn comes."""
@@ -296,6 +312,8 @@ class AdmissionGate:
                 except UNCONFIRMED as exc:
                     log.warning("could not publish job %s (%r); holding it to retry", job.id, exc)
                     self._failures = max(self._failures, 1)
+                    self._hold(job, attempt, self._clock(), unconfirmed=True)
+                    return
         self._hold(job, attempt, self._clock())
 
     async def admit(self, jobs: list[job_pb2.Job]) -> None:
@@ -344,7 +362,7 @@ class AdmissionGate:
                 continue
             room = self._room(await self._depths.depth(name))
             bucket = self._bucket(name)
-            taken: list[Held] = []
+            taken = held.take_unconfirmed()
             while held and len(taken) < room:
                 if bucket is not None and not bucket.take():
                     soonest = _min(soonest, max(bucket.wait(), 0.001))
@@ -404,6 +422,7 @@ class AdmissionGate:
                 try:
                     await self._publish(entry.job, entry.attempt)
                 except Exception as exc:
+                    entry.unconfirmed = entry.unconfirmed or isinstance(exc, UNCONFIRMED)
                     log.warning(
                         "could not publish held job %s to %s (%r); will retry in %.1f s",
                         entry.job.id,
@@ -417,11 +436,13 @@ class AdmissionGate:
 
     # ---- helpers --------------------------------------------------------------------
 
-    def _hold(self, job: job_pb2.Job, attempt: int, since: float) -> None:
+    def _hold(
+        self, job: job_pb2.Job, attempt: int, since: float, *, unconfirmed: bool = False
+    ) -> None:
         held = self._held.get(job.provider)
         if held is None:
             held = self._held[job.provider] = HeldJobs(self._aging, self._clock)
-        entry = Held(job, attempt, priority_class(job), since)
+        entry = Held(job, attempt, priority_class(job), since, unconfirmed=unconfirmed)
         held.push(entry)
         self._by_id[job.id] = (held, entry)
         self._wake.set()

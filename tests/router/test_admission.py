@@ -376,6 +376,28 @@ async def test_a_job_nats_does_not_confirm_is_held_and_sent_once_nats_answers() 
     assert publisher.ids[-1] == "c"
 
 
+async def test_a_job_nats_did_not_confirm_goes_again_first_whatever_the_room() -> None:
+    depths = Depths(0)
+    publisher = Flaky()
+
+    async def mark(ids: Sequence[str]) -> None:
+        pass
+
+    g = AdmissionGate(publisher, depths, lambda name: limits(), mark, backlog=1, clock=Clock())
+    publisher.down = True
+    await g.dispatch(job("a"))  # there was room: tried, not confirmed
+    publisher.down = False
+    await g.dispatch(job("b"))
+    # The queue is full now, perhaps with a copy of "a" in it. "a" goes again at once, while
+    # JetStream can still tell the copy from a new job; "b" waits for room.
+    depths.depth_now = 5
+    await g.release()
+    assert publisher.ids == ["a"]
+    depths.depth_now = 0
+    await g.release()
+    assert publisher.ids == ["a", "b"]
+
+
 async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> None:
     clock = Clock()
     g, publisher = flaky_gate(clock)
