@@ -33,7 +33,15 @@ class _Server(uvicorn.Server):
         # Before uvicorn's own shutdown: it would close WebSockets 1012 at once, then wait out
         # the graceful timeout for the SSE streams, which never end on their own, and cancel
         # them mid-response. Ended first, each stream finishes cleanly (see gateway.stopping).
-        await self.streams.stop(within=self.config.timeout_graceful_shutdown)
+        # No new connections meanwhile (a stream opened now would end at once), and half the
+        # grace each, so a stream stuck on a client that stopped reading cannot make the two
+        # waits together outlast a supervisor's patience.
+        for server in self.servers:
+            server.close()
+        grace = self.config.timeout_graceful_shutdown
+        half = None if grace is None else grace / 2
+        await self.streams.stop(within=half)
+        self.config.timeout_graceful_shutdown = None if half is None else max(1, round(half))
         await super().shutdown(sockets)
 
     @contextmanager
