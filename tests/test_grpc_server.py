@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import nats.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -84,3 +86,19 @@ async def test_a_database_or_bus_out_of_reach_is_unavailable_not_internal() -> N
     # Anything else stays an internal error, its details in the log only.
     failed = OperationalError("SELECT 1", {}, Exception("no such table: jobs"))
     assert status_of(failed, "/test/Call") == (grpc.StatusCode.INTERNAL, "internal error")
+
+
+def test_a_full_database_disk_is_resource_exhausted(tmp_path: Path) -> None:
+    # A real SQLITE_FULL, as SQLAlchemy raises it: the file may not grow past a few pages.
+    engine = create_engine(f"sqlite:///{tmp_path / 'small.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA max_page_count = 8")
+            conn.exec_driver_sql("CREATE TABLE t (b BLOB)")
+        with pytest.raises(OperationalError) as full, engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (zeroblob(1000000))")
+    finally:
+        engine.dispose()
+    code, message = status_of(full.value, "/test/Call")
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "disk is full" in message

@@ -71,7 +71,7 @@ def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
     unreachable); else INTERNAL. The traceback goes to the log, never to the caller."""
     if isinstance(exc, MeshError):
         return exc.code, clipped(exc.message)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if disk_full(exc):
         # Not the caller's fault, and may pass: a worker storing an output retries it.
         log.error("no space left on the disk, in %s", where)
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "the service's disk is full; try again later"
@@ -83,6 +83,26 @@ def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
 
 
 UNREACHABLE = "a service this call needs (database or message bus) did not answer; retry later"
+# SQLite's SQLITE_FULL and PostgreSQL's disk_full SQLSTATE.
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or the driver error SQLAlchemy wraps, or its cause) is a full disk."""
+    seen: BaseException | None = exc
+    for _ in range(3):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if getattr(seen, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        if getattr(seen, "sqlstate", None) == _PG_DISK_FULL:
+            return True
+        orig = getattr(seen, "orig", None)
+        seen = orig if isinstance(orig, BaseException) else seen.__cause__
+    return False
 
 
 def unreachable(exc: BaseException) -> bool:
