@@ -387,9 +387,13 @@ async def test_an_outage_is_logged_once_each_way_without_tracebacks(
         server.kill()
         server.wait()
     said = [r.getMessage() for r in caplog.records if r.name.startswith(("nats", "services"))]
-    # The lost connection (nats-py's word for it, then ours), its return, and nothing else:
-    # not a line per refused attempt, no traceback, nothing for the deliberate close.
-    assert "disconnected; reconnecting" in said[-2]
+    # The lost connection (nats-py's word for it, then ours), the refusal once, its return,
+    # and nothing else: not a line per refused attempt, no traceback, nothing for the
+    # deliberate close.
+    assert [m for m in said if "disconnected; reconnecting" in m] == [
+        "nats (outage-test): disconnected; reconnecting"
+    ]
+    assert len([m for m in said if "Connect call failed" in m]) == 1, said
     assert said[-1].startswith("nats (outage-test): reconnected after")
-    assert len(said) <= 3, said
+    assert len(said) <= 4, said
     assert not [r for r in caplog.records if r.exc_info]

@@ -185,11 +185,18 @@ class _ConnectionLog:
     def __init__(self, name: str) -> None:
         self._name = name
         self._down_since: float | None = None
+        # What was said during the current outage: each different error once (a refused
+        # connection while it lasts, but also an authorization or TLS failure that will not
+        # go away by itself).
+        self._said: set[str] = set()
         # Set once connected: a disconnect while it drains or closes is our own doing.
         self.nc: Client | None = None
 
     async def error(self, exc: Exception) -> None:
-        if self._down_since is None:
+        said = f"{type(exc).__name__}: {exc}"
+        if said not in self._said:
+            if self._down_since is not None:
+                self._said.add(said)
             log.warning("nats (%s): %s", self._name, str(exc) or type(exc).__name__)
 
     async def disconnected(self) -> None:
@@ -202,6 +209,7 @@ class _ConnectionLog:
         if self._down_since is not None:
             down = time.monotonic() - self._down_since
             self._down_since = None
+            self._said.clear()
             log.warning("nats (%s): reconnected after %.1f s", self._name, down)
 
 

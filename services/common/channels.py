@@ -24,6 +24,10 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
             ("grpc.enable_retries", 0),
             # An inherited HTTP(S)_PROXY must not reroute calls to the mesh (often loopback).
             ("grpc.enable_http_proxy", 0),
+            # A restarted service is found within two seconds: gRPC's own backoff grows to two
+            # minutes, which after a long outage outlasts a caller's retries (a worker gives
+            # storage 30 s) while the service is long back.
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ],
     )
 
