@@ -236,6 +236,18 @@ async def asset_content(
     return StreamingResponse(_chunks(stream), status_code=206 if span else 200, headers=headers)
 
 
+@router.head("/v1/assets/{asset_id:id}/content", include_in_schema=False)
+async def asset_content_head(asset_id: AssetId, clients: ClientsDep, tenant: TenantDep) -> Response:
+    """AssetService.GetAsset as the headers a GET of the content sends (what `curl -I` asks)."""
+    asset = await clients.assets.get(asset_id, tenant=tenant)
+    headers = {
+        "Content-Type": asset.media_type or "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(asset.size_bytes),
+    }
+    return Response(status_code=200, headers=headers)
+
+
 async def _chunks(stream: AssetStream) -> AsyncIterator[bytes]:
     # AssetStream cancels its call when this generator is closed early (client gone).
     async for chunk in stream:

@@ -119,6 +119,12 @@ async def test_an_upload_at_the_limit_goes_through_intact(narrow: Bridge) -> Non
         content = await http.get(f"/v1/assets/{asset['id']}/content")
         assert content.status_code == 200
         assert content.content == data
+        # HEAD (curl -I) gives GET's headers and no body.
+        headers = await http.head(f"/v1/assets/{asset['id']}/content")
+        assert headers.status_code == 200, headers.text
+        assert headers.headers["content-length"] == str(LIMIT)
+        assert headers.headers["content-type"] == "application/x-test"
+        assert headers.content == b""
     assert declared.json()["filename"] == "at-limit.bin"
     # The declared one kept its key: the same key returns it.
     again = await http.post(
