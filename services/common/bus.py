@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -22,6 +24,23 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
+
+# What a request to NATS raises while it is out of reach for now: no connection, a stalled or
+# restarting server, no JetStream answer in time. What was sent may still arrive (a publish's
+# Nats-Msg-Id makes a second copy harmless). A refusal for good, such as a message over the
+# size limit, is not among them: retrying it would never end.
+UNCONFIRMED: tuple[type[Exception], ...] = (
+    TimeoutError,  # nats.errors.TimeoutError among them
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.NoServersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 @dataclass(frozen=True)

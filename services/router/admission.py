@@ -39,10 +39,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import nats.errors
-import nats.js.errors
-
 from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.bus import UNCONFIRMED
 from services.common.cancelling import cancel_task
 from services.common.errors import ResourceExhausted
 from services.router.attempts import current
@@ -58,23 +56,6 @@ POLL = 0.05
 # unconfirmed (or was buffered by the client until it reconnected) is dropped as a duplicate.
 RETRY_FIRST = 0.5
 RETRY_MAX = 5.0
-# A publish NATS did not confirm because it is out of reach for now: no connection, a
-# stalled or restarting server, no JetStream answer in time. The message may still arrive;
-# its Nats-Msg-Id makes a second copy harmless. (A message NATS refuses for good, such as one
-# over its size limit, is not among them: holding it would only retry it forever.)
-UNCONFIRMED: tuple[type[Exception], ...] = (
-    TimeoutError,  # nats.errors.TimeoutError among them
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionDrainingError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.NoRespondersError,
-    nats.errors.NoServersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-)
-
 Clock = Callable[[], float]
 Limits = provider_service_pb2.ProviderLimits
 

@@ -117,6 +117,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         selector = Selector(catalog.providers, selection_config(settings), breakers, latency)
         fallback = Fallback(selector, breakers, latency, admission)
         stopper = WorkerStopper(nc, bus, await bus.cancellations_kv(js))
+        stack.push_async_callback(stopper.close)
         hedger = Hedger(store, fallback, hub, stopper.stop, settings.hedge_after)
         core = RouterCore(
             store=store,

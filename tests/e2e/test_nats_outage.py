@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from genmesh.v1 import generate_service_pb2, job_pb2
+from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from genmesh_cli.supervisor import nats_server_binary
 from services.common.bus import Bus
 from services.common.parameters import dict_to_struct
@@ -178,3 +178,32 @@ async def test_jobs_submitted_while_nats_is_out_of_reach_are_queued_then_run_onc
             finally:
                 await nc.close()
             assert info.state.last_seq == len(jobs)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_cancel_while_nats_is_stalled_is_answered_and_reaches_the_worker_later(
+    database: Database, tmp_path: Path
+) -> None:
+    prefix = unique("t")
+    with private_nats(tmp_path / "nats") as server:
+        await server.start()
+        async with running_mesh(
+            nats_url=server.url, prefix=prefix, database=database, data_dir=tmp_path
+        ) as mesh:
+            slow = spec()
+            slow.parameters.update({"latency_ms": 120_000})
+            job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=slow))).job
+            worker = mesh.provider_worker("sandbox")
+            await eventually(lambda: worker.in_flight == 1, within=15)
+            server.stall()
+            try:
+                # Recorded in the store, so the caller hears CANCELLED; telling the worker waits.
+                cancelled = await asyncio.wait_for(
+                    mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id)), 30
+                )
+            finally:
+                server.resume()
+            assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
+            # Once NATS answers, the worker is told and stops the provider call: it does not
+            # run out its two minutes.
+            await eventually(lambda: worker.in_flight == 0, within=20)
