@@ -335,6 +335,15 @@ class AdmissionGate:
         """Publish what each provider has room and tokens for; returns seconds until it is
         worth looking again (None: nothing held; 0 after a failed try, which the release
         loop follows with its backoff)."""
+        # First whatever may already be in JetStream, every provider's, before any queue
+        # depth is read or another job sent: its retry must stay inside the duplicate window.
+        for held in list(self._held.values()):
+            unpublished = await self._send(held.take_unconfirmed())
+            if unpublished:
+                for again in reversed(unpublished):
+                    held.push_back_first(again)
+                self._failures += 1
+                return 0.0
         soonest: float | None = None
         failed = False
         for name, held in list(self._held.items()):
@@ -343,7 +352,7 @@ class AdmissionGate:
                 continue
             room = self._room(await self._depths.depth(name))
             bucket = self._bucket(name)
-            taken = held.take_unconfirmed()
+            taken: list[Held] = []
             while held and len(taken) < room:
                 if bucket is not None and not bucket.take():
                     soonest = _min(soonest, max(bucket.wait(), 0.001))
@@ -361,6 +370,9 @@ class AdmissionGate:
                     held.push_back_first(entry)
                 failed = True
                 soonest = 0.0
+                # NATS out of reach for one provider is out of reach for all: the others
+                # would only wait out the same timeout, delaying the next retry.
+                break
         self._failures = self._failures + 1 if failed else 0
         return soonest
 

@@ -398,6 +398,33 @@ async def test_a_job_nats_did_not_confirm_goes_again_first_whatever_the_room() -
     assert publisher.ids == ["a", "b"]
 
 
+async def test_unconfirmed_jobs_of_every_provider_go_first_and_one_failure_ends_a_pass() -> None:
+    depths = Depths(100)
+    publisher = Flaky()
+    tries = 0
+
+    def count() -> None:
+        nonlocal tries
+        tries += 1
+
+    async def mark(ids: Sequence[str]) -> None:
+        pass
+
+    g = AdmissionGate(publisher, depths, lambda name: limits(), mark, backlog=10, clock=Clock())
+    await g.dispatch(job("x", provider="p"))  # no room: held, first in the gate's order
+    depths.depth_now = 0
+    publisher.down = True
+    await g.dispatch(job("a", provider="q"))  # room: tried, not confirmed
+    publisher.during = count
+    # While NATS is out of reach a pass stops at its first failure: the unconfirmed job.
+    assert await g.release() == 0.0
+    assert tries == 1
+    publisher.down = False
+    await g.release()
+    # "a" may be in JetStream already: it goes before "x", whose provider comes first.
+    assert publisher.ids == ["a", "x"]
+
+
 async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> None:
     clock = Clock()
     g, publisher = flaky_gate(clock)
