@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -39,9 +40,14 @@ class _Server(uvicorn.Server):
         for server in self.servers:
             server.close()
         grace = self.config.timeout_graceful_shutdown
-        half = None if grace is None else grace / 2
-        await self.streams.stop(within=half)
-        self.config.timeout_graceful_shutdown = None if half is None else max(1, round(half))
+        if grace is not None:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await self.streams.stop(within=grace / 2)
+            # At least a second: uvicorn's own wait, even for nothing, times out (and logs
+            # an ERROR) at once with none.
+            left = math.ceil(grace - (loop.time() - started))
+            self.config.timeout_graceful_shutdown = max(1, left)
         await super().shutdown(sockets)
 
     @contextmanager

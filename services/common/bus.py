@@ -214,9 +214,14 @@ class _ConnectionLog:
     async def error(self, exc: Exception) -> None:
         said = f"{type(exc).__name__}: {exc}"
         if said not in self._said:
-            if self._down_since is not None:
+            # Down, or not yet connected (the first connect retries too): each error once.
+            if self._down_since is not None or self.nc is None:
                 self._said.add(said)
             log.warning("nats (%s): %s", self._name, str(exc) or type(exc).__name__)
+
+    def connected(self, nc: Client) -> None:
+        self.nc = nc
+        self._said.clear()
 
     async def disconnected(self) -> None:
         leaving = self.nc is None or self.nc.is_closed or self.nc.is_draining
@@ -251,7 +256,7 @@ async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterato
         reconnect_time_wait=0.5,
         connect_timeout=5,
     )
-    said.nc = nc
+    said.connected(nc)
     try:
         yield nc
     finally:

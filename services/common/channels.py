@@ -28,6 +28,8 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
             # minutes, which after a long outage outlasts a caller's retries (a worker gives
             # storage 30 s) while the service is long back.
             ("grpc.max_reconnect_backoff_ms", 2000),
+            # Likewise a name to look up again (a container that was gone, in compose).
+            ("grpc.dns_min_time_between_resolutions_ms", 2000),
         ],
     )
 

@@ -781,13 +781,14 @@ async def genmesh_up(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Up]:
             await asyncio.wait_for(_read_banner(process, banner), 120)
             break
         except (AssertionError, TimeoutError) as error:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
+            # Exited by itself (not stuck): stopped in order, its children and lock gone.
+            exited = isinstance(error, AssertionError)
+            await _stopped(process)
             said = errors.read_text()
             # A free port picked here can be taken by another test's process before the
             # service binds it; new ports then, rather than a failure that is not the test's.
-            if attempt + 1 < PORT_RACE_ATTEMPTS and any(race in said for race in PORT_RACES):
+            raced = any(race in said for race in PORT_RACES)
+            if exited and raced and attempt + 1 < PORT_RACE_ATTEMPTS:
                 continue
             raise AssertionError(
                 f"{error}\nstdout:\n{''.join(banner)}\nstderr:\n{said}\n{log_tails(data_dir)}"
@@ -803,13 +804,18 @@ async def genmesh_up(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Up]:
             errors=errors,
         )
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await _stopped(process)
+
+
+async def _stopped(process: asyncio.subprocess.Process) -> None:
+    """`genmesh up` stopped as Ctrl-C would, killed only if that takes over 30 s."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+    await process.wait()
 
 
 PORT_RACE_ATTEMPTS = 3
