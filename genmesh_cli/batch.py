@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from collections import Counter
@@ -60,16 +61,26 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
     p.set_defaults(run=run, idempotency_key="")
 
 
-def read_prompts(file: str) -> list[str]:
-    """The non-empty lines of `file`, stripped."""
+def read_prompts(file: str) -> tuple[list[str], list[int]]:
+    """The non-empty lines of `file`, stripped, and their line numbers."""
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise CliError(f"cannot read {file}: {error}", 2) from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
+    kept = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not kept:
         raise CliError(f"{file} has no prompts (one per line)", 2)
-    return prompts
+    return [prompt for _, prompt in kept], [n for n, _ in kept]
+
+
+def name_lines(message: str, lines: list[int]) -> str:
+    """The router's `specs[k]` as the file's line (blank lines are not specs)."""
+
+    def line(found: re.Match[str]) -> str:
+        index = int(found.group(1))
+        return f"line {lines[index]}" if index < len(lines) else found.group(0)
+
+    return re.sub(r"specs\[(\d+)\]", line, message)
 
 
 @dataclass
@@ -134,11 +145,11 @@ class BatchPanel:
 
 
 def run(args: argparse.Namespace) -> int:
-    prompts = read_prompts(args.file)
-    return asyncio.run(_run(args, prompts))
+    prompts, lines = read_prompts(args.file)
+    return asyncio.run(_run(args, prompts, lines))
 
 
-async def _run(args: argparse.Namespace, prompts: list[str]) -> int:
+async def _run(args: argparse.Namespace, prompts: list[str], lines: list[int]) -> int:
     out = console()
     # Keyed specs: a retried SubmitBatch returns the same batch instead of a second one.
     specs = [build_spec(args, [], prompt) for prompt in prompts]
@@ -148,7 +159,7 @@ async def _run(args: argparse.Namespace, prompts: list[str]) -> int:
                 generate_service_pb2_grpc.GenerateServiceStub(router_channel), specs
             )
         except grpc.aio.AioRpcError as error:
-            raise CliError(format_rpc_error(error, args.router)) from None
+            raise CliError(name_lines(format_rpc_error(error, args.router), lines)) from None
         panel = BatchPanel(reply.batch_id, [job.id for job in reply.jobs])
         jobs = job_service_pb2_grpc.JobServiceStub(router_channel)
         try:
@@ -234,6 +245,6 @@ async def _report(
             Text(prompt[:60]),
         )
     out.print(table)
-    if not args.no_download:
+    if not args.no_download and any(o.assets for o in panel.outcomes.values()):
         out.print(f"outputs in {args.out.resolve()}")
     return 0 if all_completed else 1

@@ -204,6 +204,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise CliError(
             "give --task or --pipeline, not both: a pipeline's steps have their tasks", 2
         )
+    elif args.pipeline and args.params:
+        raise CliError(
+            "--param sets a single job's parameters; a pipeline's steps have their own "
+            "(set JobSpec.pipeline.steps over gRPC)",
+            2,
+        )
     elif not args.task and not args.pipeline:
         raise CliError(
             "--task is required (e.g. --task text-to-image), or --pipeline NAME, or --watch JOB_ID",

@@ -119,6 +119,7 @@ async def running_worker(
             await stack.enter_async_context(grpc_server(settings.listen, []))
         log.info("worker %s serving %s", worker_id, ", ".join(names))
         yield Worker(worker_id, workers)
+        log.info("worker %s stopping", worker_id)
 
 
 def _for_instance(options: WorkerOptions, config: ProviderConfig | None) -> WorkerOptions:

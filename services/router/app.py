@@ -172,6 +172,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         log.info("router listening on %s", server.address)
         yield Router(core, server, store, admission, replicas)
+        log.info("router stopping")
 
 
 def selection_config(settings: Settings) -> SelectionConfig:

@@ -86,12 +86,14 @@ async def test_batch_exit_code_and_errors(mesh: Mesh, tmp_path: Path) -> None:
     assert code == 1, f"{out}\n{err}"
     assert out.count("failed") >= 2
     assert not (tmp_path / "out").exists()
+    assert "outputs in" not in out  # there are none
 
     code, out, err = await batch(mesh, tmp_path, "\n  \n")
     assert code == 2
     assert "has no prompts" in err
 
-    code, out, err = await batch(mesh, tmp_path, "a fox\n" + "x" * 20_000 + "\n")
+    # The bad prompt is named by its line in the file, blank lines counted.
+    code, out, err = await batch(mesh, tmp_path, "a fox\n\n" + "x" * 20_000 + "\n")
     assert code == 1
-    assert err.startswith("genmesh batch: INVALID_ARGUMENT: specs[1]: "), err
+    assert err.startswith("genmesh batch: INVALID_ARGUMENT: line 3: "), err
     assert err.count("\n") == 1

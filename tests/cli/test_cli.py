@@ -177,6 +177,7 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["generate", "--watch", "j1", "--task", "text-to-image"], "drop --task"),
         (["generate", "--watch", "j1", "a fox"], "drop a prompt"),
         (["generate", "-t", "image-to-image", "sepia"], "needs an input file (image/*): --input"),
+        (["generate", "--pipeline", "text-to-video", "x", "-p", "seed=1"], "a pipeline's steps"),
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
         (["generate", "-t", "image-to-image", "-i", "/tmp"], "input is a directory, not a file"),
     ],
