@@ -48,6 +48,8 @@ class _Server(uvicorn.Server):
             # an ERROR) at once with none.
             left = math.ceil(grace - (loop.time() - started))
             self.config.timeout_graceful_shutdown = max(1, left)
+        else:
+            await self.streams.stop(within=None)
         await super().shutdown(sockets)
 
     @contextmanager

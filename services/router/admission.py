@@ -370,9 +370,11 @@ class AdmissionGate:
                     held.push_back_first(entry)
                 failed = True
                 soonest = 0.0
-                # NATS out of reach for one provider is out of reach for all: the others
-                # would only wait out the same timeout, delaying the next retry.
-                break
+                if unpublished[0].unconfirmed:
+                    # NATS out of reach for one provider is out of reach for all: the others
+                    # would only wait out the same timeout, delaying the next retry. (Any
+                    # other failure is this provider's: the others go on.)
+                    break
         self._failures = self._failures + 1 if failed else 0
         return soonest
 

@@ -425,6 +425,26 @@ async def test_unconfirmed_jobs_of_every_provider_go_first_and_one_failure_ends_
     assert publisher.ids == ["a", "x"]
 
 
+async def test_a_provider_whose_job_nats_refuses_does_not_hold_up_the_others() -> None:
+    class RefusingOne(Published):
+        async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> object:
+            if job.id == "big":
+                raise nats.errors.MaxPayloadError
+            return await super().dispatch(job, attempt)
+
+    async def mark(ids: Sequence[str]) -> None:
+        pass
+
+    depths = Depths(100)
+    publisher = RefusingOne()
+    g = AdmissionGate(publisher, depths, lambda name: limits(), mark, backlog=10, clock=Clock())
+    await g.dispatch(job("big", provider="p"))  # no room: held, first in the gate's order
+    await g.dispatch(job("x", provider="q"))
+    depths.depth_now = 0
+    await g.release()
+    assert publisher.ids == ["x"]
+
+
 async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> None:
     clock = Clock()
     g, publisher = flaky_gate(clock)
