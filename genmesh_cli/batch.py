@@ -35,11 +35,11 @@ from genmesh_cli.client import (
     channel,
     format_rpc_error,
     human_size,
-    state_name,
 )
 from genmesh_cli.display import STATE_STYLE, console
 from genmesh_cli.follow import Outcome, retry_broken
 from genmesh_cli.generate import add_job_options, build_spec, download_outputs, task_arg
+from services.common.tasks import state_name
 
 # How long to retry SubmitBatch and re-attach to the batch while the router is unreachable:
 # as long as `genmesh generate` waits, so a mesh restart is outlasted.

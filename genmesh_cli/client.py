@@ -92,22 +92,6 @@ def params_struct(params: list[tuple[str, Any]]) -> struct_pb2.Struct:
     return struct
 
 
-def state_name(state: job_pb2.JobState.ValueType) -> str:
-    """ "processing" for JOB_STATE_PROCESSING."""
-    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower().replace("_", "-")
-
-
-def state_from_name(name: str) -> job_pb2.JobState.ValueType:
-    """Parse "processing", "PREVIEW_READY" or "JOB_STATE_QUEUED"; ValueError if unknown."""
-    key = name.strip().upper().replace("-", "_")
-    if not key.startswith("JOB_STATE_"):
-        key = "JOB_STATE_" + key
-    if key == "JOB_STATE_UNSPECIFIED" or key not in set(job_pb2.JobState.keys()):
-        known = ", ".join(state_name(v) for v in job_pb2.JobState.values() if v)
-        raise ValueError(f"unknown state {name!r}; known: {known}")
-    return job_pb2.JobState.Value(key)
-
-
 def provider_status_name(status: provider_service_pb2.ProviderStatus.ValueType) -> str:
     name = provider_service_pb2.ProviderStatus.Name(status)
     return name.removeprefix("PROVIDER_STATUS_").lower()

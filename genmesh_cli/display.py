@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from genmesh.v1 import job_pb2, job_service_pb2
-from genmesh_cli.client import TERMINAL_STATES, state_name, to_json
-from services.common.tasks import task_name
+from genmesh_cli.client import TERMINAL_STATES, to_json
+from services.common.tasks import state_name, task_name
 from services.router.pipelines.status import fold_step
 
 STATE_STYLE = {

@@ -17,13 +17,11 @@ from genmesh_cli.client import (
     CliError,
     channel,
     format_rpc_error,
-    state_from_name,
-    state_name,
     to_json,
 )
 from genmesh_cli.display import STATE_STYLE, console
 from genmesh_cli.generate import task_arg
-from services.common.tasks import task_name
+from services.common.tasks import state_from_name, state_name, task_name
 
 
 def state_arg(text: str) -> job_pb2.JobState.ValueType:

@@ -11,10 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.errors import BadRequest, bad_input
 from gateway.schema import Duration
 from genmesh.v1 import job_pb2
-from services.common.tasks import task_from_name, task_names
+from services.common.tasks import state_from_name, state_names, task_from_name, task_names
 from services.router.limits import MAX_REASON
-
-_STATE_PREFIX = "JOB_STATE_"
 
 M = TypeVar("M", bound=Message)
 
@@ -124,17 +122,10 @@ def parse_task(name: str) -> job_pb2.Task.ValueType:
 
 def parse_state(name: str) -> job_pb2.JobState.ValueType:
     """ "completed", "COMPLETED" or "JOB_STATE_COMPLETED"."""
-    key = name.strip().upper().replace("-", "_")
-    if not key.startswith(_STATE_PREFIX):
-        key = _STATE_PREFIX + key
-    if key == "JOB_STATE_UNSPECIFIED" or key not in set(job_pb2.JobState.keys()):
-        known = ", ".join(
-            v.name.removeprefix(_STATE_PREFIX).lower().replace("_", "-")
-            for v in job_pb2.JobState.DESCRIPTOR.values
-            if v.number
-        )
-        raise BadRequest(f"unknown job state {name!r}; one of {known}")
-    return job_pb2.JobState.Value(key)
+    try:
+        return state_from_name(name)
+    except ValueError:
+        raise BadRequest(f"unknown job state {name!r}; one of {', '.join(state_names())}") from None
 
 
 TERMINAL_STATES = frozenset(

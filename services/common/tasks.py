@@ -1,4 +1,5 @@
-"""Task names as people type them ("text-to-image") and as the contract spells them."""
+"""Task and job-state names as people type them ("text-to-image", "preview-ready") and as the
+contract spells them."""
 
 from __future__ import annotations
 
@@ -24,6 +25,28 @@ def task_name(task: job_pb2.Task.ValueType) -> str:
 
 def task_names() -> list[str]:
     return [task_name(v) for v in job_pb2.Task.values() if v != job_pb2.TASK_UNSPECIFIED]
+
+
+_STATE_PREFIX = "JOB_STATE_"
+
+
+def state_name(state: job_pb2.JobState.ValueType) -> str:
+    """ "preview-ready" for JOB_STATE_PREVIEW_READY."""
+    return job_pb2.JobState.Name(state).removeprefix(_STATE_PREFIX).lower().replace("_", "-")
+
+
+def state_names() -> list[str]:
+    return [state_name(v) for v in job_pb2.JobState.values() if v]
+
+
+def state_from_name(name: str) -> job_pb2.JobState.ValueType:
+    """Parse "processing", "PREVIEW_READY" or "JOB_STATE_QUEUED"; ValueError if unknown."""
+    key = name.strip().upper().replace("-", "_")
+    if not key.startswith(_STATE_PREFIX):
+        key = _STATE_PREFIX + key
+    if key == "JOB_STATE_UNSPECIFIED" or key not in set(job_pb2.JobState.keys()):
+        raise ValueError(f"unknown state {name!r}; known: {', '.join(state_names())}")
+    return job_pb2.JobState.Value(key)
 
 
 # Tasks that read an input asset, and the media types they accept.

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import grpc
 
+from services.common.backoff import doubling
 from services.common.errors import TOO_LARGE, reason_of
 from services.providers.adapter import Fatal, InvalidInput, ProviderError, Retryable
 
@@ -38,16 +39,17 @@ async def with_storage(what: str, call: Callable[[], Awaitable[T]]) -> T:
     a failure becomes a ProviderError saying what could not be done, and why."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + PATIENCE
-    delay = FIRST_DELAY
+    failures = 0
     while True:
         try:
             return await call()
         except grpc.aio.AioRpcError as exc:
+            failures += 1
+            delay = doubling(failures, FIRST_DELAY, MAX_DELAY)
             transient = exc.code() in _TRANSIENT and reason_of(exc) != TOO_LARGE
             if not transient or loop.time() + delay > give_up:
                 raise classified(what, exc, transient) from exc
         await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_DELAY)
 
 
 def classified(what: str, exc: grpc.aio.AioRpcError, transient: bool) -> ProviderError:

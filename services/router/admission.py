@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.backoff import doubling
 from services.common.bus import UNCONFIRMED
 from services.common.cancelling import cancel_task
 from services.common.errors import ResourceExhausted
@@ -380,7 +381,7 @@ class AdmissionGate:
 
     def retry_delay(self) -> float:
         """Seconds to wait before trying again after the failed tries so far (0: none)."""
-        return _backoff(self._failures)
+        return _backoff_after(self._failures)
 
     async def _release_loop(self) -> None:
         wait: float | None = 0.0
@@ -423,7 +424,7 @@ class AdmissionGate:
                         entry.job.id,
                         entry.job.provider,
                         exc,
-                        _backoff(self._failures + 1),
+                        _backoff_after(self._failures + 1),
                     )
                     return taken[i:]
             self._by_id.pop(entry.job.id, None)
@@ -463,11 +464,8 @@ class AdmissionGate:
         return bucket
 
 
-def _backoff(failures: int) -> float:
-    """Seconds to wait after `failures` failed tries in a row."""
-    if failures <= 0:
-        return 0.0
-    return min(RETRY_MAX, RETRY_FIRST * 2 ** min(failures - 1, 16))
+def _backoff_after(failures: int) -> float:
+    return doubling(failures, RETRY_FIRST, RETRY_MAX)
 
 
 def _min(a: float | None, b: float) -> float:

@@ -37,6 +37,8 @@ import enum
 import json
 from dataclasses import dataclass
 
+from services.common.backoff import doubling
+
 # Seconds before a deferred message comes again: doubling from FIRST_DELAY up to MAX_DELAY.
 FIRST_DELAY = 0.05
 MAX_DELAY = 2.0
@@ -128,7 +130,7 @@ class Runs:
 
 def defer_delay(deliveries: int) -> float:
     """Seconds until a message deferred at its `deliveries`-th delivery comes again."""
-    return min(FIRST_DELAY * 2 ** min(deliveries - 1, 30), MAX_DELAY)
+    return doubling(max(deliveries, 1), FIRST_DELAY, MAX_DELAY)
 
 
 def _first_overdue() -> int:

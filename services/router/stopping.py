@@ -9,6 +9,7 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from genmesh.v1 import bus_pb2
+from services.common.backoff import doubling
 from services.common.bus import UNCONFIRMED, Bus
 from services.common.cancelling import cancel_task
 
@@ -65,14 +66,14 @@ class WorkerStopper:
             self._retrying = asyncio.create_task(self._retry())
 
     async def _retry(self) -> None:
-        delay = RETRY_FIRST
+        failures = 1  # the try that queued the first stop
         while self._waiting:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(doubling(failures, RETRY_FIRST, RETRY_MAX))
             for job_id, request in list(self._waiting.items()):
                 try:
                     await self._tell(request)
                 except UNCONFIRMED:
-                    delay = min(delay * 2, RETRY_MAX)
+                    failures += 1
                     break
                 except Exception:
                     log.exception("telling workers to stop job %s failed; giving up", job_id)
@@ -80,4 +81,4 @@ class WorkerStopper:
                     log.info("told workers to stop job %s", job_id)
                 self._waiting.pop(job_id, None)
             else:
-                delay = RETRY_FIRST
+                failures = 1

@@ -39,8 +39,6 @@ from genmesh_cli.client import (
     format_rpc_error,
     params_struct,
     parse_param,
-    state_from_name,
-    state_name,
 )
 from genmesh_cli.display import JobPanel
 from genmesh_cli.follow import Follower
@@ -48,6 +46,7 @@ from genmesh_cli.generate import build_spec
 from genmesh_cli.main import build_parser
 from genmesh_cli.main import run as cli
 from genmesh_cli.plan import make_plan
+from services.common.tasks import state_from_name, state_name
 from tests.infra import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -535,10 +534,11 @@ async def test_follow_reattaches_after_a_broken_stream(
     assert any("re-attaching" in note for note in recorder.notes)
 
 
-async def run_cli(*argv: str, cwd: Path) -> tuple[int, str, str]:
-    """The real console entry point in a subprocess, as a user runs it."""
+async def start_cli(*argv: str, cwd: Path) -> asyncio.subprocess.Process:
+    """The real console entry point in a subprocess, as a user runs it (no GENMESH_*
+    settings), its output piped."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "genmesh_cli",
@@ -549,6 +549,11 @@ async def run_cli(*argv: str, cwd: Path) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def run_cli(*argv: str, cwd: Path) -> tuple[int, str, str]:
+    """start_cli to its end: exit code, stdout, stderr."""
+    process = await start_cli(*argv, cwd=cwd)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -605,15 +610,8 @@ async def test_ctrl_c_detaches_with_stdout_still_json_lines(
 ) -> None:
     mesh, address = scripted
     mesh.events, mesh.hang = mesh.events[:2], True
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
-    argv = ["generate", "-t", "text-to-image", "fox", "--router", address, "--json"]
-    process = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "genmesh_cli", *argv],
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    process = await start_cli(
+        "generate", "-t", "text-to-image", "fox", "--router", address, "--json", cwd=tmp_path
     )
     assert process.stdout is not None
     lines = [await asyncio.wait_for(process.stdout.readline(), 30) for _ in range(3)]

@@ -8,8 +8,8 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import nats
@@ -81,6 +81,19 @@ def private_nats(store: Path) -> Iterator[PrivateNats]:
         server.stop()
 
 
+@asynccontextmanager
+async def mesh_on_private_nats(
+    database: Database, tmp_path: Path
+) -> AsyncIterator[tuple[PrivateNats, Mesh]]:
+    """A nats-server of the test's own, and a mesh on it."""
+    with private_nats(tmp_path / "nats") as server:
+        await server.start()
+        async with running_mesh(
+            nats_url=server.url, prefix=unique("t"), database=database, data_dir=tmp_path
+        ) as mesh:
+            yield server, mesh
+
+
 def spec() -> job_pb2.JobSpec:
     return job_pb2.JobSpec(
         task=job_pb2.TASK_TEXT_TO_IMAGE,
@@ -144,66 +157,55 @@ def ran_once(events: list[job_pb2.JobEvent]) -> bool:
 async def test_jobs_submitted_while_nats_is_out_of_reach_are_queued_then_run_once(
     outage: str, database: Database, tmp_path: Path
 ) -> None:
-    prefix = unique("t")
-    with private_nats(tmp_path / "nats") as server:
-        await server.start()
-        async with running_mesh(
-            nats_url=server.url, prefix=prefix, database=database, data_dir=tmp_path
-        ) as mesh:
+    async with mesh_on_private_nats(database, tmp_path) as (server, mesh):
+        if outage == "stalled":
+            server.stall()
+        else:
+            await server.kill()
+        try:
+            jobs, streaming = await submit_all(mesh)
+        finally:
+            # Back before anything else, so a failure here does not hang the mesh's stop.
             if outage == "stalled":
-                server.stall()
+                server.resume()
             else:
-                await server.kill()
-            try:
-                jobs, streaming = await submit_all(mesh)
-            finally:
-                # Back before anything else, so a failure here does not hang the mesh's stop.
-                if outage == "stalled":
-                    server.resume()
-                else:
-                    await server.start()
-            results = await asyncio.wait_for(
-                asyncio.gather(*(mesh.finished(j.id) for j in jobs)), 60
-            )
-            assert ran_once(await asyncio.wait_for(streaming, 30))
-            for job, events in results:
-                assert ran_once(events), [job_pb2.JobState.Name(e.state) for e in events]
-                assert [e.sequence for e in events] == list(range(1, len(events) + 1))
-                assert len(job.attempts) == 1
-            # Each job went into its provider's queue once: the copies sent again while NATS
-            # did not answer were dropped by their message ids.
-            nc = await nats.connect(server.url)
-            try:
-                info = await nc.jetstream().stream_info(Bus(prefix).jobs_stream)
-            finally:
-                await nc.close()
-            assert info.state.last_seq == len(jobs)
+                await server.start()
+        results = await asyncio.wait_for(asyncio.gather(*(mesh.finished(j.id) for j in jobs)), 60)
+        assert ran_once(await asyncio.wait_for(streaming, 30))
+        for job, events in results:
+            assert ran_once(events), [job_pb2.JobState.Name(e.state) for e in events]
+            assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+            assert len(job.attempts) == 1
+        # Each job went into its provider's queue once: the copies sent again while NATS
+        # did not answer were dropped by their message ids.
+        jobs_stream = Bus(mesh.env["GENMESH_NATS_PREFIX"]).jobs_stream
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().stream_info(jobs_stream)
+        finally:
+            await nc.close()
+        assert info.state.last_seq == len(jobs)
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 async def test_a_cancel_while_nats_is_stalled_is_answered_and_reaches_the_worker_later(
     database: Database, tmp_path: Path
 ) -> None:
-    prefix = unique("t")
-    with private_nats(tmp_path / "nats") as server:
-        await server.start()
-        async with running_mesh(
-            nats_url=server.url, prefix=prefix, database=database, data_dir=tmp_path
-        ) as mesh:
-            slow = spec()
-            slow.parameters.update({"latency_ms": 120_000})
-            job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=slow))).job
-            worker = mesh.provider_worker("sandbox")
-            await eventually(lambda: worker.in_flight == 1, within=15)
-            server.stall()
-            try:
-                # Recorded in the store, so the caller hears CANCELLED; telling the worker waits.
-                cancelled = await asyncio.wait_for(
-                    mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id)), 30
-                )
-            finally:
-                server.resume()
-            assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
-            # Once NATS answers, the worker is told and stops the provider call: it does not
-            # run out its two minutes.
-            await eventually(lambda: worker.in_flight == 0, within=20)
+    async with mesh_on_private_nats(database, tmp_path) as (server, mesh):
+        slow = spec()
+        slow.parameters.update({"latency_ms": 120_000})
+        job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=slow))).job
+        worker = mesh.provider_worker("sandbox")
+        await eventually(lambda: worker.in_flight == 1, within=15)
+        server.stall()
+        try:
+            # Recorded in the store, so the caller hears CANCELLED; telling the worker waits.
+            cancelled = await asyncio.wait_for(
+                mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id)), 30
+            )
+        finally:
+            server.resume()
+        assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
+        # Once NATS answers, the worker is told and stops the provider call: it does not
+        # run out its two minutes.
+        await eventually(lambda: worker.in_flight == 0, within=20)

@@ -27,7 +27,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.tasks import task_name
+from services.common.tasks import state_name, task_name
 from services.router import attempts
 from services.router.deadlines import job_deadline
 from services.router.pipelines.leases import Lease, LeaseLost, Leases
@@ -297,13 +297,8 @@ class _Run:
                     event.state = _PREVIEW
                     event.preview.CopyFrom(update.preview)
                 event.progress.CopyFrom(update.progress)
-                event.progress.message = f"{name}: " + (
-                    update.progress.message
-                    or job_pb2.JobState.Name(update.state)
-                    .removeprefix("JOB_STATE_")
-                    .lower()
-                    .replace("_", " ")
-                )
+                said = update.progress.message or state_name(update.state).replace("-", " ")
+                event.progress.message = f"{name}: {said}"
                 if not await self._owner.record(self.job, event):
                     await self._abandon(child_id)
                     return None
