@@ -3,50 +3,57 @@ contract spells them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from genmesh.v1 import job_pb2
 
 _PREFIX = "TASK_"
+_STATE_PREFIX = "JOB_STATE_"
 
 
 def task_from_name(name: str) -> job_pb2.Task.ValueType:
     """Parse "text-to-image", "TEXT_TO_IMAGE" or "TASK_TEXT_TO_IMAGE"; ValueError if unknown."""
-    key = name.strip().upper().replace("-", "_")
-    if not key.startswith(_PREFIX):
-        key = _PREFIX + key
-    if key == "TASK_UNSPECIFIED" or key not in set(job_pb2.Task.keys()):
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(task_names())}")
-    return job_pb2.Task.Value(key)
+    return job_pb2.Task.Value(_key(name, _PREFIX, job_pb2.Task.keys(), "task", task_names))
 
 
 def task_name(task: job_pb2.Task.ValueType) -> str:
     """ "text-to-image" for TASK_TEXT_TO_IMAGE."""
-    return job_pb2.Task.Name(task).removeprefix(_PREFIX).lower().replace("_", "-")
+    return _spoken(job_pb2.Task.Name(task), _PREFIX)
 
 
 def task_names() -> list[str]:
     return [task_name(v) for v in job_pb2.Task.values() if v != job_pb2.TASK_UNSPECIFIED]
 
 
-_STATE_PREFIX = "JOB_STATE_"
+def state_from_name(name: str) -> job_pb2.JobState.ValueType:
+    """Parse "processing", "PREVIEW_READY" or "JOB_STATE_QUEUED"; ValueError if unknown."""
+    key = _key(name, _STATE_PREFIX, job_pb2.JobState.keys(), "state", state_names)
+    return job_pb2.JobState.Value(key)
 
 
 def state_name(state: job_pb2.JobState.ValueType) -> str:
     """ "preview-ready" for JOB_STATE_PREVIEW_READY."""
-    return job_pb2.JobState.Name(state).removeprefix(_STATE_PREFIX).lower().replace("_", "-")
+    return _spoken(job_pb2.JobState.Name(state), _STATE_PREFIX)
 
 
 def state_names() -> list[str]:
     return [state_name(v) for v in job_pb2.JobState.values() if v]
 
 
-def state_from_name(name: str) -> job_pb2.JobState.ValueType:
-    """Parse "processing", "PREVIEW_READY" or "JOB_STATE_QUEUED"; ValueError if unknown."""
+def _key(
+    name: str, prefix: str, keys: Iterable[str], what: str, known: Callable[[], list[str]]
+) -> str:
+    """The contract's name of an enum value spelled `name`; ValueError listing the known."""
     key = name.strip().upper().replace("-", "_")
-    if not key.startswith(_STATE_PREFIX):
-        key = _STATE_PREFIX + key
-    if key == "JOB_STATE_UNSPECIFIED" or key not in set(job_pb2.JobState.keys()):
-        raise ValueError(f"unknown state {name!r}; known: {', '.join(state_names())}")
-    return job_pb2.JobState.Value(key)
+    if not key.startswith(prefix):
+        key = prefix + key
+    if key == f"{prefix}UNSPECIFIED" or key not in set(keys):
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known())}")
+    return key
+
+
+def _spoken(key: str, prefix: str) -> str:
+    return key.removeprefix(prefix).lower().replace("_", "-")
 
 
 # Tasks that read an input asset, and the media types they accept.
