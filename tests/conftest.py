@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.infra import env_nats_url, postgres_server, private_nats_server, unique
 
+# Fixtures of fakes more than one test package uses.
+pytest_plugins = ["tests.fakes.object_store"]
+
 ANCHOR_STREAM = "GENMESH_TEST_ANCHOR"
 
 

@@ -161,13 +161,14 @@ async def running_mesh(
     catalog: str = "",
     providers: Sequence[str] = ("sandbox",),
     router_overrides: Mapping[str, str] | None = None,
+    storage_overrides: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Mesh]:
     """Storage and prompt in-process; the router in-process or as a subprocess; N workers.
 
     `catalog`, when given, is written to data_dir/providers.toml and the workers serve its
     instances named in `providers`; start-up waits until each of `providers` is live.
     `worker_overrides` reach the workers' settings and environment (provider keys),
-    `router_overrides` the router's."""
+    `router_overrides` the router's and `storage_overrides` storage's."""
     env = {**_env(nats_url, prefix, database, data_dir), **(router_overrides or {})}
     worker_overrides = {**(worker_overrides or {})}
     if catalog:
@@ -183,6 +184,7 @@ async def running_mesh(
             **env,
             "GENMESH_DATABASE_URL": env["GENMESH_STORAGE_DATABASE_URL"],
             "GENMESH_LISTEN": "127.0.0.1:0",
+            **(storage_overrides or {}),
         }
         storage = await stack.enter_async_context(
             running_storage(StorageSettings.from_env(storage_env))

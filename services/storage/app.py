@@ -9,8 +9,9 @@ from pathlib import Path
 
 from genmesh.v1 import asset_service_pb2_grpc
 from services.common.db import database_url, open_database
+from services.common.errors import Unavailable
 from services.common.grpc_server import RunningServer, grpc_server
-from services.storage.blobs import LocalBlobStore
+from services.storage.blobs import BlobStore, BlobStoreError, LocalBlobStore
 from services.storage.core import AssetStore
 from services.storage.schema import metadata
 from services.storage.servicer import SERVICE_NAME, AssetServicer
@@ -27,12 +28,8 @@ async def running_storage(settings: Settings) -> AsyncIterator[RunningServer]:
         engine = await stack.enter_async_context(
             open_database(url, metadata, settings.database_schema)
         )
-        blob_root = (
-            Path(settings.storage_dir) if settings.storage_dir else settings.data_dir / "blobs"
-        )
-        store = AssetStore(
-            engine, LocalBlobStore(blob_root), max_upload_bytes=settings.storage_max_upload_bytes
-        )
+        blobs, where = await open_blob_store(settings)
+        store = AssetStore(engine, blobs, max_upload_bytes=settings.storage_max_upload_bytes)
         server = await stack.enter_async_context(
             grpc_server(
                 settings.listen,
@@ -48,6 +45,33 @@ async def running_storage(settings: Settings) -> AsyncIterator[RunningServer]:
         )
         host = settings.listen.rpartition(":")[0]
         # The real port matters when listen ends in :0 (tests and supervisors read it here).
-        log.info("storage listening on %s:%d (blobs in %s)", host, server.port, blob_root)
+        log.info("storage listening on %s:%d (blobs in %s)", host, server.port, where)
         yield server
         log.info("storage stopping")
+
+
+async def open_blob_store(settings: Settings) -> tuple[BlobStore, str]:
+    """The configured blob backend and where it keeps blobs, for the log. BlobStoreError when
+    the bucket is missing or refused: that needs an operator."""
+    local_root = Path(settings.storage_dir) if settings.storage_dir else settings.data_dir / "blobs"
+    if not settings.storage_s3_bucket:
+        return LocalBlobStore(local_root), str(local_root)
+    # Imported here: boto3 costs a fraction of a second to import, and only this backend needs it.
+    from services.storage.s3_blobs import MAX_OBJECT_BYTES, S3BlobStore
+
+    if settings.storage_max_upload_bytes > MAX_OBJECT_BYTES:
+        raise BlobStoreError(
+            f"GENMESH_STORAGE_MAX_UPLOAD_BYTES is over {MAX_OBJECT_BYTES:,}, the most one object "
+            "store PUT takes"
+        )
+    # Uploads are spooled on local disk before they go to the bucket whole.
+    blobs = S3BlobStore.from_settings(settings, local_root / "tmp")
+    where = f"bucket {blobs.bucket!r}" + (
+        f" at {settings.storage_s3_endpoint_url}" if settings.storage_s3_endpoint_url else ""
+    )
+    try:
+        await blobs.check()
+    except Unavailable as exc:
+        # Calls answer UNAVAILABLE until it is back, as they do while the database is away.
+        log.warning("the object store for %s did not answer at start-up: %s", where, exc)
+    return blobs, where

@@ -21,8 +21,23 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
 
+class BlobStoreError(Exception):
+    """The configured blob store cannot be used (a bucket missing or refused); raised at start."""
+
+
+def blob_path(key: str) -> str:
+    """Where blob `key` (its sha256) lives below a backend's root: ab/cd/<sha256>."""
+    if not _SHA256.fullmatch(key):
+        raise ValueError(f"not a blob key: {key!r}")
+    return f"{key[:2]}/{key[2:4]}/{key}"
+
+
 class BlobStore(Protocol):
     """Content-addressed blob storage; asset rows hold the keys it returns."""
+
+    # Whether this process alone writes these blobs, so that one no row of its own refers to
+    # may be deleted (another process could be storing the same bytes for a new row).
+    exclusive: bool
 
     def temp_path(self) -> Path:
         """A fresh local path to spool an upload to before put(); nothing is created yet."""
@@ -52,15 +67,16 @@ class BlobStore(Protocol):
 class LocalBlobStore:
     """Blobs as files under root/ab/cd/<sha256>, renamed into place only when complete."""
 
+    # One storage process per blob directory (its per-hash locks are in-process).
+    exclusive = True
+
     def __init__(self, root: Path) -> None:
         self.root = root
         # Inside root so os.replace stays on one filesystem and is atomic.
         self.staging = root / "tmp"
 
     def path_of(self, key: str) -> Path:
-        if not _SHA256.fullmatch(key):
-            raise ValueError(f"not a blob key: {key!r}")
-        return self.root / key[:2] / key[2:4] / key
+        return self.root / blob_path(key)
 
     def temp_path(self) -> Path:
         return self.staging / f"upload-{uuid.uuid4().hex}"

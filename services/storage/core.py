@@ -314,7 +314,10 @@ class AssetStore:
         return None if row is None else _asset(row)
 
     async def _discard_if_unused(self, blob_key: str) -> None:
-        """Delete a blob no row points at. Call it holding the lock of the blob's hash."""
+        """Delete a blob no row points at, when this process alone writes the blobs (see
+        BlobStore.exclusive). Call it holding the lock of the blob's hash."""
+        if not self._blobs.exclusive:
+            return
         async with self._engine.connect() as conn:
             result = await conn.execute(
                 select(assets.c.id).where(assets.c.blob_key == blob_key).limit(1)

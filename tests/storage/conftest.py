@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from genmesh.v1 import asset_service_pb2_grpc
 from services.common.db import Database as Db
 from services.common.db import open_database
 from services.common.grpc_server import grpc_server
-from services.storage.blobs import LocalBlobStore
+from services.storage.blobs import BlobStore, LocalBlobStore
 from services.storage.client import AssetClient
 from services.storage.core import AssetStore
 from services.storage.schema import assets, metadata
@@ -29,17 +29,21 @@ IN_MEMORY_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
-class Storage:
+class Serving:
     address: str
     channel: grpc.aio.Channel
     client: AssetClient
     store: AssetStore
-    blobs: LocalBlobStore
     engine: Db
 
     async def row_count(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(assets))).scalar_one())
+
+
+@dataclass(frozen=True)
+class Storage(Serving):
+    blobs: LocalBlobStore
 
     def blob_files(self) -> list[Path]:
         """Stored blobs, not counting the staging area."""
@@ -52,11 +56,20 @@ class Storage:
 
 @pytest.fixture
 async def storage(database: Database, tmp_path: Path) -> AsyncIterator[Storage]:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    async with serving_storage(database, blobs) as running:
+        yield Storage(
+            running.address, running.channel, running.client, running.store, running.engine, blobs
+        )
+
+
+@asynccontextmanager
+async def serving_storage(database: Database, blobs: BlobStore) -> AsyncIterator[Serving]:
+    """An AssetService on a loopback port, its blobs in `blobs`."""
     async with AsyncExitStack() as stack:
         engine = await stack.enter_async_context(
             open_database(database.url, metadata, database.schema)
         )
-        blobs = LocalBlobStore(tmp_path / "blobs")
         store = AssetStore(
             engine, blobs, max_upload_bytes=MAX_UPLOAD_BYTES, in_memory_bytes=IN_MEMORY_BYTES
         )
@@ -69,4 +82,4 @@ async def storage(database: Database, tmp_path: Path) -> AsyncIterator[Storage]:
             grpc_server("127.0.0.1:0", [registration], grace=1.0)
         )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(running.address))
-        yield Storage(running.address, channel, AssetClient(channel), store, blobs, engine)
+        yield Serving(running.address, channel, AssetClient(channel), store, engine)

@@ -1,0 +1,179 @@
+"""The object-store blob backend: asset bytes in an S3-compatible bucket (AWS S3, MinIO,
+Ceph, R2, ...), so storage replicas on several machines serve the same blobs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from services.common.errors import Unavailable
+from services.storage.blobs import CHUNK_SIZE, READ_BLOCK, BlobStoreError, blob_path
+
+if TYPE_CHECKING:
+    from services.storage.settings import Settings
+
+T = TypeVar("T")
+
+# A single PUT's limit; larger objects need a multipart upload, which this backend does not do.
+MAX_OBJECT_BYTES = 5 * 1024**3
+# Error codes an object store answers with when the same request may succeed later.
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable"}
+)
+
+
+class S3BlobStore:
+    """Blobs as objects <prefix>ab/cd/<sha256>; uploads spool to a local staging directory
+    first, so a blob is only ever written whole, with its sha256 for the store to verify."""
+
+    # Other storage replicas write the same bucket: whether a blob is unused cannot be known
+    # here, so a blob is never deleted on the strength of this replica's rows alone.
+    exclusive = False
+
+    def __init__(self, client: Any, bucket: str, prefix: str, staging: Path) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.staging = staging
+
+    @classmethod
+    def from_settings(cls, settings: Settings, staging: Path) -> S3BlobStore:
+        """A store on the configured bucket. Credentials come from the usual AWS sources
+        (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, an instance role), never
+        from genmesh's own settings, so they cannot end up in its logs."""
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.storage_s3_endpoint_url or None,
+            region_name=settings.storage_s3_region or None,
+            config=Config(
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+                # Path-style addressing works on every S3-compatible server, virtual hosts not.
+                s3={"addressing_style": "path"},
+                # Every call runs in the default thread pool, which has at most 32 threads.
+                max_pool_connections=32,
+            ),
+        )
+        return cls(client, settings.storage_s3_bucket, settings.storage_s3_prefix, staging)
+
+    async def check(self) -> None:
+        """BlobStoreError when the bucket is missing or refused; Unavailable when the
+        store does not answer."""
+        try:
+            await self._call(lambda: self._client.head_bucket(Bucket=self.bucket))
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            what = "does not exist" if status == 404 else f"refused access (HTTP {status})"
+            raise BlobStoreError(f"bucket {self.bucket!r} {what}") from exc
+
+    def object_key(self, key: str) -> str:
+        return self.prefix + blob_path(key)
+
+    def temp_path(self) -> Path:
+        return self.staging / f"upload-{uuid.uuid4().hex}"
+
+    async def put(self, temp: Path, sha256: str) -> str:
+        try:
+            await self._call(self._put_file, temp, sha256)
+        finally:
+            await asyncio.to_thread(temp.unlink, missing_ok=True)
+        return sha256
+
+    async def put_bytes(self, data: bytes, sha256: str) -> str:
+        await self._call(self._put_object, data, len(data), sha256)
+        return sha256
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = CHUNK_SIZE
+    ) -> AsyncGenerator[bytes, None]:
+        if length == 0:
+            return
+        end = "" if length is None else str(offset + length - 1)
+        ranged = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
+        reply = await self._call(
+            lambda: self._client.get_object(Bucket=self.bucket, Key=self.object_key(key), **ranged)
+        )
+        body = reply["Body"]
+        try:
+            while True:
+                block = await self._call(body.read, READ_BLOCK)
+                if not block:
+                    return
+                for start in range(0, len(block), chunk_size):
+                    yield block[start : start + chunk_size]
+        finally:
+            # An early stop (a client that hung up) must not leave the response open.
+            await asyncio.to_thread(body.close)
+
+    async def delete(self, key: str) -> None:
+        await self._call(
+            lambda: self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        )
+
+    async def exists(self, key: str) -> bool:
+        return await self._call(self._exists, key)
+
+    def staged(self) -> list[Path]:
+        """Temp files still in the staging area (tests assert failed uploads leave none)."""
+        return sorted(self.staging.glob("*")) if self.staging.exists() else []
+
+    # ---- in worker threads ----------------------------------------------------------
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise
+        return True
+
+    def _put_file(self, temp: Path, sha256: str) -> None:
+        with open(temp, "rb") as f:
+            self._put_object(f, temp.stat().st_size, sha256)
+
+    def _put_object(self, body: Any, size: int, sha256: str) -> None:
+        # Content-addressed: an object already under the hash holds these very bytes.
+        if self._exists(sha256):
+            return
+        self._client.put_object(
+            Bucket=self.bucket,
+            Key=self.object_key(sha256),
+            Body=body,
+            ContentLength=size,
+            # The store checks the bytes it received against the hash and refuses a mismatch
+            # (BadDigest), so no torn or altered object is ever stored under a hash.
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
+        )
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (BotoConnectionError, HTTPClientError) as exc:
+            raise Unavailable(f"the object store did not answer ({exc}); retry later") from exc
+        except ClientError as exc:
+            if _transient(exc):
+                raise Unavailable(
+                    f"the object store is busy or failing ({_code(exc)}); retry later"
+                ) from exc
+            raise
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "unknown"))
+
+
+def _transient(exc: ClientError) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or status == 429 or _code(exc) in _TRANSIENT_CODES

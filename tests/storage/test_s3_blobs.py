@@ -1,0 +1,184 @@
+"""Storage with its blobs in an S3-compatible object store (moto's S3 server on loopback)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from genmesh.v1 import asset_pb2
+from services.common.errors import Unavailable
+from services.storage.app import open_blob_store
+from services.storage.blobs import BlobStoreError, blob_path
+from services.storage.s3_blobs import S3BlobStore
+from services.storage.settings import Settings
+from tests.conftest import Database
+from tests.fakes.object_store import ObjectStore, running_object_store
+from tests.storage.conftest import IN_MEMORY_BYTES, Serving, serving_storage
+
+TENANT = "t_s3"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def settings(store_url: str, bucket: str, data_dir: Path, prefix: str = "") -> Settings:
+    return Settings.from_env(
+        {
+            "GENMESH_DATA_DIR": str(data_dir),
+            "GENMESH_STORAGE_S3_BUCKET": bucket,
+            "GENMESH_STORAGE_S3_ENDPOINT_URL": store_url,
+            "GENMESH_STORAGE_S3_PREFIX": prefix,
+        }
+    )
+
+
+async def s3_blobs(object_store: ObjectStore, tmp_path: Path, prefix: str = "") -> S3BlobStore:
+    blobs, _ = await open_blob_store(
+        settings(object_store.endpoint_url, object_store.new_bucket(), tmp_path, prefix)
+    )
+    assert isinstance(blobs, S3BlobStore)
+    return blobs
+
+
+@pytest.fixture
+async def on_s3(
+    database: Database, object_store: ObjectStore, tmp_path: Path
+) -> AsyncIterator[tuple[Serving, S3BlobStore]]:
+    blobs = await s3_blobs(object_store, tmp_path, prefix="mesh/")
+    async with serving_storage(database, blobs) as running:
+        yield running, blobs
+
+
+async def upload(running: Serving, data: bytes, **kwargs: object) -> asset_pb2.Asset:
+    return await running.client.upload(
+        data,
+        tenant=TENANT,
+        media_type="application/x-test",
+        role=asset_pb2.ASSET_ROLE_OUTPUT,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("size", [1000, IN_MEMORY_BYTES + 5000], ids=["in-memory", "spooled"])
+async def test_an_upload_is_stored_whole_in_the_bucket_and_downloads_byte_identical(
+    on_s3: tuple[Serving, S3BlobStore], object_store: ObjectStore, size: int
+) -> None:
+    running, blobs = on_s3
+    data = os.urandom(size)
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    asset = await upload(running, data)
+
+    assert (asset.sha256, asset.size_bytes) == (sha256, size)
+    assert await running.client.download(asset.id, tenant=TENANT) == data
+    assert (
+        await running.client.download(asset.id, tenant=TENANT, offset=7, length=300)
+        == (data[7:307])
+    )
+    assert await running.client.download(asset.id, tenant=TENANT, offset=size - 9) == data[-9:]
+    # One object under the prefix, named by its hash, and the store was given that hash to
+    # check the bytes against.
+    s3 = object_store.client()
+    listing = s3.list_objects_v2(Bucket=blobs.bucket)
+    assert [o["Key"] for o in listing["Contents"]] == [f"mesh/{blob_path(sha256)}"]
+    head = s3.head_object(
+        Bucket=blobs.bucket, Key=f"mesh/{blob_path(sha256)}", ChecksumMode="ENABLED"
+    )
+    assert base64.b64decode(head["ChecksumSHA256"]).hex() == sha256
+    assert blobs.staged() == []
+
+
+async def test_the_same_bytes_twice_are_one_object(
+    on_s3: tuple[Serving, S3BlobStore], object_store: ObjectStore
+) -> None:
+    running, blobs = on_s3
+    data = os.urandom(IN_MEMORY_BYTES + 1)
+    first, second = await upload(running, data), await upload(running, data)
+
+    assert first.id != second.id
+    assert await running.client.download(second.id, tenant=TENANT) == data
+    assert object_store.client().list_objects_v2(Bucket=blobs.bucket)["KeyCount"] == 1
+    assert blobs.staged() == []
+
+
+async def test_a_blob_whose_row_failed_is_kept_for_the_other_replicas(
+    on_s3: tuple[Serving, S3BlobStore], object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another storage replica may be storing the same bytes for a row of its own: this one
+    # cannot know the blob is unused, so it must not delete it.
+    running, blobs = on_s3
+
+    async def broken(row: object) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(running.store._rows, "submit", broken)
+    data = os.urandom(2000)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await upload(running, data)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert await running.row_count() == 0
+    assert await blobs.exists(hashlib.sha256(data).hexdigest())
+
+
+@pytest.mark.usefixtures("aws_credentials")
+async def test_an_object_store_that_does_not_answer_is_unavailable_and_nothing_is_kept(
+    database: Database, tmp_path: Path
+) -> None:
+    with running_object_store() as doomed:
+        blobs = await s3_blobs(doomed, tmp_path)
+        async with serving_storage(database, blobs) as running:
+            stored = await upload(running, b"kept before the outage")
+    # The server is gone: its port refuses connections.
+    async with serving_storage(database, blobs) as running:
+        for data in (b"small", os.urandom(IN_MEMORY_BYTES + 10)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await upload(running, data)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "object store did not answer" in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as unread:
+            await running.client.download(stored.id, tenant=TENANT)
+        assert unread.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert await running.row_count() == 1
+    assert blobs.staged() == []
+
+
+async def test_start_up_checks_the_bucket(object_store: ObjectStore, tmp_path: Path) -> None:
+    missing = settings(object_store.endpoint_url, "no-such-bucket", tmp_path)
+    with pytest.raises(BlobStoreError, match="bucket 'no-such-bucket' does not exist"):
+        await open_blob_store(missing)
+    # A store that does not answer yet is not fatal: calls say UNAVAILABLE until it does.
+    away = settings("http://127.0.0.1:1", "later", tmp_path)
+    blobs, where = await open_blob_store(away)
+    assert where == "bucket 'later' at http://127.0.0.1:1"
+    with pytest.raises(Unavailable):
+        await blobs.exists("0" * 64)
+
+
+def test_storage_with_a_missing_bucket_exits_with_a_clear_message(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env |= {
+        "GENMESH_DATA_DIR": str(tmp_path),
+        "GENMESH_LISTEN": "127.0.0.1:0",
+        "GENMESH_STORAGE_S3_BUCKET": "no-such-bucket",
+        "GENMESH_STORAGE_S3_ENDPOINT_URL": object_store.endpoint_url,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.storage"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "storage cannot start: bucket 'no-such-bucket' does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
