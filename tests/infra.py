@@ -66,6 +66,75 @@ def private_nats_server() -> Iterator[str]:
         shutil.rmtree(store, ignore_errors=True)
 
 
+@contextmanager
+def nats_cluster(size: int = 3) -> Iterator[list[NatsNode]]:
+    """`size` nats-servers with JetStream, clustered on loopback, each with its own store; a
+    node can be killed and started again (see NatsNode)."""
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    routes = ",".join(f"nats://127.0.0.1:{cluster}" for _, cluster in ports)
+    root = tempfile.mkdtemp(prefix="genmesh-nats-cluster-")
+    nodes = [
+        NatsNode(f"n{i}", client, cluster, routes, os.path.join(root, f"n{i}"))
+        for i, (client, cluster) in enumerate(ports)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_reachable()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class NatsNode:
+    """One node of a test NATS cluster."""
+
+    def __init__(self, name: str, port: int, cluster_port: int, routes: str, store: str) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"nats://127.0.0.1:{port}"
+        self._args = [
+            nats_server_binary(),
+            "-js",
+            "-a", "127.0.0.1",
+            "-p", str(port),
+            "-sd", store,
+            "--server_name", name,
+            "--cluster_name", "genmesh-test",
+            "--cluster", f"nats://127.0.0.1:{cluster_port}",
+            "--routes", routes,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self._args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def wait_reachable(self, within: float = 10) -> None:
+        deadline = time.monotonic() + within
+        while not reachable("127.0.0.1", self.port):
+            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server {self.name} did not start")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies with no goodbye to clients or peers."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
 def env_nats_url() -> str | None:
     """GENMESH_TEST_NATS_URL, or the local server when one listens on 4222."""
     url = os.environ.get("GENMESH_TEST_NATS_URL")

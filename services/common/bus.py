@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,12 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from services.common.backoff import doubling
+
 log = logging.getLogger(__name__)
+
+# Seconds a service starting up waits for JetStream to answer before it gives up.
+JETSTREAM_PATIENCE = 60.0
 
 # What a request to NATS raises while it is out of reach for now: no connection, a stalled or
 # restarting server, no JetStream answer in time. What was sent may still arrive (a publish's
@@ -103,7 +109,31 @@ class Bus:
         return f"{self._upper}_cancellations"
 
     async def ensure_streams(self, js: JetStreamContext) -> None:
-        """Create (or update) the streams; safe to call from every service at start-up."""
+        """Create (or update) the streams; safe to call from every service at start-up.
+
+        Waits up to JETSTREAM_PATIENCE for JetStream to answer: a cluster that has just
+        started elects its leaders first, and a service started beside it should not fail."""
+        deadline = time.monotonic() + JETSTREAM_PATIENCE
+        failures = 0
+        while True:
+            try:
+                await self._ensure_streams(js)
+                break
+            except UNCONFIRMED as exc:
+                if time.monotonic() > deadline:
+                    raise
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "JetStream does not answer yet (%r); waiting up to %.0f s",
+                        exc,
+                        JETSTREAM_PATIENCE,
+                    )
+                await asyncio.sleep(doubling(failures, 0.25, 2.0))
+        if failures:
+            log.warning("JetStream answered")
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
         await _ensure_stream(
             js,
             StreamConfig(
@@ -237,6 +267,12 @@ class _ConnectionLog:
             log.warning("nats (%s): reconnected after %.1f s", self._name, down)
 
 
+def nats_servers(url: str) -> list[str]:
+    """The servers GENMESH_NATS_URL names: one URL, or several comma-separated (a cluster's
+    seeds, any one of which lets a client in; the others it learns from the cluster)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 @asynccontextmanager
 async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterator[Client]:
     """A NATS connection that drains on exit, so nothing published is left behind.
@@ -244,7 +280,7 @@ async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterato
     With `no_echo`, its own subscriptions never hear what it publishes itself."""
     said = _ConnectionLog(name)
     nc = await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         no_echo=no_echo,
         error_cb=said.error,
