@@ -52,7 +52,8 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         help="run one job per line of a file and follow the whole batch",
         description="Submit one job per non-empty line of FILE (- for stdin) in one call, all "
         "or none, show the batch's progress live and download the outputs. "
-        "Exit codes: 0 every job completed, 1 a job failed or was cancelled, or an error.",
+        "Exit codes: 0 every job completed, 1 a job failed or was cancelled, or an error, 2 a "
+        "usage error (a bad flag, a file that cannot be read or holds no prompt).",
     )
     p.add_argument("file", help="prompts, one per line (- reads stdin)")
     p.add_argument("--task", "-t", type=task_arg, required=True, help="e.g. text-to-image")

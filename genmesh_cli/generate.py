@@ -60,7 +60,8 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         "generate",
         help="run a job and follow it live",
         description="Submit a generation job, show its progress live and download its outputs. "
-        "Exit codes: 0 completed, 1 failed or error, 2 cancelled.",
+        "Exit codes: 0 completed, 1 failed or error, 2 cancelled or a usage error (a bad flag, "
+        "a missing input file).",
     )
     p.add_argument("prompt", nargs="?", default="", help="what to generate")
     p.add_argument("--task", "-t", type=task_arg, help="e.g. text-to-image, text-to-speech")

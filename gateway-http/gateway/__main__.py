@@ -17,6 +17,7 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.stopping import LiveStreams
 from services.common.logs import setup_logging
+from services.common.run import loop_factory
 
 log = logging.getLogger("gateway")
 
@@ -79,7 +80,9 @@ def main() -> None:
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace)),
         proxy_headers=False,
     )
-    asyncio.run(_Server(config, streams).serve())
+    # On the loop GENMESH_EVENT_LOOP names, like the gRPC services.
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(_Server(config, streams).serve())
     log.info("gateway stopped")
 
 

@@ -156,8 +156,8 @@ async def put_asset(
     """AssetService.PutAsset: a small asset's metadata and base64 `data` (at most 1 MiB) in one
     JSON body; the stored asset, as POST /v1/assets returns it.
 
-    400 for data over 1 MiB (POST /v1/assets takes more), no data or a bad media type; 413 over
-    storage's size limit or for a body over the bridge's (nothing is kept)."""
+    400 for no data or a bad media type; 413 for data over 1 MiB (POST /v1/assets takes more),
+    over storage's size limit or for a body over the bridge's (nothing is kept)."""
     request = fitting(to_message(body, asset_service_pb2.PutAssetRequest()))
     return to_json(await clients.assets.put(request, tenant=tenant))
 
@@ -178,8 +178,9 @@ async def batch_put_assets(
     2 MiB of data in all; one result per item, in order: its asset, or its own error (`code` is
     the gRPC status number) while the others are stored, hence 200 rather than 201.
 
-    400 for no items, too many or too many bytes; 413 for a body over the bridge's limit (an
-    item over storage's size limit is refused in its result, code 8, RESOURCE_EXHAUSTED)."""
+    400 for no items or too many; 413 for over 2 MiB of data in all, or a body over the bridge's
+    limit (an item over 1 MiB is refused in its result, code 8, RESOURCE_EXHAUSTED, reason
+    TOO_LARGE)."""
     request = fitting(to_message(body, asset_service_pb2.BatchPutAssetsRequest()))
     return to_json(await clients.assets.batch_put(request, tenant=tenant))
 
