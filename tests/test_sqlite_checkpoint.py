@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -81,16 +82,19 @@ async def test_the_log_starts_over_under_steady_writes(
     path = tmp_path / "busy.db"
     log_file = tmp_path / "busy.db-wal"
     table = _blobs()
-    largest = 0
+    sizes = []
     async with open_database(f"sqlite:///{path}", table.metadata) as db:
         for n in range(1500):  # 60 MB, as a service under load writes it: with gaps
             async with db.begin() as conn:
                 await conn.execute(text("SELECT count(*) FROM blobs WHERE id = :n"), {"n": n - 1})
                 await conn.execute(insert(table), [{"id": n, "body": bytes(40_000)}])
-            largest = max(largest, log_file.stat().st_size)
+            sizes.append(log_file.stat().st_size)
             await asyncio.sleep(0.001)
-    # Without the chase it reaches all 60 MB; with it a few MiB, now and then more.
-    assert largest <= 30 << 20
+    # Without the chase the log only grows, to all 60 MB. With it the log starts over and is
+    # cut back to LIMIT: how often, and so how large it gets meanwhile, depends on how much
+    # CPU the thread gets on a busy machine, but it happens.
+    pairs = itertools.pairwise(sizes)
+    assert any(after < before and after <= 2 << 20 for before, after in pairs)
 
 
 def _count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
