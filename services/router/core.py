@@ -359,9 +359,13 @@ class RouterCore:
             yield job
             if job.state in TERMINAL and after >= job.last_sequence:
                 return
-            # The job may have moved on since the snapshot: the store first, then live.
-            async for event in self.follow(job_id, listener, after, read_first=True):
-                yield event
+            # The job may have moved on since the snapshot: the store first, then live. An
+            # after_sequence past the job's last event is followed from that event instead,
+            # so the stream still ends with the job, whose terminal sequence may be below it.
+            start = min(after, job.last_sequence)
+            async for event in self.follow(job_id, listener, start, read_first=True):
+                if event.sequence > after:
+                    yield event
 
     async def follow(
         self, job_id: str, listener: Listener, last: int, *, read_first: bool = False
