@@ -267,6 +267,12 @@ class RouterCore:
                 f"{task_name(spec.task)} needs an input asset ({'/'.join(accepted)}*); "
                 "upload one with AssetService.UploadAsset and pass its id in input_asset_ids"
             )
+        if len(spec.input_asset_ids) > 1:
+            # Adapters read only the first: the others would be checked, stored and ignored.
+            raise InvalidArgument(
+                f"{task_name(spec.task)} takes exactly one input asset, "
+                f"not {len(spec.input_asset_ids)}"
+            )
         for asset_id in spec.input_asset_ids:
             asset = await self._get_asset(tenant, asset_id)
             if not asset.media_type.startswith(accepted):

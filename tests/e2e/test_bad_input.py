@@ -141,6 +141,20 @@ async def test_wrong_input_media_type(mesh: Mesh) -> None:
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "text/plain" in (err.details() or "")
 
 
+async def test_more_than_one_input_asset_is_refused(mesh: Mesh) -> None:
+    # JobSpec: tasks that take an input need exactly one; a second was stored and ignored.
+    first = await mesh.assets.upload(b"one", tenant="default", media_type="image/png")
+    second = await mesh.assets.upload(b"two", tenant="default", media_type="image/png")
+    err = await rejected(
+        mesh,
+        job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT, input_asset_ids=[first.id, second.id]),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exactly one input asset" in (err.details() or "")
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())
+    assert list(listed.jobs) == []
+
+
 def token(raw: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
