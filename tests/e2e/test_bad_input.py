@@ -97,6 +97,37 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
             "INVALID_ARGUMENT",
             "timeout",
         ),
+        # Enum values the contract does not define were stored as sent: the bridge could not
+        # render such a job (GET and every list holding it were 500), nor admission hold it.
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="fox", priority=9),  # type: ignore[arg-type]
+            "INVALID_ARGUMENT",
+            "priority 9",
+        ),
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="fox", routing_policy=9),  # type: ignore[arg-type]
+            "INVALID_ARGUMENT",
+            "routing_policy 9",
+        ),
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                provider="sandbox",
+                provider_preference=7,  # type: ignore[arg-type]
+            ),
+            "INVALID_ARGUMENT",
+            "provider_preference 7",
+        ),
+        (
+            job_pb2.JobSpec(
+                prompt="a paper boat",
+                priority=-1,  # type: ignore[arg-type]
+                pipeline=job_pb2.PipelineSpec(name="text-to-video"),
+            ),
+            "INVALID_ARGUMENT",
+            "priority -1",
+        ),
     ],
     ids=[
         "empty",
@@ -112,6 +143,10 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
         "nan-param",
         "nul-key",
         "endless-timeout",
+        "unknown-priority",
+        "unknown-policy",
+        "unknown-preference",
+        "pipeline-unknown-priority",
     ],
 )
 async def test_rejected_and_nothing_written(
