@@ -223,7 +223,9 @@ class RouterCore:
         # Raises RESOURCE_EXHAUSTED at the provider's queue bound, before anything is stored.
         position = await self._admission.reserve(provider)
         if position is not None:
-            job.progress.queue_position = position
+            # The field counts the jobs ahead (the CLI and web page show "N ahead"); the
+            # message gives the place in line, 1 for the next to start.
+            job.progress.queue_position = position - 1
             job.progress.message = f"queued, position {position}"
         return job
 
