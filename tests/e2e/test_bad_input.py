@@ -97,6 +97,16 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
             "INVALID_ARGUMENT",
             "timeout",
         ),
+        # The wrong type is named as the caller wrote it, in JSON: it read "got None".
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                parameters=dict_to_struct({"seed": None}),
+            ),
+            "INVALID_ARGUMENT",
+            "parameter 'seed' must be an integer, got null",
+        ),
         # Enum values the contract does not define were stored as sent: the bridge could not
         # render such a job (GET and every list holding it were 500), nor admission hold it.
         (
@@ -143,6 +153,7 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
         "nan-param",
         "nul-key",
         "endless-timeout",
+        "null-param",
         "unknown-priority",
         "unknown-policy",
         "unknown-preference",
