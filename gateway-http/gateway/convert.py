@@ -82,12 +82,35 @@ class JobSpecBody(BaseModel):
 
     def to_proto(self) -> job_pb2.JobSpec:
         task = parse_task(self.task) if self.task or self.pipeline is None else 0
+        _check_nesting("parameters", self.parameters)
+        _check_nesting("pipeline", self.pipeline)
         rest = self.model_dump(exclude_none=True, exclude={"task", "parameters"})
         with bad_input("job spec"):
             spec = json_format.ParseDict(rest, job_pb2.JobSpec())
             spec.task = task  # type: ignore[assignment]
             spec.parameters.update(self.parameters)
         return spec
+
+
+# JSON levels a spec's parameters (or pipeline) may nest. Protobuf parses no message nested
+# past 100 levels, and each JSON object in a Struct takes three of them (a list two): deeper
+# JSON made a request that could not be built, which was an INTERNAL error.
+MAX_NESTING = 20
+
+
+def _check_nesting(name: str, value: Any) -> None:
+    """BadRequest when `value` holds objects or lists nested past MAX_NESTING levels."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(MAX_NESTING):
+        level = [
+            item
+            for node in level
+            for item in (node.values() if isinstance(node, dict) else node)
+            if isinstance(item, dict | list)
+        ]
+        if not level:
+            return
+    raise BadRequest(f"{name} is nested more than {MAX_NESTING} levels deep")
 
 
 class SubmitBatchBody(BaseModel):

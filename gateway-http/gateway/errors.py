@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -158,6 +158,17 @@ async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "INVALID_ARGUMENT", "; ".join(parts) or "invalid request")
 
 
+async def _on_socket_validation(websocket: WebSocket, exc: Exception) -> None:
+    # FastAPI's own handler closes before accepting, which a client sees as a bare HTTP 403
+    # with no reason; like any other refusal on a socket, this one arrives as an error message
+    # and a close with 4000 + the HTTP status.
+    assert isinstance(exc, WebSocketRequestValidationError)
+    message = "; ".join(_problem(err) for err in exc.errors()) or "invalid request"
+    await websocket.accept()
+    await websocket.send_json(error_body("INVALID_ARGUMENT", message))
+    await websocket.close(code=4400)
+
+
 def _problem(err: Any) -> str:
     """One validation error in the caller's terms: FastAPI's own wording for a body that is not
     JSON, or not an object, names neither the body nor what was wrong with it."""
@@ -197,5 +208,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TooLarge, _on_too_large)
     app.add_exception_handler(BodyTimeout, _on_body_timeout)
     app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(WebSocketRequestValidationError, _on_socket_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,6 +125,8 @@ def _num(x: float) -> str:
 
 
 def _bad(spec: provider_service_pb2.ParameterSpec, value: Any) -> InvalidArgument:
+    # Said as JSON, as callers write parameters: null and true, not Python's None and True.
+    got = json.dumps(value, ensure_ascii=False)
     return InvalidArgument(
-        f"parameter {spec.name!r} must be {_TYPE_NAMES.get(spec.type, 'a value')}, got {value!r}"
+        f"parameter {spec.name!r} must be {_TYPE_NAMES.get(spec.type, 'a value')}, got {got}"
     )

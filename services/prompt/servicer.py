@@ -65,10 +65,7 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     ) -> prompt_service_pb2.OptimizePromptResponse:
         if not request.prompt.strip():
             raise InvalidArgument("prompt is empty")
-        if len(request.prompt) > self._max_length:
-            raise InvalidArgument(
-                f"prompt is {len(request.prompt):,} characters; the limit is {self._max_length:,}"
-            )
+        self._check_length(request.prompt)
         below = request.below_length or DEFAULT_BELOW
         if below < MIN_BELOW_LENGTH:
             raise InvalidArgument(f"below_length must be at least {MIN_BELOW_LENGTH}")
@@ -84,10 +81,19 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
             raise InvalidArgument(
                 "task must be TASK_TEXT_TO_IMAGE, TASK_IMAGE_TO_IMAGE or TASK_IMAGE_TO_VIDEO"
             )
+        # The answer carries the prompt twice: a long one made a reply past a client's 4 MiB
+        # receive limit, after seconds of work, where no prompt that long can be used anyway.
+        self._check_length(request.prompt)
         record = enhance(
             request.prompt, request.task, request.width, request.height, self._max_length
         )
         return prompt_service_pb2.EnhancePromptResponse(enhancement=record)
+
+    def _check_length(self, prompt: str) -> None:
+        if len(prompt) > self._max_length:
+            raise InvalidArgument(
+                f"prompt is {len(prompt):,} characters; the limit is {self._max_length:,}"
+            )
 
 
 def registration(max_length: int, optimizer: Optimizer) -> Registration:

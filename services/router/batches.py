@@ -53,7 +53,8 @@ class Batches:
         """Check every spec as Submit does, then store all new jobs at once and dispatch them.
 
         Returns the batch id and one job per spec, in order; a spec whose idempotency key was
-        used before gets that earlier job (which keeps its own batch)."""
+        used before gets that earlier job, which then belongs to this batch too (its batch_id
+        still names the call that created it)."""
         if not specs:
             raise InvalidArgument("specs is empty; a batch takes 1..1,000 job specs")
         if len(specs) > MAX_SPECS:
@@ -66,9 +67,12 @@ class Batches:
         for item in new:
             item.first = records.queued_event(item.job)
         for _ in range(KEY_RACE_RETRIES):
+            if not new:
+                # A retried call whose every spec was created before by one batch: that batch.
+                batch_id = _only_batch(jobs) or batch_id
             try:
                 # Shielded: a caller hanging up must not leave jobs stored but not dispatched.
-                await asyncio.shield(self._store_and_dispatch(new))
+                await asyncio.shield(self._store_and_dispatch(tenant, batch_id, new, jobs))
                 break
             except DuplicateIdempotencyKey:
                 # A concurrent call took one of the keys: its job is the answer for that spec.
@@ -79,11 +83,7 @@ class Batches:
             )
         for item in new:
             jobs[item.index] = item.job
-        done = [job for job in jobs if job is not None]
-        if not new and len({job.batch_id for job in done}) == 1 and done[0].batch_id:
-            # A retried call whose every spec was created before: the same batch.
-            batch_id = done[0].batch_id
-        return batch_id, done
+        return batch_id, [job for job in jobs if job is not None]
 
     async def _prepare(
         self,
@@ -138,11 +138,26 @@ class Batches:
         limits.check_reply(reply, "the batch")
         return new
 
-    async def _store_and_dispatch(self, new: Sequence[_New]) -> None:
-        if not new:
+    async def _store_and_dispatch(
+        self,
+        tenant: str,
+        batch_id: str,
+        new: Sequence[_New],
+        jobs: Sequence[job_pb2.Job | None],
+    ) -> None:
+        """Store the new jobs, and the earlier jobs of reused keys as members of the batch
+        (so WatchBatch and ListJobs find every job the reply lists), then dispatch."""
+        earlier = dict.fromkeys(
+            job.id for job in jobs if job is not None and job.batch_id != batch_id
+        )
+        if not new and not earlier:
             return
-        await self._store.create_many([(item.job, item.spec_hash, item.first) for item in new])
-        await self._core.dispatch_stored([(item.job, item.first) for item in new])
+        await self._store.create_many(
+            [(item.job, item.spec_hash, item.first) for item in new],
+            [(tenant, batch_id, job_id) for job_id in earlier],
+        )
+        if new:
+            await self._core.dispatch_stored([(item.job, item.first) for item in new])
 
     async def _resolve_taken(
         self,
@@ -220,6 +235,12 @@ class Batches:
                 await out.put(event)
         except Exception as exc:  # the watcher re-raises it
             await out.put(exc)
+
+
+def _only_batch(jobs: Sequence[job_pb2.Job | None]) -> str:
+    """The batch that created every one of `jobs`, if one did."""
+    batches = {job.batch_id for job in jobs if job is not None}
+    return batches.pop() if len(batches) == 1 else ""
 
 
 def summary(

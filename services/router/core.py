@@ -223,7 +223,9 @@ class RouterCore:
         # Raises RESOURCE_EXHAUSTED at the provider's queue bound, before anything is stored.
         position = await self._admission.reserve(provider)
         if position is not None:
-            job.progress.queue_position = position
+            # The field counts the jobs ahead (the CLI and web page show "N ahead"); the
+            # message gives the place in line, 1 for the next to start.
+            job.progress.queue_position = position - 1
             job.progress.message = f"queued, position {position}"
         return job
 
@@ -266,6 +268,12 @@ class RouterCore:
             raise InvalidArgument(
                 f"{task_name(spec.task)} needs an input asset ({'/'.join(accepted)}*); "
                 "upload one with AssetService.UploadAsset and pass its id in input_asset_ids"
+            )
+        if len(spec.input_asset_ids) > 1:
+            # Adapters read only the first: the others would be checked, stored and ignored.
+            raise InvalidArgument(
+                f"{task_name(spec.task)} takes exactly one input asset, "
+                f"not {len(spec.input_asset_ids)}"
             )
         for asset_id in spec.input_asset_ids:
             asset = await self._get_asset(tenant, asset_id)
@@ -359,9 +367,13 @@ class RouterCore:
             yield job
             if job.state in TERMINAL and after >= job.last_sequence:
                 return
-            # The job may have moved on since the snapshot: the store first, then live.
-            async for event in self.follow(job_id, listener, after, read_first=True):
-                yield event
+            # The job may have moved on since the snapshot: the store first, then live. An
+            # after_sequence past the job's last event is followed from that event instead,
+            # so the stream still ends with the job, whose terminal sequence may be below it.
+            start = min(after, job.last_sequence)
+            async for event in self.follow(job_id, listener, start, read_first=True):
+                if event.sequence > after:
+                    yield event
 
     async def follow(
         self, job_id: str, listener: Listener, last: int, *, read_first: bool = False

@@ -21,7 +21,14 @@ def job_deadline(
     spec: job_pb2.JobSpec, call_remaining: float | None = None, now: float | None = None
 ) -> timestamp_pb2.Timestamp | None:
     """The job's deadline: now + spec.timeout or the call's remaining time, whichever is
-    sooner; None when neither is given. InvalidArgument for a timeout that is not positive."""
+    sooner; None when neither is given. InvalidArgument for a timeout that is not positive,
+    or a negative attempt_timeout or hedge_after (the spec's other time budgets)."""
+    for name in ("attempt_timeout", "hedge_after"):
+        # Negative ones were taken as unset, or (attempt_timeout) as no limit at all,
+        # overriding the provider's own.
+        if spec.HasField(name) and getattr(spec, name).ToNanoseconds() < 0:
+            given = getattr(spec, name).ToNanoseconds() / 1e9
+            raise InvalidArgument(f"{name} must not be negative, got {given:g}s")
     budgets = []
     if spec.HasField("timeout"):
         timeout = spec.timeout.ToNanoseconds() / 1e9

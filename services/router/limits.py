@@ -27,8 +27,15 @@ MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 def check_spec(spec: job_pb2.JobSpec) -> None:
     """InvalidArgument for an idempotency key no row can hold (too long, or with control
-    characters); TooLarge for a spec that, apart from its prompts, is over MAX_SPEC_BYTES."""
+    characters) or an enum value the contract does not define; TooLarge for a spec that,
+    apart from its prompts, is over MAX_SPEC_BYTES."""
     check_text("idempotency_key", spec.idempotency_key, MAX_IDEMPOTENCY_KEY)
+    # proto3 enums take any number. An undefined one was stored as sent: the bridge failed to
+    # render the job (and every list holding it), and admission had no class to hold it in.
+    for name, enum in _ENUMS:
+        value = getattr(spec, name)
+        if value not in enum.values():
+            raise InvalidArgument(f"{name} {value} is not one of {', '.join(enum.keys())}")
     # Prompts have their own limit in characters, the steps' included; a pipeline job never
     # travels to a worker whole.
     prompts = [spec.prompt, *(step.prompt for step in spec.pipeline.steps)]
@@ -38,6 +45,13 @@ def check_spec(spec: job_pb2.JobSpec) -> None:
             f"the job spec is {size:,} bytes besides its prompt (largest: {_largest(spec)}); "
             f"at most {MAX_SPEC_BYTES:,}"
         )
+
+
+_ENUMS = (
+    ("provider_preference", job_pb2.ProviderPreference),
+    ("routing_policy", job_pb2.RoutingPolicy),
+    ("priority", job_pb2.Priority),
+)
 
 
 def known_id(value: str) -> bool:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from genmesh.v1 import job_pb2
 from services.common.db import Database, DbConnection
@@ -88,6 +89,26 @@ job_events = Table(
     Column("create_time", Double, nullable=False),
     Column("body", LargeBinary, nullable=False),
 )
+
+
+# Jobs a SubmitBatch answered with although another call created them (a spec whose
+# idempotency key was used before): they belong to that batch too, beside the jobs whose
+# batch_id names it, so the batch id the call returned can be watched and listed whole.
+batch_members = Table(
+    "batch_members",
+    metadata,
+    Column("batch_id", String(40), primary_key=True),
+    Column("job_id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+)
+
+
+def _in_batch(tenant: str, batch_id: str) -> ColumnElement[bool]:
+    """Jobs of `batch_id`: those it created and those it was answered with."""
+    members = select(batch_members.c.job_id).where(
+        batch_members.c.tenant_id == tenant, batch_members.c.batch_id == batch_id
+    )
+    return or_(jobs.c.batch_id == batch_id, jobs.c.id.in_(members))
 
 
 class DuplicateIdempotencyKey(Exception):
@@ -270,26 +291,35 @@ class JobStore:
             await conn.execute(_INSERT_EVENTS, [event_row for _, event_row in batch])
 
     async def create_many(
-        self, created: Sequence[tuple[job_pb2.Job, str, job_pb2.JobEvent]]
+        self,
+        created: Sequence[tuple[job_pb2.Job, str, job_pb2.JobEvent]],
+        members: Sequence[tuple[str, str, str]] = (),
     ) -> None:
-        """Insert (job, spec hash, first event) triples in one transaction: all or none.
+        """Insert (job, spec hash, first event) triples and (tenant, batch id, job id) batch
+        members in one transaction: all or none.
 
         DuplicateIdempotencyKey when another call took one of their keys first."""
         async with self._engine.begin() as conn:
-            try:
-                await conn.execute(_INSERT_JOBS, [_job_row(j, h) for j, h, _ in created])
-            except IntegrityError as exc:
-                if any(j.spec.idempotency_key for j, _, _ in created):
-                    raise DuplicateIdempotencyKey("one of the batch's keys") from exc
-                raise
-            await conn.execute(_INSERT_EVENTS, [_event_row(j.id, e) for j, _, e in created])
+            if created:
+                try:
+                    await conn.execute(_INSERT_JOBS, [_job_row(j, h) for j, h, _ in created])
+                except IntegrityError as exc:
+                    if any(j.spec.idempotency_key for j, _, _ in created):
+                        raise DuplicateIdempotencyKey("one of the batch's keys") from exc
+                    raise
+                await conn.execute(_INSERT_EVENTS, [_event_row(j.id, e) for j, _, e in created])
+            if members:
+                await conn.execute(
+                    insert(batch_members),
+                    [{"tenant_id": t, "batch_id": b, "job_id": j} for t, b, j in members],
+                )
 
     async def batch_job_ids(self, tenant: str, batch_id: str) -> list[str]:
         """The ids of a batch's jobs, oldest first; empty for no such batch of this tenant."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(jobs.c.id)
-                .where(jobs.c.tenant_id == tenant, jobs.c.batch_id == batch_id)
+                .where(jobs.c.tenant_id == tenant, _in_batch(tenant, batch_id))
                 .order_by(jobs.c.create_time, jobs.c.id)
             )
             return [r.id for r in rows]
@@ -386,7 +416,7 @@ class JobStore:
         if task:
             query = query.where(jobs.c.task == task)
         if batch_id:
-            query = query.where(jobs.c.batch_id == batch_id)
+            query = query.where(_in_batch(tenant, batch_id))
         if page_token:
             created, last_id = decode_page_token(page_token)
             query = query.where(

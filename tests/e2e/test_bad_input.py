@@ -97,6 +97,47 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
             "INVALID_ARGUMENT",
             "timeout",
         ),
+        # The wrong type is named as the caller wrote it, in JSON: it read "got None".
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                parameters=dict_to_struct({"seed": None}),
+            ),
+            "INVALID_ARGUMENT",
+            "parameter 'seed' must be an integer, got null",
+        ),
+        # Enum values the contract does not define were stored as sent: the bridge could not
+        # render such a job (GET and every list holding it were 500), nor admission hold it.
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="fox", priority=9),  # type: ignore[arg-type]
+            "INVALID_ARGUMENT",
+            "priority 9",
+        ),
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="fox", routing_policy=9),  # type: ignore[arg-type]
+            "INVALID_ARGUMENT",
+            "routing_policy 9",
+        ),
+        (
+            job_pb2.JobSpec(
+                task=job_pb2.TASK_TEXT_TO_IMAGE,
+                prompt="fox",
+                provider="sandbox",
+                provider_preference=7,  # type: ignore[arg-type]
+            ),
+            "INVALID_ARGUMENT",
+            "provider_preference 7",
+        ),
+        (
+            job_pb2.JobSpec(
+                prompt="a paper boat",
+                priority=-1,  # type: ignore[arg-type]
+                pipeline=job_pb2.PipelineSpec(name="text-to-video"),
+            ),
+            "INVALID_ARGUMENT",
+            "priority -1",
+        ),
     ],
     ids=[
         "empty",
@@ -112,6 +153,11 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
         "nan-param",
         "nul-key",
         "endless-timeout",
+        "null-param",
+        "unknown-priority",
+        "unknown-policy",
+        "unknown-preference",
+        "pipeline-unknown-priority",
     ],
 )
 async def test_rejected_and_nothing_written(
@@ -139,6 +185,20 @@ async def test_wrong_input_media_type(mesh: Mesh) -> None:
         mesh, job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT, input_asset_ids=[text.id])
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "text/plain" in (err.details() or "")
+
+
+async def test_more_than_one_input_asset_is_refused(mesh: Mesh) -> None:
+    # JobSpec: tasks that take an input need exactly one; a second was stored and ignored.
+    first = await mesh.assets.upload(b"one", tenant="default", media_type="image/png")
+    second = await mesh.assets.upload(b"two", tenant="default", media_type="image/png")
+    err = await rejected(
+        mesh,
+        job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT, input_asset_ids=[first.id, second.id]),
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exactly one input asset" in (err.details() or "")
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())
+    assert list(listed.jobs) == []
 
 
 def token(raw: str) -> str:

@@ -174,7 +174,9 @@ async def test_idempotency_keys_apply_per_spec_across_calls(mesh: Mesh) -> None:
     assert mixed.jobs[1].id == first.jobs[1].id
     assert mixed.jobs[1].batch_id == first.batch_id
     assert mixed.jobs[0].batch_id == mixed.batch_id
-    assert await list_ids(mesh, mixed.batch_id) == [mixed.jobs[0].id]
+    # Both belong to the new batch, as the reply lists them; the earlier job to its own too.
+    assert await list_ids(mesh, mixed.batch_id) == sorted(j.id for j in mixed.jobs)
+    assert await list_ids(mesh, first.batch_id) == sorted(j.id for j in first.jobs)
 
     # One key twice within a batch: one job for both specs.
     twice = await submit_batch(mesh, [spec("elk", "key-c"), spec("elk", "key-c")])
@@ -203,6 +205,32 @@ async def test_concurrent_calls_with_the_same_keys_make_one_batch(mesh: Mesh) ->
     # A single Submit with one of the keys gets the batch's job.
     alone = await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=specs[3]))
     assert alone.job.id == one.jobs[3].id
+
+
+async def test_a_batch_of_jobs_made_elsewhere_lists_and_watches_every_job_it_returned(
+    mesh: Mesh,
+) -> None:
+    # Keys first used by a Submit and by another batch: the reply's batch id named no batch
+    # (WatchBatch NOT_FOUND) or one without those jobs.
+    alone = await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec("owl", "o")))
+    other = await submit_batch(mesh, [spec("elk", "e")])
+    mixed = await submit_batch(mesh, [spec("owl", "o"), spec("elk", "e"), spec("new fox")])
+    assert [j.id for j in mixed.jobs[:2]] == [alone.job.id, other.jobs[0].id]
+    assert mixed.batch_id != other.batch_id
+    returned = sorted(j.id for j in mixed.jobs)
+    assert await list_ids(mesh, mixed.batch_id) == returned
+    watched = await watch_batch(mesh, mixed.batch_id)
+    assert watched[0].summary.total == 3
+    assert sorted(m.job.id for m in watched if m.HasField("job")) == returned
+    # The other batch is as it was.
+    assert await list_ids(mesh, other.batch_id) == [other.jobs[0].id]
+
+    only_earlier = await submit_batch(mesh, [spec("owl", "o")])
+    assert [j.id for j in only_earlier.jobs] == [alone.job.id]
+    assert await list_ids(mesh, only_earlier.batch_id) == [alone.job.id]
+    assert (await watch_batch(mesh, only_earlier.batch_id))[0].summary.total == 1
+    # A retry of a batch that created every job it lists is still that batch.
+    assert (await submit_batch(mesh, [spec("elk", "e")])).batch_id == other.batch_id
 
 
 async def test_watch_batch_unknown_or_other_tenant_is_not_found(mesh: Mesh) -> None:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
+from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
 from tests.e2e.test_job_flow import submit
@@ -178,6 +178,23 @@ async def test_generate_call_deadline_bounds_the_job(mesh: Mesh) -> None:
         await submit(mesh, bad)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "timeout must be positive" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize("budget", ["attempt_timeout", "hedge_after"])
+@pytest.mark.parametrize("pipeline", [False, True], ids=["job", "pipeline"])
+async def test_a_negative_time_budget_is_refused(mesh: Mesh, budget: str, pipeline: bool) -> None:
+    # Taken as unset before; a negative attempt_timeout even lifted the provider's own.
+    bad = image()
+    if pipeline:
+        bad = job_pb2.JobSpec(
+            prompt="a paper boat", pipeline=job_pb2.PipelineSpec(name="text-to-video")
+        )
+    getattr(bad, budget).FromNanoseconds(-1_000_000_000)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(mesh, bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{budget} must not be negative" in (err.value.details() or "")
+    assert not (await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs
 
 
 def gaps(events: list[job_pb2.JobEvent]) -> list[tuple[float, float]]:

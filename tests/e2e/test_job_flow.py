@@ -107,6 +107,15 @@ async def test_watch_finished_job_replays_and_ends(mesh: Mesh) -> None:
     assert await mesh.watch(job.id, after=first[-1].sequence) == []
 
 
+async def test_watch_after_the_last_sequence_of_a_running_job_ends_with_it(mesh: Mesh) -> None:
+    # The job's terminal event comes with a sequence below after_sequence: it is not sent,
+    # but the stream still closes when the job ends instead of waiting for ever.
+    job = await submit(mesh, spec(latency_ms=500))
+    events = await asyncio.wait_for(mesh.watch(job.id, after=1000), 30)
+    assert events == []
+    assert (await mesh.get_job(job.id)).state == C
+
+
 async def test_cancel_running_job_stops_provider_call(mesh: Mesh) -> None:
     job = await submit(mesh, spec(latency_ms=60_000, steps=60))
     worker = mesh.workers[0].workers[0]

@@ -38,9 +38,10 @@ async def test_queued_jobs_carry_their_position(
         waiting = [
             await submit(mesh, spec(latency_ms=0, steps=0, width=32, height=32)) for _ in range(3)
         ]
-        assert [j.progress.queue_position for j in waiting] == [1, 2, 3]
+        # Progress.queue_position counts the jobs ahead: none for the first one waiting.
+        assert [j.progress.queue_position for j in waiting] == [0, 1, 2]
         first = (await mesh.watch(waiting[2].id))[0]
         assert first.state == job_pb2.JOB_STATE_QUEUED
-        assert first.progress.queue_position == 3
+        assert first.progress.queue_position == 2
         assert "position 3" in first.progress.message
         await mesh.watch(running.id)

@@ -133,6 +133,26 @@ async def test_feed_socket_rejects_a_bad_cursor(bridge: Bridge) -> None:
     assert messages[0]["error"]["code"] == "INVALID_ARGUMENT"
 
 
+@pytest.mark.parametrize(
+    ("path", "headers", "needle"),
+    [
+        ("/v1/jobs/{job}/ws?after_sequence=-1", {}, "after_sequence"),
+        ("/v1/jobs/{job}/ws?after_sequence=soon", {}, "after_sequence"),
+        ("/v1/jobs:watch", {"x-genmesh-tenant": "-bad"}, "x-genmesh-tenant"),
+    ],
+)
+async def test_a_socket_with_bad_parameters_is_told_why(
+    bridge: Bridge, path: str, headers: dict[str, str], needle: str
+) -> None:
+    # These were refused at the handshake with a bare 403: no message, no 4000 + status code.
+    job_id = await submit(bridge, latency_ms=0)
+    async with socket(bridge, path.format(job=job_id), additional_headers=headers) as ws:
+        messages, code = await receive_all(ws)
+    assert code == 4400
+    assert messages[0]["error"]["code"] == "INVALID_ARGUMENT"
+    assert needle in messages[0]["error"]["message"]
+
+
 async def test_a_stalled_client_holds_up_no_other_watcher(bridge: Bridge) -> None:
     job_id = await submit(bridge, latency_ms=1000)
     # max_queue=1: the stalled client's library stops reading the socket after one frame.

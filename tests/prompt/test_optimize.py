@@ -315,3 +315,19 @@ async def test_enhance_rpc(stub: prompt_service_pb2_grpc.PromptServiceStub) -> N
             )
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_enhance_rpc_refuses_a_prompt_over_the_limit(
+    stub: prompt_service_pb2_grpc.PromptServiceStub,
+) -> None:
+    # Echoed twice, a 2.5 MB prompt made a reply no client with the default limit could take.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.EnhancePrompt(
+            prompt_service_pb2.EnhancePromptRequest(prompt="x " * 1_250_000, task=IMAGE)
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "prompt is 2,500,000 characters; the limit is 10,000"
+    at_limit = await stub.EnhancePrompt(
+        prompt_service_pb2.EnhancePromptRequest(prompt="x" * 10_000, task=IMAGE)
+    )
+    assert at_limit.enhancement.enhanced_prompt == "x" * 10_000

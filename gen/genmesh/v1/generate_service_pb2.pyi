@@ -26,7 +26,9 @@ class SubmitBatchRequest(_message.Message):
     SPECS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def specs(self) -> _containers.RepeatedCompositeFieldContainer[_job_pb2.JobSpec]:
-        """1..1,000 specs. An idempotency key applies per spec, as in Submit."""
+        """1..1,000 specs. An idempotency key applies per spec, as in Submit: a spec whose key was
+        used before gets that earlier job, which then belongs to this batch too.
+        """
 
     def __init__(
         self,

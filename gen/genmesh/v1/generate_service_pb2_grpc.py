@@ -86,7 +86,8 @@ class GenerateServiceServicer:
     def SubmitBatch(self, request, context):
         """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
         index, and nothing is created. Watch the jobs with JobService.WatchBatch.
-        Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+        Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000, or a pipeline spec
+        (submit pipelines one at a time);
         RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
         jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
         """

@@ -55,7 +55,8 @@ class GenerateServiceStub:
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_generate_service_pb2.SubmitBatchRequest, _generate_service_pb2.SubmitBatchResponse]
     """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
     index, and nothing is created. Watch the jobs with JobService.WatchBatch.
-    Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+    Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000, or a pipeline spec
+    (submit pipelines one at a time);
     RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
     jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
     """
@@ -87,7 +88,8 @@ class GenerateServiceAsyncStub(GenerateServiceStub):
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_generate_service_pb2.SubmitBatchRequest, _generate_service_pb2.SubmitBatchResponse]  # type: ignore[assignment]
     """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
     index, and nothing is created. Watch the jobs with JobService.WatchBatch.
-    Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+    Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000, or a pipeline spec
+    (submit pipelines one at a time);
     RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
     jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
     """
@@ -134,7 +136,8 @@ class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_generate_service_pb2.SubmitBatchResponse, _abc.Awaitable[_generate_service_pb2.SubmitBatchResponse]]:
         """Creates one job per spec, all or none: a bad spec fails the whole call, naming its
         index, and nothing is created. Watch the jobs with JobService.WatchBatch.
-        Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000;
+        Errors: as Submit; INVALID_ARGUMENT no specs or more than 1,000, or a pipeline spec
+        (submit pipelines one at a time);
         RESOURCE_EXHAUSTED a provider's queue bound would be passed, or (TOO_LARGE) the reply's
         jobs would pass 4 MiB, a client's default receive limit: send fewer specs per call.
         """

@@ -89,7 +89,8 @@ class PromptServiceServicer:
 
     def EnhancePrompt(self, request, context):
         """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
-        Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+        Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video, or
+        a prompt over the service's length limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,7 +48,8 @@ class PromptServiceStub:
     """
     EnhancePrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.EnhancePromptRequest, _prompt_service_pb2.EnhancePromptResponse]
     """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
-    Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+    Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video, or
+    a prompt over the service's length limit.
     """
 
 @_typing.type_check_only
@@ -71,7 +72,8 @@ class PromptServiceAsyncStub(PromptServiceStub):
     """
     EnhancePrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.EnhancePromptRequest, _prompt_service_pb2.EnhancePromptResponse]  # type: ignore[assignment]
     """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
-    Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+    Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video, or
+    a prompt over the service's length limit.
     """
 
 class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -115,7 +117,8 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.EnhancePromptResponse, _abc.Awaitable[_prompt_service_pb2.EnhancePromptResponse]]:
         """Appends style, aspect and quality hints an image or video prompt lacks; deterministic.
-        Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video.
+        Errors: INVALID_ARGUMENT for an unspecified task or one that makes no image or video, or
+        a prompt over the service's length limit.
         """
 
 def add_PromptServiceServicer_to_server(servicer: PromptServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

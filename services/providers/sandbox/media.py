@@ -182,8 +182,12 @@ def _decode(
             # JPEG can decode straight at a fraction of the size: much cheaper to analyse.
             image.draft("RGB", draft)
         image.load()
+    except UnidentifiedImageError as exc:
+        # Pillow's own message names the BytesIO object, which tells the caller nothing.
+        raise InvalidInput(
+            "invalid_image", "input is not a decodable image (not a format Pillow can read)"
+        ) from exc
     except (
-        UnidentifiedImageError,
         Image.DecompressionBombError,
         OSError,
         ValueError,
