@@ -1,6 +1,7 @@
 """The web page in a real headless Chromium against the bridge and a real mesh: submit a
 text-to-image job through the form, see the preview before the final image, see the job in
-the history, and keep a screenshot of the finished page (desktop and phone sized)."""
+the history, and keep a screenshot of the finished page (desktop and phone sized); a reload
+mid-job comes back to the job on show."""
 
 from __future__ import annotations
 
@@ -131,3 +132,37 @@ async def test_submit_watch_preview_then_result_and_history(bridge: Bridge) -> N
         phone = await browser.screenshot(OUTPUT / "finished-phone.png")
     assert shot.stat().st_size > 10_000 and phone.stat().st_size > 10_000
     print(f"\nscreenshots: {shot} {phone}")
+
+
+async def job_on_show(browser: Browser) -> dict[str, str]:
+    return dict(
+        await browser.run(
+            "const card = document.getElementById('job');"
+            "return {id: card.hidden ? '' : document.getElementById('job-id').textContent,"
+            " state: document.getElementById('job-state').dataset.state || ''};"
+        )
+    )
+
+
+async def test_a_reload_mid_job_comes_back_to_the_job(bridge: Bridge) -> None:
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "TASK_TEXT_TO_IMAGE")
+        await browser.choose("#provider", "sandbox")
+        await browser.type("#prompt", "a reload in the middle")
+        await browser.type("#param-latency_ms", "3000")
+        await browser.click("#submit")
+
+        async def submitted() -> str:
+            return (await job_on_show(browser))["id"]
+
+        job_id = await eventually(submitted, within=10)
+        await browser.run("location.reload()")
+        await wait_for_page(browser)
+
+        # The reloaded page shows the same job again and follows it to its end.
+        async def followed() -> bool:
+            return await job_on_show(browser) == {"id": job_id, "state": "JOB_STATE_COMPLETED"}
+
+        await eventually(followed, within=20)

@@ -317,6 +317,12 @@ function showJob(id) {
     row.classList.toggle("selected", row.dataset.jobId === id);
   }
   page.watch = new JobWatch(id);
+  // In the address, so a reload (or a copied link) comes back to this job and its live state.
+  history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
+}
+
+function jobInAddress() {
+  return new URLSearchParams(location.hash.slice(1)).get("job") || "";
 }
 
 function formatBytes(n) {
@@ -550,6 +556,8 @@ function start() {
   $("filter-state").addEventListener("change", () => loadHistory(true));
   $("filter-task").addEventListener("change", () => loadHistory(true));
   $("history-more").addEventListener("click", () => loadHistory(false));
+  window.addEventListener("hashchange", () => jobInAddress() && showJob(jobInAddress()));
+  if (jobInAddress()) showJob(jobInAddress());
   loadProviders();
   setInterval(loadProviders, 10000);
   setInterval(tickElapsed, 1000);
