@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Bridge
-from tests.gateway.webdriver import Browser, browser_binaries, chromium
+from tests.gateway.conftest import Bridge, submit
+from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
 from tests.infra import eventually
 
 pytestmark = [
@@ -166,3 +166,26 @@ async def test_a_reload_mid_job_comes_back_to_the_job(bridge: Bridge) -> None:
             return await job_on_show(browser) == {"id": job_id, "state": "JOB_STATE_COMPLETED"}
 
         await eventually(followed, within=20)
+
+
+async def test_a_history_row_opens_from_the_keyboard(bridge: Bridge) -> None:
+    done = await submit(bridge.http, provider="sandbox", prompt="opened by keyboard")
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+
+        async def listed() -> bool:
+            rows = (await browser.run(SNAPSHOT))["history"]
+            return any(row[0] == done["id"] for row in rows)
+
+        await eventually(listed, within=10)
+        # Tab from the last control before the history reaches its first row; Enter opens it.
+        await browser.run("document.getElementById('filter-task').focus()")
+        await browser.press(Keys.TAB)
+        assert await browser.run("return document.activeElement.dataset.jobId") == done["id"]
+        await browser.press(Keys.ENTER)
+
+        async def shown() -> bool:
+            return (await job_on_show(browser))["id"] == done["id"]
+
+        await eventually(shown, within=10)

@@ -453,8 +453,15 @@ function renderRow(job, where) {
   }
   if (!row) {
     if (!where) return; // not on the page: nothing to update
-    row = el("li", { dataset: { jobId: job.id } });
+    // A button to keyboards and screen readers too: Tab reaches it, Enter or Space opens it.
+    row = el("li", { tabIndex: 0, dataset: { jobId: job.id } });
+    row.setAttribute("role", "button");
     row.addEventListener("click", () => showJob(job.id));
+    row.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();
+      showJob(job.id);
+    });
     if (where === "top") list.prepend(row);
     else list.append(row);
   }
