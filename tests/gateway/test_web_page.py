@@ -189,3 +189,33 @@ async def test_a_history_row_opens_from_the_keyboard(bridge: Bridge) -> None:
             return (await job_on_show(browser))["id"] == done["id"]
 
         await eventually(shown, within=10)
+
+
+async def test_on_a_phone_a_history_row_brings_its_job_into_view(bridge: Bridge) -> None:
+    # The first of a dozen jobs: its row is at the bottom of the history, a screen or more
+    # below the job card on a phone.
+    jobs = [await submit(bridge.http, provider="sandbox", prompt=f"job {n}") for n in range(12)]
+    first = jobs[0]["id"]
+    async with chromium() as browser:
+        await browser.resize(390, 844)
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        row = f'#history-list li[data-job-id="{first}"]'
+
+        async def listed() -> bool:
+            return bool(
+                await browser.run("return Boolean(document.querySelector(arguments[0]))", row)
+            )
+
+        await eventually(listed, within=10)
+        await browser.run("document.querySelector(arguments[0]).scrollIntoView()", row)
+        await browser.click(row)
+
+        async def in_view() -> bool:
+            top = await browser.run(
+                "return document.getElementById('job').getBoundingClientRect().top"
+            )
+            height = await browser.run("return window.innerHeight")
+            return (await job_on_show(browser))["id"] == first and 0 <= top < height
+
+        await eventually(in_view, within=10)

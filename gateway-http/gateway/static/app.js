@@ -240,9 +240,7 @@ async function submitJob(event) {
     });
     remember(job, "top");
     showJob(job.id);
-    if ($("job").getBoundingClientRect().top > window.innerHeight) {
-      $("job").scrollIntoView({ behavior: "smooth" }); // a phone: the form fills the screen
-    }
+    reveal();
   } catch (error) {
     $("submit-error").textContent = error.message;
   } finally {
@@ -319,6 +317,13 @@ function showJob(id) {
   page.watch = new JobWatch(id);
   // In the address, so a reload (or a copied link) comes back to this job and its live state.
   history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
+}
+
+// On a phone the cards stack (form, job, history): the job card may be a screen or more away
+// from the button or history row that opened it.
+function reveal() {
+  const box = $("job").getBoundingClientRect();
+  if (box.top < 0 || box.top > window.innerHeight) $("job").scrollIntoView({ behavior: "smooth" });
 }
 
 function jobInAddress() {
@@ -456,11 +461,15 @@ function renderRow(job, where) {
     // A button to keyboards and screen readers too: Tab reaches it, Enter or Space opens it.
     row = el("li", { tabIndex: 0, dataset: { jobId: job.id } });
     row.setAttribute("role", "button");
-    row.addEventListener("click", () => showJob(job.id));
+    const open = () => {
+      showJob(job.id);
+      reveal();
+    };
+    row.addEventListener("click", open);
     row.addEventListener("keydown", (event) => {
       if (event.key !== "Enter" && event.key !== " ") return;
       event.preventDefault();
-      showJob(job.id);
+      open();
     });
     if (where === "top") list.prepend(row);
     else list.append(row);
