@@ -1,7 +1,7 @@
 """The web page in a real headless Chromium against the bridge and a real mesh: submit a
 text-to-image job through the form, see the preview before the final image, see the job in
 the history, and keep a screenshot of the finished page (desktop and phone sized); a reload
-mid-job comes back to the job on show."""
+mid-job comes back to the job on show, and the job card says when its live link is lost."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import Bridge, submit
+from tests.gateway.conftest import Bridge, mesh_bridge, submit
 from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
-from tests.infra import eventually
+from tests.infra import eventually, free_port
+from tests.mesh import Mesh
 
 pytestmark = [
     pytest.mark.parametrize("database", ["sqlite"], indirect=True),
@@ -219,3 +220,36 @@ async def test_on_a_phone_a_history_row_brings_its_job_into_view(bridge: Bridge)
             return (await job_on_show(browser))["id"] == first and 0 <= top < height
 
         await eventually(in_view, within=10)
+
+
+async def test_the_job_card_says_when_its_live_link_is_lost_and_recovers(mesh: Mesh) -> None:
+    port = free_port()
+    link = "return document.getElementById('job-link').textContent"
+    async with chromium() as browser:
+        async with mesh_bridge(mesh, port) as bridge:
+            job = await submit(
+                bridge.http, provider="sandbox", parameters={"latency_ms": 4000}, prompt="a gap"
+            )
+            await browser.open(f"{bridge.http.base_url}/#job={job['id']}")
+
+            async def running() -> bool:
+                return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
+
+            await eventually(running, within=10)
+            assert await browser.run(link) == ""
+
+        # The bridge is gone: the card shows the job as it last was, and says that it may be
+        # stale, rather than looking live.
+        async def says_lost() -> bool:
+            return "reconnecting" in await browser.run(link)
+
+        await eventually(says_lost, within=10)
+        assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
+
+        async with mesh_bridge(mesh, port):
+
+            async def recovered() -> bool:
+                shown = await job_on_show(browser)
+                return shown["state"] == "JOB_STATE_COMPLETED" and await browser.run(link) == ""
+
+            await eventually(recovered, within=30)

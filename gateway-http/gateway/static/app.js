@@ -267,10 +267,16 @@ class JobWatch {
     const socket = new WebSocket(wsUrl(path));
     this.socket = socket;
     socket.onopen = () => { this.delay = 500; };
-    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
+    socket.onmessage = (message) => {
+      $("job-link").textContent = "";
+      this.receive(JSON.parse(message.data));
+    };
     socket.onclose = (closed) => {
       if (this.stopped || closed.code === 1000) return;
       if (closed.code === 4404 || closed.code === 4400) return; // nothing to retry
+      // Until a message comes again, the state shown may be stale: say so, not just in the
+      // header's feed dot.
+      $("job-link").textContent = "connection lost; reconnecting…";
       setTimeout(() => this.stopped || this.connect(), this.delay);
       this.delay = Math.min(this.delay * 2, 10000);
     };
@@ -306,6 +312,7 @@ function showJob(id) {
   $("job").hidden = false;
   $("job-id").textContent = id;
   $("job-error").textContent = "";
+  $("job-link").textContent = "";
   $("preview").replaceChildren(el("h3", { textContent: "Preview" }));
   $("result").replaceChildren(el("h3", { textContent: "Result" }));
   $("preview").hidden = true;
