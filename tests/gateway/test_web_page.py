@@ -253,3 +253,19 @@ async def test_the_job_card_says_when_its_live_link_is_lost_and_recovers(mesh: M
                 return shown["state"] == "JOB_STATE_COMPLETED" and await browser.run(link) == ""
 
             await eventually(recovered, within=30)
+
+
+async def test_a_submit_with_the_gateway_gone_says_so(mesh: Mesh) -> None:
+    async with chromium() as browser:
+        async with mesh_bridge(mesh) as bridge:
+            await browser.open(str(bridge.http.base_url) + "/")
+            await wait_for_page(browser)
+        await browser.type("#prompt", "nobody is there")
+        await browser.click("#submit")
+
+        async def refused() -> str:
+            return str(
+                await browser.run("return document.getElementById('submit-error').textContent")
+            )
+
+        assert "cannot reach the genmesh gateway" in await eventually(refused, within=10)

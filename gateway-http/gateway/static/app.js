@@ -39,7 +39,13 @@ function el(tag, props = {}, ...children) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch {
+    // fetch's own words ("Failed to fetch") say nothing of what to do.
+    throw new Error("cannot reach the genmesh gateway; check that it is running, then try again");
+  }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const error = body.error || { code: `HTTP ${response.status}`, message: response.statusText };
