@@ -228,7 +228,7 @@ async def test_the_job_card_says_when_its_live_link_is_lost_and_recovers(mesh: M
     async with chromium() as browser:
         async with mesh_bridge(mesh, port) as bridge:
             job = await submit(
-                bridge.http, provider="sandbox", parameters={"latency_ms": 4000}, prompt="a gap"
+                bridge.http, provider="sandbox", parameters={"latency_ms": 8000}, prompt="a gap"
             )
             await browser.open(f"{bridge.http.base_url}/#job={job['id']}")
 
@@ -245,6 +245,19 @@ async def test_the_job_card_says_when_its_live_link_is_lost_and_recovers(mesh: M
 
         await eventually(says_lost, within=10)
         assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
+
+        # A bridge whose router is down: the watch fails, not the job, so the card says why
+        # it is reconnecting and shows no error for the job itself.
+        async with mesh_bridge(mesh, port, GENMESH_ROUTER_ADDR=f"127.0.0.1:{free_port()}"):
+
+            async def router_down() -> bool:
+                return "the router is unavailable" in await browser.run(link)
+
+            await eventually(router_down, within=10)
+            assert (
+                await browser.run("return document.getElementById('job-error').textContent") == ""
+            )
+            assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
 
         async with mesh_bridge(mesh, port):
 

@@ -265,6 +265,7 @@ class JobWatch {
     this.after = 0;
     this.stopped = false;
     this.delay = 500;
+    this.reason = ""; // why the mesh ended the last stream, when it said
     this.connect();
   }
 
@@ -274,15 +275,18 @@ class JobWatch {
     this.socket = socket;
     socket.onopen = () => { this.delay = 500; };
     socket.onmessage = (message) => {
-      $("job-link").textContent = "";
-      this.receive(JSON.parse(message.data));
+      const data = JSON.parse(message.data);
+      if (!data.error) $("job-link").textContent = "";
+      this.receive(data);
     };
     socket.onclose = (closed) => {
       if (this.stopped || closed.code === 1000) return;
       if (closed.code === 4404 || closed.code === 4400) return; // nothing to retry
       // Until a message comes again, the state shown may be stale: say so, not just in the
       // header's feed dot.
-      $("job-link").textContent = "connection lost; reconnecting…";
+      const why = this.reason ? ` (${this.reason})` : "";
+      this.reason = "";
+      $("job-link").textContent = `connection lost${why}; reconnecting…`;
       setTimeout(() => this.stopped || this.connect(), this.delay);
       this.delay = Math.min(this.delay * 2, 10000);
     };
@@ -297,7 +301,15 @@ class JobWatch {
       this.after = seq(message.event.sequence);
       if (this.job) applyEvent(this.job, message.event);
     } else if (message.error) {
-      if (message.error.code !== "RESOURCE_EXHAUSTED") $("job-error").textContent = message.error.message;
+      const { code, message: text } = message.error;
+      if (code === "NOT_FOUND" || code === "INVALID_ARGUMENT") {
+        $("job-error").textContent = text; // final: the socket closes and is not retried
+      } else if (code === "UNAVAILABLE") {
+        // The watch failed, not the job: shown as the job's error, it read as a failed job.
+        this.reason = "the router is unavailable";
+      } else if (code !== "RESOURCE_EXHAUSTED") {
+        this.reason = text;
+      }
       return;
     }
     if (this.job) {
