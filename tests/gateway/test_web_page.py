@@ -282,3 +282,28 @@ async def test_a_submit_with_the_gateway_gone_says_so(mesh: Mesh) -> None:
             )
 
         assert "cannot reach the genmesh gateway" in await eventually(refused, within=10)
+
+
+async def test_a_pipeline_in_the_history_is_named_by_its_pipeline(bridge: Bridge) -> None:
+    # Submitted elsewhere (the CLI, the API): the page has no pipeline form, but lists them.
+    response = await bridge.http.post(
+        "/v1/jobs", json={"pipeline": {"name": "text-to-video"}, "prompt": "a paper boat"}
+    )
+    assert response.status_code == 201, response.text
+    pipeline = response.json()["id"]
+    await bridge.mesh.finished(pipeline)
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        row = f'#history-list li[data-job-id="{pipeline}"] .sub'
+
+        async def described() -> str:
+            return str(
+                await browser.run(
+                    "const s = document.querySelector(arguments[0]);return s ? s.textContent : ''",
+                    row,
+                )
+            )
+
+        sub = await eventually(described, within=10)
+        assert sub == f"pipeline text-to-video · {pipeline}"

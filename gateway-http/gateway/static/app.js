@@ -24,6 +24,9 @@ const page = {
 };
 
 const taskName = (task) => task.replace(/^TASK_/, "").toLowerCase().replaceAll("_", "-");
+// A pipeline's spec has no task of its own (TASK_UNSPECIFIED): it is named by its pipeline.
+const jobKind = (spec) =>
+  spec.pipeline ? `pipeline ${spec.pipeline.name || "(own steps)"}` : taskName(spec.task || "");
 const stateName = (state) => (state || "").replace(/^JOB_STATE_/, "").toLowerCase();
 const seq = (value) => Number(value || 0);
 const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
@@ -506,9 +509,10 @@ function renderRow(job, where) {
   row.dataset.state = job.state;
   row.replaceChildren(
     el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
-    el("span", { className: "what", textContent: spec.prompt || taskName(spec.task || "") }),
+    el("span", { className: "what", textContent: spec.prompt || jobKind(spec) }),
     el("span", { className: "when", textContent: when }),
-    el("span", { className: "sub", textContent: `${taskName(spec.task || "")} · ${job.provider || "…"} · ${job.id}` }),
+    // A pipeline has no provider (its steps do): no "…" waiting for one.
+    el("span", { className: "sub", textContent: [jobKind(spec), job.provider || (spec.pipeline ? "" : "…"), job.id].filter(Boolean).join(" · ") }),
   );
 }
 
