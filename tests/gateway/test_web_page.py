@@ -307,3 +307,37 @@ async def test_a_pipeline_in_the_history_is_named_by_its_pipeline(bridge: Bridge
 
         sub = await eventually(described, within=10)
         assert sub == f"pipeline text-to-video · {pipeline}"
+
+
+async def test_opening_another_job_keeps_nothing_of_the_one_before(bridge: Bridge) -> None:
+    running = await submit(
+        bridge.http, provider="sandbox", prompt="still running", parameters={"latency_ms": 20000}
+    )
+    card = """return {state: document.getElementById('job-state').textContent,
+      prompt: document.getElementById('job-prompt').textContent,
+      provider: document.getElementById('job-provider').textContent,
+      cancel: !document.getElementById('cancel').hidden,
+      error: document.getElementById('job-error').textContent};"""
+    async with chromium() as browser:
+        await browser.open(f"{bridge.http.base_url}/#job={running['id']}")
+
+        async def shown() -> bool:
+            return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
+
+        await eventually(shown, within=10)
+        # A job that is not there (a stale link): the card must not show the running job's
+        # state, prompt and Cancel button under the missing job's id.
+        await browser.run("location.hash = 'job=j_00000000000000000000000000000000'")
+
+        async def refused() -> bool:
+            return "not found" in (await browser.run(card))["error"]
+
+        await eventually(refused, within=10)
+        assert await browser.run(card) == {
+            "state": "",
+            "prompt": "",
+            "provider": "",
+            "cancel": False,
+            "error": "job 'j_00000000000000000000000000000000' not found",
+        }
+    await bridge.http.post(f"/v1/jobs/{running['id']}:cancel", json={})

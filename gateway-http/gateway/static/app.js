@@ -332,6 +332,14 @@ function showJob(id) {
   if (page.watch) page.watch.stop();
   $("job").hidden = false;
   $("job-id").textContent = id;
+  // Nothing of the job shown before may stay under this id until (or unless) it loads.
+  for (const field of ["job-state", "job-provider", "job-elapsed", "job-prompt", "progress-text"]) {
+    $(field).textContent = "";
+  }
+  $("job-state").className = "state";
+  delete $("job-state").dataset.state;
+  $("progress-fill").style.width = "0%";
+  $("cancel").hidden = true;
   $("job-error").textContent = "";
   $("job-link").textContent = "";
   $("preview").replaceChildren(el("h3", { textContent: "Preview" }));
