@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
 from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
@@ -341,3 +342,21 @@ async def test_opening_another_job_keeps_nothing_of_the_one_before(bridge: Bridg
             "error": "job 'j_00000000000000000000000000000000' not found",
         }
     await bridge.http.post(f"/v1/jobs/{running['id']}:cancel", json={})
+
+
+async def test_image_to_video_asks_for_its_prompt_before_uploading(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    picture = tmp_path / "still.png"
+    Image.new("RGB", (32, 24), (200, 80, 40)).save(picture)
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "TASK_IMAGE_TO_VIDEO")
+        await browser.type("#input-file", str(picture))
+        await browser.click("#submit")
+        # The form holds it, as for text-to-image: nothing uploaded, nothing submitted.
+        assert await browser.run("return document.getElementById('prompt').validity.valueMissing")
+        await asyncio.sleep(1)
+        assert await browser.run("return document.getElementById('submit-error').textContent") == ""
+    assert (await bridge.http.get("/v1/jobs")).json()["jobs"] == []

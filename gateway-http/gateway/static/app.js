@@ -203,7 +203,9 @@ function renderForm() {
   const accept = INPUT_MEDIA[task];
   $("input-label").hidden = !accept;
   $("input-file").accept = accept || "";
-  $("prompt").required = !PROMPT_OPTIONAL.has(task) && !accept;
+  // As the router decides (services/common/tasks.py): image-to-video reads a file and still
+  // needs a prompt.
+  $("prompt").required = !PROMPT_OPTIONAL.has(task);
   $("prompt-label").firstChild.textContent = PROMPT_OPTIONAL.has(task) ? "Prompt (optional)" : "Prompt";
 }
 
