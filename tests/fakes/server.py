@@ -24,12 +24,15 @@ class _QuietServer(uvicorn.Server):
 
 
 @asynccontextmanager
-async def serving(app: Callable[..., Any], **config: Any) -> AsyncIterator[str]:
+async def serving(app: Callable[..., Any], port: int = 0, **config: Any) -> AsyncIterator[str]:
     """Serve `app` in this event loop; yields its base URL ("http://127.0.0.1:PORT").
 
-    `config` passes uvicorn.Config settings over a fake's defaults (no lifespan, quiet logs)."""
+    `port` (else a free one) lets a server come back where an earlier one was; `config` passes
+    uvicorn.Config settings over a fake's defaults (no lifespan, quiet logs)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    # The earlier server's closed connections linger in TIME_WAIT on that port.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     settings: dict[str, Any] = {
         "log_level": "warning",

@@ -36,10 +36,10 @@ class Bridge:
 
 
 @asynccontextmanager
-async def bridge_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A bridge with `settings` on a free port, and an HTTP client for it."""
+async def bridge_http(settings: Settings, port: int = 0) -> AsyncIterator[httpx.AsyncClient]:
+    """A bridge with `settings` on `port` (else a free one), and an HTTP client for it."""
     async with (
-        serving(create_app(settings), **BRIDGE_SERVER) as url,
+        serving(create_app(settings), port, **BRIDGE_SERVER) as url,
         # trust_env=False: an inherited HTTP(S)_PROXY must not reroute loopback calls.
         httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
     ):
@@ -65,10 +65,15 @@ async def serving_grpc(
 
 
 @asynccontextmanager
-async def mesh_bridge(mesh: Mesh, **overrides: str) -> AsyncIterator[Bridge]:  # noqa: F811
-    """A bridge in front of `mesh`, with the mesh's settings and `overrides` (GENMESH_*)."""
+async def mesh_bridge(
+    mesh: Mesh,  # noqa: F811
+    port: int = 0,
+    **overrides: str,
+) -> AsyncIterator[Bridge]:
+    """A bridge in front of `mesh` on `port` (else a free one), with the mesh's settings and
+    `overrides` (GENMESH_*)."""
     settings = Settings.from_env({**mesh.env, **overrides})
-    async with bridge_http(settings) as http:
+    async with bridge_http(settings, port) as http:
         yield Bridge(mesh, settings, http)
 
 

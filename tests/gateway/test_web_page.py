@@ -1,6 +1,7 @@
 """The web page in a real headless Chromium against the bridge and a real mesh: submit a
 text-to-image job through the form, see the preview before the final image, see the job in
-the history, and keep a screenshot of the finished page (desktop and phone sized)."""
+the history, and keep a screenshot of the finished page (desktop and phone sized); a reload
+mid-job comes back to the job on show, and the job card says when its live link is lost."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.gateway.conftest import Bridge
-from tests.gateway.webdriver import Browser, browser_binaries, chromium
-from tests.infra import eventually
+from tests.gateway.conftest import Bridge, mesh_bridge, submit
+from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
+from tests.infra import eventually, free_port
+from tests.mesh import Mesh
 
 pytestmark = [
     pytest.mark.parametrize("database", ["sqlite"], indirect=True),
@@ -131,3 +134,229 @@ async def test_submit_watch_preview_then_result_and_history(bridge: Bridge) -> N
         phone = await browser.screenshot(OUTPUT / "finished-phone.png")
     assert shot.stat().st_size > 10_000 and phone.stat().st_size > 10_000
     print(f"\nscreenshots: {shot} {phone}")
+
+
+async def job_on_show(browser: Browser) -> dict[str, str]:
+    return dict(
+        await browser.run(
+            "const card = document.getElementById('job');"
+            "return {id: card.hidden ? '' : document.getElementById('job-id').textContent,"
+            " state: document.getElementById('job-state').dataset.state || ''};"
+        )
+    )
+
+
+async def test_a_reload_mid_job_comes_back_to_the_job(bridge: Bridge) -> None:
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "TASK_TEXT_TO_IMAGE")
+        await browser.choose("#provider", "sandbox")
+        await browser.type("#prompt", "a reload in the middle")
+        await browser.type("#param-latency_ms", "3000")
+        await browser.click("#submit")
+
+        async def submitted() -> str:
+            return (await job_on_show(browser))["id"]
+
+        job_id = await eventually(submitted, within=10)
+        await browser.run("location.reload()")
+        await wait_for_page(browser)
+
+        # The reloaded page shows the same job again and follows it to its end.
+        async def followed() -> bool:
+            return await job_on_show(browser) == {"id": job_id, "state": "JOB_STATE_COMPLETED"}
+
+        await eventually(followed, within=20)
+
+
+async def test_a_history_row_opens_from_the_keyboard(bridge: Bridge) -> None:
+    done = await submit(bridge.http, provider="sandbox", prompt="opened by keyboard")
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+
+        async def listed() -> bool:
+            rows = (await browser.run(SNAPSHOT))["history"]
+            return any(row[0] == done["id"] for row in rows)
+
+        await eventually(listed, within=10)
+        # Tab from the last control before the history reaches its first row; Enter opens it.
+        await browser.run("document.getElementById('filter-task').focus()")
+        await browser.press(Keys.TAB)
+        assert await browser.run("return document.activeElement.dataset.jobId") == done["id"]
+        await browser.press(Keys.ENTER)
+
+        async def shown() -> bool:
+            return (await job_on_show(browser))["id"] == done["id"]
+
+        await eventually(shown, within=10)
+
+
+async def test_on_a_phone_a_history_row_brings_its_job_into_view(bridge: Bridge) -> None:
+    # The first of a dozen jobs: its row is at the bottom of the history, a screen or more
+    # below the job card on a phone.
+    jobs = [await submit(bridge.http, provider="sandbox", prompt=f"job {n}") for n in range(12)]
+    first = jobs[0]["id"]
+    async with chromium() as browser:
+        await browser.resize(390, 844)
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        row = f'#history-list li[data-job-id="{first}"]'
+
+        async def listed() -> bool:
+            return bool(
+                await browser.run("return Boolean(document.querySelector(arguments[0]))", row)
+            )
+
+        await eventually(listed, within=10)
+        await browser.run("document.querySelector(arguments[0]).scrollIntoView()", row)
+        await browser.click(row)
+
+        async def in_view() -> bool:
+            top = await browser.run(
+                "return document.getElementById('job').getBoundingClientRect().top"
+            )
+            height = await browser.run("return window.innerHeight")
+            return (await job_on_show(browser))["id"] == first and 0 <= top < height
+
+        await eventually(in_view, within=10)
+
+
+async def test_the_job_card_says_when_its_live_link_is_lost_and_recovers(mesh: Mesh) -> None:
+    port = free_port()
+    link = "return document.getElementById('job-link').textContent"
+    async with chromium() as browser:
+        async with mesh_bridge(mesh, port) as bridge:
+            job = await submit(
+                bridge.http, provider="sandbox", parameters={"latency_ms": 8000}, prompt="a gap"
+            )
+            await browser.open(f"{bridge.http.base_url}/#job={job['id']}")
+
+            async def running() -> bool:
+                return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
+
+            await eventually(running, within=10)
+            assert await browser.run(link) == ""
+
+        # The bridge is gone: the card shows the job as it last was, and says that it may be
+        # stale, rather than looking live.
+        async def says_lost() -> bool:
+            return "reconnecting" in await browser.run(link)
+
+        await eventually(says_lost, within=10)
+        assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
+
+        # A bridge whose router is down: the watch fails, not the job, so the card says why
+        # it is reconnecting and shows no error for the job itself.
+        async with mesh_bridge(mesh, port, GENMESH_ROUTER_ADDR=f"127.0.0.1:{free_port()}"):
+
+            async def router_down() -> bool:
+                return "the router is unavailable" in await browser.run(link)
+
+            await eventually(router_down, within=10)
+            assert (
+                await browser.run("return document.getElementById('job-error').textContent") == ""
+            )
+            assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
+
+        async with mesh_bridge(mesh, port):
+
+            async def recovered() -> bool:
+                shown = await job_on_show(browser)
+                return shown["state"] == "JOB_STATE_COMPLETED" and await browser.run(link) == ""
+
+            await eventually(recovered, within=30)
+
+
+async def test_a_submit_with_the_gateway_gone_says_so(mesh: Mesh) -> None:
+    async with chromium() as browser:
+        async with mesh_bridge(mesh) as bridge:
+            await browser.open(str(bridge.http.base_url) + "/")
+            await wait_for_page(browser)
+        await browser.type("#prompt", "nobody is there")
+        await browser.click("#submit")
+
+        async def refused() -> str:
+            return str(
+                await browser.run("return document.getElementById('submit-error').textContent")
+            )
+
+        assert "cannot reach the genmesh gateway" in await eventually(refused, within=10)
+
+
+async def test_a_pipeline_in_the_history_is_named_by_its_pipeline(bridge: Bridge) -> None:
+    # Submitted elsewhere (the CLI, the API): the page has no pipeline form, but lists them.
+    response = await bridge.http.post(
+        "/v1/jobs", json={"pipeline": {"name": "text-to-video"}, "prompt": "a paper boat"}
+    )
+    assert response.status_code == 201, response.text
+    pipeline = response.json()["id"]
+    await bridge.mesh.finished(pipeline)
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        row = f'#history-list li[data-job-id="{pipeline}"] .sub'
+
+        async def described() -> str:
+            return str(
+                await browser.run(
+                    "const s = document.querySelector(arguments[0]);return s ? s.textContent : ''",
+                    row,
+                )
+            )
+
+        sub = await eventually(described, within=10)
+        assert sub == f"pipeline text-to-video · {pipeline}"
+
+
+async def test_opening_another_job_keeps_nothing_of_the_one_before(bridge: Bridge) -> None:
+    running = await submit(
+        bridge.http, provider="sandbox", prompt="still running", parameters={"latency_ms": 20000}
+    )
+    card = """return {state: document.getElementById('job-state').textContent,
+      prompt: document.getElementById('job-prompt').textContent,
+      provider: document.getElementById('job-provider').textContent,
+      cancel: !document.getElementById('cancel').hidden,
+      error: document.getElementById('job-error').textContent};"""
+    async with chromium() as browser:
+        await browser.open(f"{bridge.http.base_url}/#job={running['id']}")
+
+        async def shown() -> bool:
+            return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
+
+        await eventually(shown, within=10)
+        # A job that is not there (a stale link): the card must not show the running job's
+        # state, prompt and Cancel button under the missing job's id.
+        await browser.run("location.hash = 'job=j_00000000000000000000000000000000'")
+
+        async def refused() -> bool:
+            return "not found" in (await browser.run(card))["error"]
+
+        await eventually(refused, within=10)
+        assert await browser.run(card) == {
+            "state": "",
+            "prompt": "",
+            "provider": "",
+            "cancel": False,
+            "error": "job 'j_00000000000000000000000000000000' not found",
+        }
+    await bridge.http.post(f"/v1/jobs/{running['id']}:cancel", json={})
+
+
+async def test_image_to_video_asks_for_its_prompt_before_uploading(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    picture = tmp_path / "still.png"
+    Image.new("RGB", (32, 24), (200, 80, 40)).save(picture)
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "TASK_IMAGE_TO_VIDEO")
+        await browser.type("#input-file", str(picture))
+        await browser.click("#submit")
+        # The form holds it, as for text-to-image: nothing uploaded, nothing submitted.
+        assert await browser.run("return document.getElementById('prompt').validity.valueMissing")
+        await asyncio.sleep(1)
+        assert await browser.run("return document.getElementById('submit-error').textContent") == ""
+    assert (await bridge.http.get("/v1/jobs")).json()["jobs"] == []

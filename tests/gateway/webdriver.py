@@ -18,6 +18,15 @@ import httpx
 from tests.infra import eventually, free_port
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
+
+
+class Keys:
+    """WebDriver's codes for keys that are not characters."""
+
+    TAB = "\ue004"
+    ENTER = "\ue007"
+
+
 # The network is closed: no updates, sync, QUIC or first-run probes; a fresh profile per run.
 FLAGS = (
     "--headless",
@@ -73,6 +82,11 @@ class Browser:
         element = await self.find(css)
         await self._call("POST", f"/element/{element}/clear", {})
         await self._call("POST", f"/element/{element}/value", {"text": text})
+
+    async def press(self, keys: str) -> None:
+        """Type `keys` into whichever element has the focus, as a person's keystrokes would."""
+        active = await self._call("GET", "/element/active")
+        await self._call("POST", f"/element/{active[ELEMENT]}/value", {"text": keys})
 
     async def choose(self, css: str, value: str) -> None:
         """Pick a <select> option by value, as a person's choice would (a change event)."""

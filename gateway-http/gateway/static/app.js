@@ -24,6 +24,9 @@ const page = {
 };
 
 const taskName = (task) => task.replace(/^TASK_/, "").toLowerCase().replaceAll("_", "-");
+// A pipeline's spec has no task of its own (TASK_UNSPECIFIED): it is named by its pipeline.
+const jobKind = (spec) =>
+  spec.pipeline ? `pipeline ${spec.pipeline.name || "(own steps)"}` : taskName(spec.task || "");
 const stateName = (state) => (state || "").replace(/^JOB_STATE_/, "").toLowerCase();
 const seq = (value) => Number(value || 0);
 const wsUrl = (path) => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
@@ -39,7 +42,13 @@ function el(tag, props = {}, ...children) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch {
+    // fetch's own words ("Failed to fetch") say nothing of what to do.
+    throw new Error("cannot reach the genmesh gateway; check that it is running, then try again");
+  }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const error = body.error || { code: `HTTP ${response.status}`, message: response.statusText };
@@ -194,7 +203,9 @@ function renderForm() {
   const accept = INPUT_MEDIA[task];
   $("input-label").hidden = !accept;
   $("input-file").accept = accept || "";
-  $("prompt").required = !PROMPT_OPTIONAL.has(task) && !accept;
+  // As the router decides (services/common/tasks.py): image-to-video reads a file and still
+  // needs a prompt.
+  $("prompt").required = !PROMPT_OPTIONAL.has(task);
   $("prompt-label").firstChild.textContent = PROMPT_OPTIONAL.has(task) ? "Prompt (optional)" : "Prompt";
 }
 
@@ -240,9 +251,7 @@ async function submitJob(event) {
     });
     remember(job, "top");
     showJob(job.id);
-    if ($("job").getBoundingClientRect().top > window.innerHeight) {
-      $("job").scrollIntoView({ behavior: "smooth" }); // a phone: the form fills the screen
-    }
+    reveal();
   } catch (error) {
     $("submit-error").textContent = error.message;
   } finally {
@@ -261,6 +270,7 @@ class JobWatch {
     this.after = 0;
     this.stopped = false;
     this.delay = 500;
+    this.reason = ""; // why the mesh ended the last stream, when it said
     this.connect();
   }
 
@@ -269,10 +279,19 @@ class JobWatch {
     const socket = new WebSocket(wsUrl(path));
     this.socket = socket;
     socket.onopen = () => { this.delay = 500; };
-    socket.onmessage = (message) => this.receive(JSON.parse(message.data));
+    socket.onmessage = (message) => {
+      const data = JSON.parse(message.data);
+      if (!data.error) $("job-link").textContent = "";
+      this.receive(data);
+    };
     socket.onclose = (closed) => {
       if (this.stopped || closed.code === 1000) return;
       if (closed.code === 4404 || closed.code === 4400) return; // nothing to retry
+      // Until a message comes again, the state shown may be stale: say so, not just in the
+      // header's feed dot.
+      const why = this.reason ? ` (${this.reason})` : "";
+      this.reason = "";
+      $("job-link").textContent = `connection lost${why}; reconnecting…`;
       setTimeout(() => this.stopped || this.connect(), this.delay);
       this.delay = Math.min(this.delay * 2, 10000);
     };
@@ -287,7 +306,15 @@ class JobWatch {
       this.after = seq(message.event.sequence);
       if (this.job) applyEvent(this.job, message.event);
     } else if (message.error) {
-      if (message.error.code !== "RESOURCE_EXHAUSTED") $("job-error").textContent = message.error.message;
+      const { code, message: text } = message.error;
+      if (code === "NOT_FOUND" || code === "INVALID_ARGUMENT") {
+        $("job-error").textContent = text; // final: the socket closes and is not retried
+      } else if (code === "UNAVAILABLE") {
+        // The watch failed, not the job: shown as the job's error, it read as a failed job.
+        this.reason = "the router is unavailable";
+      } else if (code !== "RESOURCE_EXHAUSTED") {
+        this.reason = text;
+      }
       return;
     }
     if (this.job) {
@@ -307,7 +334,16 @@ function showJob(id) {
   if (page.watch) page.watch.stop();
   $("job").hidden = false;
   $("job-id").textContent = id;
+  // Nothing of the job shown before may stay under this id until (or unless) it loads.
+  for (const field of ["job-state", "job-provider", "job-elapsed", "job-prompt", "progress-text"]) {
+    $(field).textContent = "";
+  }
+  $("job-state").className = "state";
+  delete $("job-state").dataset.state;
+  $("progress-fill").style.width = "0%";
+  $("cancel").hidden = true;
   $("job-error").textContent = "";
+  $("job-link").textContent = "";
   $("preview").replaceChildren(el("h3", { textContent: "Preview" }));
   $("result").replaceChildren(el("h3", { textContent: "Result" }));
   $("preview").hidden = true;
@@ -317,6 +353,19 @@ function showJob(id) {
     row.classList.toggle("selected", row.dataset.jobId === id);
   }
   page.watch = new JobWatch(id);
+  // In the address, so a reload (or a copied link) comes back to this job and its live state.
+  history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
+}
+
+// On a phone the cards stack (form, job, history): the job card may be a screen or more away
+// from the button or history row that opened it.
+function reveal() {
+  const box = $("job").getBoundingClientRect();
+  if (box.top < 0 || box.top > window.innerHeight) $("job").scrollIntoView({ behavior: "smooth" });
+}
+
+function jobInAddress() {
+  return new URLSearchParams(location.hash.slice(1)).get("job") || "";
 }
 
 function formatBytes(n) {
@@ -447,8 +496,19 @@ function renderRow(job, where) {
   }
   if (!row) {
     if (!where) return; // not on the page: nothing to update
-    row = el("li", { dataset: { jobId: job.id } });
-    row.addEventListener("click", () => showJob(job.id));
+    // A button to keyboards and screen readers too: Tab reaches it, Enter or Space opens it.
+    row = el("li", { tabIndex: 0, dataset: { jobId: job.id } });
+    row.setAttribute("role", "button");
+    const open = () => {
+      showJob(job.id);
+      reveal();
+    };
+    row.addEventListener("click", open);
+    row.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();
+      open();
+    });
     if (where === "top") list.prepend(row);
     else list.append(row);
   }
@@ -459,9 +519,10 @@ function renderRow(job, where) {
   row.dataset.state = job.state;
   row.replaceChildren(
     el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
-    el("span", { className: "what", textContent: spec.prompt || taskName(spec.task || "") }),
+    el("span", { className: "what", textContent: spec.prompt || jobKind(spec) }),
     el("span", { className: "when", textContent: when }),
-    el("span", { className: "sub", textContent: `${taskName(spec.task || "")} · ${job.provider || "…"} · ${job.id}` }),
+    // A pipeline has no provider (its steps do): no "…" waiting for one.
+    el("span", { className: "sub", textContent: [jobKind(spec), job.provider || (spec.pipeline ? "" : "…"), job.id].filter(Boolean).join(" · ") }),
   );
 }
 
@@ -550,6 +611,8 @@ function start() {
   $("filter-state").addEventListener("change", () => loadHistory(true));
   $("filter-task").addEventListener("change", () => loadHistory(true));
   $("history-more").addEventListener("click", () => loadHistory(false));
+  window.addEventListener("hashchange", () => jobInAddress() && showJob(jobInAddress()));
+  if (jobInAddress()) showJob(jobInAddress());
   loadProviders();
   setInterval(loadProviders, 10000);
   setInterval(tickElapsed, 1000);
