@@ -99,6 +99,13 @@ async def open_database(url: str, metadata: MetaData, schema: str = "") -> Async
     )
     try:
         async with async_engine.begin() as aconn:
+            # Replicas starting together would race: IF NOT EXISTS and create_all's checks
+            # do not make concurrent DDL safe in PostgreSQL, and the loser fails at start-up.
+            # Held to commit, so the next replica in line finds everything made.
+            await aconn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"genmesh-ddl:{schema}"},
+            )
             if schema:
                 await aconn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             await aconn.run_sync(_create, metadata)
