@@ -299,11 +299,15 @@ class AdmissionGate:
         self._hold(job, attempt, self._clock())
 
     async def admit(self, jobs: list[job_pb2.Job]) -> None:
-        """Take over jobs found stored but undispatched at start-up: all are held, so the
-        release loop sends them in priority order; their wait counts from creation."""
+        """Take over jobs found stored but undispatched at start-up, or when another replica
+        has gone: all are held, so the release loop sends them in priority order; their wait
+        counts from creation."""
         ended = []
         now, wall = self._clock(), time.time()
         for job in jobs:
+            if job.id in self._by_id:
+                # Held here already (a replica gone is taken over while this one runs).
+                continue
             if job.state in TERMINAL:
                 # Cancelled while held: nothing to publish, ever.
                 ended.append(job.id)

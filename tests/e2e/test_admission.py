@@ -300,3 +300,37 @@ async def _is(mesh: Mesh, job_id: str, state: int) -> bool:
 
 async def _queued(mesh: Mesh, n: int) -> bool:
     return (await sandbox(mesh)).health.queued == n
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+async def test_jobs_held_by_a_replica_that_goes_are_sent_by_the_replica_left(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path, sig: int
+) -> None:
+    """Scaled down (or a replica lost and not replaced): the replica left takes over the
+    jobs the gone one held back, without waiting for a router to start."""
+    async with limited_sandbox(
+        nats_url, nats_prefix, database, tmp_path, router_liveness=1.5
+    ) as mesh:
+        first = in_process(mesh)
+        address = f"127.0.0.1:{free_port()}"
+        proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
+        try:
+            await wait_serving(address)
+            await eventually(lambda: first.replicas.count() == 2)
+            async with grpc.aio.insecure_channel(address) as channel:
+                second = Mesh(mesh.env, mesh.data_dir, channel, mesh.storage_channel)
+                filler = await submit(second, image(latency_ms=600_000))
+                await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+                await eventually(lambda: _queued(second, 0))
+                # One waits in JetStream, the rest are held by the second replica.
+                waiting = [await submit(second, image()) for _ in range(4)]
+                assert (await sandbox(second)).health.queued == len(waiting)
+            await stop_process(proc, sig)
+        finally:
+            await stop_process(proc, signal.SIGKILL)
+        await release(mesh, [filler])
+        results = await asyncio.wait_for(finish(mesh, waiting), 30)
+    for events in results.values():
+        assert [e.state for e in events].count(COMPLETED) == 1
+        assert events[-1].state == COMPLETED
