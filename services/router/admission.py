@@ -222,6 +222,7 @@ class AdmissionGate:
         limits_of: Callable[[str], Limits | None],
         mark_done: Callable[[Sequence[str]], Awaitable[None]],
         unsent: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None,
+        unsent_count: Callable[[str], Awaitable[int]] | None = None,
         *,
         replicas: Callable[[], int] = lambda: 1,
         backlog: int = 32,
@@ -234,6 +235,7 @@ class AdmissionGate:
         self._limits_of = limits_of
         self._mark_done = mark_done
         self._unsent = unsent
+        self._unsent_count = unsent_count
         self._replicas = replicas
         self._backlog = max(1, backlog)
         self._aging = aging
@@ -263,8 +265,13 @@ class AdmissionGate:
         name = provider.name
         depth = await self._depths.depth(name)
         held = len(self._held.get(name, ()))
-        waiting = held + (depth or 0)
         bound = provider.limits.max_queue
+        if bound > 0 and self._unsent_count is not None:
+            # The bound is the mesh's: other router replicas hold jobs for it too, and
+            # counting only this one's let N replicas queue N times the bound. Jobs still on
+            # their way to JetStream count twice for a moment, which errs on the safe side.
+            held = max(held, await self._unsent_count(name))
+        waiting = held + (depth or 0)
         if 0 < bound <= waiting:
             raise ResourceExhausted(
                 f"provider {name} has {waiting} job(s) waiting, its queue bound "

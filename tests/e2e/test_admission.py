@@ -334,3 +334,34 @@ async def test_jobs_held_by_a_replica_that_goes_are_sent_by_the_replica_left(
     for events in results.values():
         assert [e.state for e in events].count(COMPLETED) == 1
         assert events[-1].state == COMPLETED
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_the_queue_bound_holds_for_the_mesh_across_router_replicas(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    bound = 3
+    async with (
+        limited_sandbox(
+            nats_url, nats_prefix, database, tmp_path, f"concurrency = 1\nmax_queue = {bound}"
+        ) as mesh,
+        another_router(mesh) as (_, via_second),
+    ):
+        filler = await submit(mesh, image(latency_ms=600_000))
+        await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        replicas = [mesh, via_second]
+        accepted: list[job_pb2.Job] = []
+        refused: list[grpc.aio.AioRpcError] = []
+        for k in range(2 * bound):
+            # Past the replicas' queue-depth refresh, so each sees the other's sends.
+            await asyncio.sleep(0.4)
+            try:
+                accepted.append(await submit(replicas[k % 2], image()))
+            except grpc.aio.AioRpcError as exc:
+                refused.append(exc)
+        # One waits in JetStream, the others are held, some by each replica: together
+        # no more than the bound, as with one replica.
+        assert len(accepted) == bound
+        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+        await release(mesh, [filler, *accepted])
