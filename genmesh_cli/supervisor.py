@@ -23,6 +23,7 @@ from genmesh.v1 import provider_service_pb2, provider_service_pb2_grpc
 from genmesh_cli.client import DEFAULT_ROUTER, DEFAULT_STORAGE, CliError, channel
 from genmesh_cli.display import console
 from genmesh_cli.plan import Plan, Service
+from services.common.bus import nats_servers
 from services.common.cancelling import cancel_task
 
 LOG_TAIL_LINES = 30
@@ -230,7 +231,7 @@ class Supervisor:
                 raise ChildExited(child.name, child.process.returncode, child.log)
             try:
                 nc = await nats.connect(
-                    url,
+                    nats_servers(url),
                     connect_timeout=1,
                     allow_reconnect=False,
                     error_cb=quiet,

@@ -257,6 +257,12 @@ class _ConnectionLog:
             log.warning("nats (%s): reconnected after %.1f s", self._name, down)
 
 
+def nats_servers(url: str) -> list[str]:
+    """GENMESH_NATS_URL as servers to try: one URL, or a cluster's comma-separated, as other
+    NATS clients take it (nats-py takes a list, and refuses the commas)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 @asynccontextmanager
 async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterator[Client]:
     """A NATS connection that drains on exit, so nothing published is left behind.
@@ -264,7 +270,7 @@ async def connect(url: str, name: str, *, no_echo: bool = False) -> AsyncIterato
     With `no_echo`, its own subscriptions never hear what it publishes itself."""
     said = _ConnectionLog(name)
     nc = await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         no_echo=no_echo,
         error_cb=said.error,
