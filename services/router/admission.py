@@ -267,10 +267,11 @@ class AdmissionGate:
         held = len(self._held.get(name, ()))
         bound = provider.limits.max_queue
         if bound > 0 and self._unsent_count is not None:
-            # The bound is the mesh's: other router replicas hold jobs for it too, and
-            # counting only this one's let N replicas queue N times the bound. Jobs still on
-            # their way to JetStream count twice for a moment, which errs on the safe side.
-            held = max(held, await self._unsent_count(name))
+            # From the store, not this replica's memory: other replicas hold jobs for it too
+            # (counting only this one's let N replicas queue N times the bound), and a held
+            # job that ended while held (cancelled elsewhere, past its deadline) stays in
+            # memory until its turn.
+            held = await self._unsent_count(name)
         waiting = held + (depth or 0)
         if 0 < bound <= waiting:
             raise ResourceExhausted(

@@ -206,7 +206,7 @@ def admission_gate(
         limits_of,
         store.mark_dispatched,
         store.unsent,
-        store.unsent_count,
+        dispatcher.unsent_count,
         replicas=replicas.count,
         backlog=settings.admission_backlog,
         aging=settings.priority_aging,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
@@ -36,7 +37,10 @@ class Dispatcher:
         self._js = js
         self._bus = bus
         self._store = store
-        self._marks: list[str] = []
+        # Published, to be marked dispatched: (job id, provider).
+        self._marks: list[tuple[str, str]] = []
+        # Per provider, jobs published and not yet marked (queued marks and a flush under way).
+        self._unmarked: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._admit: Admit | None = None
@@ -74,9 +78,17 @@ class Dispatcher:
             stream=self._bus.jobs_stream,
             headers={"Nats-Msg-Id": f"{job.id}:{attempt}"},
         )
-        self._marks.append(job.id)
+        self._marks.append((job.id, provider))
+        self._unmarked[provider] += 1
         self._wake.set()
         return int(ack.seq)
+
+    async def unsent_count(self, provider: str) -> int:
+        """Jobs for `provider` stored and not yet published by any router replica: held back
+        by one. Those this replica has published but not yet marked are left out, as they
+        are in the provider's JetStream queue already (another replica's for a moment are
+        not: counted twice until marked)."""
+        return max(0, await self._store.unsent_count(provider) - self._unmarked[provider])
 
     async def redispatch_pending(self, admit: Admit | None = None) -> None:
         """Publish the jobs stored but never marked dispatched, or hand them to `admit`
@@ -127,7 +139,8 @@ class Dispatcher:
     async def _flush(self) -> None:
         marks, self._marks = self._marks, []
         try:
-            await self._store.mark_dispatched(marks)
+            await self._store.mark_dispatched([job_id for job_id, _ in marks])
         except BaseException:
             self._marks.extend(marks)
             raise
+        self._unmarked.subtract(provider for _, provider in marks)

@@ -365,3 +365,23 @@ async def test_the_queue_bound_holds_for_the_mesh_across_router_replicas(
         assert len(accepted) == bound
         assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
         await release(mesh, [filler, *accepted])
+
+
+async def test_a_held_job_that_ended_no_longer_counts_toward_the_queue_bound(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with limited_sandbox(
+        nats_url, nats_prefix, database, tmp_path, "concurrency = 1\nmax_queue = 2"
+    ) as mesh:
+        filler = await submit(mesh, image(latency_ms=600_000))
+        await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        queued = await submit(mesh, image())
+        # Held (the JetStream queue has its one), until its deadline fails it.
+        short = image()
+        short.timeout.FromSeconds(1)
+        expiring = await submit(mesh, short)
+        await eventually(lambda: _is(mesh, expiring.id, job_pb2.JOB_STATE_FAILED), within=15)
+        # One job waits, under the bound of two: accepted.
+        late = await submit(mesh, image())
+        await release(mesh, [filler, queued, late])
