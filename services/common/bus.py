@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nats
 import nats.errors
@@ -222,9 +222,29 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
     except BucketNotFoundError:
         return await js.create_key_value(config)
+    # Made by an earlier start, maybe with other settings: brought to ours, as streams are.
+    # A TTL kept from before would expire keys renewed on the new schedule (pipeline leases
+    # lost mid-drive, replicas' heartbeats), and GENMESH_NATS_REPLICAS would not apply.
+    stream = (await kv.status()).stream_info.config
+    ttl = config.ttl or 0.0
+    if (stream.max_age or 0.0) != ttl or stream.num_replicas != config.replicas:
+        await js.update_stream(
+            replace(
+                stream,
+                max_age=ttl,
+                num_replicas=config.replicas,
+                # As create_key_value sets it: never longer than the TTL, or the update fails.
+                duplicate_window=min(_KV_DUPLICATE_WINDOW, ttl) if ttl else _KV_DUPLICATE_WINDOW,
+            )
+        )
+    return kv
+
+
+# Seconds: nats-py's duplicate window for a new bucket.
+_KV_DUPLICATE_WINDOW = 120.0
 
 
 class _ConnectionLog:

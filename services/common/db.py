@@ -90,17 +90,27 @@ async def open_database(url: str, metadata: MetaData, schema: str = "") -> Async
             checkpointer.stop()
             engine.dispose()
         return
+    # Quoted wherever it is named: unquoted, PostgreSQL folds it to lower case, so a schema
+    # with capitals was created as written and then looked for under another name.
+    quoted = '"' + schema.replace('"', '""') + '"'
     async_engine = create_async_engine(
         url,
         pool_size=10,
         max_overflow=20,
         pool_pre_ping=True,
-        **({"connect_args": {"server_settings": {"search_path": schema}}} if schema else {}),
+        **({"connect_args": {"server_settings": {"search_path": quoted}}} if schema else {}),
     )
     try:
         async with async_engine.begin() as aconn:
+            # Replicas starting together would race: IF NOT EXISTS and create_all's checks
+            # do not make concurrent DDL safe in PostgreSQL, and the loser fails at start-up.
+            # Held to commit, so the next replica in line finds everything made.
+            await aconn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"genmesh-ddl:{schema}"},
+            )
             if schema:
-                await aconn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                await aconn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
             await aconn.run_sync(_create, metadata)
         yield _Postgres(async_engine)
     finally:

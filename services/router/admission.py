@@ -222,6 +222,7 @@ class AdmissionGate:
         limits_of: Callable[[str], Limits | None],
         mark_done: Callable[[Sequence[str]], Awaitable[None]],
         unsent: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None,
+        unsent_count: Callable[[str], Awaitable[int]] | None = None,
         *,
         replicas: Callable[[], int] = lambda: 1,
         backlog: int = 32,
@@ -234,6 +235,7 @@ class AdmissionGate:
         self._limits_of = limits_of
         self._mark_done = mark_done
         self._unsent = unsent
+        self._unsent_count = unsent_count
         self._replicas = replicas
         self._backlog = max(1, backlog)
         self._aging = aging
@@ -263,8 +265,14 @@ class AdmissionGate:
         name = provider.name
         depth = await self._depths.depth(name)
         held = len(self._held.get(name, ()))
-        waiting = held + (depth or 0)
         bound = provider.limits.max_queue
+        if bound > 0 and self._unsent_count is not None:
+            # From the store, not this replica's memory: other replicas hold jobs for it too
+            # (counting only this one's let N replicas queue N times the bound), and a held
+            # job that ended while held (cancelled elsewhere, past its deadline) stays in
+            # memory until its turn.
+            held = await self._unsent_count(name)
+        waiting = held + (depth or 0)
         if 0 < bound <= waiting:
             raise ResourceExhausted(
                 f"provider {name} has {waiting} job(s) waiting, its queue bound "
@@ -299,11 +307,15 @@ class AdmissionGate:
         self._hold(job, attempt, self._clock())
 
     async def admit(self, jobs: list[job_pb2.Job]) -> None:
-        """Take over jobs found stored but undispatched at start-up: all are held, so the
-        release loop sends them in priority order; their wait counts from creation."""
+        """Take over jobs found stored but undispatched at start-up, or when another replica
+        has gone: all are held, so the release loop sends them in priority order; their wait
+        counts from creation."""
         ended = []
         now, wall = self._clock(), time.time()
         for job in jobs:
+            if job.id in self._by_id:
+                # Held here already (a replica gone is taken over while this one runs).
+                continue
             if job.state in TERMINAL:
                 # Cancelled while held: nothing to publish, ever.
                 ended.append(job.id)

@@ -107,6 +107,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         # Jobs a dead router stored but never dispatched go back through the gate.
         await dispatcher.start(admission.admit)
         stack.push_async_callback(dispatcher.stop)
+        replicas.on_departure(lambda _name: dispatcher.take_over_pending())
         await admission.start()
         stack.push_async_callback(admission.stop)
 
@@ -205,6 +206,7 @@ def admission_gate(
         limits_of,
         store.mark_dispatched,
         store.unsent,
+        dispatcher.unsent_count,
         replicas=replicas.count,
         backlog=settings.admission_backlog,
         aging=settings.priority_aging,

@@ -11,6 +11,10 @@ that died shortly before may count for up to twice `liveness`.
 
 Reading the count costs no NATS round trip: it comes from memory.
 
+A replica that stops counting (it stopped cleanly, or its heartbeat lapsed) is reported to
+`on_departure` callbacks at the next heartbeat tick, so the others can take over what it
+left in memory (the jobs it held back, services.router.dispatch).
+
 This replica hears its own heartbeats through the same watch as everyone else's, so it knows
 when its view has gone stale (NATS unreachable, the watch stalled): it then keeps the last
 count it had while current instead of believing everyone else died, and follows the bucket
@@ -57,11 +61,19 @@ class Replicas:
         self._count = 1
         self._follower: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
+        # The other replicas alive at the last tick, to notice which have gone since.
+        self._others: set[str] = set()
+        self._departure_callbacks: list[Callable[[str], None]] = []
+
+    def on_departure(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(name)` when another replica stops counting."""
+        self._departure_callbacks.append(callback)
 
     async def start(self) -> None:
         """Announce this replica, load the others, then keep both current in the background."""
         await self._beat()
         self._follower = await follow(self._kv, self._apply)
+        self._others = self._alive_others(self._clock())
         self._beating = asyncio.create_task(self._beat_loop())
 
     async def stop(self) -> None:
@@ -104,6 +116,7 @@ class Replicas:
                     await self._follow_again()
                 else:
                     self._forget_dead(now)
+                    self._notice_departures(now)
             except Exception:
                 # A NATS hiccup: the next tick tries again.
                 log.warning("router replica heartbeat failed", exc_info=True)
@@ -114,6 +127,23 @@ class Replicas:
         # count(), which every rate-limited dispatch calls.
         for key in [k for k, heard in self._heard.items() if now - heard > 2 * self._liveness]:
             del self._heard[key]
+
+    def _alive_others(self, now: float) -> set[str]:
+        return {
+            key
+            for key, heard in self._heard.items()
+            if key != self.name and now - heard <= self._liveness
+        }
+
+    def _notice_departures(self, now: float) -> None:
+        # Judged only while this replica's own view is current (the caller checks), so a
+        # watch that stalled here is not taken for every other replica dying.
+        alive = self._alive_others(now)
+        gone, self._others = self._others - alive, alive
+        for name in sorted(gone):
+            log.info("router replica %s is gone", name)
+            for callback in self._departure_callbacks:
+                callback(name)
 
     async def _follow_again(self) -> None:
         log.warning("router replica %s stopped hearing its own heartbeats; re-reading", self.name)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    func,
     insert,
     or_,
     select,
@@ -620,6 +621,19 @@ class JobStore:
                 )
             )
             return {r.id for r in rows}
+
+    async def unsent_count(self, provider: str) -> int:
+        """Jobs for `provider` that no router has published yet and that have not ended:
+        those held back by any replica (and, for a moment, ones on their way)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(func.count()).where(
+                    jobs.c.dispatched.is_(False),
+                    jobs.c.provider == provider,
+                    jobs.c.state.in_(UNFINISHED),
+                )
+            )
+            return int(rows.scalar_one())
 
     async def undispatched(
         self, limit: int = 1000, after: tuple[float, str] | None = None

@@ -46,6 +46,7 @@ from genmesh_cli.generate import build_spec
 from genmesh_cli.main import build_parser
 from genmesh_cli.main import run as cli
 from genmesh_cli.plan import make_plan
+from genmesh_cli.supervisor import Supervisor
 from services.common.tasks import state_from_name, state_name
 from tests.infra import eventually, free_port
 
@@ -359,6 +360,16 @@ def test_up_uses_external_nats_when_set(tmp_path: Path) -> None:
     plan = make_plan(_up_args("--data-dir", str(tmp_path)), {"GENMESH_NATS_URL": "nats://n:4222"})
     assert plan.external_nats_url == "nats://n:4222"
     assert plan.env["GENMESH_NATS_URL"] == "nats://n:4222"
+
+
+async def test_up_finds_an_external_nats_named_among_a_clusters_servers(
+    tmp_path: Path, nats_url: str
+) -> None:
+    # Comma-separated, as other NATS clients take a cluster; the first is down.
+    servers = f"nats://127.0.0.1:{free_port()},{nats_url}"
+    plan = make_plan(_up_args("--data-dir", str(tmp_path)), {"GENMESH_NATS_URL": servers})
+    supervisor = Supervisor(plan, start_timeout=10, stop_timeout=1)
+    await asyncio.wait_for(supervisor._nats_ready(plan.nats_url, None), 10)
 
 
 def test_up_data_dir_defaults_from_environment(tmp_path: Path) -> None:

@@ -300,3 +300,88 @@ async def _is(mesh: Mesh, job_id: str, state: int) -> bool:
 
 async def _queued(mesh: Mesh, n: int) -> bool:
     return (await sandbox(mesh)).health.queued == n
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+async def test_jobs_held_by_a_replica_that_goes_are_sent_by_the_replica_left(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path, sig: int
+) -> None:
+    """Scaled down (or a replica lost and not replaced): the replica left takes over the
+    jobs the gone one held back, without waiting for a router to start."""
+    async with limited_sandbox(
+        nats_url, nats_prefix, database, tmp_path, router_liveness=1.5
+    ) as mesh:
+        first = in_process(mesh)
+        address = f"127.0.0.1:{free_port()}"
+        proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
+        try:
+            await wait_serving(address)
+            await eventually(lambda: first.replicas.count() == 2)
+            async with grpc.aio.insecure_channel(address) as channel:
+                second = Mesh(mesh.env, mesh.data_dir, channel, mesh.storage_channel)
+                filler = await submit(second, image(latency_ms=600_000))
+                await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+                await eventually(lambda: _queued(second, 0))
+                # One waits in JetStream, the rest are held by the second replica.
+                waiting = [await submit(second, image()) for _ in range(4)]
+                assert (await sandbox(second)).health.queued == len(waiting)
+            await stop_process(proc, sig)
+        finally:
+            await stop_process(proc, signal.SIGKILL)
+        await release(mesh, [filler])
+        results = await asyncio.wait_for(finish(mesh, waiting), 30)
+    for events in results.values():
+        assert [e.state for e in events].count(COMPLETED) == 1
+        assert events[-1].state == COMPLETED
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_the_queue_bound_holds_for_the_mesh_across_router_replicas(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    bound = 3
+    async with (
+        limited_sandbox(
+            nats_url, nats_prefix, database, tmp_path, f"concurrency = 1\nmax_queue = {bound}"
+        ) as mesh,
+        another_router(mesh) as (_, via_second),
+    ):
+        filler = await submit(mesh, image(latency_ms=600_000))
+        await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        replicas = [mesh, via_second]
+        accepted: list[job_pb2.Job] = []
+        refused: list[grpc.aio.AioRpcError] = []
+        for k in range(2 * bound):
+            # Past the replicas' queue-depth refresh, so each sees the other's sends.
+            await asyncio.sleep(0.4)
+            try:
+                accepted.append(await submit(replicas[k % 2], image()))
+            except grpc.aio.AioRpcError as exc:
+                refused.append(exc)
+        # One waits in JetStream, the others are held, some by each replica: together
+        # no more than the bound, as with one replica.
+        assert len(accepted) == bound
+        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+        await release(mesh, [filler, *accepted])
+
+
+async def test_a_held_job_that_ended_no_longer_counts_toward_the_queue_bound(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with limited_sandbox(
+        nats_url, nats_prefix, database, tmp_path, "concurrency = 1\nmax_queue = 2"
+    ) as mesh:
+        filler = await submit(mesh, image(latency_ms=600_000))
+        await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        queued = await submit(mesh, image())
+        # Held (the JetStream queue has its one), until its deadline fails it.
+        short = image()
+        short.timeout.FromSeconds(1)
+        expiring = await submit(mesh, short)
+        await eventually(lambda: _is(mesh, expiring.id, job_pb2.JOB_STATE_FAILED), within=15)
+        # One job waits, under the bound of two: accepted.
+        late = await submit(mesh, image())
+        await release(mesh, [filler, queued, late])
