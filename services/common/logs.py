@@ -12,3 +12,7 @@ def setup_logging(level: str, service: str) -> None:
     )
     # The NATS client logs every reconnect attempt at ERROR; our own code reports outages.
     logging.getLogger("nats").setLevel(logging.WARNING)
+    # At DEBUG these log every signed request, headers and all: an AWS session token with
+    # them. Secrets never reach the logs, whatever the level.
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)

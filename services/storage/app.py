@@ -29,6 +29,7 @@ async def running_storage(settings: Settings) -> AsyncIterator[RunningServer]:
             open_database(url, metadata, settings.database_schema)
         )
         blobs, where = await open_blob_store(settings)
+        stack.callback(blobs.close)
         store = AssetStore(engine, blobs, max_upload_bytes=settings.storage_max_upload_bytes)
         server = await stack.enter_async_context(
             grpc_server(
@@ -71,7 +72,10 @@ async def open_blob_store(settings: Settings) -> tuple[BlobStore, str]:
     )
     try:
         await blobs.check()
-    except Unavailable as exc:
+    except Unavailable:
         # Calls answer UNAVAILABLE until it is back, as they do while the database is away.
-        log.warning("the object store for %s did not answer at start-up: %s", where, exc)
+        log.warning("the object store for %s did not answer at start-up", where)
+    except BaseException:
+        blobs.close()
+        raise
     return blobs, where

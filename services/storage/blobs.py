@@ -63,23 +63,41 @@ class BlobStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    def close(self) -> None:
+        """Release what the store holds (threads, connections); called once, at stop."""
+        ...
 
-class LocalBlobStore:
+
+class Staging:
+    """A local directory uploads are spooled to before a backend takes them whole."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+
+    def temp_path(self) -> Path:
+        return self.staging / f"upload-{uuid.uuid4().hex}"
+
+    def staged(self) -> list[Path]:
+        """Temp files still in the staging area (tests assert failed uploads leave none)."""
+        return sorted(self.staging.glob("*")) if self.staging.exists() else []
+
+
+class LocalBlobStore(Staging):
     """Blobs as files under root/ab/cd/<sha256>, renamed into place only when complete."""
 
     # One storage process per blob directory (its per-hash locks are in-process).
     exclusive = True
 
     def __init__(self, root: Path) -> None:
+        # Staging inside root, so os.replace stays on one filesystem and is atomic.
+        super().__init__(root / "tmp")
         self.root = root
-        # Inside root so os.replace stays on one filesystem and is atomic.
-        self.staging = root / "tmp"
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def path_of(self, key: str) -> Path:
         return self.root / blob_path(key)
-
-    def temp_path(self) -> Path:
-        return self.staging / f"upload-{uuid.uuid4().hex}"
 
     async def put(self, temp: Path, sha256: str) -> str:
         await asyncio.to_thread(self._put, temp, self.path_of(sha256))
@@ -142,10 +160,6 @@ class LocalBlobStore:
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path_of(key).exists)
-
-    def staged(self) -> list[Path]:
-        """Temp files still in the staging area (tests assert failed uploads leave none)."""
-        return sorted(self.staging.glob("*")) if self.staging.exists() else []
 
 
 class ThreadFile:

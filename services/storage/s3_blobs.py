@@ -5,33 +5,51 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import uuid
+import logging
+import threading
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import (
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from services.common.errors import Unavailable
-from services.storage.blobs import CHUNK_SIZE, READ_BLOCK, BlobStoreError, blob_path
+from services.storage.blobs import CHUNK_SIZE, READ_BLOCK, BlobStoreError, Staging, blob_path
 
 if TYPE_CHECKING:
     from services.storage.settings import Settings
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 # A single PUT's limit; larger objects need a multipart upload, which this backend does not do.
 MAX_OBJECT_BYTES = 5 * 1024**3
+# Threads, and pooled connections, for calls to the store. Its own, because a PUT holds one
+# for the whole upload: in the loop's default pool (6 threads on two cores) a few slow PUTs
+# would stall every download, upload spool and probe in storage.
+THREADS = 32
 # Error codes an object store answers with when the same request may succeed later.
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable"}
 )
+# What a client is told; the store's address and the error itself go to the log only.
+UNREACHABLE = "the object store did not answer; retry later"
 
 
-class S3BlobStore:
+class S3BlobStore(Staging):
     """Blobs as objects <prefix>ab/cd/<sha256>; uploads spool to a local staging directory
     first, so a blob is only ever written whole, with its sha256 for the store to verify."""
 
@@ -40,10 +58,11 @@ class S3BlobStore:
     exclusive = False
 
     def __init__(self, client: Any, bucket: str, prefix: str, staging: Path) -> None:
+        super().__init__(staging)
         self._client = client
         self.bucket = bucket
         self.prefix = prefix
-        self.staging = staging
+        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="s3")
 
     @classmethod
     def from_settings(cls, settings: Settings, staging: Path) -> S3BlobStore:
@@ -57,40 +76,41 @@ class S3BlobStore:
             config=Config(
                 connect_timeout=5,
                 read_timeout=30,
-                retries={"max_attempts": 3, "mode": "standard"},
+                # One try: the caller retries (a worker's storage calls), and retries nested
+                # in retries multiply the wait.
+                retries={"total_max_attempts": 1},
                 # Path-style addressing works on every S3-compatible server, virtual hosts not.
                 s3={"addressing_style": "path"},
-                # Every call runs in the default thread pool, which has at most 32 threads.
-                max_pool_connections=32,
+                max_pool_connections=THREADS,
             ),
         )
         return cls(client, settings.storage_s3_bucket, settings.storage_s3_prefix, staging)
 
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
     async def check(self) -> None:
-        """BlobStoreError when the bucket is missing or refused; Unavailable when the
-        store does not answer."""
+        """BlobStoreError when the bucket is missing or refused, or the store cannot be used
+        as configured (no credentials); Unavailable when it does not answer."""
         try:
-            await self._call(lambda: self._client.head_bucket(Bucket=self.bucket))
+            await self._call(partial(self._client.head_bucket, Bucket=self.bucket))
         except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            status = _status(exc)
             what = "does not exist" if status == 404 else f"refused access (HTTP {status})"
             raise BlobStoreError(f"bucket {self.bucket!r} {what}") from exc
 
     def object_key(self, key: str) -> str:
         return self.prefix + blob_path(key)
 
-    def temp_path(self) -> Path:
-        return self.staging / f"upload-{uuid.uuid4().hex}"
-
     async def put(self, temp: Path, sha256: str) -> str:
         try:
-            await self._call(self._put_file, temp, sha256)
+            await self._call(partial(self._put_file, temp, sha256))
         finally:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
         return sha256
 
     async def put_bytes(self, data: bytes, sha256: str) -> str:
-        await self._call(self._put_object, data, len(data), sha256)
+        await self._call(partial(self._put_object, data, len(data), sha256))
         return sha256
 
     async def read(
@@ -101,39 +121,35 @@ class S3BlobStore:
         end = "" if length is None else str(offset + length - 1)
         ranged = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
         reply = await self._call(
-            lambda: self._client.get_object(Bucket=self.bucket, Key=self.object_key(key), **ranged)
+            partial(self._client.get_object, Bucket=self.bucket, Key=self.object_key(key), **ranged)
         )
-        body = reply["Body"]
+        body = _Body(reply["Body"])
         try:
             while True:
-                block = await self._call(body.read, READ_BLOCK)
+                block = await self._call(partial(body.read, READ_BLOCK))
                 if not block:
                     return
                 for start in range(0, len(block), chunk_size):
                     yield block[start : start + chunk_size]
         finally:
             # An early stop (a client that hung up) must not leave the response open.
-            await asyncio.to_thread(body.close)
+            await self._call(body.close)
 
     async def delete(self, key: str) -> None:
         await self._call(
-            lambda: self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+            partial(self._client.delete_object, Bucket=self.bucket, Key=self.object_key(key))
         )
 
     async def exists(self, key: str) -> bool:
-        return await self._call(self._exists, key)
+        return await self._call(partial(self._exists, key))
 
-    def staged(self) -> list[Path]:
-        """Temp files still in the staging area (tests assert failed uploads leave none)."""
-        return sorted(self.staging.glob("*")) if self.staging.exists() else []
-
-    # ---- in worker threads ----------------------------------------------------------
+    # ---- in the store's threads -----------------------------------------------------
 
     def _exists(self, key: str) -> bool:
         try:
             self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if _status(exc) == 404:
                 return False
             raise
         return True
@@ -144,8 +160,14 @@ class S3BlobStore:
 
     def _put_object(self, body: Any, size: int, sha256: str) -> None:
         # Content-addressed: an object already under the hash holds these very bytes.
-        if self._exists(sha256):
-            return
+        try:
+            if self._exists(sha256):
+                return
+        except ClientError as exc:
+            # S3 answers 403, not 404, for a missing object to a role that may not list the
+            # bucket; such a role may still put, so not knowing is no reason to stop.
+            if _status(exc) != 403:
+                raise
         self._client.put_object(
             Bucket=self.bucket,
             Key=self.object_key(sha256),
@@ -157,17 +179,43 @@ class S3BlobStore:
             ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
         )
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.to_thread(fn, *args)
-        except (BotoConnectionError, HTTPClientError) as exc:
-            raise Unavailable(f"the object store did not answer ({exc}); retry later") from exc
+            return await loop.run_in_executor(self._threads, fn)
+        except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
+            log.warning("object store call failed: %s", exc)
+            raise Unavailable(UNREACHABLE) from exc
+        except (NoCredentialsError, PartialCredentialsError, ParamValidationError) as exc:
+            raise BlobStoreError(f"the object store cannot be used as configured: {exc}") from exc
         except ClientError as exc:
             if _transient(exc):
+                log.warning("object store call failed: %s", exc)
                 raise Unavailable(
                     f"the object store is busy or failing ({_code(exc)}); retry later"
                 ) from exc
             raise
+
+
+class _Body:
+    """A response body whose reads and close take turns: a cancelled download's close must
+    not run while its last read is still going in another thread."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._lock = threading.Lock()
+
+    def read(self, size: int) -> bytes:
+        with self._lock:
+            return bytes(self._body.read(size))
+
+    def close(self) -> None:
+        with self._lock:
+            self._body.close()
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _code(exc: ClientError) -> str:
@@ -175,5 +223,5 @@ def _code(exc: ClientError) -> str:
 
 
 def _transient(exc: ClientError) -> bool:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    status = _status(exc)
     return status >= 500 or status == 429 or _code(exc) in _TRANSIENT_CODES

@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import pytest
+from botocore.exceptions import ClientError
 
 from genmesh.v1 import asset_pb2
 from services.common.errors import Unavailable
@@ -20,7 +22,7 @@ from services.storage.blobs import BlobStoreError, blob_path
 from services.storage.s3_blobs import S3BlobStore
 from services.storage.settings import Settings
 from tests.conftest import Database
-from tests.fakes.object_store import ObjectStore, running_object_store
+from tests.fakes.object_store import ObjectStore
 from tests.storage.conftest import IN_MEMORY_BYTES, Serving, serving_storage
 
 TENANT = "t_s3"
@@ -38,20 +40,27 @@ def settings(store_url: str, bucket: str, data_dir: Path, prefix: str = "") -> S
     )
 
 
-async def s3_blobs(object_store: ObjectStore, tmp_path: Path, prefix: str = "") -> S3BlobStore:
-    blobs, _ = await open_blob_store(
-        settings(object_store.endpoint_url, object_store.new_bucket(), tmp_path, prefix)
-    )
+@asynccontextmanager
+async def s3_blobs(
+    url: str, bucket: str, tmp_path: Path, prefix: str = ""
+) -> AsyncIterator[S3BlobStore]:
+    blobs, _ = await open_blob_store(settings(url, bucket, tmp_path, prefix))
     assert isinstance(blobs, S3BlobStore)
-    return blobs
+    try:
+        yield blobs
+    finally:
+        blobs.close()
 
 
 @pytest.fixture
 async def on_s3(
     database: Database, object_store: ObjectStore, tmp_path: Path
 ) -> AsyncIterator[tuple[Serving, S3BlobStore]]:
-    blobs = await s3_blobs(object_store, tmp_path, prefix="mesh/")
-    async with serving_storage(database, blobs) as running:
+    bucket = object_store.new_bucket()
+    async with (
+        s3_blobs(object_store.endpoint_url, bucket, tmp_path, prefix="mesh/") as blobs,
+        serving_storage(database, blobs) as running,
+    ):
         yield running, blobs
 
 
@@ -126,38 +135,83 @@ async def test_a_blob_whose_row_failed_is_kept_for_the_other_replicas(
     assert await blobs.exists(hashlib.sha256(data).hexdigest())
 
 
-@pytest.mark.usefixtures("aws_credentials")
 async def test_an_object_store_that_does_not_answer_is_unavailable_and_nothing_is_kept(
-    database: Database, tmp_path: Path
+    database: Database, object_store: ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with running_object_store() as doomed:
-        blobs = await s3_blobs(doomed, tmp_path)
-        async with serving_storage(database, blobs) as running:
-            stored = await upload(running, b"kept before the outage")
-    # The server is gone: its port refuses connections.
-    async with serving_storage(database, blobs) as running:
+    bucket = object_store.new_bucket()
+    async with (
+        s3_blobs(object_store.endpoint_url, bucket, tmp_path) as blobs,
+        serving_storage(database, blobs) as running,
+    ):
+        stored = await upload(running, b"kept before the outage")
+    # The same bucket through an address where nothing listens (port 1).
+    async with (
+        s3_blobs("http://127.0.0.1:1", bucket, tmp_path) as away,
+        serving_storage(database, away) as running,
+    ):
         for data in (b"small", os.urandom(IN_MEMORY_BYTES + 10)):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await upload(running, data)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "object store did not answer" in (refused.value.details() or "")
+            # The client is told what to do, not where the store is.
+            assert refused.value.details() == "the object store did not answer; retry later"
         with pytest.raises(grpc.aio.AioRpcError) as unread:
             await running.client.download(stored.id, tenant=TENANT)
         assert unread.value.code() == grpc.StatusCode.UNAVAILABLE
         assert await running.row_count() == 1
-    assert blobs.staged() == []
+        assert away.staged() == []
+    # The operator is: the log names the address.
+    assert "127.0.0.1:1" in caplog.text
+
+
+async def test_a_role_that_may_not_list_the_bucket_can_still_store(
+    on_s3: tuple[Serving, S3BlobStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # S3 answers a HEAD for a missing object with 403, not 404, to a role without
+    # s3:ListBucket; such a role may still put objects.
+    running, blobs = on_s3
+    real_head = blobs._client.head_object
+
+    def forbidden(**kwargs: object) -> object:
+        error = {"Error": {"Code": "403", "Message": "Forbidden"}}
+        raise ClientError({**error, "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject")
+
+    monkeypatch.setattr(blobs._client, "head_object", forbidden)
+    data = os.urandom(3000)
+    asset = await upload(running, data)
+    monkeypatch.setattr(blobs._client, "head_object", real_head)
+    assert await running.client.download(asset.id, tenant=TENANT) == data
 
 
 async def test_start_up_checks_the_bucket(object_store: ObjectStore, tmp_path: Path) -> None:
     missing = settings(object_store.endpoint_url, "no-such-bucket", tmp_path)
     with pytest.raises(BlobStoreError, match="bucket 'no-such-bucket' does not exist"):
         await open_blob_store(missing)
+    with pytest.raises(BlobStoreError, match="cannot be used as configured"):
+        await open_blob_store(settings(object_store.endpoint_url, "no/such/name", tmp_path))
     # A store that does not answer yet is not fatal: calls say UNAVAILABLE until it does.
     away = settings("http://127.0.0.1:1", "later", tmp_path)
     blobs, where = await open_blob_store(away)
-    assert where == "bucket 'later' at http://127.0.0.1:1"
-    with pytest.raises(Unavailable):
-        await blobs.exists("0" * 64)
+    try:
+        assert where == "bucket 'later' at http://127.0.0.1:1"
+        with pytest.raises(Unavailable):
+            await blobs.exists("0" * 64)
+    finally:
+        blobs.close()
+
+
+async def test_start_up_without_credentials_is_a_clear_error(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    # Nor a profile or an instance role to find them in.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    bucket = object_store.new_bucket()
+    with pytest.raises(BlobStoreError, match="Unable to locate credentials"):
+        await open_blob_store(settings(object_store.endpoint_url, bucket, tmp_path))
 
 
 def test_storage_with_a_missing_bucket_exits_with_a_clear_message(
