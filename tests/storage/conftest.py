@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -83,3 +85,12 @@ async def serving_storage(database: Database, blobs: BlobStore) -> AsyncIterator
         )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(running.address))
         yield Serving(running.address, channel, AssetClient(channel), store, engine)
+
+
+async def listening_address(stream: asyncio.StreamReader, lines: list[str]) -> str:
+    """The address a storage process logs it listens on; what it wrote meanwhile goes to `lines`."""
+    while line := (await stream.readline()).decode():
+        lines.append(line.rstrip())
+        if match := re.search(r"listening on (\S+:\d+)", line):
+            return match[1]
+    raise AssertionError("storage exited before listening:\n" + "\n".join(lines))

@@ -8,7 +8,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import signal
 import sys
 import wave
@@ -33,7 +32,7 @@ from services.storage.limits import PUT_LIMIT
 from services.storage.put_batcher import PutBatcher
 from services.storage.settings import Settings as StorageSettings
 from tests.infra import eventually
-from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage
+from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage, listening_address
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -693,7 +692,7 @@ async def test_main_serves_and_exits_cleanly_on_signal(tmp_path: Path, sig: sign
     assert proc.stderr is not None
     lines: list[str] = []
     try:
-        address = await asyncio.wait_for(_listening_address(proc.stderr, lines), 30)
+        address = await asyncio.wait_for(listening_address(proc.stderr, lines), 30)
         async with grpc.aio.insecure_channel(address) as channel:
             client = AssetClient(channel)
             asset = await client.upload(png_bytes(4, 3), tenant=TENANT, media_type="image/png")
@@ -713,14 +712,6 @@ async def test_main_serves_and_exits_cleanly_on_signal(tmp_path: Path, sig: sign
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     assert (data_dir / "storage.db").exists()
     assert (data_dir / "blobs" / asset.sha256[:2] / asset.sha256[2:4] / asset.sha256).exists()
-
-
-async def _listening_address(stream: asyncio.StreamReader, lines: list[str]) -> str:
-    while line := (await stream.readline()).decode():
-        lines.append(line.rstrip())
-        if match := re.search(r"listening on (\S+:\d+)", line):
-            return match[1]
-    raise AssertionError("storage exited before listening:\n" + "\n".join(lines))
 
 
 async def test_a_full_disk_is_resource_exhausted_not_an_internal_error(

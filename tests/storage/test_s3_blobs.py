@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,11 +21,12 @@ from genmesh.v1 import asset_pb2
 from services.common.errors import Unavailable
 from services.storage.app import open_blob_store
 from services.storage.blobs import BlobStoreError, blob_path
+from services.storage.client import AssetClient
 from services.storage.s3_blobs import S3BlobStore
 from services.storage.settings import Settings
 from tests.conftest import Database
 from tests.fakes.object_store import ObjectStore
-from tests.storage.conftest import IN_MEMORY_BYTES, Serving, serving_storage
+from tests.storage.conftest import IN_MEMORY_BYTES, Serving, listening_address, serving_storage
 
 TENANT = "t_s3"
 REPO = Path(__file__).resolve().parents[2]
@@ -236,3 +239,47 @@ def test_storage_with_a_missing_bucket_exits_with_a_clear_message(
     assert done.returncode == 1
     assert "storage cannot start: bucket 'no-such-bucket' does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_credentials_stay_out_of_the_log_even_at_debug(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    token = "SESSION-TOKEN-THAT-MUST-NOT-LEAK"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env |= {
+        "GENMESH_DATA_DIR": str(tmp_path),
+        "GENMESH_LISTEN": "127.0.0.1:0",
+        "GENMESH_LOG_LEVEL": "DEBUG",
+        "GENMESH_STORAGE_S3_BUCKET": object_store.new_bucket(),
+        "GENMESH_STORAGE_S3_ENDPOINT_URL": object_store.endpoint_url,
+        "AWS_SESSION_TOKEN": token,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.storage",
+        cwd=REPO,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        address = await asyncio.wait_for(listening_address(proc.stderr, lines), 30)
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = AssetClient(channel)
+            asset = await client.upload(b"signed requests", tenant=TENANT, media_type="text/plain")
+            assert await client.download(asset.id, tenant=TENANT) == b"signed requests"
+        proc.send_signal(signal.SIGTERM)
+        lines += (await asyncio.wait_for(proc.stderr.read(), 30)).decode().splitlines()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = "\n".join(lines)
+    assert "DEBUG" in log  # the level took
+    assert token not in log
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in log
