@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -117,14 +118,29 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=status)
 
 
+# What gRPC's own transport says when a service cannot be reached names its address
+# ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:50051: ...").
+_TRANSPORT_DETAILS = re.compile(
+    r"failed to connect|\b(ipv4|ipv6|unix|dns):|Socket closed|Connection reset|Broken pipe",
+    re.IGNORECASE,
+)
+MESH_UNREACHABLE = "a genmesh service the bridge calls did not answer; retry with backoff"
+
+
 def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, dict[str, str]]]:
     """The HTTP status and error body for a failed mesh call."""
     status = rpc_http_status(error)
+    details = error.details() or ""
     if status == 500:
         # The server's details for an unexpected code may carry internals; keep them in the log.
-        log.error("mesh call failed: %s %s", error.code().name, error.details())
+        log.error("mesh call failed: %s %s", error.code().name, details)
         return 500, error_body("INTERNAL", "internal error")
-    return status, error_body(error.code().name, error.details() or error.code().name)
+    if error.code() == grpc.StatusCode.UNAVAILABLE and _TRANSPORT_DETAILS.search(details):
+        # Not a service's own words but the transport's, with internal addresses in them: for
+        # the log, not for a browser.
+        log.warning("mesh call failed: %s", details)
+        return status, error_body("UNAVAILABLE", MESH_UNREACHABLE)
+    return status, error_body(error.code().name, details or error.code().name)
 
 
 def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:

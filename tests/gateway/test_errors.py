@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.app import create_app
 from gateway.bodies import MAX_JSON_BODY
-from gateway.errors import rpc_error_response
+from gateway.errors import MESH_UNREACHABLE, rpc_error_response
 from gateway.settings import Settings
 from genmesh.v1 import generate_service_pb2, generate_service_pb2_grpc
 from services.common.errors import REASON_KEY, TOO_LARGE, ResourceExhausted
@@ -232,7 +232,7 @@ async def test_puts_refuse_as_uploads_do(lonely: Lonely) -> None:
     assert stored["asset"]["size_bytes"] == "5"
 
 
-async def test_puts_without_storage_are_unavailable() -> None:
+async def test_calls_to_services_out_of_reach_are_unavailable_and_name_no_address() -> None:
     nowhere = Settings(
         router_addr=f"127.0.0.1:{free_port()}",
         storage_addr=f"127.0.0.1:{free_port()}",
@@ -245,9 +245,13 @@ async def test_puts_without_storage_are_unavailable() -> None:
         body = {"data": base64.b64encode(b"bytes").decode()}
         put = await http.post("/v1/assets:put", json=body)
         batch = await http.post("/v1/assets:batchPut", json={"requests": [body]})
-    for response in (put, batch):
+        providers = await http.get("/v1/providers")
+        job = await http.post("/v1/jobs", json={"task": "TASK_TEXT_TO_TEXT", "prompt": "hi"})
+    for response in (put, batch, providers, job):
         assert response.status_code == 503, response.text
-        assert response.json()["error"]["code"] == "UNAVAILABLE"
+        assert response.json()["error"] == {"code": "UNAVAILABLE", "message": MESH_UNREACHABLE}
+        # gRPC's own words would name the services' internal addresses.
+        assert "127.0.0.1" not in response.text
 
 
 class _Crowded(generate_service_pb2_grpc.GenerateServiceServicer):
