@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from genmesh.v1 import job_pb2
 from services.common.errors import InvalidArgument, TooLarge
-from services.common.text import check_text, findable
+from services.common.text import check_text, findable, has_control
 
 # A spec's encoded size, leaving out its prompt (which has its own limit in characters). A
 # job carries its spec and a copy of the requested parameters, so it stays well under NATS's
@@ -60,11 +60,14 @@ def known_id(value: str) -> bool:
 
 
 def check_reason(reason: str) -> None:
-    """InvalidArgument for a caller's cancel reason over MAX_REASON characters. Checked before
-    anything is recorded, and only on the public call: the router's own reasons add a short
-    prefix to it (a pipeline cancelling its steps)."""
+    """InvalidArgument for a caller's cancel reason over MAX_REASON characters or with control
+    characters (PostgreSQL refuses a NUL, and an escape sequence would reach every terminal
+    that shows the job's error). Checked before anything is recorded, and only on the public
+    call: the router's own reasons add a short prefix to it (a pipeline cancelling its steps)."""
     if len(reason) > MAX_REASON:
         raise InvalidArgument(f"reason is {len(reason):,} characters; at most {MAX_REASON:,}")
+    if has_control(reason):
+        raise InvalidArgument("reason contains control characters")
 
 
 def check_reply(jobs: Iterable[job_pb2.Job], what: str) -> None:

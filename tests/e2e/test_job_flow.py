@@ -167,6 +167,18 @@ async def test_an_oversize_cancel_reason_is_invalid_and_the_job_runs_on(mesh: Me
     assert reply.job.state == job_pb2.JOB_STATE_CANCELLED
 
 
+@pytest.mark.parametrize("reason", ["nul\x00", "\x1b[2J\x1b[31mowned"], ids=["nul", "escape"])
+async def test_a_cancel_reason_with_control_characters_is_invalid(mesh: Mesh, reason: str) -> None:
+    # PostgreSQL refuses a NUL in text (the call was INTERNAL there), and an escape sequence
+    # would reach every terminal that shows the job's error.
+    job = await submit(mesh, spec(latency_ms=60_000))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id, reason=reason))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "control characters" in (err.value.details() or "")
+    assert (await mesh.get_job(job.id)).state != job_pb2.JOB_STATE_CANCELLED
+
+
 async def test_failure_is_explained(mesh: Mesh) -> None:
     job = await submit(mesh, spec(fail_rate=1.0, fail_kind="invalid_input"))
     events = await mesh.watch(job.id)
