@@ -616,6 +616,9 @@ class PipelineStepStatus(_message.Message):
     job_id: _builtins.str
     """The step's own job, once it has started."""
     state: Global___JobState.ValueType
+    """QUEUED until the step starts. Once the pipeline has ended, a step that never started
+    is CANCELLED.
+    """
     output_text: _builtins.str
     @_builtins.property
     def assets(self) -> _containers.RepeatedCompositeFieldContainer[_asset_pb2.Asset]: ...

@@ -7,7 +7,8 @@ from genmesh.v1 import job_pb2
 _PROCESSING = job_pb2.JOB_STATE_PROCESSING
 _PREVIEW = job_pb2.JOB_STATE_PREVIEW_READY
 _COMPLETED = job_pb2.JOB_STATE_COMPLETED
-_STEP_ENDED = frozenset({_COMPLETED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
+_CANCELLED = job_pb2.JOB_STATE_CANCELLED
+_STEP_ENDED = frozenset({_COMPLETED, job_pb2.JOB_STATE_FAILED, _CANCELLED})
 
 
 def new_run(name: str, steps: list[job_pb2.PipelineStep]) -> job_pb2.PipelineRun:
@@ -25,29 +26,27 @@ def fold_step(job: job_pb2.Job, event: job_pb2.JobEvent, ended: bool) -> None:
     """Apply a pipeline job's event to its step statuses; `ended` when the pipeline ends with it.
 
     A step event carrying outputs is that step's completion; one with a preview shows the
-    step's preview; any other marks it running. The pipeline ending without naming a step
-    (a cancel) ends the steps that were running."""
-    if not event.step:
+    step's preview; any other marks it running. When the pipeline ends, no step is left
+    waiting or running: one that had started ends as the pipeline did, and one that never
+    started is CANCELLED, since it never will."""
+    found = next((s for s in job.pipeline.steps if event.step and s.name == event.step), None)
+    if found is not None:
+        status = found
+        if event.step_job_id:
+            status.job_id = event.step_job_id
         if ended:
-            for status in job.pipeline.steps:
-                if status.job_id and status.state not in _STEP_ENDED:
-                    status.state = event.state
-        return
-    found = next((s for s in job.pipeline.steps if s.name == event.step), None)
-    if found is None:
-        return
-    status = found
-    if event.step_job_id:
-        status.job_id = event.step_job_id
+            status.state = event.state
+        elif event.assets or event.output_text:
+            status.state = _COMPLETED
+        elif event.HasField("preview"):
+            status.state = _PREVIEW
+        elif status.state != _PREVIEW:
+            status.state = _PROCESSING
+        copy_outcome(status, event)
     if ended:
-        status.state = event.state
-    elif event.assets or event.output_text:
-        status.state = _COMPLETED
-    elif event.HasField("preview"):
-        status.state = _PREVIEW
-    elif status.state != _PREVIEW:
-        status.state = _PROCESSING
-    copy_outcome(status, event)
+        for status in job.pipeline.steps:
+            if status.state not in _STEP_ENDED:
+                status.state = event.state if status.job_id else _CANCELLED
 
 
 def copy_outcome(target: job_pb2.Job | job_pb2.PipelineStepStatus, event: job_pb2.JobEvent) -> None:
