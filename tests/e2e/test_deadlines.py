@@ -244,6 +244,6 @@ async def test_backoff_honours_retry_after_and_stays_within_its_ceiling(
         assert announced - 0.05 <= gap < ceiling + 5
     # Invalid input is never retried: one delivery, the provider's reason, at once.
     assert bad.state == FAILED and bad.error.kind == job_pb2.ERROR_KIND_INVALID_INPUT
-    assert bad.error.message.startswith("sandbox injected a invalid_input failure")
+    assert bad.error.message.startswith("sandbox injected a failure of kind invalid_input")
     assert not any(RETRY.match(e.progress.message) for e in bad_events)
     assert not any(e.progress.message.startswith("restart") for e in bad_events)

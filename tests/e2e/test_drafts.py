@@ -90,6 +90,8 @@ draft = { fail_rate = 1.0, fail_kind = "fatal" }
     assert sizes["tiny-draft"] == ((32, 24), (256, 192))
     # A failed draft is noted and the full job goes ahead.
     notes = [e.progress.message for e in broken]
-    assert any(n.startswith("draft failed (sandbox injected a fatal failure") for n in notes)
+    assert any(
+        n.startswith("draft failed (sandbox injected a failure of kind fatal") for n in notes
+    )
     assert DRAFT_NOTE not in notes
     assert broken[-1].state == COMPLETED and broken_full == (256, 192)

@@ -134,7 +134,7 @@ async def test_preferences_invalid_input_and_running_out_of_candidates(
     assert invalid.state == job_pb2.JOB_STATE_FAILED
     assert [a.provider for a in invalid.attempts] == ["sandbox-b"]
     assert invalid.error.kind == job_pb2.ERROR_KIND_INVALID_INPUT
-    assert invalid.error.message.startswith("sandbox injected a invalid_input failure")
+    assert invalid.error.message.startswith("sandbox injected a failure of kind invalid_input")
     assert invalid.attempts[0].outcome == FAILED
     assert not any("retrying" in e.progress.message for e in invalid_events)
     # Nobody left: FAILED with the last provider's error and every attempt named.

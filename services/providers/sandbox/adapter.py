@@ -331,7 +331,7 @@ def _injected_failure(p: _Params) -> ProviderError | None:
     retry_after = p.retry_after_s if p.fail_kind == "retryable" else None
     return FAIL_KINDS[p.fail_kind](
         FAILURE_CODE,
-        f"sandbox injected a {p.fail_kind} failure (fail_rate={p.fail_rate:g})",
+        f"sandbox injected a failure of kind {p.fail_kind} (fail_rate={p.fail_rate:g})",
         retry_after=retry_after,
     )
 
