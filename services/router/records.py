@@ -25,9 +25,17 @@ def new_job_id() -> str:
 
 
 def spec_hash(spec: job_pb2.JobSpec) -> str:
+    """What a reused idempotency key is compared by: the spec without its key, and with the
+    ways of saying the same thing spelled one way (priority NORMAL is the default; empty
+    parameters are none), so a retry that spells them differently is the same request."""
     clean = job_pb2.JobSpec()
     clean.CopyFrom(spec)
     clean.idempotency_key = ""
+    if clean.priority == job_pb2.PRIORITY_NORMAL:
+        # Unspecified is the common spelling, and the one hashes stored earlier were made of.
+        clean.priority = job_pb2.PRIORITY_UNSPECIFIED
+    if clean.HasField("parameters") and not clean.parameters.fields:
+        clean.ClearField("parameters")
     return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
 
 

@@ -234,6 +234,19 @@ async def test_idempotency_key(mesh: Mesh) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_an_idempotent_retry_may_spell_the_defaults_out(mesh: Mesh) -> None:
+    terse = job_pb2.JobSpec(
+        task=job_pb2.TASK_TEXT_TO_TEXT, prompt="hello", idempotency_key="order-43"
+    )
+    first = await submit(mesh, terse)
+    spelled = job_pb2.JobSpec()
+    spelled.CopyFrom(terse)
+    spelled.priority = job_pb2.PRIORITY_NORMAL
+    spelled.parameters.SetInParent()  # present, and empty
+    assert spelled.SerializeToString() != terse.SerializeToString()
+    assert (await submit(mesh, spelled)).id == first.id
+
+
 async def test_list_jobs_pages_and_filters(mesh: Mesh) -> None:
     ids = [(await submit(mesh, spec(f"fox {i}"))).id for i in range(5)]
     text_job = await submit(mesh, spec("hello", task=job_pb2.TASK_TEXT_TO_TEXT))
