@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.client import Client
+from pydantic import ValidationError
 
-from services.common.bus import Bus
+from services.common.bus import Bus, PrefixTaken
+from services.common.settings import BusSettings
 from services.router.pipelines.leases import Leases
 from tests.infra import nats_cluster, unique
 
@@ -80,3 +82,23 @@ async def test_a_pipeline_lease_lengthened_is_kept(nc: Client, nats_prefix: str)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(lease.keep(), 2.5)
     assert await leases.claim("j_1") is None
+
+
+async def test_a_prefix_spelled_like_another_meshs_does_not_take_its_streams(
+    nc: Client, nats_prefix: str
+) -> None:
+    ours, theirs = Bus(f"{nats_prefix}-a"), Bus(f"{nats_prefix}_a")
+    assert ours.jobs_stream == theirs.jobs_stream  # the names NATS allows cannot tell them apart
+    js = nc.jetstream()
+    await ours.ensure_streams(js)
+
+    with pytest.raises(PrefixTaken, match="GENMESH_NATS_PREFIX of its own"):
+        await theirs.ensure_streams(js)
+
+    info = await js.stream_info(ours.jobs_stream)
+    assert info.config.subjects == [f"{nats_prefix}-a.jobs.>"]
+
+
+def test_a_prefix_that_cannot_name_a_stream_is_refused() -> None:
+    with pytest.raises(ValidationError, match="nats_prefix"):
+        BusSettings.from_env({"GENMESH_NATS_PREFIX": "my mesh"})

@@ -136,6 +136,7 @@ class Bus:
     async def _ensure_streams(self, js: JetStreamContext) -> None:
         await _ensure_stream(
             js,
+            self.prefix,
             StreamConfig(
                 name=self.jobs_stream,
                 subjects=[f"{self.prefix}.jobs.>"],
@@ -147,6 +148,7 @@ class Bus:
         )
         await _ensure_stream(
             js,
+            self.prefix,
             StreamConfig(
                 name=self.events_stream,
                 subjects=[self.events_wildcard],
@@ -212,11 +214,26 @@ class Bus:
         )
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+class PrefixTaken(RuntimeError):
+    """Another mesh on the NATS server has streams under this mesh's names."""
+
+
+async def _ensure_stream(js: JetStreamContext, prefix: str, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
-        # Exists with a different config: bring it to ours.
+        # Exists with a different config: bring it to ours, unless it is another mesh's.
+        # Prefixes that differ only in case, "-", "_" or "." give the same stream names, and
+        # updating the stream would take that mesh's jobs and events.
+        assert config.name is not None
+        existing = (await js.stream_info(config.name)).config.subjects or []
+        theirs = [s for s in existing if not s.startswith(f"{prefix}.")]
+        if theirs:
+            raise PrefixTaken(
+                f"NATS stream {config.name} carries {', '.join(theirs)}: another mesh, whose "
+                f"prefix differs from {prefix!r} only in case, '-', '_' or '.', uses it; give "
+                "this one a GENMESH_NATS_PREFIX of its own"
+            ) from None
         await js.update_stream(config)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -51,7 +52,8 @@ class BusSettings(ServiceSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     # Prefixes every stream, subject, consumer and bucket, so meshes can share a server.
-    nats_prefix: str = "genmesh"
+    # Letters, digits, "-" and "_": anything else cannot be part of a stream's name.
+    nats_prefix: str = Field(default="genmesh", pattern=r"^[A-Za-z0-9_-]+$")
     # JetStream replicas for streams this service creates (3 on a cluster).
     nats_replicas: int = 1
 
