@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -324,6 +325,22 @@ class JobStore:
                 .order_by(jobs.c.create_time, jobs.c.id)
             )
             return [r.id for r in rows]
+
+    async def batches_of(self, tenant: str, job_ids: Sequence[str]) -> dict[str, set[str]]:
+        """Each job's batches, by id: the one that created it and those answered with it
+        (jobs in no batch, or not the tenant's, left out)."""
+        found: dict[str, set[str]] = {}
+        async with self._engine.connect() as conn:
+            for chunk in chunks(sorted(set(job_ids))):
+                created = select(jobs.c.id, jobs.c.batch_id).where(
+                    jobs.c.tenant_id == tenant, jobs.c.id.in_(chunk), jobs.c.batch_id.is_not(None)
+                )
+                answered = select(batch_members.c.job_id, batch_members.c.batch_id).where(
+                    batch_members.c.tenant_id == tenant, batch_members.c.job_id.in_(chunk)
+                )
+                for job_id, batch_id in await conn.execute(union(created, answered)):
+                    found.setdefault(job_id, set()).add(batch_id)
+        return found
 
     async def get_many(self, tenant: str, job_ids: Sequence[str]) -> list[job_pb2.Job]:
         """The tenant's jobs among `job_ids`, in that order (missing ones left out)."""
