@@ -67,9 +67,11 @@ class Batches:
         for item in new:
             item.first = records.queued_event(item.job)
         for _ in range(KEY_RACE_RETRIES):
-            if not new:
-                # A retried call whose every spec was created before by one batch: that batch.
-                batch_id = _only_batch(jobs) or batch_id
+            if not new and (same := await self._same_batch(tenant, jobs)):
+                # A retried call: every spec's job was made before and one batch is exactly
+                # them, so that batch is the answer, and storing it again would add another.
+                batch_id = same
+                break
             try:
                 # Shielded: a caller hanging up must not leave jobs stored but not dispatched.
                 await asyncio.shield(self._store_and_dispatch(tenant, batch_id, new, jobs))
@@ -137,6 +139,21 @@ class Batches:
         reply = [job for job in jobs if job is not None] + [item.job for item in new]
         limits.check_reply(reply, "the batch")
         return new
+
+    async def _same_batch(self, tenant: str, jobs: Sequence[job_pb2.Job | None]) -> str:
+        """The batch whose jobs are exactly `jobs`, if there is one.
+
+        Exactly, not at least: a call listing some of a batch's jobs is a new call, and its
+        batch id must watch and list just the jobs it returned."""
+        ids = {job.id for job in jobs if job is not None}
+        batches = await self._store.batches_of(tenant, list(ids))
+        shared = set.intersection(*(batches.get(job_id, set()) for job_id in ids))
+        # Sorted: calls before retries found their batch could leave several, and every
+        # retry should get the same one.
+        for batch_id in sorted(shared):
+            if set(await self._store.batch_job_ids(tenant, batch_id)) == ids:
+                return batch_id
+        return ""
 
     async def _store_and_dispatch(
         self,
@@ -235,12 +252,6 @@ class Batches:
                 await out.put(event)
         except Exception as exc:  # the watcher re-raises it
             await out.put(exc)
-
-
-def _only_batch(jobs: Sequence[job_pb2.Job | None]) -> str:
-    """The batch that created every one of `jobs`, if one did."""
-    batches = {job.batch_id for job in jobs if job is not None}
-    return batches.pop() if len(batches) == 1 else ""
 
 
 def summary(

@@ -52,6 +52,13 @@ CALL_TIMEOUT = 10.0
 Update = job_pb2.Job | job_pb2.JobEvent
 
 
+def check_one_input(what: str, asset_ids: Sequence[str]) -> None:
+    """InvalidArgument for more than one input asset; `what` names who takes it."""
+    if len(asset_ids) > 1:
+        # Adapters read only the first: the others would be checked, stored and ignored.
+        raise InvalidArgument(f"{what} takes exactly one input asset, not {len(asset_ids)}")
+
+
 class RouterCore:
     def __init__(
         self,
@@ -269,12 +276,7 @@ class RouterCore:
                 f"{task_name(spec.task)} needs an input asset ({'/'.join(accepted)}*); "
                 "upload one with AssetService.UploadAsset and pass its id in input_asset_ids"
             )
-        if len(spec.input_asset_ids) > 1:
-            # Adapters read only the first: the others would be checked, stored and ignored.
-            raise InvalidArgument(
-                f"{task_name(spec.task)} takes exactly one input asset, "
-                f"not {len(spec.input_asset_ids)}"
-            )
+        check_one_input(task_name(spec.task), spec.input_asset_ids)
         for asset_id in spec.input_asset_ids:
             asset = await self._get_asset(tenant, asset_id)
             if not asset.media_type.startswith(accepted):

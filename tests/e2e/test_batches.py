@@ -233,6 +233,28 @@ async def test_a_batch_of_jobs_made_elsewhere_lists_and_watches_every_job_it_ret
     assert (await submit_batch(mesh, [spec("elk", "e")])).batch_id == other.batch_id
 
 
+async def test_a_retried_batch_of_jobs_made_elsewhere_is_the_same_batch(mesh: Mesh) -> None:
+    # Its keys first used by a Submit and by another batch, so its jobs' own batch ids differ.
+    alone = await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec("owl", "o")))
+    other = await submit_batch(mesh, [spec("elk", "e")])
+    specs = [spec("owl", "o"), spec("elk", "e"), spec("fox", "f")]
+    replies = [await submit_batch(mesh, specs) for _ in range(3)]
+    assert len({reply.batch_id for reply in replies}) == 1
+    assert {tuple(j.id for j in reply.jobs) for reply in replies} == {
+        tuple(j.id for j in replies[0].jobs)
+    }
+    assert [j.id for j in replies[0].jobs[:2]] == [alone.job.id, other.jobs[0].id]
+    assert await list_ids(mesh, replies[0].batch_id) == sorted(j.id for j in replies[0].jobs)
+    # Only the keys made elsewhere: no spec is new, and a retry is still one batch.
+    made_elsewhere = [spec("owl", "o"), spec("elk", "e")]
+    again = [await submit_batch(mesh, made_elsewhere) for _ in range(3)]
+    assert len({reply.batch_id for reply in again}) == 1
+    assert again[0].batch_id != replies[0].batch_id
+    assert await list_ids(mesh, again[0].batch_id) == sorted([alone.job.id, other.jobs[0].id])
+    # The batch that made a job is as it was.
+    assert await list_ids(mesh, other.batch_id) == [other.jobs[0].id]
+
+
 async def test_watch_batch_unknown_or_other_tenant_is_not_found(mesh: Mesh) -> None:
     for batch_id in ("b_" + "0" * 32, ""):
         with pytest.raises(grpc.aio.AioRpcError) as missing:

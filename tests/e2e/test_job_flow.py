@@ -13,6 +13,7 @@ from PIL import Image
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
+from services.router.transitions import TERMINAL
 from tests.infra import eventually
 from tests.mesh import Mesh
 
@@ -110,9 +111,15 @@ async def test_watch_finished_job_replays_and_ends(mesh: Mesh) -> None:
 async def test_watch_after_the_last_sequence_of_a_running_job_ends_with_it(mesh: Mesh) -> None:
     # The job's terminal event comes with a sequence below after_sequence: it is not sent,
     # but the stream still closes when the job ends instead of waiting for ever.
-    job = await submit(mesh, spec(latency_ms=500))
-    events = await asyncio.wait_for(mesh.watch(job.id, after=1000), 30)
-    assert events == []
+    job = await submit(mesh, spec(latency_ms=3000))
+    call = mesh.jobs.WatchJob(
+        job_service_pb2.WatchJobRequest(job_id=job.id, after_sequence=1000), timeout=30
+    )
+    replies = [reply async for reply in call]
+    # The job as the watch began: running. Had it already ended, the stream would close
+    # through the path for ended jobs and this test would prove nothing.
+    assert [reply.WhichOneof("update") for reply in replies] == ["job"]
+    assert replies[0].job.state not in TERMINAL
     assert (await mesh.get_job(job.id)).state == C
 
 

@@ -294,6 +294,18 @@ async def test_invalid_specs_are_rejected_and_nothing_is_written(mesh: Mesh) -> 
     assert not listed.jobs
 
 
+async def test_a_pipeline_takes_one_input_asset_as_a_job_does(mesh: Mesh) -> None:
+    # Steps read only the first: the second was never checked (it names no asset) and the
+    # call was accepted.
+    photo = await upload_png(mesh)
+    spec = pipeline_spec("image-to-product-copy", input_asset_ids=[photo, "a_doesnotexist"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await submit(mesh, spec)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "a pipeline takes exactly one input asset, not 2"
+    assert not (await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs
+
+
 async def test_a_placeholder_naming_no_step_is_refused_and_other_braces_stay(
     mesh: Mesh,
 ) -> None:

@@ -61,8 +61,11 @@ class GenerateServiceServicer:
         Errors:
         INVALID_ARGUMENT     task unspecified or unknown; prompt empty or over 10,000
         characters; unknown provider; provider does not serve the task;
-        missing required input asset; bad parameter; idempotency
-        key over 200 characters.
+        missing required input asset, or more than one (a job or
+        pipeline takes exactly one); bad parameter; idempotency key
+        over 200 characters; a priority, routing_policy or
+        provider_preference its enum does not define; a negative
+        attempt_timeout or hedge_after; a timeout that is not positive.
         NOT_FOUND            an input asset id that does not exist for this tenant.
         FAILED_PRECONDITION  idempotency key reused with a different spec.
         UNAVAILABLE          no provider serves the task right now; the bus or store is down.

@@ -96,7 +96,9 @@ class JobServiceServicer:
 
     def WatchJob(self, request, context):
         """First sends the job as it is now, then every event with a sequence above
-        after_sequence, in order, each once; closes after the terminal event.
+        after_sequence, in order, each once; closes once the job has ended: after its terminal
+        event, or, when after_sequence is at or above that event's sequence, without sending it
+        (right after the job itself if the job had already ended).
         Errors: NOT_FOUND no such job; INVALID_ARGUMENT negative after_sequence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

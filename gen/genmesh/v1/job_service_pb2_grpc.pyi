@@ -44,7 +44,9 @@ class JobServiceStub:
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
     """First sends the job as it is now, then every event with a sequence above
-    after_sequence, in order, each once; closes after the terminal event.
+    after_sequence, in order, each once; closes once the job has ended: after its terminal
+    event, or, when after_sequence is at or above that event's sequence, without sending it
+    (right after the job itself if the job had already ended).
     Errors: NOT_FOUND no such job; INVALID_ARGUMENT negative after_sequence.
     """
     WatchJobs: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]
@@ -79,7 +81,9 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """First sends the job as it is now, then every event with a sequence above
-    after_sequence, in order, each once; closes after the terminal event.
+    after_sequence, in order, each once; closes once the job has ended: after its terminal
+    event, or, when after_sequence is at or above that event's sequence, without sending it
+    (right after the job itself if the job had already ended).
     Errors: NOT_FOUND no such job; INVALID_ARGUMENT negative after_sequence.
     """
     WatchJobs: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobsRequest, _job_service_pb2.WatchJobsResponse]  # type: ignore[assignment]
@@ -135,7 +139,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_job_service_pb2.WatchJobResponse], _abc.AsyncIterator[_job_service_pb2.WatchJobResponse]]:
         """First sends the job as it is now, then every event with a sequence above
-        after_sequence, in order, each once; closes after the terminal event.
+        after_sequence, in order, each once; closes once the job has ended: after its terminal
+        event, or, when after_sequence is at or above that event's sequence, without sending it
+        (right after the job itself if the job had already ended).
         Errors: NOT_FOUND no such job; INVALID_ARGUMENT negative after_sequence.
         """
 

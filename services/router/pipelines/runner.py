@@ -29,6 +29,7 @@ from services.common.errors import (
 )
 from services.common.tasks import state_name, task_name
 from services.router import attempts
+from services.router.core import check_one_input
 from services.router.deadlines import job_deadline
 from services.router.pipelines.leases import Lease, LeaseLost, Leases
 from services.router.pipelines.plan import (
@@ -111,6 +112,9 @@ class Pipelines:
     ) -> job_pb2.Job:
         checked = plan(spec, self._prompt_max_length)
         check_placeholders(checked)
+        # Here, not in plan(): pipelines stored before it was checked must still resume. Steps
+        # read only the first ("input" is one asset).
+        check_one_input("a pipeline", spec.input_asset_ids)
         for number, step in enumerate(checked.steps, 1):
             await self._check_step(tenant, spec, step, f"pipeline step {number} ({step.name!r})")
         job = job_pb2.Job(id=job_id, tenant_id=tenant, state=job_pb2.JOB_STATE_QUEUED)
