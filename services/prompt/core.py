@@ -20,8 +20,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # Letters/digits joined by apostrophes or hyphens ("don't", "well-known") count as one word.
 WORD = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*")
 # A sentence ends at terminal punctuation followed by space or the end, or at a line break,
-# so "3.5" and "v1.2" do not split while prompt lists written one item per line do.
-_SENTENCE_END = re.compile(r"[.!?\u2026]+(?=\s|$)|\n")
+# so "3.5" and "v1.2" do not split while prompt lists written one item per line do. The
+# full-width stop, exclamation and question marks of Chinese and Japanese end one wherever
+# they stand, since no space follows them.
+_SENTENCE_END = re.compile(r"[.!?\u2026]+(?=\s|$)|[\u3002\uff01\uff1f]+|\n")
 _VOWEL_GROUP = re.compile(r"[aeiouy]+")
 
 MAX_KEYWORDS = 10

@@ -171,6 +171,7 @@ def test_non_latin_text_counts_words() -> None:
     a = core.analyze("Ein roter Fuchs im Schnee. Лиса в снегу.")
     assert (a.words, a.sentences) == (8, 2)
     assert "fuchs" in a.keywords
+    assert core.analyze("雪の中の赤い狐\u3002月が出ている\uff01どこへ行くの\uff1f").sentences == 3
 
 
 def test_syllables() -> None:
