@@ -102,6 +102,8 @@ batch_members = Table(
     Column("batch_id", String(40), primary_key=True),
     Column("job_id", String(40), primary_key=True),
     Column("tenant_id", String(64), nullable=False),
+    # A retried batch looks its jobs' batches up by job.
+    Index("batch_members_job", "job_id"),
 )
 
 
