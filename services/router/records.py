@@ -39,12 +39,24 @@ def spec_hash(spec: job_pb2.JobSpec) -> str:
     return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
 
 
-def same_or_conflict(earlier: tuple[job_pb2.Job, str], spec_hash: str) -> job_pb2.Job:
-    """The earlier job for a reused key, or FailedPrecondition if it was for another spec."""
+def same_or_conflict(earlier: tuple[job_pb2.Job, str], incoming: str) -> job_pb2.Job:
+    """The earlier job for a reused key, or FailedPrecondition if it was for another spec
+    (`incoming` is the new request's spec_hash)."""
     job, earlier_hash = earlier
-    if earlier_hash != spec_hash:
+    # A hash stored before the defaults were spelled one way (see spec_hash) differs for the
+    # same request: the earlier job's spec as it was asked for, hashed as now, settles it.
+    if earlier_hash != incoming and spec_hash(_as_requested(job)) != incoming:
         raise FailedPrecondition(
             f"idempotency key {job.spec.idempotency_key!r} was used for a different request "
             f"(job {job.id})"
         )
     return job
+
+
+def _as_requested(job: job_pb2.Job) -> job_pb2.JobSpec:
+    """The spec a job was asked for: its stored spec holds the parameters as the provider
+    takes them (defaults filled in), its routing the ones the caller sent."""
+    spec = job_pb2.JobSpec()
+    spec.CopyFrom(job.spec)
+    spec.parameters.CopyFrom(job.routing.requested_parameters)
+    return spec

@@ -10,9 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 from PIL import Image
+from sqlalchemy import update
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
+from services.router.store import jobs
 from services.router.transitions import TERMINAL
 from tests.infra import eventually
 from tests.mesh import Mesh
@@ -251,6 +253,28 @@ async def test_an_idempotent_retry_may_spell_the_defaults_out(mesh: Mesh) -> Non
     spelled.priority = job_pb2.PRIORITY_NORMAL
     spelled.parameters.SetInParent()  # present, and empty
     assert spelled.SerializeToString() != terse.SerializeToString()
+    assert (await submit(mesh, spelled)).id == first.id
+
+
+async def test_a_retry_matches_a_job_whose_hash_was_stored_before_the_defaults_were_spelled_out(
+    mesh: Mesh,
+) -> None:
+    spelled = job_pb2.JobSpec(
+        task=job_pb2.TASK_TEXT_TO_TEXT,
+        prompt="hello",
+        priority=job_pb2.PRIORITY_NORMAL,
+        idempotency_key="order-44",
+    )
+    first = await submit(mesh, spelled)
+    # As an earlier version stored it: the hash of the spec's bytes as sent.
+    unkeyed = job_pb2.JobSpec()
+    unkeyed.CopyFrom(spelled)
+    unkeyed.idempotency_key = ""
+    raw = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()
+    assert mesh.router is not None
+    async with mesh.router.store._engine.begin() as conn:
+        await conn.execute(update(jobs).where(jobs.c.id == first.id).values(spec_hash=raw))
+
     assert (await submit(mesh, spelled)).id == first.id
 
 
