@@ -100,5 +100,8 @@ async def test_a_prefix_spelled_like_another_meshs_does_not_take_its_streams(
 
 
 def test_a_prefix_that_cannot_name_a_stream_is_refused() -> None:
-    with pytest.raises(ValidationError, match="nats_prefix"):
-        BusSettings.from_env({"GENMESH_NATS_PREFIX": "my mesh"})
+    for wrong in ("my mesh", "team.*", "team..a", ".team"):
+        with pytest.raises(ValidationError, match="nats_prefix"):
+            BusSettings.from_env({"GENMESH_NATS_PREFIX": wrong})
+    # Dotted prefixes have always worked: their dots become "_" in stream names.
+    assert BusSettings.from_env({"GENMESH_NATS_PREFIX": "team.gen-mesh_2"}).nats_prefix

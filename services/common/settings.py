@@ -52,8 +52,9 @@ class BusSettings(ServiceSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     # Prefixes every stream, subject, consumer and bucket, so meshes can share a server.
-    # Letters, digits, "-" and "_": anything else cannot be part of a stream's name.
-    nats_prefix: str = Field(default="genmesh", pattern=r"^[A-Za-z0-9_-]+$")
+    # Letters, digits, "-" and "_", in parts joined by dots: anything else (a space, a NATS
+    # wildcard) cannot be part of a subject or, dots made "_", a stream's name.
+    nats_prefix: str = Field(default="genmesh", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     # JetStream replicas for streams this service creates (3 on a cluster).
     nats_replicas: int = 1
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 from services.common.errors import InvalidArgument
 
 
-def has_control(value: str) -> bool:
+def has_control(value: str, *, line_breaks: bool = False) -> bool:
     """True when `value` holds a control character: PostgreSQL rejects NUL in text, and the
-    others only make trouble downstream."""
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+    others only make trouble downstream. With `line_breaks`, tab, LF and CR are allowed, as
+    free text (a prompt, a reason) may be written on several lines."""
+    allowed = _LINE_BREAKS if line_breaks else ""
+    return any((ord(c) < 0x20 or ord(c) == 0x7F) and c not in allowed for c in value)
+
+
+_LINE_BREAKS = "\t\n\r"
 
 
 def check_text(name: str, value: str, limit: int, *, required: bool = False) -> None:

@@ -23,7 +23,7 @@ WORD = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*")
 # so "3.5" and "v1.2" do not split while prompt lists written one item per line do. The
 # full-width stop, exclamation and question marks of Chinese and Japanese end one wherever
 # they stand, since no space follows them.
-_SENTENCE_END = re.compile(r"[.!?\u2026]+(?=\s|$)|[\u3002\uff01\uff1f]+|\n")
+_SENTENCE_END = re.compile(r"[.!?\u2026]+(?=\s|$)|[\u3002\uff61\uff0e\uff01\uff1f]+|\n")
 _VOWEL_GROUP = re.compile(r"[aeiouy]+")
 
 MAX_KEYWORDS = 10

@@ -61,13 +61,14 @@ def known_id(value: str) -> bool:
 
 def check_reason(reason: str) -> None:
     """InvalidArgument for a caller's cancel reason over MAX_REASON characters or with control
-    characters (PostgreSQL refuses a NUL, and an escape sequence would reach every terminal
-    that shows the job's error). Checked before anything is recorded, and only on the public
-    call: the router's own reasons add a short prefix to it (a pipeline cancelling its steps)."""
+    characters other than tab and line breaks (PostgreSQL refuses a NUL, and an escape
+    sequence would reach every terminal that shows the job's error). Checked before anything
+    is recorded, and only on the public call: the router's own reasons add a short prefix to
+    it (a pipeline cancelling its steps)."""
     if len(reason) > MAX_REASON:
         raise InvalidArgument(f"reason is {len(reason):,} characters; at most {MAX_REASON:,}")
-    if has_control(reason):
-        raise InvalidArgument("reason contains control characters")
+    if has_control(reason, line_breaks=True):
+        raise InvalidArgument("reason contains control characters (other than tab and line breaks)")
 
 
 def check_reply(jobs: Iterable[job_pb2.Job], what: str) -> None:

@@ -90,13 +90,18 @@ class S3BlobStore(Staging):
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def check(self) -> None:
-        """BlobStoreError when the bucket is missing or refused, or the store cannot be used
-        as configured (no credentials); Unavailable when it does not answer."""
+        """BlobStoreError when the bucket is missing, or the store cannot be used as
+        configured (no credentials, a bad name); Unavailable when it does not answer."""
         try:
             await self._call(partial(self._client.head_bucket, Bucket=self.bucket))
         except ClientError as exc:
             status = _status(exc)
-            what = "does not exist" if status == 404 else f"refused access (HTTP {status})"
+            if status == 403:
+                # HeadBucket needs s3:ListBucket, which a role that only reads and writes
+                # objects lacks; whether it may do that shows on the first call.
+                log.warning("bucket %r refused HeadBucket (403); going on", self.bucket)
+                return
+            what = "does not exist" if status == 404 else f"answered HTTP {status}"
             raise BlobStoreError(f"bucket {self.bucket!r} {what}") from exc
 
     def object_key(self, key: str) -> str:

@@ -186,6 +186,11 @@ async def test_a_cancel_reason_with_control_characters_is_invalid(mesh: Mesh, re
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "control characters" in (err.value.details() or "")
     assert (await mesh.get_job(job.id)).state != job_pb2.JOB_STATE_CANCELLED
+    # Lines and tabs are text, not control.
+    reply = await mesh.jobs.CancelJob(
+        job_service_pb2.CancelJobRequest(job_id=job.id, reason="no longer needed:\n\tsee #42")
+    )
+    assert reply.job.error.message == "no longer needed:\n\tsee #42"
 
 
 async def test_failure_is_explained(mesh: Mesh) -> None:

@@ -82,6 +82,31 @@ def test_only_a_size_limit_makes_resource_exhausted_413(reason: str, status: int
     }
 
 
+@pytest.mark.parametrize(
+    "details",
+    [
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:50051: refused",
+        "errors resolving router.internal:50051: [... address lookup failed for router ...]",
+        "DNS resolution failed for router:50051: C-ares status is not ARES_SUCCESS",
+    ],
+    ids=["connect", "resolve", "c-ares"],
+)
+def test_the_transports_words_for_a_service_out_of_reach_stay_in_the_log(details: str) -> None:
+    code = grpc.StatusCode.UNAVAILABLE
+    error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    response = rpc_error_response(error)
+    assert response.status_code == 503
+    body = json.loads(bytes(response.body))
+    assert body == {"error": {"code": "UNAVAILABLE", "message": MESH_UNREACHABLE}}
+
+
+def test_a_services_own_unavailable_words_reach_the_client() -> None:
+    details = "no provider serves text-to-video (providers: sandbox)"
+    code = grpc.StatusCode.UNAVAILABLE
+    error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+    assert json.loads(bytes(rpc_error_response(error).body))["error"]["message"] == details
+
+
 @dataclass
 class Lonely:
     """A bridge whose storage refuses uploads over 1,000 bytes and whose router is down."""

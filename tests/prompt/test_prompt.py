@@ -172,6 +172,7 @@ def test_non_latin_text_counts_words() -> None:
     assert (a.words, a.sentences) == (8, 2)
     assert "fuchs" in a.keywords
     assert core.analyze("雪の中の赤い狐\u3002月が出ている\uff01どこへ行くの\uff1f").sentences == 3
+    assert core.analyze("赤い狐\uff61月\uff0e").sentences == 2  # half-width and full-width stops
 
 
 def test_syllables() -> None:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -168,22 +168,38 @@ async def test_an_object_store_that_does_not_answer_is_unavailable_and_nothing_i
 
 
 async def test_a_role_that_may_not_list_the_bucket_can_still_store(
-    on_s3: tuple[Serving, S3BlobStore], monkeypatch: pytest.MonkeyPatch
+    database: Database, object_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # S3 answers a HEAD for a missing object with 403, not 404, to a role without
-    # s3:ListBucket; such a role may still put objects.
-    running, blobs = on_s3
-    real_head = blobs._client.head_object
+    # S3 answers HeadBucket, and a HEAD for a missing object, with 403 to a role without
+    # s3:ListBucket; such a role may still put and get objects.
+    def forbidden(operation: str) -> Callable[..., object]:
+        def refuse(*args: object, **kwargs: object) -> object:
+            error = {"Code": "403", "Message": "Forbidden"}
+            raise ClientError(
+                {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 403}}, operation
+            )
 
-    def forbidden(**kwargs: object) -> object:
-        error = {"Error": {"Code": "403", "Message": "Forbidden"}}
-        raise ClientError({**error, "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject")
+        return refuse
 
-    monkeypatch.setattr(blobs._client, "head_object", forbidden)
-    data = os.urandom(3000)
-    asset = await upload(running, data)
-    monkeypatch.setattr(blobs._client, "head_object", real_head)
-    assert await running.client.download(asset.id, tenant=TENANT) == data
+    real_client = S3BlobStore.from_settings
+    heads: dict[str, Callable[..., object]] = {}
+
+    def limited(settings: Settings, staging: Path) -> S3BlobStore:
+        store = real_client(settings, staging)
+        heads["object"] = store._client.head_object
+        monkeypatch.setattr(store._client, "head_bucket", forbidden("HeadBucket"))
+        monkeypatch.setattr(store._client, "head_object", forbidden("HeadObject"))
+        return store
+
+    monkeypatch.setattr(S3BlobStore, "from_settings", limited)
+    bucket = object_store.new_bucket()
+    async with (
+        s3_blobs(object_store.endpoint_url, bucket, tmp_path) as blobs,
+        serving_storage(database, blobs) as running,
+    ):
+        data = os.urandom(3000)
+        asset = await upload(running, data)
+        assert await running.client.download(asset.id, tenant=TENANT) == data
 
 
 async def test_start_up_checks_the_bucket(object_store: ObjectStore, tmp_path: Path) -> None:

@@ -88,7 +88,8 @@ class JobServiceServicer:
     def CancelJob(self, request, context):
         """Stops a queued or running job; it ends CANCELLED.
         Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended;
-        INVALID_ARGUMENT reason over 1,000 characters or with control characters.
+        INVALID_ARGUMENT reason over 1,000 characters or with control characters other than
+        tab and line breaks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,8 @@ class JobServiceStub:
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
     """Stops a queued or running job; it ends CANCELLED.
     Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended;
-    INVALID_ARGUMENT reason over 1,000 characters or with control characters.
+    INVALID_ARGUMENT reason over 1,000 characters or with control characters other than
+    tab and line breaks.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]
     """First sends the job as it is now, then every event with a sequence above
@@ -77,7 +78,8 @@ class JobServiceAsyncStub(JobServiceStub):
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
     """Stops a queued or running job; it ends CANCELLED.
     Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended;
-    INVALID_ARGUMENT reason over 1,000 characters or with control characters.
+    INVALID_ARGUMENT reason over 1,000 characters or with control characters other than
+    tab and line breaks.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_job_service_pb2.WatchJobRequest, _job_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """First sends the job as it is now, then every event with a sequence above
@@ -129,7 +131,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
         """Stops a queued or running job; it ends CANCELLED.
         Errors: NOT_FOUND no such job; FAILED_PRECONDITION the job has already ended;
-        INVALID_ARGUMENT reason over 1,000 characters or with control characters.
+        INVALID_ARGUMENT reason over 1,000 characters or with control characters other than
+        tab and line breaks.
         """
 
     @_abc_1.abstractmethod
