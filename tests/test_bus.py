@@ -7,7 +7,11 @@ that are renewed on the new schedule."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -105,3 +109,29 @@ def test_a_prefix_that_cannot_name_a_stream_is_refused() -> None:
             BusSettings.from_env({"GENMESH_NATS_PREFIX": wrong})
     # Dotted prefixes have always worked: their dots become "_" in stream names.
     assert BusSettings.from_env({"GENMESH_NATS_PREFIX": "team.gen-mesh_2"}).nats_prefix
+
+
+async def test_a_router_whose_streams_another_mesh_has_says_so_and_exits(
+    nc: Client, nats_url: str, nats_prefix: str, tmp_path: Path
+) -> None:
+    await Bus(f"{nats_prefix}-a").ensure_streams(nc.jetstream())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env |= {
+        "GENMESH_NATS_URL": nats_url,
+        "GENMESH_NATS_PREFIX": f"{nats_prefix}_a",
+        "GENMESH_DATA_DIR": str(tmp_path),
+        "GENMESH_LISTEN": "127.0.0.1:0",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.router"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "cannot start: NATS stream" in done.stderr
+    assert "GENMESH_NATS_PREFIX of its own" in done.stderr
+    assert "Traceback" not in done.stderr

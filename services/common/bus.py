@@ -25,6 +25,7 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from services.common.backoff import doubling
+from services.common.errors import CannotStart
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class Bus:
         )
 
 
-class PrefixTaken(RuntimeError):
+class PrefixTaken(CannotStart):
     """Another mesh on the NATS server has streams under this mesh's names."""
 
 

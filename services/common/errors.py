@@ -23,6 +23,11 @@ TOO_LARGE = "TOO_LARGE"
 MAX_DETAIL_BYTES = 1024
 
 
+class CannotStart(Exception):
+    """A service cannot start as configured (a bucket missing, NATS names another mesh
+    holds): said in one line by run_service, which exits 1, rather than as a traceback."""
+
+
 class MeshError(Exception):
     """An error a caller should see, with the gRPC code it maps to."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -11,7 +12,10 @@ from typing import Any
 
 import uvloop
 
+from services.common.errors import CannotStart
 from services.common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
 
 
 async def serve_until_signalled(start: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
@@ -46,5 +50,9 @@ def run_service(
     settings: ServiceSettings, start: Callable[[], AbstractAsyncContextManager[Any]]
 ) -> None:
     """Serve `start()` until signalled, on the event loop the settings name."""
-    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
-        runner.run(serve_until_signalled(start))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+            runner.run(serve_until_signalled(start))
+    except CannotStart as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(1) from None

@@ -8,7 +8,6 @@ import os
 from services.common.logs import setup_logging
 from services.common.run import run_service
 from services.storage.app import running_storage
-from services.storage.blobs import BlobStoreError
 from services.storage.settings import Settings
 
 log = logging.getLogger("services.storage")
@@ -18,11 +17,7 @@ def main() -> None:
     settings = Settings.from_env(os.environ)
     setup_logging(settings.log_level, "storage")
     # On a signal: health NOT_SERVING, server.stop(grace), then the database closes.
-    try:
-        run_service(settings, lambda: running_storage(settings))
-    except BlobStoreError as exc:
-        log.error("storage cannot start: %s", exc)
-        raise SystemExit(1) from None
+    run_service(settings, lambda: running_storage(settings))
     log.info("storage stopped")
 
 

@@ -12,6 +12,8 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol, TypeVar
 
+from services.common.errors import CannotStart
+
 CHUNK_SIZE = 64 * 1024
 # Bytes read per trip to the thread pool; sliced into CHUNK_SIZE pieces for the wire.
 READ_BLOCK = 1024 * 1024
@@ -21,7 +23,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
 
-class BlobStoreError(Exception):
+class BlobStoreError(CannotStart):
     """The configured blob store cannot be used (a bucket missing or refused); raised at start."""
 
 

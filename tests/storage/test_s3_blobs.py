@@ -253,7 +253,7 @@ def test_storage_with_a_missing_bucket_exits_with_a_clear_message(
         check=False,
     )
     assert done.returncode == 1
-    assert "storage cannot start: bucket 'no-such-bucket' does not exist" in done.stderr
+    assert "cannot start: bucket 'no-such-bucket' does not exist" in done.stderr
     assert "Traceback" not in done.stderr
 
 
