@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -211,3 +212,19 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+def start_failure(module: str, settings: dict[str, str]) -> str:
+    """Run `python -m module` with this environment less its GENMESH_* plus `settings`, expect
+    it to refuse to start (exit 1), and return what it wrote to stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    done = subprocess.run(
+        [sys.executable, "-m", module],
+        env=env | {"GENMESH_LISTEN": "127.0.0.1:0", **settings},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    return done.stderr

@@ -7,9 +7,6 @@ that are renewed on the new schedule."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from pydantic import ValidationError
 from services.common.bus import Bus, PrefixTaken
 from services.common.settings import BusSettings
 from services.router.pipelines.leases import Leases
-from tests.infra import nats_cluster, unique
+from tests.infra import nats_cluster, start_failure, unique
 
 
 async def test_streams_wait_for_a_cluster_to_regain_its_quorum() -> None:
@@ -115,23 +112,15 @@ async def test_a_router_whose_streams_another_mesh_has_says_so_and_exits(
     nc: Client, nats_url: str, nats_prefix: str, tmp_path: Path
 ) -> None:
     await Bus(f"{nats_prefix}-a").ensure_streams(nc.jetstream())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
-    env |= {
-        "GENMESH_NATS_URL": nats_url,
-        "GENMESH_NATS_PREFIX": f"{nats_prefix}_a",
-        "GENMESH_DATA_DIR": str(tmp_path),
-        "GENMESH_LISTEN": "127.0.0.1:0",
-    }
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.router"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    said = await asyncio.to_thread(
+        start_failure,
+        "services.router",
+        {
+            "GENMESH_NATS_URL": nats_url,
+            "GENMESH_NATS_PREFIX": f"{nats_prefix}_a",
+            "GENMESH_DATA_DIR": str(tmp_path),
+        },
     )
-    assert done.returncode == 1
-    assert "cannot start: NATS stream" in done.stderr
-    assert "GENMESH_NATS_PREFIX of its own" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "cannot start: NATS stream" in said
+    assert "GENMESH_NATS_PREFIX of its own" in said
+    assert "Traceback" not in said

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ from services.storage.s3_blobs import S3BlobStore
 from services.storage.settings import Settings
 from tests.conftest import Database
 from tests.fakes.object_store import ObjectStore
+from tests.infra import start_failure
 from tests.storage.conftest import IN_MEMORY_BYTES, Serving, listening_address, serving_storage
 
 TENANT = "t_s3"
@@ -236,25 +236,16 @@ async def test_start_up_without_credentials_is_a_clear_error(
 def test_storage_with_a_missing_bucket_exits_with_a_clear_message(
     object_store: ObjectStore, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
-    env |= {
-        "GENMESH_DATA_DIR": str(tmp_path),
-        "GENMESH_LISTEN": "127.0.0.1:0",
-        "GENMESH_STORAGE_S3_BUCKET": "no-such-bucket",
-        "GENMESH_STORAGE_S3_ENDPOINT_URL": object_store.endpoint_url,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "services.storage"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    said = start_failure(
+        "services.storage",
+        {
+            "GENMESH_DATA_DIR": str(tmp_path),
+            "GENMESH_STORAGE_S3_BUCKET": "no-such-bucket",
+            "GENMESH_STORAGE_S3_ENDPOINT_URL": object_store.endpoint_url,
+        },
     )
-    assert done.returncode == 1
-    assert "cannot start: bucket 'no-such-bucket' does not exist" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "cannot start: bucket 'no-such-bucket' does not exist" in said
+    assert "Traceback" not in said
 
 
 async def test_credentials_stay_out_of_the_log_even_at_debug(
