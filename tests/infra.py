@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -228,3 +230,60 @@ def start_failure(module: str, settings: dict[str, str]) -> str:
     )
     assert done.returncode == 1, done.stderr
     return done.stderr
+
+
+class PrivateNats:
+    """A nats-server of the test's own, which it may stall, kill and start again on the same
+    port and store (the shared one on 4222 is never touched)."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._store = store
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stalled = False
+
+    async def start(self) -> None:
+        self._proc = self._launch()
+        await eventually(lambda: reachable("127.0.0.1", self.port))
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.Popen(
+            [*command, "-sd", str(self._store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stall(self) -> None:
+        """Stopped, not dead: connections stay open and nothing is answered."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
+        self._stalled = True
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
+        self._stalled = False
+
+    async def kill(self) -> None:
+        assert self._proc is not None
+        self._proc.kill()
+        await asyncio.to_thread(self._proc.wait, 10)
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        if self._stalled:
+            self.resume()
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+@contextmanager
+def private_nats(store: Path) -> Iterator[PrivateNats]:
+    server = PrivateNats(store)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,80 +5,19 @@ job runs exactly once, without a router restart."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats
 import pytest
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
-from genmesh_cli.supervisor import nats_server_binary
 from services.common.bus import Bus
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
-from tests.infra import eventually, free_port, reachable, unique
+from tests.infra import PrivateNats, eventually, private_nats, unique
 from tests.mesh import Mesh, running_mesh
-
-
-class PrivateNats:
-    """A nats-server of the test's own, which it may stall, kill and start again on the same
-    port and store (the shared one on 4222 is never touched)."""
-
-    def __init__(self, store: Path) -> None:
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self._store = store
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stalled = False
-
-    async def start(self) -> None:
-        self._proc = self._launch()
-        await eventually(lambda: reachable("127.0.0.1", self.port))
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        command = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port)]
-        return subprocess.Popen(
-            [*command, "-sd", str(self._store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def stall(self) -> None:
-        """Stopped, not dead: connections stay open and nothing is answered."""
-        assert self._proc is not None
-        os.kill(self._proc.pid, signal.SIGSTOP)
-        self._stalled = True
-
-    def resume(self) -> None:
-        assert self._proc is not None
-        os.kill(self._proc.pid, signal.SIGCONT)
-        self._stalled = False
-
-    async def kill(self) -> None:
-        assert self._proc is not None
-        self._proc.kill()
-        await asyncio.to_thread(self._proc.wait, 10)
-
-    def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        if self._stalled:
-            self.resume()
-        self._proc.terminate()
-        self._proc.wait(10)
-
-
-@contextmanager
-def private_nats(store: Path) -> Iterator[PrivateNats]:
-    server = PrivateNats(store)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @asynccontextmanager
