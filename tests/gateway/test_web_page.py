@@ -360,3 +360,21 @@ async def test_image_to_video_asks_for_its_prompt_before_uploading(
         await asyncio.sleep(1)
         assert await browser.run("return document.getElementById('submit-error').textContent") == ""
     assert (await bridge.http.get("/v1/jobs")).json()["jobs"] == []
+
+
+async def test_a_file_picked_for_another_task_is_not_kept(bridge: Bridge, tmp_path: Path) -> None:
+    picture = tmp_path / "still.png"
+    Image.new("RGB", (32, 24), (200, 80, 40)).save(picture)
+    files = "return document.getElementById('input-file').files.length"
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "TASK_IMAGE_TO_IMAGE")
+        await browser.type("#input-file", str(picture))
+        assert await browser.run(files) == 1
+        # Still a picture's task: kept.
+        await browser.choose("#task", "TASK_IMAGE_TO_TEXT")
+        assert await browser.run(files) == 1
+        # Speech-to-text takes audio: the picture would be uploaded and then refused.
+        await browser.choose("#task", "TASK_SPEECH_TO_TEXT")
+        assert await browser.run(files) == 0

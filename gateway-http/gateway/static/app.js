@@ -12,6 +12,9 @@ const INPUT_MEDIA = {
   TASK_IMAGE_TO_VIDEO: "image/*",
 };
 const PROMPT_OPTIONAL = new Set(["TASK_SPEECH_TO_TEXT", "TASK_IMAGE_TO_TEXT", "TASK_IMAGE_TO_IMAGE"]);
+// Whether `file` is of the kind `accept` ("image/*") names; one the browser cannot type is
+// left for the router to judge.
+const fileFits = (file, accept) => !file.type || file.type.startsWith(accept.replace("*", ""));
 const PAGE_SIZE = 20;
 
 const page = {
@@ -203,6 +206,9 @@ function renderForm() {
   const accept = INPUT_MEDIA[task];
   $("input-label").hidden = !accept;
   $("input-file").accept = accept || "";
+  // A file picked for another task would be uploaded, then refused by the router.
+  const picked = $("input-file").files[0];
+  if (picked && !(accept && fileFits(picked, accept))) $("input-file").value = "";
   // As the router decides (services/common/tasks.py): image-to-video reads a file and still
   // needs a prompt.
   $("prompt").required = !PROMPT_OPTIONAL.has(task);
@@ -238,6 +244,9 @@ async function submitJob(event) {
     if (INPUT_MEDIA[task]) {
       const file = $("input-file").files[0];
       if (!file) throw new Error(`${taskName(task)} needs an input file`);
+      if (!fileFits(file, INPUT_MEDIA[task])) {
+        throw new Error(`${taskName(task)} takes ${INPUT_MEDIA[task]}; ${file.name} is ${file.type}`);
+      }
       const form = new FormData();
       form.append("file", file);
       button.textContent = "Uploading…";
@@ -605,6 +614,8 @@ function status(kind, text) {
 
 function start() {
   $("task").addEventListener("change", fillProviders);
+  // An error about the last submit says nothing about the task chosen now.
+  $("task").addEventListener("change", () => { $("submit-error").textContent = ""; });
   $("provider").addEventListener("change", renderForm);
   $("submit-form").addEventListener("submit", submitJob);
   $("cancel").addEventListener("click", cancelJob);
