@@ -97,7 +97,11 @@ def _type_of(field: FieldDescriptor, request: bool) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM:
         assert field.enum_type is not None
         names = tuple(v.name for v in field.enum_type.values)
-        return Literal[names]  # type: ignore[valid-type]
+        if request:
+            return Literal[names]  # type: ignore[valid-type]
+        # A value this contract does not name (from a newer router) prints as its number in
+        # proto3 JSON; the reply passes it on rather than failing whole as a 500.
+        return Literal[names] | int  # type: ignore[valid-type]
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         assert field.message_type is not None
         known = _WELL_KNOWN.get(field.message_type.full_name)

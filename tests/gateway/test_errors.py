@@ -21,7 +21,13 @@ from gateway.app import create_app
 from gateway.bodies import MAX_JSON_BODY
 from gateway.errors import MESH_UNREACHABLE, rpc_error_response
 from gateway.settings import Settings
-from genmesh.v1 import generate_service_pb2, generate_service_pb2_grpc
+from genmesh.v1 import (
+    generate_service_pb2,
+    generate_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
 from services.common.errors import REASON_KEY, TOO_LARGE, ResourceExhausted
 from services.common.grpc_server import MAX_MESSAGE_BYTES, grpc_server
 from services.storage.app import running_storage
@@ -359,3 +365,28 @@ async def test_a_job_body_over_the_limit_is_refused_unread(
     assert answer.body["error"]["code"] == "RESOURCE_EXHAUSTED"
     assert f"limit of {MAX_JSON_BODY} bytes" in answer.body["error"]["message"]
     assert router.calls == 0
+
+
+class _Newer(job_service_pb2_grpc.JobServiceServicer):
+    """A router from a later version of the contract: its jobs may hold enum values this
+    bridge's contract does not name."""
+
+    async def GetJob(self, request: Any, context: Any) -> Any:
+        job = job_pb2.Job(id=request.job_id, state=job_pb2.JOB_STATE_COMPLETED)
+        job.spec.task = 77  # type: ignore[assignment]  # a task added later
+        return job_service_pb2.GetJobResponse(job=job)
+
+
+async def test_a_value_a_newer_router_sends_reaches_the_client_as_its_number() -> None:
+    name = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+    add = job_service_pb2_grpc.add_JobServiceServicer_to_server
+    router = _Newer()  # type: ignore[abstract]  # the other calls answer UNIMPLEMENTED
+    async with grpc_server("127.0.0.1:0", [(add, router, name)], grace=1) as server:
+        settings = Settings(
+            router_addr=server.address, storage_addr=f"127.0.0.1:{free_port()}", shutdown_grace=1
+        )
+        async with bridge_http(settings) as http:
+            got = await http.get("/v1/jobs/j_1")
+    assert got.status_code == 200, got.text
+    job = got.json()
+    assert (job["spec"]["task"], job["state"]) == (77, "JOB_STATE_COMPLETED")
