@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +23,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from services.common.backoff import doubling
+from services.common.backoff import patiently
 from services.common.errors import CannotStart
 
 log = logging.getLogger(__name__)
@@ -114,24 +113,28 @@ class Bus:
 
         Waits up to JETSTREAM_PATIENCE for JetStream to answer: a cluster that has just
         started elects its leaders first, and a service started beside it should not fail."""
-        deadline = time.monotonic() + JETSTREAM_PATIENCE
-        failures = 0
-        while True:
-            try:
-                await self._ensure_streams(js)
-                break
-            except UNCONFIRMED as exc:
-                if time.monotonic() > deadline:
-                    raise
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "JetStream does not answer yet (%r); waiting up to %.0f s",
-                        exc,
-                        JETSTREAM_PATIENCE,
-                    )
-                await asyncio.sleep(doubling(failures, 0.25, 2.0))
-        if failures:
+        waited: list[Exception] = []
+
+        def unanswered(exc: Exception) -> bool:
+            if not isinstance(exc, UNCONFIRMED):
+                return False
+            if not waited:
+                log.warning(
+                    "JetStream does not answer yet (%r); waiting up to %.0f s",
+                    exc,
+                    JETSTREAM_PATIENCE,
+                )
+            waited.append(exc)
+            return True
+
+        await patiently(
+            lambda: self._ensure_streams(js),
+            unanswered,
+            patience=JETSTREAM_PATIENCE,
+            first=0.25,
+            most=2.0,
+        )
+        if waited:
             log.warning("JetStream answered")
 
     async def _ensure_streams(self, js: JetStreamContext) -> None:

@@ -3,13 +3,12 @@ must not fail a job whose provider work is done, nor show up as an opaque adapte
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 
-from services.common.backoff import doubling
+from services.common.backoff import patiently
 from services.common.errors import TOO_LARGE, reason_of
 from services.providers.adapter import Fatal, InvalidInput, ProviderError, Retryable
 
@@ -37,19 +36,20 @@ _TRANSIENT = frozenset(
 async def with_storage(what: str, call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, retried with backoff while storage is out of reach (for PATIENCE seconds);
     a failure becomes a ProviderError saying what could not be done, and why."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + PATIENCE
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except grpc.aio.AioRpcError as exc:
-            failures += 1
-            delay = doubling(failures, FIRST_DELAY, MAX_DELAY)
-            transient = exc.code() in _TRANSIENT and reason_of(exc) != TOO_LARGE
-            if not transient or loop.time() + delay > give_up:
-                raise classified(what, exc, transient) from exc
-        await asyncio.sleep(delay)
+    try:
+        return await patiently(
+            call, _transient, patience=PATIENCE, first=FIRST_DELAY, most=MAX_DELAY
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise classified(what, exc, _transient(exc)) from exc
+
+
+def _transient(exc: Exception) -> bool:
+    return (
+        isinstance(exc, grpc.aio.AioRpcError)
+        and exc.code() in _TRANSIENT
+        and reason_of(exc) != TOO_LARGE
+    )
 
 
 def classified(what: str, exc: grpc.aio.AioRpcError, transient: bool) -> ProviderError:

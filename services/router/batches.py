@@ -145,9 +145,12 @@ class Batches:
 
         Exactly, not at least: a call listing some of a batch's jobs is a new call, and its
         batch id must watch and list just the jobs it returned."""
-        ids = {job.id for job in jobs if job is not None}
-        batches = await self._store.batches_of(tenant, list(ids))
-        shared = set.intersection(*(batches.get(job_id, set()) for job_id in ids))
+        known = [job for job in jobs if job is not None]
+        ids = {job.id for job in known}
+        answered = await self._store.answered_batches(tenant, list(ids))
+        shared = set.intersection(
+            *(({job.batch_id} - {""}) | answered.get(job.id, set()) for job in known)
+        )
         # Sorted: calls before retries found their batch could leave several, and every
         # retry should get the same one.
         for batch_id in sorted(shared):

@@ -331,19 +331,18 @@ class JobStore:
             )
             return [r.id for r in rows]
 
-    async def batches_of(self, tenant: str, job_ids: Sequence[str]) -> dict[str, set[str]]:
-        """Each job's batches, by id: the one that created it and those answered with it
-        (jobs in no batch, or not the tenant's, left out)."""
+    async def answered_batches(self, tenant: str, job_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The batches each job was answered with, beside the one that created it (its own
+        batch_id): job id -> batch ids, jobs in none left out."""
         found: dict[str, set[str]] = {}
         async with self._engine.connect() as conn:
             for chunk in chunks(sorted(set(job_ids))):
-                created = select(jobs.c.id, jobs.c.batch_id).where(
-                    jobs.c.tenant_id == tenant, jobs.c.id.in_(chunk), jobs.c.batch_id.is_not(None)
+                rows = await conn.execute(
+                    select(batch_members.c.job_id, batch_members.c.batch_id).where(
+                        batch_members.c.tenant_id == tenant, batch_members.c.job_id.in_(chunk)
+                    )
                 )
-                answered = select(batch_members.c.job_id, batch_members.c.batch_id).where(
-                    batch_members.c.tenant_id == tenant, batch_members.c.job_id.in_(chunk)
-                )
-                for job_id, batch_id in await conn.execute(union(created, answered)):
+                for job_id, batch_id in rows:
                     found.setdefault(job_id, set()).add(batch_id)
         return found
 

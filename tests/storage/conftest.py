@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -87,10 +90,51 @@ async def serving_storage(database: Database, blobs: BlobStore) -> AsyncIterator
         yield Serving(running.address, channel, AssetClient(channel), store, engine)
 
 
-async def listening_address(stream: asyncio.StreamReader, lines: list[str]) -> str:
-    """The address a storage process logs it listens on; what it wrote meanwhile goes to `lines`."""
-    while line := (await stream.readline()).decode():
-        lines.append(line.rstrip())
-        if match := re.search(r"listening on (\S+:\d+)", line):
-            return match[1]
-    raise AssertionError("storage exited before listening:\n" + "\n".join(lines))
+class StorageProcess:
+    """`python -m services.storage` running, with what it has written to stderr so far."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        self._proc = proc
+        self._stderr = proc.stderr
+        self.lines: list[str] = []
+        self.address = ""
+
+    async def started(self) -> None:
+        """Read stderr until the service logs where it listens."""
+        while line := (await self._stderr.readline()).decode():
+            self.lines.append(line.rstrip())
+            if match := re.search(r"listening on (\S+:\d+)", line):
+                self.address = match[1]
+                return
+        raise AssertionError("storage exited before listening:\n" + "\n".join(self.lines))
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send `sig`; its exit status once it has gone, with the rest of its stderr read."""
+        self._proc.send_signal(sig)
+        self.lines += (await asyncio.wait_for(self._stderr.read(), 30)).decode().splitlines()
+        return await asyncio.wait_for(self._proc.wait(), 30)
+
+
+@asynccontextmanager
+async def storage_process(settings: dict[str, str]) -> AsyncIterator[StorageProcess]:
+    """Storage as its own process on a free port, with this environment less its GENMESH_*
+    plus `settings`; killed on the way out if still running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.storage",
+        env=env | {"GENMESH_LISTEN": "127.0.0.1:0", **settings},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    running = StorageProcess(proc)
+    try:
+        await asyncio.wait_for(running.started(), 30)
+        yield running
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import signal
-import sys
 import wave
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -32,11 +31,10 @@ from services.storage.limits import PUT_LIMIT
 from services.storage.put_batcher import PutBatcher
 from services.storage.settings import Settings as StorageSettings
 from tests.infra import eventually
-from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage, listening_address
+from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage, storage_process
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
-REPO = Path(__file__).resolve().parents[2]
 TENANT = "acme"
 
 
@@ -676,38 +674,17 @@ async def test_health_and_reflection(storage: Storage) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_main_serves_and_exits_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
     data_dir = tmp_path / "data"
-    env.update(GENMESH_LISTEN="127.0.0.1:0", GENMESH_DATA_DIR=str(data_dir))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.storage",
-        cwd=REPO,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    lines: list[str] = []
-    try:
-        address = await asyncio.wait_for(listening_address(proc.stderr, lines), 30)
-        async with grpc.aio.insecure_channel(address) as channel:
+    async with storage_process({"GENMESH_DATA_DIR": str(data_dir)}) as storage:
+        lines = storage.lines
+        async with grpc.aio.insecure_channel(storage.address) as channel:
             client = AssetClient(channel)
             asset = await client.upload(png_bytes(4, 3), tenant=TENANT, media_type="image/png")
             assert await client.download(asset.id, tenant=TENANT) == png_bytes(4, 3)
             health = health_pb2_grpc.HealthStub(channel)
             check = await health.Check(health_pb2.HealthCheckRequest(service=""))
             assert check.status == health_pb2.HealthCheckResponse.SERVING
-        proc.send_signal(sig)
-        rest = await asyncio.wait_for(proc.stderr.read(), 30)
-        lines.extend(rest.decode().splitlines())
-        assert await asyncio.wait_for(proc.wait(), 30) == 0, "\n".join(lines)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await storage.stop(sig) == 0, "\n".join(lines)
     assert any("storage stopped" in line for line in lines), "\n".join(lines)
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     assert (data_dir / "storage.db").exists()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import os
-import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,10 +23,9 @@ from services.storage.settings import Settings
 from tests.conftest import Database
 from tests.fakes.object_store import ObjectStore
 from tests.infra import start_failure
-from tests.storage.conftest import IN_MEMORY_BYTES, Serving, listening_address, serving_storage
+from tests.storage.conftest import IN_MEMORY_BYTES, Serving, serving_storage, storage_process
 
 TENANT = "t_s3"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def settings(store_url: str, bucket: str, data_dir: Path, prefix: str = "") -> Settings:
@@ -252,40 +248,20 @@ async def test_credentials_stay_out_of_the_log_even_at_debug(
     object_store: ObjectStore, tmp_path: Path
 ) -> None:
     token = "SESSION-TOKEN-THAT-MUST-NOT-LEAK"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
-    env |= {
+    settings = {
         "GENMESH_DATA_DIR": str(tmp_path),
-        "GENMESH_LISTEN": "127.0.0.1:0",
         "GENMESH_LOG_LEVEL": "DEBUG",
         "GENMESH_STORAGE_S3_BUCKET": object_store.new_bucket(),
         "GENMESH_STORAGE_S3_ENDPOINT_URL": object_store.endpoint_url,
         "AWS_SESSION_TOKEN": token,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.storage",
-        cwd=REPO,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    lines: list[str] = []
-    try:
-        address = await asyncio.wait_for(listening_address(proc.stderr, lines), 30)
-        async with grpc.aio.insecure_channel(address) as channel:
+    async with storage_process(settings) as storage:
+        async with grpc.aio.insecure_channel(storage.address) as channel:
             client = AssetClient(channel)
             asset = await client.upload(b"signed requests", tenant=TENANT, media_type="text/plain")
             assert await client.download(asset.id, tenant=TENANT) == b"signed requests"
-        proc.send_signal(signal.SIGTERM)
-        lines += (await asyncio.wait_for(proc.stderr.read(), 30)).decode().splitlines()
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await storage.stop() == 0
+    lines = storage.lines
     log = "\n".join(lines)
     assert "DEBUG" in log  # the level took
     assert token not in log
