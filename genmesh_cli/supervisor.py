@@ -1,5 +1,5 @@
-"""Running the planned children: start them tier by tier, each health-gated; report one
-that dies; stop them in reverse order."""
+"""Running the planned children: start them tier by tier, each health-gated; restart one
+that exits on its own (within a budget); stop them in reverse order."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from genmesh.v1 import provider_service_pb2, provider_service_pb2_grpc
 from genmesh_cli.client import DEFAULT_ROUTER, DEFAULT_STORAGE, CliError, channel
 from genmesh_cli.display import console
 from genmesh_cli.plan import Plan, Service
+from genmesh_cli.restarts import WINDOW, RestartBudget
 from services.common.bus import nats_servers
 from services.common.cancelling import cancel_task
 
@@ -72,6 +73,14 @@ class ChildExited(Exception):
         self.name, self.code, self.log = name, code, log
 
 
+@dataclass
+class Exit:
+    """A child that exited while the mesh ran."""
+
+    child: Child
+    code: int | None
+
+
 class Stopped(Exception):
     """A stop signal arrived while starting."""
 
@@ -81,6 +90,9 @@ class Child:
     name: str
     process: asyncio.subprocess.Process
     log: Path
+    # What started it, to start it again the same way.
+    argv: list[str]
+    env: dict[str, str]
     service: Service | None = None
 
     @property
@@ -96,6 +108,9 @@ class Supervisor:
     # The data dir's lock (up.lock, flocked): every child inherits it, so the lock stays
     # held while any of them lives, even after the supervisor itself is gone.
     lock_fd: int | None = None
+    # Restarts of one child within restarts.WINDOW before the mesh stops instead (0: the
+    # first exit stops it).
+    restarts: int = 5
     children: list[Child] = field(default_factory=list)
     nats: Child | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -121,11 +136,9 @@ class Supervisor:
             await self._shutdown()
             raise
         self._print_endpoints()
-        exited = await self._wait_for_stop_or_exit()
-        if exited is not None:
-            self._report_exit(exited, "unexpectedly")
+        failed = await self._supervise()
         await self._shutdown()
-        return EXIT_CHILD_FAILED if exited is not None else 0
+        return EXIT_CHILD_FAILED if failed else 0
 
     def _on_signal(self) -> None:
         if self._stop.is_set():
@@ -177,9 +190,14 @@ class Supervisor:
 
     async def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         log = self.plan.log_dir / f"{name}.log"
-        f = _rotate_and_open(log)
+        process = await self._exec(argv, env, _rotate_and_open(log))
+        return Child(name, process, log, argv, env)
+
+    async def _exec(
+        self, argv: list[str], env: dict[str, str], f: IO[bytes]
+    ) -> asyncio.subprocess.Process:
         try:
-            process = await asyncio.create_subprocess_exec(
+            return await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=f,
@@ -193,7 +211,6 @@ class Supervisor:
             )
         finally:
             f.close()
-        return Child(name, process, log)
 
     async def _gate(self, ready: Awaitable[Any], what: str, soft: bool = False) -> None:
         """Wait for `ready`, a stop signal, or the start-up timeout, whichever comes first."""
@@ -344,7 +361,75 @@ class Supervisor:
         ]
         print("\n".join(lines), flush=True)
 
-    async def _wait_for_stop_or_exit(self) -> ChildExited | None:
+    async def _supervise(self) -> bool:
+        """Until a stop signal, restart each child that exits, after a growing delay; True
+        when one exited past its restart budget (it is reported, and the mesh must stop)."""
+        budget = RestartBudget(self.restarts)
+        ready: set[asyncio.Task[None]] = set()
+        try:
+            while (exit_ := await self._wait_for_stop_or_exit()) is not None:
+                child = exit_.child
+                self._report_exit(ChildExited(child.name, exit_.code, child.log), "unexpectedly")
+                delay = budget.next_delay(child.name)
+                if delay is None:
+                    console(stderr=True).print(
+                        f"[red]{child.name} exited {budget.used(child.name) + 1} time(s) "
+                        f"within {WINDOW:.0f} s; stopping genmesh[/]"
+                        if self.restarts
+                        else "[red]stopping genmesh[/] (--restarts 0)"
+                    )
+                    return True
+                console(stderr=True).print(
+                    f"[yellow]restarting {child.name} in {delay:g} s[/] "
+                    f"(restart {budget.used(child.name)} of {self.restarts} "
+                    f"within {WINDOW:.0f} s)"
+                )
+                if await self._stopped_within(delay):
+                    return False
+                await self._restart(child, exit_.code)
+                task = asyncio.create_task(self._announce_ready(child))
+                ready.add(task)
+                task.add_done_callback(ready.discard)
+            return False
+        finally:
+            for task in list(ready):
+                await cancel_task(task)
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+    async def _restart(self, child: Child, code: int | None) -> None:
+        """Start the child again as before; its log goes on in the same file."""
+        # Whatever the dead one started (same process group) would hold its ports or files.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        f = child.log.open("ab")
+        f.write(f"\n--- genmesh up: exited with code {code}; restarted ---\n\n".encode())
+        f.flush()
+        child.process = await self._exec(child.argv, child.env, f)
+
+    async def _announce_ready(self, child: Child) -> None:
+        """Say when a restarted child is healthy again (or that it is not, in time)."""
+        if child.service is None:
+            ready = self._nats_ready(self.plan.nats_url, child)
+        else:
+            ready = self._service_ready(child)
+        err = console(stderr=True)
+        try:
+            await asyncio.wait_for(ready, self.start_timeout)
+        except ChildExited:
+            return  # the watch loop reports it
+        except TimeoutError:
+            err.print(
+                f"[yellow]warning:[/] {child.name} not healthy {self.start_timeout:.0f} s "
+                f"after its restart; log: {child.log}"
+            )
+            return
+        err.print(f"{child.name} is back (pid {child.pid})")
+
+    async def _wait_for_stop_or_exit(self) -> Exit | None:
         watched = [*self.children, *([self.nats] if self.nats else [])]
         waits = {asyncio.ensure_future(c.process.wait()): c for c in watched}
         stop = asyncio.ensure_future(self._stop.wait())
@@ -353,10 +438,12 @@ class Supervisor:
         finally:
             for task in (stop, *waits):
                 task.cancel()
+        if self._stop.is_set():
+            return None
         for task in done:
             if task in waits:
                 child = waits[task]
-                return ChildExited(child.name, child.process.returncode, child.log)
+                return Exit(child, child.process.returncode)
         return None
 
     def _report_exit(self, exited: ChildExited, when: str) -> None:

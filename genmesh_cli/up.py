@@ -47,6 +47,13 @@ def add_parser(subparsers: Any, env: Mapping[str, str]) -> None:
         "--start-timeout", type=float, default=60.0, help="seconds to become healthy [60]"
     )
     p.add_argument("--stop-timeout", type=float, default=10.0, help="seconds per tier to stop [10]")
+    p.add_argument(
+        "--restarts",
+        type=restarts_arg,
+        default=5,
+        help="times a process that exits on its own is restarted within a minute before "
+        "genmesh stops instead (0: stop at the first) [%(default)s]",
+    )
     p.set_defaults(run=run)
 
 
@@ -60,12 +67,24 @@ def port_arg(text: str) -> int:
     return port
 
 
+def restarts_arg(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {count}")
+    return count
+
+
 def run(args: argparse.Namespace) -> int:
     plan = make_plan(args, args.env)
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(plan.data_dir / "up.lock") as lock_fd:
         _check_ports(plan)
-        supervisor = Supervisor(plan, args.start_timeout, args.stop_timeout, lock_fd)
+        supervisor = Supervisor(
+            plan, args.start_timeout, args.stop_timeout, lock_fd, restarts=args.restarts
+        )
         return asyncio.run(supervisor.run())
 
 

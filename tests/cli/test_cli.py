@@ -12,7 +12,7 @@ import signal
 import struct
 import sys
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -749,10 +749,10 @@ def up_ports() -> dict[str, int]:
     return {flag: free_port() for flag in UP_PORT_FLAGS}
 
 
-def up_command(ports: dict[str, int]) -> list[str]:
-    """`genmesh up` on `ports`, as a user runs it."""
+def up_command(ports: dict[str, int], extra: Sequence[str] = ()) -> list[str]:
+    """`genmesh up` on `ports` with `extra` arguments, as a user runs it."""
     flags = [str(x) for pair in ports.items() for x in pair]
-    return [sys.executable, "-m", "genmesh_cli", "up", *flags]
+    return [sys.executable, "-m", "genmesh_cli", "up", *flags, *extra]
 
 
 def clean_env(data_dir: Path) -> dict[str, str]:
@@ -770,16 +770,18 @@ def command_line(pid: int) -> str:
 
 
 @asynccontextmanager
-async def genmesh_up(tmp_path: Path, env: dict[str, str]) -> AsyncIterator[Up]:
-    """`genmesh up` on free ports in `env`, once its banner says it is ready; stopped on the
-    way out if the caller has not stopped it."""
+async def genmesh_up(
+    tmp_path: Path, env: dict[str, str], extra: Sequence[str] = ()
+) -> AsyncIterator[Up]:
+    """`genmesh up` (with `extra` arguments) on free ports in `env`, once its banner says it
+    is ready; stopped on the way out if the caller has not stopped it."""
     data_dir = Path(env["GENMESH_DATA_DIR"])
     errors = tmp_path / "up.err"
     for attempt in range(PORT_RACE_ATTEMPTS):
         ports = up_ports()
         with errors.open("wb") as err:
             process = await asyncio.create_subprocess_exec(
-                *up_command(ports),
+                *up_command(ports, extra),
                 cwd=tmp_path,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
