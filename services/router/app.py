@@ -93,7 +93,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         feeds = FeedHub(hub, engine)
         await feeds.start()
         stack.push_async_callback(feeds.stop)
-        dispatcher = Dispatcher(js, bus, store)
+        dispatcher = Dispatcher(js, bus, store, connected=lambda: nc.is_connected)
         queues = QueueDepths(js, bus)
         stack.push_async_callback(queues.stop)
         # Rate limits are shared among the replicas alive; this one withdraws after its gate

@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+import nats.errors
 from nats.js import JetStreamContext
 
 from genmesh.v1 import bus_pb2, job_pb2
@@ -33,8 +34,15 @@ class Dispatcher:
     start-up, which the message id makes harmless.
     """
 
-    def __init__(self, js: JetStreamContext, bus: Bus, store: JobStore) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bus: Bus,
+        store: JobStore,
+        connected: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._js = js
+        self._connected = connected
         self._bus = bus
         self._store = store
         # Published, to be marked dispatched: (job id, provider).
@@ -66,7 +74,12 @@ class Dispatcher:
         self._takeover.set()
 
     async def dispatch(self, job: job_pb2.Job, attempt: int = 1) -> int:
-        """Publish and wait for JetStream's ack; returns the job's stream sequence."""
+        """Publish and wait for JetStream's ack; returns the job's stream sequence.
+
+        ConnectionReconnectingError at once while NATS is known to be out of reach: the
+        publish would only wait out its timeout (5 s) before the caller holds the job."""
+        if not self._connected():
+            raise nats.errors.ConnectionReconnectingError
         # The attempt's own provider: while a hedge runs, job.provider follows whichever
         # attempt reported last.
         provider = next((a.provider for a in job.attempts if a.attempt == attempt), job.provider)
