@@ -264,14 +264,13 @@ class AdmissionGate:
         ResourceExhausted when the instance's queue bound (limits.max_queue) is reached."""
         name = provider.name
         depth = await self._depths.depth(name)
-        held = len(self._held.get(name, ()))
         bound = provider.limits.max_queue
-        if bound > 0 and self._unsent_count is not None:
-            # From the store, not this replica's memory: other replicas hold jobs for it too
-            # (counting only this one's let N replicas queue N times the bound), and a held
-            # job that ended while held (cancelled elsewhere, past its deadline) stays in
-            # memory until its turn.
-            held = await self._unsent_count(name)
+        # From the store when it matters: other replicas hold jobs for it too (counting only
+        # this one's let N replicas queue N times the bound, and put a job behind theirs
+        # at the front of the line), and a held job that ended while held (cancelled
+        # elsewhere, past its deadline) stays in memory until its turn. Alone and unbounded,
+        # memory is exact enough and costs no query per submit.
+        held = await self._held_count(name, exact=bound > 0)
         waiting = held + (depth or 0)
         if 0 < bound <= waiting:
             raise ResourceExhausted(
@@ -338,9 +337,17 @@ class AdmissionGate:
         rate = limits.rate_per_second if limits is not None else 0.0
         return rate / max(1, self._replicas()) if rate > 0 else 0.0
 
-    def queued(self, provider: str) -> int:
-        """Jobs waiting for `provider`: held here plus the estimated JetStream backlog."""
-        return len(self._held.get(provider, ())) + (self._depths.latest(provider) or 0)
+    async def queued(self, provider: str) -> int:
+        """Jobs waiting for `provider`: held by the router replicas plus the estimated
+        JetStream backlog."""
+        return await self._held_count(provider) + (self._depths.latest(provider) or 0)
+
+    async def _held_count(self, provider: str, *, exact: bool = False) -> int:
+        """Jobs held back for `provider`: by every replica, from the store, when other
+        replicas run (or `exact`); else this replica's own."""
+        if self._unsent_count is not None and (exact or self._replicas() > 1):
+            return await self._unsent_count(provider)
+        return len(self._held.get(provider, ()))
 
     # ---- release --------------------------------------------------------------------
 

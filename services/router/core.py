@@ -321,14 +321,14 @@ class RouterCore:
         )
         return page.jobs, page.next_token
 
-    def providers(self, task: int = 0) -> list[provider_service_pb2.Provider]:
+    async def providers(self, task: int = 0) -> list[provider_service_pb2.Provider]:
         providers = []
         for shared in self._catalog.providers(task):
             provider = provider_service_pb2.Provider()
             provider.CopyFrom(shared)
             providers.append(provider)
             provider.health.circuit = self._breakers.state(provider.name)
-            provider.health.queued = self._admission.queued(provider.name)
+            provider.health.queued = await self._admission.queued(provider.name)
         return providers
 
     # ---- cancel -----------------------------------------------------------------------

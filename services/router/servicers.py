@@ -119,5 +119,5 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         self, request: provider_service_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> provider_service_pb2.ListProvidersResponse:
         return provider_service_pb2.ListProvidersResponse(
-            providers=self._core.providers(request.task)
+            providers=await self._core.providers(request.task)
         )

@@ -367,6 +367,34 @@ async def test_the_queue_bound_holds_for_the_mesh_across_router_replicas(
         await release(mesh, [filler, *accepted])
 
 
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_queue_positions_and_health_count_jobs_every_replica_holds(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with (
+        limited_sandbox(nats_url, nats_prefix, database, tmp_path) as mesh,
+        another_router(mesh) as (_, via_second),
+    ):
+        filler = await submit(mesh, image(latency_ms=600_000))
+        await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        # One waits in JetStream (the backlog is one); the next two are held by the second
+        # replica, which the first knows nothing of but from the store.
+        waiting = [await submit(mesh, image())]
+        await eventually(lambda: _queued(mesh, 1))
+        for _ in range(2):
+            waiting.append(await submit(via_second, image()))
+        await eventually(lambda: _queued(mesh, 3))
+        assert (await sandbox(via_second)).health.queued == 3
+        # A job submitted to the first replica has all three ahead of it.
+        last = await submit(mesh, image())
+        assert last.progress.queue_position == 3, last.progress
+        assert last.progress.message == "queued, position 4"
+        await release(mesh, [filler])
+        results = await finish(mesh, [*waiting, last])
+        assert all(events[-1].state == COMPLETED for events in results.values())
+
+
 async def test_a_held_job_that_ended_no_longer_counts_toward_the_queue_bound(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:

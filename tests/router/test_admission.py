@@ -186,7 +186,7 @@ async def test_fast_path_until_the_backlog_then_held_jobs_go_by_priority() -> No
         await g.dispatch(job(name, priority))
     # Two fit under the backlog; the rest wait in the gate.
     assert published.ids == ["a", "b"]
-    assert g.queued("p") == 4
+    assert await g.queued("p") == 4
     # While something is held, even a high-priority job waits its turn behind nothing.
     await g.dispatch(job("high-2", HIGH))
     assert published.ids == ["a", "b"]
@@ -199,7 +199,7 @@ async def test_fast_path_until_the_backlog_then_held_jobs_go_by_priority() -> No
     await g.release()
     assert published.ids == ["a", "b", "high", "high-2", "low"]
     assert await g.release() is None
-    assert g.queued("p") == 2
+    assert await g.queued("p") == 2
 
 
 async def test_rate_limit_spreads_dispatches_over_time() -> None:
@@ -316,7 +316,7 @@ async def test_a_job_another_replica_sent_meanwhile_is_not_sent_again() -> None:
     assert sent_by_a.ids == ["j1", "j2"]
     assert sent_by_b.ids == []
     # Nothing is left held on either side.
-    assert a.queued("p") == b.queued("p") == 0
+    assert await a.queued("p") == await b.queued("p") == 0
 
 
 class Flaky(Published):
@@ -353,11 +353,11 @@ async def test_a_job_nats_does_not_confirm_is_held_and_sent_once_nats_answers() 
     publisher.down = True
     # Stored before it is dispatched: the caller is told it is queued, not an error.
     await g.dispatch(job("a"))
-    assert publisher.ids == [] and g.queued("p") == 1
+    assert publisher.ids == [] and await g.queued("p") == 1
     # While sending fails, later jobs (for any provider) join the held ones at once.
     await g.dispatch(job("b"))
     await g.dispatch(job("other", provider="q"))
-    assert g.queued("p") == 2 and g.queued("q") == 1
+    assert await g.queued("p") == 2 and await g.queued("q") == 1
     # Each failed try waits longer before the next, up to a few seconds: far inside
     # JetStream's two-minute duplicate window.
     delays = [g.retry_delay()]
@@ -370,7 +370,7 @@ async def test_a_job_nats_does_not_confirm_is_held_and_sent_once_nats_answers() 
     assert await g.release() is None
     assert sorted(publisher.ids) == ["a", "b", "other"]
     assert g.retry_delay() == 0.0
-    assert g.queued("p") == g.queued("q") == 0
+    assert await g.queued("p") == await g.queued("q") == 0
     # Back to publishing at once.
     await g.dispatch(job("c"))
     assert publisher.ids[-1] == "c"
@@ -455,11 +455,11 @@ async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> Non
     publisher.during = lambda: g.drop("a")
     await g.release()
     publisher.during = lambda: None
-    assert g.queued("p") == 1
+    assert await g.queued("p") == 1
     publisher.down = False
     assert await g.release() is None
     assert publisher.ids == ["b"]
-    assert g.queued("p") == 0
+    assert await g.queued("p") == 0
     # Cancelled while a publish that gets through is under way: it counts as held no more.
     await g.dispatch(job("c"))  # goes out at once
     publisher.down = True
@@ -468,7 +468,7 @@ async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> Non
     publisher.down = False
     publisher.during = lambda: g.drop("d")
     assert await g.release() is None
-    assert g.queued("p") == 0
+    assert await g.queued("p") == 0
     assert publisher.ids[-1] == "e"
 
 
@@ -483,4 +483,4 @@ async def test_a_publish_nats_refuses_for_good_still_fails_the_call() -> None:
     g = AdmissionGate(Refusing(), Depths(0), lambda name: limits(), mark, clock=Clock())
     with pytest.raises(nats.errors.MaxPayloadError):
         await g.dispatch(job("a"))
-    assert g.queued("p") == 0
+    assert await g.queued("p") == 0
