@@ -305,11 +305,12 @@ class AdmissionGate:
                     return
         self._hold(job, attempt, self._clock())
 
-    async def admit(self, jobs: list[job_pb2.Job]) -> None:
+    async def admit(self, jobs: list[job_pb2.Job]) -> int:
         """Take over jobs found stored but undispatched at start-up, or when another replica
         has gone: all are held, so the release loop sends them in priority order; their wait
-        counts from creation."""
+        counts from creation. Returns how many were not held here already."""
         ended = []
+        taken = 0
         now, wall = self._clock(), time.time()
         for job in jobs:
             if job.id in self._by_id:
@@ -321,8 +322,10 @@ class AdmissionGate:
                 continue
             waited = max(0.0, wall - job.create_time.ToNanoseconds() / 1e9)
             self._hold(job, current(job), now - waited)
+            taken += 1
         if ended:
             await self._mark_done(ended)
+        return taken + len(ended)
 
     def drop(self, job_id: str) -> None:
         """A held job was cancelled: it will not be published."""

@@ -19,8 +19,9 @@ from services.router.store import JobStore
 
 log = logging.getLogger(__name__)
 
-# Takes over jobs found undispatched at start-up (the admission gate, which may hold some).
-Admit = Callable[[list[job_pb2.Job]], Awaitable[None]]
+# Takes over jobs found undispatched at start-up (the admission gate, which may hold some);
+# returns how many it had not held already.
+Admit = Callable[[list[job_pb2.Job]], Awaitable[int]]
 # Seconds before a failed takeover is tried again, doubling up to TAKEOVER_RETRY_MAX.
 TAKEOVER_RETRY_FIRST = 1.0
 TAKEOVER_RETRY_MAX = 30.0
@@ -111,12 +112,15 @@ class Dispatcher:
             pending = await self._store.undispatched(after=after if admit else None)
             if not pending:
                 return
-            log.info("%d job(s) persisted but not yet dispatched: publishing them", len(pending))
             if admit is not None:
                 last = pending[-1]
                 after = (last.create_time.ToNanoseconds() / 1e9, last.id)
-                await admit(pending)
+                # Those this replica holds itself are stored undispatched too: not news.
+                taken = await admit(pending)
+                if taken:
+                    log.info("taking over %d job(s) stored but not yet dispatched", taken)
             else:
+                log.info("%d job(s) stored but not yet dispatched: publishing them", len(pending))
                 for job in pending:
                     await self.dispatch(job, current(job))
             await self._flush()
