@@ -120,6 +120,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         stopper = WorkerStopper(nc, bus, await bus.cancellations_kv(js))
         stack.push_async_callback(stopper.close)
         hedger = Hedger(store, fallback, hub, stopper.stop, settings.hedge_after)
+        replicas.on_departure(lambda _name: hedger.take_over())
         core = RouterCore(
             store=store,
             catalog=catalog,

@@ -2,9 +2,10 @@
 first of the two to complete wins and the other is cancelled.
 
 The watchdog is per router replica and in memory. It watches the jobs this replica
-created (and, after a restart, every unfinished job in the store) and hears of progress
-from this replica's recorder. Replicas share the recorder, so before hedging it checks
-the job's newest event time in the store: progress another replica recorded counts too.
+created (and, after a restart or when another replica has gone, every unfinished job in the
+store) and hears of progress from this replica's recorder. Replicas share the recorder, so
+before hedging it checks the job's newest event time in the store: progress another replica
+recorded counts too.
 At most one hedge per job, and only where fallback could go (never a STRICT provider).
 """
 
@@ -68,6 +69,7 @@ class Hedger:
         # (due time, job id); one entry per watched job.
         self._due: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
+        self._rescan = asyncio.Event()
 
     def track(self, job: job_pb2.Job) -> None:
         """Start watching a job, if it can be hedged: a hedge_after, a running attempt and
@@ -104,15 +106,19 @@ class Hedger:
                 # The loser runs on to its end, and its outcome is dropped as the job's is set.
                 log.exception("could not tell the workers of job %s to stop", job_id)
 
+    def take_over(self) -> None:
+        """Another router replica has gone, and with it the watches it kept: watch every
+        unfinished job again (those watched here already stay as they are)."""
+        self._rescan.set()
+        self._wake.set()
+
     async def run(self) -> None:
         """Rebuild the watch list from the store, then hedge jobs as they fall silent."""
-        try:
-            async for job in self._store.unfinished():
-                self.track(job)
-        except Exception:
-            # Only the jobs created from now on are watched; the rest run unhedged.
-            log.exception("could not read unfinished jobs to watch for hedging")
+        self._rescan.set()
         while True:
+            if self._rescan.is_set():
+                self._rescan.clear()
+                await self._watch_unfinished()
             while self._due and self._due[0][0] <= self._clock():
                 _, job_id = heapq.heappop(self._due)
                 await self._check(job_id)
@@ -121,6 +127,14 @@ class Hedger:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
+
+    async def _watch_unfinished(self) -> None:
+        try:
+            async for job in self._store.unfinished():
+                self.track(job)
+        except Exception:
+            # Only the jobs created from now on are watched; the rest run unhedged.
+            log.exception("could not read unfinished jobs to watch for hedging")
 
     async def _check(self, job_id: str) -> None:
         watch = self._watches.get(job_id)

@@ -102,6 +102,10 @@ class Replicas:
             self._heard.pop(entry.key, None)
         else:
             self._heard[entry.key] = self._clock()
+            if entry.key != self.name:
+                # Known from its first heartbeat, so that one which goes again before the
+                # next tick is still noticed as gone, and what it left is taken over.
+                self._others.add(entry.key)
 
     async def _beat(self) -> None:
         await self._kv.put(self.name, f"{socket.gethostname()} pid {os.getpid()}".encode())

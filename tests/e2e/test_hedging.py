@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from google.protobuf import duration_pb2
+import pytest
 
 from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
+from tests.e2e.test_admission import another_router
 from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh
 
@@ -67,7 +68,7 @@ def image(latency_ms: int, steps: int, hedge_after: float | None = None) -> job_
         ),
     )
     if hedge_after is not None:
-        spec.hedge_after.CopyFrom(duration_pb2.Duration(nanos=int(hedge_after * 1e9)))
+        spec.hedge_after.FromNanoseconds(int(hedge_after * 1e9))
     return spec
 
 
@@ -153,3 +154,22 @@ async def test_a_job_that_reports_progress_in_time_is_not_hedged(
     ]
     assert not any(e.progress.message.startswith("hedging") for e in events)
     assert sum(e.progress.message.startswith("step ") for e in events) == 20
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+async def test_a_job_whose_router_replica_has_gone_is_still_hedged(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with slow_and_fast(nats_url, nats_prefix, database, tmp_path) as mesh:
+        # Submitted to a second replica, which stops before the job's 4 s of silence are up:
+        # the replica left must hedge it, or it waits out the slow provider's 20 s.
+        async with another_router(mesh) as (_, via_second):
+            spec = image(SLOW_MS, steps=0, hedge_after=4)
+            reply = await via_second.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))
+        final, _ = await mesh.finished(reply.job.id, within=15)
+
+    assert final.state == job_pb2.JOB_STATE_COMPLETED
+    assert [(a.provider, a.hedge) for a in final.attempts] == [
+        ("sandbox-slow", False),
+        ("sandbox-fast", True),
+    ]
