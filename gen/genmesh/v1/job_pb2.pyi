@@ -35,6 +35,9 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
     TASK_IMAGE_TO_IMAGE: _Task.ValueType  # 3
     TASK_TEXT_TO_SPEECH: _Task.ValueType  # 4
     TASK_SPEECH_TO_TEXT: _Task.ValueType  # 5
+    """Audio in, transcript out. Audio in which no speech is heard fails with JobError code
+    "no_speech" (ERROR_KIND_INVALID_INPUT): it never completes with an empty transcript.
+    """
     TASK_IMAGE_TO_TEXT: _Task.ValueType  # 6
     TASK_IMAGE_TO_VIDEO: _Task.ValueType  # 7
 
@@ -47,6 +50,9 @@ TASK_TEXT_TO_IMAGE: Task.ValueType  # 2
 TASK_IMAGE_TO_IMAGE: Task.ValueType  # 3
 TASK_TEXT_TO_SPEECH: Task.ValueType  # 4
 TASK_SPEECH_TO_TEXT: Task.ValueType  # 5
+"""Audio in, transcript out. Audio in which no speech is heard fails with JobError code
+"no_speech" (ERROR_KIND_INVALID_INPUT): it never completes with an empty transcript.
+"""
 TASK_IMAGE_TO_TEXT: Task.ValueType  # 6
 TASK_IMAGE_TO_VIDEO: Task.ValueType  # 7
 Global___Task: _TypeAlias = Task  # noqa: Y015
