@@ -461,7 +461,8 @@ class JobSpec(_message.Message):
     """
     draft_first: _builtins.bool
     """Image and video tasks: deliver a quick, cheap draft (smaller size, shorter clip or a
-    cheaper model) as PREVIEW_READY before the full-quality result.
+    cheaper model) as PREVIEW_READY before the full-quality result. Set on any other task,
+    or on a pipeline without an image or video step, it is INVALID_ARGUMENT.
     """
     priority: Global___Priority.ValueType
     """Under load, waiting higher-priority jobs start first."""
