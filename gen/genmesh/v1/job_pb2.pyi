@@ -447,7 +447,8 @@ class JobSpec(_message.Message):
     """Provider to use; empty lets the router choose."""
     idempotency_key: _builtins.str
     """The same key with the same spec returns the same job; with another spec it is an error.
-    At most 200 characters.
+    Defaults written out or left unset (priority NORMAL, empty parameters of the job or of a
+    pipeline step) are the same spec. At most 200 characters.
     """
     provider_preference: Global___ProviderPreference.ValueType
     """Whether `provider` is a requirement (STRICT, the default) or a preference (SOFT: the
