@@ -1,10 +1,12 @@
-"""A database made by an earlier release gains the columns added since, keeping its rows."""
+"""A database made by an earlier release gains the columns and indexes added since, keeping
+its rows."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Index, MetaData, String, Table, insert, select, text
 
 from services.common.db import open_database
+from services.router import store
 from tests.conftest import Database
 
 
@@ -33,3 +35,38 @@ async def test_new_nullable_columns_are_added(database: Database) -> None:
     async with opened as engine, engine.connect() as conn:
         rows = sorted((await conn.execute(select(table))).all())
     assert rows == [("j1", None), ("j2", "b1")]
+
+
+async def _indexes(database: Database, table: str) -> set[str]:
+    """The names of `table`'s indexes, as the database's own catalog lists them."""
+    if database.kind == "sqlite":
+        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"
+    else:
+        query = "SELECT indexname FROM pg_indexes WHERE schemaname = :s AND tablename = :t"
+    opened = open_database(database.url, MetaData(), database.schema)
+    async with opened as engine, engine.connect() as conn:
+        found = await conn.execute(text(query), {"t": table, "s": database.schema})
+        return set(found.scalars())
+
+
+async def test_an_index_added_to_an_existing_table_is_created(database: Database) -> None:
+    # batch_members as a release before its job index made it, with a row in it.
+    old = Table(
+        "batch_members",
+        MetaData(),
+        Column("batch_id", String(40), primary_key=True),
+        Column("job_id", String(40), primary_key=True),
+        Column("tenant_id", String(64), nullable=False),
+    )
+    await _insert(database, old, {"batch_id": "b1", "job_id": "j1", "tenant_id": "default"})
+    assert "batch_members_job" not in await _indexes(database, "batch_members")
+
+    for _start in range(2):  # the second start finds nothing left to make
+        opened = open_database(database.url, store.metadata, database.schema)
+        async with opened as engine, engine.connect() as conn:
+            rows = (await conn.execute(select(store.batch_members))).all()
+        assert rows == [("b1", "j1", "default")]
+        assert "batch_members_job" in await _indexes(database, "batch_members")
+    for table in store.metadata.sorted_tables:
+        wanted = {index.name for index in table.indexes}
+        assert wanted <= await _indexes(database, table.name), table.name

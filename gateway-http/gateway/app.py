@@ -40,7 +40,7 @@ Errors are `{"error": {"code": <gRPC status name>, "message": …}}` with the ma
 `RESOURCE_EXHAUSTED` is 413 when a body, upload or message is over a size limit (send less)
 and 429 when a queue or rate limit is reached (retry later). A body that stops arriving
 (GENMESH_HTTP_BODY_TIMEOUT) is a 408 `DEADLINE_EXCEEDED`, and its connection closes.
-The `x-genmesh-tenant` header picks the tenant (default: `default`).
+The `x-genmesh-tenant` header picks the tenant (absent or empty: `default`).
 """
 
 

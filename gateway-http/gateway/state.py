@@ -21,7 +21,7 @@ from services.common.channels import mesh_channel
 from services.common.tenancy import (
     DEFAULT_TENANT,
     TENANT_HEADER,
-    TENANT_PATTERN,
+    TENANT_HEADER_PATTERN,
     tenant_metadata,
 )
 from services.storage.client import AssetClient
@@ -88,8 +88,10 @@ def _tenant(
         str,
         Header(
             alias=TENANT_HEADER,
-            pattern=TENANT_PATTERN,
-            description="The tenant to act for; absent means the default tenant.",
+            # Empty is the default tenant, as in gRPC metadata: a client that always sends
+            # the header, empty when no tenant is chosen, acts for it both ways.
+            pattern=TENANT_HEADER_PATTERN,
+            description="The tenant to act for; absent or empty means the default tenant.",
         ),
     ] = "",
 ) -> str:

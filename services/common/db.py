@@ -181,27 +181,30 @@ class _Postgres(Database):
 
 def _create(conn: Connection, metadata: MetaData) -> None:
     metadata.create_all(conn)
-    _add_new_columns(conn, metadata)
+    _upgrade(conn, metadata)
 
 
-def _add_new_columns(conn: Connection, metadata: MetaData) -> None:
-    """Bring tables from an earlier release up to date: columns added since are created.
+def _upgrade(conn: Connection, metadata: MetaData) -> None:
+    """Bring tables from an earlier release up to date: columns and indexes added since.
 
-    create_all makes missing tables only; new columns must be nullable (or have a server
-    default) so old rows stay valid, and their indexes are created with them."""
+    create_all makes missing tables only (with their indexes); new columns must be nullable
+    (or have a server default) so old rows stay valid. An index is missing when its table is
+    older than it, whether or not its columns are new, and is looked up by name."""
     inspector = inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
     for table in metadata.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
-        added = [c for c in table.columns if c.name not in present]
-        quote = conn.dialect.identifier_preparer.quote
-        for column in added:
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.execute(
-                text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
-            )
+        indexed = {i["name"] for i in inspector.get_indexes(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(
+                    text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+                )
         for index in table.indexes:
-            if any(c in added for c in index.columns):
-                conn.execute(CreateIndex(index))
+            if index.name not in indexed:
+                # IF NOT EXISTS: SQLite has no advisory lock, and two processes may start at once.
+                conn.execute(CreateIndex(index, if_not_exists=True))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

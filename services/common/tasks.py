@@ -75,3 +75,9 @@ VISUAL_TASKS: frozenset[job_pb2.Task.ValueType] = frozenset(
 )
 # Tasks a quick draft can be made for before the full result (JobSpec.draft_first).
 DRAFT_TASKS = VISUAL_TASKS
+
+
+def listed(tasks: Iterable[job_pb2.Task.ValueType]) -> str:
+    """ "text-to-image, image-to-image and image-to-video": in the contract's order."""
+    names = [task_name(t) for t in sorted(tasks)]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

@@ -12,9 +12,13 @@ TENANT_HEADER = "x-genmesh-tenant"
 DEFAULT_TENANT = "default"
 # The narrowest tenant column any service stores (the router's jobs table).
 MAX_TENANT = 64
+_NAME = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_TENANT - 1}}}"
 # What every service and the bridge accept as a tenant name (matched whole: "$" alone
 # would also pass a trailing newline).
-TENANT_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_TENANT - 1}}}$"
+TENANT_PATTERN = rf"^{_NAME}$"
+# What the header (HTTP) or metadata value (gRPC) may hold: a name, or nothing for the
+# default tenant, as if it were absent.
+TENANT_HEADER_PATTERN = rf"^(?:{_NAME})?$"
 _TENANT = re.compile(TENANT_PATTERN)
 
 

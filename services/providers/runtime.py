@@ -34,6 +34,7 @@ from services.providers.cancelled import CancelledJobs
 from services.providers.context import RunContext
 from services.providers.drafts import Drafts
 from services.providers.events import LINGER, PROGRESS_LINGER, EventPublisher
+from services.providers.outputs import require_output
 from services.storage.client import AssetClient
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,7 @@ class ProviderWorker:
                 if self._drafts.wanted(job, delivery):
                     await self._drafts.show(self.adapter, ctx)
                 result = await self.adapter.run(ctx)
+            require_output(job.spec.task, result)
             self._outcomes.append(True)
             assets = await ctx.store_result(result)
         except InvalidArgument as exc:

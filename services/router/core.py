@@ -25,7 +25,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.parameters import dict_to_struct, struct_to_dict
-from services.common.tasks import INPUT_MEDIA, task_name
+from services.common.tasks import DRAFT_TASKS, INPUT_MEDIA, listed, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
@@ -197,6 +197,10 @@ class RouterCore:
             raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
         if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
+        if spec.draft_first and spec.task not in DRAFT_TASKS:
+            raise InvalidArgument(
+                f"draft_first applies to {listed(DRAFT_TASKS)}, not {task_name(spec.task)}"
+            )
         deadline = job_deadline(spec, call_remaining)
         self._check_prompt(spec)
         # Long prompts are compressed and enhancement hints added before a provider is

@@ -27,16 +27,23 @@ def new_job_id() -> str:
 def spec_hash(spec: job_pb2.JobSpec) -> str:
     """What a reused idempotency key is compared by: the spec without its key, and with the
     ways of saying the same thing spelled one way (priority NORMAL is the default; empty
-    parameters are none), so a retry that spells them differently is the same request."""
+    parameters, the job's or a pipeline step's, are none), so a retry that spells them
+    differently is the same request."""
     clean = job_pb2.JobSpec()
     clean.CopyFrom(spec)
     clean.idempotency_key = ""
     if clean.priority == job_pb2.PRIORITY_NORMAL:
         # Unspecified is the common spelling, and the one hashes stored earlier were made of.
         clean.priority = job_pb2.PRIORITY_UNSPECIFIED
-    if clean.HasField("parameters") and not clean.parameters.fields:
-        clean.ClearField("parameters")
+    _drop_empty_parameters(clean)
+    for step in clean.pipeline.steps:
+        _drop_empty_parameters(step)
     return hashlib.sha256(clean.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _drop_empty_parameters(holder: job_pb2.JobSpec | job_pb2.PipelineStep) -> None:
+    if holder.HasField("parameters") and not holder.parameters.fields:
+        holder.ClearField("parameters")
 
 
 def same_or_conflict(earlier: tuple[job_pb2.Job, str], incoming: str) -> job_pb2.Job:

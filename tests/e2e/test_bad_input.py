@@ -138,6 +138,37 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
             "INVALID_ARGUMENT",
             "priority -1",
         ),
+        # A draft is made for image and video only; asked of another task it was ignored.
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_TEXT, prompt="fox", draft_first=True),
+            "INVALID_ARGUMENT",
+            "draft_first applies to text-to-image, image-to-image and image-to-video, "
+            "not text-to-text",
+        ),
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_SPEECH, prompt="fox", draft_first=True),
+            "INVALID_ARGUMENT",
+            "not text-to-speech",
+        ),
+        (
+            job_pb2.JobSpec(
+                prompt="a fox",
+                draft_first=True,
+                pipeline=job_pb2.PipelineSpec(
+                    steps=[
+                        job_pb2.PipelineStep(
+                            name="words", task=job_pb2.TASK_TEXT_TO_TEXT, prompt="{prompt}"
+                        ),
+                        job_pb2.PipelineStep(
+                            name="say", task=job_pb2.TASK_TEXT_TO_SPEECH, prompt="{words}"
+                        ),
+                    ]
+                ),
+            ),
+            "INVALID_ARGUMENT",
+            "draft_first applies to text-to-image, image-to-image and image-to-video steps, "
+            "and this pipeline has none",
+        ),
     ],
     ids=[
         "empty",
@@ -158,6 +189,9 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
         "unknown-policy",
         "unknown-preference",
         "pipeline-unknown-priority",
+        "draft-of-text",
+        "draft-of-speech",
+        "draft-of-pipeline-without-pictures",
     ],
 )
 async def test_rejected_and_nothing_written(

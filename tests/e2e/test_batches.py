@@ -135,6 +135,12 @@ async def test_fifty_prompts_one_call_watched_whole(mesh: Mesh) -> None:
             "no-such-provider",
         ),
         (11, spec("fox", width=-5), grpc.StatusCode.INVALID_ARGUMENT, "width"),
+        (
+            3,
+            job_pb2.JobSpec(task=job_pb2.TASK_TEXT_TO_TEXT, prompt="fox", draft_first=True),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "draft_first applies to text-to-image, image-to-image and image-to-video",
+        ),
     ],
 )
 async def test_a_bad_spec_fails_the_whole_batch_and_names_its_index(

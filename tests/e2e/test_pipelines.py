@@ -4,6 +4,7 @@ invalid specs, cancellation and a router restart mid-pipeline."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import math
@@ -14,11 +15,13 @@ from typing import Any
 import grpc
 import pytest
 from PIL import Image
+from sqlalchemy import update
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
 from services.providers.sandbox import media
 from services.router import limits
+from services.router.store import jobs
 from tests.conftest import Database
 from tests.e2e.test_job_flow import submit
 from tests.infra import eventually
@@ -221,6 +224,56 @@ async def test_the_pipeline_timeout_bounds_the_pipeline_and_its_steps(mesh: Mesh
     assert picture.spec.draft_first
     await eventually(lambda: _ended(mesh, picture.id), within=15.0)
     assert not done.pipeline.steps[1].job_id  # never started
+
+
+def terse_pipeline(key: str) -> job_pb2.JobSpec:
+    """A pipeline spec leaving every default unsaid: no priority, no step parameters."""
+    words = job_pb2.PipelineStep(name="words", task=job_pb2.TASK_TEXT_TO_TEXT, prompt="{prompt}")
+    return pipeline_spec(steps=(words,), prompt="hello", idempotency_key=key)
+
+
+def spelled_out(spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
+    """The same request with the defaults written: priority NORMAL, empty step parameters."""
+    spelled = job_pb2.JobSpec()
+    spelled.CopyFrom(spec)
+    spelled.priority = job_pb2.PRIORITY_NORMAL
+    spelled.pipeline.steps[0].parameters.SetInParent()  # present, and empty
+    assert spelled.SerializeToString() != spec.SerializeToString()
+    return spelled
+
+
+async def test_an_idempotent_pipeline_retry_may_spell_the_defaults_out(mesh: Mesh) -> None:
+    terse = terse_pipeline("pipe-1")
+    first = await submit(mesh, terse)
+    assert (await submit(mesh, spelled_out(terse))).id == first.id
+    spelled = spelled_out(terse_pipeline("pipe-2"))
+    first = await submit(mesh, spelled)
+    assert (await submit(mesh, terse_pipeline("pipe-2"))).id == first.id
+    # Another request under a used key is still refused.
+    other = terse_pipeline("pipe-2")
+    other.prompt = "goodbye"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(mesh, other)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_pipeline_retry_matches_a_hash_stored_before_steps_were_normalised(
+    mesh: Mesh,
+) -> None:
+    spelled = spelled_out(terse_pipeline("pipe-3"))
+    first = await submit(mesh, spelled)
+    # As an earlier version stored it: only the job's own defaults spelled one way.
+    unkeyed = job_pb2.JobSpec()
+    unkeyed.CopyFrom(spelled)
+    unkeyed.idempotency_key = ""
+    unkeyed.priority = job_pb2.PRIORITY_UNSPECIFIED
+    old = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()
+    assert mesh.router is not None
+    async with mesh.router.store._engine.begin() as conn:
+        await conn.execute(update(jobs).where(jobs.c.id == first.id).values(spec_hash=old))
+
+    assert (await submit(mesh, spelled)).id == first.id
+    assert (await submit(mesh, terse_pipeline("pipe-3"))).id == first.id
 
 
 async def _ended(mesh: Mesh, job_id: str) -> bool:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from genmesh.v1 import job_service_pb2
 from tests.gateway.conftest import Bridge, SseEvent, iter_sse, read_sse, submit
 
 # The bridge adds no storage logic of its own; SQLite keeps the run short.
@@ -134,6 +135,34 @@ async def test_upload_then_metadata_and_content(bridge: Bridge) -> None:
     assert content.content == data
     # The tenant header is forwarded: another tenant cannot see it.
     assert (await bridge.http.get(f"/v1/assets/{asset['id']}")).status_code == 404
+
+
+async def test_an_empty_tenant_header_is_the_default_tenant_as_over_grpc(bridge: Bridge) -> None:
+    http, empty = bridge.http, {"x-genmesh-tenant": ""}
+    job = await submit(http, headers=empty, parameters={"latency_ms": 0})
+    assert job["tenant_id"] == "default"
+    for headers in (empty, {}):
+        got = await http.get(f"/v1/jobs/{job['id']}", headers=headers)
+        assert got.status_code == 200, got.text
+        listed = await http.get("/v1/jobs", headers=headers)
+        assert [j["id"] for j in listed.json()["jobs"]] == [job["id"]]
+    # gRPC metadata with an empty tenant finds the same job.
+    reply = await bridge.mesh.jobs.GetJob(
+        job_service_pb2.GetJobRequest(job_id=str(job["id"])), metadata=(("x-genmesh-tenant", ""),)
+    )
+    assert reply.job.tenant_id == "default"
+    stream = await events(http, str(job["id"]), **empty)
+    assert stream[0].event == "job" and stream[0].data["id"] == job["id"]
+
+    put = await http.post(
+        "/v1/assets", files={"file": ("a.txt", b"hi", "text/plain")}, headers=empty
+    )
+    assert put.status_code == 201, put.text
+    assert put.json()["tenant_id"] == "default"
+    assert (await http.get(f"/v1/assets/{put.json()['id']}")).status_code == 200
+    # Anything else outside the pattern is still refused.
+    refused = await http.get("/v1/jobs", headers={"x-genmesh-tenant": "-x"})
+    assert refused.status_code == 400, refused.text
 
 
 async def test_errors_map_to_http(bridge: Bridge) -> None:

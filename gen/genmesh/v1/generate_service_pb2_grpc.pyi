@@ -42,7 +42,9 @@ class GenerateServiceStub:
                            pipeline takes exactly one); bad parameter; idempotency key
                            over 200 characters; a priority, routing_policy or
                            provider_preference its enum does not define; a negative
-                           attempt_timeout or hedge_after; a timeout that is not positive.
+                           attempt_timeout or hedge_after; a timeout that is not positive;
+                           draft_first or enhance_prompt on a task other than image and
+                           video ones (draft_first on a pipeline with no such step).
       NOT_FOUND            an input asset id that does not exist for this tenant.
       FAILED_PRECONDITION  idempotency key reused with a different spec.
       UNAVAILABLE          no provider serves the task right now; the bus or store is down.
@@ -78,7 +80,9 @@ class GenerateServiceAsyncStub(GenerateServiceStub):
                            pipeline takes exactly one); bad parameter; idempotency key
                            over 200 characters; a priority, routing_policy or
                            provider_preference its enum does not define; a negative
-                           attempt_timeout or hedge_after; a timeout that is not positive.
+                           attempt_timeout or hedge_after; a timeout that is not positive;
+                           draft_first or enhance_prompt on a task other than image and
+                           video ones (draft_first on a pipeline with no such step).
       NOT_FOUND            an input asset id that does not exist for this tenant.
       FAILED_PRECONDITION  idempotency key reused with a different spec.
       UNAVAILABLE          no provider serves the task right now; the bus or store is down.
@@ -117,7 +121,9 @@ class GenerateServiceServicer(metaclass=_abc_1.ABCMeta):
                                pipeline takes exactly one); bad parameter; idempotency key
                                over 200 characters; a priority, routing_policy or
                                provider_preference its enum does not define; a negative
-                               attempt_timeout or hedge_after; a timeout that is not positive.
+                               attempt_timeout or hedge_after; a timeout that is not positive;
+                               draft_first or enhance_prompt on a task other than image and
+                               video ones (draft_first on a pipeline with no such step).
           NOT_FOUND            an input asset id that does not exist for this tenant.
           FAILED_PRECONDITION  idempotency key reused with a different spec.
           UNAVAILABLE          no provider serves the task right now; the bus or store is down.

@@ -35,6 +35,9 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
     TASK_IMAGE_TO_IMAGE: _Task.ValueType  # 3
     TASK_TEXT_TO_SPEECH: _Task.ValueType  # 4
     TASK_SPEECH_TO_TEXT: _Task.ValueType  # 5
+    """Audio in, transcript out. Audio in which no speech is heard fails with JobError code
+    "no_speech" (ERROR_KIND_INVALID_INPUT): it never completes with an empty transcript.
+    """
     TASK_IMAGE_TO_TEXT: _Task.ValueType  # 6
     TASK_IMAGE_TO_VIDEO: _Task.ValueType  # 7
 
@@ -47,6 +50,9 @@ TASK_TEXT_TO_IMAGE: Task.ValueType  # 2
 TASK_IMAGE_TO_IMAGE: Task.ValueType  # 3
 TASK_TEXT_TO_SPEECH: Task.ValueType  # 4
 TASK_SPEECH_TO_TEXT: Task.ValueType  # 5
+"""Audio in, transcript out. Audio in which no speech is heard fails with JobError code
+"no_speech" (ERROR_KIND_INVALID_INPUT): it never completes with an empty transcript.
+"""
 TASK_IMAGE_TO_TEXT: Task.ValueType  # 6
 TASK_IMAGE_TO_VIDEO: Task.ValueType  # 7
 Global___Task: _TypeAlias = Task  # noqa: Y015
@@ -441,7 +447,8 @@ class JobSpec(_message.Message):
     """Provider to use; empty lets the router choose."""
     idempotency_key: _builtins.str
     """The same key with the same spec returns the same job; with another spec it is an error.
-    At most 200 characters.
+    Defaults written out or left unset (priority NORMAL, empty parameters of the job or of a
+    pipeline step) are the same spec. At most 200 characters.
     """
     provider_preference: Global___ProviderPreference.ValueType
     """Whether `provider` is a requirement (STRICT, the default) or a preference (SOFT: the
@@ -455,7 +462,8 @@ class JobSpec(_message.Message):
     """
     draft_first: _builtins.bool
     """Image and video tasks: deliver a quick, cheap draft (smaller size, shorter clip or a
-    cheaper model) as PREVIEW_READY before the full-quality result.
+    cheaper model) as PREVIEW_READY before the full-quality result. Set on any other task,
+    or on a pipeline without an image or video step, it is INVALID_ARGUMENT.
     """
     priority: Global___Priority.ValueType
     """Under load, waiting higher-priority jobs start first."""

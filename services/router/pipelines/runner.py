@@ -27,7 +27,7 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.tasks import state_name, task_name
+from services.common.tasks import DRAFT_TASKS, listed, state_name, task_name
 from services.router import attempts
 from services.router.core import check_one_input
 from services.router.deadlines import job_deadline
@@ -115,6 +115,10 @@ class Pipelines:
         # Here, not in plan(): pipelines stored before it was checked must still resume. Steps
         # read only the first ("input" is one asset).
         check_one_input("a pipeline", spec.input_asset_ids)
+        if spec.draft_first and not DRAFT_TASKS.intersection(s.task for s in checked.steps):
+            raise InvalidArgument(
+                f"draft_first applies to {listed(DRAFT_TASKS)} steps, and this pipeline has none"
+            )
         for number, step in enumerate(checked.steps, 1):
             await self._check_step(tenant, spec, step, f"pipeline step {number} ({step.name!r})")
         job = job_pb2.Job(id=job_id, tenant_id=tenant, state=job_pb2.JOB_STATE_QUEUED)
