@@ -35,6 +35,8 @@ STATUS_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    # The service's own words (an asset whose bytes are gone), unlike INTERNAL's and UNKNOWN's.
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 
 _DESCRIPTIONS: dict[int, str] = {
@@ -48,7 +50,8 @@ _DESCRIPTIONS: dict[int, str] = {
     416: "OUT_OF_RANGE: the requested byte range is outside the asset",
     429: "RESOURCE_EXHAUSTED: a rate or queue limit was reached (e.g. the provider's queue "
     "bound); retry later",
-    500: "INTERNAL: an unexpected error; details stay in the bridge's log",
+    500: "INTERNAL: an unexpected error; details stay in the bridge's log (or DATA_LOSS: "
+    "something stored is gone, such as an asset's bytes; retrying will not help)",
     503: "UNAVAILABLE: the mesh cannot serve this right now; retry with backoff",
     504: "DEADLINE_EXCEEDED: the mesh did not answer in time",
 }
@@ -133,7 +136,7 @@ def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, dict[str
     """The HTTP status and error body for a failed mesh call."""
     status = rpc_http_status(error)
     details = error.details() or ""
-    if status == 500:
+    if error.code() not in STATUS_TO_HTTP:
         # The server's details for an unexpected code may carry internals; keep them in the log.
         log.error("mesh call failed: %s %s", error.code().name, details)
         return 500, error_body("INTERNAL", "internal error")

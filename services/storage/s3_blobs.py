@@ -26,7 +26,14 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from services.common.errors import Unavailable
-from services.storage.blobs import CHUNK_SIZE, READ_BLOCK, BlobStoreError, Staging, blob_path
+from services.storage.blobs import (
+    CHUNK_SIZE,
+    READ_BLOCK,
+    BlobMissing,
+    BlobStoreError,
+    Staging,
+    blob_path,
+)
 
 if TYPE_CHECKING:
     from services.storage.settings import Settings
@@ -125,9 +132,16 @@ class S3BlobStore(Staging):
             return
         end = "" if length is None else str(offset + length - 1)
         ranged = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
-        reply = await self._call(
-            partial(self._client.get_object, Bucket=self.bucket, Key=self.object_key(key), **ranged)
-        )
+        try:
+            reply = await self._call(
+                partial(
+                    self._client.get_object, Bucket=self.bucket, Key=self.object_key(key), **ranged
+                )
+            )
+        except ClientError as exc:
+            if _status(exc) == 404:  # NoSuchKey
+                raise BlobMissing(key) from exc
+            raise
         body = _Body(reply["Body"])
         try:
             while True:

@@ -23,7 +23,13 @@ from services.storage.settings import Settings
 from tests.conftest import Database
 from tests.fakes.object_store import ObjectStore
 from tests.infra import start_failure
-from tests.storage.conftest import IN_MEMORY_BYTES, Serving, serving_storage, storage_process
+from tests.storage.conftest import (
+    IN_MEMORY_BYTES,
+    Serving,
+    download_messages,
+    serving_storage,
+    storage_process,
+)
 
 TENANT = "t_s3"
 
@@ -113,6 +119,20 @@ async def test_the_same_bytes_twice_are_one_object(
     assert await running.client.download(second.id, tenant=TENANT) == data
     assert object_store.client().list_objects_v2(Bucket=blobs.bucket)["KeyCount"] == 1
     assert blobs.staged() == []
+
+
+async def test_an_asset_whose_object_is_gone_is_data_loss_before_any_message(
+    on_s3: tuple[Serving, S3BlobStore], object_store: ObjectStore
+) -> None:
+    running, blobs = on_s3
+    asset = await upload(running, b"deleted behind storage's back")
+    object_store.client().delete_object(Bucket=blobs.bucket, Key=f"mesh/{blob_path(asset.sha256)}")
+
+    received, failed = await download_messages(running.channel, asset.id, tenant=TENANT)
+
+    assert received == []
+    assert failed is not None and failed.code() == grpc.StatusCode.DATA_LOSS
+    assert f"the bytes of asset {asset.id} are missing from storage" in (failed.details() or "")
 
 
 async def test_a_blob_whose_row_failed_is_kept_for_the_other_replicas(

@@ -108,7 +108,8 @@ class AssetServiceServicer:
 
     def DownloadAsset(self, request, context):
         """Server-streaming: the first message carries the asset's metadata, then bytes.
-        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+        asset is known but its bytes are missing from storage (sent before any message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

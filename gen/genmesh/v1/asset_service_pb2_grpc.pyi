@@ -58,7 +58,8 @@ class AssetServiceStub:
     """Errors: NOT_FOUND no such asset for this tenant."""
     DownloadAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetRequest, _asset_service_pb2.DownloadAssetResponse]
     """Server-streaming: the first message carries the asset's metadata, then bytes.
-    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+    asset is known but its bytes are missing from storage (sent before any message).
     """
 
 @_typing.type_check_only
@@ -91,7 +92,8 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """Errors: NOT_FOUND no such asset for this tenant."""
     DownloadAsset: _aio.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetRequest, _asset_service_pb2.DownloadAssetResponse]  # type: ignore[assignment]
     """Server-streaming: the first message carries the asset's metadata, then bytes.
-    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+    asset is known but its bytes are missing from storage (sent before any message).
     """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -151,7 +153,8 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_asset_service_pb2.DownloadAssetResponse], _abc.AsyncIterator[_asset_service_pb2.DownloadAssetResponse]]:
         """Server-streaming: the first message carries the asset's metadata, then bytes.
-        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+        asset is known but its bytes are missing from storage (sent before any message).
         """
 
 def add_AssetServiceServicer_to_server(servicer: AssetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
