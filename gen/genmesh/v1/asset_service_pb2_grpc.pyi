@@ -27,7 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AssetServiceStub:
-    """Store and serve blobs. Every call is scoped to the caller's tenant."""
+    """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -64,7 +69,12 @@ class AssetServiceStub:
 
 @_typing.type_check_only
 class AssetServiceAsyncStub(AssetServiceStub):
-    """Store and serve blobs. Every call is scoped to the caller's tenant."""
+    """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     UploadAsset: _aio.StreamUnaryMultiCallable[_asset_service_pb2.UploadAssetRequest, _asset_service_pb2.UploadAssetResponse]  # type: ignore[assignment]
@@ -97,7 +107,12 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Store and serve blobs. Every call is scoped to the caller's tenant."""
+    """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
+    """
 
     @_abc_1.abstractmethod
     def UploadAsset(
