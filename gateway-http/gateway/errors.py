@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError, WebSocketRequestValidatio
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from gateway.schema import ErrorBody
 from services.common.errors import TOO_LARGE, reason_of
@@ -66,6 +67,10 @@ _HTTP_TO_CODE: dict[int, str] = {
     409: "FAILED_PRECONDITION",
     416: "OUT_OF_RANGE",
 }
+
+
+# The methods a 405's Allow may name (RFC 9110's, less CONNECT and TRACE, which no route takes).
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class BadRequest(Exception):
@@ -208,12 +213,31 @@ def _problem(err: Any) -> str:
     return f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg"))
 
 
-async def _on_http(_: Request, exc: Exception) -> JSONResponse:
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_TO_CODE.get(exc.status_code, "INTERNAL" if exc.status_code >= 500 else "UNKNOWN")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
     return JSONResponse(
-        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
     )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's 405 names only the
+    first route that matched the path, and FastAPI makes one route per method (GET and POST
+    /v1/jobs are two), while RFC 9110 wants all of them in Allow. Asked of each route through
+    its public matches(), as FastAPI nests included routers in routes of its own; mounts take
+    any method at their prefix and answer for themselves."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -231,6 +231,26 @@ async def test_refusals_map_to_http_statuses(lonely: Lonely) -> None:
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        # Two routes (ListJobs, Submit): Allow named only the first, POST.
+        ("DELETE", "/v1/jobs", "GET, POST"),
+        ("PUT", "/v1/jobs", "GET, POST"),
+        ("PATCH", "/v1/assets/a_1/content", "GET, HEAD"),
+        ("GET", "/v1/assets", "POST"),
+        ("GET", "/v1/jobs/j_1:cancel", "POST"),
+    ],
+)
+async def test_a_wrong_method_is_told_every_allowed_one(
+    lonely: Lonely, method: str, path: str, allowed: str
+) -> None:
+    response = await lonely.http.request(method, path)
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"]["code"] == "UNIMPLEMENTED"
+
+
 async def test_puts_refuse_as_uploads_do(lonely: Lonely) -> None:
     http = lonely.http
     big = {"data": base64.b64encode(b"\x00" * 5000).decode()}
