@@ -14,12 +14,13 @@ from starlette.responses import Response
 
 from gateway import schema
 from gateway.bodies import BoundedBodyRoute, fitting
+from gateway.conditional import entity_tag, none_match, range_applies
 from gateway.convert import to_json, to_message
 from gateway.errors import bad_input, documented, error_body
 from gateway.forms import UploadForm
 from gateway.ids import AssetId
 from gateway.state import ClientsDep, TenantDep
-from genmesh.v1 import asset_service_pb2
+from genmesh.v1 import asset_pb2, asset_service_pb2
 from services.storage.client import AssetStream
 
 router = APIRouter()
@@ -56,15 +57,24 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
+_ETAG: dict[str, Any] = {
+    "ETag": {
+        "description": "The asset's sha256, quoted: a strong validator",
+        "schema": {"type": "string"},
+    }
+}
 _CONTENT_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The whole asset, with its media type and length",
         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        "headers": _ETAG,
     },
     206: {
         "description": "One byte range (Range: bytes=a-b, a- or -n), with Content-Range",
         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        "headers": _ETAG,
     },
+    304: {"description": "If-None-Match named the asset's ETag: no body", "headers": _ETAG},
 }
 
 
@@ -208,27 +218,35 @@ async def asset_content(
     clients: ClientsDep,
     tenant: TenantDep,
     range: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+    if_range: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """AssetService.DownloadAsset: the bytes with the asset's Content-Type and Content-Length;
-    a single Range gives 206 (served from the RPC's offset/length), several are ignored."""
+    """AssetService.DownloadAsset: the bytes with the asset's Content-Type, Content-Length and
+    ETag (its sha256, quoted); a single Range gives 206 (served from the RPC's offset/length),
+    several are ignored. If-None-Match naming the ETag gives 304; If-Range other than the
+    ETag serves the whole asset, 200, instead of the range."""
     span = None
-    if range:
-        size = (await clients.assets.get(asset_id, tenant=tenant)).size_bytes
-        try:
-            span = parse_range(range, size)
-        except Unsatisfiable:
-            return JSONResponse(
-                error_body("OUT_OF_RANGE", f"range {range!r} is outside the asset ({size} bytes)"),
-                status_code=416,
-                headers={"Content-Range": f"bytes */{size}"},
-            )
+    if range or if_none_match is not None:
+        known = await clients.assets.get(asset_id, tenant=tenant)
+        etag = entity_tag(known.sha256)
+        if if_none_match is not None and none_match(if_none_match, etag):
+            return Response(status_code=304, headers=_headers(known))
+        if range and range_applies(if_range, etag):
+            size = known.size_bytes
+            try:
+                span = parse_range(range, size)
+            except Unsatisfiable:
+                return JSONResponse(
+                    error_body(
+                        "OUT_OF_RANGE", f"range {range!r} is outside the asset ({size} bytes)"
+                    ),
+                    status_code=416,
+                    headers={"Content-Range": f"bytes */{size}"},
+                )
     offset, length = span or (0, 0)
     stream = await clients.assets.open(asset_id, tenant=tenant, offset=offset, length=length)
     asset = stream.asset
-    headers = {
-        "Content-Type": asset.media_type or "application/octet-stream",
-        "Accept-Ranges": "bytes",
-    }
+    headers = _headers(asset)
     if span:
         headers["Content-Length"] = str(length)
         headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{asset.size_bytes}"
@@ -238,15 +256,27 @@ async def asset_content(
 
 
 @router.head("/v1/assets/{asset_id:id}/content", include_in_schema=False)
-async def asset_content_head(asset_id: AssetId, clients: ClientsDep, tenant: TenantDep) -> Response:
+async def asset_content_head(
+    asset_id: AssetId,
+    clients: ClientsDep,
+    tenant: TenantDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
     """AssetService.GetAsset as the headers a GET of the content sends (what `curl -I` asks)."""
     asset = await clients.assets.get(asset_id, tenant=tenant)
-    headers = {
+    headers = _headers(asset)
+    if if_none_match is not None and none_match(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    return Response(status_code=200, headers={**headers, "Content-Length": str(asset.size_bytes)})
+
+
+def _headers(asset: asset_pb2.Asset) -> dict[str, str]:
+    """What every answer about an asset's content says, 304s included (RFC 9110 15.4.5)."""
+    return {
         "Content-Type": asset.media_type or "application/octet-stream",
         "Accept-Ranges": "bytes",
-        "Content-Length": str(asset.size_bytes),
+        "ETag": entity_tag(asset.sha256),
     }
-    return Response(status_code=200, headers=headers)
 
 
 async def _chunks(stream: AssetStream) -> AsyncIterator[bytes]:

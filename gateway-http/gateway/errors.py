@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError, WebSocketRequestValidatio
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from gateway.schema import ErrorBody
 from services.common.errors import TOO_LARGE, reason_of
@@ -35,6 +36,8 @@ STATUS_TO_HTTP: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    # The service's own words (an asset whose bytes are gone), unlike INTERNAL's and UNKNOWN's.
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 
 _DESCRIPTIONS: dict[int, str] = {
@@ -48,7 +51,8 @@ _DESCRIPTIONS: dict[int, str] = {
     416: "OUT_OF_RANGE: the requested byte range is outside the asset",
     429: "RESOURCE_EXHAUSTED: a rate or queue limit was reached (e.g. the provider's queue "
     "bound); retry later",
-    500: "INTERNAL: an unexpected error; details stay in the bridge's log",
+    500: "INTERNAL: an unexpected error; details stay in the bridge's log (or DATA_LOSS: "
+    "something stored is gone, such as an asset's bytes; retrying will not help)",
     503: "UNAVAILABLE: the mesh cannot serve this right now; retry with backoff",
     504: "DEADLINE_EXCEEDED: the mesh did not answer in time",
 }
@@ -63,6 +67,10 @@ _HTTP_TO_CODE: dict[int, str] = {
     409: "FAILED_PRECONDITION",
     416: "OUT_OF_RANGE",
 }
+
+
+# The methods a 405's Allow may name (RFC 9110's, less CONNECT and TRACE, which no route takes).
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class BadRequest(Exception):
@@ -133,7 +141,7 @@ def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, dict[str
     """The HTTP status and error body for a failed mesh call."""
     status = rpc_http_status(error)
     details = error.details() or ""
-    if status == 500:
+    if error.code() not in STATUS_TO_HTTP:
         # The server's details for an unexpected code may carry internals; keep them in the log.
         log.error("mesh call failed: %s %s", error.code().name, details)
         return 500, error_body("INTERNAL", "internal error")
@@ -205,12 +213,31 @@ def _problem(err: Any) -> str:
     return f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg"))
 
 
-async def _on_http(_: Request, exc: Exception) -> JSONResponse:
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_TO_CODE.get(exc.status_code, "INTERNAL" if exc.status_code >= 500 else "UNKNOWN")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
     return JSONResponse(
-        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
     )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's 405 names only the
+    first route that matched the path, and FastAPI makes one route per method (GET and POST
+    /v1/jobs are two), while RFC 9110 wants all of them in Allow. Asked of each route through
+    its public matches(), as FastAPI nests included routers in routes of its own; mounts take
+    any method at their prefix and answer for themselves."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -70,6 +70,13 @@ class OutOfRange(MeshError):
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
+class DataLoss(MeshError):
+    """Something stored is gone or damaged (an asset whose bytes are missing): not the
+    caller's doing, and asking again will not bring it back."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 def status_of(exc: Exception, where: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller sees for `exc`: a MeshError's own; RESOURCE_EXHAUSTED
     for a full disk; UNAVAILABLE when something the call needs did not answer (see

@@ -27,6 +27,10 @@ class BlobStoreError(CannotStart):
     """The configured blob store cannot be used (a bucket missing or refused); raised at start."""
 
 
+class BlobMissing(Exception):
+    """A blob a row refers to is not in the store (deleted behind storage's back, or lost)."""
+
+
 def blob_path(key: str) -> str:
     """Where blob `key` (its sha256) lives below a backend's root: ab/cd/<sha256>."""
     if not _SHA256.fullmatch(key):
@@ -56,7 +60,8 @@ class BlobStore(Protocol):
     def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = CHUNK_SIZE
     ) -> AsyncGenerator[bytes, None]:
-        """The bytes [offset, offset + length) in chunks; length None reads to the end."""
+        """The bytes [offset, offset + length) in chunks; length None reads to the end.
+        BlobMissing, from the first step, when there is no such blob."""
         ...
 
     async def delete(self, key: str) -> None:
@@ -143,7 +148,10 @@ class LocalBlobStore(Staging):
     ) -> AsyncGenerator[bytes, None]:
         f = ThreadFile(self.path_of(key), "rb")
         try:
-            await f.run(lambda fh: fh.seek(offset))
+            try:
+                await f.run(lambda fh: fh.seek(offset))  # opens the file
+            except FileNotFoundError as exc:
+                raise BlobMissing(key) from exc
             remaining = length
             while remaining is None or remaining > 0:
                 want = READ_BLOCK if remaining is None else min(READ_BLOCK, remaining)

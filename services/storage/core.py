@@ -27,11 +27,11 @@ from sqlalchemy.exc import IntegrityError
 
 from genmesh.v1 import asset_pb2
 from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound, OutOfRange, TooLarge
+from services.common.errors import DataLoss, InvalidArgument, NotFound, OutOfRange, TooLarge
 from services.common.group_commit import GroupCommit
 from services.common.tenancy import MAX_TENANT
 from services.common.text import check_text, findable
-from services.storage.blobs import BlobStore, ThreadFile
+from services.storage.blobs import BlobMissing, BlobStore, ThreadFile
 from services.storage.limits import PUT_LIMIT
 from services.storage.probe import MediaInfo, normalize_media_type, probe_file
 from services.storage.schema import assets
@@ -85,6 +85,28 @@ class Asset:
     create_time: datetime
 
 
+class Chunks:
+    """A blob's chunks, the first read already: the blob was found before anything is sent.
+    aclose() ends the read however far it got."""
+
+    def __init__(self, first: bytes | None, rest: AsyncGenerator[bytes, None]) -> None:
+        self._first = first
+        self._rest = rest
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        self._first = None
+        await self._rest.aclose()
+
+
 @dataclass(frozen=True)
 class Download:
     """An asset and its bytes [offset, offset + length) as chunks; aclose() them if abandoned."""
@@ -92,7 +114,7 @@ class Download:
     asset: Asset
     offset: int
     length: int
-    chunks: AsyncGenerator[bytes, None]
+    chunks: Chunks
 
 
 @dataclass(frozen=True)
@@ -260,7 +282,8 @@ class AssetStore:
     async def open_range(
         self, tenant: str, asset_id: str, offset: int = 0, length: int = 0
     ) -> Download:
-        """At most `length` bytes (0: all) from `offset`; OutOfRange when offset > size."""
+        """At most `length` bytes (0: all) from `offset`; OutOfRange when offset > size;
+        DataLoss when the asset's blob is gone, found out before any byte is handed over."""
         if offset < 0 or length < 0:
             raise InvalidArgument("offset and length must not be negative")
         asset = await self.get(tenant, asset_id)
@@ -268,7 +291,20 @@ class AssetStore:
             raise OutOfRange(f"offset {offset} is past the end ({asset.size_bytes} bytes)")
         available = asset.size_bytes - offset
         count = available if length == 0 else min(length, available)
-        return Download(asset, offset, count, self._blobs.read(asset.blob_key, offset, count))
+        rest = self._blobs.read(asset.blob_key, offset, count)
+        # The first read opens the blob: a missing one must fail the call before its
+        # metadata is sent (and the bridge has answered 200), not halfway through the body.
+        try:
+            first = await anext(rest, None)
+        except BlobMissing as exc:
+            log.error("asset %s: its blob %s is missing from the blob store", asset.id, exc)
+            raise DataLoss(
+                f"the bytes of asset {asset.id} are missing from storage; it cannot be read"
+            ) from exc
+        except BaseException:
+            await rest.aclose()
+            raise
+        return Download(asset, offset, count, Chunks(first, rest))
 
     def _lock(self, sha256: str) -> asyncio.Lock:
         lock = self._locks.get(sha256)

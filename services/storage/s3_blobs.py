@@ -25,8 +25,15 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from services.common.errors import Unavailable
-from services.storage.blobs import CHUNK_SIZE, READ_BLOCK, BlobStoreError, Staging, blob_path
+from services.common.errors import FailedPrecondition, Unavailable
+from services.storage.blobs import (
+    CHUNK_SIZE,
+    READ_BLOCK,
+    BlobMissing,
+    BlobStoreError,
+    Staging,
+    blob_path,
+)
 
 if TYPE_CHECKING:
     from services.storage.settings import Settings
@@ -45,8 +52,28 @@ THREADS = 32
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable"}
 )
+# Credentials that have run out: renewed ones (an instance role's, a rotated session token)
+# may work on the next try, so the caller is told to retry.
+_EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "TokenRefreshRequired"})
+# Credentials, or a policy, the store refuses: nothing changes until an operator fixes storage's
+# configuration, so the caller is told not to retry.
+_REFUSED_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "InvalidClientTokenId",
+        "AccessDenied",
+        "AllAccessDisabled",
+    }
+)
 # What a client is told; the store's address and the error itself go to the log only.
 UNREACHABLE = "the object store did not answer; retry later"
+EXPIRED = "the object store refused storage's credentials as expired ({code}); retry later"
+REFUSED = (
+    "the object store refused storage's credentials or access ({code}); an operator must fix "
+    "storage's object-store credentials or bucket policy, so retrying will not help"
+)
 
 
 class S3BlobStore(Staging):
@@ -125,9 +152,16 @@ class S3BlobStore(Staging):
             return
         end = "" if length is None else str(offset + length - 1)
         ranged = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
-        reply = await self._call(
-            partial(self._client.get_object, Bucket=self.bucket, Key=self.object_key(key), **ranged)
-        )
+        try:
+            reply = await self._call(
+                partial(
+                    self._client.get_object, Bucket=self.bucket, Key=self.object_key(key), **ranged
+                )
+            )
+        except ClientError as exc:
+            if _status(exc) == 404:  # NoSuchKey
+                raise BlobMissing(key) from exc
+            raise
         body = _Body(reply["Body"])
         try:
             while True:
@@ -170,8 +204,9 @@ class S3BlobStore(Staging):
                 return
         except ClientError as exc:
             # S3 answers 403, not 404, for a missing object to a role that may not list the
-            # bucket; such a role may still put, so not knowing is no reason to stop.
-            if _status(exc) != 403:
+            # bucket; such a role may still put, so not knowing is no reason to stop. A HEAD's
+            # refusal has no body to say why (400 for an expired token): the PUT's answer will.
+            if _status(exc) not in (400, 403):
                 raise
         self._client.put_object(
             Bucket=self.bucket,
@@ -199,6 +234,20 @@ class S3BlobStore(Staging):
                 raise Unavailable(
                     f"the object store is busy or failing ({_code(exc)}); retry later"
                 ) from exc
+            code = _code(exc)
+            if code in _EXPIRED_CODES or code in _REFUSED_CODES:
+                # The code and the call only: S3's error body echoes the access key id and
+                # the session token, which botocore keeps in the error (hence no chaining).
+                log.warning(
+                    "object store refused %s on bucket %r: %s (HTTP %d)",
+                    exc.operation_name,
+                    self.bucket,
+                    code,
+                    _status(exc),
+                )
+                if code in _EXPIRED_CODES:
+                    raise Unavailable(EXPIRED.format(code=code)) from None
+                raise FailedPrecondition(REFUSED.format(code=code)) from None
             raise
 
 

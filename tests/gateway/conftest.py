@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,8 +16,11 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from services.storage.app import running_storage
+from services.storage.settings import Settings as StorageSettings
 from tests.e2e.conftest import mesh  # noqa: F401  (a fixture, under every bridge)
 from tests.fakes.server import serving
+from tests.infra import free_port
 from tests.mesh import Mesh
 
 # The bridge as it runs: its lifespan, its own logging, uvicorn's default WebSocket stack.
@@ -44,6 +48,24 @@ async def bridge_http(settings: Settings, port: int = 0) -> AsyncIterator[httpx.
         httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
     ):
         yield http
+
+
+@asynccontextmanager
+async def storage_bridge(data_dir: Path, **storage: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A bridge in front of a real storage alone (SQLite and blobs under `data_dir`, with
+    `storage` settings, GENMESH_*) and a router address where nothing listens."""
+    storage_env = {
+        "GENMESH_LISTEN": "127.0.0.1:0",
+        "GENMESH_DATA_DIR": str(data_dir),
+        "GENMESH_SHUTDOWN_GRACE": "1",
+        **storage,
+    }
+    async with running_storage(StorageSettings.from_env(storage_env)) as running:
+        settings = Settings(
+            router_addr=f"127.0.0.1:{free_port()}", storage_addr=running.address, shutdown_grace=1
+        )
+        async with bridge_http(settings) as http:
+            yield http
 
 
 @asynccontextmanager

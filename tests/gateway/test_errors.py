@@ -30,10 +30,8 @@ from genmesh.v1 import (
 )
 from services.common.errors import REASON_KEY, TOO_LARGE, ResourceExhausted
 from services.common.grpc_server import MAX_MESSAGE_BYTES, grpc_server
-from services.storage.app import running_storage
-from services.storage.settings import Settings as StorageSettings
 from tests.fakes.server import serving
-from tests.gateway.conftest import BRIDGE_SERVER, bridge_http, post_partly
+from tests.gateway.conftest import BRIDGE_SERVER, bridge_http, post_partly, storage_bridge
 from tests.infra import free_port
 
 # Generous: only reached when the bridge waits for a body that is never sent.
@@ -53,6 +51,7 @@ EXPECTED = {
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 
 
@@ -69,7 +68,7 @@ def test_every_status_code_has_one_http_answer(code: grpc.StatusCode) -> None:
         assert response.status_code == EXPECTED[code]
         assert body == {"error": {"code": code.name, "message": "at /srv/router.py line 7"}}
     else:
-        # UNKNOWN, INTERNAL, DATA_LOSS: the server's details may hold internals; keep them out.
+        # UNKNOWN, INTERNAL: the server's details may hold internals; keep them out.
         assert response.status_code == 500
         assert body == {"error": {"code": "INTERNAL", "message": "internal error"}}
 
@@ -123,21 +122,8 @@ class Lonely:
 
 @pytest.fixture
 async def lonely(tmp_path: Path) -> AsyncIterator[Lonely]:
-    storage_env = {
-        "GENMESH_LISTEN": "127.0.0.1:0",
-        "GENMESH_DATA_DIR": str(tmp_path),
-        "GENMESH_STORAGE_MAX_UPLOAD_BYTES": "1000",
-        "GENMESH_SHUTDOWN_GRACE": "1",
-    }
-    async with running_storage(StorageSettings.from_env(storage_env)) as storage:
-        settings = Settings(
-            router_addr=f"127.0.0.1:{free_port()}", storage_addr=storage.address, shutdown_grace=1
-        )
-        async with (
-            serving(create_app(settings), **BRIDGE_SERVER) as url,
-            httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as http,
-        ):
-            yield Lonely(http, url)
+    async with storage_bridge(tmp_path, GENMESH_STORAGE_MAX_UPLOAD_BYTES="1000") as http:
+        yield Lonely(http, str(http.base_url).rstrip("/"))
 
 
 @pytest.mark.parametrize(
@@ -243,6 +229,26 @@ async def test_refusals_map_to_http_statuses(lonely: Lonely) -> None:
             await ws.recv()
     assert message["error"]["code"] == "UNAVAILABLE"
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        # Two routes (ListJobs, Submit): Allow named only the first, POST.
+        ("DELETE", "/v1/jobs", "GET, POST"),
+        ("PUT", "/v1/jobs", "GET, POST"),
+        ("PATCH", "/v1/assets/a_1/content", "GET, HEAD"),
+        ("GET", "/v1/assets", "POST"),
+        ("GET", "/v1/jobs/j_1:cancel", "POST"),
+    ],
+)
+async def test_a_wrong_method_is_told_every_allowed_one(
+    lonely: Lonely, method: str, path: str, allowed: str
+) -> None:
+    response = await lonely.http.request(method, path)
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"]["code"] == "UNIMPLEMENTED"
 
 
 async def test_puts_refuse_as_uploads_do(lonely: Lonely) -> None:

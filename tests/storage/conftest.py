@@ -16,10 +16,11 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from genmesh.v1 import asset_service_pb2_grpc
+from genmesh.v1 import asset_service_pb2, asset_service_pb2_grpc
 from services.common.db import Database as Db
 from services.common.db import open_database
 from services.common.grpc_server import grpc_server
+from services.common.tenancy import tenant_metadata
 from services.storage.blobs import BlobStore, LocalBlobStore
 from services.storage.client import AssetClient
 from services.storage.core import AssetStore
@@ -88,6 +89,23 @@ async def serving_storage(database: Database, blobs: BlobStore) -> AsyncIterator
         )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(running.address))
         yield Serving(running.address, channel, AssetClient(channel), store, engine)
+
+
+async def download_messages(
+    channel: grpc.aio.Channel, asset_id: str, *, tenant: str, offset: int = 0, length: int = 0
+) -> tuple[list[asset_service_pb2.DownloadAssetResponse], grpc.aio.AioRpcError | None]:
+    """What a DownloadAsset call sends before it ends, and the error it ends with (if any)."""
+    call = asset_service_pb2_grpc.AssetServiceStub(channel).DownloadAsset(
+        asset_service_pb2.DownloadAssetRequest(asset_id=asset_id, offset=offset, length=length),
+        metadata=tenant_metadata(tenant),
+    )
+    received = []
+    try:
+        async for message in call:
+            received.append(message)
+    except grpc.aio.AioRpcError as failed:
+        return received, failed
+    return received, None
 
 
 class StorageProcess:

@@ -31,7 +31,13 @@ from services.storage.limits import PUT_LIMIT
 from services.storage.put_batcher import PutBatcher
 from services.storage.settings import Settings as StorageSettings
 from tests.infra import eventually
-from tests.storage.conftest import IN_MEMORY_BYTES, MAX_UPLOAD_BYTES, Storage, storage_process
+from tests.storage.conftest import (
+    IN_MEMORY_BYTES,
+    MAX_UPLOAD_BYTES,
+    Storage,
+    download_messages,
+    storage_process,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -180,6 +186,33 @@ async def test_download_stream_can_stop_early(storage: Storage) -> None:
     assert await storage.client.download(asset.id, tenant=TENANT) == data
     # And it let go of the blob file: an abandoned stream leaks no descriptor.
     await eventually(lambda: open_files_under(storage.blobs.root) == [])
+
+
+@pytest.mark.parametrize("request_range", [{}, {"offset": 5, "length": 10}], ids=["whole", "range"])
+async def test_an_asset_whose_blob_is_gone_is_data_loss_before_any_message(
+    storage: Storage, caplog: pytest.LogCaptureFixture, request_range: dict[str, int]
+) -> None:
+    # The row stays; the bytes went behind storage's back (a disk restored without them, an
+    # operator's clean-up). The metadata went out first and the call then failed INTERNAL,
+    # so the bridge had already answered 200 and its body broke off.
+    asset = await storage.client.upload(b"soon gone" * 100, tenant=TENANT, media_type="text/plain")
+    [blob] = storage.blob_files()
+    blob.unlink()
+
+    received, failed = await download_messages(
+        storage.channel, asset.id, tenant=TENANT, **request_range
+    )
+
+    assert received == []
+    assert failed is not None and failed.code() == grpc.StatusCode.DATA_LOSS
+    assert failed.details() == (
+        f"the bytes of asset {asset.id} are missing from storage; it cannot be read"
+    )
+    assert f"asset {asset.id}: its blob {asset.sha256} is missing" in caplog.text
+    # The metadata is still there, and a download of another asset still works.
+    assert (await storage.client.get(asset.id, tenant=TENANT)).sha256 == asset.sha256
+    other = await storage.client.upload(b"still here", tenant=TENANT, media_type="text/plain")
+    assert await storage.client.download(other.id, tenant=TENANT) == b"still here"
 
 
 async def test_stopping_storage_closes_a_download_still_streaming(tmp_path: Path) -> None:

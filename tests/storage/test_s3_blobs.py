@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,12 +19,18 @@ from services.common.errors import Unavailable
 from services.storage.app import open_blob_store
 from services.storage.blobs import BlobStoreError, blob_path
 from services.storage.client import AssetClient
-from services.storage.s3_blobs import S3BlobStore
+from services.storage.s3_blobs import EXPIRED, REFUSED, S3BlobStore
 from services.storage.settings import Settings
 from tests.conftest import Database
-from tests.fakes.object_store import ObjectStore
+from tests.fakes.object_store import REFUSALS, ObjectStore, refusing_object_store
 from tests.infra import start_failure
-from tests.storage.conftest import IN_MEMORY_BYTES, Serving, serving_storage, storage_process
+from tests.storage.conftest import (
+    IN_MEMORY_BYTES,
+    Serving,
+    download_messages,
+    serving_storage,
+    storage_process,
+)
 
 TENANT = "t_s3"
 
@@ -115,6 +122,20 @@ async def test_the_same_bytes_twice_are_one_object(
     assert blobs.staged() == []
 
 
+async def test_an_asset_whose_object_is_gone_is_data_loss_before_any_message(
+    on_s3: tuple[Serving, S3BlobStore], object_store: ObjectStore
+) -> None:
+    running, blobs = on_s3
+    asset = await upload(running, b"deleted behind storage's back")
+    object_store.client().delete_object(Bucket=blobs.bucket, Key=f"mesh/{blob_path(asset.sha256)}")
+
+    received, failed = await download_messages(running.channel, asset.id, tenant=TENANT)
+
+    assert received == []
+    assert failed is not None and failed.code() == grpc.StatusCode.DATA_LOSS
+    assert f"the bytes of asset {asset.id} are missing from storage" in (failed.details() or "")
+
+
 async def test_a_blob_whose_row_failed_is_kept_for_the_other_replicas(
     on_s3: tuple[Serving, S3BlobStore], object_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,6 +182,60 @@ async def test_an_object_store_that_does_not_answer_is_unavailable_and_nothing_i
         assert away.staged() == []
     # The operator is: the log names the address.
     assert "127.0.0.1:1" in caplog.text
+
+
+@pytest.mark.parametrize("code", REFUSALS)
+async def test_credentials_refused_at_run_time_are_a_clear_status_without_secrets(
+    database: Database,
+    object_store: ObjectStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+) -> None:
+    # They surfaced as INTERNAL "internal error", with S3's body (which echoes the key id and
+    # the session token) in a logged traceback.
+    secrets = {
+        "AWS_ACCESS_KEY_ID": "AKIAKEYIDTHATMUSTNOTLEAK",
+        "AWS_SECRET_ACCESS_KEY": "SECRET-KEY-THAT-MUST-NOT-LEAK",
+        "AWS_SESSION_TOKEN": "SESSION-TOKEN-THAT-MUST-NOT-LEAK",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    bucket = object_store.new_bucket()
+    async with (
+        s3_blobs(object_store.endpoint_url, bucket, tmp_path) as blobs,
+        serving_storage(database, blobs) as running,
+    ):
+        stored = await upload(running, b"stored while the credentials were good")
+    if code == "ExpiredToken":
+        # Renewed credentials may work on the next try: a worker retries.
+        expected, said = grpc.StatusCode.UNAVAILABLE, EXPIRED.format(code=code)
+    else:
+        # Nothing the caller does helps until an operator fixes storage's configuration.
+        expected, said = grpc.StatusCode.FAILED_PRECONDITION, REFUSED.format(code=code)
+    async with (
+        refusing_object_store(code) as url,
+        s3_blobs(url, bucket, tmp_path) as refusing,
+        serving_storage(database, refusing) as running,
+    ):
+        caplog.clear()
+        calls = {
+            "put": upload(running, b"small"),
+            "spooled upload": upload(running, os.urandom(IN_MEMORY_BYTES + 10)),
+            "download": running.client.download(stored.id, tenant=TENANT),
+        }
+        for name, call in calls.items():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert (refused.value.code(), refused.value.details()) == (expected, said), name
+        assert refusing.staged() == []
+    warnings = [r for r in caplog.records if r.name == "services.storage.s3_blobs"]
+    assert [r.levelno for r in warnings] == [logging.WARNING] * 3, caplog.text
+    assert all(code in r.getMessage() for r in warnings)
+    assert "Traceback" not in caplog.text
+    for secret in secrets.values():
+        assert secret not in caplog.text
 
 
 async def test_a_role_that_may_not_list_the_bucket_can_still_store(

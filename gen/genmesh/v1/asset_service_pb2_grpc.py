@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class AssetServiceStub:
     """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
     """
 
     def __init__(self, channel):
@@ -64,6 +68,10 @@ class AssetServiceStub:
 
 class AssetServiceServicer:
     """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
     """
 
     def UploadAsset(self, request_iterator, context):
@@ -108,7 +116,8 @@ class AssetServiceServicer:
 
     def DownloadAsset(self, request, context):
         """Server-streaming: the first message carries the asset's metadata, then bytes.
-        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+        asset is known but its bytes are missing from storage (sent before any message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +161,10 @@ def add_AssetServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AssetService:
     """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
     """
 
     @staticmethod

@@ -27,7 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AssetServiceStub:
-    """Store and serve blobs. Every call is scoped to the caller's tenant."""
+    """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -58,12 +63,18 @@ class AssetServiceStub:
     """Errors: NOT_FOUND no such asset for this tenant."""
     DownloadAsset: _grpc.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetRequest, _asset_service_pb2.DownloadAssetResponse]
     """Server-streaming: the first message carries the asset's metadata, then bytes.
-    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+    asset is known but its bytes are missing from storage (sent before any message).
     """
 
 @_typing.type_check_only
 class AssetServiceAsyncStub(AssetServiceStub):
-    """Store and serve blobs. Every call is scoped to the caller's tenant."""
+    """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     UploadAsset: _aio.StreamUnaryMultiCallable[_asset_service_pb2.UploadAssetRequest, _asset_service_pb2.UploadAssetResponse]  # type: ignore[assignment]
@@ -91,11 +102,17 @@ class AssetServiceAsyncStub(AssetServiceStub):
     """Errors: NOT_FOUND no such asset for this tenant."""
     DownloadAsset: _aio.UnaryStreamMultiCallable[_asset_service_pb2.DownloadAssetRequest, _asset_service_pb2.DownloadAssetResponse]  # type: ignore[assignment]
     """Server-streaming: the first message carries the asset's metadata, then bytes.
-    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+    Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+    asset is known but its bytes are missing from storage (sent before any message).
     """
 
 class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Store and serve blobs. Every call is scoped to the caller's tenant."""
+    """Store and serve blobs. Every call is scoped to the caller's tenant.
+    Any call that reads or writes bytes may also fail with UNAVAILABLE when the blob store
+    does not answer, is busy, or refused storage's credentials as expired (retry later), and
+    FAILED_PRECONDITION when it refused storage's credentials or access otherwise (an operator
+    must fix storage's configuration; retrying will not help).
+    """
 
     @_abc_1.abstractmethod
     def UploadAsset(
@@ -151,7 +168,8 @@ class AssetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_asset_service_pb2.DownloadAssetResponse], _abc.AsyncIterator[_asset_service_pb2.DownloadAssetResponse]]:
         """Server-streaming: the first message carries the asset's metadata, then bytes.
-        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end.
+        Errors: NOT_FOUND no such asset; OUT_OF_RANGE offset past the end; DATA_LOSS the
+        asset is known but its bytes are missing from storage (sent before any message).
         """
 
 def add_AssetServiceServicer_to_server(servicer: AssetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
