@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
 from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
-from tests.infra import eventually, free_port
+from tests.infra import eventually, reserved_port
 from tests.mesh import Mesh
 
 pytestmark = [
@@ -224,49 +224,52 @@ async def test_on_a_phone_a_history_row_brings_its_job_into_view(bridge: Bridge)
 
 
 async def test_the_job_card_says_when_its_live_link_is_lost_and_recovers(mesh: Mesh) -> None:
-    port = free_port()
     link = "return document.getElementById('job-link').textContent"
-    async with chromium() as browser:
-        async with mesh_bridge(mesh, port) as bridge:
-            job = await submit(
-                bridge.http, provider="sandbox", parameters={"latency_ms": 8000}, prompt="a gap"
-            )
-            await browser.open(f"{bridge.http.base_url}/#job={job['id']}")
+    # The bridge comes back three times where the page knows it, and a router address where
+    # nothing answers: held by this test throughout, so no other process can take them.
+    with reserved_port() as port, reserved_port() as nobody:
+        async with chromium() as browser:
+            async with mesh_bridge(mesh, port) as bridge:
+                job = await submit(
+                    bridge.http, provider="sandbox", parameters={"latency_ms": 8000}, prompt="a gap"
+                )
+                await browser.open(f"{bridge.http.base_url}/#job={job['id']}")
 
-            async def running() -> bool:
-                return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
+                async def running() -> bool:
+                    return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
 
-            await eventually(running, within=10)
-            assert await browser.run(link) == ""
+                await eventually(running, within=10)
+                assert await browser.run(link) == ""
 
-        # The bridge is gone: the card shows the job as it last was, and says that it may be
-        # stale, rather than looking live.
-        async def says_lost() -> bool:
-            return "reconnecting" in await browser.run(link)
+            # The bridge is gone: the card shows the job as it last was, and says that it may be
+            # stale, rather than looking live.
+            async def says_lost() -> bool:
+                return "reconnecting" in await browser.run(link)
 
-        await eventually(says_lost, within=10)
-        assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
-
-        # A bridge whose router is down: the watch fails, not the job, so the card says why
-        # it is reconnecting and shows no error for the job itself.
-        async with mesh_bridge(mesh, port, GENMESH_ROUTER_ADDR=f"127.0.0.1:{free_port()}"):
-
-            async def router_down() -> bool:
-                return "the router is unavailable" in await browser.run(link)
-
-            await eventually(router_down, within=10)
-            assert (
-                await browser.run("return document.getElementById('job-error').textContent") == ""
-            )
+            await eventually(says_lost, within=10)
             assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
 
-        async with mesh_bridge(mesh, port):
+            # A bridge whose router is down: the watch fails, not the job, so the card says why
+            # it is reconnecting and shows no error for the job itself.
+            async with mesh_bridge(mesh, port, GENMESH_ROUTER_ADDR=f"127.0.0.1:{nobody}"):
 
-            async def recovered() -> bool:
-                shown = await job_on_show(browser)
-                return shown["state"] == "JOB_STATE_COMPLETED" and await browser.run(link) == ""
+                async def router_down() -> bool:
+                    return "the router is unavailable" in await browser.run(link)
 
-            await eventually(recovered, within=30)
+                await eventually(router_down, within=10)
+                assert (
+                    await browser.run("return document.getElementById('job-error').textContent")
+                    == ""
+                )
+                assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
+
+            async with mesh_bridge(mesh, port):
+
+                async def recovered() -> bool:
+                    shown = await job_on_show(browser)
+                    return shown["state"] == "JOB_STATE_COMPLETED" and await browser.run(link) == ""
+
+                await eventually(recovered, within=30)
 
 
 async def test_a_submit_with_the_gateway_gone_says_so(mesh: Mesh) -> None:
