@@ -381,3 +381,24 @@ async def test_a_file_picked_for_another_task_is_not_kept(bridge: Bridge, tmp_pa
         # Speech-to-text takes audio: the picture would be uploaded and then refused.
         await browser.choose("#task", "TASK_SPEECH_TO_TEXT")
         assert await browser.run(files) == 0
+
+
+async def test_the_page_has_an_icon_and_loads_without_a_console_error(bridge: Bridge) -> None:
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        # The icon the page names loads as a picture (WebDriver awaits the promise).
+        problem = await browser.run(
+            "return (async () => {"
+            " const link = document.querySelector('link[rel~=icon]');"
+            " if (!link) return 'no icon link';"
+            " const img = new Image(); img.src = link.href;"
+            " try { await img.decode(); } catch { return `${link.href} does not load`; }"
+            " return img.naturalWidth > 0 ? '' : 'an empty icon';"
+            "})()"
+        )
+        assert problem == ""
+        assert [e for e in await browser.log() if e["level"] == "SEVERE"] == []
+    # Where a browser looks for one by itself (say, on a JSON page of the API).
+    icon = await bridge.http.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
