@@ -402,3 +402,27 @@ async def test_the_page_has_an_icon_and_loads_without_a_console_error(bridge: Br
     # Where a browser looks for one by itself (say, on a JSON page of the API).
     icon = await bridge.http.get("/favicon.ico")
     assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+
+
+async def test_an_empty_history_says_so(bridge: Bridge) -> None:
+    note = """const note = document.getElementById('history-empty');
+      return note.hidden ? '' : note.textContent;"""
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+
+        async def said(text: str) -> bool:
+            return bool(await browser.run(note) == text)
+
+        await eventually(lambda: said("No jobs yet."), within=10)
+        # The first job comes in through the live feed: the note goes.
+        done = await submit(bridge.http, provider="sandbox", prompt="the first")
+
+        async def listed() -> bool:
+            rows = (await browser.run(SNAPSHOT))["history"]
+            return any(row[0] == done["id"] for row in rows) and await said("")
+
+        await eventually(listed, within=10)
+        # A filter that leaves nothing says that it is the filter.
+        await browser.choose("#filter-state", "failed")
+        await eventually(lambda: said("No jobs match these filters."), within=10)

@@ -22,6 +22,7 @@ const page = {
   jobs: new Map(), // id -> Job (proto JSON), kept current by the feed
   fetching: new Set(), // ids of jobs the feed announced and the page is fetching
   nextPage: "",
+  listed: false, // whether the history has loaded once
   watch: null, // the JobWatch of the job on show
   paramsKey: "",
 };
@@ -496,11 +497,21 @@ function remember(job, where = "") {
   renderRow(newest, where);
 }
 
+// An empty list says so once it has loaded, rather than leaving a blank card.
+function noteEmpty() {
+  const note = $("history-empty");
+  const empty = page.listed && !$("history-list").children.length;
+  const filtered = $("filter-state").value || $("filter-task").value;
+  note.textContent = empty ? (filtered ? "No jobs match these filters." : "No jobs yet.") : "";
+  note.hidden = !empty;
+}
+
 function renderRow(job, where) {
   const list = $("history-list");
   let row = list.querySelector(`li[data-job-id="${CSS.escape(job.id)}"]`);
   if (!matchesFilters(job)) {
     if (row) row.remove();
+    noteEmpty();
     return;
   }
   if (!row) {
@@ -520,6 +531,7 @@ function renderRow(job, where) {
     });
     if (where === "top") list.prepend(row);
     else list.append(row);
+    noteEmpty();
   }
   const state = stateName(job.state);
   const when = job.create_time ? new Date(job.create_time).toLocaleTimeString() : "";
@@ -546,9 +558,11 @@ async function loadHistory(reset) {
     for (const job of body.jobs) remember(job, "bottom");
     page.nextPage = body.next_page_token;
     $("history-more").hidden = !page.nextPage;
+    page.listed = true;
   } catch (error) {
     $("history-list").replaceChildren(el("li", { className: "error", textContent: error.message }));
   }
+  noteEmpty();
 }
 
 // Every event of every job of this tenant over one WebSocket; resumes from its last cursor.
