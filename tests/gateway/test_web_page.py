@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from genmesh.v1 import job_pb2
+from services.common.tenancy import DEFAULT_TENANT
+from services.router.records import new_job_id, queued_event, spec_hash
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
 from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
 from tests.infra import eventually, reserved_port
@@ -426,3 +429,55 @@ async def test_an_empty_history_says_so(bridge: Bridge) -> None:
         # A filter that leaves nothing says that it is the filter.
         await browser.choose("#filter-state", "failed")
         await eventually(lambda: said("No jobs match these filters."), within=10)
+
+
+async def stored_days_ago(mesh: Mesh, days: int, prompt: str) -> str:
+    """A job stored as created `days` ago, through the router's own store as Submit stores
+    one (no RPC backdates a job); its id. Marked dispatched: no worker is to run it."""
+    assert mesh.router is not None, "the router runs in-process"
+    job = job_pb2.Job(id=new_job_id(), tenant_id=DEFAULT_TENANT, state=job_pb2.JOB_STATE_QUEUED)
+    job.spec.task = job_pb2.TASK_TEXT_TO_IMAGE
+    job.spec.prompt = prompt
+    job.last_sequence = 1
+    job.create_time.FromSeconds(int(time.time()) - days * 24 * 3600)
+    job.update_time.CopyFrom(job.create_time)
+    await mesh.router.store.create(job, spec_hash(job.spec), queued_event(job), dispatched=True)
+    return job.id
+
+
+async def test_the_history_shows_when_each_job_was_made(bridge: Bridge) -> None:
+    ancient = await stored_days_ago(bridge.mesh, 400, "last year or before")
+    old = await stored_days_ago(bridge.mesh, 3, "three days ago")
+    new = await submit(bridge.http, provider="sandbox", prompt="just now")
+    # Each row's <time>: its moment as the API gives it, and the text shown, next to what
+    # the browser's own locale and time zone make of that moment.
+    rows = """return [...document.querySelectorAll('#history-list li')].map((li) => {
+      const time = li.querySelector('time.when');
+      if (!time) return [li.dataset.jobId, '', '', '', '', ''];
+      const at = new Date(time.dateTime);
+      return [li.dataset.jobId, time.dateTime, time.textContent, time.title,
+        at.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'}),
+        at.getFullYear() === new Date().getFullYear()
+          ? at.toLocaleDateString([], {month: 'short', day: 'numeric'})
+          : at.toLocaleDateString([], {year: 'numeric', month: 'short', day: 'numeric'})];
+    });"""
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+
+        async def both() -> list[list[str]]:
+            shown = await browser.run(rows)
+            return shown if {r[0] for r in shown} == {ancient, old, new["id"]} else []
+
+        shown = {row[0]: row[1:] for row in await eventually(both, within=10)}
+    listed = {j["id"]: j for j in (await bridge.http.get("/v1/jobs")).json()["jobs"]}
+    for job_id, (moment, _, title, _, _) in shown.items():
+        assert moment == listed[job_id]["create_time"] and title
+    # Today's job by its time alone (hours and minutes); older ones by their date, with the
+    # year when it is not this one.
+    _, text, _, hours_minutes, _ = shown[new["id"]]
+    assert text == hours_minutes
+    for job_id in (old, ancient):
+        _, text, _, _, day = shown[job_id]
+        assert text == day
+    assert listed[ancient]["create_time"][:4] in text

@@ -534,17 +534,32 @@ function renderRow(job, where) {
     noteEmpty();
   }
   const state = stateName(job.state);
-  const when = job.create_time ? new Date(job.create_time).toLocaleTimeString() : "";
   const spec = job.spec || {};
   row.classList.toggle("selected", Boolean(page.watch && page.watch.id === job.id));
   row.dataset.state = job.state;
   row.replaceChildren(
     el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
     el("span", { className: "what", textContent: spec.prompt || jobKind(spec) }),
-    el("span", { className: "when", textContent: when }),
+    whenMade(job),
     // A pipeline has no provider (its steps do): no "…" waiting for one.
     el("span", { className: "sub", textContent: [jobKind(spec), job.provider || (spec.pipeline ? "" : "…"), job.id].filter(Boolean).join(" · ") }),
   );
+}
+
+// When a job was made, in local time and short: today's by the time, older ones by the date
+// (with the year when it is not this one); the full date and time on hover.
+function whenMade(job) {
+  if (!job.create_time) return el("span", { className: "when" });
+  const at = new Date(job.create_time);
+  const now = new Date();
+  let text;
+  if (at.toDateString() === now.toDateString()) {
+    text = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  } else {
+    const year = at.getFullYear() === now.getFullYear() ? {} : { year: "numeric" };
+    text = at.toLocaleDateString([], { month: "short", day: "numeric", ...year });
+  }
+  return el("time", { className: "when", dateTime: job.create_time, title: at.toLocaleString(), textContent: text });
 }
 
 async function loadHistory(reset) {
