@@ -1,24 +1,29 @@
 """The web page in a real headless Chromium against the bridge and a real mesh: submit a
 text-to-image job through the form, see the preview before the final image, see the job in
 the history, and keep a screenshot of the finished page (desktop and phone sized); a reload
-mid-job comes back to the job on show, and the job card says when its live link is lost."""
+mid-job comes back to the job on show, and the job card says when its live link is lost; a
+pipeline runs from the form, step by step; the history dates its jobs and says when it is
+empty; the page has an icon and loads without a console error."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.common.tenancy import DEFAULT_TENANT
+from services.providers.sandbox import media
 from services.router.records import new_job_id, queued_event, spec_hash
+from tests.conftest import Database
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
 from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
 from tests.infra import eventually, reserved_port
-from tests.mesh import Mesh
+from tests.mesh import Mesh, running_mesh
 
 pytestmark = [
     pytest.mark.parametrize("database", ["sqlite"], indirect=True),
@@ -292,7 +297,7 @@ async def test_a_submit_with_the_gateway_gone_says_so(mesh: Mesh) -> None:
 
 
 async def test_a_pipeline_in_the_history_is_named_by_its_pipeline(bridge: Bridge) -> None:
-    # Submitted elsewhere (the CLI, the API): the page has no pipeline form, but lists them.
+    # Submitted elsewhere (the CLI, the API), and listed all the same.
     response = await bridge.http.post(
         "/v1/jobs", json={"pipeline": {"name": "text-to-video"}, "prompt": "a paper boat"}
     )
@@ -481,3 +486,143 @@ async def test_the_history_shows_when_each_job_was_made(bridge: Bridge) -> None:
         _, text, _, _, day = shown[job_id]
         assert text == day
     assert listed[ancient]["create_time"][:4] in text
+
+
+# Every sandbox job takes a while, so each step of a pipeline is seen running.
+SLOW_SANDBOX = """
+[[providers]]
+name = "sandbox"
+family = "sandbox"
+options = { latency_ms = 1500 }
+"""
+
+STEPS = """return {
+  state: document.getElementById('job-state').dataset.state || '',
+  steps: [...document.querySelectorAll('#job-steps li')].map((li) => [li.dataset.step,
+    li.dataset.state, li.textContent]),
+  thumb: (() => { const i = document.querySelector('#job-steps li[data-step=image] img');
+    return Boolean(i && i.complete && i.naturalWidth > 0); })(),
+  result: (() => { const r = document.querySelector('#result:not([hidden]) #result-media');
+    return r ? r.getAttribute('src') : ''; })(),
+  resultLoaded: (() => { const r = document.querySelector('#result:not([hidden]) #result-media');
+    return Boolean(r && r.complete && r.naturalWidth > 0); })(),
+  resultText: (() => { const t = document.querySelector('#result:not([hidden]) #result-text');
+    return t ? t.textContent : ''; })(),
+  error: document.getElementById('submit-error').textContent
+    + document.getElementById('job-error').textContent,
+};"""
+
+
+async def test_a_pipeline_from_the_form_shows_each_step_then_its_result(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with (
+        running_mesh(
+            nats_url=nats_url,
+            prefix=nats_prefix,
+            database=database,
+            data_dir=tmp_path,
+            catalog=SLOW_SANDBOX,
+        ) as mesh,
+        mesh_bridge(mesh) as bridge,
+        chromium(1280, 1300) as browser,
+    ):
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "pipeline:text-to-video")
+        form = await browser.run(
+            "return {provider: document.getElementById('provider').disabled,"
+            " steps: document.getElementById('pipeline-steps').textContent,"
+            " file: !document.getElementById('input-label').hidden,"
+            " prompt: document.getElementById('prompt').required,"
+            " params: document.querySelectorAll('[data-param]').length};"
+        )
+        # Each step picks its own provider and parameters; the menu says what will run.
+        assert form == {
+            "provider": True,
+            "steps": "Steps: image (text-to-image) → video (image-to-video)",
+            "file": False,
+            "prompt": True,
+            "params": 0,
+        }
+        await browser.type("#prompt", "a paper boat on a pond")
+        await browser.click("#submit")
+
+        seen: list[list[tuple[str, str]]] = []
+        said = False
+        snapshot: dict[str, Any] = {}
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            snapshot = await browser.run(STEPS)
+            assert not snapshot["error"], snapshot["error"]
+            states = [(name, state) for name, state, _ in snapshot["steps"]]
+            if states and (not seen or seen[-1] != states):
+                seen.append(states)
+            # A running step shows its own progress ("step 2/4") beside it.
+            said = said or any(
+                "step " in text
+                for _, state, text in snapshot["steps"]
+                if state == "JOB_STATE_PROCESSING"
+            )
+            if snapshot["state"] == "JOB_STATE_COMPLETED" and snapshot["resultLoaded"]:
+                break
+            await asyncio.sleep(0.1)
+        assert snapshot["state"] == "JOB_STATE_COMPLETED", snapshot
+        running = ("JOB_STATE_PROCESSING", "JOB_STATE_PREVIEW_READY")
+        # Live, one step after the other: the image runs while the video waits, then the
+        # video runs with the image done, then both are done.
+        assert any(s[0][1] in running and s[1] == ("video", "JOB_STATE_QUEUED") for s in seen), seen
+        assert any(s[0] == ("image", "JOB_STATE_COMPLETED") and s[1][1] in running for s in seen), (
+            seen
+        )
+        assert seen[-1] == [("image", "JOB_STATE_COMPLETED"), ("video", "JOB_STATE_COMPLETED")]
+        assert said, seen
+        # The image step's picture is shown with its step; the pipeline's result is the video.
+        assert snapshot["thumb"] and snapshot["resultLoaded"]
+        job_id = await browser.run("return document.getElementById('job-id').textContent")
+        job = (await bridge.http.get(f"/v1/jobs/{job_id}")).json()
+        assert job["spec"]["pipeline"]["name"] == "text-to-video"
+        assert snapshot["result"] == f"/v1/assets/{job['assets'][0]['id']}/content"
+        assert job["assets"] == job["pipeline"]["steps"][1]["assets"]
+        await browser.screenshot(OUTPUT / "pipeline-desktop.png")
+
+
+async def test_a_pipeline_from_the_form_takes_its_input_file(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    said = "a lighthouse on a cliff at dawn"
+    recording = tmp_path / "said.wav"
+    recording.write_bytes(media.text_to_speech(said, 60))
+    async with chromium(1280, 1300) as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "pipeline:speech-to-image")
+        # Speech first: an audio file, and a prompt only to guide the transcript.
+        assert await browser.run(
+            "return [document.getElementById('input-file').accept,"
+            " document.getElementById('prompt').required]"
+        ) == ["audio/*", False]
+        await browser.type("#input-file", str(recording))
+        await browser.click("#submit")
+
+        async def finished() -> dict[str, Any]:
+            snapshot: dict[str, Any] = await browser.run(STEPS)
+            assert not snapshot["error"], snapshot["error"]
+            done = snapshot["state"] == "JOB_STATE_COMPLETED" and snapshot["resultLoaded"]
+            return snapshot if done else {}
+
+        snapshot = await eventually(finished, within=30)
+        job_id = await browser.run("return document.getElementById('job-id').textContent")
+    assert [(name, state) for name, state, _ in snapshot["steps"]] == [
+        ("transcribe", "JOB_STATE_COMPLETED"),
+        ("enhance", "JOB_STATE_COMPLETED"),
+        ("image", "JOB_STATE_COMPLETED"),
+    ]
+    # Each text step shows what it answered; the transcript is what was spoken.
+    steps = (await bridge.http.get(f"/v1/jobs/{job_id}")).json()["pipeline"]["steps"]
+    assert said in steps[0]["output_text"]
+    for step, (_, _, text) in zip(steps[:2], snapshot["steps"], strict=False):
+        assert step["output_text"] and step["output_text"] in text
+    assert snapshot["result"] == f"/v1/assets/{steps[2]['assets'][0]['id']}/content"
+    # The pipeline's output is its last step's, a picture: no earlier step's text with it.
+    assert snapshot["resultText"] == ""
