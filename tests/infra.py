@@ -38,6 +38,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A loopback port kept for this test while the block runs, for servers that come and go
+    on one address: bound with SO_REUSEPORT but never listening, so connections to it are
+    refused while none of them runs, and no other process can take it in between.
+
+    Only a socket of this user that sets SO_REUSEPORT itself can share it (a server of this
+    test through tests.fakes.server.serving does); the kernel never hands it out for port 0
+    or an outgoing connection."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
+
+
 def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

@@ -92,6 +92,11 @@ def create_app(settings: Settings, streams: LiveStreams | None = None) -> FastAP
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # Where a browser looks by itself on a page that names no icon (the API's JSON).
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = _finish(

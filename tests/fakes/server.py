@@ -27,11 +27,16 @@ class _QuietServer(uvicorn.Server):
 async def serving(app: Callable[..., Any], port: int = 0, **config: Any) -> AsyncIterator[str]:
     """Serve `app` in this event loop; yields its base URL ("http://127.0.0.1:PORT").
 
-    `port` (else a free one) lets a server come back where an earlier one was; `config` passes
+    `port` (else a free one) lets a server come back where an earlier one was (hold it with
+    tests.infra.reserved_port meanwhile); `config` passes
     uvicorn.Config settings over a fake's defaults (no lifespan, quiet logs)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # The earlier server's closed connections linger in TIME_WAIT on that port.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if port:
+        # The port may be one the test holds (tests.infra.reserved_port) so that no other
+        # process takes it between servers: sharing it takes SO_REUSEPORT on both sockets.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     settings: dict[str, Any] = {

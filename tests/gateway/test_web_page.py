@@ -1,21 +1,29 @@
 """The web page in a real headless Chromium against the bridge and a real mesh: submit a
 text-to-image job through the form, see the preview before the final image, see the job in
 the history, and keep a screenshot of the finished page (desktop and phone sized); a reload
-mid-job comes back to the job on show, and the job card says when its live link is lost."""
+mid-job comes back to the job on show, and the job card says when its live link is lost; a
+pipeline runs from the form, step by step; the history dates its jobs and says when it is
+empty; the page has an icon and loads without a console error."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from genmesh.v1 import job_pb2
+from services.common.tenancy import DEFAULT_TENANT
+from services.providers.sandbox import media
+from services.router.records import new_job_id, queued_event, spec_hash
+from tests.conftest import Database
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
 from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
-from tests.infra import eventually, free_port
-from tests.mesh import Mesh
+from tests.infra import eventually, reserved_port
+from tests.mesh import Mesh, running_mesh
 
 pytestmark = [
     pytest.mark.parametrize("database", ["sqlite"], indirect=True),
@@ -224,49 +232,52 @@ async def test_on_a_phone_a_history_row_brings_its_job_into_view(bridge: Bridge)
 
 
 async def test_the_job_card_says_when_its_live_link_is_lost_and_recovers(mesh: Mesh) -> None:
-    port = free_port()
     link = "return document.getElementById('job-link').textContent"
-    async with chromium() as browser:
-        async with mesh_bridge(mesh, port) as bridge:
-            job = await submit(
-                bridge.http, provider="sandbox", parameters={"latency_ms": 8000}, prompt="a gap"
-            )
-            await browser.open(f"{bridge.http.base_url}/#job={job['id']}")
+    # The bridge comes back three times where the page knows it, and a router address where
+    # nothing answers: held by this test throughout, so no other process can take them.
+    with reserved_port() as port, reserved_port() as nobody:
+        async with chromium() as browser:
+            async with mesh_bridge(mesh, port) as bridge:
+                job = await submit(
+                    bridge.http, provider="sandbox", parameters={"latency_ms": 8000}, prompt="a gap"
+                )
+                await browser.open(f"{bridge.http.base_url}/#job={job['id']}")
 
-            async def running() -> bool:
-                return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
+                async def running() -> bool:
+                    return (await job_on_show(browser))["state"] == "JOB_STATE_PROCESSING"
 
-            await eventually(running, within=10)
-            assert await browser.run(link) == ""
+                await eventually(running, within=10)
+                assert await browser.run(link) == ""
 
-        # The bridge is gone: the card shows the job as it last was, and says that it may be
-        # stale, rather than looking live.
-        async def says_lost() -> bool:
-            return "reconnecting" in await browser.run(link)
+            # The bridge is gone: the card shows the job as it last was, and says that it may be
+            # stale, rather than looking live.
+            async def says_lost() -> bool:
+                return "reconnecting" in await browser.run(link)
 
-        await eventually(says_lost, within=10)
-        assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
-
-        # A bridge whose router is down: the watch fails, not the job, so the card says why
-        # it is reconnecting and shows no error for the job itself.
-        async with mesh_bridge(mesh, port, GENMESH_ROUTER_ADDR=f"127.0.0.1:{free_port()}"):
-
-            async def router_down() -> bool:
-                return "the router is unavailable" in await browser.run(link)
-
-            await eventually(router_down, within=10)
-            assert (
-                await browser.run("return document.getElementById('job-error').textContent") == ""
-            )
+            await eventually(says_lost, within=10)
             assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
 
-        async with mesh_bridge(mesh, port):
+            # A bridge whose router is down: the watch fails, not the job, so the card says why
+            # it is reconnecting and shows no error for the job itself.
+            async with mesh_bridge(mesh, port, GENMESH_ROUTER_ADDR=f"127.0.0.1:{nobody}"):
 
-            async def recovered() -> bool:
-                shown = await job_on_show(browser)
-                return shown["state"] == "JOB_STATE_COMPLETED" and await browser.run(link) == ""
+                async def router_down() -> bool:
+                    return "the router is unavailable" in await browser.run(link)
 
-            await eventually(recovered, within=30)
+                await eventually(router_down, within=10)
+                assert (
+                    await browser.run("return document.getElementById('job-error').textContent")
+                    == ""
+                )
+                assert (await job_on_show(browser))["state"] != "JOB_STATE_COMPLETED"
+
+            async with mesh_bridge(mesh, port):
+
+                async def recovered() -> bool:
+                    shown = await job_on_show(browser)
+                    return shown["state"] == "JOB_STATE_COMPLETED" and await browser.run(link) == ""
+
+                await eventually(recovered, within=30)
 
 
 async def test_a_submit_with_the_gateway_gone_says_so(mesh: Mesh) -> None:
@@ -286,7 +297,7 @@ async def test_a_submit_with_the_gateway_gone_says_so(mesh: Mesh) -> None:
 
 
 async def test_a_pipeline_in_the_history_is_named_by_its_pipeline(bridge: Bridge) -> None:
-    # Submitted elsewhere (the CLI, the API): the page has no pipeline form, but lists them.
+    # Submitted elsewhere (the CLI, the API), and listed all the same.
     response = await bridge.http.post(
         "/v1/jobs", json={"pipeline": {"name": "text-to-video"}, "prompt": "a paper boat"}
     )
@@ -378,3 +389,240 @@ async def test_a_file_picked_for_another_task_is_not_kept(bridge: Bridge, tmp_pa
         # Speech-to-text takes audio: the picture would be uploaded and then refused.
         await browser.choose("#task", "TASK_SPEECH_TO_TEXT")
         assert await browser.run(files) == 0
+
+
+async def test_the_page_has_an_icon_and_loads_without_a_console_error(bridge: Bridge) -> None:
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        # The icon the page names loads as a picture (WebDriver awaits the promise).
+        problem = await browser.run(
+            "return (async () => {"
+            " const link = document.querySelector('link[rel~=icon]');"
+            " if (!link) return 'no icon link';"
+            " const img = new Image(); img.src = link.href;"
+            " try { await img.decode(); } catch { return `${link.href} does not load`; }"
+            " return img.naturalWidth > 0 ? '' : 'an empty icon';"
+            "})()"
+        )
+        assert problem == ""
+        assert [e for e in await browser.log() if e["level"] == "SEVERE"] == []
+    # Where a browser looks for one by itself (say, on a JSON page of the API).
+    icon = await bridge.http.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+
+
+async def test_an_empty_history_says_so(bridge: Bridge) -> None:
+    note = """const note = document.getElementById('history-empty');
+      return note.hidden ? '' : note.textContent;"""
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+
+        async def said(text: str) -> bool:
+            return bool(await browser.run(note) == text)
+
+        await eventually(lambda: said("No jobs yet."), within=10)
+        # The first job comes in through the live feed: the note goes.
+        done = await submit(bridge.http, provider="sandbox", prompt="the first")
+
+        async def listed() -> bool:
+            rows = (await browser.run(SNAPSHOT))["history"]
+            return any(row[0] == done["id"] for row in rows) and await said("")
+
+        await eventually(listed, within=10)
+        # A filter that leaves nothing says that it is the filter.
+        await browser.choose("#filter-state", "failed")
+        await eventually(lambda: said("No jobs match these filters."), within=10)
+
+
+async def stored_days_ago(mesh: Mesh, days: int, prompt: str) -> str:
+    """A job stored as created `days` ago, through the router's own store as Submit stores
+    one (no RPC backdates a job); its id. Marked dispatched: no worker is to run it."""
+    assert mesh.router is not None, "the router runs in-process"
+    job = job_pb2.Job(id=new_job_id(), tenant_id=DEFAULT_TENANT, state=job_pb2.JOB_STATE_QUEUED)
+    job.spec.task = job_pb2.TASK_TEXT_TO_IMAGE
+    job.spec.prompt = prompt
+    job.last_sequence = 1
+    job.create_time.FromSeconds(int(time.time()) - days * 24 * 3600)
+    job.update_time.CopyFrom(job.create_time)
+    await mesh.router.store.create(job, spec_hash(job.spec), queued_event(job), dispatched=True)
+    return job.id
+
+
+async def test_the_history_shows_when_each_job_was_made(bridge: Bridge) -> None:
+    ancient = await stored_days_ago(bridge.mesh, 400, "last year or before")
+    old = await stored_days_ago(bridge.mesh, 3, "three days ago")
+    new = await submit(bridge.http, provider="sandbox", prompt="just now")
+    # Each row's <time>: its moment as the API gives it, and the text shown, next to what
+    # the browser's own locale and time zone make of that moment.
+    rows = """return [...document.querySelectorAll('#history-list li')].map((li) => {
+      const time = li.querySelector('time.when');
+      if (!time) return [li.dataset.jobId, '', '', '', '', ''];
+      const at = new Date(time.dateTime);
+      return [li.dataset.jobId, time.dateTime, time.textContent, time.title,
+        at.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'}),
+        at.getFullYear() === new Date().getFullYear()
+          ? at.toLocaleDateString([], {month: 'short', day: 'numeric'})
+          : at.toLocaleDateString([], {year: 'numeric', month: 'short', day: 'numeric'})];
+    });"""
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+
+        async def both() -> list[list[str]]:
+            shown = await browser.run(rows)
+            return shown if {r[0] for r in shown} == {ancient, old, new["id"]} else []
+
+        shown = {row[0]: row[1:] for row in await eventually(both, within=10)}
+    listed = {j["id"]: j for j in (await bridge.http.get("/v1/jobs")).json()["jobs"]}
+    for job_id, (moment, _, title, _, _) in shown.items():
+        assert moment == listed[job_id]["create_time"] and title
+    # Today's job by its time alone (hours and minutes); older ones by their date, with the
+    # year when it is not this one.
+    _, text, _, hours_minutes, _ = shown[new["id"]]
+    assert text == hours_minutes
+    for job_id in (old, ancient):
+        _, text, _, _, day = shown[job_id]
+        assert text == day
+    assert listed[ancient]["create_time"][:4] in text
+
+
+# Every sandbox job takes a while, so each step of a pipeline is seen running.
+SLOW_SANDBOX = """
+[[providers]]
+name = "sandbox"
+family = "sandbox"
+options = { latency_ms = 1500 }
+"""
+
+STEPS = """return {
+  state: document.getElementById('job-state').dataset.state || '',
+  steps: [...document.querySelectorAll('#job-steps li')].map((li) => [li.dataset.step,
+    li.dataset.state, li.textContent]),
+  thumb: (() => { const i = document.querySelector('#job-steps li[data-step=image] img');
+    return Boolean(i && i.complete && i.naturalWidth > 0); })(),
+  result: (() => { const r = document.querySelector('#result:not([hidden]) #result-media');
+    return r ? r.getAttribute('src') : ''; })(),
+  resultLoaded: (() => { const r = document.querySelector('#result:not([hidden]) #result-media');
+    return Boolean(r && r.complete && r.naturalWidth > 0); })(),
+  resultText: (() => { const t = document.querySelector('#result:not([hidden]) #result-text');
+    return t ? t.textContent : ''; })(),
+  error: document.getElementById('submit-error').textContent
+    + document.getElementById('job-error').textContent,
+};"""
+
+
+async def test_a_pipeline_from_the_form_shows_each_step_then_its_result(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with (
+        running_mesh(
+            nats_url=nats_url,
+            prefix=nats_prefix,
+            database=database,
+            data_dir=tmp_path,
+            catalog=SLOW_SANDBOX,
+        ) as mesh,
+        mesh_bridge(mesh) as bridge,
+        chromium(1280, 1300) as browser,
+    ):
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "pipeline:text-to-video")
+        form = await browser.run(
+            "return {provider: document.getElementById('provider').disabled,"
+            " steps: document.getElementById('pipeline-steps').textContent,"
+            " file: !document.getElementById('input-label').hidden,"
+            " prompt: document.getElementById('prompt').required,"
+            " params: document.querySelectorAll('[data-param]').length};"
+        )
+        # Each step picks its own provider and parameters; the menu says what will run.
+        assert form == {
+            "provider": True,
+            "steps": "Steps: image (text-to-image) → video (image-to-video)",
+            "file": False,
+            "prompt": True,
+            "params": 0,
+        }
+        await browser.type("#prompt", "a paper boat on a pond")
+        await browser.click("#submit")
+
+        seen: list[list[tuple[str, str]]] = []
+        said = False
+        snapshot: dict[str, Any] = {}
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            snapshot = await browser.run(STEPS)
+            assert not snapshot["error"], snapshot["error"]
+            states = [(name, state) for name, state, _ in snapshot["steps"]]
+            if states and (not seen or seen[-1] != states):
+                seen.append(states)
+            # A running step shows its own progress ("step 2/4") beside it.
+            said = said or any(
+                "step " in text
+                for _, state, text in snapshot["steps"]
+                if state == "JOB_STATE_PROCESSING"
+            )
+            if snapshot["state"] == "JOB_STATE_COMPLETED" and snapshot["resultLoaded"]:
+                break
+            await asyncio.sleep(0.1)
+        assert snapshot["state"] == "JOB_STATE_COMPLETED", snapshot
+        running = ("JOB_STATE_PROCESSING", "JOB_STATE_PREVIEW_READY")
+        # Live, one step after the other: the image runs while the video waits, then the
+        # video runs with the image done, then both are done.
+        assert any(s[0][1] in running and s[1] == ("video", "JOB_STATE_QUEUED") for s in seen), seen
+        assert any(s[0] == ("image", "JOB_STATE_COMPLETED") and s[1][1] in running for s in seen), (
+            seen
+        )
+        assert seen[-1] == [("image", "JOB_STATE_COMPLETED"), ("video", "JOB_STATE_COMPLETED")]
+        assert said, seen
+        # The image step's picture is shown with its step; the pipeline's result is the video.
+        assert snapshot["thumb"] and snapshot["resultLoaded"]
+        job_id = await browser.run("return document.getElementById('job-id').textContent")
+        job = (await bridge.http.get(f"/v1/jobs/{job_id}")).json()
+        assert job["spec"]["pipeline"]["name"] == "text-to-video"
+        assert snapshot["result"] == f"/v1/assets/{job['assets'][0]['id']}/content"
+        assert job["assets"] == job["pipeline"]["steps"][1]["assets"]
+        await browser.screenshot(OUTPUT / "pipeline-desktop.png")
+
+
+async def test_a_pipeline_from_the_form_takes_its_input_file(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    said = "a lighthouse on a cliff at dawn"
+    recording = tmp_path / "said.wav"
+    recording.write_bytes(media.text_to_speech(said, 60))
+    async with chromium(1280, 1300) as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await browser.choose("#task", "pipeline:speech-to-image")
+        # Speech first: an audio file, and a prompt only to guide the transcript.
+        assert await browser.run(
+            "return [document.getElementById('input-file').accept,"
+            " document.getElementById('prompt').required]"
+        ) == ["audio/*", False]
+        await browser.type("#input-file", str(recording))
+        await browser.click("#submit")
+
+        async def finished() -> dict[str, Any]:
+            snapshot: dict[str, Any] = await browser.run(STEPS)
+            assert not snapshot["error"], snapshot["error"]
+            done = snapshot["state"] == "JOB_STATE_COMPLETED" and snapshot["resultLoaded"]
+            return snapshot if done else {}
+
+        snapshot = await eventually(finished, within=30)
+        job_id = await browser.run("return document.getElementById('job-id').textContent")
+    assert [(name, state) for name, state, _ in snapshot["steps"]] == [
+        ("transcribe", "JOB_STATE_COMPLETED"),
+        ("enhance", "JOB_STATE_COMPLETED"),
+        ("image", "JOB_STATE_COMPLETED"),
+    ]
+    # Each text step shows what it answered; the transcript is what was spoken.
+    steps = (await bridge.http.get(f"/v1/jobs/{job_id}")).json()["pipeline"]["steps"]
+    assert said in steps[0]["output_text"]
+    for step, (_, _, text) in zip(steps[:2], snapshot["steps"], strict=False):
+        assert step["output_text"] and step["output_text"] in text
+    assert snapshot["result"] == f"/v1/assets/{steps[2]['assets'][0]['id']}/content"
+    # The pipeline's output is its last step's, a picture: no earlier step's text with it.
+    assert snapshot["resultText"] == ""

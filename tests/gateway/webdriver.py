@@ -100,6 +100,11 @@ class Browser:
     async def run(self, script: str, *args: Any) -> Any:
         return await self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
 
+    async def log(self) -> list[dict[str, Any]]:
+        """The browser's console entries since the last call: errors, failed loads (level
+        SEVERE) and warnings, each with its level, source and message."""
+        return list(await self._call("POST", "/se/log", {"type": "browser"}))
+
     async def screenshot(self, path: Path) -> Path:
         png = base64.b64decode(await self._call("GET", "/screenshot"))
         await asyncio.to_thread(_write, path, png)

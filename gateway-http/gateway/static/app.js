@@ -16,12 +16,21 @@ const PROMPT_OPTIONAL = new Set(["TASK_SPEECH_TO_TEXT", "TASK_IMAGE_TO_TEXT", "T
 // left for the router to judge.
 const fileFits = (file, accept) => !file.type || file.type.startsWith(accept.replace("*", ""));
 const PAGE_SIZE = 20;
+// The mesh's built-in pipelines, each step [name, task] in order (services/router/pipelines/
+// builtin.py; no RPC lists them). A pipeline reads its input file, if any, in its first step.
+const PIPELINES = {
+  "speech-to-image": [["transcribe", "TASK_SPEECH_TO_TEXT"], ["enhance", "TASK_TEXT_TO_TEXT"], ["image", "TASK_TEXT_TO_IMAGE"]],
+  "image-to-product-copy": [["describe", "TASK_IMAGE_TO_TEXT"], ["copy", "TASK_TEXT_TO_TEXT"]],
+  "text-to-video": [["image", "TASK_TEXT_TO_IMAGE"], ["video", "TASK_IMAGE_TO_VIDEO"]],
+};
+const PIPELINE_CHOICE = "pipeline:"; // how the task menu's value names a pipeline
 
 const page = {
   providers: [],
   jobs: new Map(), // id -> Job (proto JSON), kept current by the feed
   fetching: new Set(), // ids of jobs the feed announced and the page is fetching
   nextPage: "",
+  listed: false, // whether the history has loaded once
   watch: null, // the JobWatch of the job on show
   paramsKey: "",
 };
@@ -69,9 +78,37 @@ function applyEvent(job, event) {
   if (event.provider) job.provider = event.provider;
   if (event.progress) job.progress = event.progress;
   if (event.preview) job.preview = event.preview;
-  if (event.assets && event.assets.length) job.assets = event.assets;
-  if (event.output_text) job.output_text = event.output_text;
-  if (event.error) job.error = event.error;
+  const ended = TERMINAL.has(event.state);
+  if (job.pipeline) {
+    foldStep(job.pipeline, event, ended);
+    if (event.step && !ended) return; // a step's outputs are the step's; the pipeline's are its last step's
+  }
+  copyOutcome(job, event);
+}
+
+function copyOutcome(target, event) {
+  if (event.assets && event.assets.length) target.assets = event.assets;
+  if (event.output_text) target.output_text = event.output_text;
+  if (event.error) target.error = event.error;
+}
+
+// A pipeline job's event moves its steps on, as the router folds it (pipelines/status.py): a
+// step event with outputs completes the step, one with a preview shows it, any other marks it
+// running; once the pipeline ends, a step that never started is CANCELLED.
+function foldStep(run, event, ended) {
+  const status = event.step ? (run.steps || []).find((s) => s.name === event.step) : null;
+  if (status) {
+    if (event.step_job_id) status.job_id = event.step_job_id;
+    if (ended) status.state = event.state;
+    else if ((event.assets && event.assets.length) || event.output_text) status.state = "JOB_STATE_COMPLETED";
+    else if (event.preview) status.state = "JOB_STATE_PREVIEW_READY";
+    else if (status.state !== "JOB_STATE_PREVIEW_READY") status.state = "JOB_STATE_PROCESSING";
+    copyOutcome(status, event);
+  }
+  if (!ended) return;
+  for (const step of run.steps || []) {
+    if (!TERMINAL.has(step.state)) step.state = step.job_id ? event.state : "JOB_STATE_CANCELLED";
+  }
 }
 
 // ---- providers ------------------------------------------------------------------------------
@@ -107,6 +144,17 @@ function renderProviders() {
   );
 }
 
+// Whether an available provider serves `task`, so that a pipeline step of it can start.
+const served = (task) =>
+  page.providers.some((p) => p.tasks.includes(task) && p.health.status === "PROVIDER_STATUS_AVAILABLE");
+
+function pipelineOptions() {
+  return Object.entries(PIPELINES).map(([name, steps]) => {
+    const down = !steps.every(([, task]) => served(task));
+    return el("option", { value: PIPELINE_CHOICE + name, textContent: `pipeline ${name}${down ? " (unavailable)" : ""}` });
+  });
+}
+
 function fillTasks() {
   const tasks = [];
   for (const p of page.providers) for (const t of p.tasks) if (!tasks.includes(t)) tasks.push(t);
@@ -114,17 +162,43 @@ function fillTasks() {
   for (const select of [$("task"), $("filter-task")]) {
     const keep = select.value;
     const options = tasks.map((t) => el("option", { value: t, textContent: taskName(t) }));
-    if (select.id === "filter-task") options.unshift(el("option", { value: "", textContent: "any" }));
-    select.replaceChildren(...options);
+    if (select.id === "filter-task") {
+      options.unshift(el("option", { value: "", textContent: "any" }));
+      select.replaceChildren(...options);
+    } else {
+      select.replaceChildren(
+        el("optgroup", { label: "Tasks" }, ...options),
+        el("optgroup", { label: "Pipelines (several steps)" }, ...pipelineOptions()),
+      );
+    }
     if ([...select.options].some((o) => o.value === keep)) select.value = keep;
     else if (select.id === "task" && tasks.includes("TASK_TEXT_TO_IMAGE")) select.value = "TASK_TEXT_TO_IMAGE";
   }
   fillProviders();
 }
 
+// The pipeline chosen in the task menu, or "" for a single task.
+const chosenPipeline = () =>
+  $("task").value.startsWith(PIPELINE_CHOICE) ? $("task").value.slice(PIPELINE_CHOICE.length) : "";
+
+// What the form asks for: the input file's kind (or none) and whether a prompt is optional.
+// A pipeline asks what its first step does, as the router decides (services/common/tasks.py).
+function chosenNeeds() {
+  const pipeline = chosenPipeline();
+  const task = pipeline ? PIPELINES[pipeline][0][1] : $("task").value;
+  return { what: pipeline || taskName(task), accept: INPUT_MEDIA[task], promptOptional: PROMPT_OPTIONAL.has(task) };
+}
+
 function fillProviders() {
   const task = $("task").value;
   const select = $("provider");
+  // Each step of a pipeline is routed on its own.
+  select.disabled = Boolean(chosenPipeline());
+  if (select.disabled) {
+    select.replaceChildren(el("option", { value: "", textContent: "automatic, per step" }));
+    renderForm();
+    return;
+  }
   const keep = select.value;
   const serving = page.providers.filter((p) => p.tasks.includes(task));
   select.replaceChildren(
@@ -142,6 +216,7 @@ function fillProviders() {
 
 function parameterSpecs() {
   const task = $("task").value;
+  if (chosenPipeline()) return []; // its steps take their providers' defaults
   const applies = (spec) => !spec.tasks.length || spec.tasks.includes(task);
   const chosen = $("provider").value;
   if (chosen) {
@@ -195,15 +270,17 @@ function renderForm() {
     const entered = Object.fromEntries(
       [...document.querySelectorAll("[data-param]")].map((i) => [i.dataset.param, i.value]));
     const inputs = specs.map(parameterInput);
+    const none = chosenPipeline() ? "A pipeline's steps use their providers' defaults."
+      : "No parameters for this choice.";
     $("params").replaceChildren(
       el("legend", { textContent: "Parameters" }),
       specs.length ? el("div", { className: "param-grid" }, ...inputs)
-        : el("p", { className: "muted", textContent: "No parameters for this choice." }));
+        : el("p", { className: "muted", textContent: none }));
     for (const input of document.querySelectorAll("[data-param]")) {
       if (entered[input.dataset.param]) input.value = entered[input.dataset.param];
     }
   }
-  const accept = INPUT_MEDIA[task];
+  const { accept, promptOptional } = chosenNeeds();
   $("input-label").hidden = !accept;
   $("input-file").accept = accept || "";
   // A file picked for another task would be uploaded, then refused by the router.
@@ -211,8 +288,12 @@ function renderForm() {
   if (picked && !(accept && fileFits(picked, accept))) $("input-file").value = "";
   // As the router decides (services/common/tasks.py): image-to-video reads a file and still
   // needs a prompt.
-  $("prompt").required = !PROMPT_OPTIONAL.has(task);
-  $("prompt-label").firstChild.textContent = PROMPT_OPTIONAL.has(task) ? "Prompt (optional)" : "Prompt";
+  $("prompt").required = !promptOptional;
+  $("prompt-label").firstChild.textContent = promptOptional ? "Prompt (optional)" : "Prompt";
+  const pipeline = chosenPipeline();
+  $("pipeline-steps").hidden = !pipeline;
+  $("pipeline-steps").textContent = pipeline
+    ? `Steps: ${PIPELINES[pipeline].map(([name, t]) => `${name} (${taskName(t)})`).join(" → ")}` : "";
 }
 
 function collectParameters() {
@@ -234,19 +315,21 @@ async function submitJob(event) {
   button.disabled = true;
   $("submit-error").textContent = "";
   try {
-    const task = $("task").value;
-    const spec = {
-      task: taskName(task),
-      prompt: $("prompt").value,
-      provider: $("provider").value,
-      parameters: collectParameters(),
-    };
-    if (INPUT_MEDIA[task]) {
+    const pipeline = chosenPipeline();
+    // A pipeline's provider and parameters are its steps' own: the spec has none.
+    const spec = pipeline
+      ? { pipeline: { name: pipeline }, prompt: $("prompt").value }
+      : {
+        task: taskName($("task").value),
+        prompt: $("prompt").value,
+        provider: $("provider").value,
+        parameters: collectParameters(),
+      };
+    const { what, accept } = chosenNeeds();
+    if (accept) {
       const file = $("input-file").files[0];
-      if (!file) throw new Error(`${taskName(task)} needs an input file`);
-      if (!fileFits(file, INPUT_MEDIA[task])) {
-        throw new Error(`${taskName(task)} takes ${INPUT_MEDIA[task]}; ${file.name} is ${file.type}`);
-      }
+      if (!file) throw new Error(`${what} needs an input file`);
+      if (!fileFits(file, accept)) throw new Error(`${what} takes ${accept}; ${file.name} is ${file.type}`);
       const form = new FormData();
       form.append("file", file);
       button.textContent = "Uploading…";
@@ -358,6 +441,8 @@ function showJob(id) {
   $("preview").hidden = true;
   $("result").hidden = true;
   delete $("result").dataset.jobId;
+  $("job-steps").replaceChildren();
+  $("job-steps").hidden = true;
   for (const row of document.querySelectorAll("#history-list li")) {
     row.classList.toggle("selected", row.dataset.jobId === id);
   }
@@ -410,7 +495,9 @@ function renderJob(job) {
   badge.textContent = state.replace("_", " ");
   badge.className = `state ${state}`;
   badge.dataset.state = job.state;
-  $("job-provider").textContent = job.provider ? `on ${job.provider}` : "";
+  const spec = job.spec || {};
+  // A pipeline has no provider of its own: each step names its own.
+  $("job-provider").textContent = job.provider ? `on ${job.provider}` : spec.pipeline ? jobKind(spec) : "";
   $("job-prompt").textContent = job.spec && job.spec.prompt ? `“${job.spec.prompt}”` : "";
   $("cancel").hidden = TERMINAL.has(job.state);
   $("job-error").textContent = job.error && job.error.message ? job.error.message : "";
@@ -434,10 +521,47 @@ function renderJob(job) {
     }
     box.hidden = false;
   }
+  renderSteps(job);
   if (done && $("result").dataset.jobId !== job.id) {
     renderResult(job);
   }
   tickElapsed();
+}
+
+// A pipeline's steps in order, each with its state, its progress while it runs, and its
+// outputs once done; a step's row is rebuilt only when something of it changes.
+function renderSteps(job) {
+  const list = $("job-steps");
+  const steps = (job.pipeline && job.pipeline.steps) || [];
+  list.hidden = !steps.length;
+  const rows = steps.map((step) => {
+    const progress = job.progress && job.progress.message ? job.progress.message : "";
+    const running = !TERMINAL.has(step.state) && step.state !== "JOB_STATE_QUEUED";
+    // The pipeline's progress is its running step's, as "<step>: <message>".
+    const said = running && progress.startsWith(`${step.name}: `) ? progress.slice(step.name.length + 2) : "";
+    const key = JSON.stringify([step, said]);
+    const known = list.querySelector(`li[data-step="${CSS.escape(step.name)}"]`);
+    if (known && known.dataset.key === key) return known;
+    const state = stateName(step.state);
+    const row = el("li", { dataset: { step: step.name, state: step.state, key } },
+      el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
+      el("span", { className: "step-name", textContent: step.name }),
+      el("span", { className: "muted", textContent: `${taskName(step.task || "")}${said ? ` · ${said}` : ""}` }));
+    if (step.output_text) row.append(el("p", { className: "step-text", textContent: step.output_text }));
+    for (const asset of step.assets || []) {
+      if ((asset.media_type || "").startsWith("text/") && step.output_text) continue;
+      const link = el("a", { href: contentUrl(asset), target: "_blank", rel: "noopener" });
+      if ((asset.media_type || "").startsWith("image/")) {
+        link.append(el("img", { className: "step-thumb", src: contentUrl(asset), alt: `${step.name}: ${asset.filename || "image"}` }));
+      } else {
+        link.textContent = `${asset.filename || asset.media_type} (${formatBytes(asset.size_bytes)})`;
+      }
+      row.append(link);
+    }
+    if (step.error && step.error.message) row.append(el("p", { className: "error", textContent: step.error.message }));
+    return row;
+  });
+  list.replaceChildren(...rows);
 }
 
 function renderResult(job) {
@@ -496,11 +620,21 @@ function remember(job, where = "") {
   renderRow(newest, where);
 }
 
+// An empty list says so once it has loaded, rather than leaving a blank card.
+function noteEmpty() {
+  const note = $("history-empty");
+  const empty = page.listed && !$("history-list").children.length;
+  const filtered = $("filter-state").value || $("filter-task").value;
+  note.textContent = empty ? (filtered ? "No jobs match these filters." : "No jobs yet.") : "";
+  note.hidden = !empty;
+}
+
 function renderRow(job, where) {
   const list = $("history-list");
   let row = list.querySelector(`li[data-job-id="${CSS.escape(job.id)}"]`);
   if (!matchesFilters(job)) {
     if (row) row.remove();
+    noteEmpty();
     return;
   }
   if (!row) {
@@ -520,19 +654,35 @@ function renderRow(job, where) {
     });
     if (where === "top") list.prepend(row);
     else list.append(row);
+    noteEmpty();
   }
   const state = stateName(job.state);
-  const when = job.create_time ? new Date(job.create_time).toLocaleTimeString() : "";
   const spec = job.spec || {};
   row.classList.toggle("selected", Boolean(page.watch && page.watch.id === job.id));
   row.dataset.state = job.state;
   row.replaceChildren(
     el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
     el("span", { className: "what", textContent: spec.prompt || jobKind(spec) }),
-    el("span", { className: "when", textContent: when }),
+    whenMade(job),
     // A pipeline has no provider (its steps do): no "…" waiting for one.
     el("span", { className: "sub", textContent: [jobKind(spec), job.provider || (spec.pipeline ? "" : "…"), job.id].filter(Boolean).join(" · ") }),
   );
+}
+
+// When a job was made, in local time and short: today's by the time, older ones by the date
+// (with the year when it is not this one); the full date and time on hover.
+function whenMade(job) {
+  if (!job.create_time) return el("span", { className: "when" });
+  const at = new Date(job.create_time);
+  const now = new Date();
+  let text;
+  if (at.toDateString() === now.toDateString()) {
+    text = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  } else {
+    const year = at.getFullYear() === now.getFullYear() ? {} : { year: "numeric" };
+    text = at.toLocaleDateString([], { month: "short", day: "numeric", ...year });
+  }
+  return el("time", { className: "when", dateTime: job.create_time, title: at.toLocaleString(), textContent: text });
 }
 
 async function loadHistory(reset) {
@@ -546,9 +696,11 @@ async function loadHistory(reset) {
     for (const job of body.jobs) remember(job, "bottom");
     page.nextPage = body.next_page_token;
     $("history-more").hidden = !page.nextPage;
+    page.listed = true;
   } catch (error) {
     $("history-list").replaceChildren(el("li", { className: "error", textContent: error.message }));
   }
+  noteEmpty();
 }
 
 // Every event of every job of this tenant over one WebSocket; resumes from its last cursor.
