@@ -18,6 +18,8 @@ from services.common.tenancy import DEFAULT_TENANT
 from services.storage.client import AssetClient
 
 DOWNLOAD_ATTEMPTS = 4
+# What a file whose name tells nothing is sent as; storage then sniffs its bytes.
+GENERIC_MEDIA_TYPE = "application/octet-stream"
 
 # Types the platform's mimetypes tables may not know, or know only by an x- alias.
 _EXTENSIONS = {
@@ -46,7 +48,7 @@ class Saved:
 def media_type_of(path: Path) -> str:
     """The media type a file's name suggests; application/octet-stream when unknown."""
     guessed, _ = mimetypes.guess_type(path.name)
-    return guessed or "application/octet-stream"
+    return guessed or GENERIC_MEDIA_TYPE
 
 
 def extension_for(media_type: str) -> str:
@@ -72,6 +74,20 @@ def check_inputs(paths: list[Path]) -> None:
             raise CliError(f"input is a directory, not a file: {path}", exit_code=2)
         if not path.is_file():
             raise CliError(f"input file not found: {path}", exit_code=2)
+
+
+def check_kinds(paths: list[Path], task: str, accepted: tuple[str, ...] | None) -> None:
+    """Refuse, before anything is uploaded, inputs whose name says the task cannot take them;
+    a name that says nothing (application/octet-stream) is left to storage to sniff."""
+    if accepted is None:
+        if paths:
+            raise CliError(f"{task} takes no input file; drop --input", exit_code=2)
+        return
+    for path in paths:
+        media_type = media_type_of(path)
+        if media_type != GENERIC_MEDIA_TYPE and not media_type.startswith(accepted):
+            kinds = "/".join(f"{kind}*" for kind in accepted)
+            raise CliError(f"{path} is {media_type}; {task} takes {kinds}", exit_code=2)
 
 
 async def upload(channel: grpc.aio.Channel, path: Path) -> asset_pb2.Asset:

@@ -61,7 +61,7 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         help="run a job and follow it live",
         description="Submit a generation job, show its progress live and download its outputs. "
         "Exit codes: 0 completed, 1 failed or error, 2 cancelled or a usage error (a bad flag, "
-        "a missing input file).",
+        "an input file missing or of a kind the task cannot take).",
     )
     p.add_argument("prompt", nargs="?", default="", help="what to generate")
     p.add_argument("--task", "-t", type=task_arg, help="e.g. text-to-image, text-to-speech")
@@ -221,6 +221,8 @@ def check_args(args: argparse.Namespace) -> None:
         kinds = "/".join(f"{kind}*" for kind in needs)
         raise CliError(f"{task_name(args.task)} needs an input file ({kinds}): --input FILE", 2)
     assets.check_inputs(args.inputs)
+    if args.task and not args.watch:
+        assets.check_kinds(args.inputs, task_name(args.task), needs)
 
 
 def run(args: argparse.Namespace) -> int:

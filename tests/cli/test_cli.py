@@ -684,6 +684,27 @@ async def test_rpc_errors_are_one_clear_line(
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize(
+    ("task", "name", "message"),
+    [
+        ("image-to-image", "note.txt", "note.txt is text/plain; image-to-image takes image/*"),
+        ("speech-to-text", "photo.png", "photo.png is image/png; speech-to-text takes audio/*"),
+        ("text-to-image", "photo.png", "text-to-image takes no input file; drop --input"),
+    ],
+)
+async def test_an_input_the_task_cannot_take_is_refused_before_uploading(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path, task: str, name: str, message: str
+) -> None:
+    _, address = scripted
+    (tmp_path / name).write_bytes(b"hello")
+    code, _, err = await run_cli(
+        "generate", "-t", task, "x", "--input", name, "--router", address, "--storage", address,
+        cwd=tmp_path,
+    )  # fmt: skip
+    # The scripted storage has no UploadAsset: an upload would have failed as UNIMPLEMENTED.
+    assert (code, err) == (2, f"genmesh generate: {message}\n")
+
+
 async def test_unreachable_router_is_one_clear_line(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     code, _, err = await run_cli("jobs", "--router", address, cwd=tmp_path)
