@@ -36,6 +36,10 @@ _STEP_MARK = {
 }
 
 
+# States of a job under way on a provider; moving between them continues one run.
+_RUNNING = frozenset({job_pb2.JOB_STATE_PROCESSING, job_pb2.JOB_STATE_PREVIEW_READY})
+
+
 @dataclass
 class JobPanel:
     """The latest known state of one job, rendered as a small panel (rich calls __rich__)."""
@@ -93,8 +97,9 @@ class JobPanel:
                 self.percent = 100.0
 
     def _progress(self, state: job_pb2.JobState.ValueType, progress: job_pb2.Progress) -> None:
-        if state != self.state:
-            # A new state starts a new progress story; stale numbers would mislead.
+        if state != self.state and not {state, self.state} <= _RUNNING:
+            # A new state starts a new progress story; stale numbers would mislead. A preview
+            # does not: the run it came from goes on, and so does its progress.
             self.percent, self.message = None, ""
         self.state = state
         if progress.HasField("percent"):

@@ -276,6 +276,18 @@ def test_panel_shows_the_latest_state() -> None:
     assert "completed" in text and "100%" in text
 
 
+def test_a_preview_keeps_the_progress_bar() -> None:
+    panel = JobPanel()
+    panel.event(
+        event(1, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=50, message="s 2"))
+    )
+    preview = asset_pb2.Asset(id="preview-1", media_type="image/png")
+    panel.event(event(2, job_pb2.JOB_STATE_PREVIEW_READY, preview=preview))
+    text = render(panel)
+    assert "preview-ready" in text and "(1 preview)" in text
+    assert "50%" in text and "s 2" in text, text
+
+
 def test_a_finished_jobs_elapsed_time_is_its_own_on_every_re_attach() -> None:
     created = job_pb2.Job(id="job-1", state=job_pb2.JOB_STATE_COMPLETED, last_sequence=2)
     created.create_time.FromSeconds(1_000_000)
