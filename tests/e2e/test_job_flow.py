@@ -146,7 +146,7 @@ async def test_cancel_running_job_stops_provider_call(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "already ended" in (err.value.details() or "")
+    assert err.value.details() == f"job {job.id} has already ended (cancelled); nothing to cancel"
 
 
 async def test_cancel_queued_job_is_skipped_by_worker(mesh: Mesh) -> None:
