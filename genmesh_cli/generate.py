@@ -216,13 +216,26 @@ def check_args(args: argparse.Namespace) -> None:
             "--task is required (e.g. --task text-to-image), or --pipeline NAME, or --watch JOB_ID",
             2,
         )
-    needs = INPUT_MEDIA.get(args.task) if args.task and not args.watch else None
+    if args.watch:
+        return
+    what, needs = _input_needs(args)
     if needs and not args.inputs:
         kinds = "/".join(f"{kind}*" for kind in needs)
-        raise CliError(f"{task_name(args.task)} needs an input file ({kinds}): --input FILE", 2)
+        raise CliError(f"{what} needs an input file ({kinds}): --input FILE", 2)
     assets.check_inputs(args.inputs)
-    if args.task and not args.watch:
-        assets.check_kinds(args.inputs, task_name(args.task), needs)
+    assets.check_kinds(args.inputs, what, needs)
+
+
+def _input_needs(args: argparse.Namespace) -> tuple[str, tuple[str, ...] | None]:
+    """What the job is called in messages, and the media its input may be (None: none)."""
+    if not args.pipeline:
+        return task_name(args.task), INPUT_MEDIA.get(args.task)
+    steps = BUILTINS.get(args.pipeline)
+    if steps is None:
+        raise CliError(f"unknown pipeline {args.pipeline!r}; built in: {', '.join(BUILTINS)}", 2)
+    # The pipeline's input goes to the steps that name it; they read one kind of media.
+    readers = [INPUT_MEDIA[step.task] for step in steps if "input" in step.inputs]
+    return f"pipeline {args.pipeline}", readers[0] if readers else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -180,6 +180,11 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["generate", "--pipeline", "text-to-video", "x", "-p", "seed=1"], "a pipeline's steps"),
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
         (["generate", "-t", "image-to-image", "-i", "/tmp"], "input is a directory, not a file"),
+        (["generate", "--pipeline", "nope", "x"], "unknown pipeline 'nope'; built in: speech-"),
+        (
+            ["generate", "--pipeline", "speech-to-image"],
+            "pipeline speech-to-image needs an input file (audio/*): --input",
+        ),
     ],
 )
 def test_argument_combinations(
@@ -697,20 +702,30 @@ async def test_rpc_errors_are_one_clear_line(
 
 
 @pytest.mark.parametrize(
-    ("task", "name", "message"),
+    ("job", "name", "message"),
     [
-        ("image-to-image", "note.txt", "note.txt is text/plain; image-to-image takes image/*"),
-        ("speech-to-text", "photo.png", "photo.png is image/png; speech-to-text takes audio/*"),
-        ("text-to-image", "photo.png", "text-to-image takes no input file; drop --input"),
+        ("-t=image-to-image", "note.txt", "note.txt is text/plain; image-to-image takes image/*"),
+        ("-t=speech-to-text", "photo.png", "photo.png is image/png; speech-to-text takes audio/*"),
+        ("-t=text-to-image", "photo.png", "text-to-image takes no input file; drop --input"),
+        (
+            "--pipeline=speech-to-image",
+            "photo.png",
+            "photo.png is image/png; pipeline speech-to-image takes audio/*",
+        ),
+        (
+            "--pipeline=text-to-video",
+            "photo.png",
+            "pipeline text-to-video takes no input file; drop --input",
+        ),
     ],
 )
 async def test_an_input_the_task_cannot_take_is_refused_before_uploading(
-    scripted: tuple[ScriptedMesh, str], tmp_path: Path, task: str, name: str, message: str
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path, job: str, name: str, message: str
 ) -> None:
     _, address = scripted
     (tmp_path / name).write_bytes(b"hello")
     code, _, err = await run_cli(
-        "generate", "-t", task, "x", "--input", name, "--router", address, "--storage", address,
+        "generate", job, "x", "--input", name, "--router", address, "--storage", address,
         cwd=tmp_path,
     )  # fmt: skip
     # The scripted storage has no UploadAsset: an upload would have failed as UNIMPLEMENTED.
