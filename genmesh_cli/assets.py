@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,17 @@ def check_inputs(paths: list[Path]) -> None:
             raise CliError(f"input is a directory, not a file: {path}", exit_code=2)
         if not path.is_file():
             raise CliError(f"input file not found: {path}", exit_code=2)
+
+
+def check_out_dir(path: Path) -> None:
+    """Fail before the job runs when its outputs could not be saved under `path`."""
+    if path.exists() and not path.is_dir():
+        raise CliError(f"--out {path} is not a directory", exit_code=2)
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CliError(f"--out {path}: {ancestor} is not a directory one can write in", 2)
 
 
 def check_kinds(paths: list[Path], task: str, accepted: tuple[str, ...] | None) -> None:

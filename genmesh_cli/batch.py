@@ -28,6 +28,7 @@ from genmesh.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
 )
+from genmesh_cli import assets
 from genmesh_cli.client import (
     TERMINAL_STATES,
     Addresses,
@@ -147,6 +148,8 @@ class BatchPanel:
 
 def run(args: argparse.Namespace) -> int:
     prompts, lines = read_prompts(args.file)
+    if not args.no_download:
+        assets.check_out_dir(args.out)
     return asyncio.run(_run(args, prompts, lines))
 
 

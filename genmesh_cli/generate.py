@@ -180,6 +180,8 @@ def build_spec(
 
 def check_args(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; exit code 2 like its own usage errors."""
+    if not args.no_download:
+        assets.check_out_dir(args.out)
     if args.watch:
         extra = [
             flag
@@ -327,6 +329,12 @@ async def download_outputs(
         except grpc.aio.AioRpcError as error:
             raise CliError(
                 f"download of asset {asset.id}: {format_rpc_error(error, args.storage)}"
+            ) from None
+        except OSError as error:
+            raise CliError(
+                f"cannot save job {outcome.job_id}'s outputs in {directory}: "
+                f"{error.strerror or error}; they stay in storage: genmesh generate "
+                f"--watch {outcome.job_id} --out DIR"
             ) from None
     return saved
 

@@ -732,6 +732,46 @@ async def test_an_input_the_task_cannot_take_is_refused_before_uploading(
     assert (code, err) == (2, f"genmesh generate: {message}\n")
 
 
+async def test_an_out_dir_that_cannot_be_written_is_refused_before_the_job(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    mesh, address = scripted
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "prompts.txt").write_text("a fox\n")
+    for out, message in [
+        ("taken", "--out taken is not a directory"),
+        ("taken/sub", "--out taken/sub: taken is not a directory one can write in"),
+    ]:
+        for command in (
+            ["generate", "-t", "text-to-image", "x"],
+            ["batch", "-t", "text-to-image", "prompts.txt"],
+        ):
+            code, _, err = await run_cli(
+                *command, "--router", address, "--storage", address, "--out", out, cwd=tmp_path
+            )
+            assert (code, err) == (2, f"genmesh {command[0]}: {message}\n")
+    assert mesh.generate_calls == 0
+
+
+async def test_outputs_that_cannot_be_saved_are_one_clear_line(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    _, address = scripted
+    # The job's own directory is taken by a file: found only once the job has ended.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "job-1").write_text("a file")
+    code, _, err = await run_cli(
+        "generate", "-t", "text-to-image", "x", "--router", address, "--storage", address,
+        "--out", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 1
+    assert "Traceback" not in err
+    assert " ".join(err.split()) == (
+        "genmesh generate: cannot save job job-1's outputs in out/job-1: File exists; they "
+        "stay in storage: genmesh generate --watch job-1 --out DIR"
+    )
+
+
 async def test_unreachable_router_is_one_clear_line(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     code, _, err = await run_cli("jobs", "--router", address, cwd=tmp_path)
