@@ -8,11 +8,12 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import struct
 import sys
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -562,10 +563,13 @@ async def test_follow_reattaches_after_a_broken_stream(
     assert any("re-attaching" in note for note in recorder.notes)
 
 
-async def start_cli(*argv: str, cwd: Path) -> asyncio.subprocess.Process:
+async def start_cli(
+    *argv: str, cwd: Path, extra_env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
     """The real console entry point in a subprocess, as a user runs it (no GENMESH_*
-    settings), its output piped."""
+    settings, plus `extra_env`), its output piped."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env.update(extra_env or {})
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -579,9 +583,11 @@ async def start_cli(*argv: str, cwd: Path) -> asyncio.subprocess.Process:
     )
 
 
-async def run_cli(*argv: str, cwd: Path) -> tuple[int, str, str]:
+async def run_cli(
+    *argv: str, cwd: Path, extra_env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
     """start_cli to its end: exit code, stdout, stderr."""
-    process = await start_cli(*argv, cwd=cwd)
+    process = await start_cli(*argv, cwd=cwd, extra_env=extra_env)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -982,6 +988,39 @@ async def test_providers_table_shows_each_circuit(
     assert "circuit" in rows["provider"]
     assert rows["steady"][3] == "closed"
     assert rows["flaky"][3] == "open"
+
+
+# What rich reads to take its output for an 80-column terminal's (the default size).
+TERMINAL_80 = {"FORCE_COLOR": "1", "COLUMNS": "80", "TERM": "xterm"}
+
+
+def plain(text: str) -> list[str]:
+    """The lines a terminal shows, colours dropped and trailing blanks trimmed."""
+    return [line.rstrip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()]
+
+
+async def test_providers_on_a_narrow_terminal_show_every_field_whole(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    _, address = scripted
+    code, out, err = await run_cli(
+        "providers", "--router", address, cwd=tmp_path, extra_env=TERMINAL_80
+    )
+    assert code == 0, err
+    lines = plain(out)
+    assert max(len(line) for line in lines) <= 80, lines
+    # No column dropped or cut: the flaky provider's block holds each of its fields.
+    flaky = lines[lines.index("provider  flaky") :]
+    assert flaky[:8] == [
+        "provider  flaky",
+        "family    sandbox",
+        "status    available",
+        "circuit   open",
+        "workers   1",
+        "running   0",
+        "cost/job  $0.0000",
+        "tasks     text-to-image",
+    ], lines
 
 
 UPLOAD_BYTES = 2 * 1024 * 1024
