@@ -996,7 +996,7 @@ TERMINAL_80 = {"FORCE_COLOR": "1", "COLUMNS": "80", "TERM": "xterm"}
 
 def plain(text: str) -> list[str]:
     """The lines a terminal shows, colours dropped and trailing blanks trimmed."""
-    return [line.rstrip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()]
+    return [line.rstrip() for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).splitlines()]
 
 
 async def test_providers_on_a_narrow_terminal_show_every_field_whole(
