@@ -278,6 +278,9 @@ class ProviderWorker:
         started.progress.message = (
             "started" if delivery == 1 else f"restarted (delivery {delivery})"
         )
+        if delivery > 1:
+            # The run starts over: watchers must not keep showing the last one's percent.
+            started.progress.percent = 0
         await events.publish(started)
         try:
             parameters = self._rules(job.spec.task).validate(struct_to_dict(job.spec.parameters))

@@ -209,6 +209,10 @@ async def test_retryable_failure_retries_then_fails(mesh: Mesh) -> None:
     assert events[-1].error.kind == job_pb2.ERROR_KIND_RETRYABLE
     retries = [e for e in events if e.progress.message.startswith("retrying")]
     assert len(retries) >= 1
+    # Each new run says its progress starts over, so no watcher shows the last run's 100%.
+    restarts = [e for e in events if e.progress.message.startswith("restarted (delivery")]
+    assert len(restarts) == len(retries)
+    assert all(e.progress.HasField("percent") and e.progress.percent == 0 for e in restarts)
     # The failure says it was retried, which is why it took longer than one attempt.
     assert events[-1].error.message.endswith(f"; gave up after {len(retries) + 1} tries")
 
