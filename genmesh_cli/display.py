@@ -155,13 +155,16 @@ class JobPanel:
             parts.append(Text(f"{self.percent:3.0f}%"))
         elif self.state not in TERMINAL_STATES:
             parts.append(self._spinner)
-        if self.message:
-            parts.append(Text(self.message, style="dim"))
-        if not parts:
+        if not parts and not self.message:
             return Text("-")
         line = Table.grid(padding=(0, 1))
         for _ in parts:
             line.add_column(no_wrap=True)
+        if self.message:
+            # The message wraps where the line is short of room, so the bar and its
+            # percentage keep their width (they were squeezed, the percentage dropped).
+            line.add_column(overflow="fold")
+            parts.append(Text(self.message, style="dim"))
         line.add_row(*parts)
         return line
 

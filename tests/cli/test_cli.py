@@ -294,6 +294,23 @@ def test_a_preview_keeps_the_progress_bar() -> None:
     assert "50%" in text and "s 2" in text, text
 
 
+def test_a_long_progress_message_leaves_the_bar_and_percentage_whole() -> None:
+    panel = JobPanel()
+    message = "retrying in 0.7s: sandbox injected a failure of kind retryable (fail_rate=1)"
+    panel.event(
+        event(
+            1, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=75, message=message)
+        )
+    )
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(panel)
+    text = out.export_text()
+    [bar] = [line for line in text.splitlines() if line.startswith("progress")]
+    assert "━" * 22 in bar and " 75% " in bar, text
+    # Nothing of the message is lost: it goes on below.
+    assert "(fail_rate=1)" in text, text
+
+
 def test_a_finished_jobs_elapsed_time_is_its_own_on_every_re_attach() -> None:
     created = job_pb2.Job(id="job-1", state=job_pb2.JOB_STATE_COMPLETED, last_sequence=2)
     created.create_time.FromSeconds(1_000_000)
