@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from services.common.tenancy import DEFAULT_TENANT
 from services.storage.client import AssetClient
 
 DOWNLOAD_ATTEMPTS = 4
+# What a file whose name tells nothing is sent as; storage then sniffs its bytes.
+GENERIC_MEDIA_TYPE = "application/octet-stream"
 
 # Types the platform's mimetypes tables may not know, or know only by an x- alias.
 _EXTENSIONS = {
@@ -46,7 +49,7 @@ class Saved:
 def media_type_of(path: Path) -> str:
     """The media type a file's name suggests; application/octet-stream when unknown."""
     guessed, _ = mimetypes.guess_type(path.name)
-    return guessed or "application/octet-stream"
+    return guessed or GENERIC_MEDIA_TYPE
 
 
 def extension_for(media_type: str) -> str:
@@ -72,6 +75,31 @@ def check_inputs(paths: list[Path]) -> None:
             raise CliError(f"input is a directory, not a file: {path}", exit_code=2)
         if not path.is_file():
             raise CliError(f"input file not found: {path}", exit_code=2)
+
+
+def check_out_dir(path: Path) -> None:
+    """Fail before the job runs when its outputs could not be saved under `path`."""
+    if path.exists() and not path.is_dir():
+        raise CliError(f"--out {path} is not a directory", exit_code=2)
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CliError(f"--out {path}: {ancestor} is not a directory one can write in", 2)
+
+
+def check_kinds(paths: list[Path], task: str, accepted: tuple[str, ...] | None) -> None:
+    """Refuse, before anything is uploaded, inputs whose name says the task cannot take them;
+    a name that says nothing (application/octet-stream) is left to storage to sniff."""
+    if accepted is None:
+        if paths:
+            raise CliError(f"{task} takes no input file; drop --input", exit_code=2)
+        return
+    for path in paths:
+        media_type = media_type_of(path)
+        if media_type != GENERIC_MEDIA_TYPE and not media_type.startswith(accepted):
+            kinds = "/".join(f"{kind}*" for kind in accepted)
+            raise CliError(f"{path} is {media_type}; {task} takes {kinds}", exit_code=2)
 
 
 async def upload(channel: grpc.aio.Channel, path: Path) -> asset_pb2.Asset:

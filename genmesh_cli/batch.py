@@ -28,6 +28,7 @@ from genmesh.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
 )
+from genmesh_cli import assets
 from genmesh_cli.client import (
     TERMINAL_STATES,
     Addresses,
@@ -39,6 +40,7 @@ from genmesh_cli.client import (
 from genmesh_cli.display import STATE_STYLE, console
 from genmesh_cli.follow import Outcome, retry_broken
 from genmesh_cli.generate import add_job_options, build_spec, download_outputs, task_arg
+from genmesh_cli.tables import print_rows
 from services.common.tasks import state_name
 
 # How long to retry SubmitBatch and re-attach to the batch while the router is unreachable:
@@ -147,6 +149,8 @@ class BatchPanel:
 
 def run(args: argparse.Namespace) -> int:
     prompts, lines = read_prompts(args.file)
+    if not args.no_download:
+        assets.check_out_dir(args.out)
     return asyncio.run(_run(args, prompts, lines))
 
 
@@ -222,9 +226,7 @@ async def _report(
     storage: asset_service_pb2_grpc.AssetServiceStub,
 ) -> int:
     out = console()
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("#", "job", "state", "output", "prompt"):
-        table.add_column(column, overflow="fold" if column == "output" else "ellipsis")
+    rows: list[list[str | Text]] = []
     all_completed = True
     for number, (job_id, prompt) in enumerate(zip(panel.job_ids, prompts, strict=True), 1):
         outcome = panel.outcomes[job_id]
@@ -238,14 +240,17 @@ async def _report(
             where += [str(s.path) for s in await download_outputs(args, outcome, storage)]
         if outcome.output_text:
             where.append(" ".join(outcome.output_text.split())[:80])
-        table.add_row(
-            str(number),
-            job_id,
-            Text(state_name(outcome.state), style=STATE_STYLE.get(outcome.state, "")),
-            "\n".join(where) or "-",
-            Text(prompt[:60]),
+        rows.append(
+            [
+                str(number),
+                job_id,
+                Text(state_name(outcome.state), style=STATE_STYLE.get(outcome.state, "")),
+                "\n".join(where) or "-",
+                prompt[:60],
+            ]
         )
-    out.print(table)
+    columns = ("#", "job", "state", "output", "prompt")
+    print_rows(out, columns, rows, wrap=frozenset({"output", "prompt"}))
     if not args.no_download and any(o.assets for o in panel.outcomes.values()):
         out.print(f"outputs in {args.out.resolve()}")
     return 0 if all_completed else 1

@@ -36,6 +36,10 @@ _STEP_MARK = {
 }
 
 
+# States of a job under way on a provider; moving between them continues one run.
+_RUNNING = frozenset({job_pb2.JOB_STATE_PROCESSING, job_pb2.JOB_STATE_PREVIEW_READY})
+
+
 @dataclass
 class JobPanel:
     """The latest known state of one job, rendered as a small panel (rich calls __rich__)."""
@@ -93,8 +97,9 @@ class JobPanel:
                 self.percent = 100.0
 
     def _progress(self, state: job_pb2.JobState.ValueType, progress: job_pb2.Progress) -> None:
-        if state != self.state:
-            # A new state starts a new progress story; stale numbers would mislead.
+        if state != self.state and not {state, self.state} <= _RUNNING:
+            # A new state starts a new progress story; stale numbers would mislead. A preview
+            # does not: the run it came from goes on, and so does its progress.
             self.percent, self.message = None, ""
         self.state = state
         if progress.HasField("percent"):
@@ -150,13 +155,16 @@ class JobPanel:
             parts.append(Text(f"{self.percent:3.0f}%"))
         elif self.state not in TERMINAL_STATES:
             parts.append(self._spinner)
-        if self.message:
-            parts.append(Text(self.message, style="dim"))
-        if not parts:
+        if not parts and not self.message:
             return Text("-")
         line = Table.grid(padding=(0, 1))
         for _ in parts:
             line.add_column(no_wrap=True)
+        if self.message:
+            # The message wraps where the line is short of room, so the bar and its
+            # percentage keep their width (they were squeezed, the percentage dropped).
+            line.add_column(overflow="fold")
+            parts.append(Text(self.message, style="dim"))
         line.add_row(*parts)
         return line
 

@@ -61,7 +61,7 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         help="run a job and follow it live",
         description="Submit a generation job, show its progress live and download its outputs. "
         "Exit codes: 0 completed, 1 failed or error, 2 cancelled or a usage error (a bad flag, "
-        "a missing input file).",
+        "an input file missing or of a kind the task cannot take).",
     )
     p.add_argument("prompt", nargs="?", default="", help="what to generate")
     p.add_argument("--task", "-t", type=task_arg, help="e.g. text-to-image, text-to-speech")
@@ -180,6 +180,8 @@ def build_spec(
 
 def check_args(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; exit code 2 like its own usage errors."""
+    if not args.no_download:
+        assets.check_out_dir(args.out)
     if args.watch:
         extra = [
             flag
@@ -216,11 +218,26 @@ def check_args(args: argparse.Namespace) -> None:
             "--task is required (e.g. --task text-to-image), or --pipeline NAME, or --watch JOB_ID",
             2,
         )
-    needs = INPUT_MEDIA.get(args.task) if args.task and not args.watch else None
+    if args.watch:
+        return
+    what, needs = _input_needs(args)
     if needs and not args.inputs:
         kinds = "/".join(f"{kind}*" for kind in needs)
-        raise CliError(f"{task_name(args.task)} needs an input file ({kinds}): --input FILE", 2)
+        raise CliError(f"{what} needs an input file ({kinds}): --input FILE", 2)
     assets.check_inputs(args.inputs)
+    assets.check_kinds(args.inputs, what, needs)
+
+
+def _input_needs(args: argparse.Namespace) -> tuple[str, tuple[str, ...] | None]:
+    """What the job is called in messages, and the media its input may be (None: none)."""
+    if not args.pipeline:
+        return task_name(args.task), INPUT_MEDIA.get(args.task)
+    steps = BUILTINS.get(args.pipeline)
+    if steps is None:
+        raise CliError(f"unknown pipeline {args.pipeline!r}; built in: {', '.join(BUILTINS)}", 2)
+    # The pipeline's input goes to the steps that name it; they read one kind of media.
+    readers = [INPUT_MEDIA[step.task] for step in steps if "input" in step.inputs]
+    return f"pipeline {args.pipeline}", readers[0] if readers else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -312,6 +329,12 @@ async def download_outputs(
         except grpc.aio.AioRpcError as error:
             raise CliError(
                 f"download of asset {asset.id}: {format_rpc_error(error, args.storage)}"
+            ) from None
+        except OSError as error:
+            raise CliError(
+                f"cannot save job {outcome.job_id}'s outputs in {directory}: "
+                f"{error.strerror or error}; they stay in storage: genmesh generate "
+                f"--watch {outcome.job_id} --out DIR"
             ) from None
     return saved
 

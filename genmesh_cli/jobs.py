@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from rich.table import Table
 from rich.text import Text
 
 from genmesh.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -21,6 +20,7 @@ from genmesh_cli.client import (
 )
 from genmesh_cli.display import STATE_STYLE, console
 from genmesh_cli.generate import task_arg
+from genmesh_cli.tables import print_rows
 from services.common.tasks import state_from_name, state_name, task_name
 
 
@@ -91,26 +91,26 @@ async def _jobs(args: argparse.Namespace) -> int:
     if not found:
         out.print("no jobs")
         return 0
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    # Ids are for copying into other commands: never shortened.
-    table.add_column("job", no_wrap=True, min_width=max(len(job.id) for job in found))
-    for column in ("task", "state", "provider", "created", "prompt"):
-        table.add_column(column, no_wrap=column != "prompt", overflow="ellipsis")
+    rows: list[list[str | Text]] = []
     for job in found:
         created = (
             datetime.fromtimestamp(job.create_time.seconds).strftime("%Y-%m-%d %H:%M:%S")
             if job.HasField("create_time")
             else "-"
         )
-        table.add_row(
-            job.id,
-            task_name(job.spec.task) if job.spec.task else "-",
-            Text(state_name(job.state), style=STATE_STYLE.get(job.state, "")),
-            job.provider or "-",
-            created,
-            Text(" ".join(job.spec.prompt.split())[:80]),
+        rows.append(
+            [
+                job.id,
+                task_name(job.spec.task) if job.spec.task else "-",
+                Text(state_name(job.state), style=STATE_STYLE.get(job.state, "")),
+                job.provider or "-",
+                created,
+                " ".join(job.spec.prompt.split())[:80],
+            ]
         )
-    out.print(table)
+    # Ids are for copying into other commands: never shortened.
+    columns = ("job", "task", "state", "provider", "created", "prompt")
+    print_rows(out, columns, rows, wrap=frozenset({"prompt"}))
     return 0
 
 

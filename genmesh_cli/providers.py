@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import grpc
-from rich.table import Table
 from rich.text import Text
 
 from genmesh.v1 import job_pb2, provider_service_pb2, provider_service_pb2_grpc
@@ -21,6 +20,7 @@ from genmesh_cli.client import (
 )
 from genmesh_cli.display import console
 from genmesh_cli.generate import task_arg
+from genmesh_cli.tables import print_rows
 from services.common.tasks import task_name
 
 CIRCUIT = {
@@ -67,24 +67,24 @@ async def _run(args: argparse.Namespace) -> int:
     if not response.providers:
         out.print("no providers")
         return 0
-    table = Table(box=None, pad_edge=False, header_style="bold")
     columns = ("provider", "family", "status", "circuit", "workers", "running", "cost/job", "tasks")
-    for column in columns:
-        table.add_column(column, no_wrap=column != "tasks")
+    rows: list[list[str | Text]] = []
     for provider in response.providers:
         health = provider.health
         status = Text(provider_status_name(health.status), STATUS_STYLE.get(health.status, ""))
         if health.reason:
             status.append(f" ({health.reason})", "dim")
-        table.add_row(
-            provider.name + (" (offline)" if provider.offline else ""),
-            provider.family,
-            status,
-            CIRCUIT.get(health.circuit, Text("-", "dim")),
-            str(health.live_workers),
-            str(health.in_flight),
-            f"${provider.cost_per_job_usd:.4f}",
-            ", ".join(task_name(t) for t in provider.tasks),
+        rows.append(
+            [
+                provider.name + (" (offline)" if provider.offline else ""),
+                provider.family,
+                status,
+                CIRCUIT.get(health.circuit, Text("-", "dim")),
+                str(health.live_workers),
+                str(health.in_flight),
+                f"${provider.cost_per_job_usd:.4f}",
+                ", ".join(task_name(t) for t in provider.tasks),
+            ]
         )
-    out.print(table)
+    print_rows(out, columns, rows, wrap=frozenset({"status", "tasks"}))
     return 0

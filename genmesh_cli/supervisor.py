@@ -67,10 +67,23 @@ def nats_server_binary() -> str:
     return found
 
 
+def how_it_ended(code: int | None) -> str:
+    """A child's exit status in words: "exited with code 3", or the signal that killed it
+    (asyncio gives that as a negative code, which reads as an exit code)."""
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 class ChildExited(Exception):
-    def __init__(self, name: str, code: int | None, log: Path) -> None:
-        super().__init__(f"{name} exited with code {code}")
-        self.name, self.code, self.log = name, code, log
+    def __init__(self, child: Child) -> None:
+        self.name, self.code, self.log = child.name, child.process.returncode, child.log
+        # Where this run of it began writing its log: earlier runs' lines are not its own.
+        self.log_start = child.log_start
+        super().__init__(f"{self.name} {how_it_ended(self.code)}")
 
 
 @dataclass
@@ -94,6 +107,8 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     service: Service | None = None
+    # Bytes its log held when this run of it started (a restart appends to the same file).
+    log_start: int = 0
 
     @property
     def pid(self) -> int:
@@ -245,7 +260,7 @@ class Supervisor:
 
         while True:
             if child is not None and child.process.returncode is not None:
-                raise ChildExited(child.name, child.process.returncode, child.log)
+                raise ChildExited(child)
             try:
                 nc = await nats.connect(
                     nats_servers(url),
@@ -327,7 +342,7 @@ class Supervisor:
 
     def _check_alive(self, child: Child) -> None:
         if child.process.returncode is not None:
-            raise ChildExited(child.name, child.process.returncode, child.log)
+            raise ChildExited(child)
 
     # Running.
 
@@ -369,7 +384,7 @@ class Supervisor:
         try:
             while (exit_ := await self._wait_for_stop_or_exit()) is not None:
                 child = exit_.child
-                self._report_exit(ChildExited(child.name, exit_.code, child.log), "unexpectedly")
+                self._report_exit(ChildExited(child), "while the mesh ran")
                 delay = budget.next_delay(child.name)
                 if delay is None:
                     console(stderr=True).print(
@@ -406,8 +421,9 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
         f = child.log.open("ab")
-        f.write(f"\n--- genmesh up: exited with code {code}; restarted ---\n\n".encode())
+        f.write(f"\n--- genmesh up: {child.name} {how_it_ended(code)}; restarted ---\n\n".encode())
         f.flush()
+        child.log_start = f.tell()
         child.process = await self._exec(child.argv, child.env, f)
 
     async def _announce_ready(self, child: Child) -> None:
@@ -448,11 +464,13 @@ class Supervisor:
 
     def _report_exit(self, exited: ChildExited, when: str) -> None:
         err = console(stderr=True)
-        err.print(f"[red]error:[/] {exited.name} exited {when} with code {exited.code}")
-        tail = _tail(exited.log, LOG_TAIL_LINES)
+        err.print(f"[red]error:[/] {exited.name} {how_it_ended(exited.code)} {when}")
+        tail = _tail(exited.log, LOG_TAIL_LINES, exited.log_start)
         if tail:
             err.print(f"last lines of {exited.log}:", style="dim")
             print(tail, file=sys.stderr, flush=True)
+        else:
+            err.print(f"it wrote nothing to {exited.log} before it ended", style="dim")
 
     # Shutdown.
 
@@ -504,9 +522,13 @@ def _rotate_and_open(log: Path) -> IO[bytes]:
     return log.open("wb")
 
 
-def _tail(path: Path, lines: int) -> str:
+def _tail(path: Path, lines: int, start: int = 0) -> str:
+    """The last `lines` lines of `path` written at or after byte `start`."""
     try:
-        data = path.read_bytes()[-64 * 1024 :]
+        with path.open("rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(start, end - 64 * 1024))
+            data = f.read()
     except OSError:
         return ""
-    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+    return "\n".join(data.decode(errors="replace").strip("\n").splitlines()[-lines:])

@@ -15,6 +15,7 @@ from pathlib import Path
 from services.common.bus import Bus, connect
 from services.common.cancelling import cancel_tasks
 from services.common.channels import mesh_channel
+from services.common.errors import CannotStart
 from services.common.grpc_server import grpc_server
 from services.providers.cancelled import CancelledJobs
 from services.providers.config import ProviderConfig, load_catalog
@@ -54,7 +55,9 @@ async def running_worker(
             adapters.append(build_adapter(name, catalog))
         except ImportError as exc:
             if not auto:
-                raise
+                raise CannotStart(
+                    f"provider {name!r}: its adapter cannot be loaded ({exc})"
+                ) from exc
             # "auto" serves what it can: one family's missing module must not stop the rest.
             log.warning("not serving %s: its adapter cannot be loaded (%s)", name, exc)
     names = [adapter.name for adapter in adapters]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genmesh.v1 import job_pb2, provider_service_pb2
+from services.common.errors import CannotStart
 from services.common.tasks import task_from_name, task_name
 
 # The catalog shipped with genmesh; GENMESH_PROVIDERS_FILE points at a user's own.
@@ -38,8 +39,9 @@ _KNOWN_KEYS = {
 }
 
 
-class CatalogError(ValueError):
-    """The catalog file is unreadable or declares something impossible."""
+class CatalogError(CannotStart, ValueError):
+    """The catalog file is unreadable, declares something impossible, or lacks an instance
+    the worker is asked to serve: the worker cannot start, and says why in one line."""
 
 
 @dataclass(frozen=True)

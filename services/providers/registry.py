@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable, Mapping
 
 from services.providers.adapter import Adapter
-from services.providers.config import ProviderConfig
+from services.providers.config import CatalogError, ProviderConfig
 
 # family -> "module:factory". A factory takes the instance's ProviderConfig.
 FAMILIES: dict[str, str] = {
@@ -44,8 +44,13 @@ def build_adapter(name: str, catalog: Mapping[str, ProviderConfig]) -> Adapter:
     config = catalog.get(name)
     if config is None:
         known = ", ".join(sorted(catalog)) or "none"
-        raise ValueError(f"provider {name!r} is not in the catalog; known: {known}")
-    return factory(config.family)(config)
+        raise CatalogError(f"provider {name!r} is not in the catalog; known: {known}")
+    try:
+        return factory(config.family)(config)
+    except CatalogError:
+        raise
+    except ValueError as exc:  # an adapter refusing its catalog options
+        raise CatalogError(f"provider {name!r}: {exc}") from exc
 
 
 def auto_instances(catalog: Mapping[str, ProviderConfig]) -> list[str]:

@@ -279,6 +279,9 @@ class ProviderWorker:
         started.progress.message = (
             "started" if delivery == 1 else f"restarted (delivery {delivery})"
         )
+        if delivery > 1:
+            # The run starts over: watchers must not keep showing the last one's percent.
+            started.progress.percent = 0
         await events.publish(started)
         try:
             parameters = self._rules(job.spec.task).validate(struct_to_dict(job.spec.parameters))
@@ -314,7 +317,11 @@ class ProviderWorker:
                 await events.flush()
                 await msg.nak(delay=delay)
                 return
-            await events.publish(_failed(job, exc.code, exc.message, exc.kind))
+            message = exc.message
+            if exc.kind == job_pb2.ERROR_KIND_RETRYABLE and delivery > 1:
+                # Else a 1 s attempt_timeout that failed after 7 s reads as a mistake.
+                message += f"; gave up after {delivery} tries"
+            await events.publish(_failed(job, exc.code, message, exc.kind))
             await msg.ack()
             return
         except asyncio.CancelledError:

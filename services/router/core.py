@@ -25,7 +25,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.parameters import dict_to_struct, struct_to_dict
-from services.common.tasks import DRAFT_TASKS, INPUT_MEDIA, listed, task_name
+from services.common.tasks import DRAFT_TASKS, INPUT_MEDIA, listed, state_name, task_name
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
@@ -342,9 +342,7 @@ class RouterCore:
         A caller's reason is limited (limits.check_reason) before it gets here."""
         job = await self.get(tenant, job_id)
         if job.state in TERMINAL:
-            raise FailedPrecondition(
-                f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
-            )
+            raise FailedPrecondition(_already_ended(job))
         event = job_pb2.JobEvent(job_id=job_id, state=job_pb2.JOB_STATE_CANCELLED)
         event.error.code = "cancelled"
         event.error.message = reason or "cancelled by the caller"
@@ -352,9 +350,7 @@ class RouterCore:
         applied = await self._store.apply([Incoming(job_id, event)])
         if not applied:
             job = await self.get(tenant, job_id)
-            raise FailedPrecondition(
-                f"job {job_id} has already ended ({job_pb2.JobState.Name(job.state)})"
-            )
+            raise FailedPrecondition(_already_ended(job))
         self._admission.drop(job_id)
         await self._stopper.stop(job_id, event.error.message)
         await self._hub.publish(applied)
@@ -407,3 +403,8 @@ class RouterCore:
                     last = listener.seen = item.sequence
                     if item.state in TERMINAL:
                         return
+
+
+def _already_ended(job: job_pb2.Job) -> str:
+    """Why a finished job cannot be cancelled, in the words every client shows states in."""
+    return f"job {job.id} has already ended ({state_name(job.state)}); nothing to cancel"

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from genmesh.v1 import job_pb2, job_service_pb2
-from tests.cli.test_cli import run_cli
+from tests.cli.test_cli import TERMINAL_80, plain, run_cli
 from tests.mesh import Mesh
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
 
-async def batch(mesh: Mesh, tmp_path: Path, text: str, *flags: str) -> tuple[int, str, str]:
+async def batch(
+    mesh: Mesh, tmp_path: Path, text: str, *flags: str, extra_env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(text)
     return await run_cli(
@@ -38,6 +41,7 @@ async def batch(mesh: Mesh, tmp_path: Path, text: str, *flags: str) -> tuple[int
         "height=32",
         *flags,
         cwd=tmp_path,
+        extra_env=extra_env,
     )
 
 
@@ -97,3 +101,18 @@ async def test_batch_exit_code_and_errors(mesh: Mesh, tmp_path: Path) -> None:
     assert code == 1
     assert err.startswith("genmesh batch: INVALID_ARGUMENT: line 3: "), err
     assert err.count("\n") == 1
+
+
+async def test_batch_on_a_narrow_terminal_shows_each_job_id_whole(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    code, out, err = await batch(mesh, tmp_path, "a fox\nan owl\n", extra_env=TERMINAL_80)
+    assert code == 0, f"{out}\n{err}"
+    lines = plain(out)
+    found = re.search(r"b_[0-9a-f]{32}", "\n".join(lines))
+    assert found, lines
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(batch_id=found.group(0)))
+    assert len(listed.jobs) == 2
+    # Ids are for copying into other commands: a table cut them to 'j_a47af30ecc…'.
+    for job in listed.jobs:
+        assert f"job     {job.id}" in lines, lines

@@ -8,11 +8,12 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import struct
 import sys
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,11 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["generate", "--pipeline", "text-to-video", "x", "-p", "seed=1"], "a pipeline's steps"),
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
         (["generate", "-t", "image-to-image", "-i", "/tmp"], "input is a directory, not a file"),
+        (["generate", "--pipeline", "nope", "x"], "unknown pipeline 'nope'; built in: speech-"),
+        (
+            ["generate", "--pipeline", "speech-to-image"],
+            "pipeline speech-to-image needs an input file (audio/*): --input",
+        ),
     ],
 )
 def test_argument_combinations(
@@ -274,6 +280,35 @@ def test_panel_shows_the_latest_state() -> None:
     panel.event(event(3, job_pb2.JOB_STATE_COMPLETED))
     text = render(panel)
     assert "completed" in text and "100%" in text
+
+
+def test_a_preview_keeps_the_progress_bar() -> None:
+    panel = JobPanel()
+    panel.event(
+        event(1, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=50, message="s 2"))
+    )
+    preview = asset_pb2.Asset(id="preview-1", media_type="image/png")
+    panel.event(event(2, job_pb2.JOB_STATE_PREVIEW_READY, preview=preview))
+    text = render(panel)
+    assert "preview-ready" in text and "(1 preview)" in text
+    assert "50%" in text and "s 2" in text, text
+
+
+def test_a_long_progress_message_leaves_the_bar_and_percentage_whole() -> None:
+    panel = JobPanel()
+    message = "retrying in 0.7s: sandbox injected a failure of kind retryable (fail_rate=1)"
+    panel.event(
+        event(
+            1, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=75, message=message)
+        )
+    )
+    out = Console(width=80, record=True, file=io.StringIO())
+    out.print(panel)
+    text = out.export_text()
+    [bar] = [line for line in text.splitlines() if line.startswith("progress")]
+    assert "━" * 22 in bar and " 75% " in bar, text
+    # Nothing of the message is lost: it goes on below.
+    assert "(fail_rate=1)" in text, text
 
 
 def test_a_finished_jobs_elapsed_time_is_its_own_on_every_re_attach() -> None:
@@ -545,10 +580,13 @@ async def test_follow_reattaches_after_a_broken_stream(
     assert any("re-attaching" in note for note in recorder.notes)
 
 
-async def start_cli(*argv: str, cwd: Path) -> asyncio.subprocess.Process:
+async def start_cli(
+    *argv: str, cwd: Path, extra_env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
     """The real console entry point in a subprocess, as a user runs it (no GENMESH_*
-    settings), its output piped."""
+    settings, plus `extra_env`), its output piped."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
+    env.update(extra_env or {})
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -562,9 +600,11 @@ async def start_cli(*argv: str, cwd: Path) -> asyncio.subprocess.Process:
     )
 
 
-async def run_cli(*argv: str, cwd: Path) -> tuple[int, str, str]:
+async def run_cli(
+    *argv: str, cwd: Path, extra_env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
     """start_cli to its end: exit code, stdout, stderr."""
-    process = await start_cli(*argv, cwd=cwd)
+    process = await start_cli(*argv, cwd=cwd, extra_env=extra_env)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -682,6 +722,77 @@ async def test_rpc_errors_are_one_clear_line(
     assert code == 1
     assert err == f"genmesh generate: INVALID_ARGUMENT: prompt is empty ({address})\n"
     assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("job", "name", "message"),
+    [
+        ("-t=image-to-image", "note.txt", "note.txt is text/plain; image-to-image takes image/*"),
+        ("-t=speech-to-text", "photo.png", "photo.png is image/png; speech-to-text takes audio/*"),
+        ("-t=text-to-image", "photo.png", "text-to-image takes no input file; drop --input"),
+        (
+            "--pipeline=speech-to-image",
+            "photo.png",
+            "photo.png is image/png; pipeline speech-to-image takes audio/*",
+        ),
+        (
+            "--pipeline=text-to-video",
+            "photo.png",
+            "pipeline text-to-video takes no input file; drop --input",
+        ),
+    ],
+)
+async def test_an_input_the_task_cannot_take_is_refused_before_uploading(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path, job: str, name: str, message: str
+) -> None:
+    _, address = scripted
+    (tmp_path / name).write_bytes(b"hello")
+    code, _, err = await run_cli(
+        "generate", job, "x", "--input", name, "--router", address, "--storage", address,
+        cwd=tmp_path,
+    )  # fmt: skip
+    # The scripted storage has no UploadAsset: an upload would have failed as UNIMPLEMENTED.
+    assert (code, err) == (2, f"genmesh generate: {message}\n")
+
+
+async def test_an_out_dir_that_cannot_be_written_is_refused_before_the_job(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    mesh, address = scripted
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "prompts.txt").write_text("a fox\n")
+    for out, message in [
+        ("taken", "--out taken is not a directory"),
+        ("taken/sub", "--out taken/sub: taken is not a directory one can write in"),
+    ]:
+        for command in (
+            ["generate", "-t", "text-to-image", "x"],
+            ["batch", "-t", "text-to-image", "prompts.txt"],
+        ):
+            code, _, err = await run_cli(
+                *command, "--router", address, "--storage", address, "--out", out, cwd=tmp_path
+            )
+            assert (code, err) == (2, f"genmesh {command[0]}: {message}\n")
+    assert mesh.generate_calls == 0
+
+
+async def test_outputs_that_cannot_be_saved_are_one_clear_line(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    _, address = scripted
+    # The job's own directory is taken by a file: found only once the job has ended.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "job-1").write_text("a file")
+    code, _, err = await run_cli(
+        "generate", "-t", "text-to-image", "x", "--router", address, "--storage", address,
+        "--out", "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 1
+    assert "Traceback" not in err
+    assert " ".join(err.split()) == (
+        "genmesh generate: cannot save job job-1's outputs in out/job-1: File exists; they "
+        "stay in storage: genmesh generate --watch job-1 --out DIR"
+    )
 
 
 async def test_unreachable_router_is_one_clear_line(tmp_path: Path) -> None:
@@ -894,6 +1005,39 @@ async def test_providers_table_shows_each_circuit(
     assert "circuit" in rows["provider"]
     assert rows["steady"][3] == "closed"
     assert rows["flaky"][3] == "open"
+
+
+# What rich reads to take its output for an 80-column terminal's (the default size).
+TERMINAL_80 = {"FORCE_COLOR": "1", "COLUMNS": "80", "TERM": "xterm"}
+
+
+def plain(text: str) -> list[str]:
+    """The lines a terminal shows, colours dropped and trailing blanks trimmed."""
+    return [line.rstrip() for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).splitlines()]
+
+
+async def test_providers_on_a_narrow_terminal_show_every_field_whole(
+    scripted: tuple[ScriptedMesh, str], tmp_path: Path
+) -> None:
+    _, address = scripted
+    code, out, err = await run_cli(
+        "providers", "--router", address, cwd=tmp_path, extra_env=TERMINAL_80
+    )
+    assert code == 0, err
+    lines = plain(out)
+    assert max(len(line) for line in lines) <= 80, lines
+    # No column dropped or cut: the flaky provider's block holds each of its fields.
+    flaky = lines[lines.index("provider  flaky") :]
+    assert flaky[:8] == [
+        "provider  flaky",
+        "family    sandbox",
+        "status    available",
+        "circuit   open",
+        "workers   1",
+        "running   0",
+        "cost/job  $0.0000",
+        "tasks     text-to-image",
+    ], lines
 
 
 UPLOAD_BYTES = 2 * 1024 * 1024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -77,14 +78,14 @@ async def test_killed_processes_are_restarted_and_past_the_budget_up_stops(tmp_p
 
         await eventually(lambda: "worker is back" in up.errors.read_text(), within=60)
         said = up.errors.read_text()
-        assert "worker exited unexpectedly with code -9" in said, said
+        assert "worker was killed by SIGKILL while the mesh ran" in said, said
         assert "restarting worker" in said, said
         second = worker_pid(up)
         assert second != first
         # The mesh works with the new worker; the log kept the first run's lines.
         await generate(up, tmp_path)
-        log = (up.data_dir / "logs" / "worker.log").read_text()
-        assert "restarted ---" in log
+        log_path = up.data_dir / "logs" / "worker.log"
+        assert "--- genmesh up: worker was killed by SIGKILL; restarted ---" in log_path.read_text()
 
         # So is its private nats-server, every service reconnecting to the new one.
         nats = [p for p in up.pids if "nats-server" in command_line(p)]
@@ -97,4 +98,11 @@ async def test_killed_processes_are_restarted_and_past_the_budget_up_stops(tmp_p
         assert await asyncio.wait_for(up.process.wait(), 60) == 1
         said = up.errors.read_text()
         assert "worker exited 2 time(s) within 60 s; stopping genmesh" in said, said
+        # The log tail shown is the dying run's own: not the run before it, nor up's marker.
+        runs = re.findall(r"worker (\w+) serving", log_path.read_text())
+        assert len(runs) == 2, runs
+        last = said.rsplit("worker was killed by SIGKILL while the mesh ran", 1)[1]
+        assert runs[1] in last, last
+        assert runs[0] not in last, last
+        assert "restarted ---" not in last, last
         assert [pid for pid in [*up.pids, second] if alive(pid)] == []

@@ -146,7 +146,7 @@ async def test_cancel_running_job_stops_provider_call(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "already ended" in (err.value.details() or "")
+    assert err.value.details() == f"job {job.id} has already ended (cancelled); nothing to cancel"
 
 
 async def test_cancel_queued_job_is_skipped_by_worker(mesh: Mesh) -> None:
@@ -209,6 +209,12 @@ async def test_retryable_failure_retries_then_fails(mesh: Mesh) -> None:
     assert events[-1].error.kind == job_pb2.ERROR_KIND_RETRYABLE
     retries = [e for e in events if e.progress.message.startswith("retrying")]
     assert len(retries) >= 1
+    # Each new run says its progress starts over, so no watcher shows the last run's 100%.
+    restarts = [e for e in events if e.progress.message.startswith("restarted (delivery")]
+    assert len(restarts) == len(retries)
+    assert all(e.progress.HasField("percent") and e.progress.percent == 0 for e in restarts)
+    # The failure says it was retried, which is why it took longer than one attempt.
+    assert events[-1].error.message.endswith(f"; gave up after {len(retries) + 1} tries")
 
 
 async def test_text_task_returns_text(mesh: Mesh) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 import pytest
@@ -12,6 +13,7 @@ from services.common.bus import Bus
 from services.providers.app import running_worker
 from services.providers.registration import Registration
 from services.providers.settings import Settings
+from tests.infra import start_failure
 
 
 async def test_the_job_consumer_exists_before_the_worker_says_it_is_live(
@@ -47,3 +49,26 @@ async def test_the_job_consumer_exists_before_the_worker_says_it_is_live(
     finally:
         await nc.close()
     assert seen == [True]
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (
+            {"GENMESH_PROVIDERS_FILE": "{tmp}/bad.toml"},
+            "cannot start: cannot read provider catalog {tmp}/bad.toml: Expected '=' after a key",
+        ),
+        (
+            {"GENMESH_WORKER_PROVIDERS": "sandbox,nope"},
+            "cannot start: provider 'nope' is not in the catalog; known: ",
+        ),
+    ],
+)
+def test_a_worker_that_cannot_start_as_configured_says_why_in_one_line(
+    tmp_path: Path, settings: dict[str, str], said: str
+) -> None:
+    (tmp_path / "bad.toml").write_text("garbage [[\n")
+    settings = {k: v.format(tmp=tmp_path) for k, v in settings.items()}
+    stderr = start_failure("services.providers", settings)
+    assert said.format(tmp=tmp_path) in stderr, stderr
+    assert "Traceback" not in stderr
