@@ -151,8 +151,12 @@ class Supervisor:
             await self._shutdown()
             raise
         self._print_endpoints()
-        failed = await self._supervise()
-        await self._shutdown()
+        try:
+            failed = await self._supervise()
+        finally:
+            # Also when a restart itself fails (the log's disk full, no process to be had):
+            # the others still stop in order.
+            await self._shutdown()
         return EXIT_CHILD_FAILED if failed else 0
 
     def _on_signal(self) -> None:
@@ -401,7 +405,13 @@ class Supervisor:
                 )
                 if await self._stopped_within(delay):
                     return False
-                await self._restart(child, exit_.code)
+                try:
+                    await self._restart(child, exit_.code)
+                except OSError as exc:  # its log cannot be opened, no process to be had
+                    console(stderr=True).print(
+                        f"[red]could not restart {child.name}: {exc}; stopping genmesh[/]"
+                    )
+                    return True
                 task = asyncio.create_task(self._announce_ready(child))
                 ready.add(task)
                 task.add_done_callback(ready.discard)

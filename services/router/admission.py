@@ -347,10 +347,18 @@ class AdmissionGate:
 
     async def _held_count(self, provider: str, *, exact: bool = False) -> int:
         """Jobs held back for `provider`: by every replica, from the store, when other
-        replicas run (or `exact`); else this replica's own."""
-        if self._unsent_count is not None and (exact or self._replicas() > 1):
+        replicas run (or `exact`); else this replica's own. Short of `exact`, a store out of
+        reach gives this replica's own rather than an error: an estimate, as ever."""
+        mine = len(self._held.get(provider, ()))
+        if self._unsent_count is None or not (exact or self._replicas() > 1):
+            return mine
+        try:
             return await self._unsent_count(provider)
-        return len(self._held.get(provider, ()))
+        except Exception:
+            if exact:
+                raise
+            log.warning("could not count held jobs for %s; counting this replica's", provider)
+            return mine
 
     # ---- release --------------------------------------------------------------------
 

@@ -116,13 +116,15 @@ class Hedger:
         """Rebuild the watch list from the store, then hedge jobs as they fall silent."""
         self._rescan.set()
         while True:
+            # Cleared before the work, not after it: a take_over() that comes while a scan or
+            # a hedge awaits the store leaves the wake set, so the wait below ends at once.
+            self._wake.clear()
             if self._rescan.is_set():
                 self._rescan.clear()
                 await self._watch_unfinished()
             while self._due and self._due[0][0] <= self._clock():
                 _, job_id = heapq.heappop(self._due)
                 await self._check(job_id)
-            self._wake.clear()
             delay = self._due[0][0] - self._clock() if self._due else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):

@@ -75,6 +75,13 @@ REFUSED = (
     "storage's object-store credentials or bucket policy, so retrying will not help"
 )
 
+# S3 answers a GET of a missing object with AccessDenied, not NoSuchKey, to a role that may
+# not list the bucket (such a role is allowed: see check()), so the blob may simply be gone.
+MAYBE_MISSING = (
+    "; to a role without s3:ListBucket the store answers this for a missing object too, so "
+    "the asset's bytes may be gone"
+)
+
 
 class S3BlobStore(Staging):
     """Blobs as objects <prefix>ab/cd/<sha256>; uploads spool to a local staging directory
@@ -247,7 +254,10 @@ class S3BlobStore(Staging):
                 )
                 if code in _EXPIRED_CODES:
                     raise Unavailable(EXPIRED.format(code=code)) from None
-                raise FailedPrecondition(REFUSED.format(code=code)) from None
+                said = REFUSED.format(code=code)
+                if code == "AccessDenied" and exc.operation_name == "GetObject":
+                    said += MAYBE_MISSING
+                raise FailedPrecondition(said) from None
             raise
 
 

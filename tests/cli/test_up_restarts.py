@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -106,3 +107,21 @@ async def test_killed_processes_are_restarted_and_past_the_budget_up_stops(tmp_p
         assert runs[0] not in last, last
         assert "restarted ---" not in last, last
         assert [pid for pid in [*up.pids, second] if alive(pid)] == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_a_restart_that_fails_stops_the_mesh_in_order(tmp_path: Path) -> None:
+    env = clean_env(tmp_path / "data")
+    async with genmesh_up(tmp_path, env) as up:
+        worker = worker_pid(up)
+        # Nowhere to write its log: the restart cannot start it.
+        shutil.rmtree(up.data_dir / "logs")
+        os.kill(worker, signal.SIGKILL)
+        assert await asyncio.wait_for(up.process.wait(), 60) == 1
+        said = up.errors.read_text()
+        assert "could not restart worker" in said, said
+        # Stopped in order, as at any other stop, not by the children's parent-death signal.
+        assert "genmesh stopped" in said, said
+        assert "Traceback" not in said, said
+        assert [pid for pid in up.pids if alive(pid)] == []

@@ -486,3 +486,32 @@ async def test_a_publish_nats_refuses_for_good_still_fails_the_call() -> None:
     with pytest.raises(nats.errors.MaxPayloadError):
         await g.dispatch(job("a"))
     assert await g.queued("p") == 0
+
+
+async def test_with_the_store_out_of_reach_health_counts_this_replicas_held_jobs() -> None:
+    """With other replicas alive, held jobs are counted from the store; when it does not
+    answer, health still shows this replica's (an estimate), while a queue bound fails."""
+
+    async def unsent_count(provider: str) -> int:
+        raise ConnectionError("database out of reach")
+
+    async def mark(ids: Sequence[str]) -> None:
+        return None
+
+    bounded = provider_service_pb2.Provider(name="p", limits=limits(max_queue=5))
+    g = AdmissionGate(
+        Published(),
+        Depths(0),
+        lambda name: bounded.limits,
+        mark_done=mark,
+        unsent_count=unsent_count,
+        replicas=lambda: 2,
+        backlog=1,
+        clock=Clock(),
+    )
+    await g.dispatch(job("a"))
+    await g.dispatch(job("b"))  # past the backlog: held here
+    assert await g.queued("p") == 1 + 1  # one held here, one in JetStream
+    # A queue bound needs the count across replicas: no guessing there.
+    with pytest.raises(ConnectionError):
+        await g.reserve(bounded)

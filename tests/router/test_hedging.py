@@ -19,6 +19,7 @@ from services.router.hedging import Hedger
 from services.router.stopping import WorkerStopper
 from services.router.store import Incoming
 from services.router.watch import WatchHub
+from tests.infra import eventually
 from tests.router.helpers import IMAGE, World, created, worker_event
 
 RUNNING = job_pb2.ATTEMPT_OUTCOME_RUNNING
@@ -215,3 +216,30 @@ def _completed(seq: int, attempt: int, provider: str) -> Incoming:
     incoming = worker_event(COMPLETED, seq, attempt=attempt)
     incoming.event.provider = provider
     return incoming
+
+
+async def test_a_take_over_during_a_scan_is_not_lost(
+    h: Hedging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica goes while the watchdog is reading the store: it reads again, rather
+    than sleeping with the other replica's jobs unwatched."""
+    store = h.world.store
+    scans = 0
+    in_scan, go_on = asyncio.Event(), asyncio.Event()
+    unfinished = store.unfinished
+
+    async def slow_unfinished() -> AsyncIterator[job_pb2.Job]:
+        nonlocal scans
+        scans += 1
+        if scans == 1:
+            in_scan.set()
+            await go_on.wait()
+        async for job in unfinished():
+            yield job
+
+    monkeypatch.setattr(store, "unfinished", slow_unfinished)
+    async with watchdog(h.hedger):
+        await asyncio.wait_for(in_scan.wait(), 5)
+        h.hedger.take_over()
+        go_on.set()
+        await eventually(lambda: scans == 2, within=5)
