@@ -86,14 +86,6 @@ class ChildExited(Exception):
         super().__init__(f"{self.name} {how_it_ended(self.code)}")
 
 
-@dataclass
-class Exit:
-    """A child that exited while the mesh ran."""
-
-    child: Child
-    code: int | None
-
-
 class Stopped(Exception):
     """A stop signal arrived while starting."""
 
@@ -386,8 +378,7 @@ class Supervisor:
         budget = RestartBudget(self.restarts)
         ready: set[asyncio.Task[None]] = set()
         try:
-            while (exit_ := await self._wait_for_stop_or_exit()) is not None:
-                child = exit_.child
+            while (child := await self._wait_for_stop_or_exit()) is not None:
                 self._report_exit(ChildExited(child), "while the mesh ran")
                 delay = budget.next_delay(child.name)
                 if delay is None:
@@ -406,7 +397,7 @@ class Supervisor:
                 if await self._stopped_within(delay):
                     return False
                 try:
-                    await self._restart(child, exit_.code)
+                    await self._restart(child)
                 except OSError as exc:  # its log cannot be opened, no process to be had
                     console(stderr=True).print(
                         f"[red]could not restart {child.name}: {exc}; stopping genmesh[/]"
@@ -425,13 +416,14 @@ class Supervisor:
             await asyncio.wait_for(self._stop.wait(), seconds)
         return self._stop.is_set()
 
-    async def _restart(self, child: Child, code: int | None) -> None:
-        """Start the child again as before; its log goes on in the same file."""
+    async def _restart(self, child: Child) -> None:
+        """Start the exited child again as before; its log goes on in the same file."""
+        ended = how_it_ended(child.process.returncode)
         # Whatever the dead one started (same process group) would hold its ports or files.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
         f = child.log.open("ab")
-        f.write(f"\n--- genmesh up: {child.name} {how_it_ended(code)}; restarted ---\n\n".encode())
+        f.write(f"\n--- genmesh up: {child.name} {ended}; restarted ---\n\n".encode())
         f.flush()
         child.log_start = f.tell()
         child.process = await self._exec(child.argv, child.env, f)
@@ -455,7 +447,8 @@ class Supervisor:
             return
         err.print(f"{child.name} is back (pid {child.pid})")
 
-    async def _wait_for_stop_or_exit(self) -> Exit | None:
+    async def _wait_for_stop_or_exit(self) -> Child | None:
+        """The child that exited first, or None once a stop signal came."""
         watched = [*self.children, *([self.nats] if self.nats else [])]
         waits = {asyncio.ensure_future(c.process.wait()): c for c in watched}
         stop = asyncio.ensure_future(self._stop.wait())
@@ -468,8 +461,7 @@ class Supervisor:
             return None
         for task in done:
             if task in waits:
-                child = waits[task]
-                return Exit(child, child.process.returncode)
+                return waits[task]
         return None
 
     def _report_exit(self, exited: ChildExited, when: str) -> None:

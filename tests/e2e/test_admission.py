@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -90,6 +91,20 @@ async def another_router(mesh: Mesh) -> AsyncIterator[tuple[Router, Mesh]]:
         grpc.aio.insecure_channel(router.server.address) as channel,
     ):
         yield router, Mesh(mesh.env, mesh.data_dir, channel, mesh.storage_channel, router=router)
+
+
+@asynccontextmanager
+async def router_process(mesh: Mesh) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """A second router replica as a process of its own, once the mesh's in-process router
+    counts it; killed on the way out if the caller has not stopped it."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
+    try:
+        await wait_serving(address)
+        await eventually(lambda: in_process(mesh).replicas.count() == 2)
+        yield proc, address
+    finally:
+        await stop_process(proc, signal.SIGKILL)
 
 
 def in_process(mesh: Mesh) -> Router:
@@ -232,17 +247,11 @@ async def test_a_killed_router_replica_stops_counting_when_its_heartbeats_lapse(
     rate, liveness = 4.0, 1.5
     async with rate_limited(nats_url, nats_prefix, database, tmp_path, rate, liveness) as mesh:
         first = in_process(mesh)
-        address = f"127.0.0.1:{free_port()}"
-        proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
-        try:
-            await wait_serving(address)
-            await eventually(lambda: first.replicas.count() == 2)
+        async with router_process(mesh) as (proc, _):
             assert first.admission.rate("sandbox") == rate / 2
             await stop_process(proc, signal.SIGKILL)
             await eventually(lambda: first.replicas.count() == 1, within=liveness + 10)
             assert first.admission.rate("sandbox") == rate
-        finally:
-            await stop_process(proc, signal.SIGKILL)
 
 
 async def test_resource_exhausted_at_the_queue_bound_writes_nothing(
@@ -312,12 +321,7 @@ async def test_jobs_held_by_a_replica_that_goes_are_sent_by_the_replica_left(
     async with limited_sandbox(
         nats_url, nats_prefix, database, tmp_path, router_liveness=1.5
     ) as mesh:
-        first = in_process(mesh)
-        address = f"127.0.0.1:{free_port()}"
-        proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
-        try:
-            await wait_serving(address)
-            await eventually(lambda: first.replicas.count() == 2)
+        async with router_process(mesh) as (proc, address):
             async with grpc.aio.insecure_channel(address) as channel:
                 second = Mesh(mesh.env, mesh.data_dir, channel, mesh.storage_channel)
                 filler = await submit(second, image(latency_ms=600_000))
@@ -327,8 +331,6 @@ async def test_jobs_held_by_a_replica_that_goes_are_sent_by_the_replica_left(
                 waiting = [await submit(second, image()) for _ in range(4)]
                 assert (await sandbox(second)).health.queued == len(waiting)
             await stop_process(proc, sig)
-        finally:
-            await stop_process(proc, signal.SIGKILL)
         await release(mesh, [filler])
         results = await asyncio.wait_for(finish(mesh, waiting), 30)
     for events in results.values():
