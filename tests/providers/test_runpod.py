@@ -155,7 +155,10 @@ async def test_parameters_outside_the_contract_never_reach_runpod(
 
 
 async def test_a_painter_reports_steps_and_a_preview_then_returns_base64_png() -> None:
-    runpod = RunPodFake(KEY, run_seconds=0.4)
+    # The preview shows in the status only while progress is between 50% and 75%: a quarter
+    # of the run, which must outlast a busy machine's stall between two polls (a tenth of a
+    # second did not, once in a CI run).
+    runpod = RunPodFake(KEY, run_seconds=2.0)
     async with serving(runpod.app) as url:
         ctx = job(job_pb2.TASK_TEXT_TO_IMAGE, "a tin robot", width=96, height=64, seed=1)
         result = await run_once(RunPodAdapter(config(url)), ctx)
