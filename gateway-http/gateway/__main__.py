@@ -65,7 +65,7 @@ class _Server(uvicorn.Server):
 
 
 def main() -> None:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.load(os.environ)
     setup_logging(settings.log_level, "gateway")
     host, port = settings.host_port()
     streams = LiveStreams()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.common.settings import ServiceSettings
+from services.common.settings import ServiceAddress, ServiceSettings
 from services.storage.limits import MAX_UPLOAD_BYTES
 
 
@@ -14,8 +14,8 @@ class Settings(ServiceSettings):
     """Where the bridge listens and which gRPC services it calls."""
 
     listen: str = "127.0.0.1:8080"
-    router_addr: str = "127.0.0.1:50051"
-    storage_addr: str = "127.0.0.1:50052"
+    router_addr: ServiceAddress = "127.0.0.1:50051"
+    storage_addr: ServiceAddress = "127.0.0.1:50052"
     # Messages one live connection (WebSocket or SSE) may have waiting for a slow client;
     # past it the client is told it fell behind and resumes by sequence or cursor.
     stream_buffer: int = Field(default=256, ge=1)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import grpc
 
@@ -14,10 +15,14 @@ T = TypeVar("T")
 
 
 def mesh_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel to a mesh service (loopback or a trusted network)."""
+    """An insecure channel to a mesh service (loopback or a trusted network), spreading calls
+    over every replica `address` names (see grpc_target); ValueError for a bad list."""
     return grpc.aio.insecure_channel(
-        address,
+        grpc_target(address),
         options=[
+            # Every address the target resolves to gets calls in turn, and one that is down
+            # is skipped: pick_first, gRPC's default, sends all to the first that answers.
+            ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Only one layer retries, and it is the caller's.
@@ -32,6 +37,37 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
             ("grpc.dns_min_time_between_resolutions_ms", 2000),
         ],
     )
+
+
+def grpc_target(address: str) -> str:
+    """The gRPC target for an address setting. One address or gRPC URI is used as it is (a
+    DNS name resolving to several replicas, e.g. dns:///router:50051, reaches them all);
+    several IP:port, comma-separated, become one static list of replicas."""
+    parts = [part.strip() for part in address.split(",")]
+    if len(parts) == 1:
+        return address.strip()
+    families = {_family(part) for part in parts}
+    if len(families) != 1 or None in families:
+        raise ValueError(
+            f"{address!r}: a list of addresses takes IP:port entries of one family, e.g. "
+            "127.0.0.1:50051,127.0.0.1:50061; for host names, give one DNS name that resolves "
+            "to every replica, e.g. dns:///router:50051"
+        )
+    return f"{families.pop()}:{','.join(parts)}"
+
+
+def _family(part: str) -> Literal["ipv4", "ipv6"] | None:
+    host, sep, port = part.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    try:
+        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+    if ip.version == 6:
+        # gRPC's ipv6 lists take bracketed hosts, as in a URL.
+        return "ipv6" if host.startswith("[") else None
+    return "ipv4"
 
 
 async def within(call: grpc.aio.Call, step: Awaitable[T], seconds: float | None, peer: str) -> T:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.common.channels import grpc_target
+
+ENV_PREFIX = "GENMESH_"
+
+
+def _address(value: str) -> str:
+    grpc_target(value)  # raises ValueError for a list gRPC cannot take
+    return value
+
+
+# Another service's gRPC address: host:port, a gRPC URI (dns:///router:50051 reaches every
+# replica the name resolves to), or several IP:port, comma-separated.
+ServiceAddress = Annotated[str, AfterValidator(_address)]
 
 
 class ServiceSettings(BaseSettings):
@@ -38,13 +53,26 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
         """Build settings from an explicit environment (tests pass their own)."""
-        prefix = "GENMESH_"
         values: dict[str, Any] = {}
         for name in cls.model_fields:
-            key = prefix + name.upper()
+            key = ENV_PREFIX + name.upper()
             if key in env:
                 values[name] = env[key]
         return cls(**values)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str]) -> Self:
+        """from_env for a service's main(): a bad setting exits 1 with a line per variable,
+        its name and what is wrong. Pydantic's copy of the value is left out: a URL or key
+        may hold a secret."""
+        try:
+            return cls.from_env(env)
+        except ValidationError as exc:
+            for error in exc.errors(include_input=False, include_url=False):
+                field = ".".join(str(part) for part in error["loc"])
+                message = error["msg"].removeprefix("Value error, ")
+                print(f"cannot start: {ENV_PREFIX}{field.upper()}: {message}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 class BusSettings(ServiceSettings):

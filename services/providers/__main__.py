@@ -11,7 +11,7 @@ from services.providers.settings import Settings
 
 
 def main() -> None:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.load(os.environ)
     setup_logging(settings.log_level, "worker")
     run_service(settings, lambda: running_worker(settings))
 

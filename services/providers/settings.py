@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.settings import BusSettings
+from services.common.settings import BusSettings, ServiceAddress
 from services.providers.events import LINGER, PROGRESS_LINGER
 
 
@@ -21,7 +21,7 @@ class Settings(BusSettings):
     # catalog instance's max_retries overrides it.
     worker_max_deliver: int = 5
     # AssetService, where outputs are stored.
-    storage_addr: str = "127.0.0.1:50052"
+    storage_addr: ServiceAddress = "127.0.0.1:50052"
     # Optional gRPC health endpoint for orchestrators; empty disables it.
     listen: str = ""
     # Seconds a stopping worker waits for running jobs before cancelling them (they are

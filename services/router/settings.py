@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.common.settings import BusSettings, DatabaseSettings
+from services.common.settings import BusSettings, DatabaseSettings, ServiceAddress
 from services.router.ordering import LONGEST_ACK_WAIT
 
 
@@ -12,9 +12,9 @@ class Settings(BusSettings, DatabaseSettings):
     # Where this router's gRPC server listens (GenerateService, JobService, ProviderService).
     listen: str = "127.0.0.1:50051"
     # AssetService, to check that input assets exist.
-    storage_addr: str = "127.0.0.1:50052"
+    storage_addr: ServiceAddress = "127.0.0.1:50052"
     # PromptService, for the prompt work that is more than a check (optimization, enhancement).
-    prompt_addr: str = "127.0.0.1:50053"
+    prompt_addr: ServiceAddress = "127.0.0.1:50053"
     # Longest prompt accepted, in characters; checked in the router itself (the same rules
     # as PromptService.ValidatePrompt), so a submit costs no extra hop.
     prompt_max_length: int = 10_000

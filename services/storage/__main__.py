@@ -14,7 +14,7 @@ log = logging.getLogger("services.storage")
 
 
 def main() -> None:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.load(os.environ)
     setup_logging(settings.log_level, "storage")
     # On a signal: health NOT_SERVING, server.stop(grace), then the database closes.
     run_service(settings, lambda: running_storage(settings))
