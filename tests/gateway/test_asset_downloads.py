@@ -1,11 +1,11 @@
-"""GET /v1/assets/ID/content over real HTTP, through the bridge to a real storage (SQLite,
-blobs on a temp disk): what a client is answered when the bytes are gone, and conditional
-requests on the asset's ETag (If-None-Match, If-Range)."""
+"""GET and HEAD /v1/assets/ID/content over real HTTP, through the bridge to a real storage
+(SQLite, blobs on a temp disk or in a fake S3): what a client is answered when the bytes are
+gone, and conditional requests on the asset's ETag and Last-Modified."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +14,17 @@ import httpx
 import pytest
 
 from services.storage.blobs import blob_path
+from tests.fakes.object_store import ObjectStore
 from tests.gateway.conftest import storage_bridge
 
 
 @dataclass
 class Served:
-    """A bridge in front of storage alone (no router), and where storage keeps its blobs."""
+    """A bridge in front of storage alone (no router), and how to delete a blob behind
+    storage's back."""
 
     http: httpx.AsyncClient
-    blobs: Path
+    lose: Callable[[str], None]
 
     async def upload(self, data: bytes) -> dict[str, Any]:
         response = await self.http.post(
@@ -36,19 +38,40 @@ class Served:
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     async with storage_bridge(tmp_path) as http:
-        yield Served(http, tmp_path / "blobs")
+        yield Served(http, lambda sha256: (tmp_path / "blobs" / blob_path(sha256)).unlink())
+
+
+@pytest.fixture
+async def served_from_s3(object_store: ObjectStore, tmp_path: Path) -> AsyncIterator[Served]:
+    bucket = object_store.new_bucket()
+    s3 = object_store.client()
+    async with storage_bridge(
+        tmp_path,
+        GENMESH_STORAGE_S3_BUCKET=bucket,
+        GENMESH_STORAGE_S3_ENDPOINT_URL=object_store.endpoint_url,
+    ) as http:
+        yield Served(http, lambda sha256: s3.delete_object(Bucket=bucket, Key=blob_path(sha256)))
+
+
+@pytest.fixture(params=["disk", "s3"])
+def backend(request: pytest.FixtureRequest) -> Served:
+    """The same bridge over either blob backend."""
+    name = "served" if request.param == "disk" else "served_from_s3"
+    served: Served = request.getfixturevalue(name)
+    return served
 
 
 @pytest.mark.parametrize("headers", [{}, {"Range": "bytes=3-9"}], ids=["whole", "range"])
 async def test_an_asset_whose_bytes_are_gone_is_an_error_not_a_broken_200(
-    served: Served, headers: dict[str, str]
+    backend: Served, headers: dict[str, str]
 ) -> None:
     # Storage sent the asset's metadata and then failed, so the bridge had answered 200 with
     # the asset's Content-Length and a body that broke off.
-    asset = await served.upload(b"these bytes will go" * 50)
-    (served.blobs / blob_path(asset["sha256"])).unlink()
+    asset = await backend.upload(b"these bytes will go" * 50)
+    backend.lose(asset["sha256"])
+    url = f"/v1/assets/{asset['id']}/content"
 
-    response = await served.http.get(f"/v1/assets/{asset['id']}/content", headers=headers)
+    response = await backend.http.get(url, headers=headers)
 
     assert response.status_code == 500, response.text
     assert response.headers["content-type"] == "application/json"
@@ -59,8 +82,12 @@ async def test_an_asset_whose_bytes_are_gone_is_an_error_not_a_broken_200(
             "it cannot be read",
         }
     }
+    # HEAD answers what GET would, without the body: it answered 200 from the metadata alone.
+    head = await backend.http.head(url, headers=headers)
+    assert (head.status_code, head.content) == (500, b"")
+    assert head.headers["content-type"] == "application/json"
     # Its metadata still reads.
-    assert (await served.http.get(f"/v1/assets/{asset['id']}")).status_code == 200
+    assert (await backend.http.get(f"/v1/assets/{asset['id']}")).status_code == 200
 
 
 async def test_a_download_carries_its_etag_and_if_none_match_naming_it_is_a_304(
