@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import schema
 from gateway.bodies import BoundedBodyRoute, fitting
-from gateway.conditional import entity_tag, none_match, range_applies
+from gateway.conditional import Preconditions, entity_tag, http_date, range_applies
 from gateway.convert import to_json, to_message
 from gateway.errors import bad_input, documented, error_body
 from gateway.forms import UploadForm
 from gateway.ids import AssetId
-from gateway.state import ClientsDep, TenantDep
+from gateway.state import Clients, ClientsDep, TenantDep
 from genmesh.v1 import asset_pb2, asset_service_pb2
 from services.storage.client import AssetStream
 
@@ -57,25 +58,55 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
-_ETAG: dict[str, Any] = {
+_VALIDATORS: dict[str, Any] = {
     "ETag": {
         "description": "The asset's sha256, quoted: a strong validator",
         "schema": {"type": "string"},
-    }
+    },
+    "Last-Modified": {
+        "description": "When the asset was stored (an HTTP-date); its bytes never change",
+        "schema": {"type": "string"},
+    },
 }
 _CONTENT_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The whole asset, with its media type and length",
         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-        "headers": _ETAG,
+        "headers": _VALIDATORS,
     },
     206: {
         "description": "One byte range (Range: bytes=a-b, a- or -n), with Content-Range",
         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-        "headers": _ETAG,
+        "headers": _VALIDATORS,
     },
-    304: {"description": "If-None-Match named the asset's ETag: no body", "headers": _ETAG},
+    304: {
+        "description": "If-None-Match named the asset's ETag, or (without If-None-Match) "
+        "If-Modified-Since is not before Last-Modified: no body",
+        "headers": _VALIDATORS,
+    },
 }
+
+
+def _preconditions(
+    if_match: Annotated[
+        str | None, Header(description='412 unless it names the ETag (strong) or is "*"')
+    ] = None,
+    if_none_match: Annotated[
+        str | None, Header(description='304 when it names the ETag (weak) or is "*"')
+    ] = None,
+    if_modified_since: Annotated[
+        str | None,
+        Header(description="304 when Last-Modified is not after it; ignored with If-None-Match"),
+    ] = None,
+    if_unmodified_since: Annotated[
+        str | None,
+        Header(description="412 when Last-Modified is after it; ignored with If-Match"),
+    ] = None,
+) -> Preconditions:
+    return Preconditions(if_match, if_none_match, if_modified_since, if_unmodified_since)
+
+
+PreconditionsDep = Annotated[Preconditions, Depends(_preconditions)]
 
 
 # The form is read by the route itself, as it arrives, so FastAPI does not describe it.
@@ -211,27 +242,54 @@ async def get_asset(asset_id: AssetId, clients: ClientsDep, tenant: TenantDep) -
     "/v1/assets/{asset_id:id}/content",
     tags=["assets"],
     response_class=StreamingResponse,
-    responses={**_CONTENT_DOC, **documented(404, 416)},
+    responses={**_CONTENT_DOC, **documented(404, 412, 416)},
 )
 async def asset_content(
     asset_id: AssetId,
     clients: ClientsDep,
     tenant: TenantDep,
+    conditions: PreconditionsDep,
     range: Annotated[str | None, Header()] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
     if_range: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """AssetService.DownloadAsset: the bytes with the asset's Content-Type, Content-Length and
-    ETag (its sha256, quoted); a single Range gives 206 (served from the RPC's offset/length),
-    several are ignored. If-None-Match naming the ETag gives 304; If-Range other than the
-    ETag serves the whole asset, 200, instead of the range."""
+    """AssetService.DownloadAsset: the bytes with the asset's Content-Type, Content-Length,
+    ETag (its sha256, quoted) and Last-Modified (when it was stored); a single Range gives 206
+    (served from the RPC's offset/length), several are ignored.
+
+    Conditional requests as RFC 9110 orders them: If-Match not naming the ETag, else
+    If-Unmodified-Since before Last-Modified, gives 412; then If-None-Match naming the ETag,
+    else If-Modified-Since not before Last-Modified, gives 304. If-Range other than the ETag
+    or Last-Modified serves the whole asset, 200, instead of the range."""
+    return await _content(asset_id, clients, tenant, conditions, range, if_range)
+
+
+@router.head("/v1/assets/{asset_id:id}/content", include_in_schema=False)
+async def asset_content_head(
+    asset_id: AssetId, clients: ClientsDep, tenant: TenantDep, conditions: PreconditionsDep
+) -> Response:
+    """The status and headers a GET of the content answers, without its body (what `curl -I`
+    asks); Range does not apply to HEAD (RFC 9110, section 14.2)."""
+    return await _content(asset_id, clients, tenant, conditions, head=True)
+
+
+async def _content(
+    asset_id: str,
+    clients: Clients,
+    tenant: str,
+    conditions: Preconditions,
+    range: str | None = None,
+    if_range: str | None = None,
+    *,
+    head: bool = False,
+) -> Response:
+    """The answer to a GET of an asset's content, or with `head` to a HEAD (without Range)."""
     span = None
-    if range or if_none_match is not None:
+    if range or conditions:
         known = await clients.assets.get(asset_id, tenant=tenant)
-        etag = entity_tag(known.sha256)
-        if if_none_match is not None and none_match(if_none_match, etag):
+        etag, modified = entity_tag(known.sha256), _modified(known)
+        if conditions.not_modified(etag, modified):
             return Response(status_code=304, headers=_headers(known))
-        if range and range_applies(if_range, etag):
+        if range and range_applies(if_range, etag, modified):
             size = known.size_bytes
             try:
                 span = parse_range(range, size)
@@ -244,6 +302,10 @@ async def asset_content(
                     headers={"Content-Range": f"bytes */{size}"},
                 )
     offset, length = span or (0, 0)
+    if head:
+        # Whether the bytes are still there shows only on reading them: a HEAD reads the
+        # first, so it fails (DATA_LOSS, 500) where the GET would.
+        length = 1
     stream = await clients.assets.open(asset_id, tenant=tenant, offset=offset, length=length)
     asset = stream.asset
     headers = _headers(asset)
@@ -252,22 +314,16 @@ async def asset_content(
         headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{asset.size_bytes}"
     else:
         headers["Content-Length"] = str(asset.size_bytes)
+    if head:
+        async for _ in stream:  # the one byte, so the call ends as a download does
+            pass
+        return Response(status_code=200, headers=headers)
     return StreamingResponse(_chunks(stream), status_code=206 if span else 200, headers=headers)
 
 
-@router.head("/v1/assets/{asset_id:id}/content", include_in_schema=False)
-async def asset_content_head(
-    asset_id: AssetId,
-    clients: ClientsDep,
-    tenant: TenantDep,
-    if_none_match: Annotated[str | None, Header()] = None,
-) -> Response:
-    """AssetService.GetAsset as the headers a GET of the content sends (what `curl -I` asks)."""
-    asset = await clients.assets.get(asset_id, tenant=tenant)
-    headers = _headers(asset)
-    if if_none_match is not None and none_match(if_none_match, headers["ETag"]):
-        return Response(status_code=304, headers=headers)
-    return Response(status_code=200, headers={**headers, "Content-Length": str(asset.size_bytes)})
+def _modified(asset: asset_pb2.Asset) -> datetime:
+    """The asset's Last-Modified: its create time, in the whole seconds an HTTP-date holds."""
+    return asset.create_time.ToDatetime(tzinfo=UTC).replace(microsecond=0)
 
 
 def _headers(asset: asset_pb2.Asset) -> dict[str, str]:
@@ -276,6 +332,7 @@ def _headers(asset: asset_pb2.Asset) -> dict[str, str]:
         "Content-Type": asset.media_type or "application/octet-stream",
         "Accept-Ranges": "bytes",
         "ETag": entity_tag(asset.sha256),
+        "Last-Modified": http_date(_modified(asset)),
     }
 
 

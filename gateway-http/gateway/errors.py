@@ -46,6 +46,8 @@ _DESCRIPTIONS: dict[int, str] = {
     408: "DEADLINE_EXCEEDED: the request body stopped arriving for longer than the bridge "
     "waits (GENMESH_HTTP_BODY_TIMEOUT); the connection closes and nothing was kept",
     409: "FAILED_PRECONDITION: the request conflicts with the resource's state",
+    412: "FAILED_PRECONDITION: If-Match or If-Unmodified-Since is false for the asset; "
+    "nothing is sent",
     413: "RESOURCE_EXHAUSTED: the body, upload or message is over a size limit; send less "
     "(retrying the same request will not help); nothing was kept",
     416: "OUT_OF_RANGE: the requested byte range is outside the asset",
@@ -94,6 +96,11 @@ class TooLarge(Exception):
 class BodyTimeout(Exception):
     """The client stopped sending its body; rendered as DEADLINE_EXCEEDED with 408 Request
     Timeout, on a connection that then closes (what is left of the body is never read)."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional request's If-Match or If-Unmodified-Since is false; rendered as
+    FAILED_PRECONDITION with 412 Precondition Failed (RFC 9110, section 15.5.13)."""
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -178,6 +185,10 @@ async def _on_body_timeout(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+async def _on_precondition_failed(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(412, grpc.StatusCode.FAILED_PRECONDITION.name, str(exc))
+
+
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = [_problem(err) for err in exc.errors()]
@@ -252,6 +263,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BadRequest, _on_bad_request)
     app.add_exception_handler(TooLarge, _on_too_large)
     app.add_exception_handler(BodyTimeout, _on_body_timeout)
+    app.add_exception_handler(PreconditionFailed, _on_precondition_failed)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(WebSocketRequestValidationError, _on_socket_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)

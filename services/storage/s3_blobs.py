@@ -125,7 +125,8 @@ class S3BlobStore(Staging):
 
     async def check(self) -> None:
         """BlobStoreError when the bucket is missing, or the store cannot be used as
-        configured (no credentials, a bad name); Unavailable when it does not answer."""
+        configured (no credentials, a bad name, credentials it refuses, by S3's error code);
+        Unavailable when it does not answer."""
         try:
             await self._call(partial(self._client.head_bucket, Bucket=self.bucket))
         except ClientError as exc:
@@ -135,8 +136,21 @@ class S3BlobStore(Staging):
                 # objects lacks; whether it may do that shows on the first call.
                 log.warning("bucket %r refused HeadBucket (403); going on", self.bucket)
                 return
-            what = "does not exist" if status == 404 else f"answered HTTP {status}"
-            raise BlobStoreError(f"bucket {self.bucket!r} {what}") from exc
+            if status == 404:
+                raise BlobStoreError(f"bucket {self.bucket!r} does not exist") from exc
+            raise BlobStoreError(await self._refused(status)) from exc
+
+    async def _refused(self, status: int) -> str:
+        """What to say of the bucket refusing HeadBucket with HTTP `status`. A HEAD's answer
+        has no body to say why (an expired token is a bare 400), so the bucket is asked again
+        with a GET, whose refusal is told as any call's is (see _refusal)."""
+        try:
+            await self._call(partial(self._client.get_bucket_location, Bucket=self.bucket))
+        except (Unavailable, FailedPrecondition) as refused:
+            return f"bucket {self.bucket!r}: {refused.message}"
+        except ClientError:
+            pass
+        return f"bucket {self.bucket!r} answered HTTP {status}"
 
     def object_key(self, key: str) -> str:
         return self.prefix + blob_path(key)
@@ -241,24 +255,19 @@ class S3BlobStore(Staging):
                 raise Unavailable(
                     f"the object store is busy or failing ({_code(exc)}); retry later"
                 ) from exc
-            code = _code(exc)
-            if code in _EXPIRED_CODES or code in _REFUSED_CODES:
-                # The code and the call only: S3's error body echoes the access key id and
-                # the session token, which botocore keeps in the error (hence no chaining).
-                log.warning(
-                    "object store refused %s on bucket %r: %s (HTTP %d)",
-                    exc.operation_name,
-                    self.bucket,
-                    code,
-                    _status(exc),
-                )
-                if code in _EXPIRED_CODES:
-                    raise Unavailable(EXPIRED.format(code=code)) from None
-                said = REFUSED.format(code=code)
-                if code == "AccessDenied" and exc.operation_name == "GetObject":
-                    said += MAYBE_MISSING
-                raise FailedPrecondition(said) from None
-            raise
+            refused = _refusal(exc)
+            if refused is None:
+                raise
+            # The code and the call only: S3's error body echoes the access key id and the
+            # session token, which botocore keeps in the error (hence no chaining).
+            log.warning(
+                "object store refused %s on bucket %r: %s (HTTP %d)",
+                exc.operation_name,
+                self.bucket,
+                _code(exc),
+                _status(exc),
+            )
+            raise refused from None
 
 
 class _Body:
@@ -284,6 +293,20 @@ def _status(exc: ClientError) -> int:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", "unknown"))
+
+
+def _refusal(exc: ClientError) -> Unavailable | FailedPrecondition | None:
+    """What the caller is told of a refusal of storage's credentials or access, by S3's error
+    code alone; None for any other error."""
+    code = _code(exc)
+    if code in _EXPIRED_CODES:
+        return Unavailable(EXPIRED.format(code=code))
+    if code not in _REFUSED_CODES:
+        return None
+    said = REFUSED.format(code=code)
+    if code == "AccessDenied" and exc.operation_name == "GetObject":
+        said += MAYBE_MISSING
+    return FailedPrecondition(said)
 
 
 def _transient(exc: ClientError) -> bool:

@@ -94,16 +94,17 @@ REFUSALS = tuple(_REFUSALS)
 
 
 @asynccontextmanager
-async def refusing_object_store(code: str) -> AsyncIterator[str]:
+async def refusing_object_store(code: str, *, at_start: bool = False) -> AsyncIterator[str]:
     """An object store on loopback that finds every bucket (HeadBucket) and refuses every other
     call as S3 does with `code` (a HEAD with no body); its URL. Credentials gone bad after
-    storage started."""
+    storage started, or with `at_start` before: HeadBucket is refused too."""
     status, message, echoed = _REFUSALS[code]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = Request(scope, receive)
         await request.body()
-        if request.method == "HEAD" and request.url.path.strip("/").count("/") == 0:
+        bucket_only = request.url.path.strip("/").count("/") == 0
+        if request.method == "HEAD" and bucket_only and not at_start:
             await Response(status_code=200)(scope, receive, send)
             return
         if request.method == "HEAD":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -184,24 +185,32 @@ async def test_an_object_store_that_does_not_answer_is_unavailable_and_nothing_i
     assert "127.0.0.1:1" in caplog.text
 
 
+# Credentials whose every part S3's error bodies may echo, and none of which may be repeated.
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAKEYIDTHATMUSTNOTLEAK",
+    "AWS_SECRET_ACCESS_KEY": "SECRET-KEY-THAT-MUST-NOT-LEAK",
+    "AWS_SESSION_TOKEN": "SESSION-TOKEN-THAT-MUST-NOT-LEAK",
+}
+
+
+@pytest.fixture
+def secret_credentials(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SECRETS as storage's credentials (the fake object store takes any)."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize("code", REFUSALS)
 async def test_credentials_refused_at_run_time_are_a_clear_status_without_secrets(
     database: Database,
     object_store: ObjectStore,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    secret_credentials: None,
     code: str,
 ) -> None:
     # They surfaced as INTERNAL "internal error", with S3's body (which echoes the key id and
     # the session token) in a logged traceback.
-    secrets = {
-        "AWS_ACCESS_KEY_ID": "AKIAKEYIDTHATMUSTNOTLEAK",
-        "AWS_SECRET_ACCESS_KEY": "SECRET-KEY-THAT-MUST-NOT-LEAK",
-        "AWS_SESSION_TOKEN": "SESSION-TOKEN-THAT-MUST-NOT-LEAK",
-    }
-    for name, value in secrets.items():
-        monkeypatch.setenv(name, value)
     bucket = object_store.new_bucket()
     async with (
         s3_blobs(object_store.endpoint_url, bucket, tmp_path) as blobs,
@@ -237,8 +246,29 @@ async def test_credentials_refused_at_run_time_are_a_clear_status_without_secret
     assert [r.levelno for r in warnings] == [logging.WARNING] * 3, caplog.text
     assert all(code in r.getMessage() for r in warnings)
     assert "Traceback" not in caplog.text
-    for secret in secrets.values():
+    for secret in SECRETS.values():
         assert secret not in caplog.text
+
+
+async def test_an_expired_token_at_start_up_is_named_without_secrets(
+    tmp_path: Path, secret_credentials: None
+) -> None:
+    # S3 refuses a HEAD without a body to say why, so storage said only that the bucket
+    # "answered HTTP 400".
+    async with refusing_object_store("ExpiredToken", at_start=True) as url:
+        said = await asyncio.to_thread(
+            start_failure,
+            "services.storage",
+            {
+                "GENMESH_DATA_DIR": str(tmp_path),
+                "GENMESH_STORAGE_S3_BUCKET": "expired",
+                "GENMESH_STORAGE_S3_ENDPOINT_URL": url,
+            },
+        )
+    assert f"cannot start: bucket 'expired': {EXPIRED.format(code='ExpiredToken')}" in said, said
+    assert "Traceback" not in said
+    for secret in SECRETS.values():
+        assert secret not in said
 
 
 async def test_a_role_that_may_not_list_the_bucket_can_still_store(
