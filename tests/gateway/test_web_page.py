@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 
 from genmesh.v1 import job_pb2
@@ -21,17 +20,12 @@ from services.providers.sandbox import media
 from services.router.records import new_job_id, queued_event, spec_hash
 from tests.conftest import Database
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
-from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
+from tests.gateway.page import PAGE_TESTS, wait_for_page
+from tests.gateway.webdriver import Browser, Keys, chromium
 from tests.infra import eventually, reserved_port
 from tests.mesh import Mesh, running_mesh
 
-pytestmark = [
-    pytest.mark.parametrize("database", ["sqlite"], indirect=True),
-    pytest.mark.skipif(
-        browser_binaries() is None,
-        reason="needs Debian's chromium and chromium-driver: run scripts/install --dev",
-    ),
-]
+pytestmark = PAGE_TESTS
 
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "web"
 
@@ -53,18 +47,6 @@ return {
   error: document.getElementById('submit-error').textContent,
 };
 """
-
-
-async def wait_for_page(browser: Browser) -> None:
-    async def ready() -> bool:
-        return bool(
-            await browser.run(
-                "return document.getElementById('feed-status').classList.contains('live') &&"
-                " [...document.getElementById('provider').options].some(o => o.value == 'sandbox')"
-            )
-        )
-
-    await eventually(ready, within=20)
 
 
 async def test_submit_watch_preview_then_result_and_history(bridge: Bridge) -> None:

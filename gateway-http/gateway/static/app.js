@@ -33,6 +33,7 @@ const page = {
   listed: false, // whether the history has loaded once
   watch: null, // the JobWatch of the job on show
   paramsKey: "",
+  today: new Date().toDateString(), // the day the history's dates were written on
 };
 
 const taskName = (task) => task.replace(/^TASK_/, "").toLowerCase().replaceAll("_", "-");
@@ -674,15 +675,28 @@ function renderRow(job, where) {
 function whenMade(job) {
   if (!job.create_time) return el("span", { className: "when" });
   const at = new Date(job.create_time);
+  return el("time", { className: "when", dateTime: job.create_time, title: at.toLocaleString(), textContent: whenText(at) });
+}
+
+function whenText(at) {
   const now = new Date();
-  let text;
   if (at.toDateString() === now.toDateString()) {
-    text = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  } else {
-    const year = at.getFullYear() === now.getFullYear() ? {} : { year: "numeric" };
-    text = at.toLocaleDateString([], { month: "short", day: "numeric", ...year });
+    return at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
-  return el("time", { className: "when", dateTime: job.create_time, title: at.toLocaleString(), textContent: text });
+  const year = at.getFullYear() === now.getFullYear() ? {} : { year: "numeric" };
+  return at.toLocaleDateString([], { month: "short", day: "numeric", ...year });
+}
+
+// The page stays open for days: once the day turns, yesterday's times become dates (and at
+// the new year, last year's dates gain their year). Checked on the clock's tick rather than
+// at a timer set for midnight, which a sleeping machine or a changed clock would throw off.
+function redateRows() {
+  const today = new Date().toDateString();
+  if (today === page.today) return;
+  page.today = today;
+  for (const time of document.querySelectorAll("#history-list time.when")) {
+    time.textContent = whenText(new Date(time.dateTime));
+  }
 }
 
 async function loadHistory(reset) {
@@ -778,7 +792,10 @@ function start() {
   if (jobInAddress()) showJob(jobInAddress());
   loadProviders();
   setInterval(loadProviders, 10000);
-  setInterval(tickElapsed, 1000);
+  setInterval(() => {
+    tickElapsed();
+    redateRows();
+  }, 1000);
   new Feed();
 }
 
