@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.gateway.webdriver import Browser, browser_binaries
 from tests.infra import eventually
+
+# Screenshots the tests keep, to look at.
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "web"
 
 PAGE_TESTS = [
     pytest.mark.parametrize("database", ["sqlite"], indirect=True),

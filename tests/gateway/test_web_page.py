@@ -20,14 +20,12 @@ from services.providers.sandbox import media
 from services.router.records import new_job_id, queued_event, spec_hash
 from tests.conftest import Database
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
-from tests.gateway.page import PAGE_TESTS, wait_for_page
+from tests.gateway.page import OUTPUT, PAGE_TESTS, wait_for_page
 from tests.gateway.webdriver import Browser, Keys, chromium
 from tests.infra import eventually, reserved_port
 from tests.mesh import Mesh, running_mesh
 
 pytestmark = PAGE_TESTS
-
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "web"
 
 # What the test watches, read from the page in one go.
 SNAPSHOT = """

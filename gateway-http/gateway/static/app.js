@@ -28,7 +28,9 @@ const PIPELINE_CHOICE = "pipeline:"; // how the task menu's value names a pipeli
 const page = {
   providers: [],
   jobs: new Map(), // id -> Job (proto JSON), kept current by the feed
-  fetching: new Set(), // ids of jobs the feed announced and the page is fetching
+  // Jobs the page is fetching whole (announced by the feed, or a step's pipeline), each with
+  // the feed's events for it that come meanwhile, to apply once it is in.
+  fetching: new Map(),
   nextPage: "",
   listed: false, // whether the history has loaded once
   watch: null, // the JobWatch of the job on show
@@ -610,7 +612,10 @@ async function cancelJob() {
 function matchesFilters(job) {
   const state = $("filter-state").value;
   const task = $("filter-task").value;
-  return (!state || stateName(job.state) === state) && (!task || (job.spec && job.spec.task === task));
+  // A pipeline has no task of its own: it is listed under each of its steps' tasks, as its
+  // steps' jobs would have been.
+  const tasks = job.pipeline ? job.pipeline.steps.map((step) => step.task) : [job.spec && job.spec.task];
+  return (!state || stateName(job.state) === state) && (!task || tasks.includes(task));
 }
 
 // Keep the newest copy of a job and its history row; `where` places a new row.
@@ -631,6 +636,15 @@ function noteEmpty() {
 }
 
 function renderRow(job, where) {
+  // A pipeline's step shows in its pipeline's row (rowSteps), never as a row of its own. One
+  // that comes before its pipeline (on the listing's next page, or fetched first) is kept in
+  // page.jobs and brings its pipeline in: first when the feed brought it, else by its age.
+  if (job.parent_job_id) {
+    const pipeline = page.jobs.get(job.parent_job_id);
+    if (pipeline) renderRow(pipeline, where);
+    else if (where) fetchJob(job.parent_job_id, where);
+    return;
+  }
   const list = $("history-list");
   let row = list.querySelector(`li[data-job-id="${CSS.escape(job.id)}"]`);
   if (!matchesFilters(job)) {
@@ -653,8 +667,7 @@ function renderRow(job, where) {
       event.preventDefault();
       open();
     });
-    if (where === "top") list.prepend(row);
-    else list.append(row);
+    place(row, job, where);
     noteEmpty();
   }
   const state = stateName(job.state);
@@ -667,7 +680,38 @@ function renderRow(job, where) {
     whenMade(job),
     // A pipeline has no provider (its steps do): no "…" waiting for one.
     el("span", { className: "sub", textContent: [jobKind(spec), job.provider || (spec.pipeline ? "" : "…"), job.id].filter(Boolean).join(" · ") }),
+    ...rowSteps(job),
   );
+}
+
+// "top" puts a new row first (a job just made); "bottom" puts it where its age does among
+// the rows there, newest first as the listing pages them, so that a pipeline fetched for its
+// step (older than the step) does not land among the next page's jobs.
+function place(row, job, where) {
+  const list = $("history-list");
+  if (where === "top") {
+    list.prepend(row);
+    return;
+  }
+  const made = Date.parse(job.create_time);
+  const older = [...list.children].find((other) => {
+    const shown = page.jobs.get(other.dataset.jobId);
+    return shown && Date.parse(shown.create_time) < made;
+  });
+  list.insertBefore(row, older || null);
+}
+
+// A pipeline's steps in its row, in order, each with its state as the pipeline records it
+// (the same record as the job card's steps).
+function rowSteps(job) {
+  const steps = (job.pipeline && job.pipeline.steps) || [];
+  if (!steps.length) return [];
+  return [el("span", { className: "row-steps" }, ...steps.map((step) => {
+    const state = stateName(step.state);
+    return el("span", { className: "row-step", dataset: { step: step.name, state: step.state } },
+      el("span", { className: "step-name", textContent: step.name }),
+      el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }));
+  }))];
 }
 
 // When a job was made, in local time and short: today's by the time, older ones by the date
@@ -755,18 +799,33 @@ class Feed {
 
 function onFeedEvent(event) {
   const job = page.jobs.get(event.job_id);
-  if (job) {
-    if (seq(event.sequence) <= seq(job.last_sequence)) return; // already have it
-    applyEvent(job, event);
-    renderRow(job, "top");
-  } else if (!page.fetching.has(event.job_id)) {
-    // A job this page has not seen (another tab, the CLI): fetch it whole once.
-    page.fetching.add(event.job_id);
-    api(`/v1/jobs/${encodeURIComponent(event.job_id)}`)
-      .then((fetched) => remember(fetched, "top"))
-      .catch(() => {})
-      .finally(() => page.fetching.delete(event.job_id));
-  }
+  const waiting = page.fetching.get(event.job_id);
+  if (job) applyFeedEvent(job, event);
+  else if (waiting) waiting.push(event); // newer than the copy being fetched, maybe
+  else fetchJob(event.job_id, "top"); // a job this page has not seen (another tab, the CLI)
+}
+
+function applyFeedEvent(job, event) {
+  if (seq(event.sequence) <= seq(job.last_sequence)) return; // already have it
+  applyEvent(job, event);
+  renderRow(job, "top");
+}
+
+// Fetch a job whole, once at a time, then apply the feed's events that came meanwhile: the
+// copy may have been read before them (a quick job's last event would be lost otherwise).
+function fetchJob(id, where) {
+  if (page.fetching.has(id)) return;
+  const waiting = [];
+  page.fetching.set(id, waiting);
+  api(`/v1/jobs/${encodeURIComponent(id)}`)
+    .then(
+      (fetched) => {
+        remember(fetched, where);
+        for (const event of waiting) applyFeedEvent(page.jobs.get(id), event);
+      },
+      () => {}, // gone, or the gateway out of reach: the job's next event tries again
+    )
+    .finally(() => page.fetching.delete(id));
 }
 
 function status(kind, text) {
