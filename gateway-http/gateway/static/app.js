@@ -317,6 +317,7 @@ async function submitJob(event) {
   const button = $("submit");
   button.disabled = true;
   $("submit-error").textContent = "";
+  let upload = null; // the input file's name and its asset's id, once uploaded
   try {
     const pipeline = chosenPipeline();
     // A pipeline's provider and parameters are its steps' own: the spec has none.
@@ -336,7 +337,8 @@ async function submitJob(event) {
       const form = new FormData();
       form.append("file", file);
       button.textContent = "Uploading…";
-      spec.input_asset_ids = [(await api("/v1/assets", { method: "POST", body: form })).id];
+      upload = { name: file.name, id: (await api("/v1/assets", { method: "POST", body: form })).id };
+      spec.input_asset_ids = [upload.id];
     }
     button.textContent = "Submitting…";
     const job = await api("/v1/jobs", {
@@ -348,7 +350,9 @@ async function submitJob(event) {
     showJob(job.id);
     reveal();
   } catch (error) {
-    $("submit-error").textContent = error.message;
+    // The router names the input by its asset's id, which the person never saw: name the
+    // file they picked instead ("pipeline step 1 ('describe'): input asset 'photo.heic' is …").
+    $("submit-error").textContent = upload ? error.message.replaceAll(upload.id, upload.name) : error.message;
   } finally {
     button.disabled = false;
     button.textContent = "Generate";
@@ -839,8 +843,10 @@ function status(kind, text) {
 
 function start() {
   $("task").addEventListener("change", fillProviders);
-  // An error about the last submit says nothing about the task chosen now.
-  $("task").addEventListener("change", () => { $("submit-error").textContent = ""; });
+  // An error about the last submit says nothing about the task or the file chosen now.
+  for (const input of [$("task"), $("input-file")]) {
+    input.addEventListener("change", () => { $("submit-error").textContent = ""; });
+  }
   $("provider").addEventListener("change", renderForm);
   $("submit-form").addEventListener("submit", submitJob);
   $("cancel").addEventListener("click", cancelJob);
