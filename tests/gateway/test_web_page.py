@@ -2,8 +2,9 @@
 text-to-image job through the form, see the preview before the final image, see the job in
 the history, and keep a screenshot of the finished page (desktop and phone sized); a reload
 mid-job comes back to the job on show, and the job card says when its live link is lost; a
-pipeline runs from the form, step by step; the history dates its jobs and says when it is
-empty; the page has an icon and loads without a console error."""
+pipeline runs from the form, step by step, and one the router refuses says why; the history
+dates its jobs and says when it is empty; the page has an icon and loads without a console
+error."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 
 from genmesh.v1 import job_pb2
@@ -21,19 +21,12 @@ from services.providers.sandbox import media
 from services.router.records import new_job_id, queued_event, spec_hash
 from tests.conftest import Database
 from tests.gateway.conftest import Bridge, mesh_bridge, submit
-from tests.gateway.webdriver import Browser, Keys, browser_binaries, chromium
+from tests.gateway.page import OUTPUT, PAGE_TESTS, wait_for_page
+from tests.gateway.webdriver import Browser, Keys, chromium
 from tests.infra import eventually, reserved_port
 from tests.mesh import Mesh, running_mesh
 
-pytestmark = [
-    pytest.mark.parametrize("database", ["sqlite"], indirect=True),
-    pytest.mark.skipif(
-        browser_binaries() is None,
-        reason="needs Debian's chromium and chromium-driver: run scripts/install --dev",
-    ),
-]
-
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "web"
+pytestmark = PAGE_TESTS
 
 # What the test watches, read from the page in one go.
 SNAPSHOT = """
@@ -53,18 +46,6 @@ return {
   error: document.getElementById('submit-error').textContent,
 };
 """
-
-
-async def wait_for_page(browser: Browser) -> None:
-    async def ready() -> bool:
-        return bool(
-            await browser.run(
-                "return document.getElementById('feed-status').classList.contains('live') &&"
-                " [...document.getElementById('provider').options].some(o => o.value == 'sandbox')"
-            )
-        )
-
-    await eventually(ready, within=20)
 
 
 async def test_submit_watch_preview_then_result_and_history(bridge: Bridge) -> None:
@@ -355,16 +336,26 @@ async def test_opening_another_job_keeps_nothing_of_the_one_before(bridge: Bridg
     await bridge.http.post(f"/v1/jobs/{running['id']}:cancel", json={})
 
 
+def still(tmp_path: Path) -> Path:
+    """A small PNG picture to pick as an input file."""
+    picture = tmp_path / "still.png"
+    Image.new("RGB", (32, 24), (200, 80, 40)).save(picture)
+    return picture
+
+
+async def pick_input(browser: Browser, bridge: Bridge, task: str, file: Path) -> None:
+    """The page opened and live, with `task` chosen in its menu and `file` picked for it."""
+    await browser.open(str(bridge.http.base_url) + "/")
+    await wait_for_page(browser)
+    await browser.choose("#task", task)
+    await browser.type("#input-file", str(file))
+
+
 async def test_image_to_video_asks_for_its_prompt_before_uploading(
     bridge: Bridge, tmp_path: Path
 ) -> None:
-    picture = tmp_path / "still.png"
-    Image.new("RGB", (32, 24), (200, 80, 40)).save(picture)
     async with chromium() as browser:
-        await browser.open(str(bridge.http.base_url) + "/")
-        await wait_for_page(browser)
-        await browser.choose("#task", "TASK_IMAGE_TO_VIDEO")
-        await browser.type("#input-file", str(picture))
+        await pick_input(browser, bridge, "TASK_IMAGE_TO_VIDEO", still(tmp_path))
         await browser.click("#submit")
         # The form holds it, as for text-to-image: nothing uploaded, nothing submitted.
         assert await browser.run("return document.getElementById('prompt').validity.valueMissing")
@@ -374,14 +365,9 @@ async def test_image_to_video_asks_for_its_prompt_before_uploading(
 
 
 async def test_a_file_picked_for_another_task_is_not_kept(bridge: Bridge, tmp_path: Path) -> None:
-    picture = tmp_path / "still.png"
-    Image.new("RGB", (32, 24), (200, 80, 40)).save(picture)
     files = "return document.getElementById('input-file').files.length"
     async with chromium() as browser:
-        await browser.open(str(bridge.http.base_url) + "/")
-        await wait_for_page(browser)
-        await browser.choose("#task", "TASK_IMAGE_TO_IMAGE")
-        await browser.type("#input-file", str(picture))
+        await pick_input(browser, bridge, "TASK_IMAGE_TO_IMAGE", still(tmp_path))
         assert await browser.run(files) == 1
         # Still a picture's task: kept.
         await browser.choose("#task", "TASK_IMAGE_TO_TEXT")
@@ -626,3 +612,29 @@ async def test_a_pipeline_from_the_form_takes_its_input_file(
     assert snapshot["result"] == f"/v1/assets/{steps[2]['assets'][0]['id']}/content"
     # The pipeline's output is its last step's, a picture: no earlier step's text with it.
     assert snapshot["resultText"] == ""
+
+
+async def test_a_refused_pipeline_says_why_naming_the_file_picked(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    # A file the browser cannot type (so the page leaves it to the router) that is no picture.
+    odd = tmp_path / "photo.qqq"
+    odd.write_bytes(b"\x00\x01 not a picture")
+    refusal = "return document.getElementById('submit-error').textContent"
+    async with chromium() as browser:
+        await pick_input(browser, bridge, "pipeline:image-to-product-copy", odd)
+        await browser.click("#submit")
+
+        async def refused() -> str:
+            return str(await browser.run(refusal))
+
+        # The router's words, with the file as it was picked rather than the asset's id.
+        assert await eventually(refused, within=10) == (
+            "INVALID_ARGUMENT: pipeline step 1 ('describe'): input asset 'photo.qqq' is "
+            "application/octet-stream; image-to-text takes image/*"
+        )
+        assert await browser.run("return document.getElementById('job').hidden")
+        # Another file: the refusal of the last one goes.
+        await browser.type("#input-file", str(still(tmp_path)))
+        assert await browser.run(refusal) == ""
+    assert (await bridge.http.get("/v1/jobs")).json()["jobs"] == []

@@ -28,11 +28,14 @@ const PIPELINE_CHOICE = "pipeline:"; // how the task menu's value names a pipeli
 const page = {
   providers: [],
   jobs: new Map(), // id -> Job (proto JSON), kept current by the feed
-  fetching: new Set(), // ids of jobs the feed announced and the page is fetching
+  // Jobs the page is fetching whole (announced by the feed, or a step's pipeline), each with
+  // the feed's events for it that come meanwhile, to apply once it is in.
+  fetching: new Map(),
   nextPage: "",
   listed: false, // whether the history has loaded once
   watch: null, // the JobWatch of the job on show
   paramsKey: "",
+  today: new Date().toDateString(), // the day the history's dates were written on
 };
 
 const taskName = (task) => task.replace(/^TASK_/, "").toLowerCase().replaceAll("_", "-");
@@ -314,6 +317,7 @@ async function submitJob(event) {
   const button = $("submit");
   button.disabled = true;
   $("submit-error").textContent = "";
+  let upload = null; // the input file's name and its asset's id, once uploaded
   try {
     const pipeline = chosenPipeline();
     // A pipeline's provider and parameters are its steps' own: the spec has none.
@@ -333,7 +337,8 @@ async function submitJob(event) {
       const form = new FormData();
       form.append("file", file);
       button.textContent = "Uploading…";
-      spec.input_asset_ids = [(await api("/v1/assets", { method: "POST", body: form })).id];
+      upload = { name: file.name, id: (await api("/v1/assets", { method: "POST", body: form })).id };
+      spec.input_asset_ids = [upload.id];
     }
     button.textContent = "Submitting…";
     const job = await api("/v1/jobs", {
@@ -345,7 +350,9 @@ async function submitJob(event) {
     showJob(job.id);
     reveal();
   } catch (error) {
-    $("submit-error").textContent = error.message;
+    // The router names the input by its asset's id, which the person never saw: name the
+    // file they picked instead ("pipeline step 1 ('describe'): input asset 'photo.heic' is …").
+    $("submit-error").textContent = upload ? error.message.replaceAll(upload.id, upload.name) : error.message;
   } finally {
     button.disabled = false;
     button.textContent = "Generate";
@@ -609,7 +616,10 @@ async function cancelJob() {
 function matchesFilters(job) {
   const state = $("filter-state").value;
   const task = $("filter-task").value;
-  return (!state || stateName(job.state) === state) && (!task || (job.spec && job.spec.task === task));
+  // A pipeline has no task of its own: it is listed under each of its steps' tasks, as its
+  // steps' jobs would have been.
+  const tasks = job.pipeline ? job.pipeline.steps.map((step) => step.task) : [job.spec && job.spec.task];
+  return (!state || stateName(job.state) === state) && (!task || tasks.includes(task));
 }
 
 // Keep the newest copy of a job and its history row; `where` places a new row.
@@ -630,6 +640,15 @@ function noteEmpty() {
 }
 
 function renderRow(job, where) {
+  // A pipeline's step shows in its pipeline's row (rowSteps), never as a row of its own. One
+  // that comes before its pipeline (on the listing's next page, or fetched first) is kept in
+  // page.jobs and brings its pipeline in: first when the feed brought it, else by its age.
+  if (job.parent_job_id) {
+    const pipeline = page.jobs.get(job.parent_job_id);
+    if (pipeline) renderRow(pipeline, where);
+    else if (where) fetchJob(job.parent_job_id, where);
+    return;
+  }
   const list = $("history-list");
   let row = list.querySelector(`li[data-job-id="${CSS.escape(job.id)}"]`);
   if (!matchesFilters(job)) {
@@ -652,8 +671,7 @@ function renderRow(job, where) {
       event.preventDefault();
       open();
     });
-    if (where === "top") list.prepend(row);
-    else list.append(row);
+    place(row, job, where);
     noteEmpty();
   }
   const state = stateName(job.state);
@@ -666,7 +684,38 @@ function renderRow(job, where) {
     whenMade(job),
     // A pipeline has no provider (its steps do): no "…" waiting for one.
     el("span", { className: "sub", textContent: [jobKind(spec), job.provider || (spec.pipeline ? "" : "…"), job.id].filter(Boolean).join(" · ") }),
+    ...rowSteps(job),
   );
+}
+
+// "top" puts a new row first (a job just made); "bottom" puts it where its age does among
+// the rows there, newest first as the listing pages them, so that a pipeline fetched for its
+// step (older than the step) does not land among the next page's jobs.
+function place(row, job, where) {
+  const list = $("history-list");
+  if (where === "top") {
+    list.prepend(row);
+    return;
+  }
+  const made = Date.parse(job.create_time);
+  const older = [...list.children].find((other) => {
+    const shown = page.jobs.get(other.dataset.jobId);
+    return shown && Date.parse(shown.create_time) < made;
+  });
+  list.insertBefore(row, older || null);
+}
+
+// A pipeline's steps in its row, in order, each with its state as the pipeline records it
+// (the same record as the job card's steps).
+function rowSteps(job) {
+  const steps = (job.pipeline && job.pipeline.steps) || [];
+  if (!steps.length) return [];
+  return [el("span", { className: "row-steps" }, ...steps.map((step) => {
+    const state = stateName(step.state);
+    return el("span", { className: "row-step", dataset: { step: step.name, state: step.state } },
+      el("span", { className: "step-name", textContent: step.name }),
+      el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }));
+  }))];
 }
 
 // When a job was made, in local time and short: today's by the time, older ones by the date
@@ -674,15 +723,28 @@ function renderRow(job, where) {
 function whenMade(job) {
   if (!job.create_time) return el("span", { className: "when" });
   const at = new Date(job.create_time);
+  return el("time", { className: "when", dateTime: job.create_time, title: at.toLocaleString(), textContent: whenText(at) });
+}
+
+function whenText(at) {
   const now = new Date();
-  let text;
   if (at.toDateString() === now.toDateString()) {
-    text = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  } else {
-    const year = at.getFullYear() === now.getFullYear() ? {} : { year: "numeric" };
-    text = at.toLocaleDateString([], { month: "short", day: "numeric", ...year });
+    return at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
-  return el("time", { className: "when", dateTime: job.create_time, title: at.toLocaleString(), textContent: text });
+  const year = at.getFullYear() === now.getFullYear() ? {} : { year: "numeric" };
+  return at.toLocaleDateString([], { month: "short", day: "numeric", ...year });
+}
+
+// The page stays open for days: once the day turns, yesterday's times become dates (and at
+// the new year, last year's dates gain their year). Checked on the clock's tick rather than
+// at a timer set for midnight, which a sleeping machine or a changed clock would throw off.
+function redateRows() {
+  const today = new Date().toDateString();
+  if (today === page.today) return;
+  page.today = today;
+  for (const time of document.querySelectorAll("#history-list time.when")) {
+    time.textContent = whenText(new Date(time.dateTime));
+  }
 }
 
 async function loadHistory(reset) {
@@ -741,18 +803,33 @@ class Feed {
 
 function onFeedEvent(event) {
   const job = page.jobs.get(event.job_id);
-  if (job) {
-    if (seq(event.sequence) <= seq(job.last_sequence)) return; // already have it
-    applyEvent(job, event);
-    renderRow(job, "top");
-  } else if (!page.fetching.has(event.job_id)) {
-    // A job this page has not seen (another tab, the CLI): fetch it whole once.
-    page.fetching.add(event.job_id);
-    api(`/v1/jobs/${encodeURIComponent(event.job_id)}`)
-      .then((fetched) => remember(fetched, "top"))
-      .catch(() => {})
-      .finally(() => page.fetching.delete(event.job_id));
-  }
+  const waiting = page.fetching.get(event.job_id);
+  if (job) applyFeedEvent(job, event);
+  else if (waiting) waiting.push(event); // newer than the copy being fetched, maybe
+  else fetchJob(event.job_id, "top"); // a job this page has not seen (another tab, the CLI)
+}
+
+function applyFeedEvent(job, event) {
+  if (seq(event.sequence) <= seq(job.last_sequence)) return; // already have it
+  applyEvent(job, event);
+  renderRow(job, "top");
+}
+
+// Fetch a job whole, once at a time, then apply the feed's events that came meanwhile: the
+// copy may have been read before them (a quick job's last event would be lost otherwise).
+function fetchJob(id, where) {
+  if (page.fetching.has(id)) return;
+  const waiting = [];
+  page.fetching.set(id, waiting);
+  api(`/v1/jobs/${encodeURIComponent(id)}`)
+    .then(
+      (fetched) => {
+        remember(fetched, where);
+        for (const event of waiting) applyFeedEvent(page.jobs.get(id), event);
+      },
+      () => {}, // gone, or the gateway out of reach: the job's next event tries again
+    )
+    .finally(() => page.fetching.delete(id));
 }
 
 function status(kind, text) {
@@ -766,8 +843,10 @@ function status(kind, text) {
 
 function start() {
   $("task").addEventListener("change", fillProviders);
-  // An error about the last submit says nothing about the task chosen now.
-  $("task").addEventListener("change", () => { $("submit-error").textContent = ""; });
+  // An error about the last submit says nothing about the task or the file chosen now.
+  for (const input of [$("task"), $("input-file")]) {
+    input.addEventListener("change", () => { $("submit-error").textContent = ""; });
+  }
   $("provider").addEventListener("change", renderForm);
   $("submit-form").addEventListener("submit", submitJob);
   $("cancel").addEventListener("click", cancelJob);
@@ -778,7 +857,10 @@ function start() {
   if (jobInAddress()) showJob(jobInAddress());
   loadProviders();
   setInterval(loadProviders, 10000);
-  setInterval(tickElapsed, 1000);
+  setInterval(() => {
+    tickElapsed();
+    redateRows();
+  }, 1000);
   new Feed();
 }
 
