@@ -182,6 +182,12 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
         (["generate", "-t", "image-to-image", "-i", "/tmp"], "input is a directory, not a file"),
         (["generate", "--pipeline", "nope", "x"], "unknown pipeline 'nope'; built in: speech-"),
+        (["generate", "-t", "text-to-image"], "text-to-image needs a prompt: genmesh generate"),
+        (["generate", "-t", "text-to-speech", " "], "text-to-speech needs a prompt"),
+        (
+            ["generate", "--pipeline", "text-to-video"],
+            "pipeline text-to-video needs a prompt (for its text-to-image step 'image')",
+        ),
         (
             ["generate", "--pipeline", "speech-to-image"],
             "pipeline speech-to-image needs an input file (audio/*): --input",
@@ -715,12 +721,12 @@ async def test_rpc_errors_are_one_clear_line(
     scripted: tuple[ScriptedMesh, str], tmp_path: Path
 ) -> None:
     mesh, address = scripted
-    mesh.refuse = (grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty")
+    mesh.refuse = (grpc.StatusCode.INVALID_ARGUMENT, "prompt is too long")
     code, out, err = await run_cli(
-        "generate", "-t", "text-to-image", "", "--router", address, cwd=tmp_path
+        "generate", "-t", "text-to-image", "x", "--router", address, cwd=tmp_path
     )
     assert code == 1
-    assert err == f"genmesh generate: INVALID_ARGUMENT: prompt is empty ({address})\n"
+    assert err == f"genmesh generate: INVALID_ARGUMENT: prompt is too long ({address})\n"
     assert "Traceback" not in out
 
 

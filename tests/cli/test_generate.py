@@ -1,0 +1,97 @@
+"""`genmesh generate` as a user runs it (a subprocess) against a real running mesh."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import grpc
+import pytest
+from PIL import Image
+
+from genmesh.v1 import generate_service_pb2, job_pb2
+from services.common.tasks import task_from_name, task_names
+from services.common.tenancy import DEFAULT_TENANT
+from services.providers.sandbox import media
+from services.router.pipelines.builtin import BUILTINS
+from tests.cli.test_cli import run_cli
+from tests.mesh import Mesh
+
+pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+# Every task and built-in pipeline, with the input file it reads, if any.
+JOBS = {
+    "--task=text-to-text": None,
+    "--task=text-to-image": None,
+    "--task=image-to-image": "photo.png",
+    "--task=text-to-speech": None,
+    "--task=speech-to-text": "hello.wav",
+    "--task=image-to-text": "photo.png",
+    "--task=image-to-video": "photo.png",
+    "--pipeline=speech-to-image": "hello.wav",
+    "--pipeline=image-to-product-copy": "photo.png",
+    "--pipeline=text-to-video": None,
+}
+
+
+def write_inputs(directory: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buffer, format="PNG")
+    (directory / "photo.png").write_bytes(buffer.getvalue())
+    (directory / "hello.wav").write_bytes(media.text_to_speech("hello", 60))
+
+
+async def router_refuses_a_blank_prompt(mesh: Mesh, flag: str, file: str | None) -> bool:
+    """Whether the router refuses the job with a blank prompt, as its prompt is empty."""
+    kind, name = flag.removeprefix("--").split("=")
+    spec = job_pb2.JobSpec(prompt="  ", idempotency_key=f"blank-{kind}-{name}")
+    if kind == "task":
+        spec.task = task_from_name(name)
+    else:
+        spec.pipeline.name = name
+    if file:
+        media_type = "image/png" if file.endswith(".png") else "audio/wav"
+        data = (mesh.data_dir / file).read_bytes()
+        asset = await mesh.assets.upload(data, tenant=DEFAULT_TENANT, media_type=media_type)
+        spec.input_asset_ids.append(asset.id)
+    try:
+        await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert "prompt is empty" in (error.details() or ""), error
+        return True
+    return False
+
+
+async def test_a_blank_prompt_is_a_usage_error_exactly_where_the_router_refuses_it(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    assert set(JOBS) == {f"--task={t}" for t in task_names()} | {
+        f"--pipeline={p}" for p in BUILTINS
+    }
+    write_inputs(mesh.data_dir)
+    refused = set()
+    for flag, file in JOBS.items():
+        inputs = ["--input", str(mesh.data_dir / file)] if file else []
+        code, out, err = await run_cli(
+            "generate", flag, "  ", *inputs,
+            "--router", mesh.env["GENMESH_ROUTER_ADDR"],
+            "--storage", mesh.env["GENMESH_STORAGE_ADDR"],
+            "--out", str(tmp_path / "out"),
+            cwd=tmp_path,
+        )  # fmt: skip
+        if await router_refuses_a_blank_prompt(mesh, flag, file):
+            refused.add(flag)
+            # Like argparse's own usage errors: one line, exit 2, nothing sent or uploaded.
+            assert code == 2, f"{flag}: {out}\n{err}"
+            assert err.count("\n") == 1 and "needs a prompt" in err, err
+        else:
+            # Where the prompt is optional guidance, the job runs.
+            assert code == 0, f"{flag}: {out}\n{err}"
+    assert refused == {
+        "--task=text-to-text",
+        "--task=text-to-image",
+        "--task=text-to-speech",
+        "--task=image-to-video",
+        "--pipeline=text-to-video",
+    }
