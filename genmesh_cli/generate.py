@@ -98,7 +98,13 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
     )
     add_job_options(p, addresses)
     p.add_argument("--idempotency-key", default="", help="same key and spec: same job")
-    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='JSON lines on stdout: {"job": Job} first and after a re-attach, {"event": '
+        'JobEvent} for each event, then one {"asset_id", "path", "media_type", "size_bytes"} '
+        "per output saved (README: genmesh generate --json)",
+    )
     p.set_defaults(run=run)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 from pathlib import Path
 
 import grpc
@@ -14,7 +16,7 @@ from services.common.tasks import task_from_name, task_names
 from services.common.tenancy import DEFAULT_TENANT
 from services.providers.sandbox import media
 from services.router.pipelines.builtin import BUILTINS
-from tests.cli.test_cli import run_cli
+from tests.cli.test_cli import ROOT, run_cli
 from tests.mesh import Mesh
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -95,3 +97,35 @@ async def test_a_blank_prompt_is_a_usage_error_exactly_where_the_router_refuses_
         "--task=image-to-video",
         "--pipeline=text-to-video",
     }
+
+
+def documented_json_lines() -> set[tuple[str, ...]]:
+    """The keys of each kind of line the README says `generate --json` prints, in order."""
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(\{.*\})` \|", readme, flags=re.MULTILINE)
+    return {tuple(re.findall(r'"(\w+)":', row)) for row in rows}
+
+
+async def test_json_lines_are_the_kinds_the_readme_and_help_document(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    documented = documented_json_lines()
+    assert len(documented) == 3, documented
+    code, out, err = await run_cli(
+        "generate", "-t", "text-to-image", "a fox", "-p", "width=32", "-p", "height=32",
+        "--router", mesh.env["GENMESH_ROUTER_ADDR"],
+        "--storage", mesh.env["GENMESH_STORAGE_ADDR"],
+        "--out", str(tmp_path / "out"), "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, f"{out}\n{err}"
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {tuple(line) for line in lines} == documented
+    [saved] = [line for line in lines if "path" in line]
+    assert saved["path"].startswith(str(tmp_path / "out")), saved
+    assert isinstance(saved["size_bytes"], int), saved
+
+    code, out, _ = await run_cli("generate", "--help", cwd=tmp_path)
+    assert code == 0
+    for key in {key for keys in documented for key in keys}:
+        assert f'"{key}"' in out, key
