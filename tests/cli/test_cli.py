@@ -42,7 +42,7 @@ from genmesh_cli.client import (
     parse_param,
 )
 from genmesh_cli.display import JobPanel
-from genmesh_cli.follow import Follower
+from genmesh_cli.follow import Follower, StreamStalled
 from genmesh_cli.generate import build_spec
 from genmesh_cli.main import build_parser
 from genmesh_cli.main import run as cli
@@ -584,6 +584,23 @@ async def test_follow_reattaches_after_a_broken_stream(
     assert outcome.state == job_pb2.JOB_STATE_COMPLETED
     assert [a.id for a in outcome.assets] == ["asset-1"]
     assert any("re-attaching" in note for note in recorder.notes)
+
+
+async def test_follow_says_once_that_the_router_is_lost_and_gives_up_with_the_way_back() -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as ch:
+        recorder = Recorder()
+        follower = Follower(
+            generate_service_pb2_grpc.GenerateServiceStub(ch),
+            job_service_pb2_grpc.JobServiceStub(ch),
+            recorder,
+            attach_timeout=1.5,
+        )
+        with pytest.raises(StreamStalled) as stalled:
+            await follower.watch("job-1")
+    # Several retries in that time; each used to say 'stream broke ... re-attaching' again.
+    assert recorder.notes == ["lost the router (UNAVAILABLE); re-attaching until it is back"]
+    assert str(stalled.value).startswith("job job-1: lost the router for 1.5s (UNAVAILABLE: ")
+    assert str(stalled.value).endswith("re-attach with `genmesh generate --watch job-1`")
 
 
 async def start_cli(
