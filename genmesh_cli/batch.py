@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from rich.console import RenderableType
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -86,9 +86,15 @@ def name_lines(message: str, lines: list[int]) -> str:
     return re.sub(r"specs\[(\d+)\]", line, message)
 
 
+# The progress bar's width where the line has room, and the least worth showing.
+BAR_WIDTH = 30
+MIN_BAR_WIDTH = 10
+
+
 @dataclass
 class BatchPanel:
-    """The batch at a glance: a bar of ended jobs and a count per state (rich calls __rich__)."""
+    """The batch at a glance: a bar of ended jobs and a count per state, within the width
+    rich gives it."""
 
     batch_id: str
     job_ids: list[str]
@@ -123,17 +129,22 @@ class BatchPanel:
         if self.ended is None and all(job_id in self.outcomes for job_id in self.job_ids):
             self.ended = time.time()
 
-    def __rich__(self) -> RenderableType:
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         total = len(self.job_ids)
         ended = sum(1 for job_id in self.job_ids if job_id in self.outcomes)
         counts = Counter(self.states.get(job_id) for job_id in self.job_ids)
-        line = Table.grid(padding=(0, 1))
-        line.add_row(
-            Text(f"batch {self.batch_id}", style="bold"),
-            ProgressBar(total=total, completed=ended, width=30),
+        head = Text(f"batch {self.batch_id}", style="bold")
+        tail = [
             Text(f"{ended}/{total} ended"),
             Text(f"{(self.ended or time.time()) - self.started:.1f}s", style="dim"),
-        )
+        ]
+        # The bar takes what the line leaves (a space between parts), so id, bar, count and
+        # time share one line; a fixed 30 squeezed the id below 'batch' at 80 columns.
+        room = options.max_width - sum(t.cell_len for t in [head, *tail]) - len(tail) - 1
+        bar = [ProgressBar(total=total, completed=ended, width=min(BAR_WIDTH, room))]
+        line = Table.grid(padding=(0, 1))
+        line.add_column(overflow="fold")  # narrower still, the id folds rather than being cut
+        line.add_row(head, *(bar if room >= MIN_BAR_WIDTH else []), *tail)
         tally = Text()
         for state in sorted(s for s in counts if s is not None):
             if tally:
@@ -144,7 +155,7 @@ class BatchPanel:
         grid.add_row(tally)
         if self.note:
             grid.add_row(Text(self.note, style="yellow"))
-        return grid
+        yield grid
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from genmesh.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
 )
-from genmesh_cli.client import TERMINAL_STATES
+from genmesh_cli.client import TERMINAL_STATES, format_rpc_error
 
 # Codes that mean the stream broke rather than the call being refused: a restarting router,
 # a dropped connection, a server that stopped mid-stream.
@@ -114,6 +114,9 @@ class Follower:
     last_sequence: int = 0
     latest_job: job_pb2.Job | None = None
     _terminal: job_pb2.JobEvent | None = field(default=None, repr=False)
+    # The router is out of reach: said once when it goes and once when it is back, not at
+    # every retry in between.
+    _lost: bool = field(default=False, repr=False)
 
     async def generate(self, spec: job_pb2.JobSpec) -> Outcome:
         """Submit and follow. `spec` must carry an idempotency key, so a retry is the same job."""
@@ -129,12 +132,9 @@ class Follower:
                 # Once the job exists, a broken stream is _finish's to re-attach, however late.
                 if error.code() not in BROKEN_STREAM or not self.job_id:
                     raise
-                self.view.note(f"stream broke ({error.code().name}); re-attaching")
+                self._lose(error)
 
-        def unavailable(error: grpc.aio.AioRpcError) -> None:
-            self.view.note(f"router unavailable; retrying ({error.details() or ''})")
-
-        await retry_broken(attempt, lambda: deadline, unavailable)
+        await retry_broken(attempt, lambda: deadline, self._lose)
         return await self._finish()
 
     async def watch(self, job_id: str) -> Outcome:
@@ -160,8 +160,12 @@ class Follower:
                 if error.code() not in BROKEN_STREAM:
                     raise
                 if time.monotonic() - last_progress > self.attach_timeout:
-                    raise
-                self.view.note(f"stream broke ({error.code().name}); re-attaching")
+                    raise StreamStalled(
+                        f"job {self.job_id}: lost the router for {self.attach_timeout:g}s "
+                        f"({format_rpc_error(error)}); re-attach with "
+                        f"`genmesh generate --watch {self.job_id}`"
+                    ) from None
+                self._lose(error)
             if self._outcome() is not None:
                 continue
             if (self.last_sequence, self.latest_job) != seen:
@@ -174,6 +178,12 @@ class Follower:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def _lose(self, error: grpc.aio.AioRpcError) -> None:
+        if not self._lost:
+            self._lost = True
+            again = "re-attaching" if self.job_id else "retrying"
+            self.view.note(f"lost the router ({error.code().name}); {again} until it is back")
 
     def _outcome(self) -> Outcome | None:
         if self._terminal is not None:
@@ -190,6 +200,9 @@ class Follower:
 
     async def _consume(self, stream: AsyncIterator[Update]) -> None:
         async for update in stream:
+            if self._lost:
+                self._lost = False
+                self.view.note("router back; re-attached" if self.job_id else "router back")
             which = update.WhichOneof("update")
             if which == "job":
                 self.latest_job = update.job

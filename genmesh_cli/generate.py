@@ -32,8 +32,16 @@ from genmesh_cli.client import (
 )
 from genmesh_cli.display import JobPanel, JsonView, LiveView, console
 from genmesh_cli.follow import Follower, Outcome, StreamStalled, View
-from services.common.tasks import INPUT_MEDIA, task_from_name, task_name
+from services.common.tasks import (
+    INPUT_MEDIA,
+    PROMPT_OPTIONAL,
+    listed,
+    task_from_name,
+    task_name,
+)
+from services.prompt import core as prompt_rules
 from services.router.pipelines.builtin import BUILTINS
+from services.router.pipelines.plan import sample_prompt
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 2
@@ -61,9 +69,15 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         help="run a job and follow it live",
         description="Submit a generation job, show its progress live and download its outputs. "
         "Exit codes: 0 completed, 1 failed or error, 2 cancelled or a usage error (a bad flag, "
-        "an input file missing or of a kind the task cannot take).",
+        "no prompt for a task that needs one, an input file missing or of a kind the task "
+        "cannot take).",
     )
-    p.add_argument("prompt", nargs="?", default="", help="what to generate")
+    p.add_argument(
+        "prompt",
+        nargs="?",
+        default="",
+        help=f"what to generate (optional guidance for {listed(PROMPT_OPTIONAL)})",
+    )
     p.add_argument("--task", "-t", type=task_arg, help="e.g. text-to-image, text-to-speech")
     p.add_argument(
         "--pipeline",
@@ -84,7 +98,13 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
     )
     add_job_options(p, addresses)
     p.add_argument("--idempotency-key", default="", help="same key and spec: same job")
-    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='JSON lines on stdout: {"job": Job} first and after a re-attach, {"event": '
+        'JobEvent} for each event, then one {"asset_id", "path", "media_type", "size_bytes"} '
+        "per output saved (README: genmesh generate --json)",
+    )
     p.set_defaults(run=run)
 
 
@@ -221,11 +241,30 @@ def check_args(args: argparse.Namespace) -> None:
     if args.watch:
         return
     what, needs = _input_needs(args)
+    _check_prompt(args, what)
     if needs and not args.inputs:
         kinds = "/".join(f"{kind}*" for kind in needs)
         raise CliError(f"{what} needs an input file ({kinds}): --input FILE", 2)
     assets.check_inputs(args.inputs)
     assets.check_kinds(args.inputs, what, needs)
+
+
+def _check_prompt(args: argparse.Namespace, what: str) -> None:
+    """Refuse a blank prompt where the router would: for a task that needs one, or for a
+    pipeline step whose prompt would then be blank."""
+    if not args.pipeline:
+        if prompt_rules.missing(args.prompt, args.task):
+            raise CliError(f'{what} needs a prompt: genmesh generate -t {what} "PROMPT"', 2)
+        return
+    earlier: set[str] = set()
+    for step in BUILTINS[args.pipeline]:
+        if prompt_rules.missing(sample_prompt(step, args.prompt, earlier), step.task):
+            raise CliError(
+                f"{what} needs a prompt (for its {task_name(step.task)} step {step.name!r}): "
+                f'genmesh generate --pipeline {args.pipeline} "PROMPT"',
+                2,
+            )
+        earlier.add(step.name)
 
 
 def _input_needs(args: argparse.Namespace) -> tuple[str, tuple[str, ...] | None]:

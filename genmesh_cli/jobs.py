@@ -110,7 +110,8 @@ async def _jobs(args: argparse.Namespace) -> int:
         )
     # Ids are for copying into other commands: never shortened.
     columns = ("job", "task", "state", "provider", "created", "prompt")
-    print_rows(out, columns, rows, wrap=frozenset({"prompt"}))
+    # Narrow, two lines a job: the id whole and what fits beside it, the rest below.
+    print_rows(out, columns, rows, wrap=frozenset({"prompt"}), two_lines=True)
     return 0
 
 

@@ -65,7 +65,7 @@ INPUT_MEDIA: dict[int, tuple[str, ...]] = {
 }
 
 # Tasks where the prompt is optional guidance rather than the whole request.
-PROMPT_OPTIONAL: frozenset[int] = frozenset(
+PROMPT_OPTIONAL: frozenset[job_pb2.Task.ValueType] = frozenset(
     {job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT, job_pb2.TASK_IMAGE_TO_IMAGE}
 )
 

@@ -71,10 +71,15 @@ class Analysis:
     keywords: tuple[str, ...]
 
 
+def missing(prompt: str, task: job_pb2.Task.ValueType) -> bool:
+    """True when `task` needs a prompt and `prompt` is blank (the EMPTY violation)."""
+    return not prompt.strip() and task not in PROMPT_OPTIONAL
+
+
 def validate(prompt: str, task: job_pb2.Task.ValueType, max_length: int) -> list[Violation]:
     """Everything wrong with `prompt` for `task`; empty when it may be sent as it is."""
     violations: list[Violation] = []
-    if not prompt.strip() and task not in PROMPT_OPTIONAL:
+    if missing(prompt, task):
         violations.append(Violation(EMPTY, "prompt is empty; this task needs one"))
     length = len(prompt)
     if length > max_length:

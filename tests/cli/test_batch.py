@@ -116,3 +116,22 @@ async def test_batch_on_a_narrow_terminal_shows_each_job_id_whole(
     # Ids are for copying into other commands: a table cut them to 'j_a47af30ecc…'.
     for job in listed.jobs:
         assert f"job     {job.id}" in lines, lines
+
+
+async def test_batch_live_line_keeps_within_an_80_column_terminal(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    code, out, err = await batch(
+        mesh, tmp_path, "a fox\nan owl\n", "-p", "latency_ms=1000", extra_env=TERMINAL_80
+    )
+    assert code == 0, f"{out}\n{err}"
+    lines = plain(out)
+    assert max(len(line) for line in lines) <= 80, lines
+    found = re.search(r"batch (b_[0-9a-f]{32})", out)
+    assert found, lines
+    # Each frame's first line holds the id, bar, count and time; the id used to be squeezed
+    # onto a line of its own under 'batch'.
+    status = [line for line in lines if line.startswith("batch")]
+    assert status, lines
+    for line in status:
+        assert re.fullmatch(rf"batch {found.group(1)} +\S+ \d/2 ended \d+\.\ds", line), line

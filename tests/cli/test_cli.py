@@ -42,7 +42,7 @@ from genmesh_cli.client import (
     parse_param,
 )
 from genmesh_cli.display import JobPanel
-from genmesh_cli.follow import Follower
+from genmesh_cli.follow import Follower, StreamStalled
 from genmesh_cli.generate import build_spec
 from genmesh_cli.main import build_parser
 from genmesh_cli.main import run as cli
@@ -182,6 +182,12 @@ def test_bad_param_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["generate", "-t", "image-to-image", "-i", "/nonexistent.png"], "input file not found"),
         (["generate", "-t", "image-to-image", "-i", "/tmp"], "input is a directory, not a file"),
         (["generate", "--pipeline", "nope", "x"], "unknown pipeline 'nope'; built in: speech-"),
+        (["generate", "-t", "text-to-image"], "text-to-image needs a prompt: genmesh generate"),
+        (["generate", "-t", "text-to-speech", " "], "text-to-speech needs a prompt"),
+        (
+            ["generate", "--pipeline", "text-to-video"],
+            "pipeline text-to-video needs a prompt (for its text-to-image step 'image')",
+        ),
         (
             ["generate", "--pipeline", "speech-to-image"],
             "pipeline speech-to-image needs an input file (audio/*): --input",
@@ -580,6 +586,23 @@ async def test_follow_reattaches_after_a_broken_stream(
     assert any("re-attaching" in note for note in recorder.notes)
 
 
+async def test_follow_says_once_that_the_router_is_lost_and_gives_up_with_the_way_back() -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as ch:
+        recorder = Recorder()
+        follower = Follower(
+            generate_service_pb2_grpc.GenerateServiceStub(ch),
+            job_service_pb2_grpc.JobServiceStub(ch),
+            recorder,
+            attach_timeout=1.5,
+        )
+        with pytest.raises(StreamStalled) as stalled:
+            await follower.watch("job-1")
+    # Several retries in that time; each used to say 'stream broke ... re-attaching' again.
+    assert recorder.notes == ["lost the router (UNAVAILABLE); re-attaching until it is back"]
+    assert str(stalled.value).startswith("job job-1: lost the router for 1.5s (UNAVAILABLE: ")
+    assert str(stalled.value).endswith("re-attach with `genmesh generate --watch job-1`")
+
+
 async def start_cli(
     *argv: str, cwd: Path, extra_env: Mapping[str, str] | None = None
 ) -> asyncio.subprocess.Process:
@@ -715,12 +738,12 @@ async def test_rpc_errors_are_one_clear_line(
     scripted: tuple[ScriptedMesh, str], tmp_path: Path
 ) -> None:
     mesh, address = scripted
-    mesh.refuse = (grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty")
+    mesh.refuse = (grpc.StatusCode.INVALID_ARGUMENT, "prompt is too long")
     code, out, err = await run_cli(
-        "generate", "-t", "text-to-image", "", "--router", address, cwd=tmp_path
+        "generate", "-t", "text-to-image", "x", "--router", address, cwd=tmp_path
     )
     assert code == 1
-    assert err == f"genmesh generate: INVALID_ARGUMENT: prompt is empty ({address})\n"
+    assert err == f"genmesh generate: INVALID_ARGUMENT: prompt is too long ({address})\n"
     assert "Traceback" not in out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from genmesh.v1 import job_pb2
@@ -154,11 +154,17 @@ def _check_prompt(
                 f"{where} uses {{{name}}}, but step {name!r} ({task_name(earlier[name])}) "
                 "makes no text"
             )
-    # Earlier outputs are unknown yet; stand-ins show whether the step could have a prompt.
-    sample = render(step.prompt, spec.prompt, lambda name: "text" if name in earlier else None)
-    violations = prompt_rules.validate(sample, step.task, max_length)
+    violations = prompt_rules.validate(
+        sample_prompt(step, spec.prompt, earlier), step.task, max_length
+    )
     if violations:
         raise InvalidArgument(f"{where}: " + "; ".join(v.message for v in violations))
+
+
+def sample_prompt(step: job_pb2.PipelineStep, prompt: str, earlier: Container[str]) -> str:
+    """The step's prompt as far as it is known before the pipeline runs: the output text of
+    the `earlier` steps it names is unknown yet, so a stand-in shows whether it could have one."""
+    return render(step.prompt, prompt, lambda name: "text" if name in earlier else None)
 
 
 def check_placeholders(checked: Plan) -> None:
