@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from genmesh.v1 import job_pb2, provider_service_pb2
-from services.common.channels import mesh_channel
+from services.common.channels import grpc_target, mesh_channel
 
 DEFAULT_ROUTER = "127.0.0.1:50051"
 DEFAULT_STORAGE = "127.0.0.1:50052"
@@ -55,6 +56,31 @@ def default_addresses(env: Mapping[str, str]) -> Addresses:
 
 # The CLI's commands open their channels through this name.
 channel = mesh_channel
+
+
+def address_arg(text: str) -> str:
+    """A --router or --storage value: one address, or several replicas that gRPC can take."""
+    try:
+        grpc_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def add_address_args(
+    parser: argparse.ArgumentParser, addresses: Addresses, *, storage: bool = False
+) -> None:
+    """--router (and with `storage`, --storage): where the command's calls go."""
+    parser.add_argument(
+        "--router", type=address_arg, default=addresses.router, help="router address [%(default)s]"
+    )
+    if storage:
+        parser.add_argument(
+            "--storage",
+            type=address_arg,
+            default=addresses.storage,
+            help="storage address [%(default)s]",
+        )
 
 
 def format_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, address: str = "") -> str:

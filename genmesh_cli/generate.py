@@ -24,6 +24,7 @@ from genmesh_cli import assets
 from genmesh_cli.client import (
     Addresses,
     CliError,
+    add_address_args,
     channel,
     format_rpc_error,
     human_size,
@@ -122,8 +123,7 @@ def add_job_options(p: argparse.ArgumentParser, addresses: Addresses) -> None:
         help="provider parameter; VALUE is JSON when it parses, else a string (repeatable)",
     )
     add_routing_options(p)
-    p.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
-    p.add_argument("--storage", default=addresses.storage, help="storage address [%(default)s]")
+    add_address_args(p, addresses, storage=True)
     p.add_argument(
         "--out", type=Path, default=Path("genmesh-output"), help="output dir [%(default)s]"
     )

@@ -14,6 +14,7 @@ from genmesh.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from genmesh_cli.client import (
     Addresses,
     CliError,
+    add_address_args,
     channel,
     format_rpc_error,
     to_json,
@@ -41,7 +42,7 @@ def add_parsers(subparsers: Any, addresses: Addresses) -> None:
     jobs.add_argument("--task", "-t", type=task_arg, default=job_pb2.TASK_UNSPECIFIED)
     jobs.add_argument("--batch", default="", help="only the jobs of this batch (genmesh batch)")
     jobs.add_argument("--limit", "-n", type=int, default=20, help="at most this many [20]")
-    jobs.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
+    add_address_args(jobs, addresses)
     jobs.add_argument("--json", action="store_true", help="print jobs as JSON lines")
     jobs.set_defaults(run=run_jobs)
 
@@ -50,7 +51,7 @@ def add_parsers(subparsers: Any, addresses: Addresses) -> None:
     )
     cancel.add_argument("job_id")
     cancel.add_argument("--reason", default="cancelled from the command line")
-    cancel.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
+    add_address_args(cancel, addresses)
     cancel.set_defaults(run=run_cancel)
 
 

@@ -13,6 +13,7 @@ from genmesh.v1 import job_pb2, provider_service_pb2, provider_service_pb2_grpc
 from genmesh_cli.client import (
     Addresses,
     CliError,
+    add_address_args,
     channel,
     format_rpc_error,
     provider_status_name,
@@ -41,7 +42,7 @@ def add_parser(subparsers: Any, addresses: Addresses) -> None:
         "providers", help="list providers and their health", description="List providers."
     )
     p.add_argument("--task", "-t", type=task_arg, default=job_pb2.TASK_UNSPECIFIED)
-    p.add_argument("--router", default=addresses.router, help="router address [%(default)s]")
+    add_address_args(p, addresses)
     p.add_argument("--json", action="store_true", help="print providers as JSON lines")
     p.set_defaults(run=run)
 

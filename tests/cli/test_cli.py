@@ -154,6 +154,22 @@ def test_addresses_default_from_environment() -> None:
     assert args.task == job_pb2.TASK_TEXT_TO_SPEECH
 
 
+def test_several_router_replicas_are_taken_and_a_list_grpc_cannot_take_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    replicas = "127.0.0.1:50051,127.0.0.1:50061"
+    assert build_parser({}).parse_args(["jobs", "--router", replicas]).router == replicas
+    for argv, env in [
+        (["jobs", "--router", "router-a:50051,router-b:50051"], {}),
+        (["batch", "jobs.jsonl", "--storage", "a:1,b:2"], {}),
+        (["providers"], {"GENMESH_ROUTER_ADDR": "router-a:50051,router-b:50051"}),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            cli(argv, env)
+        assert exited.value.code == 2
+        assert "for host names, give one DNS name" in capsys.readouterr().err
+
+
 def test_unknown_task_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli(["generate", "--task", "text-to-smell", "roses"], {})
