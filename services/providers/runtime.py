@@ -297,7 +297,7 @@ class ProviderWorker:
                 if self._drafts.wanted(job, delivery):
                     await self._drafts.show(self.adapter, ctx)
                 result = await self.adapter.run(ctx)
-            require_output(job.spec.task, result)
+            require_output(job.spec.task, provider, result)
             self._outcomes.append(True)
             assets = await ctx.store_result(result)
         except InvalidArgument as exc:
