@@ -20,6 +20,7 @@ from services.common.grpc_server import grpc_server
 from services.providers.cancelled import CancelledJobs
 from services.providers.config import ProviderConfig, load_catalog
 from services.providers.drafts import Drafts
+from services.providers.handback import handed_back
 from services.providers.registration import Registration
 from services.providers.registry import auto_instances, build_adapter
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
@@ -116,6 +117,8 @@ async def running_worker(
             await asyncio.wait(fetchers, timeout=2.0)
             await cancel_tasks(fetchers + background)
             await asyncio.gather(*(w.drain() for w in workers))
+            if handed := [job_id for worker in workers for job_id in worker.handed_back]:
+                log.warning("%s", handed_back(handed))
 
         stack.push_async_callback(shutdown)
         if settings.listen:
