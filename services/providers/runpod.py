@@ -130,8 +130,8 @@ class RunPodAdapter(ConfiguredAdapter):
         options = config.options
         self._stream = bool(options.get("stream", True))
         self._policy = options.get("policy")
-        self._max_wait = float(options.get("max_wait", DEFAULT_MAX_WAIT))
-        self.probe = CachedProbe(self._health, float(options.get("health_ttl", 60)))
+        self._max_wait = config.option_number("max_wait", DEFAULT_MAX_WAIT)
+        self.probe = CachedProbe(self._health, config.option_number("health_ttl", 60))
         # One handler serves every task: the worker, not genmesh, knows what to do with it.
         self.handlers = {task: self._job for task in (T2T, T2I, I2I, I2T, T2S, S2T, I2V)}
 
