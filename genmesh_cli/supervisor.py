@@ -26,6 +26,7 @@ from genmesh_cli.plan import Plan, Service
 from genmesh_cli.restarts import WINDOW, RestartBudget
 from services.common.bus import nats_servers
 from services.common.cancelling import cancel_task
+from services.providers.handback import HANDED_BACK
 
 LOG_TAIL_LINES = 30
 EXIT_CHILD_FAILED = 1
@@ -495,6 +496,7 @@ class Supervisor:
 
     async def _terminate(self, child: Child) -> None:
         process = child.process
+        stop_said_from = _size(child.log)
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -515,6 +517,9 @@ class Supervisor:
         # Anything it started and left behind goes with it (same process group).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
+        # Which jobs a stopping worker handed back is worth seeing without opening its log.
+        for said in _handed_back(child.log, stop_said_from):
+            console(stderr=True).print(f"{child.name}: {said}")
 
 
 def _rotate_and_open(log: Path) -> IO[bytes]:
@@ -522,6 +527,26 @@ def _rotate_and_open(log: Path) -> IO[bytes]:
     if log.exists():
         log.replace(log.with_name(log.name + ".1"))
     return log.open("wb")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _handed_back(log: Path, start: int) -> list[str]:
+    """The hand-back messages (services.providers.handback) written to `log` from byte
+    `start` on."""
+    try:
+        with log.open("rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    marker = f": {HANDED_BACK} "
+    return [line[line.index(marker) + 2 :] for line in lines if marker in line]
 
 
 def _tail(path: Path, lines: int, start: int = 0) -> str:

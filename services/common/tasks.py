@@ -73,6 +73,10 @@ PROMPT_OPTIONAL: frozenset[job_pb2.Task.ValueType] = frozenset(
 VISUAL_TASKS: frozenset[job_pb2.Task.ValueType] = frozenset(
     {job_pb2.TASK_TEXT_TO_IMAGE, job_pb2.TASK_IMAGE_TO_IMAGE, job_pb2.TASK_IMAGE_TO_VIDEO}
 )
+# Tasks whose result is text; every other task's is a file.
+TEXT_TASKS: frozenset[job_pb2.Task.ValueType] = frozenset(
+    {job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT}
+)
 # Tasks a quick draft can be made for before the full result (JobSpec.draft_first).
 DRAFT_TASKS = VISUAL_TASKS
 

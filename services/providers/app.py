@@ -20,6 +20,7 @@ from services.common.grpc_server import grpc_server
 from services.providers.cancelled import CancelledJobs
 from services.providers.config import ProviderConfig, load_catalog
 from services.providers.drafts import Drafts
+from services.providers.handback import handed_back
 from services.providers.registration import Registration
 from services.providers.registry import auto_instances, build_adapter
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
@@ -61,6 +62,8 @@ async def running_worker(
             # "auto" serves what it can: one family's missing module must not stop the rest.
             log.warning("not serving %s: its adapter cannot be loaded (%s)", name, exc)
     names = [adapter.name for adapter in adapters]
+    # Checked before anything connects, like the rest of the catalog.
+    drafts = [Drafts.for_instance(adapter, catalog.get(adapter.name)) for adapter in adapters]
     bus = Bus(settings.nats_prefix, settings.nats_replicas)
     worker_id = uuid.uuid4().hex[:12]
     options = WorkerOptions(
@@ -72,8 +75,9 @@ async def running_worker(
         progress_linger=settings.worker_progress_linger,
     )
     async with AsyncExitStack() as stack:
-        for adapter in adapters:
+        for adapter, draft in zip(adapters, drafts, strict=True):
             stack.push_async_callback(adapter.aclose)
+            stack.push_async_callback(draft.aclose)
         nc = await stack.enter_async_context(
             connect(settings.nats_url, f"genmesh-worker-{worker_id}")
         )
@@ -95,11 +99,9 @@ async def running_worker(
             worker_id=worker_id,
         )
         workers = []
-        for adapter in adapters:
+        for adapter, draft in zip(adapters, drafts, strict=True):
             config = catalog.get(adapter.name)
-            drafts = Drafts.for_instance(adapter, config)
-            stack.push_async_callback(drafts.aclose)
-            workers.append(ProviderWorker(adapter, shared, _for_instance(options, config), drafts))
+            workers.append(ProviderWorker(adapter, shared, _for_instance(options, config), draft))
         # Each instance's consumer exists before the worker says it is live.
         await asyncio.gather(*(w.open() for w in workers))
         registration = Registration(await bus.providers_kv(js), workers, worker_id)
@@ -116,6 +118,8 @@ async def running_worker(
             await asyncio.wait(fetchers, timeout=2.0)
             await cancel_tasks(fetchers + background)
             await asyncio.gather(*(w.drain() for w in workers))
+            if handed := [job_id for worker in workers for job_id in worker.handed_back]:
+                log.warning("%s", handed_back(handed))
 
         stack.push_async_callback(shutdown)
         if settings.listen:

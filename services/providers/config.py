@@ -40,8 +40,9 @@ _KNOWN_KEYS = {
 
 
 class CatalogError(CannotStart, ValueError):
-    """The catalog file is unreadable, declares something impossible, or lacks an instance
-    the worker is asked to serve: the worker cannot start, and says why in one line."""
+    """The catalog file is unreadable, declares something impossible (adapters raise it for
+    options they refuse, naming the instance), or lacks an instance the worker is asked to
+    serve: the worker cannot start, and says why in one line."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,17 @@ class ProviderConfig:
     @property
     def max_prompt_length(self) -> int:
         """Longest prompt the instance accepts (options.max_prompt_length); 0: no own limit."""
-        return int(self.options.get("max_prompt_length", 0))
+        return int(self.option_number("max_prompt_length", 0))
+
+    def option_number(self, key: str, default: float) -> float:
+        """options.<key>, `default` when unset; CatalogError unless it is a number >= 0."""
+        value = self.options.get(key, default)
+        # `not value >= 0` refuses NaN too.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise CatalogError(
+                f"provider {self.name!r}: options.{key} must be a number >= 0, got {value!r}"
+            )
+        return float(value)
 
     def limits(self) -> provider_service_pb2.ProviderLimits:
         """The limits the instance publishes, for the router to enforce."""

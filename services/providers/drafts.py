@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from genmesh.v1 import asset_pb2, job_pb2, provider_service_pb2
+from services.common.errors import InvalidArgument
 from services.common.parameters import applicable, validate_parameters
 from services.common.tasks import DRAFT_TASKS, task_name
 from services.providers.adapter import Adapter, JobContext, Output, Result
-from services.providers.config import ProviderConfig
+from services.providers.config import CatalogError, ProviderConfig
 from services.providers.context import RunContext
 from services.providers.registry import factory
 
@@ -104,23 +105,23 @@ class Drafts:
 
     @classmethod
     def for_instance(cls, adapter: Adapter, config: ProviderConfig | None) -> Drafts:
-        """From the instance's catalog `draft` table; ValueError when it declares nonsense."""
+        """From the instance's catalog `draft` table; CatalogError when it declares nonsense."""
         table = dict(config.draft) if config is not None else {}
         description = adapter.describe()
         declared = {p.name for p in description.parameters}
         model = table.pop("model", None) if "model" not in declared else None
         unknown = set(table) - declared
         if unknown:
-            raise ValueError(
-                f"{adapter.name}: draft sets undeclared parameters {sorted(unknown)}; "
+            raise CatalogError(
+                f"provider {adapter.name!r}: draft sets undeclared parameters {sorted(unknown)}; "
                 f"declared: {', '.join(sorted(declared))}"
             )
         for task in DRAFT_TASKS & set(description.tasks):
             values = {k: v for k, v in table.items() if k in applicable(description, task)}
             try:
                 validate_parameters(description, task, values)
-            except Exception as exc:
-                raise ValueError(f"{adapter.name}: draft: {exc}") from exc
+            except InvalidArgument as exc:
+                raise CatalogError(f"provider {adapter.name!r}: draft: {exc.message}") from None
         if model is None or config is None:
             return cls(table, description=description)
         models = {**config.models, **{task_name(t): str(model) for t in sorted(DRAFT_TASKS)}}

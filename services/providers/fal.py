@@ -141,7 +141,7 @@ class FalAdapter(ConfiguredAdapter):
         headers = {"Authorization": f"Key {config.api_key}"} if config.api_key else {}
         self._http = self.own(ProviderHTTP(config, headers=headers))
         self._files = self.own(RemoteFiles(config, self._http))
-        self._max_wait = float(config.options.get("max_wait", DEFAULT_MAX_WAIT))
+        self._max_wait = config.option_number("max_wait", DEFAULT_MAX_WAIT)
         self.handlers = {
             T2I: self._text_to_image,
             I2I: self._image_to_image,

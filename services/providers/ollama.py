@@ -17,7 +17,7 @@ import httpx
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, JobContext, ProviderError, Result, Retryable
 from services.providers.base import ConfiguredAdapter
-from services.providers.config import ProviderConfig
+from services.providers.config import CatalogError, ProviderConfig
 from services.providers.http import ProviderHTTP, bearer
 from services.providers.openai_compatible.progress import StreamedText
 from services.providers.params import INT, NUM, STR, Param
@@ -61,15 +61,15 @@ class OllamaOptions:
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> OllamaOptions:
-        """ValueError names an unknown or ill-typed option."""
+        """CatalogError names an unknown or ill-typed option."""
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"provider {name!r}: unknown options {unknown}")
+            raise CatalogError(f"provider {name!r}: unknown options {unknown}")
         options = cls(**raw)
         for number in ("progress_interval", "check_ttl"):
             value = getattr(options, number)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"provider {name!r}: {number} must be a number >= 0")
+                raise CatalogError(f"provider {name!r}: {number} must be a number >= 0")
         return options
 
 

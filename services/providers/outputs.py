@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from genmesh.v1 import job_pb2
-from services.providers.adapter import InvalidInput, Result
+from services.common.tasks import TEXT_TASKS, task_name
+from services.providers.adapter import InvalidInput, Result, Retryable
 
 
-def require_output(task: job_pb2.Task.ValueType, result: Result) -> None:
-    """Refuse a transcript that heard nothing, instead of completing with nothing to show.
+def require_output(task: job_pb2.Task.ValueType, provider: str, result: Result) -> None:
+    """Refuse a result with nothing to show (no file, and for a text task no non-blank text),
+    instead of completing with it.
 
-    Output text has no presence on the wire, so a job completed with an empty transcript and
-    no asset could not be told from a provider that returned nothing at all. Silence stays
-    silence at every provider: invalid input, so neither retried nor sent to another."""
-    if task != job_pb2.TASK_SPEECH_TO_TEXT or result.outputs or result.text.strip():
+    Output text has no presence on the wire, so a job completed empty could not be told from
+    one whose outputs were lost. Silence heard by speech-to-text stays silence at every
+    provider: invalid input ("no_speech"), so neither retried nor sent to another. Any other
+    empty answer is the provider's failure, not the caller's: retryable ("empty_output"), as
+    another try or another provider may answer."""
+    if result.outputs or (task in TEXT_TASKS and result.text.strip()):
         return
-    raise InvalidInput("no_speech", "no speech was heard in the audio: the transcript is empty")
+    if task == job_pb2.TASK_SPEECH_TO_TEXT:
+        raise InvalidInput("no_speech", "no speech was heard in the audio: the transcript is empty")
+    what = "text" if task in TEXT_TASKS else "output file"
+    raise Retryable("empty_output", f"{provider} returned no {what} for {task_name(task)}")

@@ -33,7 +33,7 @@ FAMILIES: dict[str, str] = {
 def factory(family: str) -> Callable[[ProviderConfig], Adapter]:
     target = FAMILIES.get(family)
     if target is None:
-        raise ValueError(f"unknown provider family {family!r}; known: {', '.join(FAMILIES)}")
+        raise CatalogError(f"unknown provider family {family!r}; known: {', '.join(FAMILIES)}")
     module, _, attr = target.partition(":")
     built: Callable[[ProviderConfig], Adapter] = getattr(importlib.import_module(module), attr)
     return built
@@ -46,11 +46,12 @@ def build_adapter(name: str, catalog: Mapping[str, ProviderConfig]) -> Adapter:
         known = ", ".join(sorted(catalog)) or "none"
         raise CatalogError(f"provider {name!r} is not in the catalog; known: {known}")
     try:
-        return factory(config.family)(config)
-    except CatalogError:
-        raise
-    except ValueError as exc:  # an adapter refusing its catalog options
-        raise CatalogError(f"provider {name!r}: {exc}") from exc
+        build = factory(config.family)
+    except CatalogError as exc:
+        raise CatalogError(f"provider {name!r}: {exc}") from None
+    # An adapter refuses its options with a CatalogError that names the instance; any other
+    # error is a bug, and keeps its traceback.
+    return build(config)
 
 
 def auto_instances(catalog: Mapping[str, ProviderConfig]) -> list[str]:

@@ -126,13 +126,13 @@ class ReplicateAdapter(ConfiguredAdapter):
         super().__init__(config)
         self._http = self.own(ProviderHTTP(config, headers=bearer(config)))
         self._files = self.own(RemoteFiles(config, self._http))
-        options = config.options
         # The create call must outlast the wait it asks for, or the prediction id is lost.
-        self._prefer_wait = max(0, min(60, int(options.get("wait", 0)), int(config.timeout) - 5))
-        self._max_wait = float(options.get("max_wait", DEFAULT_MAX_WAIT))
-        self._inline_limit = int(options.get("data_uri_limit", DEFAULT_DATA_URI_LIMIT))
+        wait = int(config.option_number("wait", 0))
+        self._prefer_wait = max(0, min(60, wait, int(config.timeout) - 5))
+        self._max_wait = config.option_number("max_wait", DEFAULT_MAX_WAIT)
+        self._inline_limit = int(config.option_number("data_uri_limit", DEFAULT_DATA_URI_LIMIT))
         self.probe = CachedProbe(
-            lambda: self._http.json("GET", "/account"), float(options.get("health_ttl", 60))
+            lambda: self._http.json("GET", "/account"), config.option_number("health_ttl", 60)
         )
         self.handlers = {
             T2I: self._text_to_image,

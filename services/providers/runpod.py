@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genmesh.v1 import job_pb2
-from services.common.tasks import task_name
+from services.common.tasks import TEXT_TASKS, task_name
 from services.providers.adapter import (
     Fatal,
     InvalidInput,
@@ -82,7 +82,6 @@ T2S = job_pb2.TASK_TEXT_TO_SPEECH
 S2T = job_pb2.TASK_SPEECH_TO_TEXT
 I2V = job_pb2.TASK_IMAGE_TO_VIDEO
 
-TEXT_TASKS = (T2T, I2T, S2T)
 IMAGE_TASKS = (T2I, I2I)
 # How output files are named, by task.
 _STEMS = {T2I: "image", I2I: "image", T2S: "speech", I2V: "video"}
@@ -131,8 +130,8 @@ class RunPodAdapter(ConfiguredAdapter):
         options = config.options
         self._stream = bool(options.get("stream", True))
         self._policy = options.get("policy")
-        self._max_wait = float(options.get("max_wait", DEFAULT_MAX_WAIT))
-        self.probe = CachedProbe(self._health, float(options.get("health_ttl", 60)))
+        self._max_wait = config.option_number("max_wait", DEFAULT_MAX_WAIT)
+        self.probe = CachedProbe(self._health, config.option_number("health_ttl", 60))
         # One handler serves every task: the worker, not genmesh, knows what to do with it.
         self.handlers = {task: self._job for task in (T2T, T2I, I2I, I2T, T2S, S2T, I2V)}
 

@@ -99,6 +99,8 @@ class ProviderWorker:
         self._jobs: PullConsumer | None = None
         # Recent provider calls: True when the provider held up its side.
         self._outcomes: deque[bool] = deque(maxlen=RECENT_CALLS)
+        # Ids of the jobs handed back unfinished while stopping, for the worker to name.
+        self.handed_back: list[str] = []
 
     @property
     def in_flight(self) -> int:
@@ -258,6 +260,7 @@ class ProviderWorker:
                 await msg.ack()
                 return
             # Shutting down: hand the job straight back for another worker.
+            self.handed_back.append(job.id)
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
@@ -297,7 +300,7 @@ class ProviderWorker:
                 if self._drafts.wanted(job, delivery):
                     await self._drafts.show(self.adapter, ctx)
                 result = await self.adapter.run(ctx)
-            require_output(job.spec.task, result)
+            require_output(job.spec.task, provider, result)
             self._outcomes.append(True)
             assets = await ctx.store_result(result)
         except InvalidArgument as exc:

@@ -188,8 +188,12 @@ async def test_ctrl_c_hands_a_running_job_back_to_the_next_start(tmp_path: Path)
         up.process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(up.process.wait(), 60) == 0
         # The worker stopped by itself, within up's stop timeout: it waited for the job as
-        # long as that allows, then handed it back.
-        assert "did not stop" not in up.errors.read_text(), up.errors.read_text()
+        # long as that allows, then handed it back, and says which job, in its log and here.
+        said = up.errors.read_text()
+        assert "did not stop" not in said, said
+        handed = f"handed back 1 unfinished job to the queue for another worker: {job_id}"
+        assert f"worker: {handed}" in said, said
+        assert handed in (up.data_dir / "logs" / "worker.log").read_text()
 
     async with genmesh_up(tmp_path, env) as again, grpc.aio.insecure_channel(again.router) as ch:
         jobs = job_service_pb2_grpc.JobServiceStub(ch)

@@ -1,5 +1,6 @@
 """An external provider through the whole mesh: a catalog file declares an openai_compatible
-instance pointing at the fake OpenAI API; jobs go router -> NATS -> worker -> fake -> storage."""
+instance pointing at the fake OpenAI API; jobs go router -> NATS -> worker -> fake -> storage.
+An answer with nothing in it fails as "empty_output" (retried, then falls back), never completes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from genmesh.v1 import generate_service_pb2, job_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
+from tests.e2e.test_pipelines import pipeline_spec, step, upload_png
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.server import Injected, serving
 from tests.mesh import Mesh, running_mesh
@@ -42,7 +44,9 @@ name = "{PROVIDER}"
 family = "openai_compatible"
 base_url = "{url}/v1"
 api_key_env = "FAKE_OPENAI_KEY"
-models = {{ "text-to-text" = "gpt-4o-mini", "text-to-image" = "dall-e-2" }}
+models."text-to-text" = "gpt-4o-mini"
+models."text-to-image" = "dall-e-2"
+models."image-to-text" = "gpt-4o-mini"
 cost = {{ "text-to-image" = 0.02, default = 0.001 }}
 options = {{ progress_interval = 0.05 }}
 max_retries = 1
@@ -129,7 +133,11 @@ async def test_list_providers_shows_the_instance_without_its_key(world: World) -
     reply = await world.mesh.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
     entry = next(p for p in reply.providers if p.name == PROVIDER)
     assert entry.family == "openai_compatible"
-    assert set(entry.tasks) == {job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_TEXT_TO_IMAGE}
+    assert set(entry.tasks) == {
+        job_pb2.TASK_TEXT_TO_TEXT,
+        job_pb2.TASK_TEXT_TO_IMAGE,
+        job_pb2.TASK_IMAGE_TO_TEXT,
+    }
     assert entry.health.status == provider_service_pb2.PROVIDER_STATUS_AVAILABLE
     assert entry.cost_per_job_usd == pytest.approx(0.02)
     assert {"size", "temperature"} <= {p.name for p in entry.parameters}
@@ -164,3 +172,70 @@ async def test_a_provider_answering_5xx_is_retried_then_the_job_falls_back(world
     assert first.error.kind == job_pb2.ERROR_KIND_RETRYABLE
     assert "overloaded" in first.error.message and KEY not in first.error.message
     assert (second.provider, second.outcome) == (BACKUP, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
+
+
+def answer_blank(world: World) -> None:
+    """Have the fake's every chat answer be blank: whitespace is nothing to show either."""
+    world.fake.reply = lambda _prompt: " \n "
+
+
+def chat_calls(world: World) -> int:
+    return sum(r.path == "/v1/chat/completions" for r in world.fake.faults.requests)
+
+
+async def test_an_empty_completion_is_retried_then_fails_with_empty_output(world: World) -> None:
+    answer_blank(world)
+    job = await submit(world.mesh, job_pb2.TASK_TEXT_TO_TEXT, "say hi")
+    job, events = await world.mesh.finished(job.id)
+
+    assert job.state == job_pb2.JOB_STATE_FAILED, job
+    assert (job.error.code, job.error.kind) == ("empty_output", job_pb2.ERROR_KIND_RETRYABLE)
+    assert job.error.provider == PROVIDER
+    assert job.error.message == (
+        f"{PROVIDER} returned no text for text-to-text; gave up after 2 tries"
+    )
+    assert not job.assets and not job.output_text
+    # Its one retry spent, the provider was asked twice (strict: no other provider).
+    assert chat_calls(world) == 2
+    assert [a.provider for a in job.attempts] == [PROVIDER]
+    assert events[-1].error.code == "empty_output"
+
+
+async def test_an_empty_description_falls_back_to_the_next_provider(world: World) -> None:
+    answer_blank(world)
+    spec = job_pb2.JobSpec(
+        task=job_pb2.TASK_IMAGE_TO_TEXT,
+        provider=PROVIDER,
+        provider_preference=job_pb2.PROVIDER_PREFERENCE_SOFT,
+        input_asset_ids=[await upload_png(world.mesh)],
+    )
+    reply = await world.mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))
+    job, _ = await world.mesh.finished(reply.job.id)
+
+    assert job.state == job_pb2.JOB_STATE_COMPLETED, job.error
+    assert job.provider == BACKUP and job.output_text.strip()
+    first, second = job.attempts
+    assert (first.provider, first.outcome) == (PROVIDER, job_pb2.ATTEMPT_OUTCOME_FAILED)
+    assert first.error.code == "empty_output"
+    assert first.error.message.startswith(f"{PROVIDER} returned no text for image-to-text")
+    assert (second.provider, second.outcome) == (BACKUP, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
+
+
+async def test_a_pipeline_stops_at_the_step_that_answered_nothing(world: World) -> None:
+    answer_blank(world)
+    steps = (
+        step("write", job_pb2.TASK_TEXT_TO_TEXT, "a haiku", provider=PROVIDER),
+        step("draw", job_pb2.TASK_TEXT_TO_IMAGE, "{write}", provider=BACKUP),
+    )
+    spec = pipeline_spec(steps=steps)
+    reply = await world.mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))
+    job, _ = await world.mesh.finished(reply.job.id)
+
+    assert job.state == job_pb2.JOB_STATE_FAILED, job
+    assert job.error.code == "empty_output"
+    assert job.error.message.startswith(
+        f"step 'write' (text-to-text) failed: {PROVIDER} returned no text for text-to-text"
+    )
+    write, draw = job.pipeline.steps
+    assert write.state == job_pb2.JOB_STATE_FAILED and write.error.code == "empty_output"
+    assert draw.state == job_pb2.JOB_STATE_CANCELLED and not draw.job_id

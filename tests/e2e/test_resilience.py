@@ -92,6 +92,41 @@ async def test_worker_killed_mid_job_is_finished_by_another(
         assert len(events[-1].assets) == 1
 
 
+# What the worker logs does not depend on the router's database.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_stopped_worker_names_the_jobs_it_hands_back(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with running_mesh(
+        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path, workers=0
+    ) as mesh:
+        # It waits for none of its running jobs: they are handed back as it stops.
+        env = {**mesh.env, "GENMESH_WORKER_DRAIN_TIMEOUT": "0"}
+        log = tmp_path / "worker.log"
+        with log.open("wb") as f:
+            worker = start_process("services.providers", env, stderr=f)
+        try:
+            await mesh.wait_for_provider()
+            jobs = [
+                await submit(mesh, spec(latency_ms=60_000, width=32, height=32)) for _ in range(3)
+            ]
+            started = {job_pb2.JOB_STATE_PROCESSING, job_pb2.JOB_STATE_PREVIEW_READY}
+
+            async def running() -> bool:
+                return all([await state_of(mesh, j.id) in started for j in jobs])
+
+            await eventually(running, within=20)
+            assert await stop_process(worker, signal.SIGTERM) == 0
+        finally:
+            await stop_process(worker)
+        said = [line for line in log.read_text().splitlines() if "handed back" in line]
+        assert len(said) == 1, log.read_text()
+        _, _, ids = said[0].partition(
+            ": handed back 3 unfinished jobs to the queue for another worker: "
+        )
+        assert sorted(ids.split(", ")) == sorted(j.id for j in jobs), said
+
+
 async def test_router_restart_with_queued_jobs_loses_nothing(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:

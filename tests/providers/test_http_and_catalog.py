@@ -57,6 +57,20 @@ def test_bad_catalogs_are_rejected_with_the_reason(tmp_path: Path, text: str, er
         load_catalog(path, {})
 
 
+@pytest.mark.parametrize("value", ["ten", -1, float("nan"), True])
+def test_a_number_option_must_be_a_number_at_least_zero(value: object) -> None:
+    config = ProviderConfig(name="x", family="fal", options={"max_wait": value})
+    said = r"provider 'x': options\.max_wait must be a number >= 0"
+    with pytest.raises(CatalogError, match=said):
+        config.option_number("max_wait", 1.0)
+
+
+def test_a_number_option_unset_is_its_default() -> None:
+    assert ProviderConfig(name="x", family="fal").option_number("max_wait", 2.5) == 2.5
+    config = ProviderConfig(name="x", family="fal", options={"max_wait": 0})
+    assert config.option_number("max_wait", 2.5) == 0.0
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, Faults]]:
     faults = Faults()

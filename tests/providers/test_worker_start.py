@@ -51,24 +51,67 @@ async def test_the_job_consumer_exists_before_the_worker_says_it_is_live(
     assert seen == [True]
 
 
-@pytest.mark.parametrize(
-    ("settings", "said"),
-    [
-        (
-            {"GENMESH_PROVIDERS_FILE": "{tmp}/bad.toml"},
-            "cannot start: cannot read provider catalog {tmp}/bad.toml: Expected '=' after a key",
-        ),
-        (
-            {"GENMESH_WORKER_PROVIDERS": "sandbox,nope"},
-            "cannot start: provider 'nope' is not in the catalog; known: ",
-        ),
-    ],
-)
+def instance(name: str, family: str, extra: str = "") -> str:
+    return f'[[providers]]\nname = "{name}"\nfamily = "{family}"\n{extra}\n'
+
+
+# Catalog file, instances served, and what the worker says after "cannot start: ".
+CANNOT_START = {
+    "unreadable": (
+        "garbage [[",
+        "sandbox",
+        "cannot read provider catalog {path}: Expected '=' after a key",
+    ),
+    "not-in-catalog": (
+        instance("s", "sandbox"),
+        "s,nope",
+        "provider 'nope' is not in the catalog; known: s",
+    ),
+    "unknown-family": (
+        instance("n", "nope"),
+        "n",
+        "provider 'n': unknown provider family 'nope'; known: ",
+    ),
+    "unknown-option": (
+        instance("o", "openai_compatible", "options = { colour = 1 }"),
+        "o",
+        "provider 'o': unknown options ['colour']; known: ",
+    ),
+    "not-a-number": (
+        instance("f", "fal", 'options = { max_wait = "ten" }'),
+        "f",
+        "provider 'f': options.max_wait must be a number >= 0, got 'ten'",
+    ),
+    "out-of-range": (
+        instance("s", "sandbox", "options = { fail_rate = 5 }"),
+        "s",
+        "sandbox instance 's': options.fail_rate must be a number (>= 0, <= 1), got 5",
+    ),
+    "bad-draft": (
+        instance("s", "sandbox", "draft = { colour = 1 }"),
+        "s",
+        "provider 's': draft sets undeclared parameters ['colour']",
+    ),
+}
+
+
+@pytest.mark.parametrize(("catalog", "serve", "said"), CANNOT_START.values(), ids=CANNOT_START)
 def test_a_worker_that_cannot_start_as_configured_says_why_in_one_line(
-    tmp_path: Path, settings: dict[str, str], said: str
+    tmp_path: Path, catalog: str, serve: str, said: str
 ) -> None:
-    (tmp_path / "bad.toml").write_text("garbage [[\n")
-    settings = {k: v.format(tmp=tmp_path) for k, v in settings.items()}
+    path = tmp_path / "providers.toml"
+    path.write_text(catalog)
+    settings = {"GENMESH_PROVIDERS_FILE": str(path), "GENMESH_WORKER_PROVIDERS": serve}
     stderr = start_failure("services.providers", settings)
-    assert said.format(tmp=tmp_path) in stderr, stderr
+    assert f"cannot start: {said.format(path=path)}" in stderr, stderr
     assert "Traceback" not in stderr
+
+
+def test_a_bug_in_an_adapter_factory_keeps_its_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "providers.toml"
+    path.write_text(instance("b", "broken"))
+    settings = {"GENMESH_PROVIDERS_FILE": str(path), "GENMESH_WORKER_PROVIDERS": "b"}
+    stderr = start_failure("tests.providers.broken_family", settings)
+    assert "Traceback" in stderr and "in broken\n    int(config.name)" in stderr, stderr
+    assert "ValueError: invalid literal for int() with base 10: 'b'" in stderr
+    assert "cannot start" not in stderr

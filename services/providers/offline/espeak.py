@@ -118,8 +118,8 @@ class EspeakAdapter(ConfiguredAdapter):
         super().__init__(config)
         options = config.options
         self._binary = str(options.get("binary", DEFAULT_BINARY))
-        self._max_chars = int(options.get("max_chars", DEFAULT_MAX_CHARS))
-        self._piece_chars = max(int(options.get("piece_chars", DEFAULT_PIECE_CHARS)), 1)
+        self._max_chars = int(config.option_number("max_chars", DEFAULT_MAX_CHARS))
+        self._piece_chars = max(int(config.option_number("piece_chars", DEFAULT_PIECE_CHARS)), 1)
         # The installed language voices, listed once per adapter.
         self._installed: frozenset[str] | None = None
         self.handlers[TTS] = self._speak

@@ -80,7 +80,7 @@ class PillowAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self._max_pixels = int(config.options.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self._max_pixels = int(config.option_number("max_pixels", DEFAULT_MAX_PIXELS))
         self.handlers[I2I] = self._transform
 
     async def check(self) -> str:

@@ -43,7 +43,7 @@ class PocketSphinxAdapter(ConfiguredAdapter):
         super().__init__(config)
         options = config.options
         self._models = {key: str(options[key]) for key, _ in _MODEL_FILES if options.get(key)}
-        self._max_seconds = float(options.get("max_seconds", DEFAULT_MAX_SECONDS))
+        self._max_seconds = config.option_number("max_seconds", DEFAULT_MAX_SECONDS)
         self.handlers[STT] = self._transcribe
 
     async def check(self) -> str:

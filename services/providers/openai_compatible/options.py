@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.providers.config import CatalogError
+
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 _IMAGE_FORMATS = ("b64_json", "url")
 
@@ -33,24 +35,28 @@ class Options:
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> Options:
-        """The options of instance `name`; ValueError names an unknown or ill-typed one."""
+        """The options of instance `name`; CatalogError names an unknown or ill-typed one."""
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(
+            raise CatalogError(
                 f"provider {name!r}: unknown options {unknown}; known: {sorted(known)}"
             )
-        options = cls(**{k: v for k, v in raw.items() if k != "headers"}, headers=_headers(raw))
+        options = cls(
+            **{k: v for k, v in raw.items() if k != "headers"}, headers=_headers(name, raw)
+        )
         if options.max_tokens_field not in _TOKEN_FIELDS:
-            raise ValueError(f"provider {name!r}: max_tokens_field must be one of {_TOKEN_FIELDS}")
+            raise CatalogError(
+                f"provider {name!r}: max_tokens_field must be one of {_TOKEN_FIELDS}"
+            )
         if options.image_response_format not in _IMAGE_FORMATS:
-            raise ValueError(
+            raise CatalogError(
                 f"provider {name!r}: image_response_format must be one of {_IMAGE_FORMATS}"
             )
         for number in ("progress_interval", "check_ttl"):
             value = getattr(options, number)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"provider {name!r}: {number} must be a number >= 0")
+                raise CatalogError(f"provider {name!r}: {number} must be a number >= 0")
         return options
 
     def extra_headers(self) -> dict[str, str]:
@@ -62,8 +68,10 @@ class Options:
         return headers
 
 
-def _headers(raw: Mapping[str, Any]) -> dict[str, str]:
+def _headers(name: str, raw: Mapping[str, Any]) -> dict[str, str]:
     headers = raw.get("headers", {})
     if not isinstance(headers, Mapping):
-        raise ValueError("options.headers must be a table of header names to values")
+        raise CatalogError(
+            f"provider {name!r}: options.headers must be a table of header names to values"
+        )
     return {str(k): str(v) for k, v in headers.items()}

@@ -19,7 +19,7 @@ from services.providers.adapter import (
     Result,
     Retryable,
 )
-from services.providers.config import ProviderConfig
+from services.providers.config import CatalogError, ProviderConfig
 from services.providers.params import BOOL, INT, NUM, STR, Param
 from services.providers.sandbox import media
 
@@ -312,13 +312,16 @@ def _forced(config: ProviderConfig) -> dict[str, Any]:
     forced = {k: v for k, v in config.options.items() if k in _FORCEABLE}
     unknown = set(config.options) - {*_FORCEABLE, "max_prompt_length"}
     if unknown:
-        raise ValueError(
+        raise CatalogError(
             f"sandbox instance {config.name!r}: unknown options {sorted(unknown)}; "
             f"known: {', '.join(_FORCEABLE)}"
         )
     specs = {spec.name: spec for spec in SPECS}
     for name, value in forced.items():
-        specs[name].read(value)  # an out-of-range option fails at start-up, not per job
+        try:
+            specs[name].read(value)  # an out-of-range option fails at start-up, not per job
+        except InvalidInput as exc:
+            raise CatalogError(f"sandbox instance {config.name!r}: options.{exc.message}") from None
     return forced
 
 

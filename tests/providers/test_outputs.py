@@ -1,0 +1,51 @@
+"""What a result must hold before its job may complete (services.providers.outputs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from genmesh.v1 import job_pb2
+from services.common.tasks import task_name
+from services.providers.adapter import InvalidInput, Output, Result, Retryable
+from services.providers.outputs import require_output
+
+ALL_TASKS = [t for t in job_pb2.Task.values() if t != job_pb2.TASK_UNSPECIFIED]
+TEXT = [job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT, job_pb2.TASK_SPEECH_TO_TEXT]
+FILE = [t for t in ALL_TASKS if t not in TEXT]
+PNG = Output(b"\x89PNG...", "image/png", "image.png")
+
+
+@pytest.mark.parametrize("task", ALL_TASKS, ids=task_name)
+def test_any_output_file_is_something_to_show(task: job_pb2.Task.ValueType) -> None:
+    require_output(task, "p", Result([PNG]))
+
+
+@pytest.mark.parametrize("task", TEXT, ids=task_name)
+def test_a_text_task_may_answer_with_text_alone(task: job_pb2.Task.ValueType) -> None:
+    require_output(task, "p", Result(text="an answer"))
+
+
+@pytest.mark.parametrize("text", ["", " \n\t"])
+@pytest.mark.parametrize("task", [job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT])
+def test_a_blank_answer_is_the_providers_failure_and_retryable(
+    task: job_pb2.Task.ValueType, text: str
+) -> None:
+    with pytest.raises(Retryable) as raised:
+        require_output(task, "openai", Result(text=text))
+    assert raised.value.code == "empty_output"
+    assert raised.value.message == f"openai returned no text for {task_name(task)}"
+
+
+@pytest.mark.parametrize("task", FILE, ids=task_name)
+def test_a_file_task_without_a_file_fails_even_with_text(task: job_pb2.Task.ValueType) -> None:
+    for result in (Result(), Result(text="I cannot draw that")):
+        with pytest.raises(Retryable) as raised:
+            require_output(task, "fal", result)
+        assert raised.value.code == "empty_output"
+        assert raised.value.message == f"fal returned no output file for {task_name(task)}"
+
+
+def test_silence_stays_no_speech_invalid_input() -> None:
+    with pytest.raises(InvalidInput) as raised:
+        require_output(job_pb2.TASK_SPEECH_TO_TEXT, "whisper", Result(text=" "))
+    assert raised.value.code == "no_speech"
