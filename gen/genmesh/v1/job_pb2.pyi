@@ -42,7 +42,10 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
     TASK_IMAGE_TO_VIDEO: _Task.ValueType  # 7
 
 class Task(_Task, metaclass=_TaskEnumTypeWrapper):
-    """What a job produces from what it is given."""
+    """What a job produces from what it is given. A provider that answers with nothing to show
+    (no output file; for the text tasks, no file and blank text) fails the job with JobError
+    code "empty_output" (ERROR_KIND_RETRYABLE: tried again, then on the next provider).
+    """
 
 TASK_UNSPECIFIED: Task.ValueType  # 0
 TASK_TEXT_TO_TEXT: Task.ValueType  # 1
