@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol, TypeVar
@@ -176,7 +176,8 @@ class ThreadFile:
     """A file whose blocking calls run in worker threads, one at a time, opened on first use.
 
     Cancelling an await does not stop its thread, so every call holds a lock and close waits
-    for it: a cancelled task never leaks the file, nor closes or unlinks it mid-write.
+    for it: a cancelled task never leaks the file, nor closes or unlinks it mid-write. Nor is
+    the close itself withdrawn by a cancellation (see settled).
     """
 
     def __init__(self, path: Path, mode: Literal["rb", "xb"]) -> None:
@@ -192,7 +193,7 @@ class ThreadFile:
 
     async def aclose(self, *, unlink: bool = False) -> None:
         """Close (and optionally delete) the file once any running call is done."""
-        await asyncio.to_thread(self._close, unlink)
+        await settled(asyncio.to_thread(self._close, unlink))
 
     def _call(self, op: Callable[[BinaryIO], T]) -> T:
         with self._lock:
@@ -212,6 +213,23 @@ class ThreadFile:
                 self._file = None
             if unlink:
                 self.path.unlink(missing_ok=True)
+
+
+async def settled(job: Awaitable[T]) -> T:
+    """Await `job`, a clean-up run in a thread, to its end even when cancelled meanwhile;
+    the cancellation is raised once it has ended.
+
+    A cancelled await of a job still queued for the thread pool withdraws it: a download whose
+    client hung up as its read ended (its close queued behind other calls) left the blob file
+    open for the garbage collector. The job runs in a task of its own, so a second
+    cancellation stops the waiting but still not the job."""
+    task = asyncio.ensure_future(job)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait([task])
+        raise
 
 
 def _read(size: int, f: BinaryIO) -> bytes:

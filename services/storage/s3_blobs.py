@@ -33,6 +33,7 @@ from services.storage.blobs import (
     BlobStoreError,
     Staging,
     blob_path,
+    settled,
 )
 
 if TYPE_CHECKING:
@@ -173,18 +174,16 @@ class S3BlobStore(Staging):
             return
         end = "" if length is None else str(offset + length - 1)
         ranged = {"Range": f"bytes={offset}-{end}"} if offset or length is not None else {}
+        body = _Body(
+            partial(self._client.get_object, Bucket=self.bucket, Key=self.object_key(key), **ranged)
+        )
         try:
-            reply = await self._call(
-                partial(
-                    self._client.get_object, Bucket=self.bucket, Key=self.object_key(key), **ranged
-                )
-            )
-        except ClientError as exc:
-            if _status(exc) == 404:  # NoSuchKey
-                raise BlobMissing(key) from exc
-            raise
-        body = _Body(reply["Body"])
-        try:
+            try:
+                await self._call(body.open)
+            except ClientError as exc:
+                if _status(exc) == 404:  # NoSuchKey
+                    raise BlobMissing(key) from exc
+                raise
             while True:
                 block = await self._call(partial(body.read, READ_BLOCK))
                 if not block:
@@ -192,8 +191,9 @@ class S3BlobStore(Staging):
                 for start in range(0, len(block), chunk_size):
                     yield block[start : start + chunk_size]
         finally:
-            # An early stop (a client that hung up) must not leave the response open.
-            await self._call(body.close)
+            # An early stop (a client that hung up) must not leave the response open, even
+            # one that came while the GET was still going.
+            await settled(self._call(body.close))
 
     async def delete(self, key: str) -> None:
         await self._call(
@@ -271,12 +271,20 @@ class S3BlobStore(Staging):
 
 
 class _Body:
-    """A response body whose reads and close take turns: a cancelled download's close must
-    not run while its last read is still going in another thread."""
+    """A GET's response body whose GET, reads and close take turns: a cancelled download's
+    close must wait for a GET or read still going in another thread, then close what it got
+    (cancelling the await does not stop the thread, whose answer would be dropped unclosed)."""
 
-    def __init__(self, body: Any) -> None:
-        self._body = body
+    def __init__(self, get: Callable[[], dict[str, Any]]) -> None:
+        self._get = get
+        self._body: Any = None
+        self._closed = False
         self._lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._body = self._get()["Body"]
 
     def read(self, size: int) -> bytes:
         with self._lock:
@@ -284,7 +292,10 @@ class _Body:
 
     def close(self) -> None:
         with self._lock:
-            self._body.close()
+            self._closed = True
+            if self._body is not None:
+                self._body.close()
+                self._body = None
 
 
 def _status(exc: ClientError) -> int:

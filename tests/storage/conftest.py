@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +109,62 @@ async def download_messages(
     except grpc.aio.AioRpcError as failed:
         return received, failed
     return received, None
+
+
+async def cancelled_downloads(
+    channel: grpc.aio.Channel, asset_id: str, *, tenant: str, calls: int = 20
+) -> None:
+    """DownloadAsset calls cancelled at each point in turn, `calls` at once: 0 to 50 ms after
+    they start (mostly before their first message), after the metadata, and after one more
+    message (the one byte asked for, or a first chunk mid-stream); of one byte and of the
+    whole asset."""
+    stub = asset_service_pb2_grpc.AssetServiceStub(channel)
+
+    async def cancelled(n: int, length: int, messages: int) -> None:
+        call = stub.DownloadAsset(
+            asset_service_pb2.DownloadAssetRequest(asset_id=asset_id, length=length),
+            metadata=tenant_metadata(tenant),
+        )
+        if messages == 0:
+            await asyncio.sleep(n % 11 * 0.005)
+        for _ in range(messages):
+            await call.read()
+        call.cancel()
+
+    for length in (1, 0):
+        for messages in (0, 1, 2):
+            await asyncio.gather(*(cancelled(n, length, messages) for n in range(calls)))
+
+
+@asynccontextmanager
+async def busy_threads(workers: int = 32, seconds: float = 0.01) -> AsyncIterator[None]:
+    """This loop's default thread pool kept full meanwhile, as a loaded storage's is (probes
+    and spools of other uploads, other reads): storage's own calls to it (storage runs in
+    this loop here) wait in its queue first. More `workers` than the pool has threads."""
+    stop = asyncio.Event()
+
+    async def occupy() -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(time.sleep, seconds)
+
+    occupying = [asyncio.create_task(occupy()) for _ in range(workers)]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*occupying)
+
+
+@contextmanager
+def resource_warnings() -> Iterator[list[str]]:
+    """The ResourceWarnings (a file or socket collected unclosed) raised meanwhile, recorded
+    rather than raised: one raised in a finalizer would reach sys.unraisablehook only."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        said: list[str] = []
+        yield said
+        gc.collect()  # what only a reference cycle still holds, now rather than in a later test
+        said += [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 class StorageProcess:

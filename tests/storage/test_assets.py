@@ -25,17 +25,23 @@ from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
 from services.common.errors import TOO_LARGE, reason_of
 from services.common.tenancy import tenant_metadata
 from services.storage.app import running_storage
+from services.storage.blobs import LocalBlobStore
 from services.storage.client import CHUNK_SIZE, AssetClient
 from services.storage.core import WRITE_BLOCK, NewAsset
 from services.storage.limits import PUT_LIMIT
 from services.storage.put_batcher import PutBatcher
 from services.storage.settings import Settings as StorageSettings
+from tests.conftest import Database
 from tests.infra import eventually
 from tests.storage.conftest import (
     IN_MEMORY_BYTES,
     MAX_UPLOAD_BYTES,
     Storage,
+    busy_threads,
+    cancelled_downloads,
     download_messages,
+    resource_warnings,
+    serving_storage,
     storage_process,
 )
 
@@ -249,6 +255,26 @@ async def test_stopping_storage_closes_a_download_still_streaming(tmp_path: Path
     finally:
         if channel is not None:
             await channel.close()
+
+
+async def test_cancelled_downloads_leave_no_blob_file_open(
+    database: Database, tmp_path: Path
+) -> None:
+    # A client that hangs up as the read ends (one that asked for a byte and cancels once it
+    # has the metadata or the byte) cancelled the handler while the blob file's close waited
+    # for a free thread, as it does on a busy storage: the cancellation withdrew the close,
+    # and the file was left to the garbage collector ("unclosed file" ResourceWarning).
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    data = os.urandom(5 * CHUNK_SIZE)
+    with resource_warnings() as unclosed:
+        async with serving_storage(database, blobs) as running:
+            asset = await running.client.upload(data, tenant=TENANT, media_type="text/plain")
+            async with busy_threads():
+                await cancelled_downloads(running.channel, asset.id, tenant=TENANT)
+            assert await running.client.download(asset.id, tenant=TENANT, length=1) == data[:1]
+        # Stopped, so every handler has ended.
+    assert unclosed == []
+    assert open_files_under(blobs.root) == []
 
 
 async def stalled_read(root: Path, quiet: float = 0.3) -> int:

@@ -7,9 +7,11 @@ import base64
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +20,7 @@ from botocore.exceptions import ClientError
 from genmesh.v1 import asset_pb2
 from services.common.errors import Unavailable
 from services.storage.app import open_blob_store
-from services.storage.blobs import BlobStoreError, blob_path
+from services.storage.blobs import CHUNK_SIZE, BlobStoreError, blob_path
 from services.storage.client import AssetClient
 from services.storage.s3_blobs import EXPIRED, MAYBE_MISSING, REFUSED, S3BlobStore
 from services.storage.settings import Settings
@@ -28,6 +30,7 @@ from tests.infra import start_failure
 from tests.storage.conftest import (
     IN_MEMORY_BYTES,
     Serving,
+    cancelled_downloads,
     download_messages,
     serving_storage,
     storage_process,
@@ -135,6 +138,28 @@ async def test_an_asset_whose_object_is_gone_is_data_loss_before_any_message(
     assert received == []
     assert failed is not None and failed.code() == grpc.StatusCode.DATA_LOSS
     assert f"the bytes of asset {asset.id} are missing from storage" in (failed.details() or "")
+
+
+async def test_cancelled_downloads_leave_no_response_open(
+    database: Database, object_store: ObjectStore, tmp_path: Path
+) -> None:
+    # A download cancelled while its GET was still going in a thread dropped the answer the
+    # thread then got, its body unread and unclosed, for the garbage collector to find.
+    responses: list[Any] = []
+    async with s3_blobs(object_store.endpoint_url, object_store.new_bucket(), tmp_path) as blobs:
+        events = blobs._client.meta.events
+        # A store some way off: each GET takes a while, so cancellations land during some.
+        events.register("before-send.s3.GetObject", lambda **_: time.sleep(0.1))
+        events.register(
+            "after-call.s3.GetObject", lambda http_response, **_: responses.append(http_response)
+        )
+        async with serving_storage(database, blobs) as running:
+            asset = await upload(running, os.urandom(5 * CHUNK_SIZE))
+            await cancelled_downloads(running.channel, asset.id, tenant=TENANT)
+        # Stopped, so every handler has ended.
+    assert responses
+    unclosed = [r for r in responses if not r.raw.closed]
+    assert not unclosed, f"{len(unclosed)} of {len(responses)} GET responses left open"
 
 
 async def test_a_blob_whose_row_failed_is_kept_for_the_other_replicas(
