@@ -31,7 +31,7 @@ from services.common.errors import DataLoss, InvalidArgument, NotFound, OutOfRan
 from services.common.group_commit import GroupCommit
 from services.common.tenancy import MAX_TENANT
 from services.common.text import check_text, findable
-from services.storage.blobs import BlobMissing, BlobStore, ThreadFile
+from services.storage.blobs import BlobMissing, BlobStore, ThreadFile, settled
 from services.storage.limits import PUT_LIMIT
 from services.storage.probe import MediaInfo, normalize_media_type, probe_file
 from services.storage.schema import assets
@@ -212,9 +212,9 @@ class AssetStore:
                 partial(self._blobs.put, spooled.path),
             )
         finally:
-            # put() consumed the file on success; otherwise it goes now (the thread finishes
-            # the unlink even if this await is cancelled).
-            await asyncio.to_thread(spooled.path.unlink, missing_ok=True)
+            # put() consumed the file on success; otherwise it goes now, even if this await
+            # is cancelled (settled: a cancelled await would withdraw a queued unlink).
+            await settled(asyncio.to_thread(spooled.path.unlink, missing_ok=True))
 
     async def _insert_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         async with self._engine.begin() as conn:

@@ -160,7 +160,7 @@ class S3BlobStore(Staging):
         try:
             await self._call(partial(self._put_file, temp, sha256))
         finally:
-            await asyncio.to_thread(temp.unlink, missing_ok=True)
+            await settled(asyncio.to_thread(temp.unlink, missing_ok=True))
         return sha256
 
     async def put_bytes(self, data: bytes, sha256: str) -> str:

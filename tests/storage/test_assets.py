@@ -25,7 +25,7 @@ from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
 from services.common.errors import TOO_LARGE, reason_of
 from services.common.tenancy import tenant_metadata
 from services.storage.app import running_storage
-from services.storage.blobs import LocalBlobStore
+from services.storage.blobs import LocalBlobStore, settled
 from services.storage.client import CHUNK_SIZE, AssetClient
 from services.storage.core import WRITE_BLOCK, NewAsset
 from services.storage.limits import PUT_LIMIT
@@ -765,3 +765,24 @@ async def test_a_full_disk_is_resource_exhausted_not_an_internal_error(
     assert reason_of(refused) != TOO_LARGE
     assert "disk is full" in (refused.details() or "")
     assert await storage.row_count() == 0
+
+
+async def test_a_clean_up_queued_behind_busy_threads_runs_though_its_await_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    # The unlink of a failed upload's staging file, like a blob file's close, may wait in the
+    # thread pool's queue; a cancellation landing then must not withdraw it.
+    leftovers = [tmp_path / f"staged-{n}" for n in range(20)]
+    async with busy_threads():
+        cleanups = []
+        for path in leftovers:
+            path.write_bytes(b"partial upload")
+            cleanups.append(
+                asyncio.create_task(settled(asyncio.to_thread(path.unlink, missing_ok=True)))
+            )
+        await asyncio.sleep(0)
+        for cleanup in cleanups:
+            cleanup.cancel()
+        outcomes = await asyncio.gather(*cleanups, return_exceptions=True)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+    assert [path for path in leftovers if path.exists()] == []
