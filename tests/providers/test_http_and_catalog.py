@@ -48,6 +48,28 @@ def test_keys_come_from_the_environment_and_never_reach_repr(tmp_path: Path) -> 
         ("[[providers]]\nname = 'a'\n[[providers]]\nname = 'a'\n", "declared twice"),
         ("[[providers]]\nname = 'a'\nmodels = { 'text-to-music' = 'm' }\n", "unknown task"),
         ("[[providers]\n", "cannot read"),
+        ("[[provider]]\nname = 'a'\n", r"unknown top-level keys \['provider'\]"),
+        ("providers = ['a']\n", r"providers must be \[\[providers\]\] tables"),
+        *[
+            (f"[[providers]]\nname = 'a'\n{line}\n", f"provider 'a': {said}")
+            for line, said in [
+                ("timeout = 'x'", "timeout must be a number > 0, got 'x'"),
+                ("timeout = 0", "timeout must be a number > 0, got 0"),
+                ("poll_interval = -1.5", "poll_interval must be a number > 0, got -1.5"),
+                ("rate_per_second = nan", "rate_per_second must be a number >= 0, got nan"),
+                ("rate_per_second = inf", "rate_per_second must be a number >= 0, got inf"),
+                ("concurrency = 2.5", "concurrency must be an integer from 0 to 2147483647"),
+                ("max_queue = 2147483648", "max_queue must be an integer from 0 to 2147483647"),
+                ("max_retries = true", "max_retries must be an integer from 0 to 2147483647"),
+                ("attempt_timeout = 1e300", "attempt_timeout must be a number from 0 to 3155"),
+                ("cost = { default = '1' }", "cost.default must be a number >= 0, got '1'"),
+                ("cost = 0.5", "cost must be a table keyed by task name, got 0.5"),
+                ("models = { 'text-to-image' = 1 }", "models.text-to-image must be a model name"),
+                ("options = 'x'", "options must be a table, got 'x'"),
+                ("api_key_env = 1", "api_key_env must be a string, got 1"),
+                ("family = ['sandbox']", "family must be a string"),
+            ]
+        ],
     ],
 )
 def test_bad_catalogs_are_rejected_with_the_reason(tmp_path: Path, text: str, error: str) -> None:
@@ -57,7 +79,7 @@ def test_bad_catalogs_are_rejected_with_the_reason(tmp_path: Path, text: str, er
         load_catalog(path, {})
 
 
-@pytest.mark.parametrize("value", ["ten", -1, float("nan"), True])
+@pytest.mark.parametrize("value", ["ten", -1, float("nan"), float("inf"), True])
 def test_a_number_option_must_be_a_number_at_least_zero(value: object) -> None:
     config = ProviderConfig(name="x", family="fal", options={"max_wait": value})
     said = r"provider 'x': options\.max_wait must be a number >= 0"

@@ -92,6 +92,29 @@ CANNOT_START = {
         "s",
         "provider 's': draft sets undeclared parameters ['colour']",
     ),
+    **{
+        f"catalog-{case}": (instance("s", "sandbox", line), "s", f"{{path}}: provider 's': {said}")
+        for case, line, said in [
+            ("not-a-number", 'timeout = "x"', "timeout must be a number > 0, got 'x'"),
+            (
+                "out-of-range",
+                "concurrency = -1",
+                "concurrency must be an integer from 0 to 2147483647, got -1",
+            ),
+            (
+                "not-an-integer",
+                "max_queue = 2.5",
+                "max_queue must be an integer from 0 to 2147483647, got 2.5",
+            ),
+            ("bad-cost", 'cost = { default = "cheap" }', "cost.default must be a number >= 0"),
+            ("not-a-table", 'options = "fast"', "options must be a table, got 'fast'"),
+        ]
+    },
+    "misspelt-table": (
+        '[[provider]]\nname = "s"\nfamily = "sandbox"\n',
+        "s",
+        "{path}: unknown top-level keys ['provider']; instances are [[providers]]",
+    ),
 }
 
 
