@@ -115,6 +115,20 @@ CANNOT_START = {
         "s",
         "{path}: unknown top-level keys ['provider']; instances are [[providers]]",
     ),
+    **{
+        f"{family}-{option}": (
+            instance("p", family, f'options = {{ {option} = "soon" }}'),
+            "p",
+            f"provider 'p': options.{option} must be a number >= 0, got 'soon'",
+        )
+        for family, option in [
+            ("pollo", "max_wait"),
+            ("leonardo", "max_wait"),
+            ("runware", "max_wait"),
+            ("comfyui", "preview_interval"),
+            ("gemini", "progress_interval"),
+        ]
+    },
 }
 
 
