@@ -3,6 +3,10 @@ HTTP to a loopback server."""
 
 from __future__ import annotations
 
+import ast
+import re
+import sys
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,10 +17,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from genmesh.v1 import job_pb2
+from services import providers
 from services.providers.adapter import Fatal, InvalidInput, Retryable
 from services.providers.config import DEFAULT_CATALOG, CatalogError, ProviderConfig, load_catalog
 from services.providers.http import ProviderHTTP
-from services.providers.registry import FAMILIES, auto_instances
+from services.providers.registry import DEPENDENCIES, FAMILIES, auto_instances
 from tests.fakes.server import Faults, Injected, serving
 
 SECRET = "sk-test-secret-123"
@@ -29,6 +34,25 @@ def test_shipped_catalog_parses_and_names_known_families() -> None:
     assert catalog["openai"].missing_key() == "credentials missing: set OPENAI_API_KEY"
     assert "openai" not in auto_instances(catalog)
     assert "sandbox" in auto_instances(catalog)
+
+
+def test_every_package_adapters_import_is_listed_with_what_installs_it() -> None:
+    # Only a module in DEPENDENCIES that is missing stops a worker in one line naming what
+    # to install; any other missing module is taken for a bug.
+    imported: set[str] = set()
+    for source in Path(providers.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.partition(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "genmesh", "services"}
+    # The worker imports grpc and nats before any adapter; pocketsphinx is imported only by
+    # its decoder process.
+    assert third_party - {"grpc", "nats", "pocketsphinx"} == set(DEPENDENCIES)
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    declared = {re.split(r"[<>=!~\[; ]", d)[0] for d in pyproject["project"]["dependencies"]}
+    assert set(DEPENDENCIES.values()) <= declared
 
 
 def test_keys_come_from_the_environment_and_never_reach_repr(tmp_path: Path) -> None:
