@@ -15,14 +15,13 @@ from pathlib import Path
 from services.common.bus import Bus, connect
 from services.common.cancelling import cancel_tasks
 from services.common.channels import mesh_channel
-from services.common.errors import CannotStart
 from services.common.grpc_server import grpc_server
 from services.providers.cancelled import CancelledJobs
 from services.providers.config import ProviderConfig, load_catalog
 from services.providers.drafts import Drafts
 from services.providers.handback import handed_back
 from services.providers.registration import Registration
-from services.providers.registry import auto_instances, build_adapter
+from services.providers.registry import MissingDependency, auto_instances, build_adapter
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
 from services.providers.settings import Settings
 from services.storage.client import AssetClient
@@ -54,13 +53,11 @@ async def running_worker(
     for name in auto_instances(catalog) if auto else names:
         try:
             adapters.append(build_adapter(name, catalog))
-        except ImportError as exc:
+        except MissingDependency as exc:
             if not auto:
-                raise CannotStart(
-                    f"provider {name!r}: its adapter cannot be loaded ({exc})"
-                ) from exc
-            # "auto" serves what it can: one family's missing module must not stop the rest.
-            log.warning("not serving %s: its adapter cannot be loaded (%s)", name, exc)
+                raise
+            # "auto" serves what it can: one family's missing package must not stop the rest.
+            log.warning("not serving %s", exc)
     names = [adapter.name for adapter in adapters]
     # Checked before anything connects, like the rest of the catalog.
     drafts = [Drafts.for_instance(adapter, catalog.get(adapter.name)) for adapter in adapters]

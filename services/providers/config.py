@@ -6,8 +6,9 @@ Several instances of one adapter family may coexist ("openai" and "openrouter" a
 
 from __future__ import annotations
 
+import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,11 @@ class ProviderConfig:
         return int(self.option_number("max_prompt_length", 0))
 
     def option_number(self, key: str, default: float) -> float:
-        """options.<key>, `default` when unset; CatalogError unless it is a number >= 0."""
+        """options.<key>, `default` when unset; CatalogError unless it is a finite number >= 0."""
         value = self.options.get(key, default)
-        # `not value >= 0` refuses NaN too.
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        if what := _out_of_range(value):
             raise CatalogError(
-                f"provider {self.name!r}: options.{key} must be a number >= 0, got {value!r}"
+                f"provider {self.name!r}: options.{key} must be {what}, got {value!r}"
             )
         return float(value)
 
@@ -129,8 +129,14 @@ def load_catalog(path: Path | None, env: Mapping[str, str]) -> dict[str, Provide
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"cannot read provider catalog {path}: {exc}") from exc
+    # A misspelt [[provider]] would otherwise be a catalog with no instances.
+    if unknown := sorted(set(data) - {"providers"}):
+        raise CatalogError(f"{path}: unknown top-level keys {unknown}; instances are [[providers]]")
+    entries = data.get("providers", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise CatalogError(f"{path}: providers must be [[providers]] tables, one per instance")
     configs: dict[str, ProviderConfig] = {}
-    for entry in data.get("providers", []):
+    for entry in entries:
         config = _parse(entry, env, path)
         if config.name in configs:
             raise CatalogError(f"{path}: provider {config.name!r} is declared twice")
@@ -138,54 +144,107 @@ def load_catalog(path: Path | None, env: Mapping[str, str]) -> dict[str, Provide
     return configs
 
 
+# Bounds of the fields the limits are published in (ProviderLimits' int32s and a Duration).
+_INT32_MAX = 2**31 - 1
+_DURATION_MAX = 315_576_000_000
+
+
 def _parse(entry: Mapping[str, Any], env: Mapping[str, str], path: Path) -> ProviderConfig:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
-        raise CatalogError(f"{path}: every provider needs a name")
-    unknown = set(entry) - _KNOWN_KEYS
-    if unknown:
-        raise CatalogError(f"{path}: provider {name!r} has unknown keys {sorted(unknown)}")
-    for table in ("models", "cost"):
-        for task in entry.get(table, {}):
-            if task != "default":
-                try:
-                    task_from_name(task)
-                except ValueError as exc:
-                    raise CatalogError(f"{path}: provider {name!r} {table}: {exc}") from exc
-    key_env = str(entry.get("api_key_env", ""))
+        raise CatalogError(f"{path}: every provider needs a name (a non-empty string)")
+    if unknown := sorted(set(entry) - _KNOWN_KEYS):
+        known = ", ".join(sorted(_KNOWN_KEYS))
+        raise CatalogError(f"{path}: provider {name!r}: unknown keys {unknown}; known: {known}")
+    check = _Checked(entry, name, path)
+    key_env = check.string("api_key_env")
     return ProviderConfig(
         name=name,
-        family=str(entry.get("family", name)),
-        description=str(entry.get("description", "")),
-        base_url=str(entry.get("base_url", "")).rstrip("/"),
+        family=check.string("family", name),
+        description=check.string("description"),
+        base_url=check.string("base_url").rstrip("/"),
         api_key_env=key_env,
-        models=dict(entry.get("models", {})),
-        cost={k: float(v) for k, v in entry.get("cost", {}).items()},
-        concurrency=int(entry.get("concurrency", 0)),
-        rate_per_second=float(entry.get("rate_per_second", 0.0)),
-        max_queue=int(entry.get("max_queue", 0)),
-        timeout=float(entry.get("timeout", 60.0)),
-        poll_interval=float(entry.get("poll_interval", 1.0)),
-        options=dict(entry.get("options", {})),
-        **_attempt_keys(entry, name, path),
+        models=check.by_task("models", "a model name", lambda m: isinstance(m, str)),
+        cost=check.by_task("cost", "a number >= 0", lambda c: not _out_of_range(c), float),
+        concurrency=check.count("concurrency"),
+        rate_per_second=check.number("rate_per_second", 0.0),
+        max_queue=check.count("max_queue"),
+        timeout=check.number("timeout", 60.0, positive=True),
+        poll_interval=check.number("poll_interval", 1.0, positive=True),
+        options=check.table("options"),
+        max_retries=check.count("max_retries") if "max_retries" in entry else None,
+        attempt_timeout=check.number("attempt_timeout", 0.0, high=_DURATION_MAX),
+        draft=check.table("draft", "a table of parameters"),
         _api_key=env.get(key_env, "") if key_env else "",
     )
 
 
-def _attempt_keys(entry: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
-    """max_retries, attempt_timeout and draft, checked."""
-    out: dict[str, Any] = {}
-    if "max_retries" in entry:
-        retries = entry["max_retries"]
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise CatalogError(f"{path}: provider {name!r} max_retries must be an integer >= 0")
-        out["max_retries"] = retries
-    timeout = entry.get("attempt_timeout", 0.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-        raise CatalogError(f"{path}: provider {name!r} attempt_timeout must be seconds >= 0")
-    out["attempt_timeout"] = float(timeout)
-    draft = entry.get("draft", {})
-    if not isinstance(draft, dict):
-        raise CatalogError(f"{path}: provider {name!r} draft must be a table of parameters")
-    out["draft"] = dict(draft)
-    return out
+def _out_of_range(
+    value: object, *, integer: bool = False, high: float = math.inf, positive: bool = False
+) -> str:
+    """What a catalog number must be when `value` is not that (a finite number >= 0, > 0 when
+    `positive`, an int when `integer`, at most `high`), else ""."""
+    if (
+        not isinstance(value, bool)
+        and isinstance(value, int if integer else int | float)
+        and math.isfinite(value)
+        and 0 <= value <= high
+        and not (positive and value == 0)
+    ):
+        return ""
+    what = "an integer" if integer else "a number"
+    return f"{what} {f'from 0 to {high}' if high < math.inf else '> 0' if positive else '>= 0'}"
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """One instance's keys, each read checked: a CatalogError names the file, the instance,
+    the key, what it must be and what it is."""
+
+    entry: Mapping[str, Any]
+    name: str
+    path: Path
+
+    def _refuse(self, key: str, what: str, got: object) -> CatalogError:
+        return CatalogError(
+            f"{self.path}: provider {self.name!r}: {key} must be {what}, got {got!r}"
+        )
+
+    def string(self, key: str, default: str = "") -> str:
+        value = self.entry.get(key, default)
+        if not isinstance(value, str):
+            raise self._refuse(key, "a string", value)
+        return value
+
+    def number(self, key: str, default: float, **bounds: Any) -> float:
+        value = self.entry.get(key, default)
+        if what := _out_of_range(value, **bounds):
+            raise self._refuse(key, what, value)
+        return float(value)
+
+    def count(self, key: str) -> int:
+        """A count published in ProviderLimits (an int32); 0 when unset."""
+        return int(self.number(key, 0, integer=True, high=_INT32_MAX))
+
+    def table(self, key: str, what: str = "a table") -> dict[str, Any]:
+        value = self.entry.get(key, {})
+        if not isinstance(value, dict):
+            raise self._refuse(key, what, value)
+        return dict(value)
+
+    def by_task(
+        self, key: str, what: str, valid: Callable[[Any], bool], cast: Callable[[Any], Any] = str
+    ) -> dict[str, Any]:
+        """A table keyed by task name (or "default") whose values are each `what`."""
+        table = self.table(key, "a table keyed by task name")
+        for task, value in table.items():
+            if task != "default":
+                try:
+                    task_from_name(task)
+                except ValueError as exc:
+                    raise CatalogError(
+                        f"{self.path}: provider {self.name!r}: {key}: {exc}"
+                    ) from None
+            if not valid(value):
+                raise self._refuse(f"{key}.{task}", what, value)
+        return {task: cast(value) for task, value in table.items()}

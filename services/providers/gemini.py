@@ -120,8 +120,7 @@ class GeminiAdapter(ConfiguredAdapter):
         super().__init__(config)
         headers = {"x-goog-api-key": config.api_key} if config.api_key else {}
         self._http = self.own(GeminiHTTP(config, headers=headers))
-        interval = config.options.get("progress_interval", 0.5)
-        self._progress_interval = float(interval) if isinstance(interval, int | float) else 0.5
+        self._progress_interval = config.option_number("progress_interval", 0.5)
         self.probe = CachedProbe(self._probe_models, PROBE_TTL)
         self.handlers = {T2T: self._text, I2T: self._text, T2I: self._image, I2I: self._image}
 

@@ -108,6 +108,7 @@ class LeonardoAdapter(ConfiguredAdapter):
         self.files = self.own(ProviderHTTP(config))
         self.probe = CachedProbe(lambda: self.http.json("GET", "/me"))
         self.handlers[T2I] = self._text_to_image
+        self._max_wait = config.option_number("max_wait", _DEFAULT_MAX_WAIT)
 
     async def _text_to_image(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         _check_dimensions(params)
@@ -169,7 +170,6 @@ class LeonardoAdapter(ConfiguredAdapter):
         self, ctx: JobContext, generation: str, state: dict[str, Any] | None
     ) -> list[dict[str, Any]]:
         started = time.monotonic()
-        max_wait = float(self.config.options.get("max_wait", _DEFAULT_MAX_WAIT))
         while True:
             if state is None:
                 state = await self._status(generation)
@@ -187,9 +187,9 @@ class LeonardoAdapter(ConfiguredAdapter):
                 # Leonardo gives no reason; a fresh attempt creates a new generation.
                 raise Retryable("generation_failed", f"{self.name} generation {generation} failed")
             elapsed = time.monotonic() - started
-            if elapsed > max_wait:
+            if elapsed > self._max_wait:
                 raise Retryable(
-                    "provider_timeout", f"{self.name} still {status} after {max_wait:g} s"
+                    "provider_timeout", f"{self.name} still {status} after {self._max_wait:g} s"
                 )
             await ctx.progress(None, f"Leonardo generation {str(status).lower()}")
             await asyncio.sleep(self.config.poll_interval)

@@ -61,6 +61,7 @@ class PolloAdapter(ConfiguredAdapter):
         # Result videos are on Pollo's storage CDN: fetched without our key.
         self.files = self.own(ProviderHTTP(config))
         self.handlers[I2V] = self._image_to_video
+        self._max_wait = config.option_number("max_wait", _DEFAULT_MAX_WAIT)
 
     async def _image_to_video(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         if params["length"] not in LENGTHS:
@@ -115,7 +116,6 @@ class PolloAdapter(ConfiguredAdapter):
         self, ctx: JobContext, task_id: str, state: dict[str, Any] | None
     ) -> dict[str, Any]:
         started = time.monotonic()
-        max_wait = float(self.config.options.get("max_wait", _DEFAULT_MAX_WAIT))
         while True:
             if state is None:
                 state = await self._status(task_id)
@@ -129,9 +129,10 @@ class PolloAdapter(ConfiguredAdapter):
                 if any(word in reason.lower() for word in _REFUSALS):
                     raise InvalidInput("rejected_by_provider", text)
                 raise Retryable("generation_failed", text)
-            if time.monotonic() - started > max_wait:
+            if time.monotonic() - started > self._max_wait:
                 raise Retryable(
-                    "provider_timeout", f"{self.name} task still {status} after {max_wait:g} s"
+                    "provider_timeout",
+                    f"{self.name} task still {status} after {self._max_wait:g} s",
                 )
             await ctx.progress(None, f"Pollo task {status}")
             await asyncio.sleep(self.config.poll_interval)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 
+from services.common.errors import CannotStart
 from services.providers.adapter import Adapter
 from services.providers.config import CatalogError, ProviderConfig
 
@@ -29,13 +30,40 @@ FAMILIES: dict[str, str] = {
     "pillow": "services.providers.offline.pillow:PillowAdapter",
 }
 
+# The third-party modules adapter families import (beyond what the worker itself does), each
+# with the package that provides it. (pocketsphinx is imported by its decoder process only;
+# that adapter's check says when it is missing.)
+DEPENDENCIES: dict[str, str] = {
+    "httpx": "httpx",
+    "numpy": "numpy",
+    "PIL": "pillow",
+    "websockets": "websockets",
+}
+
+
+class MissingDependency(CannotStart):
+    """An adapter family needs a package that is not installed: said in one line, with what
+    to install."""
+
 
 def factory(family: str) -> Callable[[ProviderConfig], Adapter]:
     target = FAMILIES.get(family)
     if target is None:
         raise CatalogError(f"unknown provider family {family!r}; known: {', '.join(FAMILIES)}")
     module, _, attr = target.partition(":")
-    built: Callable[[ProviderConfig], Adapter] = getattr(importlib.import_module(module), attr)
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # Only a dependency that is absent is the installation's fault. Any other import
+        # failure (a misspelt module or name in the adapter's own imports) is a bug, and
+        # keeps its traceback.
+        if exc.name not in DEPENDENCIES:
+            raise
+        raise MissingDependency(
+            f"its adapter needs the Python module {exc.name!r}, which is not installed: "
+            f"pip install {DEPENDENCIES[exc.name]}"
+        ) from exc
+    built: Callable[[ProviderConfig], Adapter] = getattr(loaded, attr)
     return built
 
 
@@ -47,8 +75,8 @@ def build_adapter(name: str, catalog: Mapping[str, ProviderConfig]) -> Adapter:
         raise CatalogError(f"provider {name!r} is not in the catalog; known: {known}")
     try:
         build = factory(config.family)
-    except CatalogError as exc:
-        raise CatalogError(f"provider {name!r}: {exc}") from None
+    except (CatalogError, MissingDependency) as exc:
+        raise type(exc)(f"provider {name!r}: {exc}") from exc
     # An adapter refuses its options with a CatalogError that names the instance; any other
     # error is a bug, and keeps its traceback.
     return build(config)

@@ -92,6 +92,7 @@ class RunwareAdapter(ConfiguredAdapter):
         self.files = self.own(ProviderHTTP(config))
         self.handlers[T2I] = self._text_to_image
         self.handlers[I2I] = self._image_to_image
+        self._max_wait = config.option_number("max_wait", _DEFAULT_MAX_WAIT)
 
     async def _text_to_image(self, ctx: JobContext, params: Mapping[str, Any]) -> Result:
         return await self._infer(ctx, params, self._task(ctx, params, T2I))
@@ -203,7 +204,6 @@ class RunwareAdapter(ConfiguredAdapter):
         received: list[dict[str, Any]] | None,
     ) -> list[dict[str, Any]]:
         started = time.monotonic()
-        max_wait = float(self.config.options.get("max_wait", _DEFAULT_MAX_WAIT))
         done: dict[str, dict[str, Any]] = {}
         while True:
             if received is None:
@@ -216,9 +216,10 @@ class RunwareAdapter(ConfiguredAdapter):
                     done[str(item.get("imageUUID") or len(done))] = item
             if len(done) >= expected:
                 return list(done.values())[:expected]
-            if time.monotonic() - started > max_wait:
+            if time.monotonic() - started > self._max_wait:
                 raise Retryable(
-                    "provider_timeout", f"{self.name} task still processing after {max_wait:g} s"
+                    "provider_timeout",
+                    f"{self.name} task still processing after {self._max_wait:g} s",
                 )
             await ctx.progress(100.0 * len(done) / expected, "Runware processing")
             received = None

@@ -3,6 +3,10 @@ HTTP to a loopback server."""
 
 from __future__ import annotations
 
+import ast
+import re
+import sys
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,10 +17,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from genmesh.v1 import job_pb2
+from services import providers
 from services.providers.adapter import Fatal, InvalidInput, Retryable
 from services.providers.config import DEFAULT_CATALOG, CatalogError, ProviderConfig, load_catalog
 from services.providers.http import ProviderHTTP
-from services.providers.registry import FAMILIES, auto_instances
+from services.providers.registry import DEPENDENCIES, FAMILIES, auto_instances
 from tests.fakes.server import Faults, Injected, serving
 
 SECRET = "sk-test-secret-123"
@@ -29,6 +34,25 @@ def test_shipped_catalog_parses_and_names_known_families() -> None:
     assert catalog["openai"].missing_key() == "credentials missing: set OPENAI_API_KEY"
     assert "openai" not in auto_instances(catalog)
     assert "sandbox" in auto_instances(catalog)
+
+
+def test_every_package_adapters_import_is_listed_with_what_installs_it() -> None:
+    # Only a module in DEPENDENCIES that is missing stops a worker in one line naming what
+    # to install; any other missing module is taken for a bug.
+    imported: set[str] = set()
+    for source in Path(providers.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.partition(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "genmesh", "services"}
+    # The worker imports grpc and nats before any adapter; pocketsphinx is imported only by
+    # its decoder process.
+    assert third_party - {"grpc", "nats", "pocketsphinx"} == set(DEPENDENCIES)
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    declared = {re.split(r"[<>=!~\[; ]", d)[0] for d in pyproject["project"]["dependencies"]}
+    assert set(DEPENDENCIES.values()) <= declared
 
 
 def test_keys_come_from_the_environment_and_never_reach_repr(tmp_path: Path) -> None:
@@ -48,6 +72,28 @@ def test_keys_come_from_the_environment_and_never_reach_repr(tmp_path: Path) -> 
         ("[[providers]]\nname = 'a'\n[[providers]]\nname = 'a'\n", "declared twice"),
         ("[[providers]]\nname = 'a'\nmodels = { 'text-to-music' = 'm' }\n", "unknown task"),
         ("[[providers]\n", "cannot read"),
+        ("[[provider]]\nname = 'a'\n", r"unknown top-level keys \['provider'\]"),
+        ("providers = ['a']\n", r"providers must be \[\[providers\]\] tables"),
+        *[
+            (f"[[providers]]\nname = 'a'\n{line}\n", f"provider 'a': {said}")
+            for line, said in [
+                ("timeout = 'x'", "timeout must be a number > 0, got 'x'"),
+                ("timeout = 0", "timeout must be a number > 0, got 0"),
+                ("poll_interval = -1.5", "poll_interval must be a number > 0, got -1.5"),
+                ("rate_per_second = nan", "rate_per_second must be a number >= 0, got nan"),
+                ("rate_per_second = inf", "rate_per_second must be a number >= 0, got inf"),
+                ("concurrency = 2.5", "concurrency must be an integer from 0 to 2147483647"),
+                ("max_queue = 2147483648", "max_queue must be an integer from 0 to 2147483647"),
+                ("max_retries = true", "max_retries must be an integer from 0 to 2147483647"),
+                ("attempt_timeout = 1e300", "attempt_timeout must be a number from 0 to 3155"),
+                ("cost = { default = '1' }", "cost.default must be a number >= 0, got '1'"),
+                ("cost = 0.5", "cost must be a table keyed by task name, got 0.5"),
+                ("models = { 'text-to-image' = 1 }", "models.text-to-image must be a model name"),
+                ("options = 'x'", "options must be a table, got 'x'"),
+                ("api_key_env = 1", "api_key_env must be a string, got 1"),
+                ("family = ['sandbox']", "family must be a string"),
+            ]
+        ],
     ],
 )
 def test_bad_catalogs_are_rejected_with_the_reason(tmp_path: Path, text: str, error: str) -> None:
@@ -57,7 +103,7 @@ def test_bad_catalogs_are_rejected_with_the_reason(tmp_path: Path, text: str, er
         load_catalog(path, {})
 
 
-@pytest.mark.parametrize("value", ["ten", -1, float("nan"), True])
+@pytest.mark.parametrize("value", ["ten", -1, float("nan"), float("inf"), True])
 def test_a_number_option_must_be_a_number_at_least_zero(value: object) -> None:
     config = ProviderConfig(name="x", family="fal", options={"max_wait": value})
     said = r"provider 'x': options\.max_wait must be a number >= 0"

@@ -26,7 +26,7 @@ from services.providers.offline import audio, styles
 from services.providers.offline.espeak import EspeakAdapter, split_text
 from services.providers.offline.pillow import PillowAdapter
 from services.providers.offline.pocketsphinx import PocketSphinxAdapter
-from services.providers.registry import FAMILIES
+from services.providers.registry import DEPENDENCIES, FAMILIES
 from services.providers.sandbox import media
 from tests.conftest import Database
 from tests.infra import eventually
@@ -456,9 +456,11 @@ async def test_pillow_rejects_bad_input(photo: bytes) -> None:
 async def test_auto_worker_serves_offline_providers_and_survives_missing_ones(
     nats_url: str, nats_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ "auto" leaves out a family whose module is missing; espeak without its binary is
-    listed unavailable with the reason, its jobs fail cleanly, and the worker goes on."""
-    monkeypatch.setitem(FAMILIES, "ghost", "services.providers.no_such_module:Ghost")
+    """ "auto" leaves out a family whose package is not installed; espeak without its binary
+    is listed unavailable with the reason, its jobs fail cleanly, and the worker goes on."""
+    # A family whose module is a package of its own, never installed here.
+    monkeypatch.setitem(DEPENDENCIES, "genmesh_ghost_sdk", "genmesh-ghost-sdk")
+    monkeypatch.setitem(FAMILIES, "ghost", "genmesh_ghost_sdk:Ghost")
     catalog = tmp_path / "providers.toml"
     catalog.write_text(
         """

@@ -92,6 +92,43 @@ CANNOT_START = {
         "s",
         "provider 's': draft sets undeclared parameters ['colour']",
     ),
+    **{
+        f"catalog-{case}": (instance("s", "sandbox", line), "s", f"{{path}}: provider 's': {said}")
+        for case, line, said in [
+            ("not-a-number", 'timeout = "x"', "timeout must be a number > 0, got 'x'"),
+            (
+                "out-of-range",
+                "concurrency = -1",
+                "concurrency must be an integer from 0 to 2147483647, got -1",
+            ),
+            (
+                "not-an-integer",
+                "max_queue = 2.5",
+                "max_queue must be an integer from 0 to 2147483647, got 2.5",
+            ),
+            ("bad-cost", 'cost = { default = "cheap" }', "cost.default must be a number >= 0"),
+            ("not-a-table", 'options = "fast"', "options must be a table, got 'fast'"),
+        ]
+    },
+    "misspelt-table": (
+        '[[provider]]\nname = "s"\nfamily = "sandbox"\n',
+        "s",
+        "{path}: unknown top-level keys ['provider']; instances are [[providers]]",
+    ),
+    **{
+        f"{family}-{option}": (
+            instance("p", family, f'options = {{ {option} = "soon" }}'),
+            "p",
+            f"provider 'p': options.{option} must be a number >= 0, got 'soon'",
+        )
+        for family, option in [
+            ("pollo", "max_wait"),
+            ("leonardo", "max_wait"),
+            ("runware", "max_wait"),
+            ("comfyui", "preview_interval"),
+            ("gemini", "progress_interval"),
+        ]
+    },
 }
 
 
@@ -107,11 +144,54 @@ def test_a_worker_that_cannot_start_as_configured_says_why_in_one_line(
     assert "Traceback" not in stderr
 
 
-def test_a_bug_in_an_adapter_factory_keeps_its_traceback(tmp_path: Path) -> None:
+# Instances served and what a bug's traceback ends with (see broken_family.py).
+BUGS = {
+    "in-a-factory": (
+        "b",
+        "in broken\n    int(config.name)",
+        "ValueError: invalid literal for int() with base 10: 'b'",
+    ),
+    "in-an-adapter-modules-imports": (
+        "m",
+        "from services.providers.htp import bearer",
+        "ModuleNotFoundError: No module named 'services.providers.htp'",
+    ),
+}
+
+
+def start_broken(tmp_path: Path, catalog: str, serve: str, uninstalled: str = "") -> str:
+    """What a worker (knowing broken_family.py's families, without the modules `uninstalled`
+    names) that fails to start writes to stderr."""
     path = tmp_path / "providers.toml"
-    path.write_text(instance("b", "broken"))
-    settings = {"GENMESH_PROVIDERS_FILE": str(path), "GENMESH_WORKER_PROVIDERS": "b"}
-    stderr = start_failure("tests.providers.broken_family", settings)
-    assert "Traceback" in stderr and "in broken\n    int(config.name)" in stderr, stderr
-    assert "ValueError: invalid literal for int() with base 10: 'b'" in stderr
+    path.write_text(catalog)
+    settings = {
+        "GENMESH_PROVIDERS_FILE": str(path),
+        "GENMESH_WORKER_PROVIDERS": serve,
+        "UNINSTALLED": uninstalled,
+    }
+    return start_failure("tests.providers.broken_family", settings)
+
+
+@pytest.mark.parametrize(("serve", "where", "error"), BUGS.values(), ids=BUGS)
+def test_a_bug_in_an_adapter_keeps_its_traceback(
+    tmp_path: Path, serve: str, where: str, error: str
+) -> None:
+    stderr = start_broken(tmp_path, instance("b", "broken") + instance("m", "misspelt"), serve)
+    assert "Traceback" in stderr and where in stderr, stderr
+    assert error in stderr
     assert "cannot start" not in stderr
+
+
+def test_a_missing_package_is_one_line_saying_what_to_install(tmp_path: Path) -> None:
+    stderr = start_broken(tmp_path, instance("c", "comfyui"), "c", uninstalled="websockets")
+    said = "provider 'c': its adapter needs the Python module 'websockets', which is not installed"
+    assert f"cannot start: {said}: pip install websockets" in stderr, stderr
+    assert "Traceback" not in stderr
+
+
+def test_auto_passes_over_a_missing_package_but_not_a_bug(tmp_path: Path) -> None:
+    catalog = instance("c", "comfyui") + instance("m", "misspelt")
+    stderr = start_broken(tmp_path, catalog, "auto", uninstalled="websockets")
+    assert "not serving provider 'c': its adapter needs the Python module 'websockets'" in stderr
+    assert "Traceback" in stderr, stderr
+    assert "ModuleNotFoundError: No module named 'services.providers.htp'" in stderr

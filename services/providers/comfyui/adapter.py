@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import random
 import time
 import uuid
@@ -35,8 +34,6 @@ from services.providers.config import ProviderConfig
 from services.providers.http import bearer
 from services.providers.params import BOOL, INT, NUM, STR, Param, require_multiple
 from services.providers.probe import CachedProbe
-
-log = logging.getLogger(__name__)
 
 _T2I = (job_pb2.TASK_TEXT_TO_IMAGE,)
 # KSampler's samplers and schedulers present in every ComfyUI release since 2024.
@@ -99,7 +96,7 @@ class ComfyUIAdapter(ConfiguredAdapter):
         self._headers = bearer(config)
         self._client = self.own(ComfyClient(config, self._headers))
         self._workflows: dict[job_pb2.Task.ValueType, workflow.Workflow] = {}
-        self._preview_interval = _number_option(config.options, "preview_interval", 1.0)
+        self._preview_interval = config.option_number("preview_interval", 1.0)
         self.probe = CachedProbe(self._probe_server, PROBE_TTL)
         self.handlers = {job_pb2.TASK_TEXT_TO_IMAGE: self._text_to_image}
 
@@ -392,11 +389,3 @@ def _files(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def _where(data: Mapping[str, Any]) -> str:
     return f"{data.get('node_type') or 'node'} #{data.get('node_id', '?')}"
-
-
-def _number_option(options: Mapping[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        log.warning("options.%s must be a number >= 0, got %r; using %s", key, value, default)
-        return default
-    return float(value)
