@@ -47,7 +47,13 @@ class Addresses:
 
 
 def default_addresses(env: Mapping[str, str]) -> Addresses:
-    """Addresses from GENMESH_ROUTER_ADDR / GENMESH_STORAGE_ADDR, else the `genmesh up` ports."""
+    """Addresses from GENMESH_ROUTER_ADDR / GENMESH_STORAGE_ADDR, else the `genmesh up` ports;
+    CliError (a usage error) naming the variable whose list gRPC cannot take."""
+    for name in ("GENMESH_ROUTER_ADDR", "GENMESH_STORAGE_ADDR"):
+        try:
+            grpc_target(env.get(name) or "")
+        except ValueError as error:
+            raise CliError(f"{name}: {error}", exit_code=2) from None
     return Addresses(
         router=env.get("GENMESH_ROUTER_ADDR") or DEFAULT_ROUTER,
         storage=env.get("GENMESH_STORAGE_ADDR") or DEFAULT_STORAGE,

@@ -33,7 +33,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None, env: Mapping[str, str]) -> int:
     """Parse and run one command; every expected failure becomes one line on stderr."""
-    parser = build_parser(env)
+    try:
+        parser = build_parser(env)
+    except CliError as error:  # a default from the environment that cannot be used
+        print(f"genmesh: {error.message}", file=sys.stderr)
+        return error.exit_code
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -47,4 +47,17 @@ def test_a_list_of_replica_names_gRPC_cannot_take_is_refused_saying_what_to_writ
     lines = start(module, GENMESH_STORAGE_ADDR="storage-a:50052,storage-b:50052")
     assert len(lines) == 1, lines
     assert lines[0].startswith("cannot start: GENMESH_STORAGE_ADDR: ")
-    assert "dns:///router:50051" in lines[0]
+    assert "dns:///NAME:PORT" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["services.router", "services.providers", "services.storage", "services.prompt", "gateway"],
+)
+def test_a_bad_log_level_or_listen_address_is_one_line_each(module: str) -> None:
+    lines = start(module, GENMESH_LOG_LEVEL="verbose", GENMESH_LISTEN="nonsense")
+    assert lines == [
+        "cannot start: GENMESH_LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        "cannot start: GENMESH_LISTEN: expected host:port, e.g. 127.0.0.1:50051 or [::]:50051 "
+        "(port 0: any)",
+    ]

@@ -135,9 +135,11 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 # What gRPC's own transport says when a service cannot be reached or resolved names its
 # address ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:50051",
-# "errors resolving router.internal:50051").
+# round_robin's "connections to all backends failing; ...", "errors resolving
+# router.internal:50051").
 _TRANSPORT_DETAILS = re.compile(
-    r"failed to connect|\b(ipv4|ipv6|unix|dns):|Socket closed|Connection reset|Broken pipe"
+    r"failed to connect|all backends failing|\b(ipv4|ipv6|unix|dns):|Socket closed"
+    r"|Connection reset|Broken pipe"
     r"|errors resolving|DNS resolution failed|address lookup failed",
     re.IGNORECASE,
 )

@@ -39,19 +39,24 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
     )
 
 
+# Target URI schemes gRPC resolves itself; anything else is a host:port (or a list of them).
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+
+
 def grpc_target(address: str) -> str:
-    """The gRPC target for an address setting. One address or gRPC URI is used as it is (a
-    DNS name resolving to several replicas, e.g. dns:///router:50051, reaches them all);
+    """The gRPC target for an address setting. One host:port or gRPC target URI is used as it
+    is (a DNS name resolving to several replicas, e.g. dns:///router:50051, reaches them all);
     several IP:port, comma-separated, become one static list of replicas."""
+    address = address.strip()
     parts = [part.strip() for part in address.split(",")]
-    if len(parts) == 1:
-        return address.strip()
+    if len(parts) == 1 or address.startswith(_SCHEMES):
+        return address
     families = {_family(part) for part in parts}
     if len(families) != 1 or None in families:
         raise ValueError(
-            f"{address!r}: a list of addresses takes IP:port entries of one family, e.g. "
+            "a list of addresses takes IP:port entries of one family, e.g. "
             "127.0.0.1:50051,127.0.0.1:50061; for host names, give one DNS name that resolves "
-            "to every replica, e.g. dns:///router:50051"
+            "to every replica, e.g. dns:///NAME:PORT"
         )
     return f"{families.pop()}:{','.join(parts)}"
 

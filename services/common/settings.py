@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,27 @@ def _address(value: str) -> str:
     return value
 
 
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:50051 or [::]:50051 (port 0: any)")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in logging.getLevelNamesMapping():
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def _optional_listen(value: str) -> str:
+    return value and _listen(value)
+
+
+# Where a service's own server listens (optional: "" for none).
+ListenAddress = Annotated[str, AfterValidator(_listen)]
+OptionalListenAddress = Annotated[str, AfterValidator(_optional_listen)]
+
 # Another service's gRPC address: host:port, a gRPC URI (dns:///router:50051 reaches every
 # replica the name resolves to), or several IP:port, comma-separated.
 ServiceAddress = Annotated[str, AfterValidator(_address)]
@@ -32,7 +54,7 @@ class ServiceSettings(BaseSettings):
 
     # Where embedded-mode files live (SQLite databases, blobs, the private NATS store).
     data_dir: Path = Path(".genmesh")
-    log_level: str = "INFO"
+    log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"
     # Seconds a stopping gRPC server gives in-flight calls before cancelling them.
     shutdown_grace: float = 5.0
     # "uvloop" (faster per socket event and callback) or "asyncio".
@@ -69,9 +91,9 @@ class ServiceSettings(BaseSettings):
             return cls.from_env(env)
         except ValidationError as exc:
             for error in exc.errors(include_input=False, include_url=False):
-                field = ".".join(str(part) for part in error["loc"])
+                variable = ENV_PREFIX + str(error["loc"][0]).upper()
                 message = error["msg"].removeprefix("Value error, ")
-                print(f"cannot start: {ENV_PREFIX}{field.upper()}: {message}", file=sys.stderr)
+                print(f"cannot start: {variable}: {message}", file=sys.stderr)
             raise SystemExit(1) from None
 
 

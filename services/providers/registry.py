@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 
 from services.common.errors import CannotStart
@@ -53,18 +54,32 @@ def factory(family: str) -> Callable[[ProviderConfig], Adapter]:
     module, _, attr = target.partition(":")
     try:
         loaded = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        # Only a dependency that is absent is the installation's fault. Any other import
-        # failure (a misspelt module or name in the adapter's own imports) is a bug, and
-        # keeps its traceback.
-        if exc.name not in DEPENDENCIES:
+    except ImportError as exc:
+        # Only a dependency that is absent (or too old to have what the adapter imports) is
+        # the installation's fault. Any other import failure (a misspelt module or name in
+        # the adapter's own imports) is a bug, and keeps its traceback.
+        top = (exc.name or "").partition(".")[0]
+        if top not in DEPENDENCIES:
             raise
+        package = DEPENDENCIES[top]
+        if not _installed(top):
+            raise MissingDependency(
+                f"its adapter needs the Python module {top!r}, which is not installed: "
+                f"pip install {package}"
+            ) from exc
         raise MissingDependency(
-            f"its adapter needs the Python module {exc.name!r}, which is not installed: "
-            f"pip install {DEPENDENCIES[exc.name]}"
+            f"its adapter needs a newer {package} than the one installed ({exc}): "
+            f"pip install -U {package}"
         ) from exc
     built: Callable[[ProviderConfig], Adapter] = getattr(loaded, attr)
     return built
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def build_adapter(name: str, catalog: Mapping[str, ProviderConfig]) -> Adapter:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.common.settings import BusSettings, DatabaseSettings, ServiceAddress
+from services.common.settings import (
+    BusSettings,
+    DatabaseSettings,
+    ListenAddress,
+    ServiceAddress,
+)
 from services.router.ordering import LONGEST_ACK_WAIT
 
 
 class Settings(BusSettings, DatabaseSettings):
     # Where this router's gRPC server listens (GenerateService, JobService, ProviderService).
-    listen: str = "127.0.0.1:50051"
+    listen: ListenAddress = "127.0.0.1:50051"
     # AssetService, to check that input assets exist.
     storage_addr: ServiceAddress = "127.0.0.1:50052"
     # PromptService, for the prompt work that is more than a check (optimization, enhancement).

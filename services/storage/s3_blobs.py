@@ -149,8 +149,10 @@ class S3BlobStore(Staging):
             await self._call(partial(self._client.get_bucket_location, Bucket=self.bucket))
         except (Unavailable, FailedPrecondition) as refused:
             return f"bucket {self.bucket!r}: {refused.message}"
-        except ClientError:
-            pass
+        except ClientError as again:
+            # Not a refusal of credentials: its code (a wrong region's
+            # AuthorizationHeaderMalformed, say) is what there is to go on.
+            return f"bucket {self.bucket!r} answered HTTP {status} ({_code(again)})"
         return f"bucket {self.bucket!r} answered HTTP {status}"
 
     def object_key(self, key: str) -> str:

@@ -90,7 +90,14 @@ _REFUSALS: dict[str, tuple[int, str, tuple[str, ...]]] = {
     ),
     "AccessDenied": (403, "Access Denied", ()),
 }
+# Credential refusals, which storage names as such.
 REFUSALS = tuple(_REFUSALS)
+# A client signing for another region than the bucket's: refused, but not its credentials.
+_REFUSALS["AuthorizationHeaderMalformed"] = (
+    400,
+    "The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'eu-west-1'",
+    (),
+)
 
 
 @asynccontextmanager

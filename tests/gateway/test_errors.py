@@ -91,10 +91,11 @@ def test_only_a_size_limit_makes_resource_exhausted_413(reason: str, status: int
     "details",
     [
         "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:50051: refused",
+        "connections to all backends failing; last error: UNKNOWN: Failed to connect",
         "errors resolving router.internal:50051: [... address lookup failed for router ...]",
         "DNS resolution failed for router:50051: C-ares status is not ARES_SUCCESS",
     ],
-    ids=["connect", "resolve", "c-ares"],
+    ids=["connect", "round-robin", "resolve", "c-ares"],
 )
 def test_the_transports_words_for_a_service_out_of_reach_stay_in_the_log(details: str) -> None:
     code = grpc.StatusCode.UNAVAILABLE

@@ -189,6 +189,15 @@ def test_a_missing_package_is_one_line_saying_what_to_install(tmp_path: Path) ->
     assert "Traceback" not in stderr
 
 
+def test_a_package_too_old_for_an_adapter_is_one_line_saying_to_upgrade(tmp_path: Path) -> None:
+    # websockets before 13 has no websockets.asyncio, which the comfyui adapter imports.
+    catalog = instance("c", "comfyui")
+    stderr = start_broken(tmp_path, catalog, "c", uninstalled="websockets.asyncio")
+    assert "cannot start: provider 'c': its adapter needs a newer websockets" in stderr, stderr
+    assert "pip install -U websockets" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_auto_passes_over_a_missing_package_but_not_a_bug(tmp_path: Path) -> None:
     catalog = instance("c", "comfyui") + instance("m", "misspelt")
     stderr = start_broken(tmp_path, catalog, "auto", uninstalled="websockets")

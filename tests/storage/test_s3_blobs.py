@@ -275,25 +275,40 @@ async def test_credentials_refused_at_run_time_are_a_clear_status_without_secret
         assert secret not in caplog.text
 
 
+async def storage_refused_at_start(code: str, bucket: str, tmp_path: Path) -> str:
+    """What a storage process started on a store that refuses everything with `code` says
+    as it fails to start."""
+    async with refusing_object_store(code, at_start=True) as url:
+        return await asyncio.to_thread(
+            start_failure,
+            "services.storage",
+            {
+                "GENMESH_DATA_DIR": str(tmp_path),
+                "GENMESH_STORAGE_S3_BUCKET": bucket,
+                "GENMESH_STORAGE_S3_ENDPOINT_URL": url,
+            },
+        )
+
+
 async def test_an_expired_token_at_start_up_is_named_without_secrets(
     tmp_path: Path, secret_credentials: None
 ) -> None:
     # S3 refuses a HEAD without a body to say why, so storage said only that the bucket
     # "answered HTTP 400".
-    async with refusing_object_store("ExpiredToken", at_start=True) as url:
-        said = await asyncio.to_thread(
-            start_failure,
-            "services.storage",
-            {
-                "GENMESH_DATA_DIR": str(tmp_path),
-                "GENMESH_STORAGE_S3_BUCKET": "expired",
-                "GENMESH_STORAGE_S3_ENDPOINT_URL": url,
-            },
-        )
+    said = await storage_refused_at_start("ExpiredToken", "expired", tmp_path)
     assert f"cannot start: bucket 'expired': {EXPIRED.format(code='ExpiredToken')}" in said, said
     assert "Traceback" not in said
     for secret in SECRETS.values():
         assert secret not in said
+
+
+async def test_a_bucket_refused_at_start_up_for_another_reason_names_s3s_code(
+    tmp_path: Path, secret_credentials: None
+) -> None:
+    said = await storage_refused_at_start("AuthorizationHeaderMalformed", "elsewhere", tmp_path)
+    expected = "bucket 'elsewhere' answered HTTP 400 (AuthorizationHeaderMalformed)"
+    assert f"cannot start: {expected}" in said, said
+    assert "Traceback" not in said
 
 
 async def test_a_role_that_may_not_list_the_bucket_can_still_store(
