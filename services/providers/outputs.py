@@ -6,6 +6,8 @@ from genmesh.v1 import job_pb2
 from services.common.tasks import TEXT_TASKS, task_name
 from services.providers.adapter import InvalidInput, Result, Retryable
 
+NO_TEXT = "no_text"
+
 
 def require_output(task: job_pb2.Task.ValueType, provider: str, result: Result) -> None:
     """Refuse a result with nothing to show (no file, and for a text task no non-blank text),
@@ -22,3 +24,14 @@ def require_output(task: job_pb2.Task.ValueType, provider: str, result: Result) 
         raise InvalidInput("no_speech", "no speech was heard in the audio: the transcript is empty")
     what = "text" if task in TEXT_TASKS else "output file"
     raise Retryable("empty_output", f"{provider} returned no {what} for {task_name(task)}")
+
+
+def no_text(provider: str, limit_name: str, limit: object) -> InvalidInput:
+    """The answer's token limit ran out before any visible text: the caller's setting, not
+    the provider's failure (a reasoning model may spend it all thinking)."""
+    spent = f"{limit_name} ({limit})" if limit is not None else f"its default {limit_name}"
+    return InvalidInput(
+        NO_TEXT,
+        f"{provider} used up {spent} before writing any text (reasoning models spend tokens "
+        f"thinking first): raise {limit_name}",
+    )

@@ -7,7 +7,8 @@ import pytest
 from genmesh.v1 import job_pb2
 from services.common.tasks import task_name
 from services.providers.adapter import InvalidInput, Output, Result, Retryable
-from services.providers.outputs import require_output
+from services.providers.budget import provider_at_fault
+from services.providers.outputs import no_text, require_output
 
 ALL_TASKS = [t for t in job_pb2.Task.values() if t != job_pb2.TASK_UNSPECIFIED]
 TEXT = [job_pb2.TASK_TEXT_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT, job_pb2.TASK_SPEECH_TO_TEXT]
@@ -49,3 +50,15 @@ def test_silence_stays_no_speech_invalid_input() -> None:
     with pytest.raises(InvalidInput) as raised:
         require_output(job_pb2.TASK_SPEECH_TO_TEXT, "whisper", Result(text=" "))
     assert raised.value.code == "no_speech"
+
+
+def test_no_text_tells_the_caller_which_limit_to_raise() -> None:
+    error = no_text("openai", "max_tokens", 16)
+    assert isinstance(error, InvalidInput) and not provider_at_fault(error)
+    assert error.code == "no_text"
+    assert error.message == (
+        "openai used up max_tokens (16) before writing any text (reasoning models spend "
+        "tokens thinking first): raise max_tokens"
+    )
+    unset = no_text("ollama", "max_tokens", None)
+    assert unset.message.startswith("ollama used up its default max_tokens before writing")
