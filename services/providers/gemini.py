@@ -33,6 +33,7 @@ from services.providers.base import ConfiguredAdapter
 from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP
 from services.providers.openai_compatible.progress import StreamedText
+from services.providers.outputs import no_text
 from services.providers.params import INT, NUM, STR, Param
 from services.providers.probe import CachedProbe
 from services.providers.remote import decode_base64, extension, sniff_media_type
@@ -152,10 +153,10 @@ class GeminiAdapter(ConfiguredAdapter):
                 await streamed.report_if_due()
         if finish in REFUSALS:
             raise InvalidInput("blocked", f"{self.name} stopped answering: finishReason {finish}")
-        if not streamed.text:
-            if finish == "MAX_TOKENS":
-                raise InvalidInput("no_text", "max_output_tokens ran out before any text")
-            raise Retryable("empty_answer", f"{self.name} returned no text (finish {finish})")
+        if not streamed.text.strip() and finish == "MAX_TOKENS":
+            # Gemini 2.5 counts its thinking against the limit, and may spend all of it.
+            raise no_text(self.name, "max_output_tokens", p.get("max_output_tokens"))
+        # Blank for any other reason: the runtime refuses it as empty_output.
         return Result(text=streamed.text)
 
     async def _image(self, ctx: JobContext, p: Mapping[str, Any]) -> Result:

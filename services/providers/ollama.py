@@ -20,6 +20,7 @@ from services.providers.base import ConfiguredAdapter
 from services.providers.config import CatalogError, ProviderConfig
 from services.providers.http import ProviderHTTP, bearer
 from services.providers.openai_compatible.progress import StreamedText
+from services.providers.outputs import no_text
 from services.providers.params import INT, NUM, STR, Param
 from services.providers.probe import CachedProbe
 from services.providers.streams import iter_ndjson
@@ -144,7 +145,7 @@ class OllamaAdapter(ConfiguredAdapter):
         if self.options.keep_alive:
             body["keep_alive"] = self.options.keep_alive
         text = StreamedText(ctx, self.options.progress_interval)
-        done = False
+        done: dict[str, Any] | None = None
         async with self._http.stream("POST", "/api/chat", json=body) as response:
             async for line in iter_ndjson(response):
                 if not isinstance(line, dict):
@@ -156,11 +157,14 @@ class OllamaAdapter(ConfiguredAdapter):
                 if piece := (line.get("message") or {}).get("content"):
                     text.add(str(piece))
                 if line.get("done"):
-                    done = True
+                    done = line
                     break
                 await text.report_if_due()
-        if not done:
+        if done is None:
             raise Retryable("stream_interrupted", f"{self.name} ended the stream before finishing")
+        if not text.text.strip() and done.get("done_reason") == "length":
+            # num_predict ran out first, often all of it on a thinking model's "thinking".
+            raise no_text(self.name, "max_tokens", params.get("max_tokens"))
         return Result(text=text.text)
 
 

@@ -1,6 +1,8 @@
 """An external provider through the whole mesh: a catalog file declares an openai_compatible
 instance pointing at the fake OpenAI API; jobs go router -> NATS -> worker -> fake -> storage.
-An answer with nothing in it fails as "empty_output" (retried, then falls back), never completes."""
+An answer with nothing in it fails at once as "empty_output" (fatal: neither asked again nor
+sent to another provider), never completes; one whose token limit ran out before any text
+fails as the caller's "no_text"."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ BACKUP = "sandbox-backup"
 class World:
     mesh: Mesh
     fake: FakeOpenAI
+    url: str
 
 
 @pytest.fixture
@@ -64,7 +67,7 @@ family = "sandbox"
             catalog=catalog,
             providers=(PROVIDER, BACKUP),
         ) as mesh:
-            yield World(mesh, fake)
+            yield World(mesh, fake, url)
 
 
 async def submit(
@@ -183,26 +186,28 @@ def chat_calls(world: World) -> int:
     return sum(r.path == "/v1/chat/completions" for r in world.fake.faults.requests)
 
 
-async def test_an_empty_completion_is_retried_then_fails_with_empty_output(world: World) -> None:
+async def test_an_empty_completion_fails_at_once_with_empty_output(world: World) -> None:
     answer_blank(world)
     job = await submit(world.mesh, job_pb2.TASK_TEXT_TO_TEXT, "say hi")
     job, events = await world.mesh.finished(job.id)
 
     assert job.state == job_pb2.JOB_STATE_FAILED, job
-    assert (job.error.code, job.error.kind) == ("empty_output", job_pb2.ERROR_KIND_RETRYABLE)
+    assert (job.error.code, job.error.kind) == ("empty_output", job_pb2.ERROR_KIND_FATAL)
     assert job.error.provider == PROVIDER
-    assert job.error.message == (
-        f"{PROVIDER} returned no text for text-to-text; gave up after 2 tries"
-    )
+    assert job.error.message == f"{PROVIDER} returned no text for text-to-text"
     assert not job.assets and not job.output_text
-    # Its one retry spent, the provider was asked twice (strict: no other provider).
-    assert chat_calls(world) == 2
+    # Asked once: another try would bill another generation for a likely empty answer.
+    assert chat_calls(world) == 1
+    assert not any(e.progress.message.startswith("retrying in") for e in events)
     assert [a.provider for a in job.attempts] == [PROVIDER]
     assert events[-1].error.code == "empty_output"
+    # The provider's failure: it counts against the instance's health.
+    assert world.mesh.provider_worker(PROVIDER).recent_error_rate == 1.0
 
 
-async def test_an_empty_description_falls_back_to_the_next_provider(world: World) -> None:
+async def test_an_empty_description_is_not_sent_to_another_provider(world: World) -> None:
     answer_blank(world)
+    await world.mesh.wait_for_provider(BACKUP)
     spec = job_pb2.JobSpec(
         task=job_pb2.TASK_IMAGE_TO_TEXT,
         provider=PROVIDER,
@@ -212,13 +217,60 @@ async def test_an_empty_description_falls_back_to_the_next_provider(world: World
     reply = await world.mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))
     job, _ = await world.mesh.finished(reply.job.id)
 
-    assert job.state == job_pb2.JOB_STATE_COMPLETED, job.error
-    assert job.provider == BACKUP and job.output_text.strip()
-    first, second = job.attempts
-    assert (first.provider, first.outcome) == (PROVIDER, job_pb2.ATTEMPT_OUTCOME_FAILED)
-    assert first.error.code == "empty_output"
-    assert first.error.message.startswith(f"{PROVIDER} returned no text for image-to-text")
-    assert (second.provider, second.outcome) == (BACKUP, job_pb2.ATTEMPT_OUTCOME_SUCCEEDED)
+    assert job.state == job_pb2.JOB_STATE_FAILED, job
+    assert (job.error.code, job.error.kind) == ("empty_output", job_pb2.ERROR_KIND_FATAL)
+    assert job.error.message == f"{PROVIDER} returned no text for image-to-text"
+    (only,) = job.attempts
+    assert (only.provider, only.outcome) == (PROVIDER, job_pb2.ATTEMPT_OUTCOME_FAILED)
+    assert chat_calls(world) == 1
+
+
+async def test_a_token_limit_spent_thinking_is_the_callers_no_text(world: World) -> None:
+    # A reasoning model spends its hidden tokens first; max_tokens=16 leaves none for text.
+    world.fake.reasoning_tokens = 64
+    await world.mesh.wait_for_provider(BACKUP)
+    job = await submit(
+        world.mesh,
+        job_pb2.TASK_TEXT_TO_TEXT,
+        "say hi",
+        job_pb2.PROVIDER_PREFERENCE_SOFT,
+        max_tokens=16,
+    )
+    job, _ = await world.mesh.finished(job.id)
+
+    assert job.state == job_pb2.JOB_STATE_FAILED, job
+    assert (job.error.code, job.error.kind) == ("no_text", job_pb2.ERROR_KIND_INVALID_INPUT)
+    assert job.error.message == (
+        f"{PROVIDER} used up max_tokens (16) before writing any text (reasoning models spend "
+        "tokens thinking first): raise max_tokens"
+    )
+    # The caller's setting: asked once, sent nowhere else, and not held against the provider.
+    assert chat_calls(world) == 1
+    assert [a.provider for a in job.attempts] == [PROVIDER]
+    worker = world.mesh.provider_worker(PROVIDER)
+    assert (worker.recent_calls, worker.recent_error_rate) == (1, 0.0)
+
+
+async def test_an_image_file_with_no_bytes_is_empty_output_not_storages_fault(
+    world: World,
+) -> None:
+    await world.mesh.wait_for_provider(PROVIDER)
+    # The provider answers with a URL whose file turns out to hold nothing.
+    answer = {"created": 1_700_000_000, "data": [{"url": f"{world.url}/files/empty.png"}]}
+    world.fake.faults.inject(
+        Injected(200, answer), Injected(200, b"", {"content-type": "image/png"})
+    )
+    job = await submit(world.mesh, job_pb2.TASK_TEXT_TO_IMAGE, "a fox", size="256x256")
+    job, _ = await world.mesh.finished(job.id)
+
+    assert job.state == job_pb2.JOB_STATE_FAILED, job
+    assert (job.error.code, job.error.kind) == ("empty_output", job_pb2.ERROR_KIND_FATAL)
+    assert job.error.message == (
+        f"{PROVIDER} returned an empty file (image-1.png) for text-to-image"
+    )
+    assert not job.assets
+    paths = [r.path for r in world.fake.faults.requests if r.path != "/v1/models"]
+    assert paths == ["/v1/images/generations", "/files/empty.png"]
 
 
 async def test_a_pipeline_stops_at_the_step_that_answered_nothing(world: World) -> None:

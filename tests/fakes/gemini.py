@@ -11,7 +11,8 @@ inlineData, shaped by imageConfig.aspectRatio.
 Knobs: `latency` before answering, `chunk_delay` between streamed chunks, `image_side`,
 `faults` for scripted failures, and content rules: a prompt containing a `blocked_terms` word is
 blocked (promptFeedback.blockReason SAFETY), one containing an `unsafe_terms` word ends with
-finishReason SAFETY / IMAGE_SAFETY, one containing a `text_only_terms` word gets no image.
+finishReason SAFETY / IMAGE_SAFETY, one containing a `text_only_terms` word gets no image;
+`thinking_tokens` spent before a text answer count against maxOutputTokens.
 A client that hangs up mid-answer is recorded in `abandoned`.
 """
 
@@ -91,6 +92,7 @@ class FakeGemini:
         blocked_terms: Iterable[str] = ("forbidden",),
         unsafe_terms: Iterable[str] = ("unsafe",),
         text_only_terms: Iterable[str] = ("just chat",),
+        thinking_tokens: int = 0,
     ) -> None:
         self.key = key
         self.latency = latency
@@ -100,6 +102,9 @@ class FakeGemini:
         self.blocked_terms = tuple(blocked_terms)
         self.unsafe_terms = tuple(unsafe_terms)
         self.text_only_terms = tuple(text_only_terms)
+        # Tokens a text model spends thinking before it answers, as Gemini 2.5 does: never
+        # streamed, counted against maxOutputTokens (usageMetadata.thoughtsTokenCount).
+        self.thinking_tokens = thinking_tokens
         self.faults = Faults()
         self.abandoned: list[str] = []
         self.app = Starlette(
@@ -226,7 +231,7 @@ class FakeGemini:
         if any(term in lowered for term in self.unsafe_terms):
             refused = {"finishReason": "SAFETY", "index": 0, "safetyRatings": SAFETY_RATINGS}
             return [{"candidates": [refused], "usageMetadata": usage, **meta}]
-        return _text_chunks(_reply(prompt, images, body), config, usage, meta)
+        return _text_chunks(_reply(prompt, images, body), config, usage, meta, self.thinking_tokens)
 
     def _draw(
         self,
@@ -294,13 +299,27 @@ def _reply(prompt: str, images: list[Image.Image], body: Mapping[str, Any]) -> s
 
 
 def _text_chunks(
-    text: str, config: Mapping[str, Any], usage: dict[str, Any], meta: dict[str, Any]
+    text: str,
+    config: Mapping[str, Any],
+    usage: dict[str, Any],
+    meta: dict[str, Any],
+    thinking: int,
 ) -> list[dict[str, Any]]:
     words = text.split(" ")
     limit = config.get("maxOutputTokens")
     finish = "STOP"
-    if isinstance(limit, int) and len(words) > limit:
-        words, finish = words[:limit], "MAX_TOKENS"
+    if isinstance(limit, int):
+        thinking = min(thinking, limit)
+        if len(words) > limit - thinking:
+            words, finish = words[: limit - thinking], "MAX_TOKENS"
+    if thinking:
+        usage = {**usage, "thoughtsTokenCount": thinking}
+    if not words:
+        # The limit ran out while thinking: one chunk, its candidate without parts.
+        spent = {**usage, "candidatesTokenCount": 0}
+        spent["totalTokenCount"] = usage["promptTokenCount"] + thinking
+        empty = {"content": {"role": "model"}, "finishReason": finish, "index": 0}
+        return [{"candidates": [empty], "usageMetadata": spent, **meta}]
     pieces = [" ".join(words[i : i + 3]) + " " for i in range(0, len(words), 3)]
     pieces[-1] = pieces[-1].rstrip()
     chunks = []
@@ -312,7 +331,7 @@ def _text_chunks(
         chunk = {"candidates": [candidate], **meta}
         if index == len(pieces) - 1:
             candidate["finishReason"] = finish
-            total = usage["promptTokenCount"] + len(words)
+            total = usage["promptTokenCount"] + thinking + len(words)
             chunk["usageMetadata"] = {
                 **usage,
                 "candidatesTokenCount": len(words),

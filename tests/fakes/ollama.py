@@ -1,11 +1,13 @@
 """A fake Ollama server on loopback, speaking its native API (github.com/ollama/ollama docs/api.md).
 
 /api/tags lists the pulled models; /api/chat and /api/generate stream NDJSON (or answer one
-object with "stream": false), take base64 `images`, honour options.num_predict, report a
-model that is not pulled as 404 {"error": "model \"x\" not found, try pulling it first"},
-and fail mid-stream the way Ollama does: a final {"error": "..."} line under a 200 status.
-Optional Bearer auth mimics a remote Ollama (ollama.com). Latency, token pace and scripted
-failures (tests.fakes.server.Faults) are configurable for benchmarks and demos too.
+object with "stream": false), take base64 `images`, honour options.num_predict (a thinking
+model's "thinking" counts against it, so a small limit ends with done_reason "length" before
+any text), report a model that is not pulled as 404 {"error": "model \"x\" not found, try
+pulling it first"}, and fail mid-stream the way Ollama does: a final {"error": "..."} line
+under a 200 status. Optional Bearer auth mimics a remote Ollama (ollama.com). Latency, token
+pace and scripted failures (tests.fakes.server.Faults) are configurable for benchmarks and
+demos too.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ class FakeOllama:
     # Send {"error": ...} after this many streamed chunks (a crashing model runner).
     fail_stream_after: int | None = None
     reply: Callable[[str], str] = echo_reply
+    # Tokens a thinking model (qwen3, gpt-oss, ...) spends thinking before its answer:
+    # streamed first as message.thinking (top-level "thinking" for /api/generate) and counted
+    # against options.num_predict, so a small limit ends with done_reason "length" and no text.
+    thinking_tokens: int = 0
     faults: Faults = field(default_factory=Faults)
     # Paths of streams the client abandoned before the end (how cancellation shows here).
     abandoned: list[str] = field(default_factory=list)
@@ -151,24 +157,32 @@ class FakeOllama:
         self, request: Request, body: dict[str, Any], model: str, prompt: str, key: str
     ) -> Response:
         pieces = re.findall(r"\S+\s*", self.reply(prompt))
+        thoughts = ["Let me think. "] * self.thinking_tokens
         reason = "stop"
         limit = (body.get("options") or {}).get("num_predict")
-        if isinstance(limit, int) and 0 <= limit < len(pieces):
-            pieces, reason = pieces[:limit], "length"
+        if isinstance(limit, int) and 0 <= limit < len(thoughts) + len(pieces):
+            thoughts = thoughts[:limit]
+            pieces, reason = pieces[: limit - len(thoughts)], "length"
+        tokens = len(thoughts) + len(pieces)
 
-        def part(text: str) -> dict[str, Any]:
-            return {"message": _assistant(text)} if key == "message" else {"response": text}
+        def part(text: str, thinking: str = "") -> dict[str, Any]:
+            said: dict[str, Any] = {"thinking": thinking} if thinking else {}
+            if key == "message":
+                return {"message": {**_assistant(text), **said}}
+            return {"response": text, **said}
 
         if body.get("stream") is False:
             await asyncio.sleep(self.load_delay)
-            return JSONResponse(_final(model, part("".join(pieces)), len(pieces), reason))
+            whole = part("".join(pieces), "".join(thoughts))
+            return JSONResponse(_final(model, whole, tokens, reason))
+        chunks = [part("", t) for t in thoughts] + [part(p) for p in pieces]
         path = request.url.path
 
         async def lines() -> AsyncIterator[str]:
             finished = False
             try:
                 await asyncio.sleep(self.load_delay)
-                for sent, piece in enumerate(pieces):
+                for sent, chunk in enumerate(chunks):
                     if sent == self.fail_stream_after:
                         yield json.dumps({"error": RUNNER_ERROR}) + "\n"
                         finished = True
@@ -176,9 +190,9 @@ class FakeOllama:
                     await asyncio.sleep(self.token_delay)
                     if await request.is_disconnected():
                         return
-                    chunk = {"model": model, "created_at": _now(), **part(piece), "done": False}
-                    yield json.dumps(chunk) + "\n"
-                yield json.dumps(_final(model, part(""), len(pieces), reason)) + "\n"
+                    line = {"model": model, "created_at": _now(), **chunk, "done": False}
+                    yield json.dumps(line) + "\n"
+                yield json.dumps(_final(model, part(""), tokens, reason)) + "\n"
                 finished = True
             finally:
                 if not finished:

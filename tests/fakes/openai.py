@@ -1,11 +1,13 @@
 """A fake OpenAI API on loopback, speaking the wire format of api.openai.com/v1.
 
 Bearer auth with OpenAI's error bodies, request validation with its messages, streamed chat
-completions (SSE, `data: [DONE]`), vision content parts, image generations and edits (real
-PNG/JPEG/WebP made with Pillow; base64 or URLs; partial images streamed as SSE), speech
-(real WAV, raw PCM or silent MP3 frames) and transcriptions (multipart). Latency, token pace
-and scripted failures (tests.fakes.server.Faults) are configurable, so benchmarks and demos
-can use it as well as tests. With `api_key=""` it needs no key, like a local vLLM or Ollama.
+completions (SSE, `data: [DONE]`; a reasoning model's hidden tokens count against the token
+limit, so a small one ends with finish_reason "length" before any text), vision content
+parts, image generations and edits (real PNG/JPEG/WebP made with Pillow; base64 or URLs;
+partial images streamed as SSE), speech (real WAV, raw PCM or silent MP3 frames) and
+transcriptions (multipart). Latency, token pace and scripted failures
+(tests.fakes.server.Faults) are configurable, so benchmarks and demos can use it as well as
+tests. With `api_key=""` it needs no key, like a local vLLM or Ollama.
 """
 
 from __future__ import annotations
@@ -111,6 +113,10 @@ class FakeOpenAI:
     # Send an {"error": ...} event after this many streamed chat chunks (a failing upstream).
     fail_stream_after: int | None = None
     reply: Callable[[str], str] = echo_reply
+    # Hidden reasoning tokens spent before the answer, as OpenAI's reasoning models do: never
+    # streamed, counted against max_tokens / max_completion_tokens, so a limit they use up
+    # leaves the answer empty with finish_reason "length".
+    reasoning_tokens: int = 0
     faults: Faults = field(default_factory=Faults)
     # Every final image or audio file produced, in order.
     produced: list[bytes] = field(default_factory=list)
@@ -232,8 +238,11 @@ class FakeOpenAI:
             reply = json.dumps({"reply": reply})
         pieces = re.findall(r"\S+\s*", reply)
         finish = "stop"
-        if limit is not None and len(pieces) > int(limit):
-            pieces, finish = pieces[: int(limit)], "length"
+        reasoning = self.reasoning_tokens
+        if limit is not None:
+            reasoning = min(reasoning, int(limit))
+            if len(pieces) > int(limit) - reasoning:
+                pieces, finish = pieces[: int(limit) - reasoning], "length"
         created = int(time.time())
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if not body.get("stream") or self.ignore_stream:
@@ -246,7 +255,7 @@ class FakeOpenAI:
                     "created": created,
                     "model": model,
                     "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                    "usage": _usage(prompt, pieces),
+                    "usage": _usage(prompt, pieces, reasoning),
                 }
             )
 
@@ -623,12 +632,14 @@ def _image_event(kind: str, data: bytes, **extra: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
 
 
-def _usage(prompt: str, pieces: Sequence[str]) -> dict[str, int]:
+def _usage(prompt: str, pieces: Sequence[str], reasoning: int) -> dict[str, Any]:
     prompt_tokens = len(prompt.split())
+    completion = len(pieces) + reasoning
     return {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": len(pieces),
-        "total_tokens": prompt_tokens + len(pieces),
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
 
 

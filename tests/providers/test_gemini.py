@@ -105,6 +105,38 @@ async def test_a_token_limit_returns_the_text_so_far(gemini: tuple[FakeGemini, s
     assert result.text == "Echo: one two"
 
 
+async def test_thinking_that_uses_up_the_limit_is_the_callers_to_raise(
+    gemini: tuple[FakeGemini, str],
+) -> None:
+    fake, url = gemini
+    fake.thinking_tokens = 40
+    spent, roomy = ({"max_output_tokens": limit} for limit in (32, 64))
+    async with adapter(url) as instance:
+        with pytest.raises(InvalidInput) as raised:
+            await instance.run(FakeContext(T2T, "one two three", spent))
+        # Room left after thinking: the answer comes.
+        result = await instance.run(FakeContext(T2T, "one two", roomy))
+    assert raised.value.code == "no_text"
+    assert raised.value.message == (
+        "gemini used up max_output_tokens (32) before writing any text (reasoning models "
+        "spend tokens thinking first): raise max_output_tokens"
+    )
+    assert result.text == "Echo: one two"
+
+
+async def test_an_empty_answer_is_left_to_the_runtime_not_retried(
+    gemini: tuple[FakeGemini, str],
+) -> None:
+    fake, url = gemini
+    candidate = {"content": {"role": "model"}, "finishReason": "STOP", "index": 0}
+    event = f"data: {json.dumps({'candidates': [candidate]})}\r\n\r\n"
+    fake.faults.inject(Injected(200, event, {"content-type": "text/event-stream"}))
+    async with adapter(url) as instance:
+        result = await instance.run(FakeContext(T2T, "say nothing"))
+    # Not the caller's doing: the runtime fails it as empty_output, never retried.
+    assert result.text == ""
+
+
 async def test_image_to_text_sends_the_image_inline(gemini: tuple[FakeGemini, str]) -> None:
     fake, url = gemini
     image = png(32, 16)

@@ -107,6 +107,25 @@ async def test_max_tokens_becomes_num_predict(setup: Setup, adapter: OllamaAdapt
     assert body["options"] == {"num_predict": 3} and body["format"] == "json"
 
 
+async def test_thinking_that_uses_up_max_tokens_is_the_callers_to_raise(
+    setup: Setup, adapter: OllamaAdapter
+) -> None:
+    setup.fake.thinking_tokens = 8
+    ctx = FakeContext(T.TASK_TEXT_TO_TEXT, "one two three", {"max_tokens": 5})
+    with pytest.raises(InvalidInput) as raised:
+        await adapter.run(ctx)
+    assert raised.value.code == "no_text"
+    assert raised.value.message == (
+        "ollama-test used up max_tokens (5) before writing any text (reasoning models spend "
+        "tokens thinking first): raise max_tokens"
+    )
+    # The thinking streamed is never shown as the answer.
+    assert all("think" not in m for _, m in ctx.progress_reports)
+    # With room left after thinking, the answer comes, thinking left out.
+    result = await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "one two", {"max_tokens": 50}))
+    assert result.text == "You said: one two"
+
+
 async def test_vision_sends_the_image_as_base64(setup: Setup, adapter: OllamaAdapter) -> None:
     image = png(40, 30, (0, 0, 255))
     result = await adapter.run(FakeContext(T.TASK_IMAGE_TO_TEXT, "", {}, [image]))

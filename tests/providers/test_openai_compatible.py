@@ -144,6 +144,34 @@ async def test_max_tokens_truncates_and_uses_the_instance_field(setup: Setup) ->
     assert json.loads(setup.bodies("/v1/chat/completions")[-1])["max_completion_tokens"] == 2
 
 
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "in-one-piece"])
+async def test_reasoning_that_uses_up_max_tokens_is_the_callers_to_raise(
+    setup: Setup, streamed: bool
+) -> None:
+    setup.fake.reasoning_tokens = 64
+    setup.fake.ignore_stream = not streamed
+    reasoning = {"text-to-text": "o4-mini"}
+    options = {"max_tokens_field": "max_completion_tokens"}
+    async with aclosing(setup.adapter(models=reasoning, options=options)) as adapter:
+        with pytest.raises(InvalidInput) as raised:
+            await adapter.run(FakeContext(T.TASK_TEXT_TO_TEXT, "hello", {"max_tokens": 32}))
+        assert raised.value.code == "no_text"
+        assert raised.value.message == (
+            "openai-test used up max_tokens (32) before writing any text (reasoning models "
+            "spend tokens thinking first): raise max_tokens"
+        )
+        # Room left after the reasoning: the answer comes.
+        ctx = FakeContext(T.TASK_TEXT_TO_TEXT, "hello", {"max_tokens": 100})
+        assert (await adapter.run(ctx)).text == "You said: hello"
+
+
+async def test_a_blank_answer_for_another_reason_is_left_to_the_runtime(setup: Setup) -> None:
+    setup.fake.reply = lambda _prompt: " "
+    result = await run_once(setup.adapter(), FakeContext(T.TASK_TEXT_TO_TEXT, "hello"))
+    # Not the caller's doing: the runtime refuses it as empty_output (tests/e2e).
+    assert result.text.strip() == ""
+
+
 async def test_vision_sends_the_image_as_a_data_url(adapter: OpenAICompatibleAdapter) -> None:
     image = png(64, 48, (10, 200, 40))
     ctx = FakeContext(T.TASK_IMAGE_TO_TEXT, "", {"detail": "low"}, [image])

@@ -43,8 +43,13 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
 
 class Task(_Task, metaclass=_TaskEnumTypeWrapper):
     """What a job produces from what it is given. A provider that answers with nothing to show
-    (no output file; for the text tasks, no file and blank text) fails the job with JobError
-    code "empty_output" (ERROR_KIND_RETRYABLE: tried again, then on the next provider).
+    (no output file; for the text tasks, no file and blank text), or with a file that holds no
+    bytes, fails the job with JobError code "empty_output" (ERROR_KIND_FATAL: not tried again,
+    nor on another provider, since a resumed request would fetch the same empty result and a
+    new one costs another generation; it counts against the provider's health). A text answer
+    cut off by the caller's token limit before any text (a reasoning model may spend it all
+    thinking) fails with "no_text" (ERROR_KIND_INVALID_INPUT): raise max_tokens (Gemini:
+    max_output_tokens).
     """
 
 TASK_UNSPECIFIED: Task.ValueType  # 0

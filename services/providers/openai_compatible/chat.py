@@ -10,6 +10,7 @@ from services.providers.adapter import InvalidInput, JobContext, Result, Retryab
 from services.providers.openai_compatible.client import OpenAIHTTP
 from services.providers.openai_compatible.options import Options
 from services.providers.openai_compatible.progress import StreamedText
+from services.providers.outputs import no_text
 from services.providers.remote import data_uri
 from services.providers.streams import iter_sse
 from services.storage.probe import sniff_media_type
@@ -63,7 +64,8 @@ async def complete(
         if response.headers.get("content-type", "").startswith("application/json"):
             # Some compatible servers ignore stream=true and answer in one piece.
             await response.aread()
-            return Result(text=_whole_answer(api, response.content))
+            whole, finish = _whole_answer(api, response.content)
+            return Result(text=_visible(api, whole, finish, params))
         async for event in iter_sse(response):
             if event.data.strip() == "[DONE]":
                 ended = True
@@ -78,9 +80,20 @@ async def complete(
             await text.report_if_due()
     if not (ended or finish):
         raise Retryable("stream_interrupted", f"{api.name} ended the stream before finishing")
-    if finish == "content_filter" and not text.text:
+    return Result(text=_visible(api, text.text, finish, params))
+
+
+def _visible(api: OpenAIHTTP, text: str, finish: str, params: Mapping[str, Any]) -> str:
+    """The answer's text; InvalidInput when it is blank for a reason of the caller's: the
+    content filter, or max_tokens spent before any text (an empty answer otherwise is the
+    runtime's to refuse)."""
+    if text.strip():
+        return text
+    if finish == "content_filter":
         raise InvalidInput("content_filtered", f"{api.name} withheld the answer (content filter)")
-    return Result(text=text.text)
+    if finish == "length":
+        raise no_text(api.name, "max_tokens", params.get("max_tokens"))
+    return text
 
 
 def _decode(api: OpenAIHTTP, data: str) -> dict[str, Any]:
@@ -93,11 +106,13 @@ def _decode(api: OpenAIHTTP, data: str) -> dict[str, Any]:
     return chunk
 
 
-def _whole_answer(api: OpenAIHTTP, body: bytes) -> str:
+def _whole_answer(api: OpenAIHTTP, body: bytes) -> tuple[str, str]:
+    """The text and finish_reason of an answer sent in one piece."""
     chunk = _decode(api, body.decode("utf-8", "replace"))
     if "error" in chunk:
         raise api.stream_error(chunk["error"])
     try:
-        return str(chunk["choices"][0]["message"]["content"] or "")
-    except (KeyError, IndexError, TypeError):
+        choice = chunk["choices"][0]
+        return str(choice["message"]["content"] or ""), str(choice.get("finish_reason") or "")
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise Retryable("bad_response", f"{api.name} answered without a message") from None
