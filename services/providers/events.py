@@ -63,6 +63,8 @@ class EventPublisher:
         self._pending: list[job_pb2.JobEvent] = []
         self._sender: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()
+        # While flush() waits, each message goes out at once.
+        self._flushing = False
         # Set by an outcome: the sender stops after its current message; the outcome
         # carries the rest.
         self._ending = False
@@ -106,15 +108,26 @@ class EventPublisher:
         it raised."""
         if self._sender is None or self._sender.cancelled():
             return
+        self._flushing = True
         self._hurry.set()
-        await self._sender
+        try:
+            await self._sender
+        finally:
+            self._flushing = False
 
     async def _send_later(self) -> None:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._progress_linger):
-                await self._hurry.wait()
         while self._pending and not self._ending:
+            # Each message waits out its linger, including progress reported while the one
+            # before it was being stored: sent straight after it, a provider reporting faster
+            # than a publish takes sent a message per report or two.
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._progress_linger):
+                    await self._hurry.wait()
+            if self._ending:
+                return  # the outcome takes what is pending
+            if not self._flushing:
+                self._hurry.clear()
             events, self._pending = self._pending, []
             self._count += 1
             msg_id = f"{self._job_id}:{self._attempt}:{self.delivery_id}:{self._count}"

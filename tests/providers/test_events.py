@@ -136,6 +136,31 @@ async def test_a_change_of_state_goes_out_soon_and_progress_waits_its_longer_lin
     )
 
 
+async def test_progress_reported_while_a_message_is_stored_waits_its_own_linger(
+    js: JetStreamContext, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It went out straight after the message before it: a provider reporting faster than a
+    # publish takes sent a message for nearly every report, whatever the linger.
+    events = publisher(js, bus, linger=0.02, progress_linger=60.0)
+    real_publish = js.publish
+    reported: list[bool] = []
+
+    async def publish_with_a_report_meanwhile(*args: object, **kwargs: object) -> object:
+        if not reported:
+            reported.append(True)
+            await events.publish(progress("step 1"))  # while "started" is being stored
+        return await real_publish(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(js, "publish", publish_with_a_report_meanwhile)
+    await events.publish(progress("started"))
+    run = f"j1:2:{events.delivery_id}"
+    assert await stored_soon(js, bus, 1) == [(f"{run}:1", ["started"])]
+    await asyncio.sleep(0.5)
+    assert len(await stored(js, bus)) == 1
+    await events.flush()
+    assert (await stored(js, bus))[1] == (f"{run}:2", ["step 1"])
+
+
 async def test_flush_publishes_held_progress_at_once(js: JetStreamContext, bus: Bus) -> None:
     events = publisher(js, bus, linger=60.0)
     await events.publish(progress("retrying in 1.0s"))
