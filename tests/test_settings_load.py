@@ -48,3 +48,36 @@ def test_a_list_of_replica_names_gRPC_cannot_take_is_refused_saying_what_to_writ
     assert len(lines) == 1, lines
     assert lines[0].startswith("cannot start: GENMESH_STORAGE_ADDR: ")
     assert "dns:///router:50051" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("module", "variable", "value", "said"),
+    [
+        # Each of these was a traceback from deep in start-up, if anything at all: a port past
+        # 65535 was taken as that number less 65536, a service listening or calling there.
+        ("services.prompt", "GENMESH_LISTEN", "nonsense", "must be host:port"),
+        ("gateway", "GENMESH_LISTEN", "127.0.0.1:99999", "the port 0 to 65535"),
+        ("services.providers", "GENMESH_LISTEN", "localhost", "must be host:port"),
+        ("services.router", "GENMESH_STORAGE_ADDR", "127.0.0.1:99999", "port must be 1 to 65535"),
+        ("gateway", "GENMESH_ROUTER_ADDR", "", "no address"),
+        ("services.storage", "GENMESH_LOG_LEVEL", "LOUD", "one of CRITICAL, ERROR"),
+        ("services.router", "GENMESH_ROUTING_POLICY", "bogus", "one of: priority, cost"),
+        ("services.router", "GENMESH_ROUTING_WEIGHTS", "a=x", "'a=x' is not name=non-negative"),
+        ("services.router", "GENMESH_DATA_DIR", __file__, "not a directory"),
+        ("services.storage", "GENMESH_DATABASE_URL", "garbage", "postgresql+asyncpg://"),
+        (
+            "services.router",
+            "GENMESH_DATABASE_URL",
+            f"postgresql://genmesh:{SECRET}@127.0.0.1/db",
+            "postgresql+asyncpg://",
+        ),
+    ],
+)
+def test_each_bad_setting_is_one_line_naming_it(
+    module: str, variable: str, value: str, said: str
+) -> None:
+    lines = start(module, **{variable: value})
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"cannot start: {variable}: "), lines
+    assert said in lines[0], lines
+    assert SECRET not in lines[0]

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.common.settings import ServiceAddress, ServiceSettings
+from services.common.settings import ListenAddress, ServiceAddress, ServiceSettings
 from services.storage.limits import MAX_UPLOAD_BYTES
 
 
 class Settings(ServiceSettings):
     """Where the bridge listens and which gRPC services it calls."""
 
-    listen: str = "127.0.0.1:8080"
+    listen: ListenAddress = "127.0.0.1:8080"
     router_addr: ServiceAddress = "127.0.0.1:50051"
     storage_addr: ServiceAddress = "127.0.0.1:50052"
     # Messages one live connection (WebSocket or SSE) may have waiting for a slow client;

@@ -42,10 +42,17 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
 def grpc_target(address: str) -> str:
     """The gRPC target for an address setting. One address or gRPC URI is used as it is (a
     DNS name resolving to several replicas, e.g. dns:///router:50051, reaches them all);
-    several IP:port, comma-separated, become one static list of replicas."""
+    several IP:port, comma-separated, become one static list of replicas. ValueError for
+    what gRPC cannot take, or would take as another address."""
     parts = [part.strip() for part in address.split(",")]
     if len(parts) == 1:
-        return address.strip()
+        _host, _, port = parts[0].rpartition(":")
+        if not parts[0]:
+            raise ValueError("no address: give host:port, e.g. 127.0.0.1:50051")
+        # gRPC takes a port past 65535 as that number less 65536: another port altogether.
+        if port.isdigit() and not 0 < int(port) < 65536:
+            raise ValueError(f"{address!r}: the port must be 1 to 65535")
+        return parts[0]
     families = {_family(part) for part in parts}
     if len(families) != 1 or None in families:
         raise ValueError(

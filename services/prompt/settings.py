@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from services.common.settings import ServiceSettings
+from services.common.settings import ListenAddress, ServiceSettings
 
 
 class Settings(ServiceSettings):
     # Where this PromptService listens.
-    listen: str = "127.0.0.1:50053"
+    listen: ListenAddress = "127.0.0.1:50053"
     # Longest prompt accepted, in characters.
     prompt_max_length: int = 10_000
     # Ollama server whose model compresses long prompts (e.g. http://127.0.0.1:11434);

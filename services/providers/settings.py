@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.settings import BusSettings, ServiceAddress
+from services.common.settings import BusSettings, OptionalListenAddress, ServiceAddress
 from services.providers.events import LINGER, PROGRESS_LINGER
 
 
@@ -23,7 +23,7 @@ class Settings(BusSettings):
     # AssetService, where outputs are stored.
     storage_addr: ServiceAddress = "127.0.0.1:50052"
     # Optional gRPC health endpoint for orchestrators; empty disables it.
-    listen: str = ""
+    listen: OptionalListenAddress = ""
     # Seconds a stopping worker waits for running jobs before cancelling them (they are
     # redelivered to another worker).
     worker_drain_timeout: float = 10.0

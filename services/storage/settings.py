@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from services.common.settings import DatabaseSettings
+from services.common.settings import DatabaseSettings, ListenAddress
 from services.storage.limits import MAX_UPLOAD_BYTES
 
 
 class Settings(DatabaseSettings):
     # Where this AssetService listens.
-    listen: str = "127.0.0.1:50052"
+    listen: ListenAddress = "127.0.0.1:50052"
     # Blob directory; empty means <data_dir>/blobs.
     storage_dir: str = ""
     # Largest upload accepted, in bytes.
