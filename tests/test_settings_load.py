@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,22 @@ def test_each_bad_setting_is_one_line_naming_it(
     assert lines[0].startswith(f"cannot start: {variable}: "), lines
     assert said in lines[0], lines
     assert SECRET not in lines[0]
+
+
+@pytest.mark.parametrize("module", ["services.prompt", "services.router", "services.storage"])
+def test_a_listen_port_in_use_is_one_line_naming_it(
+    module: str, nats_url: str, nats_prefix: str, tmp_path: Path
+) -> None:
+    # gRPC's RuntimeError came up as a traceback ending 'set GRPC_VERBOSITY=debug ...'.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        lines = start(
+            module,
+            GENMESH_LISTEN=address,
+            GENMESH_DATA_DIR=str(tmp_path),
+            GENMESH_NATS_URL=nats_url,
+            GENMESH_NATS_PREFIX=nats_prefix,
+        )
+    assert f"cannot start: cannot listen on {address}: " in lines[-1], lines
