@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra import free_port
+
 SECRET = "hunter2-not-for-logs"
 
 
@@ -102,3 +104,31 @@ def test_a_listen_port_in_use_is_one_line_naming_it(
             GENMESH_NATS_PREFIX=nats_prefix,
         )
     assert f"cannot start: cannot listen on {address}: " in lines[-1], lines
+
+
+@pytest.mark.parametrize("module", ["services.router", "services.storage"])
+def test_a_database_that_cannot_be_opened_is_one_line_naming_it(
+    module: str, nats_url: str, nats_prefix: str, tmp_path: Path
+) -> None:
+    # Each was a traceback from asyncpg, socket or sqlite3.
+    (tmp_path / "a-file").write_text("")
+    refused = f"127.0.0.1:{free_port()}"
+    for settings, said in (
+        (
+            {"GENMESH_DATABASE_URL": f"postgresql+asyncpg://genmesh:{SECRET}@{refused}/db"},
+            f"cannot open the database postgresql+asyncpg://genmesh:***@{refused}/db: ",
+        ),
+        (
+            {"GENMESH_DATA_DIR": str(tmp_path / "a-file" / "data")},
+            f"cannot make the data directory {tmp_path / 'a-file' / 'data'}: Not a directory",
+        ),
+    ):
+        lines = start(
+            module,
+            GENMESH_LISTEN="127.0.0.1:0",
+            GENMESH_NATS_URL=nats_url,
+            GENMESH_NATS_PREFIX=nats_prefix,
+            **settings,
+        )
+        assert f"cannot start: {said}" in lines[-1], lines
+        assert SECRET not in "\n".join(lines)

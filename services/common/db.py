@@ -16,17 +16,20 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from sqlalchemy import Connection, MetaData, create_engine, event, inspect, text
+from sqlalchemy import Connection, MetaData, create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import Result
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Executable
+
+from services.common.errors import CannotStart
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,23 @@ def database_url(url: str, data_dir: Path, default_name: str) -> str:
     """The configured URL, or a SQLite file under data_dir."""
     if url:
         return url
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CannotStart(f"cannot make the data directory {data_dir}: {error.strerror}") from None
     return f"sqlite:///{(data_dir / default_name).resolve()}"
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    """A database that cannot be reached or opened (refused, no such host, database or role,
+    a file that cannot be opened) as CannotStart naming it, its password hidden, and why."""
+    try:
+        yield
+    except (OSError, DBAPIError) as error:
+        why = str(error.orig) if isinstance(error, DBAPIError) else error.strerror or str(error)
+        where = make_url(url).render_as_string(hide_password=True)
+        raise CannotStart(f"cannot open the database {where}: {why}") from None
 
 
 class DbConnection(ABC):
@@ -79,6 +97,8 @@ async def open_database(url: str, metadata: MetaData, schema: str = "") -> Async
         event.listen(engine, "connect", _sqlite_pragmas)
         checkpointer = WalCheckpointer.for_url(engine.url.database)
         try:
+            with _reaching(url):
+                engine.connect().close()
             with engine.begin() as conn:
                 _create(conn, metadata)
             checkpointer.start()
@@ -101,6 +121,9 @@ async def open_database(url: str, metadata: MetaData, schema: str = "") -> Async
         **({"connect_args": {"server_settings": {"search_path": quoted}}} if schema else {}),
     )
     try:
+        with _reaching(url):
+            async with async_engine.connect():
+                pass
         async with async_engine.begin() as aconn:
             # Replicas starting together would race: IF NOT EXISTS and create_all's checks
             # do not make concurrent DDL safe in PostgreSQL, and the loser fails at start-up.
