@@ -17,7 +17,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    ExitStack,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -30,6 +36,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Executable
 
 from services.common.errors import CannotStart
+from services.common.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -83,33 +90,70 @@ class Database(ABC):
         """A connection for reading."""
 
 
-@asynccontextmanager
-async def open_database(url: str, metadata: MetaData, schema: str = "") -> AsyncIterator[Database]:
-    """The database at `url` with its tables created (and brought up to date)."""
-    if url.startswith("sqlite"):
-        engine = create_engine(
-            # Older settings name the async driver; the file is the same.
-            url.replace("sqlite+aiosqlite:", "sqlite:", 1),
-            # One connection, used only from the event loop's thread.
-            poolclass=StaticPool,
-            connect_args={"timeout": 30, "check_same_thread": False},
-        )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        checkpointer = WalCheckpointer.for_url(engine.url.database)
-        try:
-            with _reaching(url):
-                engine.connect().close()
-            with engine.begin() as conn:
-                _create(conn, metadata)
-            checkpointer.start()
-            with engine.connect() as conn:
-                yield _SQLite(conn)
-        finally:
-            # Stopped first: the engine's last close checkpoints and removes the WAL, which
-            # it can only do once no other connection has the file open.
-            checkpointer.stop()
-            engine.dispose()
+@contextmanager
+def _sole_process(url: str) -> Iterator[None]:
+    """Refuse a SQLite file another process serves: SQLite's transactions here take no lock
+    until they write (the driver begins them at the first write), so two processes' read,
+    change and write of one row overwrite each other. Held by a lock file beside it (a lock
+    on the database file itself would be dropped with SQLite's own when it is closed)."""
+    path = make_url(url).database
+    if not path:  # in memory: this process's alone
+        yield
         return
+    with ExitStack() as stack:
+        with _reaching(url):  # the lock file cannot be made: its directory is missing, say
+            fd = stack.enter_context(exclusive_lock(Path(f"{path}.lock")))
+        if fd is None:
+            raise CannotStart(
+                f"another process serves the database {path}: a SQLite file takes one; for "
+                "replicas, use PostgreSQL (GENMESH_DATABASE_URL)"
+            )
+        yield
+
+
+@asynccontextmanager
+async def open_database(
+    url: str, metadata: MetaData, schema: str = "", *, sole: bool = False
+) -> AsyncIterator[Database]:
+    """The database at `url` with its tables created (and brought up to date). With `sole`,
+    a SQLite file is refused while another process holds it so (see _sole_process)."""
+    if url.startswith("sqlite"):
+        with _sole_process(url) if sole else nullcontext():
+            async with _open_sqlite(url, metadata) as db:
+                yield db
+    else:
+        async with _open_postgres(url, metadata, schema) as db:
+            yield db
+
+
+@asynccontextmanager
+async def _open_sqlite(url: str, metadata: MetaData) -> AsyncIterator[Database]:
+    engine = create_engine(
+        # Older settings name the async driver; the file is the same.
+        url.replace("sqlite+aiosqlite:", "sqlite:", 1),
+        # One connection, used only from the event loop's thread.
+        poolclass=StaticPool,
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    checkpointer = WalCheckpointer.for_url(engine.url.database)
+    try:
+        with _reaching(url):
+            engine.connect().close()
+        with engine.begin() as conn:
+            _create(conn, metadata)
+        checkpointer.start()
+        with engine.connect() as conn:
+            yield _SQLite(conn)
+    finally:
+        # Stopped first: the engine's last close checkpoints and removes the WAL, which
+        # it can only do once no other connection has the file open.
+        checkpointer.stop()
+        engine.dispose()
+
+
+@asynccontextmanager
+async def _open_postgres(url: str, metadata: MetaData, schema: str) -> AsyncIterator[Database]:
     # Quoted wherever it is named: unquoted, PostgreSQL folds it to lower case, so a schema
     # with capitals was created as written and then looked for under another name.
     quoted = '"' + schema.replace('"', '""') + '"'
