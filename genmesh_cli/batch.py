@@ -121,7 +121,6 @@ class BatchPanel:
             # A re-attached stream repeats what was seen; show each event once.
             if event.sequence <= self.last.get(event.job_id, 0):
                 return
-            self.note = ""
             self.last[event.job_id] = event.sequence
             self.states[event.job_id] = event.state
             if event.state in TERMINAL_STATES:
@@ -221,11 +220,16 @@ async def _follow(stub: job_service_pb2_grpc.JobServiceStub, panel: BatchPanel) 
     async def attempt() -> None:
         nonlocal deadline
         async for reply in stub.WatchBatch(request):
+            if panel.note:
+                # The router answers again: the note of its loss must not outlast it (it did
+                # where the jobs ended meanwhile, as no event followed the re-attach).
+                panel.note = "router back; re-attached"
             panel.update(reply)
             deadline = time.monotonic() + RETRY_FOR
 
     def broken(error: grpc.aio.AioRpcError) -> None:
-        panel.note = f"stream broke ({error.code().name}); re-attaching"
+        # As `genmesh generate` says it.
+        panel.note = f"lost the router ({error.code().name}); re-attaching until it is back"
 
     await retry_broken(attempt, lambda: deadline, broken)
 

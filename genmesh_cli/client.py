@@ -51,7 +51,8 @@ def default_addresses(env: Mapping[str, str]) -> Addresses:
     CliError (a usage error) naming the variable whose list gRPC cannot take."""
     for name in ("GENMESH_ROUTER_ADDR", "GENMESH_STORAGE_ADDR"):
         try:
-            grpc_target(env.get(name) or "")
+            if env.get(name):  # empty: the default
+                grpc_target(env[name])
         except ValueError as error:
             raise CliError(f"{name}: {error}", exit_code=2) from None
     return Addresses(

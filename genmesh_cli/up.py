@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import fcntl
 import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from genmesh_cli.client import CliError
 from genmesh_cli.plan import Plan, make_plan
 from genmesh_cli.supervisor import Supervisor
+from services.common.locks import exclusive_lock
 
 
 def add_parser(subparsers: Any, env: Mapping[str, str]) -> None:
@@ -93,15 +93,13 @@ def _exclusive(path: Path) -> Iterator[int]:
     """Hold a lock on the data dir: two meshes on one SQLite store and NATS dir corrupt both.
     Yields the locked fd, for the children to inherit: the lock is held until the last of
     them has exited, should the supervisor die first."""
-    with path.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with exclusive_lock(path) as fd:
+        if fd is None:
             raise CliError(
                 f"another `genmesh up` (or a process it started) is using {path.parent}; "
                 "stop it or set --data-dir"
-            ) from None
-        yield f.fileno()
+            )
+        yield fd
 
 
 def _check_ports(plan: Plan) -> None:

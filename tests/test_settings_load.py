@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from tests.infra import free_port
 
 SECRET = "hunter2-not-for-logs"
 
@@ -51,13 +55,80 @@ def test_a_list_of_replica_names_gRPC_cannot_take_is_refused_saying_what_to_writ
 
 
 @pytest.mark.parametrize(
-    "module",
-    ["services.router", "services.providers", "services.storage", "services.prompt", "gateway"],
+    ("module", "variable", "value", "said"),
+    [
+        # Each of these was a traceback from deep in start-up, if anything at all: a port past
+        # 65535 was taken as that number less 65536, a service listening or calling there.
+        ("services.prompt", "GENMESH_LISTEN", "nonsense", "must be host:port"),
+        ("gateway", "GENMESH_LISTEN", "127.0.0.1:99999", "the port 0 to 65535"),
+        ("services.providers", "GENMESH_LISTEN", "localhost", "must be host:port"),
+        ("services.router", "GENMESH_STORAGE_ADDR", "127.0.0.1:99999", "port must be 1 to 65535"),
+        ("gateway", "GENMESH_ROUTER_ADDR", "", "no address"),
+        ("services.storage", "GENMESH_LOG_LEVEL", "LOUD", "one of CRITICAL, ERROR"),
+        ("services.router", "GENMESH_ROUTING_POLICY", "bogus", "one of: priority, cost"),
+        ("services.router", "GENMESH_ROUTING_WEIGHTS", "a=x", "'a=x' is not name=non-negative"),
+        ("services.router", "GENMESH_DATA_DIR", __file__, "not a directory"),
+        ("services.storage", "GENMESH_DATABASE_URL", "garbage", "postgresql+asyncpg://"),
+        (
+            "services.router",
+            "GENMESH_DATABASE_URL",
+            f"postgresql://genmesh:{SECRET}@127.0.0.1/db",
+            "postgresql+asyncpg://",
+        ),
+    ],
 )
-def test_a_bad_log_level_or_listen_address_is_one_line_each(module: str) -> None:
-    lines = start(module, GENMESH_LOG_LEVEL="verbose", GENMESH_LISTEN="nonsense")
-    assert lines == [
-        "cannot start: GENMESH_LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL",
-        "cannot start: GENMESH_LISTEN: expected host:port, e.g. 127.0.0.1:50051 or [::]:50051 "
-        "(port 0: any)",
-    ]
+def test_each_bad_setting_is_one_line_naming_it(
+    module: str, variable: str, value: str, said: str
+) -> None:
+    lines = start(module, **{variable: value})
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"cannot start: {variable}: "), lines
+    assert said in lines[0], lines
+    assert SECRET not in lines[0]
+
+
+@pytest.mark.parametrize("module", ["services.prompt", "services.router", "services.storage"])
+def test_a_listen_port_in_use_is_one_line_naming_it(
+    module: str, nats_url: str, nats_prefix: str, tmp_path: Path
+) -> None:
+    # gRPC's RuntimeError came up as a traceback ending 'set GRPC_VERBOSITY=debug ...'.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        lines = start(
+            module,
+            GENMESH_LISTEN=address,
+            GENMESH_DATA_DIR=str(tmp_path),
+            GENMESH_NATS_URL=nats_url,
+            GENMESH_NATS_PREFIX=nats_prefix,
+        )
+    assert f"cannot start: cannot listen on {address}: " in lines[-1], lines
+
+
+@pytest.mark.parametrize("module", ["services.router", "services.storage"])
+def test_a_database_that_cannot_be_opened_is_one_line_naming_it(
+    module: str, nats_url: str, nats_prefix: str, tmp_path: Path
+) -> None:
+    # Each was a traceback from asyncpg, socket or sqlite3.
+    (tmp_path / "a-file").write_text("")
+    refused = f"127.0.0.1:{free_port()}"
+    for settings, said in (
+        (
+            {"GENMESH_DATABASE_URL": f"postgresql+asyncpg://genmesh:{SECRET}@{refused}/db"},
+            f"cannot open the database postgresql+asyncpg://genmesh:***@{refused}/db: ",
+        ),
+        (
+            {"GENMESH_DATA_DIR": str(tmp_path / "a-file" / "data")},
+            f"cannot make the data directory {tmp_path / 'a-file' / 'data'}: Not a directory",
+        ),
+    ):
+        lines = start(
+            module,
+            GENMESH_LISTEN="127.0.0.1:0",
+            GENMESH_NATS_URL=nats_url,
+            GENMESH_NATS_PREFIX=nats_prefix,
+            **settings,
+        )
+        assert f"cannot start: {said}" in lines[-1], lines
+        assert SECRET not in "\n".join(lines)

@@ -89,10 +89,10 @@ _CONTENT_DOC: dict[int | str, dict[str, Any]] = {
 
 def _preconditions(
     if_match: Annotated[
-        str | None, Header(description='412 unless it names the ETag (strong) or is "*"')
+        list[str] | None, Header(description='412 unless it names the ETag (strong) or is "*"')
     ] = None,
     if_none_match: Annotated[
-        str | None, Header(description='304 when it names the ETag (weak) or is "*"')
+        list[str] | None, Header(description='304 when it names the ETag (weak) or is "*"')
     ] = None,
     if_modified_since: Annotated[
         str | None,
@@ -103,7 +103,14 @@ def _preconditions(
         Header(description="412 when Last-Modified is after it; ignored with If-Match"),
     ] = None,
 ) -> Preconditions:
-    return Preconditions(if_match, if_none_match, if_modified_since, if_unmodified_since)
+    # A list of tags may come split over several lines of the field, which together are
+    # the list (RFC 9110, 5.3); only the first line was read.
+    return Preconditions(
+        None if if_match is None else ", ".join(if_match),
+        None if if_none_match is None else ", ".join(if_none_match),
+        if_modified_since,
+        if_unmodified_since,
+    )
 
 
 PreconditionsDep = Annotated[Preconditions, Depends(_preconditions)]

@@ -46,10 +46,19 @@ _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 def grpc_target(address: str) -> str:
     """The gRPC target for an address setting. One host:port or gRPC target URI is used as it
     is (a DNS name resolving to several replicas, e.g. dns:///router:50051, reaches them all);
-    several IP:port, comma-separated, become one static list of replicas."""
+    several IP:port, comma-separated, become one static list of replicas. ValueError for what
+    gRPC cannot take, or would take as another address."""
     address = address.strip()
+    if address.startswith(_SCHEMES):
+        return address
     parts = [part.strip() for part in address.split(",")]
-    if len(parts) == 1 or address.startswith(_SCHEMES):
+    if len(parts) == 1:
+        if not address:
+            raise ValueError("no address: give host:port, e.g. 127.0.0.1:50051")
+        _host, _, port = address.rpartition(":")
+        # gRPC takes a port past 65535 as that number less 65536: another port altogether.
+        if port.isdigit() and not 0 < int(port) < 65536:
+            raise ValueError("the port must be 1 to 65535")
         return address
     families = {_family(part) for part in parts}
     if len(families) != 1 or None in families:

@@ -16,17 +16,27 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    ExitStack,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from sqlalchemy import Connection, MetaData, create_engine, event, inspect, text
+from sqlalchemy import Connection, MetaData, create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import Result
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql import Executable
+
+from services.common.errors import CannotStart
+from services.common.locks import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +48,23 @@ def database_url(url: str, data_dir: Path, default_name: str) -> str:
     """The configured URL, or a SQLite file under data_dir."""
     if url:
         return url
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CannotStart(f"cannot make the data directory {data_dir}: {error.strerror}") from None
     return f"sqlite:///{(data_dir / default_name).resolve()}"
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    """A database that cannot be reached or opened (refused, no such host, database or role,
+    a file that cannot be opened) as CannotStart naming it, its password hidden, and why."""
+    try:
+        yield
+    except (OSError, DBAPIError) as error:
+        why = str(error.orig) if isinstance(error, DBAPIError) else error.strerror or str(error)
+        where = make_url(url).render_as_string(hide_password=True)
+        raise CannotStart(f"cannot open the database {where}: {why}") from None
 
 
 class DbConnection(ABC):
@@ -65,31 +90,70 @@ class Database(ABC):
         """A connection for reading."""
 
 
-@asynccontextmanager
-async def open_database(url: str, metadata: MetaData, schema: str = "") -> AsyncIterator[Database]:
-    """The database at `url` with its tables created (and brought up to date)."""
-    if url.startswith("sqlite"):
-        engine = create_engine(
-            # Older settings name the async driver; the file is the same.
-            url.replace("sqlite+aiosqlite:", "sqlite:", 1),
-            # One connection, used only from the event loop's thread.
-            poolclass=StaticPool,
-            connect_args={"timeout": 30, "check_same_thread": False},
-        )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        checkpointer = WalCheckpointer.for_url(engine.url.database)
-        try:
-            with engine.begin() as conn:
-                _create(conn, metadata)
-            checkpointer.start()
-            with engine.connect() as conn:
-                yield _SQLite(conn)
-        finally:
-            # Stopped first: the engine's last close checkpoints and removes the WAL, which
-            # it can only do once no other connection has the file open.
-            checkpointer.stop()
-            engine.dispose()
+@contextmanager
+def _sole_process(url: str) -> Iterator[None]:
+    """Refuse a SQLite file another process serves: SQLite's transactions here take no lock
+    until they write (the driver begins them at the first write), so two processes' read,
+    change and write of one row overwrite each other. Held by a lock file beside it (a lock
+    on the database file itself would be dropped with SQLite's own when it is closed)."""
+    path = make_url(url).database
+    if not path:  # in memory: this process's alone
+        yield
         return
+    with ExitStack() as stack:
+        with _reaching(url):  # the lock file cannot be made: its directory is missing, say
+            fd = stack.enter_context(exclusive_lock(Path(f"{path}.lock")))
+        if fd is None:
+            raise CannotStart(
+                f"another process serves the database {path}: a SQLite file takes one; for "
+                "replicas, use PostgreSQL (GENMESH_DATABASE_URL)"
+            )
+        yield
+
+
+@asynccontextmanager
+async def open_database(
+    url: str, metadata: MetaData, schema: str = "", *, sole: bool = False
+) -> AsyncIterator[Database]:
+    """The database at `url` with its tables created (and brought up to date). With `sole`,
+    a SQLite file is refused while another process holds it so (see _sole_process)."""
+    if url.startswith("sqlite"):
+        with _sole_process(url) if sole else nullcontext():
+            async with _open_sqlite(url, metadata) as db:
+                yield db
+    else:
+        async with _open_postgres(url, metadata, schema) as db:
+            yield db
+
+
+@asynccontextmanager
+async def _open_sqlite(url: str, metadata: MetaData) -> AsyncIterator[Database]:
+    engine = create_engine(
+        # Older settings name the async driver; the file is the same.
+        url.replace("sqlite+aiosqlite:", "sqlite:", 1),
+        # One connection, used only from the event loop's thread.
+        poolclass=StaticPool,
+        connect_args={"timeout": 30, "check_same_thread": False},
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    checkpointer = WalCheckpointer.for_url(engine.url.database)
+    try:
+        with _reaching(url):
+            engine.connect().close()
+        with engine.begin() as conn:
+            _create(conn, metadata)
+        checkpointer.start()
+        with engine.connect() as conn:
+            yield _SQLite(conn)
+    finally:
+        # Stopped first: the engine's last close checkpoints and removes the WAL, which
+        # it can only do once no other connection has the file open.
+        checkpointer.stop()
+        engine.dispose()
+
+
+@asynccontextmanager
+async def _open_postgres(url: str, metadata: MetaData, schema: str) -> AsyncIterator[Database]:
     # Quoted wherever it is named: unquoted, PostgreSQL folds it to lower case, so a schema
     # with capitals was created as written and then looked for under another name.
     quoted = '"' + schema.replace('"', '""') + '"'
@@ -101,6 +165,9 @@ async def open_database(url: str, metadata: MetaData, schema: str = "") -> Async
         **({"connect_args": {"server_settings": {"search_path": quoted}}} if schema else {}),
     )
     try:
+        with _reaching(url):
+            async with async_engine.connect():
+                pass
         async with async_engine.begin() as aconn:
             # Replicas starting together would race: IF NOT EXISTS and create_all's checks
             # do not make concurrent DDL safe in PostgreSQL, and the loser fails at start-up.

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common.errors import InvalidArgument, reason_metadata, status_of
+from services.common.errors import CannotStart, InvalidArgument, reason_metadata, status_of
 
 # Servicer registration: (add_XServicer_to_server, servicer instance, full service name).
 Registration = tuple[Callable[[Any, grpc.aio.Server], None], object, str]
@@ -229,9 +229,15 @@ async def grpc_server(
         ],
         server,
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # what grpcio raises for a port it cannot bind, all it says
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise CannotStart(
+            f"cannot listen on {address}: the port is in use, or the host is not one of "
+            "this machine's addresses"
+        )
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -19,14 +19,32 @@ log = logging.getLogger(__name__)
 
 
 async def serve_until_signalled(start: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
-    """Enter `start()`, wait for a stop signal, then leave it (which shuts down cleanly)."""
+    """Enter `start()`, wait for a stop signal, then leave it (which shuts down cleanly). A
+    signal while it is still starting (waiting for NATS, say) gives the start-up up."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    started = False
+
+    def signalled() -> None:
+        stop.set()
+        if not started and starting is not None:
+            # Nothing waits for `stop` yet: a start-up that waits for ever (NATS unreachable)
+            # would otherwise ignore every Ctrl-C and SIGTERM.
+            starting.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with start():
-        _settle_garbage_collector()
-        await stop.wait()
+        loop.add_signal_handler(sig, signalled)
+    try:
+        async with start():
+            started = True
+            _settle_garbage_collector()
+            await stop.wait()
+    except asyncio.CancelledError:
+        if started or not stop.is_set() or starting is None:
+            raise
+        starting.uncancel()
+        log.info("stopped while starting")
 
 
 def _settle_garbage_collector() -> None:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.common.channels import grpc_target
 
 ENV_PREFIX = "GENMESH_"
+# What GENMESH_LOG_LEVEL may name, most severe first.
+_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+# The databases open_database opens (sqlite+aiosqlite: an older name of the same file).
+_DATABASE_SCHEMES = frozenset({"sqlite", "sqlite+aiosqlite", "postgresql+asyncpg"})
 
 
 def _address(value: str) -> str:
@@ -21,30 +24,23 @@ def _address(value: str) -> str:
     return value
 
 
-def _listen(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError("expected host:port, e.g. 127.0.0.1:50051 or [::]:50051 (port 0: any)")
-    return value
-
-
-def _log_level(value: str) -> str:
-    if value.upper() not in logging.getLevelNamesMapping():
-        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    return value
-
-
-def _optional_listen(value: str) -> str:
-    return value and _listen(value)
-
-
-# Where a service's own server listens (optional: "" for none).
-ListenAddress = Annotated[str, AfterValidator(_listen)]
-OptionalListenAddress = Annotated[str, AfterValidator(_optional_listen)]
-
 # Another service's gRPC address: host:port, a gRPC URI (dns:///router:50051 reaches every
 # replica the name resolves to), or several IP:port, comma-separated.
 ServiceAddress = Annotated[str, AfterValidator(_address)]
+
+
+def _listen(value: str) -> str:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be host:port, the port 0 to 65535 (0 picks a free one)")
+    return value
+
+
+# Where a service listens: host:port (an IPv6 host in brackets). gRPC and uvicorn took a bad
+# one apart only as they bound it, with a traceback, and a port past 65535 as another port.
+ListenAddress = Annotated[str, AfterValidator(_listen)]
+# The same, or empty for none.
+OptionalListenAddress = Annotated[str, AfterValidator(lambda value: value and _listen(value))]
 
 
 class ServiceSettings(BaseSettings):
@@ -54,11 +50,25 @@ class ServiceSettings(BaseSettings):
 
     # Where embedded-mode files live (SQLite databases, blobs, the private NATS store).
     data_dir: Path = Path(".genmesh")
-    log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"
+    log_level: str = "INFO"
     # Seconds a stopping gRPC server gives in-flight calls before cancelling them.
     shutdown_grace: float = 5.0
     # "uvloop" (faster per socket event and callback) or "asyncio".
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in _LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LEVELS)}")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError("is a file, not a directory")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -116,3 +126,16 @@ class DatabaseSettings(ServiceSettings):
     database_url: str = ""
     # PostgreSQL schema to use (created if missing); empty means the default search_path.
     database_schema: str = ""
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_url(cls, value: str) -> str:
+        # What open_database can open (the driver is the URL's scheme). The URL is left out
+        # of the message: it may hold a password.
+        scheme, sep, _ = value.partition("://")
+        if value and (not sep or scheme not in _DATABASE_SCHEMES):
+            raise ValueError(
+                "must be empty (SQLite under the data dir), sqlite:///PATH or "
+                "postgresql+asyncpg://USER@HOST/DB"
+            )
+        return value

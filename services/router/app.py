@@ -70,7 +70,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
     async with AsyncExitStack() as stack:
         url = database_url(settings.database_url, settings.data_dir, "router.db")
         engine = await stack.enter_async_context(
-            open_database(url, metadata, settings.database_schema)
+            open_database(url, metadata, settings.database_schema, sole=True)
         )
         store = JobStore(engine)
         nc = await stack.enter_async_context(connect(settings.nats_url, "genmesh-router"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.common.settings import (
     BusSettings,
@@ -11,6 +11,7 @@ from services.common.settings import (
     ServiceAddress,
 )
 from services.router.ordering import LONGEST_ACK_WAIT
+from services.router.selection import parse_policy, parse_weights
 
 
 class Settings(BusSettings, DatabaseSettings):
@@ -67,3 +68,15 @@ class Settings(BusSettings, DatabaseSettings):
     # Seconds a waiting job needs to be promoted one priority class (low -> normal -> high),
     # so low-priority jobs are never starved; 0 disables promotion.
     priority_aging: float = 30.0
+
+    @field_validator("routing_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        parse_policy(value)  # ValueError naming the policies
+        return value
+
+    @field_validator("routing_weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        parse_weights(value)  # ValueError naming the bad weight
+        return value

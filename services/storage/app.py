@@ -26,7 +26,7 @@ async def running_storage(settings: Settings) -> AsyncIterator[RunningServer]:
     async with AsyncExitStack() as stack:
         url = database_url(settings.database_url, settings.data_dir, "storage.db")
         engine = await stack.enter_async_context(
-            open_database(url, metadata, settings.database_schema)
+            open_database(url, metadata, settings.database_schema, sole=True)
         )
         blobs, where = await open_blob_store(settings)
         stack.callback(blobs.close)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,8 +13,10 @@ import pytest
 from PIL import Image
 
 from genmesh.v1 import job_pb2, job_service_pb2
-from tests.cli.test_cli import TERMINAL_80, plain, run_cli
-from tests.mesh import Mesh
+from tests.cli.test_cli import TERMINAL_80, plain, run_cli, start_cli
+from tests.cli.test_generate import BACK, LOST, collect
+from tests.infra import eventually
+from tests.mesh import Mesh, start_process, stop_process
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
@@ -135,3 +139,50 @@ async def test_batch_live_line_keeps_within_an_80_column_terminal(
     assert status, lines
     for line in status:
         assert re.fullmatch(rf"batch {found.group(1)} +\S+ \d/2 ended \d+\.\ds", line), line
+
+
+@pytest.mark.timeout(180)
+async def test_batch_says_the_router_is_back_once_it_re_attaches(
+    router_process_mesh: Mesh, tmp_path: Path
+) -> None:
+    mesh = router_process_mesh
+    address = mesh.env["GENMESH_ROUTER_ADDR"]
+    (tmp_path / "prompts.txt").write_text("a fox\nan owl\n")
+    cli = await start_cli(
+        "batch",
+        str(tmp_path / "prompts.txt"),
+        "--task",
+        "text-to-image",
+        "--no-download",
+        "--router",
+        address,
+        "--storage",
+        mesh.env["GENMESH_STORAGE_ADDR"],
+        *("-p", "latency_ms=2000", "-p", "width=32", "-p", "height=32"),
+        cwd=tmp_path,
+        extra_env=TERMINAL_80,
+    )
+    out = bytearray()
+    reader = asyncio.create_task(collect(cli.stdout, out))
+    try:
+        await eventually(lambda: "processing 2" in out.decode(), within=30)
+        assert mesh.router_proc is not None
+        await stop_process(mesh.router_proc, signal.SIGKILL)
+        await eventually(lambda: LOST in out.decode(), within=30)
+        # The jobs end while the router is away: the re-attached stream brings them as
+        # they are now, with no event after them.
+        await asyncio.sleep(4)
+        mesh.router_proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
+        code = await asyncio.wait_for(cli.wait(), 60)
+        await reader
+    finally:
+        if cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+    lines = plain(out.decode())
+    assert code == 0, lines
+    # The panel left on the screen is the last one drawn: it said the stream broke, long
+    # after the router was back and every job had completed.
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("batch ")) :]
+    assert "completed 2" in final, final
+    assert BACK in final and not any("re-attaching" in line for line in final), final

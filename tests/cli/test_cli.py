@@ -172,6 +172,17 @@ def test_several_router_replicas_are_taken_and_a_list_grpc_cannot_take_is_a_usag
     assert capsys.readouterr().err.startswith("genmesh: GENMESH_ROUTER_ADDR: a list of addresses")
 
 
+def test_a_port_past_65535_is_a_usage_error_not_another_port(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # gRPC took 127.0.0.1:99999 as 127.0.0.1:34463, and the error named neither.
+    for address, said in (("127.0.0.1:99999", "port must be 1 to 65535"), ("", "no address")):
+        with pytest.raises(SystemExit) as exited:
+            cli(["jobs", "--router", address], {})
+        assert exited.value.code == 2
+        assert said in capsys.readouterr().err
+
+
 def test_unknown_task_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli(["generate", "--task", "text-to-smell", "roses"], {})

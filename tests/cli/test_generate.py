@@ -20,9 +20,8 @@ from services.common.tenancy import DEFAULT_TENANT
 from services.providers.sandbox import media
 from services.router.pipelines.builtin import BUILTINS
 from tests.cli.test_cli import ROOT, TERMINAL_80, plain, run_cli, start_cli
-from tests.conftest import Database
 from tests.infra import eventually
-from tests.mesh import Mesh, running_mesh, start_process, stop_process
+from tests.mesh import Mesh, start_process, stop_process
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
@@ -148,62 +147,54 @@ BACK = "router back; re-attached"
 
 @pytest.mark.timeout(180)
 async def test_a_router_killed_while_watching_is_told_once_lost_and_once_back(
-    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+    router_process_mesh: Mesh, tmp_path: Path
 ) -> None:
-    async with running_mesh(
-        nats_url=nats_url,
-        prefix=nats_prefix,
-        database=database,
-        data_dir=tmp_path,
-        router_in_process=False,
-    ) as mesh:
-        # Runs until cancelled below, with no event after it starts.
-        params = {"latency_ms": 300_000, "steps": 1, "width": 32, "height": 32}
-        spec = job_pb2.JobSpec(
-            task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="a fox", parameters=dict_to_struct(params)
+    mesh = router_process_mesh
+    # Runs until cancelled below, with no event after it starts.
+    params = {"latency_ms": 300_000, "steps": 1, "width": 32, "height": 32}
+    spec = job_pb2.JobSpec(
+        task=job_pb2.TASK_TEXT_TO_IMAGE, prompt="a fox", parameters=dict_to_struct(params)
+    )
+    job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
+    address = mesh.env["GENMESH_ROUTER_ADDR"]
+    watch = ["generate", "--watch", job.id, "--router", address, "--no-download"]
+    # JSON lines, and the live panel as an 80-column terminal shows it.
+    clis = [
+        await start_cli(*watch, "--json", cwd=tmp_path),
+        await start_cli(*watch, cwd=tmp_path, extra_env=TERMINAL_80),
+    ]
+    (json_out, json_err), (live_out, live_err) = outputs = [
+        (bytearray(), bytearray()) for _ in clis
+    ]
+    readers = [
+        asyncio.create_task(collect(stream, into))
+        for cli, (out, err) in zip(clis, outputs, strict=True)
+        for stream, into in ((cli.stdout, out), (cli.stderr, err))
+    ]
+
+    def said(text: str, output: bytearray) -> bool:
+        return text in "\n".join(plain(output.decode()))
+
+    try:
+        await eventually(
+            lambda: said("JOB_STATE_PROCESSING", json_out) and said("processing", live_out),
+            within=30,
         )
-        job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
-        address = mesh.env["GENMESH_ROUTER_ADDR"]
-        watch = ["generate", "--watch", job.id, "--router", address, "--no-download"]
-        # JSON lines, and the live panel as an 80-column terminal shows it.
-        clis = [
-            await start_cli(*watch, "--json", cwd=tmp_path),
-            await start_cli(*watch, cwd=tmp_path, extra_env=TERMINAL_80),
-        ]
-        (json_out, json_err), (live_out, live_err) = outputs = [
-            (bytearray(), bytearray()) for _ in clis
-        ]
-        readers = [
-            asyncio.create_task(collect(stream, into))
-            for cli, (out, err) in zip(clis, outputs, strict=True)
-            for stream, into in ((cli.stdout, out), (cli.stderr, err))
-        ]
-
-        def said(text: str, output: bytearray) -> bool:
-            return text in "\n".join(plain(output.decode()))
-
-        try:
-            await eventually(
-                lambda: said("JOB_STATE_PROCESSING", json_out) and said("processing", live_out),
-                within=30,
-            )
-            assert mesh.router_proc is not None
-            await stop_process(mesh.router_proc, signal.SIGKILL)
-            await eventually(lambda: said(LOST, json_err) and said(LOST, live_out), within=30)
-            # Several retries go by meanwhile; each used to say 'stream broke' again.
-            await asyncio.sleep(4)
-            mesh.router_proc = start_process(
-                "services.router", {**mesh.env, "GENMESH_LISTEN": address}
-            )
-            await eventually(lambda: said(BACK, json_err) and said(BACK, live_out), within=60)
-            await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id))
-            codes = [await asyncio.wait_for(cli.wait(), 30) for cli in clis]
-            await asyncio.gather(*readers)
-        finally:
-            for cli in clis:
-                if cli.returncode is None:
-                    cli.kill()
-                    await cli.wait()
+        assert mesh.router_proc is not None
+        await stop_process(mesh.router_proc, signal.SIGKILL)
+        await eventually(lambda: said(LOST, json_err) and said(LOST, live_out), within=30)
+        # Several retries go by meanwhile; each used to say 'stream broke' again.
+        await asyncio.sleep(4)
+        mesh.router_proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
+        await eventually(lambda: said(BACK, json_err) and said(BACK, live_out), within=60)
+        await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job.id))
+        codes = [await asyncio.wait_for(cli.wait(), 30) for cli in clis]
+        await asyncio.gather(*readers)
+    finally:
+        for cli in clis:
+            if cli.returncode is None:
+                cli.kill()
+                await cli.wait()
     assert codes == [2, 2], outputs
     cancelled = f"job {job.id} was cancelled: "
     notes = json_err.decode().splitlines()

@@ -221,6 +221,8 @@ async def test_rate_limited_jobs_queue_and_all_complete(
         await run_at_most(rate, [mesh], 12)
 
 
+# Replicas share one database: PostgreSQL (a SQLite file takes one router).
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
 async def test_router_replicas_share_the_rate_limit(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
@@ -241,6 +243,8 @@ async def test_router_replicas_share_the_rate_limit(
         await run_at_most(rate, [mesh], 8)
 
 
+# Replicas share one database: PostgreSQL (a SQLite file takes one router).
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
 async def test_a_killed_router_replica_stops_counting_when_its_heartbeats_lapse(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:

@@ -241,3 +241,21 @@ async def test_if_match_and_if_unmodified_since_refuse_with_412(served: Served) 
     # Preconditions are for assets that exist: a missing one is still a 404.
     missing = await served.http.get("/v1/assets/a_missing/content", headers={"If-Match": "*"})
     assert missing.status_code == 404
+
+
+async def test_a_list_of_tags_split_over_several_header_lines_is_read_whole(
+    served: Served,
+) -> None:
+    # A client or proxy may send a list as several lines of one field (RFC 9110, 5.3): only
+    # the first line was read, so the tag on the second was missed.
+    url, etag, _ = await served.sample()
+
+    def lines(name: str, *values: str) -> list[tuple[str, str]]:
+        return [(name, value) for value in values]
+
+    unchanged = await served.http.get(url, headers=lines("If-None-Match", '"other"', etag))
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    kept = await served.http.get(url, headers=lines("If-Match", '"other"', etag))
+    assert (kept.status_code, kept.content) == (200, DATA)
+    refused = await served.http.head(url, headers=lines("If-Match", '"other"', '"another"'))
+    assert refused.status_code == 412
