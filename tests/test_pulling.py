@@ -108,6 +108,27 @@ async def test_a_filled_request_is_followed_by_the_next_at_once(
         await pull.close()
 
 
+async def test_an_interrupt_ends_the_fetch_under_way_or_else_the_next_one(
+    nc: Client, nats_prefix: str
+) -> None:
+    # Fetches that would wait far longer than the guards below: only the interrupt ends them.
+    pull = await consumer(nc, nats_prefix)
+    try:
+        waiting = asyncio.create_task(pull.fetch(1, wait=60.0))
+        await asyncio.sleep(0.1)  # its request is out, and it waits
+        pull.interrupt()
+        assert await asyncio.wait_for(waiting, 10) == []
+        pull.interrupt()  # between fetches: the next one ends at once
+        assert await asyncio.wait_for(pull.fetch(1, wait=60.0), 10) == []
+        # Once only: the fetch after that waits for its message as ever.
+        await nc.jetstream().publish(f"{nats_prefix}.pull.jobs", b"a job")
+        msgs = await asyncio.wait_for(pull.fetch(1, wait=60.0), 10)
+        assert [m.data for m in msgs] == [b"a job"]
+        await msgs[0].ack()
+    finally:
+        await pull.close()
+
+
 async def test_a_message_held_by_an_earlier_request_still_arrives_and_its_late_end_is_ignored(
     nc: Client, nats_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,8 @@ from services.storage.client import AssetClient
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 256
+# Seconds one fetch waits for a job before the loop looks again (stopping ends it at once).
+FETCH_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class ProviderWorker:
                 await self._slots.acquire()
                 free = 1 + self._free_slots()
                 try:
-                    msgs = await jobs.fetch(min(free, FETCH_BATCH), wait=1.0)
+                    msgs = await jobs.fetch(min(free, FETCH_BATCH), wait=FETCH_WAIT)
                 except nats.errors.ConnectionClosedError:
                     self._slots.release()
                     return
@@ -188,6 +190,9 @@ class ProviderWorker:
 
     def stop_fetching(self) -> None:
         self._stopping.set()
+        if self._jobs is not None:
+            # Else a stopping worker waits out the fetch under way (a second) for nothing.
+            self._jobs.interrupt()
 
     async def drain(self) -> None:
         """Wait for running jobs, then cancel what is left so it is redelivered elsewhere."""
