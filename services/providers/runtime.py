@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 256
 # Seconds one fetch waits for a job before the loop looks again (stopping ends it at once).
 FETCH_WAIT = 1.0
+# Seconds before a job handed back at shutdown is sent again. Any delay makes nats-server
+# store the hand-back; an immediate nak lives in its memory only, so a server restarted
+# meanwhile (as `genmesh up` restarts its own) sent the job again only after the ack wait.
+HAND_BACK_DELAY = 0.01
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,7 @@ class ProviderWorker:
                 return
             # Shutting down: hand the job straight back for another worker.
             with contextlib.suppress(Exception):
-                await msg.nak()
+                await msg.nak(delay=HAND_BACK_DELAY)
             raise
         finally:
             heartbeat.cancel()
