@@ -81,8 +81,8 @@ def gateway_available() -> bool:
         return False
 
 
-# Seconds a stopping worker needs besides waiting for its jobs: to stop fetching (up to a
-# second), hand unfinished jobs back and close its connections.
+# Seconds a stopping worker needs besides waiting for its jobs: to stop fetching, hand
+# unfinished jobs back and close its connections.
 WORKER_STOP_MARGIN = 4.0
 
 

@@ -15,7 +15,13 @@ from nats.js.api import StreamConfig
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.infra import env_nats_url, postgres_server, private_nats_server, unique
+from tests.infra import (
+    env_nats_url,
+    postgres_server,
+    private_nats_server,
+    reserved_port,
+    unique,
+)
 
 # Fixtures of fakes more than one test package uses.
 pytest_plugins = ["tests.fakes.object_store"]
@@ -65,6 +71,14 @@ async def nats_prefix(nats_url: str) -> AsyncIterator[str]:
                 await js.delete_stream(name)
     finally:
         await nc.close()
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback port held for the test (tests.infra.reserved_port, any server may listen
+    on it), so a server of the test can stop and come back where its clients look."""
+    with reserved_port(any_server=True) as port:
+        yield port
 
 
 @dataclass(frozen=True)

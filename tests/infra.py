@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,16 +39,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def reserved_port() -> Iterator[int]:
+def reserved_port(*, any_server: bool = False) -> Iterator[int]:
     """A loopback port kept for this test while the block runs, for servers that come and go
-    on one address: bound with SO_REUSEPORT but never listening, so connections to it are
-    refused while none of them runs, and no other process can take it in between.
+    on one address: bound but never listening, so connections to it are refused while none of
+    them runs, and the kernel never hands it out for port 0 or an outgoing connection.
 
-    Only a socket of this user that sets SO_REUSEPORT itself can share it (a server of this
-    test through tests.fakes.server.serving does); the kernel never hands it out for port 0
-    or an outgoing connection."""
+    Held with SO_REUSEPORT, only a socket of this user that sets SO_REUSEPORT itself can share
+    it (a server of this test through tests.fakes.server.serving does), so no other process
+    can take it in between. `any_server` holds it with SO_REUSEADDR instead, which most
+    servers set (gRPC's, nats-server, uvicorn, chromedriver) and which lets them listen on it;
+    then only a process naming this very port could bind it between servers."""
+    option = socket.SO_REUSEADDR if any_server else socket.SO_REUSEPORT
     with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.setsockopt(socket.SOL_SOCKET, option, 1)
         holder.bind(("127.0.0.1", 0))
         yield int(holder.getsockname()[1])
 
@@ -63,48 +66,52 @@ def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
 
 @contextmanager
 def private_nats_server() -> Iterator[str]:
-    """A throwaway `nats-server -js` on a free port with a temporary store."""
-    port = free_port()
+    """A throwaway `nats-server -js` with a temporary store, on a port held for it."""
     store = tempfile.mkdtemp(prefix="genmesh-nats-")
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not reachable("127.0.0.1", port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("private nats-server did not start")
-            time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(store, ignore_errors=True)
+    with reserved_port(any_server=True) as port:
+        proc = subprocess.Popen(
+            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not reachable("127.0.0.1", port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("private nats-server did not start")
+                time.sleep(0.05)
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            shutil.rmtree(store, ignore_errors=True)
 
 
 @contextmanager
 def nats_cluster(size: int = 3) -> Iterator[list[NatsNode]]:
     """`size` nats-servers with JetStream, clustered on loopback, each with its own store; a
-    node can be killed and started again (see NatsNode)."""
-    ports = [(free_port(), free_port()) for _ in range(size)]
-    routes = ",".join(f"nats://127.0.0.1:{cluster}" for _, cluster in ports)
+    node can be killed and started again (see NatsNode) on ports held for it throughout."""
     root = tempfile.mkdtemp(prefix="genmesh-nats-cluster-")
-    nodes = [
-        NatsNode(f"n{i}", client, cluster, routes, os.path.join(root, f"n{i}"))
-        for i, (client, cluster) in enumerate(ports)
-    ]
-    try:
-        for node in nodes:
-            node.start()
-        for node in nodes:
-            node.wait_reachable()
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with ExitStack() as held:
+        ports = [
+            [held.enter_context(reserved_port(any_server=True)) for _ in ("client", "cluster")]
+            for _ in range(size)
+        ]
+        routes = ",".join(f"nats://127.0.0.1:{cluster}" for _, cluster in ports)
+        nodes = [
+            NatsNode(f"n{i}", client, cluster, routes, os.path.join(root, f"n{i}"))
+            for i, (client, cluster) in enumerate(ports)
+        ]
+        try:
+            for node in nodes:
+                node.start()
+            for node in nodes:
+                node.wait_reachable()
+            yield nodes
+        finally:
+            for node in nodes:
+                node.stop()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 class NatsNode:
@@ -251,8 +258,8 @@ class PrivateNats:
     """A nats-server of the test's own, which it may stall, kill and start again on the same
     port and store (the shared one on 4222 is never touched)."""
 
-    def __init__(self, store: Path) -> None:
-        self.port = free_port()
+    def __init__(self, store: Path, port: int) -> None:
+        self.port = port
         self.url = f"nats://127.0.0.1:{self.port}"
         self._store = store
         self._proc: subprocess.Popen[bytes] | None = None
@@ -297,8 +304,10 @@ class PrivateNats:
 
 @contextmanager
 def private_nats(store: Path) -> Iterator[PrivateNats]:
-    server = PrivateNats(store)
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A PrivateNats on a port this test holds, so it comes back where its clients look."""
+    with reserved_port(any_server=True) as port:
+        server = PrivateNats(store, port)
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -39,7 +39,7 @@ from services.storage.app import running_storage
 from services.storage.client import AssetClient
 from services.storage.settings import Settings as StorageSettings
 from tests.conftest import Database
-from tests.infra import eventually, free_port
+from tests.infra import eventually, reserved_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,7 +201,9 @@ async def running_mesh(
             )
             env["GENMESH_ROUTER_ADDR"] = router.server.address
         else:
-            port = free_port()
+            # Held for the mesh's life: restart_router brings the router back where every
+            # client looks, and no other process can be handed the port in between.
+            port = stack.enter_context(reserved_port(any_server=True))
             env["GENMESH_ROUTER_ADDR"] = f"127.0.0.1:{port}"
             proc = start_process(
                 "services.router", {**env, "GENMESH_LISTEN": env["GENMESH_ROUTER_ADDR"]}

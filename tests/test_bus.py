@@ -27,9 +27,10 @@ async def test_streams_wait_for_jetstream_to_answer(tmp_path: Path) -> None:
         try:
             server.stall()
             bus = Bus(unique("w"), 1)
-            creating = asyncio.create_task(bus.ensure_streams(nc.jetstream()))
-            # Past one JetStream request's 5 s timeout: without the wait it has failed by now.
-            await asyncio.sleep(7)
+            # Each JetStream request gives up after a second here (5 s by default).
+            creating = asyncio.create_task(bus.ensure_streams(nc.jetstream(timeout=1.0)))
+            # Past one request's timeout, twice over: without the wait it has failed by now.
+            await asyncio.sleep(2.5)
             assert not creating.done()
 
             server.resume()

@@ -22,7 +22,7 @@ from genmesh_cli.supervisor import nats_server_binary
 from services.common import pulling
 from services.common.bus import connect
 from services.common.pulling import PullConsumer, worked_on
-from tests.infra import eventually, free_port, private_nats_server, reachable
+from tests.infra import eventually, private_nats_server, reachable
 
 # Far below a pull request's lifetime, so a message held by a forgotten request shows.
 PROMPTLY = 0.5
@@ -104,6 +104,27 @@ async def test_a_filled_request_is_followed_by_the_next_at_once(
             assert [m.data for m in msgs] == [b"%d" % n]
             assert time.monotonic() - sent < PROMPTLY
             await msgs[0].ack()
+    finally:
+        await pull.close()
+
+
+async def test_an_interrupt_ends_the_fetch_under_way_or_else_the_next_one(
+    nc: Client, nats_prefix: str
+) -> None:
+    # Fetches that would wait far longer than the guards below: only the interrupt ends them.
+    pull = await consumer(nc, nats_prefix)
+    try:
+        waiting = asyncio.create_task(pull.fetch(1, wait=60.0))
+        await asyncio.sleep(0.1)  # its request is out, and it waits
+        pull.interrupt()
+        assert await asyncio.wait_for(waiting, 10) == []
+        pull.interrupt()  # between fetches: the next one ends at once
+        assert await asyncio.wait_for(pull.fetch(1, wait=60.0), 10) == []
+        # Once only: the fetch after that waits for its message as ever.
+        await nc.jetstream().publish(f"{nats_prefix}.pull.jobs", b"a job")
+        msgs = await asyncio.wait_for(pull.fetch(1, wait=60.0), 10)
+        assert [m.data for m in msgs] == [b"a job"]
+        await msgs[0].ack()
     finally:
         await pull.close()
 
@@ -231,12 +252,12 @@ def start_nats(port: int, store: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_after_the_server_restarts_the_next_request_goes_out_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_port: int
 ) -> None:
     # Requests that live far longer than the fetch below: only noticing the reconnect
     # can replace the one the old server took down with it.
     monkeypatch.setattr(pulling, "EXPIRES", 60.0)
-    port = free_port()
+    port = held_port
     server = start_nats(port, tmp_path)
     nc: Client | None = None
     try:
@@ -369,9 +390,9 @@ async def test_a_request_that_outlives_a_reconnect_delivers_nothing_beside_the_n
 
 
 async def test_an_outage_is_logged_once_each_way_without_tracebacks(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, held_port: int
 ) -> None:
-    port = free_port()
+    port = held_port
     server = start_nats(port, tmp_path)
     try:
         await eventually(lambda: reachable("127.0.0.1", port), within=10)

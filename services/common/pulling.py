@@ -76,6 +76,7 @@ class PullConsumer:
         self._lapses = 0.0
         self._reconnects = 0  # the connection's count when the open request went out
         self._failure: nats.js.errors.APIError | None = None
+        self._interrupted = False
 
     async def start(self, subject: str, config: ConsumerConfig) -> None:
         """Create the consumer unless it exists; an existing one keeps its config but takes
@@ -104,6 +105,9 @@ class PullConsumer:
             if self._failure is not None:
                 failure, self._failure = self._failure, None
                 raise failure
+            if self._interrupted:
+                self._interrupted = False
+                return []
             now = time.monotonic()
             if now >= deadline:
                 return []
@@ -122,6 +126,12 @@ class PullConsumer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wake - time.monotonic()):
                     await self._arrived.wait()
+
+    def interrupt(self) -> None:
+        """End the fetch under way now, with what has arrived (if anything), or else the
+        next one: a caller that stops fetching need not wait out its `wait`."""
+        self._interrupted = True
+        self._arrived.set()
 
     async def close(self) -> None:
         """Stop pulling; messages delivered but not handed out go back for redelivery now."""

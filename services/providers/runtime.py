@@ -40,6 +40,12 @@ from services.storage.client import AssetClient
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 256
+# Seconds one fetch waits for a job before the loop looks again (stopping ends it at once).
+FETCH_WAIT = 1.0
+# Seconds before a job handed back at shutdown is sent again. Any delay makes nats-server
+# store the hand-back; an immediate nak lives in its memory only, so a server restarted
+# meanwhile (as `genmesh up` restarts its own) sent the job again only after the ack wait.
+HAND_BACK_DELAY = 0.01
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ class ProviderWorker:
                 await self._slots.acquire()
                 free = 1 + self._free_slots()
                 try:
-                    msgs = await jobs.fetch(min(free, FETCH_BATCH), wait=1.0)
+                    msgs = await jobs.fetch(min(free, FETCH_BATCH), wait=FETCH_WAIT)
                 except nats.errors.ConnectionClosedError:
                     self._slots.release()
                     return
@@ -190,6 +196,9 @@ class ProviderWorker:
 
     def stop_fetching(self) -> None:
         self._stopping.set()
+        if self._jobs is not None:
+            # Else a stopping worker waits out the fetch under way (a second) for nothing.
+            self._jobs.interrupt()
 
     async def drain(self) -> None:
         """Wait for running jobs, then cancel what is left so it is redelivered elsewhere."""
@@ -262,7 +271,7 @@ class ProviderWorker:
             # Shutting down: hand the job straight back for another worker.
             self.handed_back.append(job.id)
             with contextlib.suppress(Exception):
-                await msg.nak()
+                await msg.nak(delay=HAND_BACK_DELAY)
             raise
         finally:
             heartbeat.cancel()

@@ -13,8 +13,8 @@ import signal
 import struct
 import sys
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,7 @@ from genmesh_cli.main import run as cli
 from genmesh_cli.plan import make_plan
 from genmesh_cli.supervisor import Supervisor
 from services.common.tasks import state_from_name, state_name
-from tests.infra import eventually, free_port
+from tests.infra import eventually, free_port, reserved_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -908,8 +908,12 @@ class Up:
 UP_PORT_FLAGS = ("--grpc-port", "--storage-port", "--prompt-port", "--http-port", "--worker-port")
 
 
-def up_ports() -> dict[str, int]:
-    return {flag: free_port() for flag in UP_PORT_FLAGS}
+@contextmanager
+def up_ports() -> Iterator[dict[str, int]]:
+    """Ports for `genmesh up`'s services, held while the block runs (tests.infra.reserved_port),
+    so none goes to another process before up binds it or while up restarts a service."""
+    with ExitStack() as held:
+        yield {flag: held.enter_context(reserved_port(any_server=True)) for flag in UP_PORT_FLAGS}
 
 
 def up_command(ports: dict[str, int], extra: Sequence[str] = ()) -> list[str]:
@@ -938,10 +942,20 @@ async def genmesh_up(
 ) -> AsyncIterator[Up]:
     """`genmesh up` (with `extra` arguments) on free ports in `env`, once its banner says it
     is ready; stopped on the way out if the caller has not stopped it."""
+    with ExitStack() as held:
+        async with _up_on(held, tmp_path, env, extra) as up:
+            yield up
+
+
+@asynccontextmanager
+async def _up_on(
+    held: ExitStack, tmp_path: Path, env: dict[str, str], extra: Sequence[str]
+) -> AsyncIterator[Up]:
     data_dir = Path(env["GENMESH_DATA_DIR"])
     errors = tmp_path / "up.err"
     for attempt in range(PORT_RACE_ATTEMPTS):
-        ports = up_ports()
+        # Ports of its own for each attempt, all held until the test is done with up.
+        ports = held.enter_context(up_ports())
         with errors.open("wb") as err:
             process = await asyncio.create_subprocess_exec(
                 *up_command(ports, extra),
@@ -960,8 +974,9 @@ async def genmesh_up(
             exited = isinstance(error, AssertionError)
             await _stopped(process)
             said = errors.read_text()
-            # A free port picked here can be taken by another test's process before the
-            # service binds it; new ports then, rather than a failure that is not the test's.
+            # Another test's process that picked a port before binding it can take up's
+            # nats-server's (up picks it so) or a held one (servers may share those until
+            # one listens); new ports then, rather than a failure that is not the test's.
             raced = any(race in said for race in PORT_RACES)
             if exited and raced and attempt + 1 < PORT_RACE_ATTEMPTS:
                 continue
@@ -1095,10 +1110,17 @@ async def test_providers_on_a_narrow_terminal_show_every_field_whole(
 UPLOAD_BYTES = 2 * 1024 * 1024
 
 
+@pytest.fixture
+def ports() -> Iterator[dict[str, int]]:
+    """Ports for a `genmesh up` of the test's own, held throughout (see up_ports)."""
+    with up_ports() as held:
+        yield held
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_children_of_a_killed_up_exit_and_hold_the_data_dir_until_they_have(
-    tmp_path: Path,
+    tmp_path: Path, ports: dict[str, int]
 ) -> None:
     data_dir = tmp_path / "data"
     env = clean_env(data_dir)
@@ -1136,7 +1158,7 @@ async def test_children_of_a_killed_up_exit_and_hold_the_data_dir_until_they_hav
             await eventually(only_storage_left, within=60)
             # A second mesh cannot start on the data dir while that child still uses it, and
             # leaves its logs alone.
-            code, err = await up_once(tmp_path / "second", env)
+            code, err = await up_once(tmp_path / "second", env, ports)
             assert code == 1, err
             assert "another `genmesh up` (or a process it started) is using" in err, err
             assert not (data_dir / "logs" / "storage.log.1").exists()
@@ -1157,10 +1179,10 @@ async def test_children_of_a_killed_up_exit_and_hold_the_data_dir_until_they_hav
         assert [pid for pid in again.pids if alive(pid)] == []
 
 
-async def up_once(cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+async def up_once(cwd: Path, env: dict[str, str], ports: dict[str, int]) -> tuple[int, str]:
     """`genmesh up` expected to give up at once: its exit code and stderr."""
     process = await asyncio.create_subprocess_exec(
-        *up_command(up_ports()),
+        *up_command(ports),
         cwd=cwd,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
@@ -1179,12 +1201,14 @@ async def up_once(cwd: Path, env: dict[str, str]) -> tuple[int, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_ctrl_c_while_up_is_starting_stops_it_without_a_traceback(tmp_path: Path) -> None:
+async def test_ctrl_c_while_up_is_starting_stops_it_without_a_traceback(
+    tmp_path: Path, ports: dict[str, int]
+) -> None:
     data_dir = tmp_path / "data"
     errors = tmp_path / "up.err"
     with errors.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
-            *up_command(up_ports()),
+            *up_command(ports),
             cwd=tmp_path,
             env=clean_env(data_dir),
             stdin=asyncio.subprocess.DEVNULL,

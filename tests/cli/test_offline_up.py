@@ -166,6 +166,8 @@ async def test_up_serves_offline_providers_with_no_keys(up: Up, tmp_path: Path) 
 @pytest.mark.timeout(240)
 async def test_ctrl_c_hands_a_running_job_back_to_the_next_start(tmp_path: Path) -> None:
     env = offline_env(tmp_path / "data")
+    # Far beyond the wait for the job below: only a hand-back, not the ack wait, brings it.
+    env["GENMESH_WORKER_ACK_WAIT"] = "120"
     spec = job_pb2.JobSpec(
         task=job_pb2.TASK_TEXT_TO_IMAGE,
         prompt="a long one",

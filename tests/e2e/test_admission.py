@@ -23,7 +23,7 @@ from services.router.settings import Settings as RouterSettings
 from tests.conftest import Database
 from tests.e2e.test_job_flow import submit
 from tests.e2e.test_resilience import state_of
-from tests.infra import eventually, free_port
+from tests.infra import eventually, reserved_port
 from tests.mesh import Mesh, running_mesh, start_process, stop_process, wait_serving
 
 LOW, NORMAL, HIGH = job_pb2.PRIORITY_LOW, job_pb2.PRIORITY_NORMAL, job_pb2.PRIORITY_HIGH
@@ -97,14 +97,15 @@ async def another_router(mesh: Mesh) -> AsyncIterator[tuple[Router, Mesh]]:
 async def router_process(mesh: Mesh) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
     """A second router replica as a process of its own, once the mesh's in-process router
     counts it; killed on the way out if the caller has not stopped it."""
-    address = f"127.0.0.1:{free_port()}"
-    proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
-    try:
-        await wait_serving(address)
-        await eventually(lambda: in_process(mesh).replicas.count() == 2)
-        yield proc, address
-    finally:
-        await stop_process(proc, signal.SIGKILL)
+    with reserved_port(any_server=True) as port:
+        address = f"127.0.0.1:{port}"
+        proc = start_process("services.router", {**mesh.env, "GENMESH_LISTEN": address})
+        try:
+            await wait_serving(address)
+            await eventually(lambda: in_process(mesh).replicas.count() == 2)
+            yield proc, address
+        finally:
+            await stop_process(proc, signal.SIGKILL)
 
 
 def in_process(mesh: Mesh) -> Router:

@@ -20,7 +20,7 @@ from services.storage.app import running_storage
 from services.storage.schema import assets, metadata
 from services.storage.settings import Settings as StorageSettings
 from tests.conftest import Database
-from tests.infra import eventually, free_port
+from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh, start_process, stop_process
 
 
@@ -242,9 +242,10 @@ async def test_events_held_by_a_killed_router_come_back_within_the_ack_wait(
 # The restarted storage keeps its own SQLite file and blobs beside the mesh's database.
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 async def test_a_storage_restart_does_not_fail_the_jobs_that_were_running(
-    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path, held_port: int
 ) -> None:
-    address = f"127.0.0.1:{free_port()}"
+    # Held throughout: storage comes back where the workers look.
+    address = f"127.0.0.1:{held_port}"
     own = StorageSettings.from_env(
         {
             "GENMESH_LISTEN": address,

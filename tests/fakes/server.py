@@ -30,7 +30,9 @@ async def serving(app: Callable[..., Any], port: int = 0, **config: Any) -> Asyn
     `port` (else a free one) lets a server come back where an earlier one was (hold it with
     tests.infra.reserved_port meanwhile); `config` passes
     uvicorn.Config settings over a fake's defaults (no lifespan, quiet logs)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP by number: only then does asyncio set TCP_NODELAY on the connections it
+    # accepts; without, a response's body waited for the client's delayed ACK (40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     # The earlier server's closed connections linger in TIME_WAIT on that port.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if port:

@@ -14,8 +14,8 @@ from tests.infra import eventually, free_port
 from tests.mesh import ROOT, start_process, stop_process
 
 
-async def test_module_serves_health_and_stops_on_sigterm() -> None:
-    listen = f"127.0.0.1:{free_port()}"
+async def test_module_serves_health_and_stops_on_sigterm(held_port: int) -> None:
+    listen = f"127.0.0.1:{held_port}"
     # No mesh: the bridge starts without its upstreams (channels connect lazily).
     proc = start_process(
         "gateway",

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.gateway.conftest import SseEvent, iter_sse, submit
 from tests.gateway.test_websocket import receive_all
-from tests.infra import eventually, free_port
+from tests.infra import eventually
 from tests.mesh import Mesh, start_process, stop_process
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -28,9 +28,9 @@ SPEC = {"task": "text-to-image", "prompt": "a fox", "parameters": LONG}
 
 
 async def test_stopping_the_bridge_ends_every_live_stream_cleanly(
-    mesh: Mesh, tmp_path: Path
+    mesh: Mesh, tmp_path: Path, held_port: int
 ) -> None:
-    listen = f"127.0.0.1:{free_port()}"
+    listen = f"127.0.0.1:{held_port}"
     log_path = tmp_path / "gateway.log"
     env = {**mesh.env, "GENMESH_LISTEN": listen, "GENMESH_LOG_LEVEL": "INFO"}
     with log_path.open("wb") as log:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.infra import eventually, free_port
+from tests.infra import eventually
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 
@@ -117,16 +119,22 @@ async def chromium(width: int = 1280, height: int = 1000) -> AsyncIterator[Brows
     binaries = browser_binaries()
     assert binaries is not None, "chromium and chromedriver are not installed"
     binary, driver = binaries
-    port = free_port()
     profile = tempfile.mkdtemp(prefix="genmesh-chromium-")
+    # Port 0: chromedriver takes a port the kernel picks and says which, so no other process
+    # can take it between a pick here and its bind.
     proc = await asyncio.create_subprocess_exec(
         driver,
-        f"--port={port}",
+        "--port=0",
         "--allowed-ips=127.0.0.1",
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    assert proc.stdout is not None
+    drain: asyncio.Task[None] | None = None
     try:
+        port = await asyncio.wait_for(_reported_port(proc.stdout), 20)
+        # Whatever it says later is read and dropped, so a full pipe never blocks it.
+        drain = asyncio.create_task(_drain(proc.stdout))
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=60
         ) as http:
@@ -153,7 +161,25 @@ async def chromium(width: int = 1280, height: int = 1000) -> AsyncIterator[Brows
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+        if drain is not None:
+            # Not awaited to the end: a browser process left behind may hold the pipe open.
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
         shutil.rmtree(profile, ignore_errors=True)
+
+
+async def _reported_port(stdout: asyncio.StreamReader) -> int:
+    """The port chromedriver says it listens on ("... started successfully on port N.")."""
+    while line := (await stdout.readline()).decode():
+        if found := re.search(r"started successfully on port (\d+)", line):
+            return int(found[1])
+    raise RuntimeError("chromedriver exited before it listened")
+
+
+async def _drain(stdout: asyncio.StreamReader) -> None:
+    while await stdout.read(65536):
+        pass
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from genmesh.v1 import bus_pb2, job_pb2
-from services.common.bus import Bus
-from services.common.channels import mesh_channel
 from services.common.pulling import PullConsumer
 from services.providers.base import cancel_remote
-from services.providers.cancelled import CancelledJobs
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions
 from services.providers.sandbox.adapter import SandboxAdapter
-from services.storage.client import AssetClient
 from tests.infra import eventually
 
 # Far beyond any wait below: a job redelivered only after ack_wait would fail the test.
@@ -62,29 +56,6 @@ async def test_a_provider_cancel_stays_bounded_when_its_caller_is_cancelled_agai
         await eventually(lambda: caplog.records)
     reported = [r.exc_info[0] for r in caplog.records if r.exc_info]
     assert reported == [TimeoutError]
-
-
-@pytest.fixture
-async def shared(nats_url: str, nats_prefix: str) -> AsyncIterator[Shared]:
-    nc = await nats.connect(nats_url)
-    # Storage is never called: the job is stopped before it has anything to store.
-    channel = mesh_channel("127.0.0.1:1")
-    try:
-        js = nc.jetstream()
-        bus = Bus(nats_prefix, 1)
-        await bus.ensure_streams(js)
-        yield Shared(
-            nc=nc,
-            js=js,
-            bus=bus,
-            assets=AssetClient(channel),
-            cancelled=CancelledJobs(await bus.cancellations_kv(js)),
-            requests=await bus.requests_kv(js),
-            worker_id="worker-1",
-        )
-    finally:
-        await channel.close()
-        await nc.close()
 
 
 async def test_a_stopped_job_cancelled_again_during_its_nak_is_redelivered_at_once(
