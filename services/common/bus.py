@@ -95,6 +95,10 @@ class Bus:
     def watch_wildcard(self) -> str:
         return f"{self.prefix}.watch.*.*"
 
+    def worker_subject(self, worker_id: str) -> str:
+        """Where a worker answers which jobs it is running (services.providers.liveness)."""
+        return f"{self.prefix}.worker.{worker_id}"
+
     @property
     def cancel_subject(self) -> str:
         return f"{self.prefix}.cancel"

@@ -20,6 +20,7 @@ from services.providers.cancelled import CancelledJobs
 from services.providers.config import ProviderConfig, load_catalog
 from services.providers.drafts import Drafts
 from services.providers.handback import handed_back
+from services.providers.liveness import answer_liveness
 from services.providers.registration import Registration
 from services.providers.registry import MissingDependency, auto_instances, build_adapter
 from services.providers.runtime import ProviderWorker, Shared, WorkerOptions, listen_for_cancels
@@ -106,6 +107,10 @@ async def running_worker(
         stack.push_async_callback(registration.withdraw)
         cancel_sub = await listen_for_cancels(nc, bus, workers, cancelled)
         stack.push_async_callback(cancel_sub.unsubscribe)
+        # Answers until the running jobs are drained: a router must not take a stopping
+        # worker for a lost one while it finishes them.
+        liveness = await answer_liveness(nc, bus, worker_id, workers)
+        stack.push_async_callback(liveness.unsubscribe)
         background = [asyncio.create_task(registration.run())]
         fetchers = [asyncio.create_task(w.run()) for w in workers]
 

@@ -31,7 +31,9 @@ class EventPublisher:
     must never share an id with an earlier run's within the stream's duplicate window, and
     that count has been seen to come back as 1 on a redelivery. Every message carries it as
     its run_id, with its index in this run (1, 2, ...), so the router can apply the run's
-    messages in the order they were published, whichever router replica gets which.
+    messages in the order they were published, whichever router replica gets which, and
+    the job message's reply subject, so a router that finds this worker gone can send the
+    job on at once (services.router.lost_workers).
 
     Progress goes out in order without holding up the job: a background sender publishes
     what has gathered after `linger` seconds when it changes the job's state, else after
@@ -48,6 +50,7 @@ class EventPublisher:
         worker: str,
         linger: float = LINGER,
         progress_linger: float = PROGRESS_LINGER,
+        delivery: str = "",
     ) -> None:
         self._js = js
         self._bus = bus
@@ -55,6 +58,7 @@ class EventPublisher:
         self._attempt = attempt
         self.delivery_id = secrets.token_hex(6)
         self._worker = worker
+        self._delivery = delivery
         self._linger = linger
         self._progress_linger = max(linger, progress_linger)
         # The state of the newest event handed in: one in another state is a change.
@@ -140,6 +144,7 @@ class EventPublisher:
             worker_id=self._worker,
             run_id=self.delivery_id,
             index=self._count,
+            delivery=self._delivery,
         )
         await self._js.publish(
             self._bus.events_subject(self._job_id),

@@ -113,6 +113,10 @@ class ProviderWorker:
         return len(self._running)
 
     @property
+    def running_jobs(self) -> list[str]:
+        return list(self._running)
+
+    @property
     def recent_calls(self) -> int:
         return len(self._outcomes)
 
@@ -236,6 +240,7 @@ class ProviderWorker:
             shared.worker_id,
             self._options.event_linger,
             self._options.progress_linger,
+            msg.reply,
         )
         if job.id in self._shared.cancelled:
             await msg.ack()

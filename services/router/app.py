@@ -32,6 +32,7 @@ from services.router.dispatch import Dispatcher
 from services.router.fallback import Fallback
 from services.router.feed import FeedHub
 from services.router.hedging import Hedger
+from services.router.lost_workers import LostWorkers
 from services.router.pipelines.app import start_pipelines
 from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
@@ -136,14 +137,15 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
         )
         batches = Batches(core, store, hub)
         await start_pipelines(stack, core, settings, bus, js, store, hub)
+        lost = LostWorkers(nc, bus, store, hub, settings.worker_lost_after, catalog.left)
         recorder = Recorder(
-            nc, js, bus, store, hub, queues, fallback, hedger, settings.recorder_ack_wait
+            nc, js, bus, store, hub, queues, fallback, hedger, lost, settings.recorder_ack_wait
         )
         sweeper = DeadlineSweeper(
             store, hub, stopper, fallback, queues, settings.deadline_sweep_interval
         )
         rechecks = hub.recheck_every(store.last_sequences, RECHECK)
-        for loop in (recorder.run(), hedger.run(), sweeper.run(), rechecks):
+        for loop in (recorder.run(), lost.run(), hedger.run(), sweeper.run(), rechecks):
             stack.push_async_callback(cancel_task, asyncio.create_task(loop))
         server = await stack.enter_async_context(
             grpc_server(

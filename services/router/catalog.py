@@ -100,6 +100,12 @@ class Catalog:
         """One provider's shared view (see providers), or None if no worker ever served it."""
         return self._current().get(name)
 
+    def left(self, worker_id: str) -> bool:
+        """True when the worker said it was stopping, in each registration it made: it
+        handed back what it did not finish."""
+        regs = [group[worker_id] for group in self._entries.values() if worker_id in group]
+        return bool(regs) and all(r.health.live_workers == 0 for r in regs)
+
     def _current(self) -> dict[str, provider_service_pb2.Provider]:
         # Rebuilt at most every VIEW_TTL: submits read the catalog several times each.
         now = time.monotonic()

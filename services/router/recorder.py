@@ -17,6 +17,7 @@ from services.common.bus import Bus
 from services.common.pulling import PullConsumer, worked_on
 from services.router.fallback import Fallback
 from services.router.hedging import Hedger
+from services.router.lost_workers import LostWorkers
 from services.router.ordering import defer_delay
 from services.router.queues import QueueDepths
 from services.router.store import Incoming, JobStore
@@ -50,6 +51,7 @@ class Recorder:
         queues: QueueDepths,
         fallback: Fallback,
         hedger: Hedger,
+        lost: LostWorkers,
         ack_wait: float = 5.0,
     ) -> None:
         # Seconds a fetched event may go unacknowledged before JetStream sends it again:
@@ -64,6 +66,7 @@ class Recorder:
         self._queues = queues
         self._fallback = fallback
         self._hedger = hedger
+        self._lost = lost
 
     async def consumer(self) -> PullConsumer:
         """The shared recorder consumer (created if missing), ready to fetch from."""
@@ -142,6 +145,7 @@ class Recorder:
                 for part, e in enumerate(events)
             )
             good.append(msg)
+            self._lost.heard(wrapper)
         # Heartbeated while applied, not after: a heartbeat following a delayed nak would
         # undo the delay.
         async with worked_on(msgs, self._ack_wait):

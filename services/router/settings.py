@@ -29,6 +29,10 @@ class Settings(BusSettings, DatabaseSettings):
     # the events it held, and their jobs' later events, wait. Give every replica the same;
     # at most 30, which a job's later events outwait before they are applied regardless.
     recorder_ack_wait: float = Field(5.0, gt=0, le=LONGEST_ACK_WAIT)
+    # Seconds a worker with running jobs may have no NATS connection (its subscription gone,
+    # so nothing answers it) before its jobs go to another worker at once, rather than after
+    # the jobs consumer's ack wait; 0 leaves them to the ack wait.
+    worker_lost_after: float = Field(5.0, ge=0)
     # Seconds without a heartbeat before a provider's worker counts as gone.
     provider_liveness: float = 15.0
     # Seconds a gone worker's registration is kept (it shows as not live) before deletion.

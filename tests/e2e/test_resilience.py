@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from genmesh.v1 import asset_pb2, generate_service_pb2, job_pb2
+from genmesh.v1 import asset_pb2, generate_service_pb2, job_pb2, provider_service_pb2
 from services.common.db import open_database
 from services.common.parameters import dict_to_struct
 from services.providers.app import running_worker
@@ -53,27 +53,40 @@ async def asset_rows(mesh: Mesh, job_id: str) -> dict[int, int]:
         return {role: count for role, count in rows}
 
 
+@pytest.mark.parametrize("noticed", [False, True], ids=["ack-wait", "lost-worker"])
 async def test_worker_killed_mid_job_is_finished_by_another(
-    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path, noticed: bool
 ) -> None:
+    """Whether the router notices the worker gone (its jobs go on at once, their watchers
+    told) or not (they go on after the ack wait), the job completes once."""
     async with running_mesh(
-        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path, workers=0
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        workers=0,
+        router_overrides={"GENMESH_WORKER_LOST_AFTER": "1" if noticed else "0"},
     ) as mesh:
-        # A short ack wait, so the dead worker's job is redelivered within the test.
-        env = {**mesh.env, "GENMESH_WORKER_ACK_WAIT": "2"}
+        # Noticed, an ack wait longer than the test may take: the job can only go on because
+        # the router noticed. Else a short one, so the job is redelivered within the test.
+        env = {**mesh.env, "GENMESH_WORKER_ACK_WAIT": "600" if noticed else "2"}
         first = start_process("services.providers", env)
         second = None
         try:
             await mesh.wait_for_provider()
-            job = await submit(mesh, spec(latency_ms=3000, steps=6, width=64, height=64))
+            # Long enough to be still running once the second worker is up.
+            job = await submit(mesh, spec(latency_ms=10_000, steps=8, width=64, height=64))
 
             async def previewed() -> bool:
                 return await state_of(mesh, job.id) == job_pb2.JOB_STATE_PREVIEW_READY
 
             await eventually(previewed, within=20)
+            # The second worker is up before the first dies, so it can take the job at once.
+            second = start_process("services.providers", env)
+            await eventually(lambda: _live_workers(mesh, 2), within=20)
+            assert await state_of(mesh, job.id) == job_pb2.JOB_STATE_PREVIEW_READY
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
-            second = start_process("services.providers", env)
             events = await asyncio.wait_for(mesh.watch(job.id), 60)
         finally:
             await stop_process(first)
@@ -81,15 +94,21 @@ async def test_worker_killed_mid_job_is_finished_by_another(
                 await stop_process(second)
         # (The mesh is down; the storage database is still there to count rows in.)
         states = [e.state for e in events]
-        assert (
-            states.count(job_pb2.JOB_STATE_COMPLETED) == 1
-            and states[-1] == job_pb2.JOB_STATE_COMPLETED
-        )
+        assert states.count(job_pb2.JOB_STATE_COMPLETED) == 1
+        assert states[-1] == job_pb2.JOB_STATE_COMPLETED
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        lost = [e.progress.message for e in events if "was lost" in e.progress.message]
+        assert len(lost) == noticed, lost
+        assert all("goes to another worker" in m for m in lost), lost
         rows = await asset_rows(mesh, job.id)
         assert rows[asset_pb2.ASSET_ROLE_OUTPUT] == 1
         assert rows[asset_pb2.ASSET_ROLE_PREVIEW] == 1
         assert len(events[-1].assets) == 1
+
+
+async def _live_workers(mesh: Mesh, count: int) -> bool:
+    providers = await mesh.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
+    return any(p.name == "sandbox" and p.health.live_workers == count for p in providers.providers)
 
 
 # What the worker logs does not depend on the router's database.
@@ -98,7 +117,12 @@ async def test_a_stopped_worker_names_the_jobs_it_hands_back(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
     async with running_mesh(
-        nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path, workers=0
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        workers=0,
+        router_overrides={"GENMESH_WORKER_LOST_AFTER": "0.5"},
     ) as mesh:
         # It waits for none of its running jobs: they are handed back as it stops.
         env = {**mesh.env, "GENMESH_WORKER_DRAIN_TIMEOUT": "0"}
@@ -117,6 +141,10 @@ async def test_a_stopped_worker_names_the_jobs_it_hands_back(
 
             await eventually(running, within=20)
             assert await stop_process(worker, signal.SIGTERM) == 0
+            # Gone cleanly, having handed its jobs back: the router does not take it for lost.
+            await asyncio.sleep(3)
+            for j in jobs:
+                assert "was lost" not in (await mesh.get_job(j.id)).progress.message
         finally:
             await stop_process(worker)
         said = [line for line in log.read_text().splitlines() if "handed back" in line]

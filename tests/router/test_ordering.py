@@ -18,6 +18,7 @@ from services.common.pulling import PullConsumer
 from services.providers.events import EventPublisher
 from services.router import ordering
 from services.router.hedging import Hedger
+from services.router.lost_workers import LostWorkers
 from services.router.ordering import Runs, Verdict
 from services.router.queues import QueueDepths
 from services.router.recorder import Recorder
@@ -61,7 +62,10 @@ async def replicas(world: World, nats_url: str) -> AsyncIterator[list[Replica]]:
             queues = QueueDepths(js, world.bus)
             stack.push_async_callback(queues.stop)
             hedger = Hedger(world.store, world.fallback, hub, _never_stop, default_after=0)
-            recorder = Recorder(nc, js, world.bus, world.store, hub, queues, world.fallback, hedger)
+            lost = LostWorkers(nc, world.bus, world.store, hub, lost_after=0)
+            recorder = Recorder(
+                nc, js, world.bus, world.store, hub, queues, world.fallback, hedger, lost
+            )
             events = await recorder.consumer()
             stack.push_async_callback(events.close)
             out.append(Replica(recorder, hub, events))

@@ -64,6 +64,7 @@ class WorkerEvent(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     worker_id: _builtins.str
     run_id: _builtins.str
@@ -74,6 +75,11 @@ class WorkerEvent(_message.Message):
     """This message's place among its run's messages, counting from 1. Router replicas share
     the events consumer, so one job's messages can reach them out of order; the router
     applies a run's messages in this order. 0 with an empty run_id.
+    """
+    delivery: _builtins.str
+    """The reply subject of the job message this run works on (its JetStream ack subject).
+    A router that finds the worker gone naks the message through it, so the job runs
+    again at once rather than after the jobs consumer's ack wait.
     """
     @_builtins.property
     def event(self) -> _job_pb2.JobEvent:
@@ -94,14 +100,40 @@ class WorkerEvent(_message.Message):
         events: _abc.Iterable[_job_pb2.JobEvent] | None = ...,
         run_id: _builtins.str = ...,
         index: _builtins.int = ...,
+        delivery: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event", b"event", "events", b"events", "index", b"index", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery", b"delivery", "event", b"event", "events", b"events", "index", b"index", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkerEvent: _TypeAlias = WorkerEvent  # noqa: Y015
+
+@_typing.final
+class WorkerRunning(_message.Message):
+    """A worker's answer on <prefix>.worker.<worker_id> (core NATS request): the jobs it is
+    running. A router asks a worker it has running jobs on; no responder means the worker's
+    NATS connection is gone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerRunning: _TypeAlias = WorkerRunning  # noqa: Y015
 
 @_typing.final
 class CancelRequest(_message.Message):
