@@ -156,3 +156,49 @@ def test_a_database_that_cannot_be_opened_is_one_line_naming_it(
         assert f"cannot start: {said}" in lines[-1], lines
         assert SECRET not in "\n".join(lines)
 
+
+@pytest.mark.parametrize(
+    ("settings", "variable", "directory", "why"),
+    [
+        (
+            {"GENMESH_STORAGE_DIR": "{tmp}/afile/blobs"},
+            "GENMESH_STORAGE_DIR",
+            "afile/blobs",
+            "Not a directory",
+        ),
+        ({"GENMESH_STORAGE_DIR": "{tmp}/afile"}, "GENMESH_STORAGE_DIR", "afile", "File exists"),
+        # No storage dir: the blobs go under the data dir (here not made by the database).
+        (
+            {
+                "GENMESH_DATA_DIR": "{tmp}/afile/data",
+                "GENMESH_DATABASE_URL": "sqlite:///{tmp}/s.db",
+            },
+            "GENMESH_DATA_DIR",
+            "afile/data/blobs",
+            "Not a directory",
+        ),
+        # With a bucket, uploads are still spooled on local disk first.
+        (
+            {"GENMESH_STORAGE_DIR": "{tmp}/afile/blobs", "GENMESH_STORAGE_S3_BUCKET": "genmesh"},
+            "GENMESH_STORAGE_DIR",
+            "afile/blobs/tmp",
+            "Not a directory",
+        ),
+    ],
+)
+def test_a_blob_directory_storage_cannot_write_is_refused_at_start(
+    settings: dict[str, str], variable: str, directory: str, why: str, tmp_path: Path
+) -> None:
+    # Storage started, and every upload failed. A path through a file fails even for root,
+    # whom permissions do not stop.
+    (tmp_path / "afile").write_text("")
+    lines = start(
+        "services.storage",
+        **{
+            "GENMESH_LISTEN": "127.0.0.1:0",
+            "GENMESH_DATA_DIR": str(tmp_path),
+            **{name: value.format(tmp=tmp_path) for name, value in settings.items()},
+        },
+    )
+    said = f"cannot start: {variable}: cannot write to {tmp_path / directory}: {why}"
+    assert said in lines[-1], lines
