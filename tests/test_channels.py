@@ -20,6 +20,8 @@ WHO = "genmesh.test.Who"
         ("127.0.0.1:50051", "127.0.0.1:50051"),
         ("router:50051", "router:50051"),
         ("dns:///router:50051", "dns:///router:50051"),
+        ("dns://10.0.0.2/router:50051", "dns://10.0.0.2/router:50051"),
+        ("[::1]:50051", "[::1]:50051"),
         ("127.0.0.1:50051, 127.0.0.1:50061", "ipv4:127.0.0.1:50051,127.0.0.1:50061"),
         ("[::1]:50051,[::1]:50061", "ipv6:[::1]:50051,[::1]:50061"),
         # gRPC's own URIs, lists included, pass through as they are.
@@ -47,6 +49,29 @@ def test_a_list_gRPC_cannot_take_is_refused_with_what_to_write(address: str) -> 
         grpc_target(address)
     # Said without the value: the setting's name goes with it where it is read.
     assert repr(address) not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "said"),
+    [
+        # Without a port gRPC calls 443, where no mesh service listens.
+        ("127.0.0.1", "needs a port"),
+        ("storage", "needs a port"),
+        ("storage:", "needs a port"),
+        ("[::1]", "needs a port"),
+        ("dns:///storage", "needs a port"),
+        ("dns://10.0.0.2/storage", "needs a port"),
+        ("::1", "IPv6 address goes in brackets"),
+        ("ipv4:127.0.0.1", "IP:port entries"),
+        (":50052", "needs a host"),
+        ("storage:http", "port must be 1 to 65535"),
+    ],
+)
+def test_an_address_without_a_port_is_refused_rather_than_sent_to_443(
+    address: str, said: str
+) -> None:
+    with pytest.raises(ValueError, match=said):
+        grpc_target(address)
 
 
 async def test_calls_are_spread_over_every_listed_replica_and_skip_one_that_is_down() -> None:

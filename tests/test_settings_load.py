@@ -75,12 +75,35 @@ def test_a_list_of_replica_names_gRPC_cannot_take_is_refused_saying_what_to_writ
             f"postgresql://genmesh:{SECRET}@127.0.0.1/db",
             "postgresql+asyncpg://",
         ),
+        # These the service started with: gRPC called port 443 for an address without one,
+        # and every call failed UNAVAILABLE, naming neither the setting nor the port.
+        ("services.router", "GENMESH_STORAGE_ADDR", "127.0.0.1", "needs a port, e.g. 127.0.0.1:"),
+        ("gateway", "GENMESH_ROUTER_ADDR", "routerhost", "needs a port"),
+        ("services.providers", "GENMESH_STORAGE_ADDR", "dns:///storage", "needs a port"),
+        ("services.router", "GENMESH_PROMPT_ADDR", "::1", "in brackets, then its port"),
+        # JetStream took 0 as 1, and refused 6 or more only as the first stream was made.
+        ("services.router", "GENMESH_NATS_REPLICAS", "0", "must be 1 to 5"),
+        ("services.providers", "GENMESH_NATS_REPLICAS", "-1", "must be 1 to 5"),
+        ("services.router", "GENMESH_NATS_REPLICAS", "6", "must be 1 to 5"),
     ],
 )
 def test_each_bad_setting_is_one_line_naming_it(
-    module: str, variable: str, value: str, said: str
+    module: str,
+    variable: str,
+    value: str,
+    said: str,
+    nats_url: str,
+    nats_prefix: str,
+    tmp_path: Path,
 ) -> None:
-    lines = start(module, **{variable: value})
+    # Should a setting no longer be refused, the service it starts shares nothing with others.
+    isolated = {
+        "GENMESH_LISTEN": "127.0.0.1:0",
+        "GENMESH_DATA_DIR": str(tmp_path),
+        "GENMESH_NATS_URL": nats_url,
+        "GENMESH_NATS_PREFIX": nats_prefix,
+    }
+    lines = start(module, **{**isolated, variable: value})
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"cannot start: {variable}: "), lines
     assert said in lines[0], lines
@@ -132,3 +155,50 @@ def test_a_database_that_cannot_be_opened_is_one_line_naming_it(
         )
         assert f"cannot start: {said}" in lines[-1], lines
         assert SECRET not in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable", "directory", "why"),
+    [
+        (
+            {"GENMESH_STORAGE_DIR": "{tmp}/afile/blobs"},
+            "GENMESH_STORAGE_DIR",
+            "afile/blobs",
+            "Not a directory",
+        ),
+        ({"GENMESH_STORAGE_DIR": "{tmp}/afile"}, "GENMESH_STORAGE_DIR", "afile", "File exists"),
+        # No storage dir: the blobs go under the data dir (here not made by the database).
+        (
+            {
+                "GENMESH_DATA_DIR": "{tmp}/afile/data",
+                "GENMESH_DATABASE_URL": "sqlite:///{tmp}/s.db",
+            },
+            "GENMESH_DATA_DIR",
+            "afile/data/blobs",
+            "Not a directory",
+        ),
+        # With a bucket, uploads are still spooled on local disk first.
+        (
+            {"GENMESH_STORAGE_DIR": "{tmp}/afile/blobs", "GENMESH_STORAGE_S3_BUCKET": "genmesh"},
+            "GENMESH_STORAGE_DIR",
+            "afile/blobs/tmp",
+            "Not a directory",
+        ),
+    ],
+)
+def test_a_blob_directory_storage_cannot_write_is_refused_at_start(
+    settings: dict[str, str], variable: str, directory: str, why: str, tmp_path: Path
+) -> None:
+    # Storage started, and every upload failed. A path through a file fails even for root,
+    # whom permissions do not stop.
+    (tmp_path / "afile").write_text("")
+    lines = start(
+        "services.storage",
+        **{
+            "GENMESH_LISTEN": "127.0.0.1:0",
+            "GENMESH_DATA_DIR": str(tmp_path),
+            **{name: value.format(tmp=tmp_path) for name, value in settings.items()},
+        },
+    )
+    said = f"cannot start: {variable}: cannot write to {tmp_path / directory}: {why}"
+    assert said in lines[-1], lines

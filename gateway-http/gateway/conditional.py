@@ -12,9 +12,24 @@ from gateway.errors import PreconditionFailed
 
 # One entity-tag of a list: optionally weak (W/), then opaque characters in quotes.
 _ENTITY_TAG = re.compile(r'(W/)?"([^"]*)"')
+# English names, whatever the locale: strptime's %a and %b follow LC_TIME, so under, say,
+# de_DE every date was ignored ("Wed" is no German day).
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DAY = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
+_WEEKDAY = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
+_MONTH = "|".join(_MONTHS)
+_TIME = r"(?P<hour>\d\d?):(?P<minute>\d\d?):(?P<second>\d\d?)"
 # The three forms of an HTTP-date a recipient must accept (RFC 9110, section 5.6.7):
-# IMF-fixdate, then the obsolete RFC 850 and asctime forms.
-_HTTP_DATES = ("%a, %d %b %Y %H:%M:%S GMT", "%A, %d-%b-%y %H:%M:%S GMT", "%a %b %d %H:%M:%S %Y")
+# IMF-fixdate, then the obsolete RFC 850 and asctime forms. Names in any case and runs of
+# spaces are taken, as strptime took them.
+_HTTP_DATES = tuple(
+    re.compile(form, re.IGNORECASE | re.ASCII)
+    for form in (
+        rf"(?:{_DAY}),\s+(?P<day>\d\d?)\s+(?P<month>{_MONTH})\s+(?P<year>\d{{4}})\s+{_TIME}\s+GMT",
+        rf"(?:{_WEEKDAY}),\s+(?P<day>\d\d?)-(?P<month>{_MONTH})-(?P<year>\d\d)\s+{_TIME}\s+GMT",
+        rf"(?:{_DAY})\s+(?P<month>{_MONTH})\s+(?P<day>\d\d?)\s+{_TIME}\s+(?P<year>\d{{4}})",
+    )
+)
 
 
 def entity_tag(sha256: str) -> str:
@@ -31,11 +46,26 @@ def parse_http_date(value: str) -> datetime | None:
     """An HTTP-date in any of its three forms; None for anything else, which the conditional
     headers that carry one then ignore."""
     for form in _HTTP_DATES:
-        try:
-            return datetime.strptime(value.strip(), form).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    return None
+        if found := form.fullmatch(value.strip()):
+            break
+    else:
+        return None
+    year = int(found["year"])
+    if year < 100:
+        # RFC 850's two digits, read as strptime's %y read them: 69 to 99 are 1900s.
+        year += 1900 if year >= 69 else 2000
+    try:
+        return datetime(
+            year,
+            _MONTHS.index(found["month"].title()) + 1,
+            int(found["day"]),
+            int(found["hour"]),
+            int(found["minute"]),
+            int(found["second"]),
+            tzinfo=UTC,
+        )
+    except ValueError:  # no such day or time, e.g. 31 Feb
+        return None
 
 
 def _names(header: str, etag: str, *, weak: bool) -> bool:

@@ -41,6 +41,9 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
 
 # Target URI schemes gRPC resolves itself; anything else is a host:port (or a list of them).
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+# Without a port gRPC calls port 443 (its default for a name), where no mesh service listens:
+# every call then fails UNAVAILABLE, long after start-up, and the error names neither.
+_NO_PORT = "needs a port, e.g. 127.0.0.1:50052 (without one gRPC calls port 443)"
 
 
 def grpc_target(address: str) -> str:
@@ -49,25 +52,54 @@ def grpc_target(address: str) -> str:
     several IP:port, comma-separated, become one static list of replicas. ValueError for what
     gRPC cannot take, or would take as another address."""
     address = address.strip()
+    if address.startswith(("ipv4:", "ipv6:")):
+        scheme, _, listed = address.partition(":")
+        _static_list(listed.split(","), scheme)
+        return address
+    if address.startswith("dns:"):
+        # dns:host:port, dns:///host:port or dns://authority/host:port.
+        name = address.removeprefix("dns:")
+        _host_port(name.split("/", 3)[-1] if name.startswith("//") else name)
+        return address
     if address.startswith(_SCHEMES):
         return address
     parts = [part.strip() for part in address.split(",")]
     if len(parts) == 1:
         if not address:
             raise ValueError("no address: give host:port, e.g. 127.0.0.1:50051")
-        _host, _, port = address.rpartition(":")
-        # gRPC takes a port past 65535 as that number less 65536: another port altogether.
-        if port.isdigit() and not 0 < int(port) < 65536:
-            raise ValueError("the port must be 1 to 65535")
+        _host_port(address)
         return address
+    return f"{_static_list(parts)}:{','.join(parts)}"
+
+
+def _host_port(address: str) -> None:
+    """ValueError unless `address` is host:port, an IPv6 host in brackets."""
+    host, sep, port = address.rpartition(":")
+    if not sep or address.endswith("]"):
+        raise ValueError(_NO_PORT)
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        # gRPC takes all of an unbracketed IPv6 address as the host, and calls its port 443.
+        raise ValueError("an IPv6 address goes in brackets, then its port, e.g. [::1]:50052")
+    if not port:
+        raise ValueError(_NO_PORT)
+    if not host:
+        raise ValueError("needs a host before the port, e.g. 127.0.0.1:50052")
+    # gRPC takes a port past 65535 as that number less 65536: another port altogether.
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("the port must be 1 to 65535")
+
+
+def _static_list(parts: list[str], scheme: str | None = None) -> str:
+    """The family ("ipv4" or "ipv6") of a static list of IP:port; ValueError unless every
+    entry is one, of the same family (`scheme`'s, when the list came with one)."""
     families = {_family(part) for part in parts}
-    if len(families) != 1 or None in families:
+    if len(families) != 1 or None in families or scheme not in (None, *families):
         raise ValueError(
             "a list of addresses takes IP:port entries of one family, e.g. "
             "127.0.0.1:50051,127.0.0.1:50061; for host names, give one DNS name that resolves "
             "to every replica, e.g. dns:///NAME:PORT"
         )
-    return f"{families.pop()}:{','.join(parts)}"
+    return str(families.pop())
 
 
 def _family(part: str) -> Literal["ipv4", "ipv6"] | None:

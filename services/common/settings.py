@@ -17,15 +17,17 @@ ENV_PREFIX = "GENMESH_"
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 # The databases open_database opens (sqlite+aiosqlite: an older name of the same file).
 _DATABASE_SCHEMES = frozenset({"sqlite", "sqlite+aiosqlite", "postgresql+asyncpg"})
+# The most replicas JetStream keeps of a stream.
+MAX_NATS_REPLICAS = 5
 
 
 def _address(value: str) -> str:
-    grpc_target(value)  # raises ValueError for a list gRPC cannot take
+    grpc_target(value)  # ValueError for no port, or a list gRPC cannot take
     return value
 
 
 # Another service's gRPC address: host:port, a gRPC URI (dns:///router:50051 reaches every
-# replica the name resolves to), or several IP:port, comma-separated.
+# replica the name resolves to), or several IP:port, comma-separated. Always with a port.
 ServiceAddress = Annotated[str, AfterValidator(_address)]
 
 
@@ -117,6 +119,14 @@ class BusSettings(ServiceSettings):
     nats_prefix: str = Field(default="genmesh", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     # JetStream replicas for streams this service creates (3 on a cluster).
     nats_replicas: int = 1
+
+    @field_validator("nats_replicas")
+    @classmethod
+    def _replicas_jetstream_takes(cls, value: int) -> int:
+        # JetStream refuses more than 5 only when a stream is made, deep in start-up.
+        if not 1 <= value <= MAX_NATS_REPLICAS:
+            raise ValueError(f"must be 1 to {MAX_NATS_REPLICAS} (3 on a cluster)")
+        return value
 
 
 class DatabaseSettings(ServiceSettings):

@@ -11,7 +11,7 @@ from genmesh.v1 import asset_service_pb2_grpc
 from services.common.db import database_url, open_database
 from services.common.errors import Unavailable
 from services.common.grpc_server import RunningServer, grpc_server
-from services.storage.blobs import BlobStore, BlobStoreError, LocalBlobStore
+from services.storage.blobs import BlobStore, BlobStoreError, LocalBlobStore, make_writable
 from services.storage.core import AssetStore
 from services.storage.schema import metadata
 from services.storage.servicer import SERVICE_NAME, AssetServicer
@@ -56,7 +56,9 @@ async def open_blob_store(settings: Settings) -> tuple[BlobStore, str]:
     the bucket is missing or refused: that needs an operator."""
     local_root = Path(settings.storage_dir) if settings.storage_dir else settings.data_dir / "blobs"
     if not settings.storage_s3_bucket:
-        return LocalBlobStore(local_root), str(local_root)
+        local = LocalBlobStore(local_root)
+        _writable(settings, local.root, local.staging)
+        return local, str(local_root)
     # Imported here: boto3 costs a fraction of a second to import, and only this backend needs it.
     from services.storage.s3_blobs import MAX_OBJECT_BYTES, S3BlobStore
 
@@ -66,6 +68,7 @@ async def open_blob_store(settings: Settings) -> tuple[BlobStore, str]:
             "store PUT takes"
         )
     # Uploads are spooled on local disk before they go to the bucket whole.
+    _writable(settings, local_root / "tmp")
     blobs = S3BlobStore.from_settings(settings, local_root / "tmp")
     where = f"bucket {blobs.bucket!r}" + (
         f" at {settings.storage_s3_endpoint_url}" if settings.storage_s3_endpoint_url else ""
@@ -79,3 +82,15 @@ async def open_blob_store(settings: Settings) -> tuple[BlobStore, str]:
         blobs.close()
         raise
     return blobs, where
+
+
+def _writable(settings: Settings, *directories: Path) -> None:
+    """BlobStoreError naming the variable behind a directory storage cannot write, and why."""
+    variable = "GENMESH_STORAGE_DIR" if settings.storage_dir else "GENMESH_DATA_DIR"
+    for directory in directories:
+        try:
+            make_writable(directory)
+        except OSError as error:
+            raise BlobStoreError(
+                f"{variable}: cannot write to {directory}: {error.strerror or error}"
+            ) from None

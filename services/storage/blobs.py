@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -24,7 +25,8 @@ T = TypeVar("T")
 
 
 class BlobStoreError(CannotStart):
-    """The configured blob store cannot be used (a bucket missing or refused); raised at start."""
+    """The configured blob store cannot be used (a bucket missing or refused, a directory not
+    writable); raised at start."""
 
 
 class BlobMissing(Exception):
@@ -73,6 +75,14 @@ class BlobStore(Protocol):
     def close(self) -> None:
         """Release what the store holds (threads, connections); called once, at stop."""
         ...
+
+
+def make_writable(directory: Path) -> None:
+    """Make `directory` (and its parents) if missing and write a file in it, so that one
+    storage cannot use fails at start rather than on every upload; OSError if not."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=directory):
+        pass
 
 
 class Staging:

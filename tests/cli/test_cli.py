@@ -183,6 +183,23 @@ def test_a_port_past_65535_is_a_usage_error_not_another_port(
         assert said in capsys.readouterr().err
 
 
+def test_an_address_without_a_port_is_a_usage_error_not_port_443(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # gRPC called port 443 for these, and the command failed UNAVAILABLE: `genmesh up` running?
+    for argv in (
+        ["jobs", "--router", "127.0.0.1"],
+        ["batch", "jobs.jsonl", "--storage", "storagehost"],
+        ["providers", "--router", "dns:///router"],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            cli(argv, {})
+        assert exited.value.code == 2, argv
+        assert "needs a port, e.g. 127.0.0.1:" in capsys.readouterr().err, argv
+    assert cli(["providers"], {"GENMESH_STORAGE_ADDR": "storagehost"}) == 2
+    assert capsys.readouterr().err.startswith("genmesh: GENMESH_STORAGE_ADDR: needs a port")
+
+
 def test_unknown_task_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli(["generate", "--task", "text-to-smell", "roses"], {})
