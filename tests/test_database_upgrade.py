@@ -8,6 +8,7 @@ from sqlalchemy import Column, Index, MetaData, String, Table, insert, select, t
 from services.common.db import open_database
 from services.router import store
 from tests.conftest import Database
+from tests.router.helpers import IMAGE, add_job, add_pipeline
 
 
 def _jobs_table(metadata: MetaData, *, with_batch: bool) -> Table:
@@ -70,3 +71,29 @@ async def test_an_index_added_to_an_existing_table_is_created(database: Database
     for table in store.metadata.sorted_tables:
         wanted = {index.name for index in table.indexes}
         assert wanted <= await _indexes(database, table.name), table.name
+
+
+async def test_step_jobs_stored_before_parent_job_id_are_named_by_it(database: Database) -> None:
+    async with open_database(database.url, store.metadata, database.schema) as engine:
+        jobs = store.JobStore(engine)
+        await add_job(jobs, "j_mine", 100.0, key="pipeline:mine:too")  # a caller's own key
+        steps = await add_pipeline(jobs, "p_0", 101.0, [IMAGE, IMAGE])
+        await add_job(jobs, "j_last", 102.0)
+        # The table as the release before made it: no parent_job_id, nor its index.
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP INDEX jobs_top_level_listing"))
+            await conn.execute(text("ALTER TABLE jobs DROP COLUMN parent_job_id"))
+
+    for _start in range(2):  # the second start finds nothing left to fill in
+        async with open_database(database.url, store.metadata, database.schema) as engine:
+            async with engine.connect() as conn:
+                query = select(store.jobs.c.id, store.jobs.c.parent_job_id)
+                parents: dict[str, str | None] = dict((await conn.execute(query)).all())
+            listed = await store.JobStore(engine).list_jobs("t", top_level_only=True)
+        assert parents == {
+            "j_last": None,
+            "j_mine": None,
+            "p_0": None,
+            **dict.fromkeys(steps, "p_0"),
+        }
+        assert [job.id for job in listed.jobs] == ["j_last", "p_0", "j_mine"]

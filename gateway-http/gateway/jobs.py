@@ -94,6 +94,13 @@ async def list_jobs(
     ] = None,
     task: Annotated[str, Query(description="Only jobs of this task, e.g. text-to-image")] = "",
     batch_id: Annotated[str, Query(description="Only jobs of this batch (POST /v1/batches)")] = "",
+    top_level_only: Annotated[
+        bool,
+        Query(
+            description="Leave out the jobs of pipelines' steps (each is named in its "
+            "pipeline's pipeline.steps[].job_id): only pipelines and jobs submitted on their own"
+        ),
+    ] = False,
 ) -> dict[str, Any]:
     """JobService.ListJobs: the tenant's jobs, newest first, a page at a time."""
     states = [parse_state(s) for s in state or ()]
@@ -105,6 +112,7 @@ async def list_jobs(
             states=states,
             task=kind,
             batch_id=batch_id,
+            top_level_only=top_level_only,
         )
     reply = await clients.jobs.ListJobs(
         request, metadata=metadata(tenant), timeout=clients.router_timeout

@@ -255,8 +255,10 @@ def _upgrade(conn: Connection, metadata: MetaData) -> None:
     """Bring tables from an earlier release up to date: columns and indexes added since.
 
     create_all makes missing tables only (with their indexes); new columns must be nullable
-    (or have a server default) so old rows stay valid. An index is missing when its table is
-    older than it, whether or not its columns are new, and is looked up by name."""
+    (or have a server default) so old rows stay valid. A column whose info names a
+    "backfill" (a function of the connection) has it fill the old rows in, once, right
+    after the column is added. An index is missing when its table is older than it, whether
+    or not its columns are new, and is looked up by name."""
     inspector = inspect(conn)
     quote = conn.dialect.identifier_preparer.quote
     for table in metadata.sorted_tables:
@@ -268,6 +270,9 @@ def _upgrade(conn: Connection, metadata: MetaData) -> None:
                 conn.execute(
                     text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
                 )
+                backfill = column.info.get("backfill")
+                if backfill is not None:
+                    backfill(conn)
         for index in table.indexes:
             if index.name not in indexed:
                 # IF NOT EXISTS: SQLite has no advisory lock, and two processes may start at once.

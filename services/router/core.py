@@ -320,6 +320,7 @@ class RouterCore:
             states=list(request.states),
             task=request.task,
             batch_id=request.batch_id,
+            top_level_only=request.top_level_only,
             page_size=request.page_size,
             page_token=request.page_token,
         )

@@ -14,11 +14,13 @@ from typing import TypeVar
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Double,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -47,6 +49,29 @@ _T = TypeVar("_T")
 
 metadata = MetaData()
 
+
+def _fill_parents(conn: Connection) -> None:
+    """Name the pipeline of each step job stored before jobs.parent_job_id existed, once,
+    as the column is added."""
+    after = ""
+    while True:
+        # A step's idempotency key has this shape (pipelines/plan.py); the body says whether
+        # the job is a step, and whose. By id, a page at a time: no table is read whole.
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.body)
+            .where(jobs.c.idempotency_key.like("pipeline:%"), jobs.c.id > after)
+            .order_by(jobs.c.id)
+            .limit(CHUNK)
+        ).all()
+        steps = [(r.id, _job(r.body).parent_job_id) for r in rows]
+        parents = [{"_id": i, "set_parent_job_id": parent} for i, parent in steps if parent]
+        if parents:
+            conn.execute(_update_by_id(("_id", "parent_job_id")), parents)
+        if len(rows) < CHUNK:
+            return
+        after = rows[-1].id
+
+
 jobs = Table(
     "jobs",
     metadata,
@@ -74,12 +99,26 @@ jobs = Table(
     Column("deadline", Double, nullable=True),
     # The SubmitBatch call that created the job; NULL for jobs submitted one by one.
     Column("batch_id", String(40), nullable=True),
+    # The pipeline job whose step the job runs; NULL for a top-level job.
+    Column("parent_job_id", String(40), nullable=True, info={"backfill": _fill_parents}),
     UniqueConstraint("tenant_id", "idempotency_key", name="jobs_idempotency"),
     Index("jobs_tenant_listing", "tenant_id", "create_time", "id"),
     Index("jobs_undispatched", "dispatched"),
     # By state first, so the sweep reads only unfinished jobs, not every job ever deadlined.
     Index("jobs_deadline", "state", "deadline"),
     Index("jobs_batch", "batch_id"),
+)
+
+# Jobs that do not run a pipeline's step: pipelines and jobs submitted on their own.
+_TOP_LEVEL = jobs.c.parent_job_id.is_(None)
+# Partial: a listing of top-level jobs reads no step's entry, however many steps there are.
+Index(
+    "jobs_top_level_listing",
+    jobs.c.tenant_id,
+    jobs.c.create_time,
+    jobs.c.id,
+    postgresql_where=_TOP_LEVEL,
+    sqlite_where=_TOP_LEVEL,
 )
 
 job_events = Table(
@@ -425,32 +464,27 @@ class JobStore:
         states: Sequence[int] = (),
         task: int = 0,
         batch_id: str = "",
+        top_level_only: bool = False,
         page_size: int = 50,
         page_token: str = "",
     ) -> Page:
-        """Newest first, by (create_time, id); the token is the last row's position."""
+        """Newest first, by (create_time, id); the token is the last row's position. With
+        `top_level_only`, pipelines' step jobs are left out."""
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidArgument(f"page_size must be 0..{MAX_PAGE}, got {page_size}")
         size = page_size or 50
-        query = select(jobs.c.body, jobs.c.create_time, jobs.c.id).where(jobs.c.tenant_id == tenant)
-        if states:
-            query = query.where(jobs.c.state.in_(list(states)))
-        if task:
-            query = query.where(jobs.c.task == task)
-        if batch_id:
-            query = query.where(_in_batch(tenant, batch_id))
-        if page_token:
-            created, last_id = decode_page_token(page_token)
-            query = query.where(
-                or_(
-                    jobs.c.create_time < created,
-                    and_(jobs.c.create_time == created, jobs.c.id < last_id),
-                )
-            )
+        after = decode_page_token(page_token) if page_token else None
         if batch_id and not limits.known_id(batch_id):
             # No batch has such an id, and PostgreSQL would refuse one holding a NUL.
             return Page([], "")
-        query = query.order_by(jobs.c.create_time.desc(), jobs.c.id.desc()).limit(size + 1)
+        query = listing_query(
+            tenant,
+            states=states,
+            task=task,
+            batch_id=batch_id,
+            top_level_only=top_level_only,
+            after=after,
+        ).limit(size + 1)
         async with self._engine.connect() as conn:
             rows = list(await conn.execute(query))
         more = len(rows) > size
@@ -703,6 +737,37 @@ class JobStore:
             )
 
 
+def listing_query(
+    tenant: str,
+    *,
+    states: Sequence[int] = (),
+    task: int = 0,
+    batch_id: str = "",
+    top_level_only: bool = False,
+    after: tuple[float, str] | None = None,
+) -> Select[tuple[bytes, float, str]]:
+    """The tenant's jobs newest first, past the (create_time, id) `after`, for ListJobs."""
+    query = select(jobs.c.body, jobs.c.create_time, jobs.c.id).where(jobs.c.tenant_id == tenant)
+    if top_level_only:
+        # The partial index's own condition, so both databases read that index alone.
+        query = query.where(_TOP_LEVEL)
+    if states:
+        query = query.where(jobs.c.state.in_(list(states)))
+    if task:
+        query = query.where(jobs.c.task == task)
+    if batch_id:
+        query = query.where(_in_batch(tenant, batch_id))
+    if after is not None:
+        created, last_id = after
+        query = query.where(
+            or_(
+                jobs.c.create_time < created,
+                and_(jobs.c.create_time == created, jobs.c.id < last_id),
+            )
+        )
+    return query.order_by(jobs.c.create_time.desc(), jobs.c.id.desc())
+
+
 async def events_after_in(
     conn: DbConnection, job_id: str, after: int, limit: int | None = None
 ) -> list[job_pb2.JobEvent]:
@@ -776,6 +841,7 @@ def _job_row(job: job_pb2.Job, spec_hash: str, *, dispatched: bool = False) -> d
         "body": job.SerializeToString(),
         "deadline": job.deadline.ToNanoseconds() / 1e9 if job.HasField("deadline") else None,
         "batch_id": job.batch_id or None,
+        "parent_job_id": job.parent_job_id or None,
     }
 
 

@@ -233,6 +233,37 @@ async def test_list_pages_and_filters(bridge: Bridge) -> None:
         assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
 
 
+async def test_list_top_level_jobs_leaves_the_steps_out(bridge: Bridge) -> None:
+    http = bridge.http
+    created = await http.post(
+        "/v1/jobs", json={"pipeline": {"name": "text-to-video"}, "prompt": "a paper boat"}
+    )
+    assert created.status_code == 201, created.text
+    pipeline = created.json()["id"]
+    steps = [step.job_id for step in (await bridge.mesh.finished(pipeline))[0].pipeline.steps]
+    alone = await submit(http, parameters={"latency_ms": 0})
+
+    def ids(listed: httpx.Response) -> list[str]:
+        assert listed.status_code == 200, listed.text
+        return [job["id"] for job in listed.json()["jobs"]]
+
+    # One job a page, and each page a top-level one: the steps take no place.
+    first = await http.get("/v1/jobs", params={"top_level_only": "true", "page_size": 1})
+    assert ids(first) == [alone["id"]]
+    token = first.json()["next_page_token"]
+    rest = await http.get("/v1/jobs", params={"top_level_only": "true", "page_token": token})
+    assert ids(rest) == [pipeline] and rest.json()["next_page_token"] == ""
+    # Each step's job is still read by its id, and listed without the flag.
+    step = (await http.get(f"/v1/jobs/{steps[0]}")).json()
+    assert step["parent_job_id"] == pipeline and step["state"] == "JOB_STATE_COMPLETED"
+    every = [alone["id"], *reversed(steps), pipeline]
+    assert ids(await http.get("/v1/jobs")) == every
+    assert ids(await http.get("/v1/jobs", params={"top_level_only": "false"})) == every
+    refused = await http.get("/v1/jobs", params={"top_level_only": "maybe"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+
 async def test_generate_streams_the_new_job(bridge: Bridge) -> None:
     body = {"task": "text-to-image", "prompt": "a fox", "parameters": {"latency_ms": 100}}
     async with bridge.http.stream("POST", "/v1/jobs:generate", json=body) as response:

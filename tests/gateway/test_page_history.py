@@ -1,14 +1,16 @@
 """The web page's history in a real headless Chromium against the bridge and a real mesh: a
-page left open past midnight dates yesterday's jobs, and a pipeline's step jobs show in their
-pipeline's row, never as rows of their own, however they arrive."""
+page left open past midnight dates yesterday's jobs; a pipeline's step jobs show in their
+pipeline's row, never as rows of their own, however they arrive, and take no place in a page
+of the history; a step opens its own job from its pipeline's row or job card."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from genmesh.v1 import job_pb2
 from tests.gateway.conftest import Bridge, submit
 from tests.gateway.page import OUTPUT, PAGE_TESTS, wait_for_page
-from tests.gateway.webdriver import Browser, chromium
+from tests.gateway.webdriver import Browser, Keys, chromium
 from tests.infra import eventually
 
 pytestmark = PAGE_TESTS
@@ -94,46 +96,40 @@ DONE = [
 ]
 
 
-async def test_a_pipelines_steps_show_in_its_row_when_it_is_on_a_later_page(
-    bridge: Bridge,
-) -> None:
-    pipeline, steps = await finished_pipeline(bridge, "a paper boat")
-    # The page lists 20 jobs at a time: these and the two steps fill the first, so the
-    # pipeline itself (older than its steps) is on the second.
+async def test_a_history_page_is_a_full_page_of_pipelines_and_jobs(bridge: Bridge) -> None:
+    older, _ = await finished_pipeline(bridge, "a paper boat")
+    newer, newer_steps = await finished_pipeline(bridge, "a paper plane")
+    # The page lists 20 jobs at a time: these and the two pipelines make 20. Listed with
+    # their steps, the first 20 would end at the newer pipeline's steps.
     later = [
         str((await submit(bridge.http, provider="sandbox", prompt=f"job {n}"))["id"])
         for n in range(18)
     ]
     listed = (await bridge.http.get("/v1/jobs", params={"page_size": 20})).json()["jobs"]
-    assert {j["id"] for j in listed} == {*later, *steps}
+    assert {j["id"] for j in listed} == {*later, *newer_steps}
     async with chromium() as browser:
         await browser.open(str(bridge.http.base_url) + "/")
         await wait_for_page(browser)
 
         async def first_page() -> list[list[Any]]:
             shown = await rows(browser)
-            return shown if len(shown) == 19 and shown[-1][0] == pipeline else []
+            more = await browser.run("return document.getElementById('history-more').hidden")
+            return shown if len(shown) == 20 and more else []
 
-        # The steps bring their pipeline in, last (it is the oldest), with each step's state.
+        # Every row a job of its own or a pipeline with its steps' states; nothing left over
+        # for a next page.
         shown = await eventually(first_page, within=10)
-        assert [row[0] for row in shown[:-1]] == list(reversed(later))
-        assert shown[-1] == [pipeline, "JOB_STATE_COMPLETED", DONE]
-        # The next page holds the pipeline again: still one row.
-        await browser.click("#history-more")
-
-        async def second_page() -> bool:
-            return bool(await browser.run("return document.getElementById('history-more').hidden"))
-
-        await eventually(second_page, within=10)
-        assert await rows(browser) == shown
-        # Only image-to-video jobs: the pipeline is listed for its video step, which is.
+        assert [row[0] for row in shown] == [*reversed(later), newer, older]
+        assert shown[-2:] == [[p, "JOB_STATE_COMPLETED", DONE] for p in (newer, older)]
+        # Only image-to-video jobs: a pipeline, which has no task, is listed for its video
+        # step, which is.
         await browser.choose("#filter-task", "TASK_IMAGE_TO_VIDEO")
 
         async def filtered() -> list[list[Any]]:
             shown = await rows(browser)
-            return shown if len(shown) < 19 else []
+            return shown if len(shown) == 2 else []
 
-        assert await eventually(filtered, within=10) == [[pipeline, "JOB_STATE_COMPLETED", DONE]]
+        assert await eventually(filtered, within=10) == shown[-2:]
         await browser.screenshot(OUTPUT / "history-pipeline.png")
 
 
@@ -167,3 +163,90 @@ async def test_a_pipeline_run_elsewhere_shows_in_one_row_whatever_arrives_first(
             return shown if shown and shown[0][1] == "JOB_STATE_COMPLETED" else []
 
         assert await eventually(ended, within=15) == [[pipeline, "JOB_STATE_COMPLETED", DONE]]
+
+
+# The job card, read in one go: the job on show, its state, result, error and pipeline, and
+# what the history marks as on show.
+CARD = """
+const result = document.querySelector('#result:not([hidden]) #result-media');
+const parent = document.getElementById('job-parent');
+return {
+  id: document.getElementById('job-id').textContent,
+  state: document.getElementById('job-state').dataset.state || '',
+  result: result ? result.getAttribute('src') : '',
+  error: document.getElementById('job-error').textContent,
+  parent: parent && !parent.hidden ? parent.textContent : '',
+  selected: [...document.querySelectorAll('#history-list .selected')].map((e) => e.dataset.jobId),
+};"""
+
+
+async def card(browser: Browser, job_id: str) -> dict[str, Any]:
+    """The job card once it shows `job_id` as loaded, else {}."""
+    shown = await browser.run(CARD)
+    return dict(shown) if shown["id"] == job_id and shown["state"] else {}
+
+
+async def test_a_step_opens_its_own_job_from_its_pipelines_row_and_card(bridge: Bridge) -> None:
+    # A picture that is made, then an animation of it that fails.
+    steps: list[dict[str, Any]] = [
+        {"name": "picture", "task": "TASK_TEXT_TO_IMAGE", "prompt": "{prompt}"},
+        {
+            "name": "animate",
+            "task": "TASK_IMAGE_TO_VIDEO",
+            "prompt": "{prompt}, drifting",
+            "inputs": ["picture"],
+            "parameters": {"fail_rate": 1, "fail_kind": "invalid_input"},
+        },
+    ]
+    body = {
+        "prompt": "a kite",
+        "pipeline": {"steps": [{**step, "provider": "sandbox"} for step in steps]},
+    }
+    created = await bridge.http.post("/v1/jobs", json=body)
+    assert created.status_code == 201, created.text
+    pipeline = created.json()["id"]
+    picture, animate = (await bridge.mesh.finished(pipeline))[0].pipeline.steps
+    failed = await bridge.mesh.get_job(animate.job_id)
+    assert failed.state == job_pb2.JOB_STATE_FAILED and failed.error.message
+    row = f'#history-list li[data-job-id="{pipeline}"]'
+    async with chromium() as browser:
+        await browser.open(str(bridge.http.base_url) + "/")
+        await wait_for_page(browser)
+        await eventually(lambda: rows(browser), within=10)
+        # The picture step, from the pipeline's row: the step's own job, with its image.
+        await browser.click(f'{row} .row-step[data-step="picture"]')
+        shown = await eventually(lambda: card(browser, picture.job_id), within=10)
+        assert shown == {
+            "id": picture.job_id,
+            "state": "JOB_STATE_COMPLETED",
+            "result": f"/v1/assets/{picture.assets[0].id}/content",
+            "error": "",
+            "parent": f"step picture of pipeline {pipeline}",
+            "selected": [picture.job_id],
+        }
+        # Still one row, the pipeline's.
+        assert await rows(browser) == [
+            [
+                pipeline,
+                "JOB_STATE_FAILED",
+                [["picture", "JOB_STATE_COMPLETED"], ["animate", "JOB_STATE_FAILED"]],
+            ]
+        ]
+        # Back to the pipeline by the card's link, then the failed step from its step list.
+        await browser.click("#job-parent-link")
+        await eventually(lambda: card(browser, pipeline), within=10)
+        await browser.click('#job-steps li[data-step="animate"] a.step-name')
+        shown = await eventually(lambda: card(browser, animate.job_id), within=10)
+        assert (shown["state"], shown["error"], shown["result"]) == (
+            "JOB_STATE_FAILED",
+            failed.error.message,
+            "",
+        )
+        await browser.screenshot(OUTPUT / "history-step.png")
+        # From the keyboard: Enter on a step's link in the row opens the step, not the row's
+        # pipeline; the address names it, so a reload comes back to it.
+        link = f'{row} .row-step[data-step="picture"]'
+        await browser.run("document.querySelector(arguments[0]).focus()", link)
+        await browser.press(Keys.ENTER)
+        await eventually(lambda: card(browser, picture.job_id), within=10)
+        assert await browser.run("return location.hash") == f"#job={picture.job_id}"

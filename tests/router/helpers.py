@@ -1,5 +1,6 @@
 """Pieces the router's tests share: two providers, the store-selector-dispatcher world the
-`world` fixture (conftest.py) builds, a job dispatched to the first provider, and a clock."""
+`world` fixture (conftest.py) builds, a job dispatched to the first provider, a clock, and jobs
+and pipelines stored as the router stores them."""
 
 from __future__ import annotations
 
@@ -74,3 +75,46 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def add_job(
+    store: JobStore,
+    job_id: str,
+    created: float,
+    *,
+    task: int = IMAGE,
+    parent: str = "",
+    state: int = job_pb2.JOB_STATE_QUEUED,
+    tenant: str = "t",
+    key: str = "",
+) -> None:
+    """A job as the router stores it: a step names its pipeline (and has its key), a
+    pipeline has no task."""
+    job = job_pb2.Job(id=job_id, tenant_id=tenant, state=state, last_sequence=1)  # type: ignore[arg-type]
+    job.spec.task = task  # type: ignore[assignment]
+    job.spec.idempotency_key = key
+    if parent:
+        job.parent_job_id = parent
+        job.pipeline_step = f"step-{job_id}"
+        job.spec.idempotency_key = f"pipeline:{parent}:{job.pipeline_step}"
+    job.create_time.FromNanoseconds(int(created * 1e9))
+    first = job_pb2.JobEvent(job_id=job_id, sequence=1, state=state)  # type: ignore[arg-type]
+    await store.create(job, "hash", first, dispatched=True)
+
+
+async def add_pipeline(store: JobStore, job_id: str, created: float, tasks: list[int]) -> list[str]:
+    """A pipeline and its steps' jobs, each step made after the one before; the steps' ids."""
+    await add_job(
+        store, job_id, created, task=job_pb2.TASK_UNSPECIFIED, state=job_pb2.JOB_STATE_COMPLETED
+    )
+    steps = [f"{job_id}_s{n}" for n in range(len(tasks))]
+    for n, (step, task) in enumerate(zip(steps, tasks, strict=True)):
+        await add_job(
+            store,
+            step,
+            created + 0.1 * (n + 1),
+            task=task,
+            parent=job_id,
+            state=job_pb2.JOB_STATE_COMPLETED,
+        )
+    return steps

@@ -450,7 +450,10 @@ function showJob(id) {
   delete $("result").dataset.jobId;
   $("job-steps").replaceChildren();
   $("job-steps").hidden = true;
-  for (const row of document.querySelectorAll("#history-list li")) {
+  $("job-parent").replaceChildren();
+  $("job-parent").hidden = true;
+  delete $("job-parent").dataset.jobId;
+  for (const row of document.querySelectorAll("#history-list li, #history-list .row-step")) {
     row.classList.toggle("selected", row.dataset.jobId === id);
   }
   page.watch = new JobWatch(id);
@@ -528,11 +531,24 @@ function renderJob(job) {
     }
     box.hidden = false;
   }
+  renderParent(job);
   renderSteps(job);
   if (done && $("result").dataset.jobId !== job.id) {
     renderResult(job);
   }
   tickElapsed();
+}
+
+// A step's job names its step and links back to its pipeline.
+function renderParent(job) {
+  const line = $("job-parent");
+  line.hidden = !job.parent_job_id;
+  if (!job.parent_job_id || line.dataset.jobId === job.id) return;
+  line.dataset.jobId = job.id;
+  line.replaceChildren(
+    `step ${job.pipeline_step} of pipeline `,
+    jobLink(job.parent_job_id, { id: "job-parent-link" }, el("code", { textContent: job.parent_job_id })),
+  );
 }
 
 // A pipeline's steps in order, each with its state, its progress while it runs, and its
@@ -552,7 +568,9 @@ function renderSteps(job) {
     const state = stateName(step.state);
     const row = el("li", { dataset: { step: step.name, state: step.state, key } },
       el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
-      el("span", { className: "step-name", textContent: step.name }),
+      step.job_id
+        ? jobLink(step.job_id, { className: "step-name", title: `open the job of step ${step.name}` }, step.name)
+        : el("span", { className: "step-name", textContent: step.name }),
       el("span", { className: "muted", textContent: `${taskName(step.task || "")}${said ? ` · ${said}` : ""}` }));
     if (step.output_text) row.append(el("p", { className: "step-text", textContent: step.output_text }));
     for (const asset of step.assets || []) {
@@ -641,8 +659,9 @@ function noteEmpty() {
 
 function renderRow(job, where) {
   // A pipeline's step shows in its pipeline's row (rowSteps), never as a row of its own. One
-  // that comes before its pipeline (on the listing's next page, or fetched first) is kept in
-  // page.jobs and brings its pipeline in: first when the feed brought it, else by its age.
+  // that comes before its pipeline (listed by task with the pipeline on a later page, or
+  // fetched first) is kept in page.jobs and brings its pipeline in: first when the feed
+  // brought it, else by its age.
   if (job.parent_job_id) {
     const pipeline = page.jobs.get(job.parent_job_id);
     if (pipeline) renderRow(pipeline, where);
@@ -667,6 +686,8 @@ function renderRow(job, where) {
     };
     row.addEventListener("click", open);
     row.addEventListener("keydown", (event) => {
+      // A key on a step's link in the row is the link's: it opens the step.
+      if (event.target !== row) return;
       if (event.key !== "Enter" && event.key !== " ") return;
       event.preventDefault();
       open();
@@ -706,16 +727,39 @@ function place(row, job, where) {
 }
 
 // A pipeline's steps in its row, in order, each with its state as the pipeline records it
-// (the same record as the job card's steps).
+// (the same record as the job card's steps); a step that has a job opens it.
 function rowSteps(job) {
   const steps = (job.pipeline && job.pipeline.steps) || [];
   if (!steps.length) return [];
   return [el("span", { className: "row-steps" }, ...steps.map((step) => {
     const state = stateName(step.state);
-    return el("span", { className: "row-step", dataset: { step: step.name, state: step.state } },
+    const parts = [
       el("span", { className: "step-name", textContent: step.name }),
-      el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }));
+      el("span", { className: `state ${state}`, textContent: state.replace("_", " ") }),
+    ];
+    const dataset = { step: step.name, state: step.state };
+    if (!step.job_id) return el("span", { className: "row-step", dataset }, ...parts);
+    const shown = Boolean(page.watch && page.watch.id === step.job_id);
+    return jobLink(step.job_id, {
+      className: `row-step${shown ? " selected" : ""}`,
+      title: `open the job of step ${step.name}`,
+      dataset: { ...dataset, jobId: step.job_id },
+    }, ...parts);
   }))];
+}
+
+// A link that opens job `id` in the job card, as a history row does; as a link, it opens in
+// a new tab too. Inside a history row, its click is its own, not the row's.
+function jobLink(id, props, ...children) {
+  const link = el("a", { href: `#job=${encodeURIComponent(id)}`, ...props }, ...children);
+  link.addEventListener("click", (event) => {
+    event.stopPropagation();
+    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
+    event.preventDefault();
+    showJob(id);
+    reveal();
+  });
+  return link;
 }
 
 // When a job was made, in local time and short: today's by the time, older ones by the date
@@ -751,6 +795,10 @@ async function loadHistory(reset) {
   const params = new URLSearchParams({ page_size: PAGE_SIZE });
   if ($("filter-state").value) params.append("state", $("filter-state").value);
   if ($("filter-task").value) params.set("task", $("filter-task").value);
+  // Pipelines and jobs of their own only, so that a page is PAGE_SIZE rows: a step's job
+  // shows in its pipeline's row. A pipeline has no task, so filtered by one, the steps of
+  // that task are listed instead, each bringing its pipeline's row.
+  else params.set("top_level_only", "true");
   if (!reset && page.nextPage) params.set("page_token", page.nextPage);
   try {
     const body = await api(`/v1/jobs?${params}`);

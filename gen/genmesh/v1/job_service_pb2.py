@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from genmesh.v1 import job_pb2 as genmesh_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgenmesh/v1/job_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"%\n\x11WatchBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\x86\x01\n\x0c\x42\x61tchSummary\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x0e\n\x06queued\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x11\n\tcompleted\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\x12\x11\n\tcancelled\x18\x07 \x01(\x05\"\x92\x01\n\x12WatchBatchResponse\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x18.genmesh.v1.BatchSummaryH\x00\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x0f.genmesh.v1.JobH\x00\x12%\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x42\x08\n\x06update\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\"\x90\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x06states\x18\x03 \x03(\x0e\x32\x14.genmesh.v1.JobState\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.genmesh.v1.Task\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.genmesh.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"c\n\x10WatchJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.JobH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x42\x08\n\x06update\"\"\n\x10WatchJobsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\"V\n\x11WatchJobsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x12\x10\n\x06\x63ursor\x18\x02 \x01(\tH\x00\x42\x08\n\x06update2\xc2\x03\n\nJobService\x12?\n\x06GetJob\x12\x19.genmesh.v1.GetJobRequest\x1a\x1a.genmesh.v1.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.genmesh.v1.ListJobsRequest\x1a\x1c.genmesh.v1.ListJobsResponse\x12H\n\tCancelJob\x12\x1c.genmesh.v1.CancelJobRequest\x1a\x1d.genmesh.v1.CancelJobResponse\x12G\n\x08WatchJob\x12\x1b.genmesh.v1.WatchJobRequest\x1a\x1c.genmesh.v1.WatchJobResponse0\x01\x12J\n\tWatchJobs\x12\x1c.genmesh.v1.WatchJobsRequest\x1a\x1d.genmesh.v1.WatchJobsResponse0\x01\x12M\n\nWatchBatch\x12\x1d.genmesh.v1.WatchBatchRequest\x1a\x1e.genmesh.v1.WatchBatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgenmesh/v1/job_service.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"%\n\x11WatchBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\x86\x01\n\x0c\x42\x61tchSummary\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x0e\n\x06queued\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x11\n\tcompleted\x18\x05 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x05\x12\x11\n\tcancelled\x18\x07 \x01(\x05\"\x92\x01\n\x12WatchBatchResponse\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x18.genmesh.v1.BatchSummaryH\x00\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x0f.genmesh.v1.JobH\x00\x12%\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x42\x08\n\x06update\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\"\xa8\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x06states\x18\x03 \x03(\x0e\x32\x14.genmesh.v1.JobState\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.genmesh.v1.Task\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\x12\x16\n\x0etop_level_only\x18\x06 \x01(\x08\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.genmesh.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"c\n\x10WatchJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.JobH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x42\x08\n\x06update\"\"\n\x10WatchJobsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\"V\n\x11WatchJobsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.genmesh.v1.JobEventH\x00\x12\x10\n\x06\x63ursor\x18\x02 \x01(\tH\x00\x42\x08\n\x06update2\xc2\x03\n\nJobService\x12?\n\x06GetJob\x12\x19.genmesh.v1.GetJobRequest\x1a\x1a.genmesh.v1.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.genmesh.v1.ListJobsRequest\x1a\x1c.genmesh.v1.ListJobsResponse\x12H\n\tCancelJob\x12\x1c.genmesh.v1.CancelJobRequest\x1a\x1d.genmesh.v1.CancelJobResponse\x12G\n\x08WatchJob\x12\x1b.genmesh.v1.WatchJobRequest\x1a\x1c.genmesh.v1.WatchJobResponse0\x01\x12J\n\tWatchJobs\x12\x1c.genmesh.v1.WatchJobsRequest\x1a\x1d.genmesh.v1.WatchJobsResponse0\x01\x12M\n\nWatchBatch\x12\x1d.genmesh.v1.WatchBatchRequest\x1a\x1e.genmesh.v1.WatchBatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,21 +43,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBRESPONSE']._serialized_start=424
   _globals['_GETJOBRESPONSE']._serialized_end=470
   _globals['_LISTJOBSREQUEST']._serialized_start=473
-  _globals['_LISTJOBSREQUEST']._serialized_end=617
-  _globals['_LISTJOBSRESPONSE']._serialized_start=619
-  _globals['_LISTJOBSRESPONSE']._serialized_end=693
-  _globals['_CANCELJOBREQUEST']._serialized_start=695
-  _globals['_CANCELJOBREQUEST']._serialized_end=745
-  _globals['_CANCELJOBRESPONSE']._serialized_start=747
-  _globals['_CANCELJOBRESPONSE']._serialized_end=796
-  _globals['_WATCHJOBREQUEST']._serialized_start=798
-  _globals['_WATCHJOBREQUEST']._serialized_end=855
-  _globals['_WATCHJOBRESPONSE']._serialized_start=857
-  _globals['_WATCHJOBRESPONSE']._serialized_end=956
-  _globals['_WATCHJOBSREQUEST']._serialized_start=958
-  _globals['_WATCHJOBSREQUEST']._serialized_end=992
-  _globals['_WATCHJOBSRESPONSE']._serialized_start=994
-  _globals['_WATCHJOBSRESPONSE']._serialized_end=1080
-  _globals['_JOBSERVICE']._serialized_start=1083
-  _globals['_JOBSERVICE']._serialized_end=1533
+  _globals['_LISTJOBSREQUEST']._serialized_end=641
+  _globals['_LISTJOBSRESPONSE']._serialized_start=643
+  _globals['_LISTJOBSRESPONSE']._serialized_end=717
+  _globals['_CANCELJOBREQUEST']._serialized_start=719
+  _globals['_CANCELJOBREQUEST']._serialized_end=769
+  _globals['_CANCELJOBRESPONSE']._serialized_start=771
+  _globals['_CANCELJOBRESPONSE']._serialized_end=820
+  _globals['_WATCHJOBREQUEST']._serialized_start=822
+  _globals['_WATCHJOBREQUEST']._serialized_end=879
+  _globals['_WATCHJOBRESPONSE']._serialized_start=881
+  _globals['_WATCHJOBRESPONSE']._serialized_end=980
+  _globals['_WATCHJOBSREQUEST']._serialized_start=982
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1016
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=1018
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=1104
+  _globals['_JOBSERVICE']._serialized_start=1107
+  _globals['_JOBSERVICE']._serialized_end=1557
 # @@protoc_insertion_point(module_scope)

@@ -157,6 +157,7 @@ class ListJobsRequest(_message.Message):
     STATES_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    TOP_LEVEL_ONLY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """1..500; 0 means 50. A page holds fewer when its jobs would pass 4 MiB (a client's
     default receive limit); next_page_token then continues after the last one.
@@ -167,6 +168,12 @@ class ListJobsRequest(_message.Message):
     """Only jobs of this task; unspecified means any."""
     batch_id: _builtins.str
     """Only jobs of this batch (SubmitBatch); empty means any."""
+    top_level_only: _builtins.bool
+    """Only top-level jobs: pipelines and jobs submitted on their own, leaving out the jobs
+    that run a pipeline's steps (each is named by its pipeline's pipeline.steps[].job_id,
+    and GetJob reads it). A pipeline has no task: with `task` set, none is listed.
+    False lists every job.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_job_pb2.JobState.ValueType]:
         """Only jobs in one of these states; empty means any."""
@@ -179,10 +186,11 @@ class ListJobsRequest(_message.Message):
         states: _abc.Iterable[_job_pb2.JobState.ValueType] | None = ...,
         task: _job_pb2.Task.ValueType = ...,
         batch_id: _builtins.str = ...,
+        top_level_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "task", b"task", "top_level_only", b"top_level_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
