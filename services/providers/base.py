@@ -29,8 +29,9 @@ C = TypeVar("C", bound=Closeable)
 
 
 class ConfiguredAdapter:
-    """Subclasses set `family`, `summary`, `params` and fill `handlers` (task -> coroutine);
-    they may set `probe` (asked by check() after the key) and `own` their HTTP clients."""
+    """Subclasses set `family`, `summary`, `params`, `option_keys` and fill `handlers` (task ->
+    coroutine); they may set `probe` (asked by check() after the key) and `own` their HTTP
+    clients."""
 
     family: ClassVar[str]
     summary: ClassVar[str] = ""
@@ -38,8 +39,11 @@ class ConfiguredAdapter:
     offline: ClassVar[bool] = False
     # True when a task is served only if the catalog names a model for it.
     needs_models: ClassVar[bool] = False
+    # Every catalog option the family reads; any other key stops the worker at start-up.
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ProviderConfig) -> None:
+        config.check_options(self.option_keys)
         self.config = config
         self.handlers: dict[job_pb2.Task.ValueType, Handler] = {}
         self.probe: CachedProbe | None = None

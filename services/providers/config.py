@@ -6,9 +6,10 @@ Several instances of one adapter family may coexist ("openai" and "openrouter" a
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ _KNOWN_KEYS = {
     "attempt_timeout",
     "draft",
 }
+
+# Options any instance may set, whatever its family: the prompt limit the router enforces.
+COMMON_OPTIONS = ("max_prompt_length",)
 
 
 class CatalogError(CannotStart, ValueError):
@@ -81,6 +85,8 @@ class ProviderConfig:
     # Parameter overrides for preview-first drafts ({ width = 256 }, { model = "..." });
     # empty: sizes and lengths cut to a quarter (services/providers/drafts.py).
     draft: Mapping[str, Any] = field(default_factory=dict)
+    # The catalog file that declared the instance, named in errors about its options.
+    source: Path | None = field(default=None, compare=False)
     _api_key: str = field(default="", repr=False, compare=False)
 
     @property
@@ -93,16 +99,38 @@ class ProviderConfig:
     @property
     def max_prompt_length(self) -> int:
         """Longest prompt the instance accepts (options.max_prompt_length); 0: no own limit."""
-        return int(self.option_number("max_prompt_length", 0))
+        # Published in an int32 (Provider.max_prompt_length).
+        return self.option_whole("max_prompt_length", 0, high=_INT32_MAX)
 
     def option_number(self, key: str, default: float) -> float:
         """options.<key>, `default` when unset; CatalogError unless it is a finite number >= 0."""
+        return float(self._option(key, default))
+
+    def option_whole(self, key: str, default: int, *, high: float = math.inf) -> int:
+        """options.<key>, `default` when unset; CatalogError unless it is an integer from 0 to
+        `high` (a fractional 2.5 is refused, never cut to 2)."""
+        return int(self._option(key, default, integer=True, high=high))
+
+    def _option(self, key: str, default: float, **bounds: Any) -> Any:
         value = self.options.get(key, default)
-        if what := _out_of_range(value):
-            raise CatalogError(
-                f"provider {self.name!r}: options.{key} must be {what}, got {value!r}"
-            )
-        return float(value)
+        if what := _out_of_range(value, **bounds):
+            raise self.refuse(f"options.{key} must be {what}, got {value!r}")
+        return value
+
+    def check_options(self, known: Iterable[str]) -> None:
+        """CatalogError unless every option key is one of `known` (the family's) or common to
+        all families, and the common ones are valid."""
+        keys = {*known, *COMMON_OPTIONS}
+        if unknown := _unknown(self.options, keys, f"{self.family} option"):
+            raise self.refuse(unknown)
+        # Read now, so a bad limit stops the worker before it connects rather than when it
+        # first describes the instance.
+        _ = self.max_prompt_length
+
+    def refuse(self, problem: str) -> CatalogError:
+        """A CatalogError naming the catalog file (when known), this instance and `problem`."""
+        where = f"{self.source}: " if self.source else ""
+        return CatalogError(f"{where}provider {self.name!r}: {problem}")
 
     def limits(self) -> provider_service_pb2.ProviderLimits:
         """The limits the instance publishes, for the router to enforce."""
@@ -153,9 +181,8 @@ def _parse(entry: Mapping[str, Any], env: Mapping[str, str], path: Path) -> Prov
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise CatalogError(f"{path}: every provider needs a name (a non-empty string)")
-    if unknown := sorted(set(entry) - _KNOWN_KEYS):
-        known = ", ".join(sorted(_KNOWN_KEYS))
-        raise CatalogError(f"{path}: provider {name!r}: unknown keys {unknown}; known: {known}")
+    if unknown := _unknown(entry, _KNOWN_KEYS, "key"):
+        raise CatalogError(f"{path}: provider {name!r}: {unknown}")
     check = _Checked(entry, name, path)
     key_env = check.string("api_key_env")
     return ProviderConfig(
@@ -175,8 +202,23 @@ def _parse(entry: Mapping[str, Any], env: Mapping[str, str], path: Path) -> Prov
         max_retries=check.count("max_retries") if "max_retries" in entry else None,
         attempt_timeout=check.number("attempt_timeout", 0.0, high=_DURATION_MAX),
         draft=check.table("draft", "a table of parameters"),
+        source=path,
         _api_key=env.get(key_env, "") if key_env else "",
     )
+
+
+def _unknown(keys: Iterable[str], known: Collection[str], what: str) -> str:
+    """The complaint about the keys not `known` ("unknown <what> 'x' (did you mean 'y'?);
+    known: ..."), or "" when there are none."""
+    unknown = sorted(set(keys) - set(known))
+    if not unknown:
+        return ""
+    named = []
+    for key in unknown:
+        near = difflib.get_close_matches(key, known, n=1)
+        named.append(f"{key!r} (did you mean {near[0]!r}?)" if near else repr(key))
+    plural = "s" if len(unknown) > 1 else ""
+    return f"unknown {what}{plural} {', '.join(named)}; known: {', '.join(sorted(known))}"
 
 
 def _out_of_range(
@@ -187,13 +229,20 @@ def _out_of_range(
     if (
         not isinstance(value, bool)
         and isinstance(value, int if integer else int | float)
-        and math.isfinite(value)
+        and _finite(value)
         and 0 <= value <= high
         and not (positive and value == 0)
     ):
         return ""
     what = "an integer" if integer else "a number"
     return f"{what} {f'from 0 to {high}' if high < math.inf else '> 0' if positive else '>= 0'}"
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float, which TOML does not bound
+        return False
 
 
 @dataclass(frozen=True)

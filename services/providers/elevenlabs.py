@@ -115,6 +115,7 @@ class ElevenLabsAdapter(ConfiguredAdapter):
     """Text-to-speech with ElevenLabs voices, streamed so progress shows bytes received."""
 
     family = "elevenlabs"
+    option_keys = ("stream",)
     summary = "ElevenLabs text-to-speech: natural voices, mp3/wav/pcm/opus output."
     params = PARAMS
     needs_models = True

@@ -63,6 +63,7 @@ class FalAdapter(ConfiguredAdapter):
     speech-to-text, each on the model the catalog names."""
 
     family = "fal"
+    option_keys = ("max_wait",)
     summary = "fal.ai serverless models (FLUX, Kling, Whisper, ...) through the fal queue API."
     needs_models = True
     params = (

@@ -113,6 +113,7 @@ class GeminiAdapter(ConfiguredAdapter):
     """Gemini models: text and vision answers streamed, images generated and edited."""
 
     family = "gemini"
+    option_keys = ("progress_interval",)
     summary = "Google Gemini: text, image understanding, image generation and editing."
     params = PARAMS
     needs_models = True

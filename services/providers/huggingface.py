@@ -98,6 +98,7 @@ class HuggingFaceAdapter(ConfiguredAdapter):
     """The serverless Inference API; each task uses the model the catalog names for it."""
 
     family = "huggingface"
+    option_keys = ("wait_for_model",)
     summary = "Hugging Face Inference API: text-to-image, speech-to-text and text-to-speech."
     params = PARAMS
     needs_models = True

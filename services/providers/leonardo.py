@@ -95,6 +95,7 @@ class LeonardoAdapter(ConfiguredAdapter):
     """Text-to-image on Leonardo's generation queue, polled until COMPLETE."""
 
     family = "leonardo"
+    option_keys = ("max_wait",)
     summary = "Leonardo.Ai text-to-image (Phoenix, Lucid, SDXL fine-tunes and more)."
     params = PARAMS
     needs_models = True

@@ -17,7 +17,7 @@ import httpx
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, JobContext, ProviderError, Result, Retryable
 from services.providers.base import ConfiguredAdapter
-from services.providers.config import CatalogError, ProviderConfig
+from services.providers.config import ProviderConfig
 from services.providers.http import ProviderHTTP, bearer
 from services.providers.openai_compatible.progress import StreamedText
 from services.providers.outputs import no_text
@@ -61,17 +61,14 @@ class OllamaOptions:
     keep_alive: str = ""
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> OllamaOptions:
-        """CatalogError names an unknown or ill-typed option."""
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise CatalogError(f"provider {name!r}: unknown options {unknown}")
-        options = cls(**raw)
-        for number in ("progress_interval", "check_ttl"):
-            value = getattr(options, number)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise CatalogError(f"provider {name!r}: {number} must be a number >= 0")
-        return options
+    def parse(cls, config: ProviderConfig) -> OllamaOptions:
+        """The instance's options (unknown keys are refused by the adapter, before this);
+        CatalogError names an ill-typed number."""
+        return cls(
+            progress_interval=config.option_number("progress_interval", cls.progress_interval),
+            check_ttl=config.option_number("check_ttl", cls.check_ttl),
+            keep_alive=config.options.get("keep_alive", cls.keep_alive),
+        )
 
 
 class OllamaHTTP(ProviderHTTP):
@@ -91,10 +88,11 @@ class OllamaAdapter(ConfiguredAdapter):
     summary: ClassVar[str] = "A local Ollama server through its native API: chat and vision."
     params: ClassVar[tuple[Param, ...]] = PARAMS
     needs_models: ClassVar[bool] = True
+    option_keys: ClassVar[tuple[str, ...]] = tuple(OllamaOptions.__dataclass_fields__)
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.options = OllamaOptions.parse(config.name, config.options)
+        self.options = OllamaOptions.parse(config)
         self._http = self.own(OllamaHTTP(config, headers=bearer(config)))
         self.probe = CachedProbe(self._probe_tags, self.options.check_ttl)
         self.handlers = {TEXT: self._text, VISION: self._vision}

@@ -51,6 +51,7 @@ class PolloAdapter(ConfiguredAdapter):
     """Image-to-video on Pollo: one task per job, polled until its generation succeeds."""
 
     family = "pollo"
+    option_keys = ("max_wait",)
     summary = "Pollo.ai image-to-video (Pollo, Kling, Vidu and other video models)."
     params = PARAMS
     needs_models = True

@@ -72,6 +72,7 @@ class ReplicateAdapter(ConfiguredAdapter):
     model (or pinned version) the catalog names."""
 
     family = "replicate"
+    option_keys = ("wait", "max_wait", "data_uri_limit", "health_ttl")
     summary = "Models hosted on Replicate (FLUX, Llama, Whisper, ...) through its predictions API."
     needs_models = True
     params = (
@@ -127,10 +128,10 @@ class ReplicateAdapter(ConfiguredAdapter):
         self._http = self.own(ProviderHTTP(config, headers=bearer(config)))
         self._files = self.own(RemoteFiles(config, self._http))
         # The create call must outlast the wait it asks for, or the prediction id is lost.
-        wait = int(config.option_number("wait", 0))
+        wait = config.option_whole("wait", 0)
         self._prefer_wait = max(0, min(60, wait, int(config.timeout) - 5))
         self._max_wait = config.option_number("max_wait", DEFAULT_MAX_WAIT)
-        self._inline_limit = int(config.option_number("data_uri_limit", DEFAULT_DATA_URI_LIMIT))
+        self._inline_limit = config.option_whole("data_uri_limit", DEFAULT_DATA_URI_LIMIT)
         self.probe = CachedProbe(
             lambda: self._http.json("GET", "/account"), config.option_number("health_ttl", 60)
         )

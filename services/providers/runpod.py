@@ -93,6 +93,7 @@ class RunPodAdapter(ConfiguredAdapter):
     """Your own models on RunPod serverless endpoints, one endpoint id per task."""
 
     family = "runpod"
+    option_keys = ("stream", "policy", "max_wait", "health_ttl")
     summary = "Self-hosted models on RunPod serverless GPU endpoints, one endpoint per task."
     needs_models = True
     params = (

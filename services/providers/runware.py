@@ -81,6 +81,7 @@ class RunwareAdapter(ConfiguredAdapter):
     """Text- and image-to-image on Runware, queued with async delivery and polled."""
 
     family = "runware"
+    option_keys = ("output_type", "max_wait")
     summary = "Runware Sonic Inference Engine: fast, cheap image generation (FLUX, SDXL, ...)."
     params = PARAMS
     needs_models = True

@@ -102,6 +102,7 @@ class StabilityAdapter(ConfiguredAdapter):
     """Stable Image Core, Ultra and SD3.5: text-to-image and image-to-image in one request."""
 
     family = "stability"
+    option_keys = ("json_responses",)
     summary = "Stability AI Stable Image: Core, Ultra and Stable Diffusion 3.5."
     params = PARAMS
     needs_models = True

@@ -16,7 +16,7 @@ from PIL import Image
 
 from genmesh.v1 import job_pb2
 from services.providers.adapter import Fatal, InvalidInput, ProviderError, Retryable
-from services.providers.config import DEFAULT_CATALOG, load_catalog
+from services.providers.config import DEFAULT_CATALOG, ProviderConfig, load_catalog
 from services.providers.ollama import OllamaAdapter, OllamaOptions
 from services.providers.registry import build_adapter
 from tests.fakes.ollama import RUNNER_ERROR, FakeOllama
@@ -254,10 +254,11 @@ async def test_an_unreachable_server_is_a_reason_not_a_crash(setup: Setup) -> No
 
 
 def test_unknown_options_fail_at_start_up() -> None:
-    with pytest.raises(ValueError, match=re.escape("unknown options ['keepalive']")):
-        OllamaOptions.parse("x", {"keepalive": "5m"})
+    said = "unknown ollama option 'keepalive' (did you mean 'keep_alive'?)"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        OllamaAdapter(ProviderConfig("x", "ollama", options={"keepalive": "5m"}))
     with pytest.raises(ValueError, match="check_ttl must be a number"):
-        OllamaOptions.parse("x", {"check_ttl": "soon"})
+        OllamaOptions.parse(ProviderConfig("x", "ollama", options={"check_ttl": "soon"}))
 
 
 async def test_the_shipped_instance_needs_no_key() -> None:

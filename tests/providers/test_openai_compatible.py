@@ -505,10 +505,12 @@ async def test_openrouter_attribution_headers_come_from_options(setup: Setup) ->
 
 
 def test_unknown_or_bad_options_fail_at_start_up() -> None:
-    with pytest.raises(ValueError, match=re.escape("unknown options ['progress']")):
-        Options.parse("x", {"progress": 1})
+    said = "unknown openai_compatible option 'progress' (did you mean 'progress_interval'?)"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        OpenAICompatibleAdapter(ProviderConfig("x", "openai_compatible", options={"progress": 1}))
+    config = ProviderConfig("x", "openai_compatible", options={"max_tokens_field": "tokens"})
     with pytest.raises(ValueError, match="max_tokens_field must be one of"):
-        Options.parse("x", {"max_tokens_field": "tokens"})
+        Options.parse(config)
 
 
 async def test_shipped_instances_declare_their_tasks() -> None:

@@ -75,17 +75,33 @@ CANNOT_START = {
     "unknown-option": (
         instance("o", "openai_compatible", "options = { colour = 1 }"),
         "o",
-        "provider 'o': unknown options ['colour']; known: ",
+        "{path}: provider 'o': unknown openai_compatible option 'colour'; known: app_title, ",
+    ),
+    "misspelt-option": (
+        instance("r", "replicate", "options = { max_wiat = 5 }"),
+        "r",
+        "{path}: provider 'r': unknown replicate option 'max_wiat' (did you mean 'max_wait'?); "
+        "known: data_uri_limit, health_ttl, max_prompt_length, max_wait, wait",
     ),
     "not-a-number": (
         instance("f", "fal", 'options = { max_wait = "ten" }'),
         "f",
-        "provider 'f': options.max_wait must be a number >= 0, got 'ten'",
+        "{path}: provider 'f': options.max_wait must be a number >= 0, got 'ten'",
+    ),
+    "not-a-whole-number": (
+        instance("e", "espeak", "options = { max_chars = 2.5 }"),
+        "e",
+        "{path}: provider 'e': options.max_chars must be an integer >= 0, got 2.5",
+    ),
+    "not-finite": (
+        instance("o", "openai_compatible", "options = { check_ttl = inf }"),
+        "o",
+        "{path}: provider 'o': options.check_ttl must be a number >= 0, got inf",
     ),
     "out-of-range": (
         instance("s", "sandbox", "options = { fail_rate = 5 }"),
         "s",
-        "sandbox instance 's': options.fail_rate must be a number (>= 0, <= 1), got 5",
+        "{path}: provider 's': options.fail_rate must be a number (>= 0, <= 1), got 5",
     ),
     "bad-draft": (
         instance("s", "sandbox", "draft = { colour = 1 }"),
@@ -119,7 +135,7 @@ CANNOT_START = {
         f"{family}-{option}": (
             instance("p", family, f'options = {{ {option} = "soon" }}'),
             "p",
-            f"provider 'p': options.{option} must be a number >= 0, got 'soon'",
+            f"{{path}}: provider 'p': options.{option} must be a number >= 0, got 'soon'",
         )
         for family, option in [
             ("pollo", "max_wait"),

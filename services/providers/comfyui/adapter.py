@@ -85,6 +85,7 @@ class ComfyUIAdapter(ConfiguredAdapter):
     """A ComfyUI server; options.workflows maps a task to the user's own workflow file."""
 
     family = "comfyui"
+    option_keys = ("workflows", "preview_interval")
     summary = (
         "A ComfyUI server running API-format workflows, with queue position, step progress "
         "and live previews."

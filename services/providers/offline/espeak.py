@@ -88,6 +88,7 @@ class EspeakAdapter(ConfiguredAdapter):
     """The `espeak` family: text-to-speech with the espeak-ng formant synthesizer."""
 
     family = "espeak"
+    option_keys = ("binary", "max_chars", "piece_chars")
     summary = "Offline text-to-speech with espeak-ng: many languages, robotic but clear."
     offline = True
     params = (
@@ -118,8 +119,8 @@ class EspeakAdapter(ConfiguredAdapter):
         super().__init__(config)
         options = config.options
         self._binary = str(options.get("binary", DEFAULT_BINARY))
-        self._max_chars = int(config.option_number("max_chars", DEFAULT_MAX_CHARS))
-        self._piece_chars = max(int(config.option_number("piece_chars", DEFAULT_PIECE_CHARS)), 1)
+        self._max_chars = config.option_whole("max_chars", DEFAULT_MAX_CHARS)
+        self._piece_chars = max(config.option_whole("piece_chars", DEFAULT_PIECE_CHARS), 1)
         # The installed language voices, listed once per adapter.
         self._installed: frozenset[str] | None = None
         self.handlers[TTS] = self._speak

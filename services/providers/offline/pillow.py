@@ -24,6 +24,7 @@ class PillowAdapter(ConfiguredAdapter):
     """The `pillow` family: every transform runs on a thread, so the worker stays responsive."""
 
     family = "pillow"
+    option_keys = ("max_pixels",)
     summary = "Offline image-to-image with Pillow: sketch, sepia, posterize, cartoon, blur, resize."
     offline = True
     params = (
@@ -80,7 +81,7 @@ class PillowAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self._max_pixels = int(config.option_number("max_pixels", DEFAULT_MAX_PIXELS))
+        self._max_pixels = config.option_whole("max_pixels", DEFAULT_MAX_PIXELS)
         self.handlers[I2I] = self._transform
 
     async def check(self) -> str:

@@ -36,6 +36,7 @@ class PocketSphinxAdapter(ConfiguredAdapter):
     """The `pocketsphinx` family: transcribes an uploaded PCM WAV (any rate, any channels)."""
 
     family = "pocketsphinx"
+    option_keys = (*(key for key, _ in _MODEL_FILES), "max_seconds")
     summary = "Offline speech-to-text with CMU PocketSphinx (US English); reads PCM WAV."
     offline = True
 

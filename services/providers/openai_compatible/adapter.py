@@ -17,7 +17,7 @@ from services.providers.http import ProviderHTTP
 from services.providers.openai_compatible import audio, chat
 from services.providers.openai_compatible.client import OpenAIHTTP
 from services.providers.openai_compatible.images import Images
-from services.providers.openai_compatible.options import Options
+from services.providers.openai_compatible.options import OPTION_KEYS, Options
 from services.providers.openai_compatible.params import PARAMS
 from services.providers.params import Param
 from services.providers.probe import CachedProbe
@@ -34,10 +34,11 @@ class OpenAICompatibleAdapter(ConfiguredAdapter):
     )
     params: ClassVar[tuple[Param, ...]] = PARAMS
     needs_models: ClassVar[bool] = True
+    option_keys: ClassVar[tuple[str, ...]] = OPTION_KEYS
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self.options = Options.parse(config.name, config.options)
+        self.options = Options.parse(config)
         headers = self.options.extra_headers()
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"

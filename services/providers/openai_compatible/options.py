@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from services.providers.config import CatalogError
+from services.providers.config import ProviderConfig
 
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 _IMAGE_FORMATS = ("b64_json", "url")
+# Options that are seconds, read through ProviderConfig.option_number (finite, >= 0).
+_NUMBERS = ("progress_interval", "check_ttl")
 
 
 @dataclass(frozen=True)
@@ -34,29 +35,16 @@ class Options:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any]) -> Options:
-        """The options of instance `name`; CatalogError names an unknown or ill-typed one."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise CatalogError(
-                f"provider {name!r}: unknown options {unknown}; known: {sorted(known)}"
-            )
-        options = cls(
-            **{k: v for k, v in raw.items() if k != "headers"}, headers=_headers(name, raw)
-        )
+    def parse(cls, config: ProviderConfig) -> Options:
+        """The instance's options (unknown keys are refused by the adapter, before this);
+        CatalogError names an ill-typed one."""
+        raw = {k: v for k, v in config.options.items() if k in cls.__dataclass_fields__}
+        raw |= {key: config.option_number(key, getattr(cls, key)) for key in _NUMBERS}
+        options = cls(**{**raw, "headers": _headers(config)})
         if options.max_tokens_field not in _TOKEN_FIELDS:
-            raise CatalogError(
-                f"provider {name!r}: max_tokens_field must be one of {_TOKEN_FIELDS}"
-            )
+            raise config.refuse(f"options.max_tokens_field must be one of {_TOKEN_FIELDS}")
         if options.image_response_format not in _IMAGE_FORMATS:
-            raise CatalogError(
-                f"provider {name!r}: image_response_format must be one of {_IMAGE_FORMATS}"
-            )
-        for number in ("progress_interval", "check_ttl"):
-            value = getattr(options, number)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise CatalogError(f"provider {name!r}: {number} must be a number >= 0")
+            raise config.refuse(f"options.image_response_format must be one of {_IMAGE_FORMATS}")
         return options
 
     def extra_headers(self) -> dict[str, str]:
@@ -68,10 +56,12 @@ class Options:
         return headers
 
 
-def _headers(name: str, raw: Mapping[str, Any]) -> dict[str, str]:
-    headers = raw.get("headers", {})
+def _headers(config: ProviderConfig) -> dict[str, str]:
+    headers = config.options.get("headers", {})
     if not isinstance(headers, Mapping):
-        raise CatalogError(
-            f"provider {name!r}: options.headers must be a table of header names to values"
-        )
+        raise config.refuse("options.headers must be a table of header names to values")
     return {str(k): str(v) for k, v in headers.items()}
+
+
+# Every option an openai_compatible instance reads.
+OPTION_KEYS = tuple(Options.__dataclass_fields__)

@@ -6,7 +6,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.tasks import task_name
@@ -19,7 +19,7 @@ from services.providers.adapter import (
     Result,
     Retryable,
 )
-from services.providers.config import CatalogError, ProviderConfig
+from services.providers.config import ProviderConfig
 from services.providers.params import BOOL, INT, NUM, STR, Param
 from services.providers.sandbox import media
 
@@ -194,6 +194,9 @@ class _Work:
 class SandboxAdapter:
     """The offline `sandbox` provider; `run` is cancelled (CancelledError) with its job."""
 
+    # The catalog options it reads, as ConfiguredAdapter.option_keys.
+    option_keys: ClassVar[tuple[str, ...]] = _FORCEABLE
+
     def __init__(self, config: ProviderConfig | str = "sandbox") -> None:
         if isinstance(config, str):
             config = ProviderConfig(name=config, family="sandbox")
@@ -309,19 +312,14 @@ class SandboxAdapter:
 
 
 def _forced(config: ProviderConfig) -> dict[str, Any]:
+    config.check_options(_FORCEABLE)
     forced = {k: v for k, v in config.options.items() if k in _FORCEABLE}
-    unknown = set(config.options) - {*_FORCEABLE, "max_prompt_length"}
-    if unknown:
-        raise CatalogError(
-            f"sandbox instance {config.name!r}: unknown options {sorted(unknown)}; "
-            f"known: {', '.join(_FORCEABLE)}"
-        )
     specs = {spec.name: spec for spec in SPECS}
     for name, value in forced.items():
         try:
             specs[name].read(value)  # an out-of-range option fails at start-up, not per job
         except InvalidInput as exc:
-            raise CatalogError(f"sandbox instance {config.name!r}: options.{exc.message}") from None
+            raise config.refuse(f"options.{exc.message}") from None
     return forced
 
 
