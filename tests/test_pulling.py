@@ -288,6 +288,55 @@ async def test_after_the_server_restarts_the_next_request_goes_out_at_once(
         await asyncio.to_thread(server.wait, 10)
 
 
+async def test_what_closing_hands_back_survives_a_server_restart(
+    tmp_path: Path, held_port: int
+) -> None:
+    """As `genmesh up` stops its own server after its workers: a hand-back the server kept
+    only in memory would come back only after the 30 s ack wait."""
+    port = held_port
+    server = start_nats(port, tmp_path)
+    nc: Client | None = None
+    try:
+        await eventually(lambda: reachable("127.0.0.1", port))
+        nc = await nats.connect(
+            f"nats://127.0.0.1:{port}", reconnect_time_wait=0.1, max_reconnect_attempts=-1
+        )
+        await nc.jetstream().add_stream(
+            StreamConfig(name="HANDBACK", subjects=["handback.>"], storage=StorageType.FILE)
+        )
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0)
+        first = PullConsumer(nc, nc.jetstream(), "HANDBACK", "worker")
+        await first.start("handback.jobs", config)
+        assert await first.fetch(3, wait=0.1) == []  # a request for three is open
+        sent = {b"job %d" % n for n in range(3)}
+        for data in sorted(sent):
+            await nc.jetstream().publish("handback.jobs", data)
+        await asyncio.sleep(0.2)  # all three delivered to `first`
+        taken = await first.fetch(1, wait=1.0)
+        await first.close()
+        await nc.flush()
+        server.terminate()  # a clean stop, as Ctrl-C gives it
+        await asyncio.to_thread(server.wait, 10)
+        server = start_nats(port, tmp_path)
+        client = nc
+        await eventually(lambda: client.stats["reconnects"] == 1 and client.is_connected)
+        second = PullConsumer(nc, nc.jetstream(), "HANDBACK", "worker")
+        await second.start("handback.jobs", config)
+        got = {taken[0].data}
+        deadline = time.monotonic() + 10
+        while got != sent and time.monotonic() < deadline:
+            for msg in await second.fetch(3, wait=1.0):
+                got.add(msg.data)
+                await msg.ack()
+        await second.close()
+        assert got == sent
+    finally:
+        if nc is not None:
+            await nc.close()
+        server.terminate()
+        await asyncio.to_thread(server.wait, 10)
+
+
 class Proxy:
     """A TCP relay on loopback to a NATS server; `cut` drops the connections through it
     (the server sees its client go) while the server itself runs on."""

@@ -49,6 +49,10 @@ EXPIRES = 2.0
 GRACE = 1.0
 # Seconds between looks at the connection's reconnect count while waiting.
 RECONNECT_CHECK = 0.25
+# Seconds before a message handed back is sent again. Any delay makes nats-server store the
+# nak; an immediate one lives in its memory only, so a server restarted meanwhile (as
+# `genmesh up` restarts its own) sends the message again only after the ack wait.
+HAND_BACK_DELAY = 0.01
 # Statuses that end a pull request in the normal course: no messages, expired.
 _ENDS = {"404", "408"}
 
@@ -141,7 +145,7 @@ class PullConsumer:
             self._sub = None
         while self._ready:
             with contextlib.suppress(Exception):
-                await self._ready.popleft().nak()
+                await hand_back(self._ready.popleft())
 
     async def _abandon(self, batch: int) -> None:
         """Replace the open request, whose end was not heard, and its inbox."""
@@ -197,7 +201,7 @@ class PullConsumer:
             # From a request given up: back to the stream at once.
             if status is None:
                 with contextlib.suppress(Exception):
-                    await msg.nak()
+                    await hand_back(msg)
             return
         if status is None:
             self._ready.append(msg)
@@ -216,6 +220,11 @@ class PullConsumer:
             description = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
             self._failure = nats.js.errors.APIError(code=int(status), description=description)
         self._arrived.set()
+
+
+async def hand_back(msg: Msg) -> None:
+    """Nak `msg` to be sent again at once, by a server restarted meanwhile too."""
+    await msg.nak(delay=HAND_BACK_DELAY)
 
 
 @contextlib.asynccontextmanager

@@ -27,7 +27,7 @@ from services.common.bus import Bus
 from services.common.cancelling import cancel_tasks
 from services.common.errors import InvalidArgument
 from services.common.parameters import ParameterRules, struct_to_dict
-from services.common.pulling import PullConsumer
+from services.common.pulling import PullConsumer, hand_back
 from services.providers.adapter import Adapter, ProviderError
 from services.providers.budget import Budget, DeadlineExceeded, declare_limits, provider_at_fault
 from services.providers.cancelled import CancelledJobs
@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 FETCH_BATCH = 256
 # Seconds one fetch waits for a job before the loop looks again (stopping ends it at once).
 FETCH_WAIT = 1.0
-# Seconds before a job handed back at shutdown is sent again. Any delay makes nats-server
-# store the hand-back; an immediate nak lives in its memory only, so a server restarted
-# meanwhile (as `genmesh up` restarts its own) sent the job again only after the ack wait.
-HAND_BACK_DELAY = 0.01
 
 
 @dataclass(frozen=True)
@@ -276,7 +272,7 @@ class ProviderWorker:
             # Shutting down: hand the job straight back for another worker.
             self.handed_back.append(job.id)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=HAND_BACK_DELAY)
+                await hand_back(msg)
             raise
         finally:
             heartbeat.cancel()
