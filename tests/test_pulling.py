@@ -251,41 +251,63 @@ def start_nats(port: int, store: Path) -> subprocess.Popen[bytes]:
     )
 
 
+class PrivateServer:
+    """A nats-server of the test's own on `port`, which the test can stop and start again;
+    `connect` adds a file-stored stream and returns a client that reconnects at once."""
+
+    def __init__(self, port: int, store: Path) -> None:
+        self.port = port
+        self._store = store
+        self.process = start_nats(port, store)
+        self.nc: Client | None = None
+
+    async def connect(self, stream: str) -> Client:
+        await eventually(lambda: reachable("127.0.0.1", self.port))
+        self.nc = await nats.connect(
+            f"nats://127.0.0.1:{self.port}", reconnect_time_wait=0.1, max_reconnect_attempts=-1
+        )
+        await self.nc.jetstream().add_stream(
+            StreamConfig(name=stream, subjects=[f"{stream.lower()}.>"], storage=StorageType.FILE)
+        )
+        return self.nc
+
+    async def restart(self, *, kill: bool) -> None:
+        """Stop the server (killed, or a clean stop) and start it again; returns once `nc`
+        has reconnected."""
+        self.process.kill() if kill else self.process.terminate()
+        await asyncio.to_thread(self.process.wait, 10)
+        self.process = start_nats(self.port, self._store)
+        nc = self.nc
+        assert nc is not None
+        await eventually(lambda: nc.stats["reconnects"] == 1 and nc.is_connected)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+        self.process.terminate()
+        await asyncio.to_thread(self.process.wait, 10)
+
+
 async def test_after_the_server_restarts_the_next_request_goes_out_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_port: int
 ) -> None:
     # Requests that live far longer than the fetch below: only noticing the reconnect
     # can replace the one the old server took down with it.
     monkeypatch.setattr(pulling, "EXPIRES", 60.0)
-    port = held_port
-    server = start_nats(port, tmp_path)
-    nc: Client | None = None
+    server = PrivateServer(held_port, tmp_path)
     try:
-        await eventually(lambda: reachable("127.0.0.1", port))
-        nc = await nats.connect(
-            f"nats://127.0.0.1:{port}", reconnect_time_wait=0.1, max_reconnect_attempts=-1
-        )
-        await nc.jetstream().add_stream(
-            StreamConfig(name="RESTART", subjects=["restart.>"], storage=StorageType.FILE)
-        )
+        nc = await server.connect("RESTART")
         pull = PullConsumer(nc, nc.jetstream(), "RESTART", "worker")
         await pull.start("restart.jobs", ConsumerConfig(ack_policy=AckPolicy.EXPLICIT))
         assert await pull.fetch(1, wait=0.2) == []  # a request is open on this server
         # Killed, it cannot end the request with a "409 Server Shutdown".
-        server.kill()
-        await asyncio.to_thread(server.wait, 10)
-        server = start_nats(port, tmp_path)
-        client = nc
-        await eventually(lambda: client.stats["reconnects"] == 1 and client.is_connected)
+        await server.restart(kill=True)
         await nc.jetstream().publish("restart.jobs", b"after the restart")
         msgs = await pull.fetch(1, wait=5.0)
         assert [m.data for m in msgs] == [b"after the restart"]
         await pull.close()
     finally:
-        if nc is not None:
-            await nc.close()
-        server.terminate()
-        await asyncio.to_thread(server.wait, 10)
+        await server.close()
 
 
 async def test_what_closing_hands_back_survives_a_server_restart(
@@ -293,17 +315,9 @@ async def test_what_closing_hands_back_survives_a_server_restart(
 ) -> None:
     """As `genmesh up` stops its own server after its workers: a hand-back the server kept
     only in memory would come back only after the 30 s ack wait."""
-    port = held_port
-    server = start_nats(port, tmp_path)
-    nc: Client | None = None
+    server = PrivateServer(held_port, tmp_path)
     try:
-        await eventually(lambda: reachable("127.0.0.1", port))
-        nc = await nats.connect(
-            f"nats://127.0.0.1:{port}", reconnect_time_wait=0.1, max_reconnect_attempts=-1
-        )
-        await nc.jetstream().add_stream(
-            StreamConfig(name="HANDBACK", subjects=["handback.>"], storage=StorageType.FILE)
-        )
+        nc = await server.connect("HANDBACK")
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0)
         first = PullConsumer(nc, nc.jetstream(), "HANDBACK", "worker")
         await first.start("handback.jobs", config)
@@ -315,11 +329,7 @@ async def test_what_closing_hands_back_survives_a_server_restart(
         taken = await first.fetch(1, wait=1.0)
         await first.close()
         await nc.flush()
-        server.terminate()  # a clean stop, as Ctrl-C gives it
-        await asyncio.to_thread(server.wait, 10)
-        server = start_nats(port, tmp_path)
-        client = nc
-        await eventually(lambda: client.stats["reconnects"] == 1 and client.is_connected)
+        await server.restart(kill=False)  # a clean stop, as Ctrl-C gives it
         second = PullConsumer(nc, nc.jetstream(), "HANDBACK", "worker")
         await second.start("handback.jobs", config)
         got = {taken[0].data}
@@ -331,10 +341,7 @@ async def test_what_closing_hands_back_survives_a_server_restart(
         await second.close()
         assert got == sent
     finally:
-        if nc is not None:
-            await nc.close()
-        server.terminate()
-        await asyncio.to_thread(server.wait, 10)
+        await server.close()
 
 
 class Proxy:
