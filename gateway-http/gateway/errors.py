@@ -136,14 +136,22 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 # What gRPC's own transport says when a service cannot be reached or resolved names its
 # address ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:50051",
 # round_robin's "connections to all backends failing; ...", "errors resolving
-# router.internal:50051").
+# router.internal:50051"); a server that died mid-call, "Socket closed"; one that stopped
+# with calls still running, "Cancelling all calls".
 _TRANSPORT_DETAILS = re.compile(
     r"failed to connect|all backends failing|\b(ipv4|ipv6|unix|dns):|Socket closed"
-    r"|Connection reset|Broken pipe"
+    r"|Connection reset|Broken pipe|Cancelling all calls"
     r"|errors resolving|DNS resolution failed|address lookup failed",
     re.IGNORECASE,
 )
 MESH_UNREACHABLE = "a genmesh service the bridge calls did not answer; retry with backoff"
+
+
+def out_of_reach(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a call failed because gRPC lost or could not reach the service (down,
+    restarting, unresolvable), rather than because the service itself answered UNAVAILABLE."""
+    details = error.details() or ""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and bool(_TRANSPORT_DETAILS.search(details))
 
 
 def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, dict[str, str]]]:
@@ -154,7 +162,7 @@ def rpc_error_body(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, dict[str
         # The server's details for an unexpected code may carry internals; keep them in the log.
         log.error("mesh call failed: %s %s", error.code().name, details)
         return 500, error_body("INTERNAL", "internal error")
-    if error.code() == grpc.StatusCode.UNAVAILABLE and _TRANSPORT_DETAILS.search(details):
+    if out_of_reach(error):
         # Not a service's own words but the transport's, with internal addresses in them: for
         # the log, not for a browser.
         log.warning("mesh call failed: %s", details)

@@ -5,6 +5,7 @@ Every message is the RPC's response in proto3 JSON ({"job": …}, {"event": …}
 {"summary": …}); SSE carries the same payloads with the sequence (one job) or the cursor (all
 jobs) as the event id, so a reconnecting EventSource resumes by itself through Last-Event-ID.
 A batch's stream has no resume point: reconnecting starts again from each job as it is now.
+The others are carried across a lost router by the bridge itself (gateway.resuming).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway.convert import JobSpecBody, to_json
 from gateway.errors import BadRequest, bad_input, documented, error_body, rpc_error_body
 from gateway.ids import BatchId, JobId
 from gateway.relay import FellBehind, ReadAhead
+from gateway.resuming import FeedPoint, JobPoint, Message, Stream, resuming
 from gateway.state import Clients, ClientsDep, StreamsDep, TenantDep, metadata
 from gateway.stopping import LiveStreams
 from genmesh.v1 import generate_service_pb2, job_service_pb2
@@ -34,8 +36,6 @@ log = logging.getLogger("gateway.live")
 # POST /v1/jobs:generate's body is JSON: refused past a limit before parsing.
 router = APIRouter(route_class=BoundedBodyRoute)
 
-Message = dict[str, Any]
-Stream = AsyncIterator[Message]
 # Seconds a slow client gets to take the "you fell behind" notice before the socket closes.
 NOTICE_TIMEOUT = 5.0
 MAX_SEQUENCE = 2**63 - 1
@@ -121,11 +121,21 @@ async def _messages(call: Any, first: Any) -> Stream:
         call.cancel()
 
 
-def _watch_job(clients: Clients, tenant: str, job_id: str, after: int) -> Awaitable[Stream]:
-    with bad_input("job_id"):
-        request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
-    call = clients.jobs.WatchJob(request, metadata=metadata(tenant))
-    return _open(call, clients.router_timeout)
+def _job_watcher(clients: Clients, tenant: str) -> Callable[[str, int], Awaitable[Stream]]:
+    """Opens WatchJob of a job after a sequence."""
+
+    def watch(job_id: str, after: int) -> Awaitable[Stream]:
+        with bad_input("job_id"):
+            request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
+        call = clients.jobs.WatchJob(request, metadata=metadata(tenant))
+        return _open(call, clients.router_timeout)
+
+    return watch
+
+
+async def _watch_job(clients: Clients, tenant: str, job_id: str, after: int) -> Stream:
+    point = JobPoint(_job_watcher(clients, tenant), job_id, after)
+    return resuming(await point.open(), point, clients.resume_window)
 
 
 def _watch_batch(clients: Clients, tenant: str, batch_id: str) -> Awaitable[Stream]:
@@ -135,11 +145,15 @@ def _watch_batch(clients: Clients, tenant: str, batch_id: str) -> Awaitable[Stre
     return _open(call, clients.router_timeout)
 
 
-def _watch_jobs(clients: Clients, tenant: str, cursor: str) -> Awaitable[Stream]:
-    with bad_input("cursor"):
-        request = job_service_pb2.WatchJobsRequest(cursor=cursor)
-    call = clients.jobs.WatchJobs(request, metadata=metadata(tenant))
-    return _open(call, clients.router_timeout)
+async def _watch_jobs(clients: Clients, tenant: str, cursor: str) -> Stream:
+    def watch(cursor: str) -> Awaitable[Stream]:
+        with bad_input("cursor"):
+            request = job_service_pb2.WatchJobsRequest(cursor=cursor)
+        call = clients.jobs.WatchJobs(request, metadata=metadata(tenant))
+        return _open(call, clients.router_timeout)
+
+    point = FeedPoint(watch, cursor)
+    return resuming(await point.open(), point, clients.resume_window)
 
 
 # ---- Server-Sent Events -----------------------------------------------------------------------
@@ -222,7 +236,9 @@ async def job_events(
 ) -> EventStream:
     """JobService.WatchJob as Server-Sent Events: `event: job` with the job as it is now, then
     one event per JobEvent with `id: <sequence>`; the stream ends after the terminal event.
-    A reconnecting EventSource's Last-Event-ID wins over after_sequence.
+    A reconnecting EventSource's Last-Event-ID wins over after_sequence. A router lost
+    mid-stream is the bridge's to resume, unseen (GENMESH_STREAM_RESUME_WINDOW); past that,
+    `event: error` (UNAVAILABLE) ends the stream.
 
     The same stream as a WebSocket: `GET /v1/jobs/{job_id}/ws?after_sequence=N` sends
     `{"job": …}` then `{"event": …}` messages and closes with 1000 after the terminal event;
@@ -272,7 +288,8 @@ async def batch_events(
     each job as it is now, then every later JobEvent of its jobs as a plain message (each
     once, in sequence order per job; no id, since sequences are per job), with a new
     `event: summary` whenever a job ends. The stream ends once every job has ended; a
-    reconnect starts again from the summary.
+    reconnect starts again from the summary. Having no resume point, it ends with
+    `event: error` (UNAVAILABLE) if the router serving it is lost.
 
     The same stream as a WebSocket: `GET /v1/batches/{batch_id}/ws` sends `{"summary": …}`,
     `{"job": …}` and `{"event": …}` messages and closes with 1000 after the last job ends."""
@@ -295,7 +312,9 @@ async def generate(
     /v1/jobs/{job_id}/events with the last sequence seen."""
     request = fitting(generate_service_pb2.GenerateRequest(spec=body.to_proto()))
     call = clients.generate.Generate(request, metadata=metadata(tenant))
-    messages = await _open(call, clients.router_timeout)
+    first = await _open(call, clients.router_timeout)
+    # Once the job exists (its first message), a lost router is carried as WatchJob of it.
+    messages = resuming(first, JobPoint(_job_watcher(clients, tenant)), clients.resume_window)
     return _event_stream(messages, clients.stream_buffer, Position(), False, streams)
 
 

@@ -1,6 +1,6 @@
 """The bridge's settings (GENMESH_LISTEN, GENMESH_ROUTER_ADDR, GENMESH_STORAGE_ADDR,
-GENMESH_STREAM_BUFFER, GENMESH_STORAGE_MAX_UPLOAD_BYTES, GENMESH_STORAGE_TIMEOUT,
-GENMESH_ROUTER_TIMEOUT, GENMESH_HTTP_BODY_TIMEOUT)."""
+GENMESH_STREAM_BUFFER, GENMESH_STREAM_RESUME_WINDOW, GENMESH_STORAGE_MAX_UPLOAD_BYTES,
+GENMESH_STORAGE_TIMEOUT, GENMESH_ROUTER_TIMEOUT, GENMESH_HTTP_BODY_TIMEOUT)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ class Settings(ServiceSettings):
     # Messages one live connection (WebSocket or SSE) may have waiting for a slow client;
     # past it the client is told it fell behind and resumes by sequence or cursor.
     stream_buffer: int = Field(default=256, ge=1)
+    # Seconds a live stream with a resume point (one job's, or the feed) keeps re-opening its
+    # call when the router serving it is lost, before the client is told; 0: told at once.
+    stream_resume_window: float = Field(default=30.0, ge=0)
     # Storage's own setting, by the same name: the bridge refuses a larger upload as it arrives
     # instead of passing it all on for storage to refuse.
     storage_max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)

@@ -38,6 +38,9 @@ class Clients:
     router_timeout: float
     # Messages a live connection may buffer for a slow client (Settings.stream_buffer).
     stream_buffer: int
+    # Seconds a live stream keeps re-opening its call across a lost router
+    # (Settings.stream_resume_window; gateway.resuming).
+    resume_window: float
     # The largest upload the bridge passes on (Settings.storage_max_upload_bytes).
     max_upload_bytes: int
     # Seconds a request body may pause (Settings.http_body_timeout).
@@ -64,6 +67,7 @@ async def open_clients(settings: Settings) -> AsyncIterator[Clients]:
             assets=AssetClient(storage, timeout=settings.storage_timeout),
             router_timeout=settings.router_timeout,
             stream_buffer=settings.stream_buffer,
+            resume_window=settings.stream_resume_window,
             max_upload_bytes=settings.storage_max_upload_bytes,
             body_timeout=settings.http_body_timeout,
         )

@@ -19,3 +19,18 @@ async def mesh(
         nats_url=nats_url, prefix=nats_prefix, database=database, data_dir=tmp_path
     ) as m:
         yield m
+
+
+@pytest.fixture
+async def router_process_mesh(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> AsyncIterator[Mesh]:
+    """The mesh with its router in a subprocess (mesh.router_proc), to kill and start again."""
+    async with running_mesh(
+        nats_url=nats_url,
+        prefix=nats_prefix,
+        database=database,
+        data_dir=tmp_path,
+        router_in_process=False,
+    ) as m:
+        yield m

@@ -18,7 +18,10 @@ from gateway.app import create_app
 from gateway.settings import Settings
 from services.storage.app import running_storage
 from services.storage.settings import Settings as StorageSettings
-from tests.e2e.conftest import mesh  # noqa: F401  (a fixture, under every bridge)
+from tests.e2e.conftest import (  # noqa: F401  (fixtures, under the bridges)
+    mesh,
+    router_process_mesh,
+)
 from tests.fakes.server import serving
 from tests.infra import free_port
 from tests.mesh import Mesh

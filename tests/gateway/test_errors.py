@@ -94,8 +94,10 @@ def test_only_a_size_limit_makes_resource_exhausted_413(reason: str, status: int
         "connections to all backends failing; last error: UNKNOWN: Failed to connect",
         "errors resolving router.internal:50051: [... address lookup failed for router ...]",
         "DNS resolution failed for router:50051: C-ares status is not ARES_SUCCESS",
+        # A server that stopped with the call still running (a router's graceful restart).
+        "Cancelling all calls",
     ],
-    ids=["connect", "round-robin", "resolve", "c-ares"],
+    ids=["connect", "round-robin", "resolve", "c-ares", "server-stopping"],
 )
 def test_the_transports_words_for_a_service_out_of_reach_stay_in_the_log(details: str) -> None:
     code = grpc.StatusCode.UNAVAILABLE
