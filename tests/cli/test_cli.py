@@ -649,24 +649,42 @@ async def test_follow_says_once_that_the_router_is_lost_and_gives_up_with_the_wa
     assert str(stalled.value).endswith("re-attach with `genmesh generate --watch job-1`")
 
 
+@contextmanager
+def sigint_at_its_default() -> Iterator[None]:
+    """Children started meanwhile get SIGINT at its default, as a terminal's foreground job
+    does, also where this test run ignores it (a non-interactive shell's `pytest &`, CI
+    runners): an ignored signal stays ignored across exec, so Ctrl-C would never reach them."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    # Caught rather than ignored, which exec resets to the default; caught by a handler that
+    # does nothing, so this run still shrugs SIGINT off meanwhile.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 async def start_cli(
     *argv: str, cwd: Path, extra_env: Mapping[str, str] | None = None
 ) -> asyncio.subprocess.Process:
-    """The real console entry point in a subprocess, as a user runs it (no GENMESH_*
-    settings, plus `extra_env`), its output piped."""
+    """The real console entry point in a subprocess, as a user runs it from a terminal (no
+    GENMESH_* settings, plus `extra_env`; Ctrl-C reaches it), its output piped."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENMESH_")}
     env.update(extra_env or {})
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "genmesh_cli",
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    with sigint_at_its_default():
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "genmesh_cli",
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
 
 
 async def run_cli(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
 from services.common.parameters import dict_to_struct
@@ -40,11 +42,18 @@ JOBS = {
 }
 
 
-def write_inputs(directory: Path) -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), "red").save(buffer, format="PNG")
-    (directory / "photo.png").write_bytes(buffer.getvalue())
-    (directory / "hello.wav").write_bytes(media.text_to_speech("hello", 60))
+def write_input(path: Path, variant: str) -> str:
+    """An input file of the kind its name says, its bytes unique to `variant` (so a blob
+    holding them was uploaded from it); their sha256, which names that blob in storage."""
+    if path.suffix == ".png":
+        buffer = io.BytesIO()
+        text = PngInfo()
+        text.add_text("variant", variant)
+        Image.new("RGB", (32, 32), "red").save(buffer, format="PNG", pnginfo=text)
+        path.write_bytes(buffer.getvalue())
+    else:
+        path.write_bytes(media.text_to_speech(f"hello {variant}", 60))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 async def router_refuses_a_blank_prompt(mesh: Mesh, flag: str, file: str | None) -> bool:
@@ -69,16 +78,26 @@ async def router_refuses_a_blank_prompt(mesh: Mesh, flag: str, file: str | None)
     return False
 
 
+async def submitted_jobs(mesh: Mesh) -> set[str]:
+    """The jobs submitted for the (default) tenant the CLI submits as; not pipeline steps,
+    which their pipeline submits as it runs."""
+    listed = await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(page_size=500))
+    assert not listed.next_page_token
+    return {job.id for job in listed.jobs if not job.parent_job_id}
+
+
 async def test_a_blank_prompt_is_a_usage_error_exactly_where_the_router_refuses_it(
     mesh: Mesh, tmp_path: Path
 ) -> None:
     assert set(JOBS) == {f"--task={t}" for t in task_names()} | {
         f"--pipeline={p}" for p in BUILTINS
     }
-    write_inputs(mesh.data_dir)
     refused = set()
-    for flag, file in JOBS.items():
+    for i, (flag, name) in enumerate(JOBS.items()):
+        file = f"{i}-{name}" if name else None
+        sha256 = write_input(mesh.data_dir / file, flag) if file else ""
         inputs = ["--input", str(mesh.data_dir / file)] if file else []
+        before = await submitted_jobs(mesh)
         code, out, err = await run_cli(
             "generate", flag, "  ", *inputs,
             "--router", mesh.env["GENMESH_ROUTER_ADDR"],
@@ -86,14 +105,23 @@ async def test_a_blank_prompt_is_a_usage_error_exactly_where_the_router_refuses_
             "--out", str(tmp_path / "out"),
             cwd=tmp_path,
         )  # fmt: skip
+        submitted = await submitted_jobs(mesh) - before
+        uploaded = bool(sha256) and any((mesh.data_dir / "blobs").rglob(sha256))
+        # Only now: asking the router uploads the same file.
         if await router_refuses_a_blank_prompt(mesh, flag, file):
             refused.add(flag)
             # Like argparse's own usage errors: one line, exit 2, nothing sent or uploaded.
             assert code == 2, f"{flag}: {out}\n{err}"
             assert err.count("\n") == 1 and "needs a prompt" in err, err
+            # (A blank prompt the router refused makes no job, but the CLI would then have
+            # said the router's error.)
+            assert not submitted, f"{flag}: {submitted}"
+            assert not uploaded, f"{flag}: {file} is in storage"
         else:
             # Where the prompt is optional guidance, the job runs.
             assert code == 0, f"{flag}: {out}\n{err}"
+            # Seen here, so the checks above would see a job or an upload.
+            assert len(submitted) == 1 and (uploaded or not file), (flag, submitted)
     assert refused == {
         "--task=text-to-text",
         "--task=text-to-image",
