@@ -41,6 +41,12 @@ def add_parsers(subparsers: Any, addresses: Addresses) -> None:
     )
     jobs.add_argument("--task", "-t", type=task_arg, default=job_pb2.TASK_UNSPECIFIED)
     jobs.add_argument("--batch", default="", help="only the jobs of this batch (genmesh batch)")
+    jobs.add_argument(
+        "--steps",
+        action="store_true",
+        help="also list the jobs that run pipelines' steps (listed anyway with --task, as a "
+        "pipeline has no task of its own)",
+    )
     jobs.add_argument("--limit", "-n", type=int, default=20, help="at most this many [20]")
     add_address_args(jobs, addresses)
     jobs.add_argument("--json", action="store_true", help="print jobs as JSON lines")
@@ -75,6 +81,8 @@ async def _jobs(args: argparse.Namespace) -> int:
                         states=args.states,
                         task=args.task,
                         batch_id=args.batch,
+                        # A pipeline's row stands for its steps, as on the web page.
+                        top_level_only=not (args.steps or args.task),
                     )
                 )
                 found.extend(response.jobs)
@@ -102,7 +110,7 @@ async def _jobs(args: argparse.Namespace) -> int:
         rows.append(
             [
                 job.id,
-                task_name(job.spec.task) if job.spec.task else "-",
+                _task(job),
                 Text(state_name(job.state), style=STATE_STYLE.get(job.state, "")),
                 job.provider or "-",
                 created,
@@ -114,6 +122,12 @@ async def _jobs(args: argparse.Namespace) -> int:
     # Narrow, two lines a job: the id whole and what fits beside it, the rest below.
     print_rows(out, columns, rows, wrap=frozenset({"prompt"}), two_lines=True)
     return 0
+
+
+def _task(job: job_pb2.Job) -> str:
+    if job.spec.HasField("pipeline"):
+        return f"pipeline {job.spec.pipeline.name}".strip()
+    return task_name(job.spec.task) if job.spec.task else "-"
 
 
 def run_cancel(args: argparse.Namespace) -> int:

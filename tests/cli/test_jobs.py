@@ -44,3 +44,30 @@ async def test_jobs_on_an_80_column_terminal_take_two_lines_each_with_ids_whole(
         assert lines[first + 1].startswith("  20"), lines
     # The long prompt is cut short on its line rather than taking more.
     assert any(line.endswith("…") for line in lines), lines
+
+
+async def test_pipelines_stand_for_their_steps_unless_steps_are_asked_for(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    spec = job_pb2.JobSpec(
+        prompt="a fox in snow",
+        pipeline=job_pb2.PipelineSpec(name="text-to-video"),
+    )
+    pipeline = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=spec))).job
+    events = await mesh.watch(pipeline.id)
+    assert events[-1].state == job_pb2.JOB_STATE_COMPLETED
+    router = mesh.env["GENMESH_ROUTER_ADDR"]
+
+    async def listed(*extra: str) -> list[str]:
+        code, out, err = await run_cli("jobs", "--router", router, *extra, cwd=tmp_path)
+        assert code == 0, err
+        return plain(out)
+
+    lines = await listed()
+    assert [line.split()[:4] for line in lines[1:]] == [
+        [pipeline.id, "pipeline", "text-to-video", "completed"]
+    ], lines
+    steps = [line.split()[1] for line in (await listed("--steps"))[1:]]
+    assert sorted(steps) == ["image-to-video", "pipeline", "text-to-image"], steps
+    # Filtered by task, a step is listed: its pipeline has no task to match.
+    assert len(await listed("--task", "text-to-image")) == 2
