@@ -75,15 +75,10 @@ class EventPublisher:
 
     async def publish(self, event: job_pb2.JobEvent) -> None:
         """Send an event; an outcome returns once it and everything before it are stored."""
-        event.job_id = self._job_id
-        if not event.HasField("time"):
-            event.time.GetCurrentTime()
+        self._stamp(event)
         if event.state in _OUTCOMES:
-            self._ending = True
-            await self.flush()
-            events, self._pending = [*self._pending, event], []
-            self._count += 1
-            await self._send(events, f"{self._job_id}:{self._attempt}:end")
+            # One id per attempt: only one run's outcome is stored.
+            await self._send_last(event, f"{self._job_id}:{self._attempt}:end")
             return
         self._pending.append(event)
         # Progress reported after a preview leaves the job PREVIEW_READY (as the router
@@ -106,6 +101,28 @@ class EventPublisher:
             # A failure is raised by flush(); a job abandoned before then must not log it.
             sender.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._sender = sender
+
+    async def hand_back(self, note: job_pb2.JobEvent) -> None:
+        """Send the run's last message, `note` (the job goes back to the queue), marked as
+        handed back; returns once it and everything before it are stored."""
+        self._stamp(note)
+        await self._send_last(note, "", handed_back=True)
+
+    def _stamp(self, event: job_pb2.JobEvent) -> None:
+        event.job_id = self._job_id
+        if not event.HasField("time"):
+            event.time.GetCurrentTime()
+
+    async def _send_last(
+        self, event: job_pb2.JobEvent, msg_id: str, *, handed_back: bool = False
+    ) -> None:
+        """Send what is held back with `event`, the run's last message (under `msg_id`, or
+        its place in the run); the sender stops."""
+        self._ending = True
+        await self.flush()
+        events, self._pending = [*self._pending, event], []
+        self._count += 1
+        await self._send(events, msg_id or self._msg_id(), handed_back=handed_back)
 
     async def flush(self) -> None:
         """Publish held-back progress now and wait until it is stored; raises what storing
@@ -134,10 +151,14 @@ class EventPublisher:
                 self._hurry.clear()
             events, self._pending = self._pending, []
             self._count += 1
-            msg_id = f"{self._job_id}:{self._attempt}:{self.delivery_id}:{self._count}"
-            await self._send(events, msg_id)
+            await self._send(events, self._msg_id())
 
-    async def _send(self, events: list[job_pb2.JobEvent], msg_id: str) -> None:
+    def _msg_id(self) -> str:
+        return f"{self._job_id}:{self._attempt}:{self.delivery_id}:{self._count}"
+
+    async def _send(
+        self, events: list[job_pb2.JobEvent], msg_id: str, *, handed_back: bool = False
+    ) -> None:
         wrapper = bus_pb2.WorkerEvent(
             events=events,
             attempt=self._attempt,
@@ -145,6 +166,7 @@ class EventPublisher:
             run_id=self.delivery_id,
             index=self._count,
             delivery=self._delivery,
+            handed_back=handed_back,
         )
         await self._js.publish(
             self._bus.events_subject(self._job_id),
