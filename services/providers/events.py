@@ -9,7 +9,8 @@ import secrets
 from nats.js import JetStreamContext
 
 from genmesh.v1 import bus_pb2, job_pb2
-from services.common.bus import Bus
+from services.common.backoff import patiently
+from services.common.bus import UNCONFIRMED, Bus
 
 # Seconds a change of state (PROCESSING, PREVIEW_READY) is held back before it is
 # published, so a job that ends within it sends it and its outcome as one message: one
@@ -20,6 +21,10 @@ LINGER = 0.02
 # reaches the watchers, in order; they see them in bunches. Per-message costs (publish,
 # store, fetch, ack, lock) are most of what an event costs the mesh.
 PROGRESS_LINGER = 0.25
+# Seconds a message is published again while NATS does not answer it (a restarted server, a
+# leader election): its id makes a copy stored meanwhile harmless. Past them the run fails
+# and its job goes again after the ack wait, as it would have from JetStream's side anyway.
+PUBLISH_PATIENCE = 30.0
 
 
 class EventPublisher:
@@ -51,8 +56,10 @@ class EventPublisher:
         linger: float = LINGER,
         progress_linger: float = PROGRESS_LINGER,
         delivery: str = "",
+        patience: float = PUBLISH_PATIENCE,
     ) -> None:
         self._js = js
+        self._patience = patience
         self._bus = bus
         self._job_id = job_id
         self._attempt = attempt
@@ -168,11 +175,18 @@ class EventPublisher:
             delivery=self._delivery,
             handed_back=handed_back,
         )
-        await self._js.publish(
-            self._bus.events_subject(self._job_id),
-            wrapper.SerializeToString(),
-            stream=self._bus.events_stream,
-            headers={"Nats-Msg-Id": msg_id},
+        data = wrapper.SerializeToString()
+        await patiently(
+            lambda: self._js.publish(
+                self._bus.events_subject(self._job_id),
+                data,
+                stream=self._bus.events_stream,
+                headers={"Nats-Msg-Id": msg_id},
+            ),
+            lambda exc: isinstance(exc, UNCONFIRMED),
+            patience=self._patience,
+            first=0.25,
+            most=2.0,
         )
 
 

@@ -237,6 +237,8 @@ class ProviderWorker:
             self._options.event_linger,
             self._options.progress_linger,
             msg.reply,
+            # Longer, and JetStream has sent the job on anyway.
+            self._options.ack_wait,
         )
         if job.id in self._shared.cancelled:
             await msg.ack()
