@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
+from services.common.pulling import hand_back
 from services.router.store import Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import WatchHub
@@ -174,8 +176,9 @@ class LostWorkers:
                 len(taken.lost),
             )
         for run_id in taken.lost:
-            # Nakked by its own worker's reply subject: JetStream delivers it again at once.
-            await self._nc.publish(runs[run_id].delivery, b"-NAK")
+            # Nakked through its own worker's reply subject: JetStream delivers it again
+            # at once, and keeps the nak should the server restart before anyone takes it.
+            await hand_back(Msg(self._nc, reply=runs[run_id].delivery))
         await self._hub.publish(taken.events)
 
     @staticmethod

@@ -7,18 +7,25 @@ import itertools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from genmesh.v1 import bus_pb2, job_pb2
+from services.common.bus import Bus, connect
+from services.common.db import open_database
+from services.common.pulling import PullConsumer
 from services.router.lost_workers import LostWorkers
 from services.router.recorder import incoming
+from services.router.store import JobStore, metadata
 from services.router.watch import WatchHub
-from tests.infra import eventually
+from tests.conftest import Database
+from tests.infra import eventually, private_nats, unique
 from tests.router.helpers import World, created
 
 # The router's side does not depend on its database.
@@ -34,7 +41,7 @@ class Setup:
     nc: Client
     hub: WatchHub
     lost: LostWorkers
-    # What reached the job message's reply subject.
+    # The verbs that reached the job message's reply subject.
     acks: list[bytes]
     delivery: str
     # Events-stream sequences for the worker messages recorded.
@@ -52,7 +59,7 @@ async def setup(world: World, nats_url: str) -> AsyncIterator[Setup]:
     delivery = f"{world.bus.prefix}.test.ack.{WORKER}"
 
     async def on_ack(msg: Msg) -> None:
-        acks.append(msg.data)
+        acks.append(msg.data.split()[0])
 
     sub = await nc.subscribe(delivery, cb=on_ack)
     # Workers named "left-…" stopped cleanly, as their registration would say.
@@ -107,10 +114,8 @@ async def replica(setup: Setup, world: World) -> AsyncIterator[LostWorkers]:
         task.cancel()
 
 
-async def lost_notes(world: World, job_id: str) -> list[str]:
-    return [
-        m async for e in world.store.replay(job_id, 0) if "was lost" in (m := e.progress.message)
-    ]
+async def lost_notes(store: JobStore, job_id: str) -> list[str]:
+    return [m async for e in store.replay(job_id, 0) if "was lost" in (m := e.progress.message)]
 
 
 async def answering(setup: Setup, world: World, job_ids: list[str]) -> Subscription:
@@ -202,7 +207,7 @@ async def test_two_replicas_send_a_run_on_once(world: World, setup: Setup) -> No
         await heard(setup, world, job.id, lost=other)
         await eventually(lambda: not setup.lost.watched and not other.watched, within=10)
     assert setup.acks == [b"-NAK"]
-    assert len(await lost_notes(world, job.id)) == 1
+    assert len(await lost_notes(world.store, job.id)) == 1
 
 
 async def test_a_run_delivered_again_since_is_not_sent_on(world: World, setup: Setup) -> None:
@@ -215,7 +220,7 @@ async def test_a_run_delivered_again_since_is_not_sent_on(world: World, setup: S
         await heard(setup, world, job.id, worker="w2", run="r2", lost=other)
     await eventually(lambda: not setup.lost.watched, within=10)
     assert setup.acks == []
-    assert await lost_notes(world, job.id) == []
+    assert await lost_notes(world.store, job.id) == []
 
 
 async def test_a_run_that_handed_its_job_back_is_not_sent_on(world: World, setup: Setup) -> None:
@@ -229,4 +234,55 @@ async def test_a_run_that_handed_its_job_back_is_not_sent_on(world: World, setup
         assert not other.watched
     await eventually(lambda: not setup.lost.watched, within=10)
     assert setup.acks == []
-    assert await lost_notes(world, job.id) == []
+    assert await lost_notes(world.store, job.id) == []
+
+
+async def test_a_job_sent_on_survives_a_nats_restart(database: Database, tmp_path: Path) -> None:
+    """As when `genmesh up` restarts its own server before a worker is back to take the job:
+    a nak the server kept in memory only would send it again after the ack wait (600 s)."""
+    with private_nats(tmp_path / "nats") as server:
+        await server.start()
+        bus = Bus(unique("t"))
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=600.0)
+        async with (
+            open_database(database.url, metadata) as engine,
+            connect(server.url, "router") as nc,
+        ):
+            js = nc.jetstream()
+            await bus.ensure_streams(js)
+            store = JobStore(engine)
+            job = await created(store)
+            await js.publish(bus.jobs_subject("a"), job.SerializeToString())
+            # The worker that takes the job dies with its connection.
+            async with connect(server.url, "worker") as dead:
+                jobs = PullConsumer(dead, dead.jetstream(), bus.jobs_stream, "worker")
+                await jobs.start(bus.jobs_subject("a"), config)
+                [msg] = await jobs.fetch(1, wait=5.0)
+            message = bus_pb2.WorkerEvent(
+                events=[job_pb2.JobEvent(job_id=job.id, state=job_pb2.JOB_STATE_PROCESSING)],
+                attempt=1,
+                worker_id=WORKER,
+                run_id="r1",
+                index=1,
+                delivery=msg.reply,
+            )
+            await store.apply(incoming(message, 1))
+            hub = WatchHub(nc, bus)
+            lost = LostWorkers(nc, bus, store, hub, LOST_AFTER, every=0.05)
+            lost.heard(message)
+            task = asyncio.create_task(lost.run())
+            try:
+                await eventually(lambda: lost_notes(store, job.id), within=10)
+            finally:
+                task.cancel()
+            await nc.flush()  # the nak has reached the server
+            server.stop()
+            await server.start()
+            await eventually(lambda: nc.is_connected, within=10)
+            taker = PullConsumer(nc, js, bus.jobs_stream, "worker")
+            await taker.start(bus.jobs_subject("a"), config)
+            again: list[Msg] = []
+            for _ in range(10):
+                again = again or await taker.fetch(1, wait=1.0)
+            await taker.close()
+            assert [m.data for m in again] == [msg.data]
