@@ -88,6 +88,11 @@ class Mesh:
 
         await eventually(ready, within=15)
 
+    async def serving(self, workers: int, name: str = "sandbox") -> bool:
+        """Whether `workers` live workers serve the provider `name` now."""
+        reply = await self.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
+        return any(p.name == name and p.health.live_workers == workers for p in reply.providers)
+
     def provider_worker(self, name: str) -> ProviderWorker:
         """The first worker's runtime for the instance `name`."""
         return next(w for w in self.workers[0].workers if w.adapter.name == name)

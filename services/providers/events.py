@@ -9,7 +9,8 @@ import secrets
 from nats.js import JetStreamContext
 
 from genmesh.v1 import bus_pb2, job_pb2
-from services.common.bus import Bus
+from services.common.backoff import patiently
+from services.common.bus import UNCONFIRMED, Bus
 
 # Seconds a change of state (PROCESSING, PREVIEW_READY) is held back before it is
 # published, so a job that ends within it sends it and its outcome as one message: one
@@ -20,6 +21,10 @@ LINGER = 0.02
 # reaches the watchers, in order; they see them in bunches. Per-message costs (publish,
 # store, fetch, ack, lock) are most of what an event costs the mesh.
 PROGRESS_LINGER = 0.25
+# Seconds a message is published again while NATS does not answer it (a restarted server, a
+# leader election): its id makes a copy stored meanwhile harmless. Past them the run fails
+# and its job goes again after the ack wait, as it would have from JetStream's side anyway.
+PUBLISH_PATIENCE = 30.0
 
 
 class EventPublisher:
@@ -51,8 +56,10 @@ class EventPublisher:
         linger: float = LINGER,
         progress_linger: float = PROGRESS_LINGER,
         delivery: str = "",
+        patience: float = PUBLISH_PATIENCE,
     ) -> None:
         self._js = js
+        self._patience = patience
         self._bus = bus
         self._job_id = job_id
         self._attempt = attempt
@@ -75,15 +82,10 @@ class EventPublisher:
 
     async def publish(self, event: job_pb2.JobEvent) -> None:
         """Send an event; an outcome returns once it and everything before it are stored."""
-        event.job_id = self._job_id
-        if not event.HasField("time"):
-            event.time.GetCurrentTime()
+        self._stamp(event)
         if event.state in _OUTCOMES:
-            self._ending = True
-            await self.flush()
-            events, self._pending = [*self._pending, event], []
-            self._count += 1
-            await self._send(events, f"{self._job_id}:{self._attempt}:end")
+            # One id per attempt: only one run's outcome is stored.
+            await self._send_last(event, f"{self._job_id}:{self._attempt}:end")
             return
         self._pending.append(event)
         # Progress reported after a preview leaves the job PREVIEW_READY (as the router
@@ -106,6 +108,28 @@ class EventPublisher:
             # A failure is raised by flush(); a job abandoned before then must not log it.
             sender.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._sender = sender
+
+    async def hand_back(self, note: job_pb2.JobEvent) -> None:
+        """Send the run's last message, `note` (the job goes back to the queue), marked as
+        handed back; returns once it and everything before it are stored."""
+        self._stamp(note)
+        await self._send_last(note, "", handed_back=True)
+
+    def _stamp(self, event: job_pb2.JobEvent) -> None:
+        event.job_id = self._job_id
+        if not event.HasField("time"):
+            event.time.GetCurrentTime()
+
+    async def _send_last(
+        self, event: job_pb2.JobEvent, msg_id: str, *, handed_back: bool = False
+    ) -> None:
+        """Send what is held back with `event`, the run's last message (under `msg_id`, or
+        its place in the run); the sender stops."""
+        self._ending = True
+        await self.flush()
+        events, self._pending = [*self._pending, event], []
+        self._count += 1
+        await self._send(events, msg_id or self._msg_id(), handed_back=handed_back)
 
     async def flush(self) -> None:
         """Publish held-back progress now and wait until it is stored; raises what storing
@@ -134,10 +158,14 @@ class EventPublisher:
                 self._hurry.clear()
             events, self._pending = self._pending, []
             self._count += 1
-            msg_id = f"{self._job_id}:{self._attempt}:{self.delivery_id}:{self._count}"
-            await self._send(events, msg_id)
+            await self._send(events, self._msg_id())
 
-    async def _send(self, events: list[job_pb2.JobEvent], msg_id: str) -> None:
+    def _msg_id(self) -> str:
+        return f"{self._job_id}:{self._attempt}:{self.delivery_id}:{self._count}"
+
+    async def _send(
+        self, events: list[job_pb2.JobEvent], msg_id: str, *, handed_back: bool = False
+    ) -> None:
         wrapper = bus_pb2.WorkerEvent(
             events=events,
             attempt=self._attempt,
@@ -145,12 +173,20 @@ class EventPublisher:
             run_id=self.delivery_id,
             index=self._count,
             delivery=self._delivery,
+            handed_back=handed_back,
         )
-        await self._js.publish(
-            self._bus.events_subject(self._job_id),
-            wrapper.SerializeToString(),
-            stream=self._bus.events_stream,
-            headers={"Nats-Msg-Id": msg_id},
+        data = wrapper.SerializeToString()
+        await patiently(
+            lambda: self._js.publish(
+                self._bus.events_subject(self._job_id),
+                data,
+                stream=self._bus.events_stream,
+                headers={"Nats-Msg-Id": msg_id},
+            ),
+            lambda exc: isinstance(exc, UNCONFIRMED),
+            patience=self._patience,
+            first=0.25,
+            most=2.0,
         )
 
 

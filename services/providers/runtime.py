@@ -237,6 +237,8 @@ class ProviderWorker:
             self._options.event_linger,
             self._options.progress_linger,
             msg.reply,
+            # Longer, and JetStream has sent the job on anyway.
+            self._options.ack_wait,
         )
         if job.id in self._shared.cancelled:
             await msg.ack()
@@ -325,9 +327,9 @@ class ProviderWorker:
                 delay = backoff(delivery, exc.retry_after)
                 note = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=provider)
                 note.progress.message = f"retrying in {delay:.1f}s: {exc.message}"
-                await events.publish(note)
-                # The next delivery's events must come after this one.
-                await events.flush()
+                # Stored before the nak: the next delivery's events must come after it, and
+                # a router must know the message is no longer this run's to send on.
+                await events.hand_back(note)
                 await msg.nak(delay=delay)
                 return
             message = exc.message

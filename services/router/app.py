@@ -62,6 +62,7 @@ class Router:
     store: JobStore
     admission: AdmissionGate
     replicas: Replicas
+    lost: LostWorkers
 
 
 @asynccontextmanager
@@ -175,7 +176,7 @@ async def running_router(settings: Settings) -> AsyncIterator[Router]:
             )
         )
         log.info("router listening on %s", server.address)
-        yield Router(core, server, store, admission, replicas)
+        yield Router(core, server, store, admission, replicas, lost)
         log.info("router stopping")
 
 

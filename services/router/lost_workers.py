@@ -10,10 +10,16 @@ it is gone, NATS answers "no responders" at once. A worker that has had no respo
 `lost_after` seconds is lost: each of its jobs' messages is nakked through its reply
 subject, so JetStream delivers it to another worker now, and the job's watchers are told.
 
-A worker that stopped cleanly says so in its registration (services.router.catalog): it
-handed its unfinished jobs back itself, so its runs are forgotten, not nakked again (a nak
-through an old delivery's subject would send the job on a second time, wherever it runs
-now). Only "no responders" counts. A worker that is slow to answer (busy, or cut off by the
+A nak through an old delivery's subject sends the job on again wherever it runs now
+(nats-server checks only that the message is still unacked), so a run is sent on only while
+it is its job's latest, and once. A worker that stopped cleanly says so in its registration
+(services.router.catalog): it handed its unfinished jobs back itself, so its runs are
+forgotten; so is a run whose worker handed its job back to retry it later. The job store
+has the last word (ordering.Runs.lose): it takes a run as lost only if no later delivery of
+the job has begun, the run did not hand its job back, and no router replica took it
+already; the note and the nak follow only then.
+
+Only "no responders" counts. A worker that is slow to answer (busy, or cut off by the
 network while its connection lingers) is left to the ack wait, as a job running twice costs
 more than one waiting.
 """
@@ -28,9 +34,11 @@ from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
+from services.common.pulling import hand_back
 from services.router.store import Incoming, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import WatchHub
@@ -81,12 +89,18 @@ class LostWorkers:
         self._lost_after = lost_after
         self._workers: dict[str, _Worker] = {}
 
+    @property
+    def watched(self) -> set[str]:
+        """Ids of the jobs whose runs this router watches over."""
+        return {run.job_id for worker in self._workers.values() for run in worker.runs.values()}
+
     def heard(self, message: bus_pb2.WorkerEvent) -> None:
-        """Note a worker message the recorder fetched: its run goes on, or has ended."""
+        """Note a worker message the recorder fetched: its run goes on, or has ended (an
+        outcome, or the job handed back)."""
         if not (message.worker_id and message.run_id and message.delivery):
             return  # a worker from before runs or deliveries: the ack wait covers it
         events = message.events or [message.event]
-        if events[-1].state in TERMINAL:
+        if events[-1].state in TERMINAL or message.handed_back:
             worker = self._workers.get(message.worker_id)
             if worker is not None:
                 worker.runs.pop(message.run_id, None)
@@ -141,35 +155,40 @@ class LostWorkers:
             worker.silent_since = asked
         if asked - worker.silent_since < self._lost_after:
             return
-        del self._workers[worker_id]
         if self._left(worker_id):
+            del self._workers[worker_id]
             return
-        runs = list(worker.runs.values())
-        log.warning(
-            "worker %s is gone (no NATS connection for %.0f s): sending its %d running "
-            "job(s) to another worker",
-            worker_id,
-            asked - worker.silent_since,
-            len(runs),
-        )
-        for run in runs:
-            # Nakked by its own worker's reply subject: JetStream delivers it again at once.
-            await self._nc.publish(run.delivery, b"-NAK")
-        await self._tell(worker_id, [run.job_id for run in runs])
-
-    async def _tell(self, worker_id: str, job_ids: list[str]) -> None:
-        batch = []
-        for job_id in dict.fromkeys(job_ids):
-            event = job_pb2.JobEvent(job_id=job_id, state=job_pb2.JOB_STATE_PROCESSING)
-            event.progress.message = (
-                f"worker {worker_id} was lost (its NATS connection closed); "
-                "the job goes to another worker"
-            )
-            event.time.GetCurrentTime()
-            batch.append(Incoming(job_id, event))
+        runs = dict(worker.runs)
         try:
-            applied = await self._store.apply(batch)
+            taken = await self._store.apply_routed(
+                [self._note(worker_id, r, runs[r]) for r in runs]
+            )
         except Exception:
-            log.warning("could not record the lost worker's jobs", exc_info=True)
+            log.warning("could not record the lost worker's jobs; will try again", exc_info=True)
             return
-        await self._hub.publish(applied)
+        self._workers.pop(worker_id, None)
+        if taken.lost:
+            log.warning(
+                "worker %s is gone (no NATS connection for %.0f s): sending its %d running "
+                "job(s) to another worker",
+                worker_id,
+                asked - worker.silent_since,
+                len(taken.lost),
+            )
+        for run_id in taken.lost:
+            # Nakked through its own worker's reply subject: JetStream delivers it again
+            # at once, and keeps the nak should the server restart before anyone takes it.
+            await hand_back(Msg(self._nc, reply=runs[run_id].delivery))
+        await self._hub.publish(taken.events)
+
+    @staticmethod
+    def _note(worker_id: str, run_id: str, run: _Run) -> Incoming:
+        """The job's note that the run's worker was lost, applied if the run is taken as lost:
+        only the job's latest run, not ended (handed back), and only by one router replica."""
+        event = job_pb2.JobEvent(job_id=run.job_id, state=job_pb2.JOB_STATE_PROCESSING)
+        event.progress.message = (
+            f"worker {worker_id} was lost (its NATS connection closed); "
+            "the job goes to another worker"
+        )
+        event.time.GetCurrentTime()
+        return Incoming(run.job_id, event, lost_run=run_id)

@@ -65,6 +65,9 @@ class _Run:
     attempt: int
     last: int  # the highest index handled
     start: int  # stream sequence of its message 1; 0 until that is handled
+    # Over without an outcome: its worker handed the job message back, or was lost and a
+    # router sent the message on (services.router.lost_workers).
+    ended: bool = False
 
 
 class Runs:
@@ -78,12 +81,19 @@ class Runs:
     def load(cls, stored: str | None) -> Runs:
         if not stored:
             return cls()
-        return cls({r: _Run(a, last, start) for r, a, last, start in json.loads(stored)})
+        runs = json.loads(stored)
+        return cls({r: _Run(a, last, start, bool(ended)) for r, a, last, start, *ended in runs})
 
     def dump(self) -> str | None:
         if not self._runs:
             return None
-        return json.dumps([[r, x.attempt, x.last, x.start] for r, x in self._runs.items()])
+        # An ended run only has a fifth field, so a row without one reads as it always did.
+        return json.dumps(
+            [
+                [r, x.attempt, x.last, x.start, *([1] if x.ended else [])]
+                for r, x in self._runs.items()
+            ]
+        )
 
     def place(
         self,
@@ -94,10 +104,11 @@ class Runs:
         *,
         overdue: bool,
         outcome: bool = False,
+        ends: bool = False,
     ) -> Verdict:
         """Judge message `index` of `run` (of `attempt`), at stream sequence `seq`, which
-        carries the attempt's `outcome` or not; a message judged anything but EARLY is noted
-        as handled."""
+        carries the attempt's `outcome` or not, and `ends` the run without one or not; a
+        message judged anything but EARLY is noted as handled."""
         known = self._runs.get(run)
         if known is not None and index <= known.last:
             return Verdict.REPEAT
@@ -116,8 +127,22 @@ class Runs:
         known.last = index
         if index == 1:
             known.start = seq
+        known.ended = known.ended or ends
         self.changed = True
         return verdict
+
+    def lose(self, run: str) -> int | None:
+        """Take `run` as lost with its worker, if it is its attempt's latest run and has not
+        ended: mark it ended and return its attempt; else None (its job message was handed
+        back, or has been delivered again since, so sending it on would run the job twice)."""
+        known = self._runs.get(run)
+        if known is None or known.ended:
+            return None
+        if any(r.attempt == known.attempt and r.start > known.start for r in self._runs.values()):
+            return None
+        known.ended = True
+        self.changed = True
+        return known.attempt
 
     def _forget_old(self, attempt: int, keep: str) -> None:
         """Forget the attempt's earliest begun runs beyond KEEP, never `keep`. What a

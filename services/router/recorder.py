@@ -125,25 +125,8 @@ class Recorder:
                 await msg.term()
                 continue
             meta = msg.metadata
-            seq = meta.sequence.stream
-            attempt = wrapper.attempt or None
-            events = wrapper.events or [wrapper.event]
             age = max(0.0, time.time() - meta.timestamp.timestamp())
-            batch.extend(
-                Incoming(
-                    e.job_id,
-                    e,
-                    seq,
-                    attempt,
-                    part,
-                    run=wrapper.run_id,
-                    index=wrapper.index,
-                    deliveries=meta.num_delivered or 1,
-                    age=age,
-                    outcome=events[-1].state in TERMINAL,
-                )
-                for part, e in enumerate(events)
-            )
+            batch.extend(incoming(wrapper, meta.sequence.stream, meta.num_delivered or 1, age))
             good.append(msg)
             self._lost.heard(wrapper)
         # Heartbeated while applied, not after: a heartbeat following a delayed nak would
@@ -162,3 +145,27 @@ class Recorder:
                 await msg.ack()
         self._queues.observe(routed.events)
         await self._hub.publish(routed.events)
+
+
+def incoming(
+    message: bus_pb2.WorkerEvent, seq: int, deliveries: int = 1, age: float = 0.0
+) -> list[Incoming]:
+    """A worker message's events to apply; it is at stream sequence `seq`, delivered
+    `deliveries` times, stored `age` seconds ago."""
+    events = message.events or [message.event]
+    return [
+        Incoming(
+            e.job_id,
+            e,
+            seq,
+            message.attempt or None,
+            part,
+            run=message.run_id,
+            index=message.index,
+            deliveries=deliveries,
+            age=age,
+            outcome=events[-1].state in TERMINAL,
+            handed_back=message.handed_back,
+        )
+        for part, e in enumerate(events)
+    ]

@@ -181,8 +181,13 @@ class Incoming:
     # it was stored.
     deliveries: int = 1
     age: float = 0.0
-    # Whether the message carries its attempt's outcome.
+    # Whether the message carries its attempt's outcome, or ends its run without one (the
+    # worker handed the job message back).
     outcome: bool = False
+    handed_back: bool = False
+    # For a router's note that the worker of this run (of the job) is lost: the note applies,
+    # and the run is taken as lost, only if the run may still be sent on (ordering.Runs.lose).
+    lost_run: str = ""
 
 
 _WHOLE = 1 << 30
@@ -207,6 +212,8 @@ class Routed:
     # Stream sequences of messages that came before their predecessor in their run: not
     # applied, to be handed back to come again.
     deferred: set[int] = field(default_factory=set)
+    # Runs taken as lost (Incoming.lost_run): their job messages are the caller's to send on.
+    lost: set[str] = field(default_factory=set)
 
 
 # A new job's row and its first event's row, written together.
@@ -271,6 +278,7 @@ class _Marks:
             seq,
             overdue=ordering.overdue(item.deliveries, item.age),
             outcome=item.outcome,
+            ends=item.handed_back,
         )
         if verdict is ordering.Verdict.EARLY:
             deferred.add(seq)
@@ -532,6 +540,12 @@ class JobStore:
                         touched[item.job_id] = row
                     if not fresh:
                         continue
+                if item.lost_run:
+                    # Taken once, whichever replica asks first (the row is locked).
+                    taken = None if job.state in TERMINAL else row.runs.lose(item.lost_run)
+                    if taken is None or not attempts.accepts_from(job, taken, row.attempt):
+                        continue
+                    routed.lost.add(item.lost_run)
                 touched[item.job_id] = row
                 if item.attempt is not None and not attempts.accepts_from(
                     job, item.attempt, row.attempt

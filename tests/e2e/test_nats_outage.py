@@ -148,3 +148,31 @@ async def test_a_cancel_while_nats_is_stalled_is_answered_and_reaches_the_worker
         # Once NATS answers, the worker is told and stops the provider call: it does not
         # run out its two minutes.
         await eventually(lambda: worker.in_flight == 0, within=20)
+
+
+# Seconds NATS stays down: past the time a JetStream publish waits for its answer (5 s).
+OUTAGE = 7.0
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+async def test_a_job_running_through_a_nats_restart_runs_once(
+    database: Database, tmp_path: Path
+) -> None:
+    """Its progress reports, unanswered while NATS is down, are sent again once it is back:
+    the run goes on, rather than failing and running again after the ack wait."""
+    async with mesh_on_private_nats(database, tmp_path) as (server, mesh):
+        slow = spec()
+        # Progress four times a second, so some is published while NATS is down.
+        slow.parameters.update({"latency_ms": 15_000, "steps": 60})
+        job = (await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=slow))).job
+        worker = mesh.provider_worker("sandbox")
+        await eventually(lambda: worker.in_flight == 1, within=15)
+        await server.kill()
+        try:
+            await asyncio.sleep(OUTAGE)
+        finally:
+            await server.start()
+        _, events = await mesh.finished(job.id, within=90)
+    runs = [m for e in events if (m := e.progress.message).startswith(("started", "restarted"))]
+    assert runs == ["started"]
+    assert ran_once(events)

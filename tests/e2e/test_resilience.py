@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from genmesh.v1 import asset_pb2, generate_service_pb2, job_pb2, provider_service_pb2
+from genmesh.v1 import asset_pb2, generate_service_pb2, job_pb2
 from services.common.db import open_database
 from services.common.parameters import dict_to_struct
 from services.providers.app import running_worker
@@ -83,7 +83,7 @@ async def test_worker_killed_mid_job_is_finished_by_another(
             await eventually(previewed, within=20)
             # The second worker is up before the first dies, so it can take the job at once.
             second = start_process("services.providers", env)
-            await eventually(lambda: _live_workers(mesh, 2), within=20)
+            await eventually(lambda: mesh.serving(2), within=20)
             assert await state_of(mesh, job.id) == job_pb2.JOB_STATE_PREVIEW_READY
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
@@ -104,11 +104,6 @@ async def test_worker_killed_mid_job_is_finished_by_another(
         assert rows[asset_pb2.ASSET_ROLE_OUTPUT] == 1
         assert rows[asset_pb2.ASSET_ROLE_PREVIEW] == 1
         assert len(events[-1].assets) == 1
-
-
-async def _live_workers(mesh: Mesh, count: int) -> bool:
-    providers = await mesh.providers.ListProviders(provider_service_pb2.ListProvidersRequest())
-    return any(p.name == "sandbox" and p.health.live_workers == count for p in providers.providers)
 
 
 # What the worker logs does not depend on the router's database.

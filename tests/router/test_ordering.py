@@ -318,6 +318,25 @@ def test_an_attempt_remembers_its_latest_runs() -> None:
     assert Runs.load(stored).place("r0", 1, 2, 15, overdue=False) is Verdict.STALE
 
 
+def test_a_run_is_taken_as_lost_once_and_only_while_it_is_the_latest() -> None:
+    runs = Runs()
+    runs.place("a", 1, 1, 5, overdue=False)
+    runs.place("b", 2, 1, 6, overdue=False)
+    runs.place("c", 2, 1, 7, overdue=False)
+    runs.place("d", 3, 1, 8, overdue=False)
+    runs.place("d", 3, 2, 9, overdue=False, ends=True)
+    # Each replica's copy of the row, read back as stored.
+    stored = Runs.load(runs.dump())
+    assert stored.lose("a") == 1
+    assert stored.lose("a") is None  # taken already
+    assert stored.lose("b") is None  # delivered again since: c runs the job now
+    assert stored.lose("d") is None  # handed back by its worker
+    assert stored.lose("x") is None  # never heard of
+    assert Runs.load(stored.dump()).lose("a") is None
+    # A row stored before runs could end reads as before.
+    assert Runs.load(json.dumps([["a", 1, 1, 5]])).lose("a") == 1
+
+
 def test_a_deferred_message_waits_longer_than_a_dead_replica_holds_its_predecessor() -> None:
     # A replica that dies holding a message leaves it to come again after the ack wait.
     delays = [ordering.defer_delay(n) for n in range(1, ordering.OVERDUE_AT)]

@@ -65,6 +65,7 @@ class WorkerEvent(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     DELIVERY_FIELD_NUMBER: _builtins.int
+    HANDED_BACK_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     worker_id: _builtins.str
     run_id: _builtins.str
@@ -80,6 +81,11 @@ class WorkerEvent(_message.Message):
     """The reply subject of the job message this run works on (its JetStream ack subject).
     A router that finds the worker gone naks the message through it, so the job runs
     again at once rather than after the jobs consumer's ack wait.
+    """
+    handed_back: _builtins.bool
+    """This message ends its run without an outcome: the worker handed the job message back
+    to JetStream (a nak with a delay, to retry it later), so the message is no longer the
+    run's to settle, and a router finding the worker gone afterwards leaves it alone.
     """
     @_builtins.property
     def event(self) -> _job_pb2.JobEvent:
@@ -101,10 +107,11 @@ class WorkerEvent(_message.Message):
         run_id: _builtins.str = ...,
         index: _builtins.int = ...,
         delivery: _builtins.str = ...,
+        handed_back: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery", b"delivery", "event", b"event", "events", b"events", "index", b"index", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery", b"delivery", "event", b"event", "events", b"events", "handed_back", b"handed_back", "index", b"index", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
