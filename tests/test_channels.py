@@ -27,6 +27,9 @@ WHO = "genmesh.test.Who"
         # gRPC's own URIs, lists included, pass through as they are.
         ("ipv4:127.0.0.1:50051,127.0.0.1:50061", "ipv4:127.0.0.1:50051,127.0.0.1:50061"),
         ("unix:/run/genmesh/router.sock", "unix:/run/genmesh/router.sock"),
+        # Other resolvers' URIs are gRPC's to read.
+        ("passthrough:///router:50051", "passthrough:///router:50051"),
+        ("xds:///router", "xds:///router"),
     ],
 )
 def test_an_address_setting_becomes_a_grpc_target(address: str, target: str) -> None:
@@ -62,7 +65,8 @@ def test_a_list_gRPC_cannot_take_is_refused_with_what_to_write(address: str) -> 
         ("dns:///storage", "needs a port"),
         ("dns://10.0.0.2/storage", "needs a port"),
         ("::1", "IPv6 address goes in brackets"),
-        ("ipv4:127.0.0.1", "IP:port entries"),
+        ("ipv4:127.0.0.1", "needs a port"),
+        ("ipv4:127.0.0.1:50051,127.0.0.2", "needs a port"),
         (":50052", "needs a host"),
         ("storage:http", "port must be 1 to 65535"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 from collections.abc import Awaitable
 from typing import Literal, TypeVar
 
@@ -41,6 +42,8 @@ def mesh_channel(address: str) -> grpc.aio.Channel:
 
 # Target URI schemes gRPC resolves itself; anything else is a host:port (or a list of them).
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+# scheme://…: a target URI for a resolver gRPC (or a plug-in) knows.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Without a port gRPC calls port 443 (its default for a name), where no mesh service listens:
 # every call then fails UNAVAILABLE, long after start-up, and the error names neither.
 _NO_PORT = "needs a port, e.g. 127.0.0.1:50052 (without one gRPC calls port 443)"
@@ -54,14 +57,18 @@ def grpc_target(address: str) -> str:
     address = address.strip()
     if address.startswith(("ipv4:", "ipv6:")):
         scheme, _, listed = address.partition(":")
-        _static_list(listed.split(","), scheme)
+        entries = listed.split(",")
+        if any(not _has_port(entry) for entry in entries):
+            raise ValueError(_NO_PORT)
+        _static_list(entries, scheme)
         return address
     if address.startswith("dns:"):
         # dns:host:port, dns:///host:port or dns://authority/host:port.
         name = address.removeprefix("dns:")
         _host_port(name.split("/", 3)[-1] if name.startswith("//") else name)
         return address
-    if address.startswith(_SCHEMES):
+    if address.startswith(_SCHEMES) or _URI.match(address):
+        # Another resolver's URI (passthrough:///, xds:///, a custom one): gRPC's to read.
         return address
     parts = [part.strip() for part in address.split(",")]
     if len(parts) == 1:
@@ -70,6 +77,11 @@ def grpc_target(address: str) -> str:
         _host_port(address)
         return address
     return f"{_static_list(parts)}:{','.join(parts)}"
+
+
+def _has_port(entry: str) -> bool:
+    _, sep, port = entry.strip().rpartition(":")
+    return bool(sep and port) and not entry.strip().endswith("]")
 
 
 def _host_port(address: str) -> None:
