@@ -3,7 +3,7 @@ its rows."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, MetaData, String, Table, insert, select, text
+from sqlalchemy import Column, Index, MetaData, String, Table, insert, select, text, update
 
 from services.common.db import open_database
 from services.router import store
@@ -97,3 +97,28 @@ async def test_step_jobs_stored_before_parent_job_id_are_named_by_it(database: D
             **dict.fromkeys(steps, "p_0"),
         }
         assert [job.id for job in listed.jobs] == ["j_last", "p_0", "j_mine"]
+
+
+async def test_a_backfill_cut_short_is_done_at_the_next_start(database: Database) -> None:
+    """SQLite commits ALTER TABLE by itself: a start that died during the backfill left the
+    column there, and the steps' parents unnamed."""
+    async with open_database(database.url, store.metadata, database.schema) as engine:
+        jobs = store.JobStore(engine)
+        steps = await add_pipeline(jobs, "p_0", 101.0, [IMAGE, IMAGE])
+        # As that start left it: the column, never filled in, and no index after it.
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP INDEX jobs_top_level_listing"))
+            await conn.execute(update(store.jobs).values(parent_job_id=None))
+            # One body that cannot be read is left as it is, not a start that fails.
+            await conn.execute(
+                update(store.jobs).where(store.jobs.c.id == steps[0]).values(body=b"\xff\x00")
+            )
+
+    async with (
+        open_database(database.url, store.metadata, database.schema) as engine,
+        engine.connect() as conn,
+    ):
+        query = select(store.jobs.c.id, store.jobs.c.parent_job_id)
+        parents: dict[str, str | None] = dict((await conn.execute(query)).all())
+    assert parents == {"p_0": None, steps[0]: None, steps[1]: "p_0"}
+    assert "jobs_top_level_listing" in await _indexes(database, "jobs")

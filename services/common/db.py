@@ -256,23 +256,27 @@ def _upgrade(conn: Connection, metadata: MetaData) -> None:
 
     create_all makes missing tables only (with their indexes); new columns must be nullable
     (or have a server default) so old rows stay valid. A column whose info names a
-    "backfill" (a function of the connection) has it fill the old rows in, once, right
-    after the column is added. An index is missing when its table is older than it, whether
-    or not its columns are new, and is looked up by name."""
+    "backfill" (a function of the connection) has it fill the old rows in right after the
+    column is added, and again at a later start while the index its info names "done_when"
+    is missing: SQLite commits an ALTER TABLE at once, so a start that died during the
+    backfill leaves the column without it. An index is missing when its table is older than
+    it, whether or not its columns are new, and is looked up by name; each is made after
+    the backfills, in the same transaction."""
     inspector = inspect(conn)
     quote = conn.dialect.identifier_preparer.quote
     for table in metadata.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
         indexed = {i["name"] for i in inspector.get_indexes(table.name)}
         for column in table.columns:
-            if column.name not in present:
+            added = column.name not in present
+            if added:
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.execute(
                     text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
                 )
-                backfill = column.info.get("backfill")
-                if backfill is not None:
-                    backfill(conn)
+            backfill = column.info.get("backfill")
+            if backfill is not None and (added or column.info["done_when"] not in indexed):
+                backfill(conn)
         for index in table.indexes:
             if index.name not in indexed:
                 # IF NOT EXISTS: SQLite has no advisory lock, and two processes may start at once.

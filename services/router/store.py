@@ -51,25 +51,36 @@ metadata = MetaData()
 
 
 def _fill_parents(conn: Connection) -> None:
-    """Name the pipeline of each step job stored before jobs.parent_job_id existed, once,
-    as the column is added."""
+    """Name the pipeline of each step job stored before jobs.parent_job_id existed (see
+    db._upgrade for when); a body that cannot be read is left as it is."""
     after = ""
     while True:
         # A step's idempotency key has this shape (pipelines/plan.py); the body says whether
         # the job is a step, and whose. By id, a page at a time: no table is read whole.
         rows = conn.execute(
             select(jobs.c.id, jobs.c.body)
-            .where(jobs.c.idempotency_key.like("pipeline:%"), jobs.c.id > after)
+            .where(
+                jobs.c.idempotency_key.like("pipeline:%"),
+                jobs.c.parent_job_id.is_(None),
+                jobs.c.id > after,
+            )
             .order_by(jobs.c.id)
             .limit(CHUNK)
         ).all()
-        steps = [(r.id, _job(r.body).parent_job_id) for r in rows]
+        steps = [(r.id, _parent(r.body)) for r in rows]
         parents = [{"_id": i, "set_parent_job_id": parent} for i, parent in steps if parent]
         if parents:
             conn.execute(_update_by_id(("_id", "parent_job_id")), parents)
         if len(rows) < CHUNK:
             return
         after = rows[-1].id
+
+
+def _parent(body: bytes) -> str:
+    try:
+        return _job(body).parent_job_id
+    except Exception:
+        return ""
 
 
 jobs = Table(
@@ -100,7 +111,13 @@ jobs = Table(
     # The SubmitBatch call that created the job; NULL for jobs submitted one by one.
     Column("batch_id", String(40), nullable=True),
     # The pipeline job whose step the job runs; NULL for a top-level job.
-    Column("parent_job_id", String(40), nullable=True, info={"backfill": _fill_parents}),
+    Column(
+        "parent_job_id",
+        String(40),
+        nullable=True,
+        # The top-level listing's index is made once the backfill is through.
+        info={"backfill": _fill_parents, "done_when": "jobs_top_level_listing"},
+    ),
     UniqueConstraint("tenant_id", "idempotency_key", name="jobs_idempotency"),
     Index("jobs_tenant_listing", "tenant_id", "create_time", "id"),
     Index("jobs_undispatched", "dispatched"),
