@@ -22,9 +22,10 @@ LINGER = 0.02
 # store, fetch, ack, lock) are most of what an event costs the mesh.
 PROGRESS_LINGER = 0.25
 # Seconds a message is published again while NATS does not answer it (a restarted server, a
-# leader election): its id makes a copy stored meanwhile harmless. Past them the run fails
-# and its job goes again after the ack wait, as it would have from JetStream's side anyway.
-PUBLISH_PATIENCE = 30.0
+# leader election), at most: its id makes a copy stored meanwhile harmless within the events
+# stream's two-minute duplicate window. Past them, or the worker's ack wait if shorter, the
+# run fails and its job goes again after the ack wait, as it would from JetStream's side.
+PUBLISH_PATIENCE = 90.0
 
 
 class EventPublisher:
@@ -56,10 +57,13 @@ class EventPublisher:
         linger: float = LINGER,
         progress_linger: float = PROGRESS_LINGER,
         delivery: str = "",
-        patience: float = PUBLISH_PATIENCE,
+        ack_wait: float = 30.0,
     ) -> None:
         self._js = js
-        self._patience = patience
+        self._ack_wait = ack_wait
+        # Past the stream's duplicate window a second copy would be stored, for the run
+        # ordering alone to drop.
+        self._patience = min(ack_wait, PUBLISH_PATIENCE)
         self._bus = bus
         self._job_id = job_id
         self._attempt = attempt
@@ -174,6 +178,7 @@ class EventPublisher:
             index=self._count,
             delivery=self._delivery,
             handed_back=handed_back,
+            ack_wait=self._ack_wait,
         )
         data = wrapper.SerializeToString()
         await patiently(

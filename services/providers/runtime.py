@@ -40,6 +40,8 @@ from services.storage.client import AssetClient
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 256
+# Seconds a stopping worker spends telling that it hands a job back, at most.
+HAND_BACK_NOTE_TIMEOUT = 2.0
 # Seconds one fetch waits for a job before the loop looks again (stopping ends it at once).
 FETCH_WAIT = 1.0
 
@@ -237,7 +239,6 @@ class ProviderWorker:
             self._options.event_linger,
             self._options.progress_linger,
             msg.reply,
-            # Longer, and JetStream has sent the job on anyway.
             self._options.ack_wait,
         )
         if job.id in self._shared.cancelled:
@@ -271,8 +272,14 @@ class ProviderWorker:
                 # The router already recorded CANCELLED; the message is done with.
                 await msg.ack()
                 return
-            # Shutting down: hand the job straight back for another worker.
+            # Shutting down: hand the job straight back for another worker, saying so first
+            # (briefly: NATS may be what is going away), so that routers and watchers know.
             self.handed_back.append(job.id)
+            note = job_pb2.JobEvent(state=job_pb2.JOB_STATE_PROCESSING, provider=job.provider)
+            note.progress.message = "the worker is stopping; the job goes back to the queue"
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(HAND_BACK_NOTE_TIMEOUT):
+                    await events.hand_back(note)
             with contextlib.suppress(Exception):
                 await hand_back(msg)
             raise

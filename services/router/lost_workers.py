@@ -45,6 +45,9 @@ from services.router.watch import WatchHub
 
 log = logging.getLogger(__name__)
 
+# Seconds a lost worker's job is sent on before JetStream could have sent it on itself, at
+# least: what its nak may take to arrive.
+SAFETY = 1.0
 # Seconds between rounds of asking, and how long one request may take.
 PROBE_EVERY = 1.0
 PROBE_TIMEOUT = 1.0
@@ -57,6 +60,8 @@ class _Run:
     # monotonic time the run was last heard of; a worker's answer to a request sent before
     # that cannot speak for it.
     heard: float
+    # The worker's ack wait (WorkerEvent.ack_wait).
+    ack_wait: float
 
 
 @dataclass
@@ -64,6 +69,8 @@ class _Worker:
     runs: dict[str, _Run] = field(default_factory=dict)
     # monotonic time of the first "no responders" since the worker last answered.
     silent_since: float | None = None
+    # Unix time of the worker's latest sign of life: an answer, or a message it published.
+    alive_at: float = 0.0
 
 
 class LostWorkers:
@@ -94,10 +101,12 @@ class LostWorkers:
         """Ids of the jobs whose runs this router watches over."""
         return {run.job_id for worker in self._workers.values() for run in worker.runs.values()}
 
-    def heard(self, message: bus_pb2.WorkerEvent) -> None:
-        """Note a worker message the recorder fetched: its run goes on, or has ended (an
-        outcome, or the job handed back)."""
-        if not (message.worker_id and message.run_id and message.delivery):
+    def heard(self, message: bus_pb2.WorkerEvent, published: float) -> None:
+        """Note a worker message the recorder fetched, published at Unix time `published`:
+        its run goes on, or has ended (an outcome, or the job handed back)."""
+        if self._lost_after <= 0:
+            return  # nothing would ever forget the runs
+        if not (message.worker_id and message.run_id and message.delivery and message.ack_wait):
             return  # a worker from before runs or deliveries: the ack wait covers it
         events = message.events or [message.event]
         if events[-1].state in TERMINAL or message.handed_back:
@@ -108,17 +117,28 @@ class LostWorkers:
                     del self._workers[message.worker_id]
             return
         worker = self._workers.setdefault(message.worker_id, _Worker())
-        worker.runs[message.run_id] = _Run(events[-1].job_id, message.delivery, time.monotonic())
+        worker.alive_at = max(worker.alive_at, published)
+        worker.runs[message.run_id] = _Run(
+            events[-1].job_id, message.delivery, time.monotonic(), message.ack_wait
+        )
 
     async def run(self) -> None:
         if self._lost_after <= 0:
             return
         while True:
             await asyncio.sleep(self._every)
-            await asyncio.gather(*(self._probe(w) for w in list(self._workers)))
+            await asyncio.gather(*(self._probe_logged(w) for w in list(self._workers)))
+
+    async def _probe_logged(self, worker_id: str) -> None:
+        # One failure (a publish refused around a reconnect) must not end the watch.
+        try:
+            await self._probe(worker_id)
+        except Exception:
+            log.warning("checking on worker %s failed; will retry", worker_id, exc_info=True)
 
     async def _probe(self, worker_id: str) -> None:
         asked = time.monotonic()
+        answered = time.time()
         try:
             reply = await self._nc.request(
                 self._bus.worker_subject(worker_id), b"", timeout=min(self._every, PROBE_TIMEOUT)
@@ -133,6 +153,7 @@ class LostWorkers:
         if worker is None:
             return
         worker.silent_since = None
+        worker.alive_at = max(worker.alive_at, answered)
         answer = bus_pb2.WorkerRunning()
         try:
             answer.ParseFromString(reply.data)
@@ -158,7 +179,18 @@ class LostWorkers:
         if self._left(worker_id):
             del self._workers[worker_id]
             return
-        runs = dict(worker.runs)
+        # JetStream sends a job on itself once its ack wait has passed since the worker's last
+        # heartbeat, a third of it at most before the worker was last heard from. A nak
+        # after that could take the job from the worker it went to: those are left to it.
+        now = time.time()
+        runs = {
+            r: run
+            for r, run in worker.runs.items()
+            if now < worker.alive_at + run.ack_wait * 2 / 3 - SAFETY
+        }
+        if not runs:
+            del self._workers[worker_id]
+            return
         try:
             taken = await self._store.apply_routed(
                 [self._note(worker_id, r, runs[r]) for r in runs]

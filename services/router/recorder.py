@@ -128,7 +128,7 @@ class Recorder:
             age = max(0.0, time.time() - meta.timestamp.timestamp())
             batch.extend(incoming(wrapper, meta.sequence.stream, meta.num_delivered or 1, age))
             good.append(msg)
-            self._lost.heard(wrapper)
+            self._lost.heard(wrapper, time.time() - age)
         # Heartbeated while applied, not after: a heartbeat following a delayed nak would
         # undo the delay.
         async with worked_on(msgs, self._ack_wait):

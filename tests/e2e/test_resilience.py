@@ -139,7 +139,10 @@ async def test_a_stopped_worker_names_the_jobs_it_hands_back(
             # Gone cleanly, having handed its jobs back: the router does not take it for lost.
             await asyncio.sleep(3)
             for j in jobs:
-                assert "was lost" not in (await mesh.get_job(j.id)).progress.message
+                # Its watchers were told, and no router took it for lost.
+                assert (await mesh.get_job(j.id)).progress.message == (
+                    "the worker is stopping; the job goes back to the queue"
+                )
         finally:
             await stop_process(worker)
         said = [line for line in log.read_text().splitlines() if "handed back" in line]

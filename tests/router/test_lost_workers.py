@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from tests.router.helpers import World, created
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
 WORKER = "w1"
+# The dead workers' ack wait: JetStream would send their jobs on after it.
+ACK_WAIT = 30.0
 # How long each test gives a worker to be taken for lost, were it going to be.
 LOST_AFTER = 0.3
 
@@ -85,6 +88,7 @@ async def heard(
     run: str = "r1",
     handed_back: bool = False,
     lost: LostWorkers | None = None,
+    age: float = 0.0,
 ) -> None:
     """The recorder (of the router replica `lost`) fetched and applied the next message of
     `worker`'s run of the job."""
@@ -98,8 +102,9 @@ async def heard(
         index=index,
         delivery=setup.delivery,
         handed_back=handed_back,
+        ack_wait=ACK_WAIT,
     )
-    (lost or setup.lost).heard(message)
+    (lost or setup.lost).heard(message, time.time() - age)
     await world.store.apply(incoming(message, next(setup.seqs)))
 
 
@@ -188,6 +193,27 @@ async def test_an_ended_run_is_not_sent_on(world: World, setup: Setup) -> None:
     assert setup.acks == []
 
 
+async def test_a_run_jetstream_may_have_sent_on_already_is_left_to_it(
+    world: World, setup: Setup
+) -> None:
+    """Last heard from past two thirds of its ack wait ago (a router restarted, or far
+    behind), the worker's heartbeats may have lapsed long enough for JetStream to send the
+    job to another worker, whom a nak would take it from."""
+    job = await created(world.store)
+    await heard(setup, world, job.id, age=ACK_WAIT * 2 / 3)
+    await asyncio.sleep(LOST_AFTER * 6)
+    assert setup.acks == []
+    assert await lost_notes(world.store, job.id) == []
+    assert setup.lost.watched == set()
+
+
+async def test_with_lost_after_0_nothing_is_kept(world: World, setup: Setup) -> None:
+    job = await created(world.store)
+    off = LostWorkers(setup.nc, world.bus, world.store, setup.hub, lost_after=0)
+    await heard(setup, world, job.id, lost=off)
+    assert off.watched == set()
+
+
 async def test_a_worker_that_stopped_cleanly_is_not_taken_for_lost(
     world: World, setup: Setup
 ) -> None:
@@ -265,11 +291,12 @@ async def test_a_job_sent_on_survives_a_nats_restart(database: Database, tmp_pat
                 run_id="r1",
                 index=1,
                 delivery=msg.reply,
+                ack_wait=ACK_WAIT,
             )
             await store.apply(incoming(message, 1))
             hub = WatchHub(nc, bus)
             lost = LostWorkers(nc, bus, store, hub, LOST_AFTER, every=0.05)
-            lost.heard(message)
+            lost.heard(message, time.time())
             task = asyncio.create_task(lost.run())
             try:
                 await eventually(lambda: lost_notes(store, job.id), within=10)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from genmesh.v1 import job_pb2 as genmesh_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14genmesh/v1/bus.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"<\n\x0bJobDispatch\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xc2\x01\n\x0bWorkerEvent\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.genmesh.v1.JobEvent\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12$\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x14.genmesh.v1.JobEvent\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\x12\x10\n\x08\x64\x65livery\x18\x07 \x01(\t\x12\x13\n\x0bhanded_back\x18\x08 \x01(\x08\" \n\rWorkerRunning\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"/\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14genmesh/v1/bus.proto\x12\ngenmesh.v1\x1a\x14genmesh/v1/job.proto\"<\n\x0bJobDispatch\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.genmesh.v1.Job\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xd4\x01\n\x0bWorkerEvent\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.genmesh.v1.JobEvent\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12$\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x14.genmesh.v1.JobEvent\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\x12\x10\n\x08\x64\x65livery\x18\x07 \x01(\t\x12\x13\n\x0bhanded_back\x18\x08 \x01(\x08\x12\x10\n\x08\x61\x63k_wait\x18\t \x01(\x01\" \n\rWorkerRunning\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"/\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBDISPATCH']._serialized_start=58
   _globals['_JOBDISPATCH']._serialized_end=118
   _globals['_WORKEREVENT']._serialized_start=121
-  _globals['_WORKEREVENT']._serialized_end=315
-  _globals['_WORKERRUNNING']._serialized_start=317
-  _globals['_WORKERRUNNING']._serialized_end=349
-  _globals['_CANCELREQUEST']._serialized_start=351
-  _globals['_CANCELREQUEST']._serialized_end=398
+  _globals['_WORKEREVENT']._serialized_end=333
+  _globals['_WORKERRUNNING']._serialized_start=335
+  _globals['_WORKERRUNNING']._serialized_end=367
+  _globals['_CANCELREQUEST']._serialized_start=369
+  _globals['_CANCELREQUEST']._serialized_end=416
 # @@protoc_insertion_point(module_scope)

@@ -66,6 +66,7 @@ class WorkerEvent(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     DELIVERY_FIELD_NUMBER: _builtins.int
     HANDED_BACK_FIELD_NUMBER: _builtins.int
+    ACK_WAIT_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     worker_id: _builtins.str
     run_id: _builtins.str
@@ -86,6 +87,12 @@ class WorkerEvent(_message.Message):
     """This message ends its run without an outcome: the worker handed the job message back
     to JetStream (a nak with a delay, to retry it later), so the message is no longer the
     run's to settle, and a router finding the worker gone afterwards leaves it alone.
+    """
+    ack_wait: _builtins.float
+    """Seconds the worker's jobs consumer waits for an ack (its GENMESH_WORKER_ACK_WAIT). A
+    router sends a lost worker's job on only while JetStream cannot have sent it on itself:
+    the worker heartbeats every third of this, so not before two thirds of it have passed
+    since the worker was last heard from.
     """
     @_builtins.property
     def event(self) -> _job_pb2.JobEvent:
@@ -108,10 +115,11 @@ class WorkerEvent(_message.Message):
         index: _builtins.int = ...,
         delivery: _builtins.str = ...,
         handed_back: _builtins.bool = ...,
+        ack_wait: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery", b"delivery", "event", b"event", "events", b"events", "handed_back", b"handed_back", "index", b"index", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "attempt", b"attempt", "delivery", b"delivery", "event", b"event", "events", b"events", "handed_back", b"handed_back", "index", b"index", "run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
