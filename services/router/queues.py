@@ -118,4 +118,9 @@ class QueueDepths:
         during = self._fresh.get(provider, set()) - counted
         self._fresh[provider] = during
         self._depth[provider] = None if depth is None else depth + len(during)
-        self._read_at[provider] = time.monotonic()
+        if during:
+            # Made stale: the next depth() reads again rather than hold a count that may
+            # have those jobs twice (a queue bound refusing a job it has room for).
+            self._read_at.pop(provider, None)
+        else:
+            self._read_at[provider] = time.monotonic()
