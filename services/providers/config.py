@@ -111,11 +111,34 @@ class ProviderConfig:
         `high` (a fractional 2.5 is refused, never cut to 2)."""
         return int(self._option(key, default, integer=True, high=high))
 
+    def option_flag(self, key: str, default: bool) -> bool:
+        """options.<key>, `default` when unset; CatalogError unless it is true or false (a
+        string "false" would otherwise read as true)."""
+        value = self.options.get(key, default)
+        if not isinstance(value, bool):
+            raise self._refuse_option(key, "true or false", value)
+        return value
+
+    def option_text(
+        self, key: str, default: str = "", *, choices: tuple[str, ...] = (), filled: bool = False
+    ) -> str:
+        """options.<key>, `default` when unset; CatalogError unless it is a string, one of
+        `choices` when given, and not empty when `filled`."""
+        value = self.options.get(key, default)
+        if choices and value not in choices:
+            raise self._refuse_option(key, f"one of {', '.join(map(repr, choices))}", value)
+        if not isinstance(value, str) or (filled and not value):
+            raise self._refuse_option(key, "a non-empty string" if filled else "a string", value)
+        return value
+
     def _option(self, key: str, default: float, **bounds: Any) -> Any:
         value = self.options.get(key, default)
         if what := _out_of_range(value, **bounds):
-            raise self.refuse(f"options.{key} must be {what}, got {value!r}")
+            raise self._refuse_option(key, what, value)
         return value
+
+    def _refuse_option(self, key: str, what: str, got: object) -> CatalogError:
+        return self.refuse(f"options.{key} must be {what}, got {got!r}")
 
     def check_options(self, known: Iterable[str]) -> None:
         """CatalogError unless every option key is one of `known` (the family's) or common to

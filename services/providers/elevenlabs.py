@@ -122,6 +122,7 @@ class ElevenLabsAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
+        self._stream = config.option_flag("stream", True)
         self.http = self.own(ProviderHTTP(config, headers={"xi-api-key": config.api_key}))
         self.probe = CachedProbe(self._probe_user)
         self.handlers[TTS] = self._text_to_speech
@@ -156,7 +157,7 @@ class ElevenLabsAdapter(ConfiguredAdapter):
             body["language_code"] = params["language_code"]
         # The streaming endpoint sends audio as it is synthesised, so progress is real.
         path = f"/v1/text-to-speech/{voice}"
-        if self.config.options.get("stream", True):
+        if self._stream:
             path += "/stream"
         async with self.http.stream(
             "POST", path, params={"output_format": output_format}, json=body

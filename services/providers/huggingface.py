@@ -106,7 +106,7 @@ class HuggingFaceAdapter(ConfiguredAdapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         headers = bearer(config)
-        if config.options.get("wait_for_model") is True:
+        if config.option_flag("wait_for_model", False):
             # The API then holds the call until the model is loaded instead of answering 503.
             headers["x-wait-for-model"] = "true"
         self._http = self.own(HuggingFaceHTTP(config, headers=headers))

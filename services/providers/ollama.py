@@ -63,11 +63,11 @@ class OllamaOptions:
     @classmethod
     def parse(cls, config: ProviderConfig) -> OllamaOptions:
         """The instance's options (unknown keys are refused by the adapter, before this);
-        CatalogError names an ill-typed number."""
+        CatalogError names an ill-typed one."""
         return cls(
             progress_interval=config.option_number("progress_interval", cls.progress_interval),
             check_ttl=config.option_number("check_ttl", cls.check_ttl),
-            keep_alive=config.options.get("keep_alive", cls.keep_alive),
+            keep_alive=config.option_text("keep_alive", cls.keep_alive),
         )
 
 

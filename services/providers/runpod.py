@@ -128,9 +128,8 @@ class RunPodAdapter(ConfiguredAdapter):
         super().__init__(config)
         self._http = self.own(ProviderHTTP(config, headers=bearer(config)))
         self._files = self.own(RemoteFiles(config, self._http))
-        options = config.options
-        self._stream = bool(options.get("stream", True))
-        self._policy = options.get("policy")
+        self._stream = config.option_flag("stream", True)
+        self._policy = config.options.get("policy")
         self._max_wait = config.option_number("max_wait", DEFAULT_MAX_WAIT)
         self.probe = CachedProbe(self._health, config.option_number("health_ttl", 60))
         # One handler serves every task: the worker, not genmesh, knows what to do with it.

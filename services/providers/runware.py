@@ -88,6 +88,8 @@ class RunwareAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
+        # The two result forms _image reads (a dataURI one it would not find).
+        self._output_type = config.option_text("output_type", "URL", choices=("URL", "base64Data"))
         self.http = self.own(ProviderHTTP(config, headers=bearer(config)))
         # Result URLs point at Runware's image CDN: fetched without our key.
         self.files = self.own(ProviderHTTP(config))
@@ -117,7 +119,7 @@ class RunwareAdapter(ConfiguredAdapter):
             "width": params["width"],
             "height": params["height"],
             "numberResults": params["number_results"],
-            "outputType": self.config.options.get("output_type", "URL"),
+            "outputType": self._output_type,
             "outputFormat": params["output_format"],
             "deliveryMethod": "async",
         }

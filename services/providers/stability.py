@@ -109,6 +109,7 @@ class StabilityAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
+        self._as_json = config.option_flag("json_responses", False)
         self.http = self.own(ProviderHTTP(config, headers=bearer(config)))
         self.probe = CachedProbe(lambda: self.http.json("GET", "/v1/user/account"))
         self.handlers[T2I] = self._text_to_image
@@ -168,7 +169,6 @@ class StabilityAdapter(ConfiguredAdapter):
         image: tuple[str, bytes, str] | None,
         output_format: str,
     ) -> Result:
-        as_json = bool(self.config.options.get("json_responses", False))
         # Every field goes as a multipart part: Stability rejects url-encoded bodies.
         parts: dict[str, Any] = {k: (None, str(v)) for k, v in fields.items()}
         if image is not None:
@@ -177,13 +177,13 @@ class StabilityAdapter(ConfiguredAdapter):
             response = await self.http.client.post(
                 f"/v2beta/stable-image/generate/{endpoint}",
                 files=parts,
-                headers={"Accept": "application/json" if as_json else "image/*"},
+                headers={"Accept": "application/json" if self._as_json else "image/*"},
             )
         except httpx.HTTPError as exc:
             raise self.http.transport_error(exc) from None
         if not response.is_success:
             raise self._rejection(response)
-        if as_json:
+        if self._as_json:
             data, finish_reason = self._decoded(response)
         else:
             data, finish_reason = response.content, response.headers.get("finish-reason", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,55 @@ def test_a_number_option_is_finite_in_every_family(
     assert refusal(tmp_path, family, option) == f"options.{key} must be a number >= 0, got {shown}"
 
 
+@pytest.mark.parametrize(
+    ("family", "option"),
+    [
+        ("runpod", 'stream = "false"'),
+        ("elevenlabs", 'stream = "false"'),
+        ("huggingface", 'wait_for_model = "true"'),
+        ("stability", "json_responses = 1"),
+        ("openai_compatible", 'check_models = "no"'),
+    ],
+)
+def test_a_flag_option_is_true_or_false(tmp_path: Path, family: str, option: str) -> None:
+    [(key, got)] = tomllib.loads(option).items()
+    said = refusal(tmp_path, family, option)
+    assert said == f"options.{key} must be true or false, got {got!r}"
+
+
+@pytest.mark.parametrize(
+    ("family", "option", "what"),
+    [
+        ("espeak", "binary = 5", "a non-empty string"),
+        ("espeak", 'binary = ""', "a non-empty string"),
+        ("pocketsphinx", "hmm = 5", "a string"),
+        ("pocketsphinx", "lm = true", "a string"),
+        ("pocketsphinx", "dict = []", "a string"),
+        ("ollama", "keep_alive = 300", "a string"),
+        ("openai_compatible", "check_path = 5", "a non-empty string"),
+        ("openai_compatible", 'check_path = ""', "a non-empty string"),
+        ("openai_compatible", "app_url = false", "a string"),
+        ("openai_compatible", "app_title = 1", "a string"),
+        (
+            "openai_compatible",
+            "max_tokens_field = 5",
+            "one of 'max_tokens', 'max_completion_tokens'",
+        ),
+        ("openai_compatible", 'image_response_format = "png"', "one of 'b64_json', 'url'"),
+        ("runware", 'output_type = "dataURI"', "one of 'URL', 'base64Data'"),
+        ("runware", "output_type = true", "one of 'URL', 'base64Data'"),
+    ],
+)
+def test_a_text_option_is_a_string(tmp_path: Path, family: str, option: str, what: str) -> None:
+    [(key, got)] = tomllib.loads(option).items()
+    assert refusal(tmp_path, family, option) == f"options.{key} must be {what}, got {got!r}"
+
+
+def test_comfyui_checks_its_workflows_table_at_start_up(tmp_path: Path) -> None:
+    said = refusal(tmp_path, "comfyui", 'workflows = "flow.json"')
+    assert said.startswith("options.workflows must be a table"), said
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_refuses_an_option_it_does_not_read(tmp_path: Path, family: str) -> None:
     keys = declared(family) | set(COMMON_OPTIONS)
@@ -120,9 +170,9 @@ async def test_every_shipped_instance_builds() -> None:
         await adapter.aclose()
 
 
-# An option read by key in an adapter's source: option_number("x", ...), options.get("x"),
-# options["x"].
-_READ = re.compile(r'(?:option_(?:number|whole)\(|options(?:\.get\(|\[))\s*"(\w+)"')
+# An option read by key in an adapter's source: option_number("x", ...), option_text("x"),
+# options.get("x"), options["x"].
+_READ = re.compile(r'(?:option_(?:number|whole|flag|text)\(|options(?:\.get\(|\[))\s*"(\w+)"')
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

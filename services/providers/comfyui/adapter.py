@@ -94,6 +94,11 @@ class ComfyUIAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
+        # The table is checked now; the files are read when first used, so they may appear later.
+        try:
+            self._paths = workflow.configured_paths(config.options)
+        except workflow.WorkflowError as exc:
+            raise config.refuse(str(exc)) from None
         self._headers = bearer(config)
         self._client = self.own(ComfyClient(config, self._headers))
         self._workflows: dict[job_pb2.Task.ValueType, workflow.Workflow] = {}
@@ -232,8 +237,7 @@ class ComfyUIAdapter(ConfiguredAdapter):
         """The task's workflow, loaded once; Fatal when it cannot be used as configured."""
         if task not in self._workflows:
             try:
-                path = workflow.configured_paths(self.config.options)[task]
-                flow = workflow.load(path)
+                flow = workflow.load(self._paths[task])
             except workflow.WorkflowError as exc:
                 raise Fatal("bad_workflow", f"{self.name}: {exc}") from None
             if "model" in flow.placeholders() and not self.config.model_for(task):

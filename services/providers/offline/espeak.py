@@ -117,8 +117,7 @@ class EspeakAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        options = config.options
-        self._binary = str(options.get("binary", DEFAULT_BINARY))
+        self._binary = config.option_text("binary", DEFAULT_BINARY, filled=True)
         self._max_chars = config.option_whole("max_chars", DEFAULT_MAX_CHARS)
         self._piece_chars = max(config.option_whole("piece_chars", DEFAULT_PIECE_CHARS), 1)
         # The installed language voices, listed once per adapter.

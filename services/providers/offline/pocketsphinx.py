@@ -42,8 +42,8 @@ class PocketSphinxAdapter(ConfiguredAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        options = config.options
-        self._models = {key: str(options[key]) for key, _ in _MODEL_FILES if options.get(key)}
+        paths = {key: config.option_text(key) for key, _ in _MODEL_FILES}
+        self._models = {key: path for key, path in paths.items() if path}
         self._max_seconds = config.option_number("max_seconds", DEFAULT_MAX_SECONDS)
         self.handlers[STT] = self._transcribe
 

@@ -9,8 +9,6 @@ from services.providers.config import ProviderConfig
 
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 _IMAGE_FORMATS = ("b64_json", "url")
-# Options that are seconds, read through ProviderConfig.option_number (finite, >= 0).
-_NUMBERS = ("progress_interval", "check_ttl")
 
 
 @dataclass(frozen=True)
@@ -38,14 +36,21 @@ class Options:
     def parse(cls, config: ProviderConfig) -> Options:
         """The instance's options (unknown keys are refused by the adapter, before this);
         CatalogError names an ill-typed one."""
-        raw = {k: v for k, v in config.options.items() if k in cls.__dataclass_fields__}
-        raw |= {key: config.option_number(key, getattr(cls, key)) for key in _NUMBERS}
-        options = cls(**{**raw, "headers": _headers(config)})
-        if options.max_tokens_field not in _TOKEN_FIELDS:
-            raise config.refuse(f"options.max_tokens_field must be one of {_TOKEN_FIELDS}")
-        if options.image_response_format not in _IMAGE_FORMATS:
-            raise config.refuse(f"options.image_response_format must be one of {_IMAGE_FORMATS}")
-        return options
+        return cls(
+            max_tokens_field=config.option_text(
+                "max_tokens_field", cls.max_tokens_field, choices=_TOKEN_FIELDS
+            ),
+            image_response_format=config.option_text(
+                "image_response_format", cls.image_response_format, choices=_IMAGE_FORMATS
+            ),
+            progress_interval=config.option_number("progress_interval", cls.progress_interval),
+            check_ttl=config.option_number("check_ttl", cls.check_ttl),
+            check_path=config.option_text("check_path", cls.check_path, filled=True),
+            check_models=config.option_flag("check_models", cls.check_models),
+            app_url=config.option_text("app_url", cls.app_url),
+            app_title=config.option_text("app_title", cls.app_title),
+            headers=_headers(config),
+        )
 
     def extra_headers(self) -> dict[str, str]:
         headers = dict(self.headers)
