@@ -8,6 +8,7 @@ A key is only needed for a remote Ollama (ollama.com); a local server takes none
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,8 +58,9 @@ class OllamaOptions:
     progress_interval: float = 0.5
     # Seconds a /api/tags answer is reused (the worker asks every few seconds).
     check_ttl: float = 15.0
-    # How long Ollama keeps the model loaded after a job ("5m", "1h", "-1"); empty: its default.
-    keep_alive: str = ""
+    # How long Ollama keeps the model loaded after a job: a duration ("5m", "1h"), or seconds
+    # (3600; a negative number keeps it loaded); empty: its default.
+    keep_alive: str | float = ""
 
     @classmethod
     def parse(cls, config: ProviderConfig) -> OllamaOptions:
@@ -67,8 +69,16 @@ class OllamaOptions:
         return cls(
             progress_interval=config.option_number("progress_interval", cls.progress_interval),
             check_ttl=config.option_number("check_ttl", cls.check_ttl),
-            keep_alive=config.option_text("keep_alive", cls.keep_alive),
+            keep_alive=_keep_alive(config),
         )
+
+
+def _keep_alive(config: ProviderConfig) -> str | float:
+    """options.keep_alive: Ollama takes a duration string or a number of seconds."""
+    value = config.options.get("keep_alive")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return config.option_text("keep_alive", OllamaOptions.keep_alive)  # type: ignore[arg-type]
 
 
 class OllamaHTTP(ProviderHTTP):

@@ -120,7 +120,7 @@ def test_a_flag_option_is_true_or_false(tmp_path: Path, family: str, option: str
         ("pocketsphinx", "hmm = 5", "a string"),
         ("pocketsphinx", "lm = true", "a string"),
         ("pocketsphinx", "dict = []", "a string"),
-        ("ollama", "keep_alive = 300", "a string"),
+        ("ollama", "keep_alive = true", "a string"),
         ("openai_compatible", "check_path = 5", "a non-empty string"),
         ("openai_compatible", 'check_path = ""', "a non-empty string"),
         ("openai_compatible", "app_url = false", "a string"),

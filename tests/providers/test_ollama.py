@@ -99,6 +99,13 @@ async def test_chat_streams_ndjson_tokens_as_progress(setup: Setup) -> None:
     }
 
 
+async def test_keep_alive_may_be_seconds(setup: Setup) -> None:
+    """Ollama takes a number of seconds as well as a duration (a negative one: for ever)."""
+    ctx = FakeContext(T.TASK_TEXT_TO_TEXT, "hello", {})
+    await run_once(setup.adapter(options={"keep_alive": -1}), ctx)
+    assert setup.chat_bodies()[0]["keep_alive"] == -1
+
+
 async def test_max_tokens_becomes_num_predict(setup: Setup, adapter: OllamaAdapter) -> None:
     ctx = FakeContext(T.TASK_TEXT_TO_TEXT, "one two three", {"max_tokens": 3, "format": "json"})
     result = await adapter.run(ctx)
