@@ -113,14 +113,19 @@ class LostWorkers:
             worker = self._workers.get(message.worker_id)
             if worker is not None:
                 worker.runs.pop(message.run_id, None)
-                if not worker.runs:
-                    del self._workers[message.worker_id]
+                self._forget_if_idle(message.worker_id)
             return
         worker = self._workers.setdefault(message.worker_id, _Worker())
         worker.alive_at = max(worker.alive_at, published)
         worker.runs[message.run_id] = _Run(
             events[-1].job_id, message.delivery, time.monotonic(), message.ack_wait
         )
+
+    def _forget_if_idle(self, worker_id: str) -> None:
+        """Stop asking a worker once no run of it is left to watch over."""
+        worker = self._workers.get(worker_id)
+        if worker is not None and not worker.runs:
+            del self._workers[worker_id]
 
     async def run(self) -> None:
         if self._lost_after <= 0:
@@ -165,8 +170,7 @@ class LostWorkers:
         for run_id, run in list(worker.runs.items()):
             if run.heard < asked and run.job_id not in still:
                 del worker.runs[run_id]
-        if not worker.runs:
-            del self._workers[worker_id]
+        self._forget_if_idle(worker_id)
 
     async def _silent(self, worker_id: str, asked: float) -> None:
         worker = self._workers.get(worker_id)

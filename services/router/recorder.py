@@ -125,10 +125,12 @@ class Recorder:
                 await msg.term()
                 continue
             meta = msg.metadata
-            age = max(0.0, time.time() - meta.timestamp.timestamp())
+            now = time.time()
+            published = min(meta.timestamp.timestamp(), now)
+            age = now - published
             batch.extend(incoming(wrapper, meta.sequence.stream, meta.num_delivered or 1, age))
             good.append(msg)
-            self._lost.heard(wrapper, time.time() - age)
+            self._lost.heard(wrapper, published)
         # Heartbeated while applied, not after: a heartbeat following a delayed nak would
         # undo the delay.
         async with worked_on(msgs, self._ack_wait):
