@@ -25,10 +25,10 @@ from contextlib import (
     nullcontext,
 )
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 from sqlalchemy import Connection, MetaData, create_engine, event, inspect, make_url, text
-from sqlalchemy.engine import Result
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -37,6 +37,8 @@ from sqlalchemy.sql import Executable
 
 from services.common.errors import CannotStart
 from services.common.locks import exclusive_lock
+from services.common.prepared import Prepared
+from services.common.prepared import Rows as PreparedRows
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,27 @@ def _reaching(url: str) -> Iterator[None]:
 class DbConnection(ABC):
     """One connection, inside a transaction or a read."""
 
-    @abstractmethod
-    async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
+    @overload
+    async def execute(self, statement: Prepared, parameters: Parameters = None) -> PreparedRows: ...
+
+    @overload
+    async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows: ...
+
+    async def execute(
+        self, statement: Prepared | Executable, parameters: Parameters = None
+    ) -> PreparedRows | Rows:
         """Run a statement; rows (if any) are read in full before it returns."""
+        if isinstance(statement, Prepared):
+            return await self._prepared(statement, parameters)
+        return await self._execute(statement, parameters)
+
+    @abstractmethod
+    async def _execute(self, statement: Executable, parameters: Parameters) -> Rows: ...
+
+    async def _prepared(self, statement: Prepared, parameters: Parameters) -> PreparedRows:
+        result = await self._execute(statement.statement, parameters)
+        written = isinstance(result, CursorResult) and not result.returns_rows
+        return PreparedRows([] if written else list(result))
 
 
 class Database(ABC):
@@ -188,10 +208,16 @@ class _SQLiteConnection(DbConnection):
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
+    async def _execute(self, statement: Executable, parameters: Parameters) -> Rows:
         result = self._conn.execute(statement, parameters)
         # Buffered, so the rows outlive the transaction that read them.
         return result.freeze()() if result.returns_rows else result
+
+    async def _prepared(self, statement: Prepared, parameters: Parameters) -> PreparedRows:
+        # The driver's own connection, inside the transaction SQLAlchemy began on it.
+        raw = self._conn.connection.driver_connection
+        rows = statement.run_sqlite(raw, self._conn.dialect, parameters)  # type: ignore[arg-type]
+        return rows if rows is not None else await super()._prepared(statement, parameters)
 
 
 class _SQLite(Database):
@@ -226,7 +252,7 @@ class _PostgresConnection(DbConnection):
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def execute(self, statement: Executable, parameters: Parameters = None) -> Rows:
+    async def _execute(self, statement: Executable, parameters: Parameters) -> Rows:
         return await self._conn.execute(statement, parameters)
 
 

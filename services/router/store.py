@@ -25,7 +25,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    Update,
     and_,
     bindparam,
     func,
@@ -39,9 +38,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from genmesh.v1 import job_pb2
+from services.common.clock import stamp
 from services.common.db import Database, DbConnection
 from services.common.errors import InvalidArgument
 from services.common.group_commit import GroupCommit
+from services.common.prepared import Prepared
 from services.router import attempts, limits, ordering
 from services.router.transitions import TERMINAL, applied_state, fold
 
@@ -70,7 +71,7 @@ def _fill_parents(conn: Connection) -> None:
         steps = [(r.id, _parent(r.body)) for r in rows]
         parents = [{"_id": i, "set_parent_job_id": parent} for i, parent in steps if parent]
         if parents:
-            conn.execute(_update_by_id(("_id", "parent_job_id")), parents)
+            conn.execute(_update_by_id(("_id", "parent_job_id")).statement, parents)
         if len(rows) < CHUNK:
             return
         after = rows[-1].id
@@ -575,7 +576,7 @@ class JobStore:
                 event.CopyFrom(item.event)
                 event.state = state
                 if not event.HasField("time"):
-                    event.time.GetCurrentTime()
+                    stamp(event.time)
                 running = attempts.running(job)
                 carried = None
                 if event.state == job_pb2.JOB_STATE_FAILED:
@@ -815,22 +816,23 @@ async def events_after_in(
 
 
 # Statements built once: building one and its cache key costs more than running it.
-_INSERT_JOBS = insert(jobs)
-_INSERT_EVENTS = insert(job_events)
-_MARK_DISPATCHED = (
+_INSERT_JOBS = Prepared(insert(jobs))
+_INSERT_EVENTS = Prepared(insert(job_events))
+_MARK_DISPATCHED = Prepared(
     update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(dispatched=True)
 )
-_LOCK_JOBS = select(
+_LOCK_JOBS_QUERY = select(
     jobs.c.id, jobs.c.body, jobs.c.applied_stream_seq, jobs.c.attempt, jobs.c.runs
 ).where(jobs.c.id.in_(bindparam("ids", expanding=True)))
-_LOCK_JOBS_FOR_UPDATE = _LOCK_JOBS.with_for_update()
+_LOCK_JOBS = Prepared(_LOCK_JOBS_QUERY)
+_LOCK_JOBS_FOR_UPDATE = Prepared(_LOCK_JOBS_QUERY.with_for_update())
 
 
 @functools.cache
-def _update_by_id(columns: tuple[str, ...]) -> Update:
+def _update_by_id(columns: tuple[str, ...]) -> Prepared:
     """UPDATE jobs SET <columns> WHERE id = :_id, for executemany with _set's parameters
     (a bound name may not be a column's own)."""
-    return (
+    return Prepared(
         update(jobs)
         .where(jobs.c.id == bindparam("_id"))
         .values({c: bindparam(f"set_{c}") for c in columns if c != "_id"})

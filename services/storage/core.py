@@ -29,6 +29,7 @@ from genmesh.v1 import asset_pb2
 from services.common.db import Database
 from services.common.errors import DataLoss, InvalidArgument, NotFound, OutOfRange, TooLarge
 from services.common.group_commit import GroupCommit
+from services.common.prepared import Prepared
 from services.common.tenancy import MAX_TENANT
 from services.common.text import check_text, findable
 from services.storage.blobs import BlobMissing, BlobStore, ThreadFile, settled
@@ -38,7 +39,7 @@ from services.storage.schema import assets
 
 log = logging.getLogger(__name__)
 # Built once: building a statement and its cache key costs more than running it.
-_INSERT_ASSETS = insert(assets)
+_INSERT_ASSETS = Prepared(insert(assets))
 
 # Bytes gathered from the stream before one write (and hash update) runs in a thread.
 WRITE_BLOCK = 256 * 1024
