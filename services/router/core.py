@@ -18,6 +18,7 @@ from genmesh.v1 import (
     prompt_service_pb2_grpc,
     provider_service_pb2,
 )
+from services.common.clock import stamp
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 CALL_TIMEOUT = 10.0
 
 Update = job_pb2.Job | job_pb2.JobEvent
+
+_TASKS = frozenset(job_pb2.Task.values()) - {job_pb2.TASK_UNSPECIFIED}
 
 
 def check_one_input(what: str, asset_ids: Sequence[str]) -> None:
@@ -195,7 +198,7 @@ class RouterCore:
         estimated queue position; ResourceExhausted at its provider's queue bound."""
         if spec.HasField("pipeline"):
             raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
-        if spec.task not in job_pb2.Task.values() or spec.task == job_pb2.TASK_UNSPECIFIED:
+        if spec.task not in _TASKS:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
         if spec.draft_first and spec.task not in DRAFT_TASKS:
             raise InvalidArgument(
@@ -224,7 +227,7 @@ class RouterCore:
         prepared.apply(job)
         job.state = job_pb2.JOB_STATE_QUEUED
         job.last_sequence = 1
-        job.create_time.GetCurrentTime()
+        stamp(job.create_time)
         job.update_time.CopyFrom(job.create_time)
         if deadline is not None:
             job.deadline.CopyFrom(deadline)
@@ -347,7 +350,7 @@ class RouterCore:
         event = job_pb2.JobEvent(job_id=job_id, state=job_pb2.JOB_STATE_CANCELLED)
         event.error.code = "cancelled"
         event.error.message = reason or "cancelled by the caller"
-        event.time.GetCurrentTime()
+        stamp(event.time)
         applied = await self._store.apply([Incoming(job_id, event)])
         if not applied:
             job = await self.get(tenant, job_id)

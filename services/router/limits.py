@@ -32,9 +32,9 @@ def check_spec(spec: job_pb2.JobSpec) -> None:
     check_text("idempotency_key", spec.idempotency_key, MAX_IDEMPOTENCY_KEY)
     # proto3 enums take any number. An undefined one was stored as sent: the bridge failed to
     # render the job (and every list holding it), and admission had no class to hold it in.
-    for name, enum in _ENUMS:
+    for name, enum, defined in _ENUMS:
         value = getattr(spec, name)
-        if value not in enum.values():
+        if value not in defined:
             raise InvalidArgument(f"{name} {value} is not one of {', '.join(enum.keys())}")
     # Prompts have their own limit in characters, the steps' included; a pipeline job never
     # travels to a worker whole.
@@ -47,10 +47,13 @@ def check_spec(spec: job_pb2.JobSpec) -> None:
         )
 
 
-_ENUMS = (
-    ("provider_preference", job_pb2.ProviderPreference),
-    ("routing_policy", job_pb2.RoutingPolicy),
-    ("priority", job_pb2.Priority),
+_ENUMS = tuple(
+    (name, enum, frozenset(enum.values()))
+    for name, enum in (
+        ("provider_preference", job_pb2.ProviderPreference),
+        ("routing_policy", job_pb2.RoutingPolicy),
+        ("priority", job_pb2.Priority),
+    )
 )
 
 
