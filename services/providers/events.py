@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.backoff import patiently
 from services.common.bus import UNCONFIRMED, Bus
+from services.common.clock import stamp
 
 # Seconds a change of state (PROCESSING, PREVIEW_READY) is held back before it is
 # published, so a job that ends within it sends it and its outcome as one message: one
@@ -122,7 +123,7 @@ class EventPublisher:
     def _stamp(self, event: job_pb2.JobEvent) -> None:
         event.job_id = self._job_id
         if not event.HasField("time"):
-            event.time.GetCurrentTime()
+            stamp(event.time)
 
     async def _send_last(
         self, event: job_pb2.JobEvent, msg_id: str, *, handed_back: bool = False

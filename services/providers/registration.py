@@ -9,6 +9,7 @@ import logging
 from nats.js.kv import KeyValue
 
 from genmesh.v1 import provider_service_pb2
+from services.common.clock import stamp
 from services.providers.runtime import ProviderWorker
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Registration:
             # so jobs for it still queue until another worker comes.
             health.live_workers = 0 if stopping else 1
             health.in_flight = 0 if stopping else worker.in_flight
-            health.last_seen.GetCurrentTime()
+            stamp(health.last_seen)
             await self._kv.put(self._key(worker), entry.SerializeToString())
 
     async def run(self) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from genmesh.v1 import job_pb2
+from services.common.clock import stamp
 from services.common.parameters import dict_to_struct
 from services.router import attempts
 from services.router.fallback import Fallback
@@ -186,7 +187,7 @@ class Hedger:
         name = choice.provider.name
         note = f"hedging: no progress from {source} for {after:g}s; starting {name} beside it"
         now = job_pb2.JobEvent(state=attempts.note_state(job), provider=name)
-        now.time.GetCurrentTime()
+        stamp(now.time)
         now.progress.message = note
         attempts.open_attempt(job, choice.provider, note, now.time, hedge=True)
         # The dispatched job carries the hedge's parameters; the running attempt has its own.

@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 
 from genmesh.v1 import bus_pb2, job_pb2
 from services.common.bus import Bus
+from services.common.clock import stamp
 from services.common.pulling import hand_back
 from services.router.store import Incoming, JobStore
 from services.router.transitions import TERMINAL
@@ -226,5 +227,5 @@ class LostWorkers:
             f"worker {worker_id} was lost (its NATS connection closed); "
             "the job goes to another worker"
         )
-        event.time.GetCurrentTime()
+        stamp(event.time)
         return Incoming(run.job_id, event, lost_run=run_id)

@@ -7,6 +7,7 @@ import logging
 import time
 
 from genmesh.v1 import job_pb2
+from services.common.clock import stamp
 from services.router.deadlines import mark_exceeded
 from services.router.fallback import Fallback
 from services.router.queues import QueueDepths
@@ -59,7 +60,7 @@ class DeadlineSweeper:
             event = job_pb2.JobEvent(job_id=job_id)
             waiting = state == job_pb2.JOB_STATE_QUEUED
             mark_exceeded(event, "no worker started it in time" if waiting else "still running")
-            event.time.GetCurrentTime()
+            stamp(event.time)
             batch.append(Incoming(job_id, event))
         routed = await self._store.apply_routed(batch)
         await self._fallback.settle(routed)

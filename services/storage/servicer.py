@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from genmesh.v1 import asset_pb2, asset_service_pb2, asset_service_pb2_grpc
+from services.common.clock import from_epoch
 from services.common.errors import InvalidArgument, MeshError, TooLarge, status_of
 from services.common.tenancy import tenant_of
 from services.storage.core import Asset, AssetStore, NewAsset
@@ -134,7 +135,7 @@ def _result(outcome: asset_pb2.Asset | BaseException) -> asset_service_pb2.PutAs
 
 def to_proto(asset: Asset) -> asset_pb2.Asset:
     create_time = Timestamp()
-    create_time.FromDatetime(asset.create_time)
+    create_time.FromMicroseconds(from_epoch(asset.create_time))
     return asset_pb2.Asset(
         id=asset.id,
         tenant_id=asset.tenant_id,

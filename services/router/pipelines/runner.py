@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from genmesh.v1 import job_pb2
 from services.common.cancelling import cancel_tasks
+from services.common.clock import stamp
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -128,7 +129,7 @@ class Pipelines:
         deadline = job_deadline(spec, call_remaining)
         if deadline is not None:
             job.deadline.CopyFrom(deadline)
-        job.create_time.GetCurrentTime()
+        stamp(job.create_time)
         job.update_time.CopyFrom(job.create_time)
         steps = ", ".join(s.name for s in checked.steps)
         job.progress.message = f"pipeline {checked.name or 'custom'}: {steps}"
@@ -216,7 +217,7 @@ class Pipelines:
         """Apply a router-made event to the pipeline job and publish it; False if the job
         has ended (or would not move forward)."""
         event.job_id = job.id
-        event.time.GetCurrentTime()
+        stamp(event.time)
         applied = await self._store.apply([Incoming(job.id, event)])
         if not applied:
             return False
