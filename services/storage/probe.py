@@ -7,6 +7,7 @@ import logging
 import re
 import struct
 import wave
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -113,6 +114,10 @@ def _open(source: Path | bytes) -> BinaryIO:
 
 
 def _image(path: Path | bytes) -> tuple[int, int, float]:
+    if isinstance(path, bytes):
+        size = png_size(path)
+        if size is not None:
+            return (*size, 0.0)
     try:
         # Image.open reads only the header; pixels are decoded only to step through frames.
         with _open(path) as f, Image.open(f) as im:
@@ -128,6 +133,40 @@ def _image(path: Path | bytes) -> tuple[int, int, float]:
         # Best effort by contract: a corrupt or exotic image is still stored, just unmeasured.
         log.debug("cannot measure image: %s", exc)
         return 0, 0, 0.0
+
+
+# Bit depths PNG allows for each colour type (and Pillow reads).
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height of a still PNG read from its header chunks, as Pillow would read
+    them; None for anything else (an animated PNG, a header that is not sound), which Pillow
+    then measures. Most outputs are small PNGs, and opening them with Pillow cost more than
+    the rest of storing one."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    size: tuple[int, int] | None = None
+    at = 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, at)
+        body = data[at + 8 : at + 8 + length]
+        crc = data[at + 8 + length : at + 12 + length]
+        if len(body) < length or len(crc) < 4 or zlib.crc32(kind + body) != int.from_bytes(crc):
+            return None  # truncated or damaged: as Pillow does, by its own reading
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                return None
+            width, height, depth, colour = struct.unpack_from(">IIBB", body)
+            if not width or not height or depth not in _PNG_DEPTHS.get(colour, ()):
+                return None
+            size = (width, height)
+        elif kind == b"acTL":
+            return None  # frames to count
+        elif kind == b"IDAT":
+            return size
+        at += 12 + length
+    return None
 
 
 def _wav_duration(path: Path | bytes) -> float:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from services.common.errors import InvalidArgument
-from services.storage.probe import normalize_media_type, probe_file, sniff_media_type
+from services.storage.probe import (
+    MediaInfo,
+    normalize_media_type,
+    png_size,
+    probe_file,
+    sniff_media_type,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +68,52 @@ def test_float_wav_duration_without_wave_module(tmp_path: Path) -> None:
     info = probe_file(path, "")
     assert info.media_type == "audio/wav"
     assert info.duration_seconds == pytest.approx(0.25)
+
+
+def _png(mode: str, size: tuple[int, int], **save: object) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, "PNG", **save)
+    return out.getvalue()
+
+
+def _pillow_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+@pytest.mark.parametrize(
+    ("mode", "size"),
+    [
+        ("RGB", (64, 64)),
+        ("RGBA", (3, 700)),
+        ("L", (1, 1)),
+        ("1", (9, 5)),
+        ("P", (300, 2)),
+        ("I;16", (17, 33)),
+        ("LA", (8, 8)),
+    ],
+)
+def test_png_header_reads_what_pillow_reads(mode: str, size: tuple[int, int]) -> None:
+    data = _png(mode, size)
+    assert png_size(data) == _pillow_size(data) == size
+    assert probe_file(data, "image/png") == MediaInfo("image/png", *size)
+
+
+def test_png_that_is_not_sound_is_left_to_pillow() -> None:
+    data = _png("RGB", (10, 20))
+    ihdr_crc = 8 + 8 + 13  # signature, IHDR's length and type, its body
+    damaged = data[:ihdr_crc] + bytes([data[ihdr_crc] ^ 1]) + data[ihdr_crc + 1 :]
+    assert png_size(damaged) is None
+    assert png_size(data[:40]) is None  # cut short before any image data
+    assert png_size(b"GIF89a" + data[6:]) is None
+    # Pillow refuses the damaged header too, so the image is stored unmeasured.
+    assert probe_file(damaged, "image/png") == MediaInfo("image/png")
+
+
+def test_animated_png_still_gets_its_duration() -> None:
+    frames = [Image.new("RGB", (4, 4), (i * 60, 0, 0)) for i in range(3)]
+    out = io.BytesIO()
+    frames[0].save(out, "PNG", save_all=True, append_images=frames[1:], duration=250, loop=0)
+    data = out.getvalue()
+    assert png_size(data) is None
+    assert probe_file(data, "image/png") == MediaInfo("image/png", 4, 4, 0.75)
