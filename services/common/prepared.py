@@ -124,9 +124,8 @@ class _Shape:
             value = params[name] if name in params else self.constants[name]
             if name in self.expanding:
                 items = list(value)
-                # An empty IN matches nothing, as SQLAlchemy renders it.
-                marks = ", ".join("?" * len(items)) if items else "SELECT 1 WHERE 1 != 1"
-                sql = sql.replace(f"__[POSTCOMPILE_{name}]", marks, 1)
+                # SQLite takes an empty list, "IN ()", as matching nothing.
+                sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(items)), 1)
                 values.extend(i if convert is None else convert(i) for i in items)
             else:
                 values.append(value if convert is None or value is None else convert(value))
