@@ -53,6 +53,10 @@ class JobPanel:
     queue_position: int | None = None
     previews: int = 0
     note: str = ""
+    # Why the job's last run was handed back (its worker stopping or lost, a retry, a
+    # fallback): kept through the next run's opening line, which would else hide it at once.
+    handed_back: str = ""
+    _restarting: bool = False
     # The newest event shown.
     sequence: int = 0
     # A pipeline job's steps, kept up to date from its events as the router keeps them.
@@ -88,6 +92,7 @@ class JobPanel:
         if self.pipeline is not None:
             fold_step(self.pipeline, event, event.state in TERMINAL_STATES)
         self._progress(event.state, event.progress)
+        self._hand_back(event)
         if event.state in TERMINAL_STATES:
             # The event's own time: a re-attach to a finished job replays it long after.
             self.ended = (
@@ -95,6 +100,17 @@ class JobPanel:
             )
             if event.state == job_pb2.JOB_STATE_COMPLETED:
                 self.percent = 100.0
+
+    def _hand_back(self, event: job_pb2.JobEvent) -> None:
+        """Keep a hand-back's why through the next run's opening event; drop it after."""
+        if event.handed_back:
+            # On a line of its own: as the progress message the next run's first would hide it.
+            self.handed_back, self.message = event.progress.message, ""
+            self._restarting = True
+        elif self._restarting and event.state not in TERMINAL_STATES:
+            self._restarting = False  # the next run's opening line ("restarted (delivery 2)")
+        else:
+            self.handed_back, self._restarting = "", False
 
     def _progress(self, state: job_pb2.JobState.ValueType, progress: job_pb2.Progress) -> None:
         if state != self.state and not {state, self.state} <= _RUNNING:
@@ -133,6 +149,9 @@ class JobPanel:
         if self.queue_position is not None:
             grid.add_row("queue", f"{self.queue_position} ahead")
         grid.add_row("progress", self._progress_line())
+        if self.handed_back:
+            # "restart", not "handed back": a wider label would shift the whole panel meanwhile.
+            grid.add_row("restart", Text(self.handed_back, style="yellow"))
         grid.add_row("elapsed", f"{self.elapsed():.1f}s")
         if self.note:
             grid.add_row("", Text(self.note, style="yellow"))

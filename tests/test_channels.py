@@ -45,6 +45,8 @@ def test_an_address_setting_becomes_a_grpc_target(address: str, target: str) -> 
         "127.0.0.1:50051,127.0.0.1",
         "127.0.0.1:50051,127.0.0.1:70000",
         "::1:50051,::1:50061",  # unbracketed IPv6 cannot be told from its port
+        "ipv6:127.0.0.1:50051,127.0.0.1:50061",  # not the family the scheme names
+        "ipv4:127.0.0.1:50051,127.0.0.1:http",  # a port, but not a number
     ],
 )
 def test_a_list_gRPC_cannot_take_is_refused_with_what_to_write(address: str) -> None:
@@ -67,8 +69,10 @@ def test_a_list_gRPC_cannot_take_is_refused_with_what_to_write(address: str) -> 
         ("::1", "IPv6 address goes in brackets"),
         ("ipv4:127.0.0.1", "needs a port"),
         ("ipv4:127.0.0.1:50051,127.0.0.2", "needs a port"),
+        ("ipv6:[::1]:50051,[::2]", "needs a port"),
         (":50052", "needs a host"),
         ("storage:http", "port must be 1 to 65535"),
+        ("storage:70000", "port must be 1 to 65535"),
     ],
 )
 def test_an_address_without_a_port_is_refused_rather_than_sent_to_443(

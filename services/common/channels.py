@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import re
 from collections.abc import Awaitable
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import grpc
 
@@ -79,15 +79,36 @@ def grpc_target(address: str) -> str:
     return f"{_static_list(parts)}:{','.join(parts)}"
 
 
+class _Split(NamedTuple):
+    """host:port taken apart at its last colon, the one parse every check here reads."""
+
+    host: str
+    # None: no port at all (no colon, or a bracketed IPv6 host alone); "": none after the colon.
+    port: str | None
+
+    @property
+    def number(self) -> int | None:
+        """The port, if it is one gRPC calls as written: past 65535 it calls that less 65536."""
+        if self.port is None or not self.port.isdigit() or not 0 < int(self.port) < 65536:
+            return None
+        return int(self.port)
+
+
+def _split(address: str) -> _Split:
+    host, sep, port = address.rpartition(":")
+    if not sep or address.endswith("]"):
+        return _Split(address, None)
+    return _Split(host, port)
+
+
 def _has_port(entry: str) -> bool:
-    _, sep, port = entry.strip().rpartition(":")
-    return bool(sep and port) and not entry.strip().endswith("]")
+    return bool(_split(entry.strip()).port)
 
 
 def _host_port(address: str) -> None:
     """ValueError unless `address` is host:port, an IPv6 host in brackets."""
-    host, sep, port = address.rpartition(":")
-    if not sep or address.endswith("]"):
+    host, port = split = _split(address)
+    if port is None:
         raise ValueError(_NO_PORT)
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
         # gRPC takes all of an unbracketed IPv6 address as the host, and calls its port 443.
@@ -96,8 +117,7 @@ def _host_port(address: str) -> None:
         raise ValueError(_NO_PORT)
     if not host:
         raise ValueError("needs a host before the port, e.g. 127.0.0.1:50052")
-    # gRPC takes a port past 65535 as that number less 65536: another port altogether.
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if split.number is None:
         raise ValueError("the port must be 1 to 65535")
 
 
@@ -115,16 +135,16 @@ def _static_list(parts: list[str], scheme: str | None = None) -> str:
 
 
 def _family(part: str) -> Literal["ipv4", "ipv6"] | None:
-    host, sep, port = part.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    split = _split(part)
+    if split.number is None:
         return None
     try:
-        ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        ip = ipaddress.ip_address(split.host.removeprefix("[").removesuffix("]"))
     except ValueError:
         return None
     if ip.version == 6:
         # gRPC's ipv6 lists take bracketed hosts, as in a URL.
-        return "ipv6" if host.startswith("[") else None
+        return "ipv6" if split.host.startswith("[") else None
     return "ipv4"
 
 

@@ -117,6 +117,7 @@ class EventPublisher:
     async def hand_back(self, note: job_pb2.JobEvent) -> None:
         """Send the run's last message, `note` (the job goes back to the queue), marked as
         handed back; returns once it and everything before it are stored."""
+        note.handed_back = True
         self._stamp(note)
         await self._send_last(note, "", handed_back=True)
 

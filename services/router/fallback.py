@@ -67,6 +67,7 @@ class Fallback:
         event = job_pb2.JobEvent(state=attempts.note_state(job), provider=choice.provider.name)
         event.time.CopyFrom(failed.time)
         event.progress.message = note
+        event.handed_back = True
         # Another provider starts from nothing: the failed attempt's percent no longer holds.
         event.progress.percent = 0
         return event

@@ -227,5 +227,6 @@ class LostWorkers:
             f"worker {worker_id} was lost (its NATS connection closed); "
             "the job goes to another worker"
         )
+        event.handed_back = True
         stamp(event.time)
         return Incoming(run.job_id, event, lost_run=run_id)

@@ -377,6 +377,57 @@ def test_a_finished_jobs_elapsed_time_is_its_own_on_every_re_attach() -> None:
     assert panel.elapsed() == 2.0
 
 
+def rows(text: str, label: str) -> list[str]:
+    """The panel's rows with `label`, the label left out."""
+    return [
+        line.removeprefix(label).strip()
+        for line in text.splitlines()
+        if line.startswith(f"{label} ")
+    ]
+
+
+def test_why_a_job_was_handed_back_stays_beside_the_restart_until_the_run_moves_on() -> None:
+    lost = "worker w-1 was lost (its NATS connection closed); the job goes to another worker"
+    panel = JobPanel()
+    progress = job_pb2.Progress(percent=40, message="step 2/5")
+    panel.event(event(1, job_pb2.JOB_STATE_PROCESSING, progress=progress))
+    panel.event(
+        event(
+            2,
+            job_pb2.JOB_STATE_PROCESSING,
+            progress=job_pb2.Progress(message=lost),
+            handed_back=True,
+        )
+    )
+    text = render(panel)
+    assert rows(text, "restart") == [lost] and "step 2/5" not in text, text
+    restarted = job_pb2.Progress(percent=0, message="restarted (delivery 2)")
+    panel.event(event(3, job_pb2.JOB_STATE_PROCESSING, progress=restarted))
+    text = render(panel)
+    # The restart line alone would say that it restarted, never why.
+    assert "restarted (delivery 2)" in text and rows(text, "restart") == [lost], text
+    panel.event(
+        event(4, job_pb2.JOB_STATE_PROCESSING, progress=job_pb2.Progress(percent=20, message="s 1"))
+    )
+    text = render(panel)
+    assert "s 1" in text and not rows(text, "restart") and lost not in text, text
+
+
+def test_a_restart_nobody_explained_shows_no_why_and_an_end_drops_one() -> None:
+    panel = JobPanel()
+    step = job_pb2.Progress(percent=40, message="step 2/5")
+    panel.event(event(1, job_pb2.JOB_STATE_PROCESSING, progress=step))
+    # A worker gone without a word (JetStream sent the job on after its ack wait): the last
+    # progress message is no reason for the restart.
+    restarted = job_pb2.Progress(percent=0, message="restarted (delivery 2)")
+    panel.event(event(2, job_pb2.JOB_STATE_PROCESSING, progress=restarted))
+    assert not rows(render(panel), "restart")
+    stopping = job_pb2.Progress(message="the worker is stopping; the job goes back to the queue")
+    panel.event(event(3, job_pb2.JOB_STATE_PROCESSING, progress=stopping, handed_back=True))
+    panel.event(event(4, job_pb2.JOB_STATE_FAILED))
+    assert rows(render(panel), "restart") == []
+
+
 def test_panel_shows_each_pipeline_step() -> None:
     panel = JobPanel()
     run = job_pb2.PipelineRun(

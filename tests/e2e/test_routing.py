@@ -11,6 +11,7 @@ from genmesh.v1 import job_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
 from tests.conftest import Database
 from tests.e2e.test_job_flow import submit
+from tests.e2e.test_pipelines import pipeline_spec, step
 from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh
 
@@ -108,6 +109,20 @@ async def test_retryable_failure_falls_back_and_completes_on_the_next_provider(
     assert events[-1].state == job_pb2.JOB_STATE_COMPLETED
     assert events[-1].provider == "sandbox-b"
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_pipeline_step_falling_back_tells_the_pipelines_watchers_why(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    steps = (step("picture", job_pb2.TASK_TEXT_TO_IMAGE, "{prompt}", width=32, height=32),)
+    async with two_sandboxes(nats_url, nats_prefix, database, tmp_path, failing=True) as mesh:
+        job, events = await run(mesh, pipeline_spec(steps=steps, prompt="a kite"))
+
+    assert job.state == job_pb2.JOB_STATE_COMPLETED
+    handed_back = [e.progress.message for e in events if e.handed_back]
+    # Marked as on the step's own stream, so the CLI keeps it beside the next run's start.
+    assert len(handed_back) == 1, handed_back
+    assert handed_back[0].startswith("picture: falling back from sandbox-a to sandbox-b")
 
 
 async def test_preferences_invalid_input_and_running_out_of_candidates(

@@ -173,6 +173,22 @@ async def test_flush_publishes_held_progress_at_once(js: JetStreamContext, bus: 
     assert [msg_id for msg_id, _ in await stored(js, bus)] == [f"{prefix}:1", f"{prefix}:2"]
 
 
+async def test_a_handed_back_runs_note_is_marked_for_watchers_and_its_progress_is_not(
+    js: JetStreamContext, bus: Bus
+) -> None:
+    events = publisher(js, bus, linger=60.0)
+    await events.publish(progress("step 2"))
+    await events.hand_back(progress("the worker is stopping; the job goes back to the queue"))
+    raw = await js.get_msg(bus.events_stream, 1)
+    wrapper = bus_pb2.WorkerEvent.FromString(raw.data or b"")
+    # Watchers keep showing the note's why while the next run starts (genmesh_cli.display).
+    assert [(e.progress.message, e.handed_back) for e in wrapper.events] == [
+        ("step 2", False),
+        ("the worker is stopping; the job goes back to the queue", True),
+    ]
+    assert wrapper.handed_back
+
+
 async def test_a_rerun_of_the_same_attempt_has_its_progress_stored_too(
     js: JetStreamContext, bus: Bus
 ) -> None:

@@ -21,6 +21,7 @@ async def test_retryable_failure_moves_the_job_and_late_events_are_dropped(world
     assert event.state == job_pb2.JOB_STATE_PROCESSING
     assert event.provider == "b"
     assert event.progress.message == "falling back from a to b: HTTP 503 from a"
+    assert event.handed_back  # watchers keep showing why while b starts
     # Watchers see progress start over, not the failed attempt's last percent.
     assert event.progress.HasField("percent") and event.progress.percent == 0
     [(task, ended)] = routed.ended

@@ -144,6 +144,7 @@ async def test_a_worker_with_no_connection_has_its_jobs_sent_on_and_watchers_tol
     assert events[-1].progress.message == (
         f"worker {WORKER} was lost (its NATS connection closed); the job goes to another worker"
     )
+    assert events[-1].handed_back  # watchers keep showing why while the next run starts
     # Once: the worker is forgotten with its jobs.
     await asyncio.sleep(LOST_AFTER * 3)
     assert setup.acks == [b"-NAK"]

@@ -634,10 +634,9 @@ async function cancelJob() {
 function matchesFilters(job) {
   const state = $("filter-state").value;
   const task = $("filter-task").value;
-  // A pipeline has no task of its own: it is listed under each of its steps' tasks, as its
-  // steps' jobs would have been.
-  const tasks = job.pipeline ? job.pipeline.steps.map((step) => step.task) : [job.spec && job.spec.task];
-  return (!state || stateName(job.state) === state) && (!task || tasks.includes(task));
+  // As the listing (top_level_only) judges: a pipeline has no task of its own, so it is not
+  // among the jobs of one, and a row's state is its own job's.
+  return (!state || stateName(job.state) === state) && (!task || (job.spec && job.spec.task) === task);
 }
 
 // Keep the newest copy of a job and its history row; `where` places a new row.
@@ -659,9 +658,8 @@ function noteEmpty() {
 
 function renderRow(job, where) {
   // A pipeline's step shows in its pipeline's row (rowSteps), never as a row of its own. One
-  // that comes before its pipeline (listed by task with the pipeline on a later page, or
-  // fetched first) is kept in page.jobs and brings its pipeline in: first when the feed
-  // brought it, else by its age.
+  // that comes before its pipeline (fetched first) is kept in page.jobs and brings its
+  // pipeline in: first when the feed brought it, else by its age.
   if (job.parent_job_id) {
     const pipeline = page.jobs.get(job.parent_job_id);
     if (pipeline) renderRow(pipeline, where);
@@ -795,10 +793,11 @@ async function loadHistory(reset) {
   const params = new URLSearchParams({ page_size: PAGE_SIZE });
   if ($("filter-state").value) params.append("state", $("filter-state").value);
   if ($("filter-task").value) params.set("task", $("filter-task").value);
-  // Pipelines and jobs of their own only, so that a page is PAGE_SIZE rows: a step's job
-  // shows in its pipeline's row. A pipeline has no task, so filtered by one, the steps of
-  // that task are listed instead, each bringing its pipeline's row.
-  else params.set("top_level_only", "true");
+  // Pipelines and jobs of their own only, filtered or not, so that a page is PAGE_SIZE rows
+  // and a reload shows what the live feed did (matchesFilters): a step's job shows in its
+  // pipeline's row. Step jobs listed by task brought their pipelines in judged by a step's
+  // state, and left out a pipeline whose step of the task had not started.
+  params.set("top_level_only", "true");
   if (!reset && page.nextPage) params.set("page_token", page.nextPage);
   try {
     const body = await api(`/v1/jobs?${params}`);

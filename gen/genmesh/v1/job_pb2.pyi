@@ -908,6 +908,7 @@ class JobEvent(_message.Message):
     PROVIDER_REQUEST_ID_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     STEP_JOB_ID_FIELD_NUMBER: _builtins.int
+    HANDED_BACK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     sequence: _builtins.int
     state: Global___JobState.ValueType
@@ -917,6 +918,11 @@ class JobEvent(_message.Message):
     step: _builtins.str
     """On a pipeline job's events: the step the event is about, and that step's own job."""
     step_job_id: _builtins.str
+    handed_back: _builtins.bool
+    """Set on the note that a run of the job ended without an outcome and the job goes on in
+    another: its worker stopping or lost, a retry after a retryable error, a fallback to
+    another provider. progress.message says why; the next run's own events follow.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -951,10 +957,11 @@ class JobEvent(_message.Message):
         provider_request_id: _builtins.str = ...,
         step: _builtins.str = ...,
         step_job_id: _builtins.str = ...,
+        handed_back: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "preview", b"preview", "progress", b"progress", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "error", b"error", "job_id", b"job_id", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "provider", b"provider", "provider_request_id", b"provider_request_id", "sequence", b"sequence", "state", b"state", "step", b"step", "step_job_id", b"step_job_id", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets", "error", b"error", "handed_back", b"handed_back", "job_id", b"job_id", "output_text", b"output_text", "preview", b"preview", "progress", b"progress", "provider", b"provider", "provider_request_id", b"provider_request_id", "sequence", b"sequence", "state", b"state", "step", b"step", "step_job_id", b"step_job_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -308,6 +308,8 @@ class _Run:
                 event.progress.CopyFrom(update.progress)
                 said = update.progress.message or state_name(update.state).replace("-", " ")
                 event.progress.message = f"{name}: {said}"
+                # A step's run handed back is the pipeline's news too (watchers keep its why).
+                event.handed_back = update.handed_back
                 if not await self._owner.record(self.job, event):
                     await self._abandon(child_id)
                     return None
