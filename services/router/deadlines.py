@@ -22,7 +22,16 @@ def job_deadline(
 ) -> timestamp_pb2.Timestamp | None:
     """The job's deadline: now + spec.timeout or the call's remaining time, whichever is
     sooner; None when neither is given. InvalidArgument for a timeout that is not positive,
-    or a negative attempt_timeout or hedge_after (the spec's other time budgets)."""
+    a negative attempt_timeout or hedge_after (the spec's other time budgets), or any of the
+    three out of Duration's range."""
+    for budget in ("timeout", "attempt_timeout", "hedge_after"):
+        # Protobuf does not check a Duration as it parses one; an invalid one was stored
+        # and then failed every JSON view of the job (the bridge's GET and list: 500).
+        try:
+            getattr(spec, budget).ToJsonString()
+        except ValueError as e:
+            why = str(e).removeprefix("Duration is not valid: ")
+            raise InvalidArgument(f"{budget} is not a valid Duration: {why}") from None
     for name in ("attempt_timeout", "hedge_after"):
         # Negative ones were taken as unset, or (attempt_timeout) as no limit at all,
         # overriding the provider's own.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2, provider_service_pb2
 from services.common.parameters import dict_to_struct
@@ -194,6 +194,29 @@ async def test_a_negative_time_budget_is_refused(mesh: Mesh, budget: str, pipeli
         await submit(mesh, bad)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{budget} must not be negative" in (err.value.details() or "")
+    assert not (await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs
+
+
+MALFORMED = [
+    (duration_pb2.Duration(seconds=1, nanos=2_000_000_000), "Nanos 2000000000"),
+    (duration_pb2.Duration(seconds=1, nanos=-5), "Sign mismatch"),
+    (duration_pb2.Duration(seconds=10**12), "Seconds 1000000000000"),
+]
+
+
+# Checked before anything is stored, whatever the store.
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("budget", ["timeout", "attempt_timeout", "hedge_after"])
+async def test_a_malformed_duration_is_refused(mesh: Mesh, budget: str) -> None:
+    # Stored as given before: the job's JSON (the bridge's GET and list, the CLI's --json)
+    # then failed to print, a 500 for every page holding it.
+    for duration, says in MALFORMED:
+        bad = image()
+        getattr(bad, budget).CopyFrom(duration)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await submit(mesh, bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{budget} is not a valid Duration: {says}" in (err.value.details() or "")
     assert not (await mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest())).jobs
 
 
