@@ -116,6 +116,8 @@ def _check_nesting(name: str, value: Any) -> None:
 class SubmitBatchBody(BaseModel):
     """One job per spec, all or none."""
 
+    # As every other body: a misspelt field is refused rather than silently dropped.
+    model_config = ConfigDict(extra="forbid")
     specs: list[JobSpecBody] = Field(min_length=1, max_length=1000, description="1..1,000")
 
     def to_proto(self) -> list[job_pb2.JobSpec]:
@@ -129,6 +131,9 @@ class SubmitBatchBody(BaseModel):
 
 
 class CancelBody(BaseModel):
+    # A misspelt "reason" refused before the job is cancelled, not dropped with it.
+    model_config = ConfigDict(extra="forbid")
+
     reason: str = Field(
         default="",
         max_length=MAX_REASON,
