@@ -138,6 +138,23 @@ def test_time_budgets_must_be_positive_seconds(
     assert "seconds above 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e20"])
+@pytest.mark.parametrize("flag", ["--timeout", "--attempt-timeout", "--hedge-after"])
+@pytest.mark.parametrize("command", ["generate", "batch"])
+def test_a_time_budget_no_duration_holds_is_a_usage_error(
+    command: str, flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Taken before, then the spec could not be built: a traceback, exit status 1.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli([command, "-t", "text-to-image", str(prompts), flag, value], {})
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "seconds above 0 and at most 315,576,000,000" in err
+    assert "Traceback" not in err
+
+
 def test_generate_pipeline_builds_a_pipeline_spec() -> None:
     args = build_parser({}).parse_args(
         ["generate", "--pipeline", "speech-to-image", "--input", "hello.wav"]
