@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from genmesh_cli.client import CliError
+
 
 @dataclass(frozen=True)
 class Service:
@@ -103,7 +105,10 @@ def make_plan(args: argparse.Namespace, env: Mapping[str, str]) -> Plan:
     host = args.host.strip("[]")
     near = reach_host(host)
     data_dir = args.data_dir.expanduser().resolve()
-    worker_port = args.worker_port or free_port(near)
+    try:
+        worker_port = args.worker_port or free_port(near)
+    except OSError as error:  # a host that is no name or no address of this machine
+        raise CliError(f"cannot listen on --host {args.host}: {error}") from None
     # Every provider usable here: the offline ones, and those whose key is set.
     providers = env.get("GENMESH_WORKER_PROVIDERS") or "auto"
 

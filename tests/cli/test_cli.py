@@ -511,6 +511,19 @@ def test_up_fits_the_workers_drain_into_its_stop_timeout(
     assert plan.env["GENMESH_WORKER_DRAIN_TIMEOUT"] == drain
 
 
+@pytest.mark.parametrize("host", ["nonexistent.invalid", "192.0.2.1"], ids=["name", "address"])
+def test_up_on_a_host_it_cannot_listen_on_says_so_in_one_line(
+    host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without --worker-port the free port for the worker was looked for first: a traceback.
+    argv = ["up", "--data-dir", str(tmp_path / "d"), "--host", host]
+    assert cli(argv, {}) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"genmesh up: cannot listen on --host {host}: ")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
 def test_up_uses_external_nats_when_set(tmp_path: Path) -> None:
     plan = make_plan(_up_args("--data-dir", str(tmp_path)), {"GENMESH_NATS_URL": "nats://n:4222"})
     assert plan.external_nats_url == "nats://n:4222"
