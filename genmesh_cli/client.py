@@ -74,6 +74,23 @@ def address_arg(text: str) -> str:
     return text
 
 
+# The longest google.protobuf.Duration (10,000 years); past it, or nan, the spec could not be
+# built and the command ended in a traceback.
+MAX_SECONDS = 315_576_000_000
+
+
+def seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0 and at most {MAX_SECONDS:,}, got {text!r}"
+        )
+    return value
+
+
 def add_address_args(
     parser: argparse.ArgumentParser, addresses: Addresses, *, storage: bool = False
 ) -> None:

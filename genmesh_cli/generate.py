@@ -30,6 +30,7 @@ from genmesh_cli.client import (
     human_size,
     params_struct,
     parse_param,
+    seconds_arg,
 )
 from genmesh_cli.display import JobPanel, JsonView, LiveView, console
 from genmesh_cli.follow import Follower, Outcome, StreamStalled, View
@@ -135,23 +136,6 @@ PRIORITIES = {
     "normal": job_pb2.PRIORITY_NORMAL,
     "high": job_pb2.PRIORITY_HIGH,
 }
-
-
-# The longest google.protobuf.Duration (10,000 years); past it, or nan, the spec could not be
-# built and the command ended in a traceback.
-MAX_SECONDS = 315_576_000_000
-
-
-def seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds above 0 and at most {MAX_SECONDS:,}, got {text!r}"
-        )
-    return value
 
 
 def add_routing_options(p: argparse.ArgumentParser) -> None:

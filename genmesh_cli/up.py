@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from genmesh_cli.client import CliError
+from genmesh_cli.client import CliError, seconds_arg
 from genmesh_cli.plan import Plan, make_plan
 from genmesh_cli.supervisor import Supervisor
 from services.common.locks import exclusive_lock
@@ -43,10 +43,14 @@ def add_parser(subparsers: Any, env: Mapping[str, str]) -> None:
         help="databases, blobs, NATS store and logs [GENMESH_DATA_DIR or .genmesh]",
     )
     p.add_argument("--no-gateway", action="store_true", help="do not start the HTTP gateway")
+    # Checked as a job's time budgets are: a negative or nan stop timeout killed every
+    # process at once, with no graceful stop and no jobs handed back.
     p.add_argument(
-        "--start-timeout", type=float, default=60.0, help="seconds to become healthy [60]"
+        "--start-timeout", type=seconds_arg, default=60.0, help="seconds to become healthy [60]"
     )
-    p.add_argument("--stop-timeout", type=float, default=10.0, help="seconds per tier to stop [10]")
+    p.add_argument(
+        "--stop-timeout", type=seconds_arg, default=10.0, help="seconds per tier to stop [10]"
+    )
     p.add_argument(
         "--restarts",
         type=restarts_arg,

@@ -524,6 +524,19 @@ def test_up_on_a_host_it_cannot_listen_on_says_so_in_one_line(
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+@pytest.mark.parametrize("flag", ["--start-timeout", "--stop-timeout"])
+def test_up_timeouts_must_be_positive_seconds(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Taken before: a negative or nan stop timeout killed every process with no grace.
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["up", "--data-dir", str(tmp_path / "d"), flag, value], {})
+    assert exit_info.value.code == 2
+    assert "expected a number of seconds above 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_up_uses_external_nats_when_set(tmp_path: Path) -> None:
     plan = make_plan(_up_args("--data-dir", str(tmp_path)), {"GENMESH_NATS_URL": "nats://n:4222"})
     assert plan.external_nats_url == "nats://n:4222"
