@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import struct
 import wave
@@ -137,13 +138,17 @@ def _image(path: Path | bytes) -> tuple[int, int, float]:
 
 # Bit depths PNG allows for each colour type (and Pillow reads).
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Chunks that may come before the image data here, each with the length Pillow needs of it;
+# Pillow reads any other kind (or a shorter one) its own way, so it measures those files.
+_PNG_CHUNKS = {b"PLTE": 0, b"tRNS": 6, b"pHYs": 9, b"gAMA": 4, b"sRGB": 1, b"cHRM": 32, b"tEXt": 0}
+_INT32 = 2**31 - 1
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height of a still PNG read from its header chunks, as Pillow would read
-    them; None for anything else (an animated PNG, a header that is not sound), which Pillow
-    then measures. Most outputs are small PNGs, and opening them with Pillow cost more than
-    the rest of storing one."""
+    """Width and height of a plain still PNG read from its header chunks, where Pillow would
+    read the same; None for anything else (an animated PNG, an unusual or unsound header),
+    which Pillow then measures. Most outputs are small PNGs, and opening them with Pillow
+    cost more than the rest of storing one."""
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return None
     size: tuple[int, int] | None = None
@@ -157,14 +162,24 @@ def png_size(data: bytes) -> tuple[int, int] | None:
         if size is None:
             if kind != b"IHDR" or length != 13:
                 return None
-            width, height, depth, colour = struct.unpack_from(">IIBB", body)
-            if not width or not height or depth not in _PNG_DEPTHS.get(colour, ()):
+            width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(
+                ">IIBBBBB", body
+            )
+            if (
+                not 0 < width <= _INT32
+                or not 0 < height <= _INT32
+                # Past this Pillow warns of, or refuses, a decompression bomb.
+                or width * height > (Image.MAX_IMAGE_PIXELS or math.inf)
+                or depth not in _PNG_DEPTHS.get(colour, ())
+                or (compression, filtering) != (0, 0)
+                or interlace not in (0, 1)
+            ):
                 return None
             size = (width, height)
-        elif kind == b"acTL":
-            return None  # frames to count
         elif kind == b"IDAT":
             return size
+        elif length < _PNG_CHUNKS.get(kind, math.inf):
+            return None  # animation (acTL), or any chunk Pillow reads otherwise
         at += 12 + length
     return None
 

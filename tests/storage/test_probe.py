@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,41 @@ def test_png_that_is_not_sound_is_left_to_pillow() -> None:
     assert png_size(b"GIF89a" + data[6:]) is None
     # Pillow refuses the damaged header too, so the image is stored unmeasured.
     assert probe_file(damaged, "image/png") == MediaInfo("image/png")
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + zlib.crc32(kind + body).to_bytes(4)
+
+
+def _with_header(data: bytes, *, size: tuple[int, int] | None = None, filtering: int = 0) -> bytes:
+    """`data` (a PNG) with its IHDR rewritten, CRC and all."""
+    width, height, depth, colour, compression, _, interlace = struct.unpack_from(
+        ">IIBBBBB", data, 16
+    )
+    width, height = size or (width, height)
+    body = struct.pack(">IIBBBBB", width, height, depth, colour, compression, filtering, interlace)
+    return data[:8] + _chunk(b"IHDR", body) + data[33:]
+
+
+def _before_image(data: bytes, chunk: bytes) -> bytes:
+    return data[:33] + chunk + data[33:]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param(_with_header(_png("L", (2, 2)), size=(2**31 + 5, 1)), id="past-int32"),
+        pytest.param(_with_header(_png("L", (2, 2)), size=(20_000, 20_000)), id="bomb"),
+        pytest.param(_with_header(_png("L", (2, 2)), filtering=1), id="filter-method"),
+        pytest.param(_before_image(_png("L", (2, 2)), _chunk(b"gAMA", b"\x00")), id="short-gama"),
+        pytest.param(_before_image(_png("L", (2, 2)), _chunk(b"zTXt", b"k\x00\x07x")), id="ztxt"),
+    ],
+)
+def test_png_header_leaves_what_pillow_reads_otherwise_to_pillow(odd: bytes) -> None:
+    # Measured as Pillow measures it, whether the upload came as bytes or as a file: an
+    # image Pillow will not open is stored unmeasured, never with a size no Asset can hold.
+    assert png_size(odd) is None
+    assert probe_file(odd, "image/png") == MediaInfo("image/png")
 
 
 def test_animated_png_still_gets_its_duration() -> None:
