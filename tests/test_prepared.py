@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     DateTime,
@@ -20,9 +21,10 @@ from sqlalchemy import (
     cast,
     insert,
     select,
+    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from services.common.db import open_database
 from services.common.prepared import Prepared
@@ -102,3 +104,40 @@ async def test_prepared_errors_are_sqlalchemys_and_roll_back(database: Database)
         async with db.connect() as conn:
             rows = (await conn.execute(_READ, {"ids": ["a", "b", "c"]})).all()
         assert [r.id for r in rows] == ["a"]
+
+
+notes = Table(
+    "notes",
+    metadata,
+    Column("id", String(20), primary_key=True),
+    Column("doc", JSON, nullable=True),
+)
+
+
+async def test_prepared_shapes_sqlalchemy_runs_itself(database: Database) -> None:
+    # Each of these takes SQLAlchemy's path on SQLite; the answers must not tell.
+    async with open_database(database.url, metadata, database.schema) as db:
+        async with db.begin() as conn:
+            # JSON stores None as the text 'null': the type's conversion runs for None too.
+            await conn.execute(Prepared(insert(notes)), {"id": "p", "doc": None})
+            await conn.execute(insert(notes), {"id": "s", "doc": None})
+            # A row short of the first row's names is refused before anything is written.
+            with pytest.raises(StatementError, match="id"):
+                await conn.execute(_INSERT, [_row("a", count=1), {"flag": True}])
+            # Nothing to write is nothing written, also where a default would be filled in.
+            assert (await conn.execute(_INSERT, [])).all() == []
+        async with db.connect() as conn:
+            stored = await conn.execute(select(notes.c.id, cast(notes.c.doc, String)))
+            assert sorted(tuple(r) for r in stored) == [("p", "null"), ("s", "null")]
+            counted = await conn.execute(Prepared(text("SELECT count(*) AS n FROM things")))
+            assert [r.n for r in counted] == [0]
+            # Two columns of one name, and a name no attribute can have.
+            pairs = Prepared(
+                select(notes.c.id, things.c.id, notes.c.id.label("_id")).join_from(
+                    notes, things, notes.c.id == things.c.id, isouter=True
+                )
+            )
+            assert sorted(tuple(r) for r in await conn.execute(pairs)) == [
+                ("p", None, "p"),
+                ("s", None, "s"),
+            ]

@@ -83,6 +83,8 @@ class DbConnection(ABC):
     ) -> PreparedRows | Rows:
         """Run a statement; rows (if any) are read in full before it returns."""
         if isinstance(statement, Prepared):
+            if isinstance(parameters, Sequence) and not parameters:
+                return PreparedRows([])  # no rows to write, on every database alike
             return await self._prepared(statement, parameters)
         return await self._execute(statement, parameters)
 

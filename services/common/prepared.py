@@ -10,6 +10,7 @@ databases run it through SQLAlchemy like any statement. Errors are SQLAlchemy's 
 
 from __future__ import annotations
 
+import keyword
 import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.selectable import SelectBase
 
@@ -48,26 +50,33 @@ class Prepared:
             many, rows = True, parameters
         else:
             many, rows = False, [parameters or {}]
-        first = rows[0] if rows else {}
-        keys = tuple(first)
+        keys = tuple(rows[0]) if rows else ()
         try:
             shape = self._shapes[keys]
         except KeyError:
             shape = self._shapes[keys] = _Shape.compile(self.statement, dialect, keys)
-        if shape is None:
+        if shape is None or (many and shape.expanding):
+            return None  # (an IN list per row is not a shape this runs either)
+        try:
+            if many:
+                # A row without one of the first row's names fails here, before anything
+                # is written, and SQLAlchemy then says which.
+                args = [shape.args(row) for row in rows]
+            else:
+                sql, one = (
+                    shape.expand(rows[0]) if shape.expanding else (shape.sql, shape.args(rows[0]))
+                )
+        except KeyError:
             return None
         try:
             if many:
-                if shape.expanding:
-                    return None  # an IN list per row: not a shape this runs
-                conn.executemany(shape.sql, [shape.args(p) for p in rows])
-                return _NO_ROWS
-            sql, args = shape.expand(first) if shape.expanding else (shape.sql, shape.args(first))
-            cursor = conn.execute(sql, args)
+                conn.executemany(shape.sql, args)
+                return Rows([])
+            cursor = conn.execute(sql, one)
         except sqlite3.Error as error:
             raise DBAPIError.instance(shape.sql, parameters, error, sqlite3.Error) from error
         if shape.row is None:
-            return _NO_ROWS
+            return Rows([])
         return Rows([shape.row(r) for r in cursor.fetchall()])
 
 
@@ -100,21 +109,32 @@ class _Shape:
                 if binds[name].callable is not None or binds[name].value is None:
                     return None  # a value SQLAlchemy would compute or demand
                 constants[name] = binds[name].value
-        converts = tuple(_bind_convert(binds[n].type, dialect) for n in names)
+        expanding = frozenset(n for n in names if binds[n].expanding)
+        if compiled.string.count("__[POSTCOMPILE_") != len(expanding):
+            return None  # a value rendered into the SQL at each call (literal_execute)
+        if isinstance(statement, SelectBase):
+            row = _row_maker(statement, dialect)
+            if row is None:
+                return None
+        elif isinstance(statement, UpdateBase):
+            row = None
+        else:
+            return None  # text() and the like: whether it returns rows is SQLAlchemy's to say
         return cls(
             sql=compiled.string,
             names=names,
             constants=constants,
-            converts=converts,
-            expanding=frozenset(n for n in names if binds[n].expanding),
-            row=_row_maker(statement, dialect),
+            converts=tuple(_bind_convert(binds[n].type, dialect) for n in names),
+            expanding=expanding,
+            row=row,
         )
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         values = []
         for name, convert in zip(self.names, self.converts, strict=True):
             value = params[name] if name in params else self.constants[name]
-            values.append(value if convert is None or value is None else convert(value))
+            # Called for None too, as SQLAlchemy does: a type may store None as something else.
+            values.append(value if convert is None else convert(value))
         return values
 
     def expand(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -128,7 +148,7 @@ class _Shape:
                 sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(items)), 1)
                 values.extend(i if convert is None else convert(i) for i in items)
             else:
-                values.append(value if convert is None or value is None else convert(value))
+                values.append(value if convert is None else convert(value))
         return sql, values
 
 
@@ -137,19 +157,22 @@ def _bind_convert(type_: Any, dialect: Dialect) -> _Convert:
     return convert
 
 
-def _row_maker(statement: Executable, dialect: Dialect) -> Callable[[tuple[Any, ...]], Any] | None:
-    if not isinstance(statement, SelectBase):
-        return None
+def _row_maker(statement: SelectBase, dialect: Dialect) -> Callable[[tuple[Any, ...]], Any] | None:
+    """Rows with the columns as attributes; None where the names cannot be attributes (two
+    columns of one name, a leading underscore), which SQLAlchemy's rows then carry."""
     columns = list(statement.selected_columns)
-    row_type = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
+    names = [c.key or "" for c in columns]
+    if len(set(names)) < len(names) or not all(
+        n.isidentifier() and not n.startswith("_") and not keyword.iskeyword(n) for n in names
+    ):
+        return None
+    row_type = namedtuple("Row", names)  # type: ignore[misc]
     converts = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
     if not any(converts):
         return row_type._make
 
     def make(raw: tuple[Any, ...]) -> Any:
-        return row_type._make(
-            v if f is None or v is None else f(v) for f, v in zip(converts, raw, strict=True)
-        )
+        return row_type._make(v if f is None else f(v) for f, v in zip(converts, raw, strict=True))
 
     return make
 
@@ -170,6 +193,3 @@ class Rows:
 
     def first(self) -> Any | None:
         return self._rows[0] if self._rows else None
-
-
-_NO_ROWS = Rows([])
