@@ -259,9 +259,11 @@ class AdmissionGate:
 
     # ---- submit path ----------------------------------------------------------------
 
-    async def reserve(self, provider: provider_service_pb2.Provider) -> int | None:
+    async def reserve(self, provider: provider_service_pb2.Provider, ahead: int = 0) -> int | None:
         """Before a job for `provider` is stored: its estimated queue position, or
-        ResourceExhausted when the instance's queue bound (limits.max_queue) is reached."""
+        ResourceExhausted when the instance's queue bound (limits.max_queue) is reached.
+        `ahead` counts jobs for it that the same call reserved before (a batch's earlier
+        specs), which are not stored yet and so not seen waiting."""
         name = provider.name
         depth = await self._depths.depth(name)
         bound = provider.limits.max_queue
@@ -271,13 +273,13 @@ class AdmissionGate:
         # elsewhere, past its deadline) stays in memory until its turn. Alone and unbounded,
         # memory is exact enough and costs no query per submit.
         held = await self._held_count(name, exact=bound > 0)
-        waiting = held + (depth or 0)
+        waiting = held + (depth or 0) + ahead
         if 0 < bound <= waiting:
             raise ResourceExhausted(
                 f"provider {name} has {waiting} job(s) waiting, its queue bound "
                 f"(max_queue = {bound}); retry later or choose another provider"
             )
-        if depth is None and not held:
+        if depth is None and not held and not ahead:
             return None
         return waiting + 1
 

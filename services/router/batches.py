@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ class Batches:
         new: list[_New] = []
         keys: dict[str, _New] = {}
         repeats: list[tuple[int, _New]] = []
+        # Jobs prepared so far per provider: each counts toward the next one's queue bound.
+        reserved: Counter[str] = Counter()
         # Only keys that could be stored are looked up; check_spec refuses the others below.
         known = await self._store.by_idempotency_keys(
             tenant,
@@ -125,7 +128,9 @@ class Batches:
                 if key in known:
                     jobs[index] = records.same_or_conflict(known[key], spec_hash)
                     continue
-                job = await self._core.prepare(tenant, spec, records.new_job_id())
+                job = await self._core.prepare(
+                    tenant, spec, records.new_job_id(), reserved=reserved
+                )
                 job.batch_id = batch_id
                 item = _New(index, job, spec_hash)
                 new.append(item)

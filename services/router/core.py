@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING
@@ -193,9 +194,12 @@ class RouterCore:
         *,
         parent_job_id: str = "",
         step: str = "",
+        reserved: Counter[str] | None = None,
     ) -> job_pb2.Job:
         """Submit's checks and routing: the QUEUED job to store (not yet stored), with its
-        estimated queue position; ResourceExhausted at its provider's queue bound."""
+        estimated queue position; ResourceExhausted at its provider's queue bound.
+        `reserved` counts, per provider, the jobs this call prepared before (a batch's), and
+        is counted up: they wait ahead of this one once stored."""
         if spec.HasField("pipeline"):
             raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
         if spec.task not in _TASKS:
@@ -235,7 +239,10 @@ class RouterCore:
         job.routing.requested_parameters.CopyFrom(dict_to_struct(requested))
         open_attempt(job, provider, choice.decision.reason, job.create_time)
         # Raises RESOURCE_EXHAUSTED at the provider's queue bound, before anything is stored.
-        position = await self._admission.reserve(provider)
+        ahead = 0 if reserved is None else reserved[provider.name]
+        position = await self._admission.reserve(provider, ahead)
+        if reserved is not None:
+            reserved[provider.name] += 1
         if position is not None:
             # The field counts the jobs ahead (the CLI and web page show "N ahead"); the
             # message gives the place in line, 1 for the next to start.

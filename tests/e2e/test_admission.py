@@ -21,6 +21,7 @@ from services.common.parameters import dict_to_struct
 from services.router.app import Router, running_router
 from services.router.settings import Settings as RouterSettings
 from tests.conftest import Database
+from tests.e2e.test_batches import submit_batch
 from tests.e2e.test_job_flow import submit
 from tests.e2e.test_resilience import state_of
 from tests.infra import eventually, reserved_port
@@ -59,6 +60,20 @@ async def limited_sandbox(
         router_in_process=router_in_process,
     ) as mesh:
         yield mesh
+
+
+@asynccontextmanager
+async def busy_sandbox(
+    nats_url: str, prefix: str, database: Database, data_dir: Path, max_queue: int
+) -> AsyncIterator[tuple[Mesh, job_pb2.Job]]:
+    """The sandbox with concurrency 1 and a queue bound, its slot taken by a job that runs
+    until cancelled (yielded beside the mesh), and nothing waiting."""
+    limits = f"concurrency = 1\nmax_queue = {max_queue}"
+    async with limited_sandbox(nats_url, prefix, database, data_dir, limits) as mesh:
+        filler = await submit(mesh, image(latency_ms=600_000))
+        await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        yield mesh, filler
 
 
 def rate_limited(
@@ -293,6 +308,23 @@ async def test_resource_exhausted_at_the_queue_bound_writes_nothing(
         assert results[job.id][-1].state == COMPLETED
 
 
+async def test_a_batch_counts_its_own_jobs_toward_the_queue_bound(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with busy_sandbox(nats_url, nats_prefix, database, tmp_path, 3) as (mesh, running):
+        count = await job_count(mesh)
+        # Four jobs would wait where three may: the fourth spec passes the bound.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await submit_batch(mesh, [image()] * 4)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (refused.value.details() or "").startswith("specs[3]: provider sandbox has 3")
+        assert await job_count(mesh) == count
+        # Three fit, each behind the ones before it.
+        batch = await submit_batch(mesh, [image()] * 3)
+        assert [j.progress.queue_position for j in batch.jobs] == [0, 1, 2]
+        await release(mesh, [*batch.jobs, running])
+
+
 async def test_jobs_held_when_the_router_dies_all_complete_highs_first(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
@@ -407,12 +439,7 @@ async def test_queue_positions_and_health_count_jobs_every_replica_holds(
 async def test_a_held_job_that_ended_no_longer_counts_toward_the_queue_bound(
     nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
 ) -> None:
-    async with limited_sandbox(
-        nats_url, nats_prefix, database, tmp_path, "concurrency = 1\nmax_queue = 2"
-    ) as mesh:
-        filler = await submit(mesh, image(latency_ms=600_000))
-        await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
-        await eventually(lambda: _queued(mesh, 0))
+    async with busy_sandbox(nats_url, nats_prefix, database, tmp_path, 2) as (mesh, filler):
         queued = await submit(mesh, image())
         # Held (the JetStream queue has its one), until its deadline fails it.
         short = image()
