@@ -23,6 +23,7 @@ from services.providers.sandbox import media
 from services.router import limits
 from services.router.store import jobs
 from tests.conftest import Database
+from tests.e2e.test_admission import busy_sandbox, image, release
 from tests.e2e.test_job_flow import submit
 from tests.infra import eventually
 from tests.mesh import Mesh, running_mesh
@@ -486,6 +487,26 @@ async def test_cancel_mid_pipeline_cancels_the_running_step(mesh: Mesh) -> None:
     assert [s.state for s in done.pipeline.steps] == [C, X, X]
     assert done.pipeline.steps[0].assets
     assert not done.pipeline.steps[2].job_id
+
+
+async def test_a_step_whose_provider_queue_is_full_waits_for_room(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    async with busy_sandbox(nats_url, nats_prefix, database, tmp_path, 1) as (mesh, filler):
+        waiting = await submit(mesh, image())
+        steps = (step("caption", job_pb2.TASK_TEXT_TO_TEXT, "caption: {prompt}"),)
+        job = await submit(mesh, pipeline_spec(steps=steps, prompt="a heron"))
+        watching = asyncio.create_task(mesh.watch(job.id))
+
+        async def told_to_wait() -> bool:
+            return "waiting for room" in (await mesh.get_job(job.id)).progress.message
+
+        await eventually(told_to_wait, within=15)
+        # Room at last: the step starts, rather than the pipeline having failed at once.
+        await release(mesh, [waiting, filler])
+        events = await asyncio.wait_for(watching, 60)
+    assert events[-1].state == C, events[-1]
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
 
 
 async def test_router_restart_mid_pipeline_still_completes(

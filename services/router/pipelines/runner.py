@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from genmesh.v1 import job_pb2
+from services.common.backoff import doubling
 from services.common.cancelling import cancel_tasks
 from services.common.clock import stamp
 from services.common.errors import (
@@ -26,6 +27,8 @@ from services.common.errors import (
     InvalidArgument,
     MeshError,
     NotFound,
+    ResourceExhausted,
+    TooLarge,
     Unavailable,
 )
 from services.common.tasks import DRAFT_TASKS, listed, state_name, task_name
@@ -57,6 +60,10 @@ _CANCELLED = job_pb2.JOB_STATE_CANCELLED
 _PREVIEW = job_pb2.JOB_STATE_PREVIEW_READY
 # Tries at creating a step's job while storage or every provider is unavailable.
 SUBMIT_TRIES = 5
+# Seconds between tries at creating a step's job while its provider's queue is full,
+# doubling up to FULL_RETRY_MAX.
+FULL_RETRY_FIRST = 0.5
+FULL_RETRY_MAX = 5.0
 
 
 class Pipelines:
@@ -244,7 +251,7 @@ class _Run:
         task = task_name(step.task)
         try:
             spec = step_spec(self.job, self._plan, index)
-            child = await self._submit(spec, step.name)
+            child = await self._submit(spec, index)
         except MeshError as exc:
             error = job_pb2.JobError(
                 code="step_rejected",
@@ -252,6 +259,8 @@ class _Run:
                 kind=job_pb2.ERROR_KIND_INVALID_INPUT,
             )
             await self._end(_FAILED, step.name, "", error)
+            return False
+        if child is None:
             return False
         after = child.last_sequence
         if not self.job.pipeline.steps[index].job_id:
@@ -266,17 +275,40 @@ class _Run:
             return False
         return await self._finish(index, child.id, ending)
 
-    async def _submit(self, spec: job_pb2.JobSpec, step: str) -> job_pb2.Job:
-        for attempt in range(SUBMIT_TRIES):
+    async def _submit(self, spec: job_pb2.JobSpec, index: int) -> job_pb2.Job | None:
+        """The step's job, made through Submit's path; None if the pipeline ended meanwhile.
+        Unavailable is tried again a few times. A provider at its queue bound is waited for
+        as long as the pipeline lasts, as a job held for room waits: the pipeline was
+        accepted, and a full queue is no fault of its steps."""
+        step = self._plan.steps[index].name
+        unavailable = full = 0
+        while True:
             try:
                 return await self._core.submit(
                     self.job.tenant_id, spec, parent_job_id=self.job.id, step=step
                 )
+            except TooLarge:
+                raise
+            except ResourceExhausted as exc:
+                full += 1
+                if full == 1 and not await self._waiting(index, exc.message):
+                    return None
+                delay = doubling(full, FULL_RETRY_FIRST, FULL_RETRY_MAX)
             except Unavailable:
-                if attempt == SUBMIT_TRIES - 1:
+                unavailable += 1
+                if unavailable == SUBMIT_TRIES:
                     raise
-                await asyncio.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+                delay = doubling(unavailable, 0.5, 8.0)
+            await asyncio.sleep(delay)
+            if (await self._core.get(self.job.tenant_id, self.job.id)).state in TERMINAL:
+                return None
+
+    async def _waiting(self, index: int, why: str) -> bool:
+        """Tell watchers the step waits for room at its provider; False if the pipeline
+        has ended."""
+        note = self._event(self._plan.steps[index].name, "")
+        note.progress.message = f"{self._label(index)}: waiting for room: {why}"
+        return await self._owner.record(self.job, note)
 
     def _event(self, step: str, step_job_id: str) -> job_pb2.JobEvent:
         return job_pb2.JobEvent(
