@@ -14,7 +14,7 @@ from genmesh.v1 import job_pb2, job_service_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound
 from services.common.text import findable
 from services.router import limits, records
-from services.router.core import RouterCore
+from services.router.core import RouterCore, refuse_pipeline
 from services.router.store import DuplicateIdempotencyKey, JobStore
 from services.router.transitions import TERMINAL
 from services.router.watch import Listener, WatchHub
@@ -114,6 +114,9 @@ class Batches:
         for index, spec in enumerate(specs):
             with _naming(index):
                 limits.check_spec(spec)
+                # Before its key is looked up: a pipeline job made earlier by Submit with
+                # the same key is no answer to a call that may not hold pipelines.
+                refuse_pipeline(spec)
                 spec_hash = records.spec_hash(spec)
                 key = spec.idempotency_key
                 if key in keys:

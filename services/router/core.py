@@ -200,8 +200,7 @@ class RouterCore:
         estimated queue position; ResourceExhausted at its provider's queue bound.
         `reserved` counts, per provider, the jobs this call prepared before (a batch's), and
         is counted up: they wait ahead of this one once stored."""
-        if spec.HasField("pipeline"):
-            raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
+        refuse_pipeline(spec)
         if spec.task not in _TASKS:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
         if spec.draft_first and spec.task not in DRAFT_TASKS:
@@ -414,6 +413,12 @@ class RouterCore:
                     last = listener.seen = item.sequence
                     if item.state in TERMINAL:
                         return
+
+
+def refuse_pipeline(spec: job_pb2.JobSpec) -> None:
+    """InvalidArgument for a pipeline spec where only a single job's may go (a batch's)."""
+    if spec.HasField("pipeline"):
+        raise InvalidArgument("a pipeline runs on its own: submit it with Submit or Generate")
 
 
 def _already_ended(job: job_pb2.Job) -> str:

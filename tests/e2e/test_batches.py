@@ -36,8 +36,10 @@ async def submit_batch(
     return reply
 
 
-async def list_ids(mesh: Mesh, batch_id: str = "") -> list[str]:
-    request = job_service_pb2.ListJobsRequest(page_size=500, batch_id=batch_id)
+async def list_ids(mesh: Mesh, batch_id: str = "", *, top_level_only: bool = False) -> list[str]:
+    request = job_service_pb2.ListJobsRequest(
+        page_size=500, batch_id=batch_id, top_level_only=top_level_only
+    )
     reply = await mesh.jobs.ListJobs(request)
     assert not reply.next_page_token
     return sorted(job.id for job in reply.jobs)
@@ -200,6 +202,24 @@ async def test_idempotency_keys_apply_per_spec_across_calls(mesh: Mesh) -> None:
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "specs[0]" in (refused.value.details() or "")
     assert await list_ids(mesh) == before
+
+
+async def test_a_pipeline_spec_is_refused_even_with_the_key_of_its_earlier_job(
+    mesh: Mesh,
+) -> None:
+    steps = [job_pb2.PipelineStep(name="say", task=job_pb2.TASK_TEXT_TO_TEXT, prompt="{prompt}")]
+    pipeline = job_pb2.JobSpec(
+        prompt="fox", pipeline=job_pb2.PipelineSpec(steps=steps), idempotency_key="pipe"
+    )
+    await mesh.generate.Submit(generate_service_pb2.SubmitRequest(spec=pipeline))
+    # Top-level only: the pipeline makes its step's job meanwhile.
+    before = await list_ids(mesh, top_level_only=True)
+    for specs in ([spec("owl"), pipeline], [spec("owl"), pipeline, pipeline]):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await submit_batch(mesh, specs)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith("specs[1]: a pipeline runs on its own")
+    assert await list_ids(mesh, top_level_only=True) == before
 
 
 async def test_concurrent_calls_with_the_same_keys_make_one_batch(mesh: Mesh) -> None:
