@@ -5,7 +5,8 @@ A `Database` hands out connections for a transaction (`begin`) or a read (`conne
 SQLite runs its statements inline on the event loop: with WAL and synchronous=NORMAL a
 statement is tens of microseconds of local work, far less than the thread hand-offs an
 async driver pays for each cursor, execute, fetch and close. The one slow part of WAL,
-copying the log back into the database file, runs on a thread of its own.
+copying the log back into the database file, runs on a thread of its own. Statements run
+for every job are `Prepared`: on SQLite they skip SQLAlchemy's per-call work (prepared.py).
 """
 
 from __future__ import annotations
