@@ -218,7 +218,7 @@ class Batches:
         """The summary and each job as they are now, then every later event of the batch's
         jobs (each once, in sequence order per job) with a summary after each job ends."""
         if not batch_id:
-            raise NotFound("batch_id is required; pass the one SubmitBatch returned")
+            raise InvalidArgument("batch_id is required; pass the one SubmitBatch returned")
         ids = await self._store.batch_job_ids(tenant, batch_id) if limits.known_id(batch_id) else []
         if not ids:
             raise NotFound(f"batch {batch_id[: limits.MAX_ID]!r} not found")

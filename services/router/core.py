@@ -54,6 +54,7 @@ CALL_TIMEOUT = 10.0
 Update = job_pb2.Job | job_pb2.JobEvent
 
 _TASKS = frozenset(job_pb2.Task.values()) - {job_pb2.TASK_UNSPECIFIED}
+_STATES = frozenset(job_pb2.JobState.values())
 
 
 def check_one_input(what: str, asset_ids: Sequence[str]) -> None:
@@ -308,6 +309,8 @@ class RouterCore:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(f"input asset {asset_id!r} not found") from exc
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"input asset {asset_id!r}: {exc.details()}") from exc
             raise Unavailable(f"storage unavailable: {exc.code().name}") from exc
         return reply.asset
 
@@ -324,6 +327,13 @@ class RouterCore:
     async def list_jobs(
         self, tenant: str, request: job_service_pb2.ListJobsRequest
     ) -> tuple[list[job_pb2.Job], str]:
+        # proto3 enums take any number; an undefined one matched nothing, where REST (and
+        # Submit) refuse it.
+        if request.task and request.task not in _TASKS:
+            raise InvalidArgument(f"task {request.task} is not a defined Task")
+        undefined = [state for state in request.states if state not in _STATES]
+        if undefined:
+            raise InvalidArgument(f"states {undefined} are not defined JobStates")
         page = await self._store.list_jobs(
             tenant,
             states=list(request.states),

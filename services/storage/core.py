@@ -270,6 +270,8 @@ class AssetStore:
 
     async def get(self, tenant: str, asset_id: str) -> Asset:
         """The asset, or NotFound when it does not exist or belongs to another tenant."""
+        if not asset_id:
+            raise InvalidArgument("asset_id is required")
         if findable(asset_id, MAX_ASSET_ID):
             async with self._engine.connect() as conn:
                 result = await conn.execute(

@@ -11,7 +11,13 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from genmesh.v1 import generate_service_pb2, job_pb2, job_service_pb2
+from genmesh.v1 import (
+    asset_service_pb2,
+    asset_service_pb2_grpc,
+    generate_service_pb2,
+    job_pb2,
+    job_service_pb2,
+)
 from services.common.parameters import dict_to_struct
 from tests.mesh import Mesh
 
@@ -43,6 +49,11 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
             job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT, input_asset_ids=["a_missing"]),
             "NOT_FOUND",
             "a_missing",
+        ),
+        (
+            job_pb2.JobSpec(task=job_pb2.TASK_IMAGE_TO_TEXT, input_asset_ids=[""]),
+            "INVALID_ARGUMENT",
+            "asset_id is required",
         ),
         (
             job_pb2.JobSpec(
@@ -178,6 +189,7 @@ async def rejected(mesh: Mesh, spec: job_pb2.JobSpec) -> grpc.aio.AioRpcError:
         "unknown-provider",
         "missing-input",
         "missing-asset",
+        "empty-asset-id",
         "param-range",
         "unknown-param",
         "infinite-param",
@@ -320,3 +332,29 @@ async def test_a_request_protobuf_cannot_parse_is_invalid_argument(mesh: Mesh) -
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await upload(iter([b"\x0a\x03\x12\x01\xff", b"\x12\x01x"]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_empty_or_undefined_id_or_filter_is_invalid_argument(mesh: Mesh) -> None:
+    # As GetJob's empty job_id is, and as REST refuses them: not NOT_FOUND, not an empty list.
+    storage = asset_service_pb2_grpc.AssetServiceStub(mesh.storage_channel)
+    calls = [
+        mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(states=[99])),  # type: ignore[list-item]
+        mesh.jobs.ListJobs(job_service_pb2.ListJobsRequest(task=99)),  # type: ignore[arg-type]
+        storage.GetAsset(asset_service_pb2.GetAssetRequest(asset_id="")),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    for stream, needle in (
+        (mesh.jobs.WatchBatch(job_service_pb2.WatchBatchRequest(batch_id="")), "batch_id"),
+        (
+            storage.DownloadAsset(asset_service_pb2.DownloadAssetRequest(asset_id="")),
+            "asset_id",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stream:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{needle} is required" in (err.value.details() or "")

@@ -282,10 +282,13 @@ async def test_a_retried_batch_of_jobs_made_elsewhere_is_the_same_batch(mesh: Me
 
 
 async def test_watch_batch_unknown_or_other_tenant_is_not_found(mesh: Mesh) -> None:
-    for batch_id in ("b_" + "0" * 32, ""):
+    for batch_id, code in (
+        ("b_" + "0" * 32, grpc.StatusCode.NOT_FOUND),
+        ("", grpc.StatusCode.INVALID_ARGUMENT),  # no id at all: a bad request
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await watch_batch(mesh, batch_id)
-        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert missing.value.code() == code
 
     reply = await submit_batch(mesh, [spec("fox")])
     call = mesh.jobs.WatchBatch(

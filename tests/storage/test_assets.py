@@ -584,7 +584,8 @@ async def test_empty_upload_is_invalid(storage: Storage) -> None:
 async def test_unknown_asset_is_not_found(storage: Storage) -> None:
     client = storage.client
     await expect_code(grpc.StatusCode.NOT_FOUND, client.get("a_missing", tenant=TENANT))
-    await expect_code(grpc.StatusCode.NOT_FOUND, client.get("", tenant=TENANT))
+    # No id at all is a bad request, as GetJob's empty job_id is.
+    await expect_code(grpc.StatusCode.INVALID_ARGUMENT, client.get("", tenant=TENANT))
     await expect_code(grpc.StatusCode.NOT_FOUND, client.download("a_missing", tenant=TENANT))
     # PostgreSQL refuses a NUL in text: looked up, it was an INTERNAL error.
     await expect_code(grpc.StatusCode.NOT_FOUND, client.get("a_\x00", tenant=TENANT))
