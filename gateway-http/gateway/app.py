@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse
@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 from swagger_ui_bundle import swagger_ui_path
 
 from gateway import assets, errors, jobs, live
+from gateway.query import known_query
 from gateway.schema import ErrorBody
 from gateway.settings import Settings
 from gateway.state import State, open_clients
@@ -64,6 +65,7 @@ def create_app(settings: Settings, streams: LiveStreams | None = None) -> FastAP
         # /docs is served below from the swagger-ui-bundle package: FastAPI's default page
         # loads Swagger UI from a CDN, which an offline machine cannot reach.
         docs_url=None,
+        dependencies=[Depends(known_query)],
     )
     errors.install(app)
     app.include_router(jobs.router)

@@ -418,3 +418,21 @@ async def test_a_value_a_newer_router_sends_reaches_the_client_as_its_number() -
     assert got.status_code == 200, got.text
     job = got.json()
     assert (job["spec"]["task"], job["state"]) == (77, "JOB_STATE_COMPLETED")
+
+
+async def test_an_unknown_query_parameter_is_refused(lonely: Lonely) -> None:
+    # `states` is the proto field's name; the REST parameter is `state`. It listed every job.
+    response = await lonely.http.get("/v1/jobs", params={"states": "failed"})
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert message.startswith("query.states: this route takes no such parameter")
+    assert "batch_id, page_size, page_token, state, task" in message
+    # The page takes what a link adds to its address.
+    assert (await lonely.http.get("/", params={"utm_source": "mail"})).status_code == 200
+    # A live stream refuses it the same way, as a message and a close.
+    url = lonely.url.replace("http", "ws", 1) + "/v1/jobs/j_1/ws?after=3"
+    async with connect(url) as socket:
+        assert "query.after" in json.loads(await socket.recv())["error"]["message"]
+        with pytest.raises(ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
