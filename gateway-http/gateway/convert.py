@@ -85,11 +85,30 @@ class JobSpecBody(BaseModel):
         _check_nesting("parameters", self.parameters)
         _check_nesting("pipeline", self.pipeline)
         rest = self.model_dump(exclude_none=True, exclude={"task", "parameters"})
+        if self.pipeline is not None:
+            rest["pipeline"] = _step_tasks(self.pipeline)
         with bad_input("job spec"):
             spec = json_format.ParseDict(rest, job_pb2.JobSpec())
             spec.task = task  # type: ignore[assignment]
             spec.parameters.update(self.parameters)
         return spec
+
+
+def _step_tasks(pipeline: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline with each step's task read by name as the job's own is ("text-to-text" as
+    well as "TASK_TEXT_TO_TEXT"); BadRequest naming the step for an unknown one."""
+    steps = pipeline.get("steps")
+    if not isinstance(steps, list):
+        return pipeline  # protobuf's parse says what is wrong with it
+    named = []
+    for index, step in enumerate(steps):
+        if isinstance(step, dict) and isinstance(step.get("task"), str):
+            try:
+                step = {**step, "task": task_from_name(step["task"])}
+            except ValueError as e:
+                raise BadRequest(f"pipeline.steps[{index}].task: {e}") from None
+        named.append(step)
+    return {**pipeline, "steps": named}
 
 
 # JSON levels a spec's parameters (or pipeline) may nest. Protobuf parses no message nested

@@ -436,3 +436,17 @@ async def test_an_unknown_query_parameter_is_refused(lonely: Lonely) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await socket.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+
+
+async def test_a_pipeline_steps_task_is_read_by_name_as_the_jobs_own(lonely: Lonely) -> None:
+    def pipeline(task: str) -> dict[str, object]:
+        step = {"name": "answer", "task": task, "prompt": "{prompt}"}
+        return {"prompt": "a fox", "pipeline": {"steps": [step]}}
+
+    # Taken by the bridge and passed on to the router (absent here: 503).
+    for task in ("text-to-text", "TEXT_TO_TEXT", "TASK_TEXT_TO_TEXT"):
+        response = await lonely.http.post("/v1/jobs", json=pipeline(task))
+        assert response.status_code == 503, response.text
+    response = await lonely.http.post("/v1/jobs", json=pipeline("text-to-txt"))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith("pipeline.steps[0].task: unknown task")
