@@ -75,6 +75,9 @@ def check_inputs(paths: list[Path]) -> None:
             raise CliError(f"input is a directory, not a file: {path}", exit_code=2)
         if not path.is_file():
             raise CliError(f"input file not found: {path}", exit_code=2)
+        if path.stat().st_size == 0:
+            # Storage keeps no empty asset: the upload would be refused after the call.
+            raise CliError(f"input file is empty: {path}", exit_code=2)
 
 
 def check_out_dir(path: Path) -> None:

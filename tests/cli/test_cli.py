@@ -266,6 +266,16 @@ def test_argument_combinations(
     assert err.count("\n") == 1
 
 
+def test_an_empty_input_file_is_refused_before_any_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    # No router or storage to reach: refused before any call is made.
+    assert cli(["generate", "-t", "image-to-image", "sepia", "-i", str(empty)], {}) == 2
+    assert capsys.readouterr().err == f"genmesh generate: input file is empty: {empty}\n"
+
+
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli([], {}) == 2
     assert "generate" in capsys.readouterr().err
