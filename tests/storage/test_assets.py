@@ -143,6 +143,18 @@ async def test_wav_duration(storage: Storage) -> None:
     )
 
 
+async def test_wav_duration_counts_only_the_samples_present(storage: Storage) -> None:
+    # A streaming writer leaves the sizes at 0xFFFFFFFF, and a cut-off file declares more
+    # samples than it holds: either way the duration is that of the samples actually sent.
+    whole = wav_bytes(1.0)
+    data = whole.index(b"data")
+    streamed = bytearray(whole)
+    streamed[4:8] = streamed[data + 4 : data + 8] = b"\xff\xff\xff\xff"
+    for body, seconds in ((bytes(streamed), 1.0), (whole[: data + 8 + 16_000], 0.5)):
+        asset = await storage.client.upload(body, tenant=TENANT, media_type="audio/wav")
+        assert asset.duration_seconds == pytest.approx(seconds)
+
+
 async def test_gif_duration_from_frames(storage: Storage) -> None:
     asset = await storage.client.upload(
         gif_bytes([100, 200, 300]), tenant=TENANT, media_type="image/gif"
