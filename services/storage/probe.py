@@ -127,6 +127,8 @@ def _image(path: Path | bytes) -> tuple[int, int, float]:
             if frames > 1:
                 for index in range(min(frames, MAX_FRAMES)):
                     im.seek(index)
+                    if "duration" not in im.info:
+                        im.load()  # WebP reads a frame's duration only as it decodes it
                     total_ms += float(im.info.get("duration") or 0)
             return width, height, total_ms / 1000.0
     except Exception as exc:

@@ -56,11 +56,11 @@ def png_bytes(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def gif_bytes(frame_ms: list[int]) -> bytes:
+def animated_bytes(frame_ms: list[int], image_format: str = "GIF") -> bytes:
     frames = [Image.new("RGB", (16, 8), (i * 80, 0, 0)) for i in range(len(frame_ms))]
     out = io.BytesIO()
     frames[0].save(
-        out, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+        out, format=image_format, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
     )
     return out.getvalue()
 
@@ -155,10 +155,12 @@ async def test_wav_duration_counts_only_the_samples_present(storage: Storage) ->
         assert asset.duration_seconds == pytest.approx(seconds)
 
 
-async def test_gif_duration_from_frames(storage: Storage) -> None:
+@pytest.mark.parametrize("image_format", ["GIF", "WEBP", "PNG"])
+async def test_animated_image_duration_from_frames(storage: Storage, image_format: str) -> None:
     asset = await storage.client.upload(
-        gif_bytes([100, 200, 300]), tenant=TENANT, media_type="image/gif"
+        animated_bytes([100, 200, 300], image_format), tenant=TENANT, media_type=""
     )
+    assert asset.media_type == f"image/{image_format.lower()}"
     assert (asset.width, asset.height) == (16, 8)
     assert asset.duration_seconds == pytest.approx(0.6)
 
