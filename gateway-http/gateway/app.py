@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 from swagger_ui_bundle import swagger_ui_path
 
 from gateway import assets, errors, jobs, live
+from gateway.handshake import allow_long_cursors
 from gateway.query import known_query
 from gateway.schema import ErrorBody
 from gateway.settings import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings, streams: LiveStreams | None = None) -> FastAP
     """The bridge; its gRPC channels open in the lifespan, never at import or construction.
     Its live streams end when the server calls `streams.stop()`."""
     live_streams = streams or LiveStreams()
+    allow_long_cursors()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:

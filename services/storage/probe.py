@@ -7,7 +7,6 @@ import logging
 import math
 import re
 import struct
-import wave
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +127,8 @@ def _image(path: Path | bytes) -> tuple[int, int, float]:
             if frames > 1:
                 for index in range(min(frames, MAX_FRAMES)):
                     im.seek(index)
+                    if "duration" not in im.info:
+                        im.load()  # WebP reads a frame's duration only as it decodes it
                     total_ms += float(im.info.get("duration") or 0)
             return width, height, total_ms / 1000.0
     except Exception as exc:
@@ -185,34 +186,30 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _wav_duration(path: Path | bytes) -> float:
-    try:
-        with _open(path) as f, wave.open(f, "rb") as w:
-            rate = w.getframerate()
-            return w.getnframes() / rate if rate else 0.0
-    except (wave.Error, EOFError, OSError):
-        # `wave` reads only integer PCM; float and extensible WAVs still carry fmt + data.
-        return _riff_duration(path)
-
-
-def _riff_duration(path: Path | bytes) -> float:
+    """Seconds of the samples present. Not `wave`: it trusts the declared data size, which a
+    streaming writer leaves at 0xFFFFFFFF and a cut-off file overstates; this reads the
+    chunks itself, so float and extensible WAVs are measured too."""
     try:
         with _open(path) as f:
             header = f.read(12)
             if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
                 return 0.0
-            byte_rate = 0
+            byte_rate = block_align = 0
             while chunk := f.read(8):
                 if len(chunk) < 8:
                     return 0.0
                 chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
                 if chunk_id == b"fmt ":
                     fmt = f.read(size + (size & 1))
-                    byte_rate = struct.unpack("<I", fmt[8:12])[0] if len(fmt) >= 12 else 0
+                    if len(fmt) >= 14:
+                        byte_rate, block_align = struct.unpack("<IH", fmt[8:14])
                 elif chunk_id == b"data":
                     # Streaming writers leave 0xFFFFFFFF; the data then runs to the end.
                     start = f.tell()
                     available = f.seek(0, 2) - start
                     data_size = available if size == 0xFFFFFFFF else min(size, available)
+                    if block_align:
+                        data_size -= data_size % block_align  # whole frames only
                     return data_size / byte_rate if byte_rate else 0.0
                 else:
                     f.seek(size + (size & 1), 1)

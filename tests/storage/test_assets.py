@@ -56,11 +56,11 @@ def png_bytes(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def gif_bytes(frame_ms: list[int]) -> bytes:
+def animated_bytes(frame_ms: list[int], image_format: str = "GIF") -> bytes:
     frames = [Image.new("RGB", (16, 8), (i * 80, 0, 0)) for i in range(len(frame_ms))]
     out = io.BytesIO()
     frames[0].save(
-        out, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+        out, format=image_format, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
     )
     return out.getvalue()
 
@@ -143,10 +143,24 @@ async def test_wav_duration(storage: Storage) -> None:
     )
 
 
-async def test_gif_duration_from_frames(storage: Storage) -> None:
+async def test_wav_duration_counts_only_the_samples_present(storage: Storage) -> None:
+    # A streaming writer leaves the sizes at 0xFFFFFFFF, and a cut-off file declares more
+    # samples than it holds: either way the duration is that of the samples actually sent.
+    whole = wav_bytes(1.0)
+    data = whole.index(b"data")
+    streamed = bytearray(whole)
+    streamed[4:8] = streamed[data + 4 : data + 8] = b"\xff\xff\xff\xff"
+    for body, seconds in ((bytes(streamed), 1.0), (whole[: data + 8 + 16_000], 0.5)):
+        asset = await storage.client.upload(body, tenant=TENANT, media_type="audio/wav")
+        assert asset.duration_seconds == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("image_format", ["GIF", "WEBP", "PNG"])
+async def test_animated_image_duration_from_frames(storage: Storage, image_format: str) -> None:
     asset = await storage.client.upload(
-        gif_bytes([100, 200, 300]), tenant=TENANT, media_type="image/gif"
+        animated_bytes([100, 200, 300], image_format), tenant=TENANT, media_type=""
     )
+    assert asset.media_type == f"image/{image_format.lower()}"
     assert (asset.width, asset.height) == (16, 8)
     assert asset.duration_seconds == pytest.approx(0.6)
 
