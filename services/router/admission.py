@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,7 +71,8 @@ class Depths(Protocol):
     async def depth(self, provider: str) -> int | None: ...
     def cached(self, provider: str) -> int | None: ...
     def latest(self, provider: str) -> int | None: ...
-    def count_in(self, provider: str, job_id: str) -> None: ...
+    def count_in(self, provider: str, job_id: str, seq: int | None = None) -> None: ...
+    def observe(self, events: Iterable[job_pb2.JobEvent]) -> None: ...
     def on_drain(self, callback: Callable[[], None]) -> None: ...
 
 
@@ -329,11 +330,13 @@ class AdmissionGate:
             await self._mark_done(ended)
         return taken + len(ended)
 
-    def drop(self, job_id: str) -> None:
-        """A held job was cancelled: it will not be published."""
-        found = self._by_id.pop(job_id, None)
+    def drop(self, cancelled: job_pb2.JobEvent) -> None:
+        """A job was cancelled: held, it will not be published; published and not yet
+        started, its message is taken out of the queue."""
+        found = self._by_id.pop(cancelled.job_id, None)
         if found is not None:
             found[0].drop(found[1])
+        self._depths.observe([cancelled])
 
     def rate(self, provider: str) -> float:
         """Jobs a second this replica may send `provider` (0: no limit): the provider's
@@ -476,8 +479,8 @@ class AdmissionGate:
         self._wake.set()
 
     async def _publish(self, job: job_pb2.Job, attempt: int) -> None:
-        await self._publisher.dispatch(job, attempt)
-        self._depths.count_in(job.provider, job.id)
+        seq = await self._publisher.dispatch(job, attempt)
+        self._depths.count_in(job.provider, job.id, seq if isinstance(seq, int) else None)
 
     def _room(self, depth: int | None) -> int:
         # An unknown depth (no worker has ever served the provider) counts as empty.

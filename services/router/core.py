@@ -371,7 +371,7 @@ class RouterCore:
         if not applied:
             job = await self.get(tenant, job_id)
             raise FailedPrecondition(_already_ended(job))
-        self._admission.drop(job_id)
+        self._admission.drop(applied[0])
         await self._stopper.stop(job_id, event.error.message)
         await self._hub.publish(applied)
         if job.HasField("pipeline") and self.pipelines is not None:

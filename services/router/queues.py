@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from nats.js import JetStreamContext
@@ -14,11 +15,15 @@ from nats.js.errors import NotFoundError
 from genmesh.v1 import job_pb2
 from services.common.bus import Bus
 from services.common.cancelling import cancel_tasks
+from services.router.transitions import TERMINAL
 
 log = logging.getLogger(__name__)
 
 # Seconds between reads of one provider's consumer; submits in between count locally.
 REFRESH = 0.25
+# Jobs remembered with their message's stream sequence until seen leaving their queue; only
+# with router replicas (which record each other's jobs' starts) are older ones forgotten.
+MAX_SENT = 100_000
 
 
 class QueueDepths:
@@ -39,6 +44,9 @@ class QueueDepths:
         self._drained: list[Callable[[], None]] = []
         # Jobs this replica published since the last read began, until they are seen start.
         self._fresh: dict[str, set[str]] = {}
+        # Job -> (provider, stream sequence of its message), until it is seen leave its queue.
+        self._sent: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._withdrawing: set[asyncio.Task[None]] = set()
 
     async def depth(self, provider: str) -> int | None:
         """Jobs waiting in the provider's queue, if known (read again when stale)."""
@@ -57,8 +65,12 @@ class QueueDepths:
             self._refresh_soon(provider)
         return self._depth.get(provider)
 
-    def count_in(self, provider: str, job_id: str) -> None:
-        """A job was just published to the provider's queue."""
+    def count_in(self, provider: str, job_id: str, seq: int | None = None) -> None:
+        """A job was just published to the provider's queue, at stream sequence `seq`."""
+        if seq is not None:
+            self._sent[job_id] = (provider, seq)
+            if len(self._sent) > MAX_SENT:
+                self._sent.popitem(last=False)
         self._fresh.setdefault(provider, set()).add(job_id)
         depth = self._depth.get(provider)
         if depth is not None:
@@ -76,6 +88,11 @@ class QueueDepths:
         pass jobs it should hold). Missing one overcounts until the next read, the safe side."""
         left = False
         for event in events:
+            sent = self._sent.pop(event.job_id, None) if event.sequence >= 2 else None
+            if sent is not None and event.sequence == 2 and event.state in TERMINAL:
+                # Ended before it started (cancelled, past its deadline): its message would
+                # count as waiting until a worker took it, holding off jobs that can run.
+                self._withdraw(*sent)
             fresh = self._fresh.get(event.provider)
             if event.sequence == 2 and fresh and event.job_id in fresh:
                 fresh.discard(event.job_id)
@@ -84,6 +101,21 @@ class QueueDepths:
         if left:
             for callback in self._drained:
                 callback()
+
+    def _withdraw(self, provider: str, seq: int) -> None:
+        task = asyncio.ensure_future(self._delete(provider, seq))
+        self._withdrawing.add(task)
+        task.add_done_callback(self._withdrawing.discard)
+
+    async def _delete(self, provider: str, seq: int) -> None:
+        try:
+            await self._js.delete_msg(self._bus.jobs_stream, seq)
+        except Exception:
+            # Already taken by a worker (which skips a cancelled job) or NATS out of reach:
+            # the job counts until a worker takes it, as before.
+            log.debug("cannot withdraw message %d of %s", seq, provider, exc_info=True)
+            return
+        self._read_at.pop(provider, None)  # the next depth() reads the count without it
 
     def _stale(self, provider: str) -> bool:
         return time.monotonic() - self._read_at.get(provider, -1e9) > self._refresh
@@ -97,7 +129,7 @@ class QueueDepths:
         return reading
 
     async def stop(self) -> None:
-        await cancel_tasks(self._reading.values())
+        await cancel_tasks([*self._reading.values(), *self._withdrawing])
 
     async def _read(self, provider: str) -> None:
         counted = set(self._fresh.get(provider, ()))

@@ -64,12 +64,19 @@ async def limited_sandbox(
 
 @asynccontextmanager
 async def busy_sandbox(
-    nats_url: str, prefix: str, database: Database, data_dir: Path, max_queue: int
+    nats_url: str,
+    prefix: str,
+    database: Database,
+    data_dir: Path,
+    max_queue: int,
+    backlog: int | None = 1,
 ) -> AsyncIterator[tuple[Mesh, job_pb2.Job]]:
     """The sandbox with concurrency 1 and a queue bound, its slot taken by a job that runs
     until cancelled (yielded beside the mesh), and nothing waiting."""
     limits = f"concurrency = 1\nmax_queue = {max_queue}"
-    async with limited_sandbox(nats_url, prefix, database, data_dir, limits) as mesh:
+    async with limited_sandbox(
+        nats_url, prefix, database, data_dir, limits, backlog=backlog
+    ) as mesh:
         filler = await submit(mesh, image(latency_ms=600_000))
         await eventually(lambda: _is(mesh, filler.id, PROCESSING), within=15)
         await eventually(lambda: _queued(mesh, 0))
@@ -449,3 +456,31 @@ async def test_a_held_job_that_ended_no_longer_counts_toward_the_queue_bound(
         # One job waits, under the bound of two: accepted.
         late = await submit(mesh, image())
         await release(mesh, [late, queued, filler])
+
+
+async def test_a_published_job_that_ended_before_it_started_leaves_the_queue(
+    nats_url: str, nats_prefix: str, database: Database, tmp_path: Path
+) -> None:
+    # The default backlog: both wait in JetStream, not in the router. Their messages counted
+    # toward the bound until a worker took them, however long the running job took.
+    async with busy_sandbox(nats_url, nats_prefix, database, tmp_path, 2, backlog=None) as (
+        mesh,
+        filler,
+    ):
+        short = image()
+        short.timeout.FromSeconds(1)
+        expiring = await submit(mesh, short)
+        cancelled = await submit(mesh, image())
+        assert (await sandbox(mesh)).health.queued == 2
+        await mesh.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=cancelled.id))
+        await eventually(lambda: _is(mesh, expiring.id, job_pb2.JOB_STATE_FAILED), within=15)
+        await eventually(lambda: _queued(mesh, 0))
+        # Room for two again, while the filler still runs.
+        later = [await submit(mesh, image()) for _ in range(2)]
+        assert (await state_of(mesh, filler.id)) == PROCESSING
+        await release(mesh, [filler])
+        results = await finish(mesh, [expiring, cancelled, *later])
+    for job in (expiring, cancelled):
+        assert PROCESSING not in [e.state for e in results[job.id]]
+    for job in later:
+        assert results[job.id][-1].state == COMPLETED

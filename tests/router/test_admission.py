@@ -5,7 +5,7 @@ tests/e2e/test_admission.py; here the queue depth and the publisher are plain re
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import nats.errors
 import pytest
@@ -68,12 +68,19 @@ class Depths:
     def latest(self, provider: str) -> int | None:
         return self.depth_now
 
-    def count_in(self, provider: str, job_id: str) -> None:
+    def count_in(self, provider: str, job_id: str, seq: int | None = None) -> None:
         if self.depth_now is not None:
             self.depth_now += 1
 
+    def observe(self, events: Iterable[job_pb2.JobEvent]) -> None:
+        pass
+
     def on_drain(self, callback: Callable[[], None]) -> None:
         pass
+
+
+def cancelled(job_id: str) -> job_pb2.JobEvent:
+    return job_pb2.JobEvent(job_id=job_id, state=job_pb2.JOB_STATE_CANCELLED, sequence=2)
 
 
 def limits(rate: float = 0.0, max_queue: int = 0) -> provider_service_pb2.ProviderLimits:
@@ -267,7 +274,7 @@ async def test_queue_bound_counts_held_and_queued_jobs() -> None:
     await g.dispatch(job("b"))  # held: 2 + 1
     with pytest.raises(ResourceExhausted, match=r"provider p .*max_queue = 3.*retry later"):
         await g.reserve(provider)
-    g.drop("b")
+    g.drop(cancelled("b"))
     assert await g.reserve(provider) == 3
     # Unbounded, and an unknown depth with nothing held gives no position.
     assert await gate(clock, Depths(None), limits())[0].reserve(provider) is None
@@ -454,7 +461,7 @@ async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> Non
     await g.dispatch(job("a"))
     await g.dispatch(job("b"))
     # Cancelled while the gate is trying to send it.
-    publisher.during = lambda: g.drop("a")
+    publisher.during = lambda: g.drop(cancelled("a"))
     await g.release()
     publisher.during = lambda: None
     assert await g.queued("p") == 1
@@ -468,7 +475,7 @@ async def test_a_held_job_cancelled_while_its_publish_fails_is_not_sent() -> Non
     for name in ("d", "e"):
         await g.dispatch(job(name))
     publisher.down = False
-    publisher.during = lambda: g.drop("d")
+    publisher.during = lambda: g.drop(cancelled("d"))
     assert await g.release() is None
     assert await g.queued("p") == 0
     assert publisher.ids[-1] == "e"
