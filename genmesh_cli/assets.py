@@ -75,9 +75,19 @@ def check_inputs(paths: list[Path]) -> None:
             raise CliError(f"input is a directory, not a file: {path}", exit_code=2)
         if not path.is_file():
             raise CliError(f"input file not found: {path}", exit_code=2)
-        if path.stat().st_size == 0:
+        if path.stat().st_size == 0 and _reads_empty(path):
             # Storage keeps no empty asset: the upload would be refused after the call.
             raise CliError(f"input file is empty: {path}", exit_code=2)
+
+
+def _reads_empty(path: Path) -> bool:
+    """Whether reading `path` gives no bytes: a size of 0 is also what /proc's files say,
+    and one that cannot be read is left to the upload to report."""
+    try:
+        with path.open("rb") as f:
+            return not f.read(1)
+    except OSError:
+        return False
 
 
 def check_out_dir(path: Path) -> None:
