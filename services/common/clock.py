@@ -10,10 +10,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 def stamp(timestamp: Timestamp) -> None:
     """Set `timestamp` to now, UTC."""
-    # Timestamp.GetCurrentTime goes through a datetime and a time tuple: five times the cost,
-    # paid for every event of every job.
-    # Whole microseconds, as before: JSON views then carry six fractional digits, not nine,
-    # which some clients' date parsers refuse.
+    # Timestamp.GetCurrentTime goes through a datetime and a time tuple, at five times the
+    # cost on every event of every job. Whole microseconds, as it gave: JSON views keep six
+    # fractional digits, not nine, which some clients' date parsers refuse.
     timestamp.FromMicroseconds(time.time_ns() // 1000)
 
 

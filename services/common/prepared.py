@@ -138,17 +138,16 @@ class _Shape:
         return values
 
     def expand(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """args(), with each IN list's placeholder written out for its items."""
         sql = self.sql
         values: list[Any] = []
         for name, convert in zip(self.names, self.converts, strict=True):
             value = params[name] if name in params else self.constants[name]
+            items = list(value) if name in self.expanding else [value]
             if name in self.expanding:
-                items = list(value)
                 # SQLite takes an empty list, "IN ()", as matching nothing.
                 sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(items)), 1)
-                values.extend(i if convert is None else convert(i) for i in items)
-            else:
-                values.append(value if convert is None else convert(value))
+            values.extend(i if convert is None else convert(i) for i in items)
         return sql, values
 
 

@@ -64,6 +64,12 @@ INPUT_MEDIA: dict[int, tuple[str, ...]] = {
     job_pb2.TASK_IMAGE_TO_VIDEO: ("image/",),
 }
 
+# Every task the contract defines; every job state it defines, UNSPECIFIED (none given) too.
+TASKS: frozenset[job_pb2.Task.ValueType] = frozenset(job_pb2.Task.values()) - {
+    job_pb2.TASK_UNSPECIFIED
+}
+STATES: frozenset[job_pb2.JobState.ValueType] = frozenset(job_pb2.JobState.values())
+
 # Tasks where the prompt is optional guidance rather than the whole request.
 PROMPT_OPTIONAL: frozenset[job_pb2.Task.ValueType] = frozenset(
     {job_pb2.TASK_SPEECH_TO_TEXT, job_pb2.TASK_IMAGE_TO_TEXT, job_pb2.TASK_IMAGE_TO_IMAGE}

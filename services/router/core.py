@@ -27,7 +27,15 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.parameters import dict_to_struct, struct_to_dict
-from services.common.tasks import DRAFT_TASKS, INPUT_MEDIA, listed, state_name, task_name
+from services.common.tasks import (
+    DRAFT_TASKS,
+    INPUT_MEDIA,
+    STATES,
+    TASKS,
+    listed,
+    state_name,
+    task_name,
+)
 from services.common.tenancy import tenant_metadata
 from services.prompt import core as prompt_rules
 from services.prompt.client import PromptPreparer
@@ -52,9 +60,6 @@ if TYPE_CHECKING:
 CALL_TIMEOUT = 10.0
 
 Update = job_pb2.Job | job_pb2.JobEvent
-
-_TASKS = frozenset(job_pb2.Task.values()) - {job_pb2.TASK_UNSPECIFIED}
-_STATES = frozenset(job_pb2.JobState.values())
 
 
 def check_one_input(what: str, asset_ids: Sequence[str]) -> None:
@@ -202,7 +207,7 @@ class RouterCore:
         `reserved` counts, per provider, the jobs this call prepared before (a batch's), and
         is counted up: they wait ahead of this one once stored."""
         refuse_pipeline(spec)
-        if spec.task not in _TASKS:
+        if spec.task not in TASKS:
             raise InvalidArgument("task is required; e.g. TASK_TEXT_TO_IMAGE")
         if spec.draft_first and spec.task not in DRAFT_TASKS:
             raise InvalidArgument(
@@ -329,9 +334,9 @@ class RouterCore:
     ) -> tuple[list[job_pb2.Job], str]:
         # proto3 enums take any number; an undefined one matched nothing, where REST (and
         # Submit) refuse it.
-        if request.task and request.task not in _TASKS:
+        if request.task and request.task not in TASKS:
             raise InvalidArgument(f"task {request.task} is not a defined Task")
-        undefined = [state for state in request.states if state not in _STATES]
+        undefined = [state for state in request.states if state not in STATES]
         if undefined:
             raise InvalidArgument(f"states {undefined} are not defined JobStates")
         page = await self._store.list_jobs(
